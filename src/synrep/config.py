@@ -1,0 +1,368 @@
+"""Structured configuration: one dataclass tree, defaults in ``config/config.yaml``.
+
+Loading merges, in order: the dataclass defaults, ``config/config.yaml``, an optional
+``config/experiment/<name>.yaml`` and ``key=value`` overrides. Unknown keys, wrong types and
+values outside their allowed set fail at load time with the key's dotted path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = Path(os.environ.get("SYNREP_CONFIG_DIR", REPO_ROOT / "config"))
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type or a value outside its allowed set."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+    results_dir: str = "results"
+    # Empty means sqlite:///<absolute results_dir>/mlflow.db
+    mlflow_uri: str = ""
+
+
+@dataclass
+class ToyWorldConfig:
+    seed: int = 0
+    image_size: int = 16
+    n_train: int = 6000
+    n_val: int = 1000
+    n_test: int = 2000
+    shapes: list[str] = field(
+        default_factory=lambda: ["circle", "ring", "square", "frame", "triangle", "cross"]
+    )
+    colours: list[str] = field(
+        default_factory=lambda: ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"]
+    )
+    # Distractor specks per image: clutter that no caption mentions.
+    clutter_max: int = 2
+    max_rotation_deg: float = 30.0
+    # Fractions of extra rows in the raw caption file that repeat an earlier caption, exactly or
+    # with case / whitespace / Unicode changes.
+    exact_duplicate_rate: float = 0.08
+    near_duplicate_rate: float = 0.08
+
+
+@dataclass
+class CaptionsConfig:
+    # toyworld files are written in the cc3m format
+    format: str = "cc3m"  # cc3m | cc12m | redcaps | laion | table
+    path: str = "${paths.data_dir}/toyworld/captions_raw.tsv"
+    # Column holding the caption, for format=table (csv/tsv/parquet/jsonl)
+    column: str = "caption"
+    max_length: int = 500
+    # Keep only the first N deduplicated captions (null keeps all)
+    limit: Optional[int] = None
+
+
+@dataclass
+class ToyGeneratorModelConfig:
+    sample_size: int = 16
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    text_hidden_size: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    max_caption_tokens: int = 16
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+
+
+@dataclass
+class GeneratorTrainConfig:
+    """Training recipe of the toy GLIDE-style generator."""
+
+    output_dir: str = "${paths.results_dir}/${name}/generator"
+    model: ToyGeneratorModelConfig = field(default_factory=ToyGeneratorModelConfig)
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    ema_decay: float = 0.995
+    # GLIDE: replace the caption by the empty caption for this fraction of training examples
+    caption_dropout: float = 0.15
+    seed: int = 0
+    log_every: int = 100
+    # Preview grid every N steps (0: only at the end)
+    preview_every: int = 0
+
+
+@dataclass
+class GenerationConfig:
+    # A diffusers pipeline folder, a hub id, or the shipped toy generator
+    model: str = "models/toy_generator"
+    sampler: str = "ddim"  # ddim | ddpm | dpmsolver | euler | pndm
+    steps: int = 20
+    eta: float = 0.0
+    guidance_scales: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    guidance_rescale: float = 0.0
+    images_per_caption: int = 4  # l
+    # Generation resolution (null: the model's native size) and the size images are saved at
+    resolution: Optional[int] = None
+    save_size: Optional[int] = None
+    seed: int = 0
+    captions_per_shard: int = 64
+    batch_size: int = 128
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+    device: str = "auto"  # auto | cpu | cuda
+    image_format: str = "png"  # png | jpg
+    # Images in the per-w sample grid logged to MLflow
+    grid_captions: int = 8
+
+
+@dataclass
+class SampleQualityConfig:
+    """Caption-match accuracy and diversity of a generator, measured by an attribute classifier."""
+
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 6.0, 8.0])
+    captions: int = 48
+    images_per_caption: int = 6
+    classifier_epochs: int = 8
+    seed: int = 1234
+
+
+@dataclass
+class Config:
+    name: str = "toy"
+    # CPU threads for torch in each step (Snakemake rules pass theirs)
+    threads: int = 2
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    captions: CaptionsConfig = field(default_factory=CaptionsConfig)
+    generator: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    sample_quality: SampleQualityConfig = field(default_factory=SampleQualityConfig)
+
+
+# Values outside these sets fail at load time.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "captions.format": ("cc3m", "cc12m", "redcaps", "laion", "table"),
+    "generation.sampler": ("ddim", "ddpm", "dpmsolver", "euler", "pndm"),
+    "generation.dtype": ("float32", "float16", "bfloat16"),
+    "generation.device": ("auto", "cpu", "cuda"),
+    "generation.image_format": ("png", "jpg"),
+}
+POSITIVE: tuple[str, ...] = (
+    "threads",
+    "toyworld.image_size",
+    "toyworld.n_train",
+    "generator.steps",
+    "generator.batch_size",
+    "generation.steps",
+    "generation.images_per_caption",
+    "generation.captions_per_shard",
+    "generation.batch_size",
+    "sample_quality.captions",
+    "sample_quality.images_per_caption",
+)
+FRACTIONS: tuple[str, ...] = (
+    "toyworld.exact_duplicate_rate",
+    "toyworld.near_duplicate_rate",
+    "generator.caption_dropout",
+    "generator.ema_decay",
+    "generation.guidance_rescale",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(err: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+    return ConfigError(f"{source}: config key '{key}': {msg}")
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        raise _describe(err, source) from None
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return loaded
+
+
+def experiment_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    return CONFIG_DIR / "experiment" / f"{name}.yaml"
+
+
+def _get(cfg: DictConfig, dotted: str) -> Any:
+    return OmegaConf.select(cfg, dotted, throw_on_missing=True)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what the type system cannot: allowed values and ranges, with the key's path."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        raise _describe(err, "config") from None
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(allowed)}")
+    for key in POSITIVE:
+        value = _get(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config key '{key}': must be > 0, got {value!r}")
+    for key in FRACTIONS:
+        value = _get(cfg, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config key '{key}': must be in [0, 1], got {value!r}")
+    for i, w in enumerate(cfg.generation.guidance_scales):
+        if w < 1.0:
+            raise ConfigError(
+                f"config key 'generation.guidance_scales[{i}]': guidance scale {w} < 1 "
+                "(w = 1 is the conditional model without guidance)"
+            )
+    if len(set(cfg.generation.guidance_scales)) != len(cfg.generation.guidance_scales):
+        raise ConfigError("config key 'generation.guidance_scales': values must be distinct")
+    if cfg.toyworld.image_size % 4:
+        raise ConfigError("config key 'toyworld.image_size': must be a multiple of 4")
+    if cfg.captions.format == "table" and not cfg.captions.column:
+        raise ConfigError("config key 'captions.column': required when captions.format=table")
+
+
+def load_config(
+    overrides: Iterable[str] = (),
+    *,
+    experiment: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    base: dict | None = None,
+) -> DictConfig:
+    """Load and validate a config.
+
+    ``config_file`` replaces ``config/config.yaml`` (e.g. a resolved config written by Snakemake);
+    ``base`` is a plain mapping merged after it (Snakemake's ``config`` dict); ``experiment`` names
+    a file in ``config/experiment/``; ``overrides`` are ``key=value`` strings, applied last. An
+    ``experiment=NAME`` item among the overrides is the same as ``experiment=NAME``.
+    """
+    overrides = list(overrides)
+    dotlist = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        if key == "experiment":
+            experiment = value
+        else:
+            dotlist.append(item)
+
+    cfg = OmegaConf.structured(Config)
+    default_file = Path(config_file) if config_file else CONFIG_DIR / "config.yaml"
+    cfg = _merge(cfg, _load_yaml(default_file), str(default_file))
+    if base:
+        base = dict(base)
+        experiment = experiment or base.pop("experiment", None)
+        cfg = _merge(cfg, OmegaConf.create(base), "snakemake config")
+    if experiment:
+        path = experiment_path(experiment)
+        cfg = _merge(cfg, _load_yaml(path), str(path))
+    if dotlist:
+        try:
+            cli = OmegaConf.from_dotlist(dotlist)
+        except OmegaConfBaseException as err:
+            raise _describe(err, "command line") from None
+        cfg = _merge(cfg, cli, "command line")
+    OmegaConf.set_readonly(cfg, False)
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_dict(cfg: DictConfig | ListConfig) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def section_hash(cfg: DictConfig, *keys: str) -> str:
+    """A short hash of some config sections: Snakemake params, so a rule reruns when they change."""
+    payload = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        payload[key] = to_dict(value) if isinstance(value, (DictConfig, ListConfig)) else value
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_resolved(cfg: DictConfig, directory: str | os.PathLike, filename: str = "config.yaml") -> Path:
+    """Write the resolved config beside a step's outputs."""
+    from synrep.fileio import write_text
+
+    return write_text(Path(directory) / filename, to_yaml(cfg))
+
+
+def run_dir(cfg: DictConfig, *parts: str) -> Path:
+    """``<results_dir>/<name>/<parts...>``"""
+    return Path(cfg.paths.results_dir, cfg.name, *parts)
+
+
+def json_schema() -> dict:
+    """A JSON schema of the config tree, derived from the dataclasses (for Snakemake's validate)."""
+    import dataclasses
+    import typing
+
+    def schema_of(tp: Any) -> dict:
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            props = {f.name: schema_of(hints[f.name]) for f in dataclasses.fields(tp)}
+            return {"type": "object", "properties": props, "additionalProperties": False}
+        if origin is typing.Union:
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            inner = schema_of(args[0])
+            types = inner.get("type")
+            if isinstance(types, str):
+                inner = dict(inner, type=[types, "null"])
+            return inner
+        if origin is list:
+            (item,) = typing.get_args(tp)
+            return {"type": "array", "items": schema_of(item)}
+        if origin is dict:
+            return {"type": "object"}
+        mapping = {str: "string", int: "integer", float: "number", bool: "boolean"}
+        if tp in mapping:
+            # "${...}" interpolations are strings in the raw YAML
+            return {"type": [mapping[tp], "string"]} if tp is not str else {"type": "string"}
+        return {}
+
+    schema = schema_of(Config)
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    schema["description"] = "synrep config; generated from synrep.config.Config, do not edit"
+    schema["properties"]["experiment"] = {"type": "string"}
+    return schema

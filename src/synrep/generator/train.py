@@ -1,0 +1,188 @@
+"""Train the toy generator on the toy world's real images and captions.
+
+GLIDE's recipe at toy scale: eps-prediction with L_simple, a cosine noise schedule, and the caption
+replaced by the empty caption for ``generator.caption_dropout`` of the examples, so that one model
+is both conditional and unconditional (classifier-free guidance). The output is a diffusers
+pipeline folder (``save_pretrained``) with EMA weights, plus the resolved recipe beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from synrep import toyworld
+from synrep.config import save_resolved, to_yaml
+from synrep.fileio import write_json
+from synrep.generator.pipeline import ToyGlidePipeline
+from synrep.generator.text import build_text_encoder, build_tokenizer, tokenize
+
+
+def build_unet(model_cfg: DictConfig, in_channels: int = 3) -> UNet2DConditionModel:
+    channels = list(model_cfg.block_out_channels)
+    n = len(channels)
+    # cross-attention below the full resolution, where it is cheap
+    down = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1)
+    up = ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"]
+    return UNet2DConditionModel(
+        sample_size=model_cfg.sample_size,
+        in_channels=in_channels,
+        out_channels=3,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        block_out_channels=tuple(channels),
+        layers_per_block=model_cfg.layers_per_block,
+        attention_head_dim=model_cfg.attention_head_dim,
+        norm_num_groups=model_cfg.norm_num_groups,
+        cross_attention_dim=model_cfg.text_hidden_size,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=model_cfg.text_hidden_size,
+    )
+
+
+def build_pipeline(cfg: DictConfig) -> ToyGlidePipeline:
+    """A randomly initialised toy pipeline for ``cfg.generator.model``."""
+    m = cfg.generator.model
+    tokenizer = build_tokenizer(toyworld.vocabulary(cfg), m.max_caption_tokens)
+    text_encoder = build_text_encoder(tokenizer, m.text_hidden_size, m.text_layers, m.text_heads,
+                                      m.max_caption_tokens)
+    unet = build_unet(m)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=m.num_train_timesteps,
+        beta_schedule=m.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+    )
+    return ToyGlidePipeline(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def image_grid(images: np.ndarray, rows: int, scale: int = 4) -> np.ndarray:
+    """[N, H, W, 3] uint8 -> one grid image, each cell upscaled by ``scale`` (nearest)."""
+    n, h, w, c = images.shape
+    cols = math.ceil(n / rows)
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, cols)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = img
+    return grid.repeat(scale, 0).repeat(scale, 1)
+
+
+def save_pipeline_atomically(pipe: ToyGlidePipeline, out: Path) -> None:
+    """Save into a sibling temporary folder and swap it in, so a killed job leaves no half model."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    import mlflow
+
+    from synrep.tracking import mlflow_run
+
+    torch.set_num_threads(cfg.threads)
+    gcfg = cfg.generator
+    out = Path(gcfg.output_dir)
+    torch.manual_seed(gcfg.seed)
+    rng = np.random.default_rng(gcfg.seed)
+
+    split = toyworld.load_split(cfg, "train")
+    images = torch.from_numpy(split["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if images.shape[-1] != gcfg.model.sample_size:
+        raise ValueError(
+            f"config key 'generator.model.sample_size' is {gcfg.model.sample_size} but the toy world's "
+            f"images are {images.shape[-1]} px (toyworld.image_size)"
+        )
+    captions = [str(c) for c in split["captions"]]
+
+    pipe = build_pipeline(cfg)
+    unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
+    ids, mask = tokenize(tokenizer, captions)
+    empty_ids, empty_mask = tokenize(tokenizer, [""])
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=gcfg.lr, weight_decay=gcfg.weight_decay)
+    lr_schedule = get_scheduler("cosine", optimizer, num_warmup_steps=gcfg.warmup_steps,
+                                num_training_steps=gcfg.steps)
+    ema = EMAModel(params, decay=gcfg.ema_decay)
+    n_params = sum(p.numel() for p in unet.parameters())
+
+    losses: list[float] = []
+    start = time.time()
+    with mlflow_run(cfg, "train_generator", sections=("generator", "toyworld")) as run_info:
+        mlflow.log_param("unet_parameters", n_params)
+        bar = tqdm(range(gcfg.steps), desc="train generator", unit="step", mininterval=5)
+        window: list[float] = []
+        for step in bar:
+            idx = torch.from_numpy(rng.integers(0, len(images), gcfg.batch_size))
+            x0 = images[idx]
+            flip = torch.from_numpy(rng.random(gcfg.batch_size) < 0.5)
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            drop = torch.from_numpy(rng.random(gcfg.batch_size) < gcfg.caption_dropout)
+            batch_ids = torch.where(drop[:, None], empty_ids, ids[idx])
+            batch_mask = torch.where(drop[:, None], empty_mask, mask[idx])
+
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (gcfg.batch_size,))
+            xt = noise_scheduler.add_noise(x0, noise, t)
+            text = text_encoder(input_ids=batch_ids, attention_mask=batch_mask)
+            pred = unet(xt, t, encoder_hidden_states=text.last_hidden_state,
+                        class_labels=text.pooler_output).sample
+            loss = F.mse_loss(pred, noise)
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            lr_schedule.step()
+            ema.step(params)
+
+            window.append(loss.item())
+            if (step + 1) % gcfg.log_every == 0 or step + 1 == gcfg.steps:
+                mean = float(np.mean(window))
+                losses.append(mean)
+                window = []
+                bar.set_postfix(loss=f"{mean:.4f}")
+                mlflow.log_metric("train_loss", mean, step=step + 1)
+
+        seconds = time.time() - start
+        ema.copy_to(params)
+        unet.eval()
+        text_encoder.eval()
+        save_pipeline_atomically(pipe, out)
+        save_resolved(cfg, out, "recipe.yaml")
+        summary = {
+            "steps": gcfg.steps,
+            "seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / gcfg.steps, 4),
+            "unet_parameters": n_params,
+            "final_loss": losses[-1] if losses else None,
+            "loss_curve": losses,
+            "mlflow_run_id": run_info.info.run_id,
+        }
+        write_json(out / "training.json", summary)
+        mlflow.log_metric("seconds_per_step", summary["seconds_per_step"])
+        mlflow.log_artifact(str(out / "recipe.yaml"))
+        mlflow.log_artifact(str(out / "training.json"))
+    return {"model": out, "recipe": out / "recipe.yaml", "summary": out / "training.json"}

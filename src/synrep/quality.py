@@ -1,0 +1,214 @@
+"""Do generated images follow their captions? Caption-match accuracy and diversity by w.
+
+An attribute classifier (shape, colour, size, background heads on a timm-registered toy CNN) is
+trained on the toy world's real train images and used for nothing else. For captions drawn from
+the world's templates, the generator makes ``images_per_caption`` images at each guidance scale;
+an image matches on an attribute when the classifier reads the value the caption names
+(attributes a caption does not name are not scored). Diversity is the mean pairwise RMS pixel
+distance (in [0, 1] units) among the images of one caption. A ``real`` row gives the classifier's
+accuracy on real test images (the ceiling) and the diversity of real images with equal attributes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import timm
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+import synrep.encoders  # noqa: F401  (registers toy_cnn with timm)
+from synrep import toyworld
+from synrep.config import run_dir, save_resolved
+from synrep.fileio import atomic_path, write_json, write_text
+
+ATTRIBUTES = ("shape", "colour", "size", "background")
+
+
+class AttributeClassifier(nn.Module):
+    def __init__(self, n_classes: dict[str, int]):
+        super().__init__()
+        self.trunk = timm.create_model("toy_cnn_wide", num_classes=0)
+        self.heads = nn.ModuleDict({k: nn.Linear(self.trunk.num_features, n) for k, n in n_classes.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.trunk(x)
+        return {k: head(z) for k, head in self.heads.items()}
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def train_classifier(cfg: DictConfig, seed: int, epochs: int) -> tuple[AttributeClassifier, dict[str, float]]:
+    names = toyworld.attribute_names(cfg)
+    train = toyworld.load_split(cfg, "train")
+    test = toyworld.load_split(cfg, "test")
+    torch.manual_seed(seed)
+    model = AttributeClassifier({k: len(names[k]) for k in ATTRIBUTES})
+    x = to_tensor(train["images"])
+    y = {k: torch.from_numpy(train[k]) for k in ATTRIBUTES}
+    steps = epochs * (len(x) // 128)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in tqdm(range(steps), desc="attribute classifier", unit="step", mininterval=5):
+        idx = torch.randint(0, len(x), (128,), generator=gen)
+        xb = x[idx]
+        flip = torch.rand(128, generator=gen) < 0.5
+        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        out = model(xb)
+        loss = sum(F.cross_entropy(out[k], y[k][idx]) for k in ATTRIBUTES)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    predictions = predict(model, test["images"])
+    accuracy = {k: float((predictions[k] == test[k]).mean()) for k in ATTRIBUTES}
+    return model, accuracy
+
+
+@torch.no_grad()
+def predict(model: AttributeClassifier, images: np.ndarray, batch: int = 512) -> dict[str, np.ndarray]:
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ATTRIBUTES}
+    for start in range(0, len(images), batch):
+        logits = model(to_tensor(images[start:start + batch]))
+        for k in ATTRIBUTES:
+            out[k].append(logits[k].argmax(1).numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def diversity(groups: list[np.ndarray]) -> float:
+    """Mean pairwise RMS distance between images of one group, averaged over groups."""
+    values = []
+    for images in groups:
+        flat = images.reshape(len(images), -1).astype(np.float64) / 255.0
+        for a, b in itertools.combinations(range(len(flat)), 2):
+            values.append(np.sqrt(np.mean((flat[a] - flat[b]) ** 2)))
+    return float(np.mean(values))
+
+
+def evaluation_captions(cfg: DictConfig, n: int, seed: int) -> tuple[list[str], list[dict]]:
+    """Captions from the world's templates, cycling through the shapes so that each is covered."""
+    rng = np.random.default_rng(seed)
+    attrs = toyworld.sample_attributes(cfg, n, rng)
+    n_shapes = len(cfg.toyworld.shapes)
+    attrs = [toyworld.Attributes(i % n_shapes, a.colour, a.size, a.background) for i, a in enumerate(attrs)]
+    captions = [toyworld.caption_for(a, cfg, rng) for a in attrs]
+    return captions, [toyworld.parse_caption(c, cfg) for c in captions]
+
+
+def real_diversity(cfg: DictConfig, group_size: int, seed: int) -> float:
+    test = toyworld.load_split(cfg, "test")
+    keys = np.stack([test[k] for k in ATTRIBUTES], 1)
+    rng = np.random.default_rng(seed)
+    groups = []
+    for key in np.unique(keys, axis=0):
+        members = np.flatnonzero((keys == key).all(1))
+        if len(members) >= group_size:
+            groups.append(test["images"][rng.choice(members, group_size, replace=False)])
+    return diversity(groups)
+
+
+def plot(table: pl.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gen = table.filter(pl.col("source") == "generated").sort("w")
+    real = table.filter(pl.col("source") == "real")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for attr in ATTRIBUTES:
+        line = ax1.plot(gen["w"], gen[f"match_{attr}"], marker="o", label=attr)[0]
+        ax1.axhline(real[f"match_{attr}"][0], color=line.get_color(), ls=":", lw=1)
+    ax1.set(xlabel="guidance scale w", ylabel="caption-match accuracy", ylim=(0, 1.02),
+            title="Samples follow their captions (dotted: real-image ceiling)")
+    ax1.legend()
+    ax2.plot(gen["w"], gen["diversity"], marker="o", color="k")
+    ax2.axhline(real["diversity"][0], color="k", ls=":", lw=1, label="real images, same attributes")
+    ax2.set(xlabel="guidance scale w", ylabel="mean pairwise RMS distance", title="Diversity per caption")
+    ax2.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(df: pl.DataFrame, floatfmt: str = ".3f") -> str:
+    cols = df.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.iter_rows():
+        cells = [format(v, floatfmt) if isinstance(v, float) else ("" if v is None else str(v)) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    import mlflow
+    from PIL import Image
+
+    from synrep.generate import image_seed, load_pipeline, sample_images
+    from synrep.generator.train import image_grid
+    from synrep.tracking import mlflow_run
+
+    torch.set_num_threads(cfg.threads)
+    q = cfg.sample_quality
+    out = run_dir(cfg, "sample_quality")
+    out.mkdir(parents=True, exist_ok=True)
+    classifier, ceiling = train_classifier(cfg, q.seed, q.classifier_epochs)
+    with atomic_path(out / "attribute_classifier.pt") as tmp:
+        torch.save(classifier.state_dict(), tmp)
+
+    captions, named = evaluation_captions(cfg, q.captions, q.seed)
+    k = q.images_per_caption
+    prompts = [c for c in captions for _ in range(k)]
+    seeds = [image_seed(q.seed, ci, i) for ci in range(len(captions)) for i in range(k)]
+    pipe = load_pipeline(cfg.generation.model, cfg.generation.sampler, cfg.generation.dtype, cfg.generation.device)
+
+    rows = [{"source": "real", "w": None, **{f"match_{a}": ceiling[a] for a in ATTRIBUTES},
+             "diversity": real_diversity(cfg, k, q.seed)}]
+    grids = {}
+    for w in tqdm(list(q.guidance_scales), desc="sample quality by w", unit="w"):
+        images = sample_images(pipe, prompts, seeds, w, cfg.generation)
+        pred = predict(classifier, images)
+        row: dict = {"source": "generated", "w": float(w)}
+        for attr in ATTRIBUTES:
+            wanted = np.array([n[attr] if n[attr] is not None else -1 for n in named for _ in range(k)])
+            scored = wanted >= 0
+            row[f"match_{attr}"] = float((pred[attr][scored] == wanted[scored]).mean()) if scored.any() else None
+        row["diversity"] = diversity([images[i * k:(i + 1) * k] for i in range(len(captions))])
+        rows.append(row)
+        grids[w] = image_grid(images[: 8 * k], rows=8, scale=4)
+
+    table = pl.DataFrame(rows)
+    outputs = {"csv": out / "caption_match.csv", "markdown": out / "caption_match.md",
+               "json": out / "caption_match.json", "plot": out / "caption_match.png"}
+    with atomic_path(outputs["csv"]) as tmp:
+        table.write_csv(tmp)
+    write_text(outputs["markdown"], markdown_table(table))
+    write_json(outputs["json"], {"rows": table.to_dicts(), "captions": captions})
+    plot(table, outputs["plot"])
+    for w, grid in grids.items():
+        path = out / f"samples_w{w:g}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG")
+        outputs[f"grid_w{w:g}"] = path
+    save_resolved(cfg, out)
+
+    with mlflow_run(cfg, "sample_quality", sections=("sample_quality", "generation")):
+        for row in rows:
+            prefix = "real" if row["source"] == "real" else f"w{row['w']:g}"
+            mlflow.log_metrics({f"{prefix}.{key}": v for key, v in row.items()
+                                if key not in ("source", "w") and v is not None})
+        for key, path in outputs.items():
+            mlflow.log_artifact(str(path), artifact_path="grids" if key.startswith("grid_") else None)
+    return outputs

@@ -1,0 +1,376 @@
+"""The embedded toy world: captioned images rendered from attributes.
+
+It stands in for a web caption set (CC3M: captions paired with "real" images) and for a labelled
+evaluation set (ImageNet: train / val / test splits labelled by attribute), and is deterministic
+from a seed. Each image shows one object (shape, colour, size) at a random position and rotation,
+with colour jitter, on a two-tone noisy background, with a few distractor specks. Captions name the
+colour and shape, and sometimes size and background, through paraphrasing templates, so that many
+distinct captions describe the same attributes; the raw caption file also carries exact and near
+duplicates (case, whitespace, Unicode variants) for the dedup step to remove.
+
+Outputs (under ``<data_dir>/toyworld/``):
+    captions_raw.tsv            CC3M format (caption <TAB> url), url = toy://train/<index>
+    real/{train,val,test}.npz   images uint8 [N, H, W, 3] and one int array per attribute
+    attributes.json             attribute names and their class names, and the world's config
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from synrep.config import save_resolved, to_dict
+from synrep.fileio import atomic_path, write_json, write_text
+
+COLOUR_RGB = {
+    "red": (0.90, 0.12, 0.12),
+    "orange": (0.98, 0.55, 0.08),
+    "yellow": (0.95, 0.90, 0.15),
+    "green": (0.15, 0.75, 0.20),
+    "cyan": (0.10, 0.85, 0.90),
+    "blue": (0.15, 0.25, 0.95),
+    "purple": (0.55, 0.15, 0.80),
+    "pink": (0.98, 0.50, 0.75),
+    "white": (0.95, 0.95, 0.95),
+    "grey": (0.55, 0.55, 0.55),
+}
+SIZES = ("small", "large")
+BACKGROUNDS = ("dark", "light")
+
+# Paraphrases: several words for each attribute value.
+SHAPE_WORDS = {
+    "circle": ["circle", "disc", "round dot"],
+    "ring": ["ring", "hoop", "donut"],
+    "square": ["square", "filled square", "block"],
+    "frame": ["frame", "hollow square", "square outline"],
+    "triangle": ["triangle", "wedge", "three-sided shape"],
+    "cross": ["cross", "plus sign", "plus"],
+}
+SIZE_WORDS = {"small": ["small", "tiny", "little"], "large": ["large", "big", "huge"]}
+BACKGROUND_WORDS = {"dark": ["dark", "black", "night"], "light": ["light", "pale", "bright"]}
+
+_ARTICLE = re.compile(r"\ba (?=[aeiou])")
+
+# {s}: size word, {c}: colour, {o}: shape word, {b}: background word
+TEMPLATES_PLAIN = [
+    "a {c} {o}",
+    "a picture of a {c} {o}",
+    "a photo of a {c} {o}",
+    "{c} {o}",
+    "one {c} {o}",
+    "an image showing a {c} {o}",
+]
+TEMPLATES_SIZE = [
+    "a {s} {c} {o}",
+    "a photo of a {s} {c} {o}",
+    "there is a {s} {o} coloured {c}",
+    "a {s} {o} in {c}",
+    "{c} {o}, {s}",
+]
+TEMPLATES_BACKGROUND = [
+    "a {c} {o} on a {b} background",
+    "a {s} {c} {o} on a {b} background",
+    "a {c} {o} against a {b} backdrop",
+]
+
+
+@dataclass(frozen=True)
+class Attributes:
+    shape: int
+    colour: int
+    size: int
+    background: int
+
+
+def attribute_names(cfg: DictConfig) -> dict[str, list[str]]:
+    return {
+        "shape": list(cfg.toyworld.shapes),
+        "colour": list(cfg.toyworld.colours),
+        "size": list(SIZES),
+        "background": list(BACKGROUNDS),
+    }
+
+
+def _check_vocab(cfg: DictConfig) -> None:
+    for i, shape in enumerate(cfg.toyworld.shapes):
+        if shape not in SHAPE_WORDS:
+            raise ValueError(
+                f"config key 'toyworld.shapes[{i}]': unknown shape {shape!r}; known: {sorted(SHAPE_WORDS)}"
+            )
+    for i, colour in enumerate(cfg.toyworld.colours):
+        if colour not in COLOUR_RGB:
+            raise ValueError(
+                f"config key 'toyworld.colours[{i}]': unknown colour {colour!r}; known: {sorted(COLOUR_RGB)}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+_SUPERSAMPLE = 4
+
+
+def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-test in the object's own frame, coordinates in [-1, 1] (v points up)."""
+    au, av = np.abs(u), np.abs(v)
+    r2 = u * u + v * v
+    if shape == "circle":
+        return r2 <= 0.85**2
+    if shape == "ring":
+        return (r2 <= 0.95**2) & (r2 >= 0.5**2)
+    if shape == "square":
+        return np.maximum(au, av) <= 0.72
+    if shape == "frame":
+        m = np.maximum(au, av)
+        return (m <= 0.8) & (m >= 0.42)
+    if shape == "triangle":
+        # apex up at (0, 0.9), base at v = -0.75
+        return (v >= -0.75) & (au <= (0.9 - v) * 0.62)
+    if shape == "cross":
+        return ((au <= 0.28) & (av <= 0.95)) | ((av <= 0.28) & (au <= 0.95))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render(
+    attrs: Attributes, cfg: DictConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Render one image, float32 [H, W, 3] in [0, 1]. Jitter comes from ``rng``."""
+    tw = cfg.toyworld
+    size = tw.image_size
+    hi = size * _SUPERSAMPLE
+    # pixel-centre grid in [0, size)
+    coords = (np.arange(hi, dtype=np.float32) + 0.5) / _SUPERSAMPLE
+    xs, ys = np.meshgrid(coords, coords)
+
+    # background: two-tone gradient plus noise
+    dark = attrs.background == 0
+    lo, hi_v = (0.0, 0.28) if dark else (0.62, 0.92)
+    c0 = rng.uniform(lo, hi_v, 3)
+    c1 = rng.uniform(lo, hi_v, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    t = ((xs - size / 2) * np.cos(angle) + (ys - size / 2) * np.sin(angle)) / size + 0.5
+    t = np.clip(t, 0, 1)[..., None]
+    img = (1 - t) * c0 + t * c1
+
+    # object
+    radius = (0.20 if attrs.size == 0 else 0.34) * size * rng.uniform(0.9, 1.1)
+    margin = radius * 0.95
+    cx = rng.uniform(margin, size - margin)
+    cy = rng.uniform(margin, size - margin)
+    theta = np.deg2rad(rng.uniform(-tw.max_rotation_deg, tw.max_rotation_deg))
+    dx, dy = (xs - cx) / radius, -(ys - cy) / radius
+    u = dx * np.cos(theta) + dy * np.sin(theta)
+    v = -dx * np.sin(theta) + dy * np.cos(theta)
+    mask = _shape_mask(tw.shapes[attrs.shape], u, v)[..., None]
+    colour = np.asarray(COLOUR_RGB[tw.colours[attrs.colour]]) + rng.normal(0, 0.05, 3)
+    shade = rng.uniform(0.85, 1.0)
+    img = np.where(mask, np.clip(colour * shade, 0, 1), img)
+
+    # clutter: small specks that no caption mentions
+    for _ in range(rng.integers(0, tw.clutter_max + 1)):
+        sx, sy = rng.uniform(0, size, 2)
+        half = rng.uniform(0.5, 1.0)
+        speck = (np.abs(xs - sx) <= half) & (np.abs(ys - sy) <= half)
+        img = np.where(speck[..., None], rng.uniform(0, 1, 3), img)
+
+    # box-filter down to the target size (anti-aliasing), then sensor noise
+    img = img.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
+    img = img + rng.normal(0, 0.025, img.shape)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def sample_attributes(cfg: DictConfig, n: int, rng: np.random.Generator) -> list[Attributes]:
+    tw = cfg.toyworld
+    shapes = rng.integers(0, len(tw.shapes), n)
+    colours = rng.integers(0, len(tw.colours), n)
+    sizes = rng.integers(0, len(SIZES), n)
+    backgrounds = rng.integers(0, len(BACKGROUNDS), n)
+    return [Attributes(int(a), int(b), int(c), int(d)) for a, b, c, d in zip(shapes, colours, sizes, backgrounds)]
+
+
+# --------------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------------
+
+
+def caption_for(attrs: Attributes, cfg: DictConfig, rng: np.random.Generator) -> str:
+    """A paraphrased caption that is true of ``attrs``: always colour and shape, sometimes
+    size and background."""
+    tw = cfg.toyworld
+    kind = rng.choice(3, p=[0.4, 0.4, 0.2])
+    templates = (TEMPLATES_PLAIN, TEMPLATES_SIZE, TEMPLATES_BACKGROUND)[kind]
+    template = templates[rng.integers(len(templates))]
+    words = dict(
+        c=tw.colours[attrs.colour],
+        o=rng.choice(SHAPE_WORDS[tw.shapes[attrs.shape]]),
+        s=rng.choice(SIZE_WORDS[SIZES[attrs.size]]),
+        b=rng.choice(BACKGROUND_WORDS[BACKGROUNDS[attrs.background]]),
+    )
+    return _ARTICLE.sub("an ", template.format(**words))
+
+
+def parse_caption(caption: str, cfg: DictConfig) -> dict[str, int | None]:
+    """Read the attributes a toy caption names (None where it does not name one).
+
+    Used to score whether generated images match their captions.
+    """
+    text = " " + unicodedata.normalize("NFKC", caption).lower().replace(",", " ") + " "
+    tw = cfg.toyworld
+    out: dict[str, int | None] = {"shape": None, "colour": None, "size": None, "background": None}
+    # longest phrases first, so "hollow square" is not read as "square"
+    shape_phrases = sorted(
+        ((w, i) for i, s in enumerate(tw.shapes) for w in SHAPE_WORDS[s]), key=lambda p: -len(p[0])
+    )
+    for phrase, index in shape_phrases:
+        if f" {phrase} " in text:
+            out["shape"] = index
+            text = text.replace(f" {phrase} ", " ")
+            break
+    for i, colour in enumerate(tw.colours):
+        if f" {colour} " in text:
+            out["colour"] = i
+    for i, size in enumerate(SIZES):
+        if any(f" {w} " in text for w in SIZE_WORDS[size]):
+            out["size"] = i
+    for i, bg in enumerate(BACKGROUNDS):
+        if any(f" {w} " in text for w in BACKGROUND_WORDS[bg]):
+            out["background"] = i
+    return out
+
+
+def vocabulary(cfg: DictConfig) -> list[str]:
+    """Every word the caption templates can produce (for the toy generator's tokenizer)."""
+    words: set[str] = set()
+    for template in TEMPLATES_PLAIN + TEMPLATES_SIZE + TEMPLATES_BACKGROUND:
+        words.update(template.replace(",", " ").split())
+    for group in (SHAPE_WORDS, SIZE_WORDS, BACKGROUND_WORDS):
+        for phrases in group.values():
+            for phrase in phrases:
+                words.update(phrase.split())
+    words.update(COLOUR_RGB)
+    words = {w for w in words if not w.startswith("{")}
+    return sorted(words)
+
+
+_NEAR_DUPLICATE_EDITS = ("upper", "title", "spaces", "padding", "fullwidth", "nbsp")
+
+
+def near_duplicate(caption: str, rng: np.random.Generator) -> str:
+    """A variant that normalises (NFKC, lower-case, whitespace) back to ``caption``."""
+    edit = _NEAR_DUPLICATE_EDITS[rng.integers(len(_NEAR_DUPLICATE_EDITS))]
+    if edit == "upper":
+        return caption.upper()
+    if edit == "title":
+        return caption.title()
+    if edit == "spaces":
+        return caption.replace(" ", "  ", 1 + int(rng.integers(3)))
+    if edit == "padding":
+        return "  " + caption + " "
+    if edit == "fullwidth":
+        # NFKC maps fullwidth forms (U+FF01..U+FF5E) back to ASCII
+        return "".join(chr(ord(ch) + 0xFEE0) if "!" <= ch <= "~" else ch for ch in caption)
+    return caption.replace(" ", "\u00a0", 1)  # no-break space, NFKC -> space
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------
+
+
+def world_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.data_dir, "toyworld")
+
+
+def render_split(cfg: DictConfig, n: int, seed_seq: np.random.SeedSequence, caption_rng=None):
+    attr_rng, render_seed = (np.random.default_rng(s) for s in seed_seq.spawn(2))
+    attrs = sample_attributes(cfg, n, attr_rng)
+    render_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(render_seed.integers(2**63)).spawn(n)]
+    images = np.stack([to_uint8(render(a, cfg, r)) for a, r in zip(attrs, render_rngs)])
+    captions = [caption_for(a, cfg, caption_rng) for a in attrs] if caption_rng is not None else None
+    return attrs, images, captions
+
+
+def _save_split(path: Path, images: np.ndarray, attrs: list[Attributes], captions=None) -> None:
+    arrays = {
+        "images": images,
+        "shape": np.array([a.shape for a in attrs], dtype=np.int64),
+        "colour": np.array([a.colour for a in attrs], dtype=np.int64),
+        "size": np.array([a.size for a in attrs], dtype=np.int64),
+        "background": np.array([a.background for a in attrs], dtype=np.int64),
+    }
+    if captions is not None:
+        arrays["captions"] = np.array(captions, dtype=object).astype(str)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+
+def load_split(cfg_or_dir, split: str) -> dict[str, np.ndarray]:
+    """Load a real split: ``images`` uint8 [N, H, W, 3], attribute arrays, ``captions`` (train)."""
+    directory = cfg_or_dir if isinstance(cfg_or_dir, (str, Path)) else world_dir(cfg_or_dir)
+    path = Path(directory) / "real" / f"{split}.npz"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"toy world split {split!r} not found at {path}; run `python -m synrep toyworld` first"
+        )
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    """Render the world and write its caption file and real splits."""
+    _check_vocab(cfg)
+    out = world_dir(cfg)
+    root = np.random.SeedSequence(cfg.toyworld.seed)
+    train_seq, val_seq, test_seq, caption_seq, dup_seq = root.spawn(5)
+    caption_rng = np.random.default_rng(caption_seq)
+
+    outputs: dict[str, Path] = {}
+    train_attrs, train_images, train_captions = render_split(cfg, cfg.toyworld.n_train, train_seq, caption_rng)
+    _save_split(out / "real" / "train.npz", train_images, train_attrs, train_captions)
+    outputs["train"] = out / "real" / "train.npz"
+    for split, n, seq in (("val", cfg.toyworld.n_val, val_seq), ("test", cfg.toyworld.n_test, test_seq)):
+        attrs, images, _ = render_split(cfg, n, seq)
+        _save_split(out / "real" / f"{split}.npz", images, attrs)
+        outputs[split] = out / "real" / f"{split}.npz"
+
+    # The raw caption file: one row per train image, plus repeated rows (exact and near
+    # duplicates of earlier captions) inserted at random places, as scraped caption sets have.
+    dup_rng = np.random.default_rng(dup_seq)
+    rows = [(c, f"toy://train/{i}") for i, c in enumerate(train_captions)]
+    n = len(rows)
+    n_exact = int(round(cfg.toyworld.exact_duplicate_rate * n))
+    n_near = int(round(cfg.toyworld.near_duplicate_rate * n))
+    inserts: dict[int, list[tuple[str, str]]] = {}
+    for k in range(n_exact + n_near):
+        src = int(dup_rng.integers(n))
+        text = rows[src][0] if k < n_exact else near_duplicate(rows[src][0], dup_rng)
+        # inserted before row `pos`, which lies after its source: the repeat is the later one
+        pos = int(dup_rng.integers(src + 1, n + 1))
+        inserts.setdefault(pos, []).append((text, rows[src][1]))
+    merged: list[tuple[str, str]] = []
+    for i, row in enumerate(rows):
+        merged.extend(inserts.get(i, []))
+        merged.append(row)
+    merged.extend(inserts.get(n, []))
+    write_text(out / "captions_raw.tsv", "".join(f"{c}\t{u}\n" for c, u in merged))
+    outputs["captions"] = out / "captions_raw.tsv"
+
+    write_json(
+        out / "attributes.json",
+        {"attributes": attribute_names(cfg), "image_size": cfg.toyworld.image_size,
+         "toyworld": to_dict(cfg.toyworld)},
+    )
+    outputs["attributes"] = out / "attributes.json"
+    save_resolved(cfg, out)
+    return outputs

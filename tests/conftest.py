@@ -1,0 +1,120 @@
+"""Shared fixtures: configs that write under tmp_path, a small toy world, tiny generators."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+# A toy world and a generator small enough for tests.
+SMALL_WORLD = [
+    "toyworld.n_train=400",
+    "toyworld.n_val=100",
+    "toyworld.n_test=200",
+]
+TINY_GENERATOR = [
+    "generator.model.block_out_channels=[8,16]",
+    "generator.model.norm_num_groups=4",
+    "generator.model.attention_head_dim=4",
+    "generator.model.text_hidden_size=16",
+    "generator.model.text_layers=1",
+    "generator.steps=4",
+    "generator.batch_size=8",
+    "generator.log_every=2",
+]
+
+
+def tmp_overrides(tmp: Path, *extra: str) -> list[str]:
+    return [f"paths.data_dir={tmp}/data", f"paths.results_dir={tmp}/results", "threads=1", *SMALL_WORLD, *extra]
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    from synrep.config import load_config
+
+    def make(*extra: str, base: Path | None = None):
+        return load_config(tmp_overrides(base or tmp_path, *extra))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A rendered small toy world; returns the tmp root its config writes under."""
+    from synrep import toyworld
+    from synrep.config import load_config
+
+    root = tmp_path_factory.mktemp("world")
+    toyworld.run(load_config(tmp_overrides(root)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_toy_pipeline_dir(tmp_path_factory, small_world):
+    """A randomly initialised tiny toy generator saved with save_pretrained."""
+    from synrep.config import load_config
+    from synrep.generator.train import build_pipeline
+
+    out = tmp_path_factory.mktemp("tiny_toy") / "pipeline"
+    cfg = load_config(tmp_overrides(small_world, *TINY_GENERATOR))
+    build_pipeline(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_pipeline_dir(tmp_path_factory):
+    """A tiny randomly initialised Stable-Diffusion-architecture pipeline (UNet, VAE, CLIP text
+    encoder, CLIP BPE tokenizer), saved with save_pretrained, as a stand-in for real SD weights."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from tests.helpers import tiny_clip_bpe
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+        attention_head_dim=4, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8, sample_size=16,
+    )
+    vocab, merges = tiny_clip_bpe()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=16, projection_dim=16,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    out = tmp_path_factory.mktemp("tiny_sd") / "pipeline"
+    pipe.save_pretrained(out)
+    return out

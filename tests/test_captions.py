@@ -1,0 +1,453 @@
+"""synrep.captions: normalisation, dedup, the five input formats, bad rows, malformed files, run()."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from synrep import captions as C
+from synrep.captions import CaptionFormatError, deduplicate, load_captions, normalize_caption
+
+# --------------------------------------------------------------------------------------------
+# Reference implementations, written independently of the module
+# --------------------------------------------------------------------------------------------
+
+
+def ref_normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower().strip()
+    out, space = [], False
+    for ch in text:
+        if ch.isspace():
+            space = True
+            continue
+        if space and out:
+            out.append(" ")
+        space = False
+        out.append(ch)
+    return "".join(out)
+
+
+def ref_dedup(captions: list[str]) -> list[int]:
+    """Indices of the rows a first-occurrence dedup on normalised text keeps."""
+    seen: set[str] = set()
+    keep = []
+    for i, text in enumerate(captions):
+        key = ref_normalize(text)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return keep
+
+
+TRICKY = [
+    "ＦＵＬＬＷＩＤＴＨ", "Ｃａｔ！", "a\u00a0b", "\u3000x\u3000", "ﬁsh", "fish", "ß", "SS", "ss", "ẞ",
+    "İstanbul", "istanbul", "i̇stanbul", "e\u0301", "é", "E\u0301", "\u2028", "\u2029", "a\u2028b",
+    "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u200b", "\ufeff", "\ufffd", "😀",
+    "Ⅻ", "㎏", "½", "\u212a", "k", "K", "\u212b", "å", "Σ", "ς", "σ", "ǅ", "Ǆ", "\u1680", "\u205f",
+    "①", "Ⓐ", "ｶ", "カ", "\u00ad",
+]
+WORDS = ["a", "cat", "Cat", "CAT", "dog", "on", "the", "Mat", "red", "Car", "2024", "x", "café"]
+SPACES = [" ", "  ", "\t", " \n ", "\u00a0", "\u3000", "\u2028", "\x1c", ""]
+
+
+def random_captions(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(0, 5)):
+            pool = TRICKY if rng.random() < 0.3 else WORDS
+            parts.append(rng.choice(pool))
+            parts.append(rng.choice(SPACES))
+        text = "".join(parts)
+        if rng.random() < 0.2:
+            text = text.upper()
+        if rng.random() < 0.1 and out:
+            text = rng.choice(out)  # exact repeat
+        out.append(text)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation and dedup
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("  A  Cat\tON\nthe mat  ", "a cat on the mat"),
+        ("Ａ\u3000Ｃａｔ", "a cat"),
+        ("a\u00a0cat", "a cat"),
+        ("ﬁsh", "fish"),
+        ("Straße", "straße"),
+        ("İstanbul", "i̇stanbul"),
+        ("Cafe\u0301", "café"),
+        ("a\u2028b\x1cc", "a b c"),
+        ("\u00a0 \t", ""),
+    ],
+)
+def test_normalize_caption_examples(text, expected):
+    assert normalize_caption(text) == expected
+    assert ref_normalize(text) == expected
+
+
+def test_normalize_series_matches_python_on_tricky_and_random_text():
+    texts = TRICKY + [t + " " + t.upper() for t in TRICKY] + random_captions(3000, seed=1)
+    got = C.normalize_series(pl.Series("caption", texts)).to_list()
+    assert got == [normalize_caption(t) for t in texts]
+    assert got == [ref_normalize(t) for t in texts]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deduplicate_matches_reference(seed):
+    texts = random_captions(4000, seed)
+    df = pl.DataFrame({"caption": texts, "row": np.arange(len(texts))})
+    out = deduplicate(df)
+    keep = ref_dedup(texts)
+    assert out["row"].to_list() == keep  # first occurrence, input order
+    assert out["caption"].to_list() == [texts[i] for i in keep]  # original text
+    assert out["caption_id"].dtype == pl.Int64
+    assert out["caption_id"].to_list() == list(range(len(keep)))
+    assert out.columns == ["caption_id", "caption", "row"]
+    assert 0 < len(keep) < len(texts)
+    assert deduplicate(df).equals(out)  # stable
+
+
+def test_deduplicate_ascii_and_unicode_variants_collapse():
+    texts = ["fish", "ﬁsh", "FISH ", "Ｆｉｓｈ", "a\u00a0cat", "A  CAT", "\u212aing", "king", "kinG\t",
+             "Straße", "STRASSE", "strasse"]
+    out = deduplicate(pl.DataFrame({"caption": texts}))
+    assert out["caption"].to_list() == ["fish", "a\u00a0cat", "\u212aing", "Straße", "STRASSE"]
+
+
+def test_deduplicate_other_column_and_errors():
+    df = pl.DataFrame({"text": ["B", "b", "c"], "caption_id": [9, 9, 9]})
+    out = deduplicate(df, "text")
+    assert out.to_dict(as_series=False) == {"caption_id": [0, 1], "text": ["B", "c"]}
+    with pytest.raises(ValueError, match="null"):
+        deduplicate(pl.DataFrame({"caption": ["a", None]}))
+    with pytest.raises(ValueError, match="no column"):
+        deduplicate(df, "caption")
+
+
+def test_toyworld_near_duplicates_normalise_back():
+    from synrep.toyworld import near_duplicate
+
+    rng = np.random.default_rng(0)
+    base = ["a picture of a cyan disc", "a small red plus sign on a dark background"]
+    for caption in base:
+        for _ in range(30):
+            assert normalize_caption(near_duplicate(caption, rng)) == caption
+
+
+# --------------------------------------------------------------------------------------------
+# Formats
+# --------------------------------------------------------------------------------------------
+
+ROWS = [("A cat, on a \"mat\"", "http://x/1"), ("a DOG", "http://x/2"), ("Ｃａｆé\u00a0au lait", "http://x/3")]
+
+
+def write(path: Path, data: bytes | str, gz: bool = False) -> Path:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def rows_of(loaded) -> list[tuple]:
+    return list(loaded.rows.select("source_line", "caption", "url").iter_rows())
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_cc3m(tmp_path, gz):
+    path = write(tmp_path / ("c.tsv.gz" if gz else "c.tsv"), "".join(f"{c}\t{u}\n" for c, u in ROWS), gz)
+    loaded = load_captions(path, "cc3m")
+    assert loaded.rows_in == 3 and loaded.bad.height == 0
+    assert rows_of(loaded) == [(i + 1, c, u) for i, (c, u) in enumerate(ROWS)]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_cc12m_crlf_no_final_newline(tmp_path, gz):
+    text = "\r\n".join(f"{u}\t{c}" for c, u in ROWS)
+    path = write(tmp_path / ("c.tsv.gz" if gz else "c.tsv"), text, gz)
+    loaded = load_captions(path, "cc12m")
+    assert rows_of(loaded) == [(i + 1, c, u) for i, (c, u) in enumerate(ROWS)]
+
+
+def test_redcaps(tmp_path):
+    ann = [
+        {"image_id": f"id{i}", "author": "u", "url": u, "raw_caption": c.upper(), "caption": c,
+         "subreddit": "pics", "score": 3, "created_utc": 1.5e9, "permalink": f"/r/pics/{i}"}
+        for i, (c, u) in enumerate(ROWS)
+    ]
+    path = write(tmp_path / "pics_2020.json", json.dumps({"info": {"subreddit": "pics"}, "annotations": ann}))
+    loaded = load_captions(path, "redcaps")
+    assert rows_of(loaded) == [(i, c, u) for i, (c, u) in enumerate(ROWS)]
+    assert loaded.position == "row"
+
+
+def test_laion(tmp_path):
+    path = tmp_path / "part-00000.parquet"
+    pl.DataFrame({"SAMPLE_ID": [1, 2, 3], "URL": [u for _, u in ROWS], "TEXT": [c for c, _ in ROWS],
+                  "WIDTH": [64, 64, 64]}).write_parquet(path)
+    loaded = load_captions(path, "laion")
+    assert rows_of(loaded) == [(i, c, u) for i, (c, u) in enumerate(ROWS)]
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz", "t.tsv", "t.tsv.gz", "t.jsonl", "t.jsonl.gz", "t.parquet"])
+def test_table(tmp_path, name):
+    path = tmp_path / name
+    kind = C.table_kind(path)
+    df = pl.DataFrame({"id": [1, 2, 3], "text": [c for c, _ in ROWS], "url": [u for _, u in ROWS]})
+    if kind == "parquet":
+        df.write_parquet(path)
+        first = 0
+    else:
+        if kind == "csv":
+            text = df.write_csv()
+        elif kind == "tsv":
+            text = "id\ttext\turl\n" + "".join(f"{i}\t{c}\t{u}\n" for i, c, u in df.iter_rows())
+        else:
+            text = df.write_ndjson()
+        write(path, text, gz=name.endswith(".gz"))
+        first = 1 if kind == "jsonl" else 2
+    loaded = load_captions(path, "table", column="text")
+    assert rows_of(loaded) == [(first + i, c, u) for i, (c, u) in enumerate(ROWS)]
+
+
+# --------------------------------------------------------------------------------------------
+# Bad rows
+# --------------------------------------------------------------------------------------------
+
+
+def bad_of(loaded) -> list[tuple[int, str]]:
+    return list(loaded.bad.select("source_line", "kind").iter_rows())
+
+
+def test_bad_rows_tsv(tmp_path):
+    lines = [
+        b"a good caption\thttp://u/1",          # 1
+        b"",                                     # 2 blank line
+        b"   \thttp://u/3",                      # 3 whitespace only
+        b"caf\xe9 au lait\thttp://u/4",          # 4 latin-1 byte
+        b"a\x00b\thttp://u/5",                   # 5 NUL
+        b"x" * 41 + b"\thttp://u/6",             # 6 too long
+        b"no url field",                         # 7
+        b"a\tb\tc",                              # 8
+        "\u00a0\u3000\thttp://u/9".encode(),     # 9 normalises to ""
+        "caf\ufffd real replacement char\thttp://u/10".encode(),  # 10 valid UTF-8: kept
+        "x" * 40 + "\thttp://u/11",              # 11 exactly max_length: kept
+    ]
+    lines = [ln.encode() if isinstance(ln, str) else ln for ln in lines]
+    lines += [f"good {i}\thttp://u/{i}".encode() for i in range(12, 21)]
+    path = write(tmp_path / "bad.tsv", b"\n".join(lines) + b"\n")
+    loaded = load_captions(path, "cc3m", max_length=40)
+    assert loaded.rows_in == 20
+    assert bad_of(loaded) == [(2, "empty"), (3, "empty"), (4, "undecodable"), (5, "nul"),
+                              (6, "too_long"), (7, "fields"), (8, "fields"), (9, "empty")]
+    assert loaded.rows["source_line"].to_list() == [1, 10, 11, *range(12, 21)]
+    assert "\\xe9" in loaded.bad.filter(pl.col("kind") == "undecodable")["text"][0]
+    assert loaded.bad_counts() == {"undecodable": 1, "fields": 2, "nul": 1, "empty": 3, "too_long": 1}
+
+
+def test_bad_rows_across_blocks(tmp_path, monkeypatch):
+    """Line numbers stay right when the file is read in many small blocks."""
+    monkeypatch.setattr(C, "BLOCK_BYTES", 7)
+    lines = [f"caption {i}\thttp://u/{i}".encode() for i in range(1, 41)]
+    lines[9] = b"bad \xff\xfe byte\thttp://u/10"
+    lines[24] = b"one field"
+    path = write(tmp_path / "c.tsv.gz", b"\n".join(lines), gz=True)
+    loaded = load_captions(path, "cc3m")
+    assert loaded.rows_in == 40
+    assert bad_of(loaded) == [(10, "undecodable"), (25, "fields")]
+    assert loaded.rows["caption"].to_list()[-1] == "caption 40"
+
+
+def test_bad_rows_csv_multiline_records(tmp_path):
+    text = (
+        b"caption,url\n"                          # 1
+        b"good one,http://u/2\n"                  # 2
+        b'"two\nline, record",http://u/3\n'      # 3-4
+        b"too,many,fields\n"                      # 5
+        b"\n"                                     # 6
+        b"bad \xc3\x28 utf8,http://u/7\n"         # 7
+        b'"  ",http://u/8\n'                      # 8 whitespace only
+        b"last,http://u/9\n"                      # 9
+    )
+    loaded = load_captions(write(tmp_path / "t.csv", text), "table", column="caption")
+    assert bad_of(loaded) == [(5, "fields"), (6, "empty"), (7, "undecodable"), (8, "empty")]
+    assert rows_of(loaded) == [(2, "good one", "http://u/2"), (3, "two\nline, record", "http://u/3"),
+                               (9, "last", "http://u/9")]
+
+
+def test_bad_rows_jsonl(tmp_path):
+    lines = [
+        b'{"caption": "ok 1", "url": "u1"}',
+        b"not json",
+        b'{"other": 1}',
+        b'{"caption": null}',
+        b'{"caption": 5}',
+        b'{"caption": "caf\xe9"}',
+        b"",
+        b'{"caption": "lone \\udc80 surrogate"}',
+        b'{"caption": "nul \\u0000 here"}',
+    ] + [b'{"caption": "ok %d"}' % i for i in range(10, 16)]
+    loaded = load_captions(write(tmp_path / "t.jsonl", b"\n".join(lines)), "table", column="caption")
+    assert loaded.rows_in == 15
+    assert bad_of(loaded) == [(2, "fields"), (3, "fields"), (4, "empty"), (5, "fields"),
+                              (6, "undecodable"), (7, "empty"), (8, "undecodable"), (9, "nul")]
+    assert loaded.rows["source_line"].to_list() == [1, *range(10, 16)]
+
+
+def test_bad_rows_redcaps_and_parquet(tmp_path):
+    ann = [{"caption": "ok"}, {"caption": ""}, {"url": "no caption"}, {"caption": "\udc80"},
+           {"caption": "fine", "url": "u"}]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"annotations": ann}))  # ensure_ascii escapes the surrogate
+    loaded = load_captions(path, "redcaps")
+    assert bad_of(loaded) == [(1, "empty"), (2, "fields"), (3, "undecodable")]
+    assert rows_of(loaded) == [(0, "ok", None), (4, "fine", "u")]
+
+    path = tmp_path / "l.parquet"
+    pl.DataFrame({"TEXT": ["ok", None, " \t", "y" * 9, "fine"]}).write_parquet(path)
+    loaded = load_captions(path, "laion", max_length=8)
+    assert bad_of(loaded) == [(1, "empty"), (2, "empty"), (3, "too_long")]
+    assert rows_of(loaded) == [(0, "ok", None), (4, "fine", None)]
+
+
+# --------------------------------------------------------------------------------------------
+# Malformed files
+# --------------------------------------------------------------------------------------------
+
+
+def _truncated_gz(path: Path) -> Path:
+    data = gzip.compress("".join(f"caption {i}\thttp://u/{i}\n" for i in range(2000)).encode())
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+MALFORMED = {
+    "missing file": (lambda d: d / "nope.tsv", "cc3m", "no such file"),
+    "missing parquet": (lambda d: d / "nope.parquet", "laion", "no such file"),
+    "csv given as tsv": (lambda d: write(d / "c.tsv", "".join(f"cap {i},http://u/{i}\n" for i in range(9))),
+                         "cc3m", "wrong delimiter"),
+    "three fields everywhere": (lambda d: write(d / "c.tsv", "a\tb\tc\n" * 5 + "ok\turl\n"), "cc3m",
+                                "tab-separated fields"),
+    "columns swapped": (lambda d: write(d / "c.tsv", "".join(f"http://u/{i}\tcap {i}\n" for i in range(5))),
+                        "cc3m", "swapped"),
+    "utf-16": (lambda d: write(d / "c.tsv", "".join(f"cap {i}\thttp://u/{i}\n" for i in range(5)).encode("utf-16")),
+               "cc3m", "UTF-8"),
+    "empty file": (lambda d: write(d / "c.tsv", ""), "cc3m", "empty"),
+    "truncated gzip": (lambda d: _truncated_gz(d / "c.tsv.gz"), "cc12m", "gzip"),
+    "not gzip": (lambda d: write(d / "c.csv.gz", "caption\nplain text\n"), "table", "gzip"),
+    "invalid json": (lambda d: write(d / "r.json", '{"annotations": [{"caption": "a"},'), "redcaps", "invalid JSON"),
+    "not redcaps": (lambda d: write(d / "r.json", "[1, 2]"), "redcaps", "annotations"),
+    "not parquet": (lambda d: write(d / "l.parquet", "caption\turl\n"), "laion", "parquet"),
+    "laion without TEXT": (lambda d: (pl.DataFrame({"caption": ["a"]}).write_parquet(d / "l.parquet"),
+                                      d / "l.parquet")[1], "laion", "'TEXT'"),
+    "csv missing column": (lambda d: write(d / "t.csv", "text,url\na,b\n"), "table", "'caption'"),
+    "tsv table given csv": (lambda d: write(d / "t.tsv", "caption,url\na,b\n"), "table", "wrong delimiter"),
+    "jsonl missing key": (lambda d: write(d / "t.jsonl", '{"text": "a"}\n{"text": "b"}\n'), "table", "'caption'"),
+    "parquet missing column": (lambda d: (pl.DataFrame({"text": ["a"]}).write_parquet(d / "t.parquet"),
+                                          d / "t.parquet")[1], "table", "'caption'"),
+    "unknown extension": (lambda d: write(d / "t.txt", "caption\n"), "table", "extension"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_file_raises(tmp_path, case):
+    make, fmt, fragment = MALFORMED[case]
+    path = make(tmp_path)
+    with pytest.raises(CaptionFormatError) as info:
+        load_captions(path, fmt, column="caption")
+    assert str(path) in str(info.value)
+    assert fragment in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------
+
+TOY = [
+    ("a red circle", "toy://train/0"),
+    ("A Red  Circle", "toy://train/1"),      # near duplicate of 1
+    ("a red circle", "toy://train/2"),       # exact duplicate of 1
+    ("a blue square", "toy://train/3"),
+    ("", "toy://train/4"),                   # empty
+    ("ａ\u3000ｂｌｕｅ\u00a0square ", "toy://train/5"),  # near duplicate of 4
+    ("a green ring", "toy://train/6"),
+    ("a blue square", "toy://train/7"),      # exact duplicate of 4
+    ("one pink cross", "toy://train/8"),
+]
+
+
+def _cfg(tmp_path, *extra):
+    from synrep.config import load_config
+
+    return load_config([f"paths.results_dir={tmp_path / 'results'}", f"paths.data_dir={tmp_path / 'data'}",
+                        *extra])
+
+
+def test_run_end_to_end(tmp_path, capsys):
+    import mlflow
+    from omegaconf import OmegaConf
+
+    raw = tmp_path / "data" / "toyworld" / "captions_raw.tsv"
+    raw.parent.mkdir(parents=True)
+    raw.write_text("".join(f"{c}\t{u}\n" for c, u in TOY) + "broken row without url\n" + "z\tu\n" * 3)
+    cfg = _cfg(tmp_path)
+    paths = C.run(cfg)
+
+    out = tmp_path / "results" / "toy" / "captions"
+    assert paths == {"captions": out / "captions.parquet", "bad_rows": out / "bad_rows.csv",
+                     "stats": out / "stats.json", "config": out / "config.yaml"}
+    table = pl.read_parquet(paths["captions"])
+    assert table.schema == {"caption_id": pl.Int64, "caption": pl.String, "url": pl.String,
+                            "source_line": pl.Int64}
+    assert table.rows() == [
+        (0, "a red circle", "toy://train/0", 1),
+        (1, "a blue square", "toy://train/3", 4),
+        (2, "a green ring", "toy://train/6", 7),
+        (3, "one pink cross", "toy://train/8", 9),
+        (4, "z", "u", 11),
+    ]
+    stats = json.loads(paths["stats"].read_text())
+    assert stats["rows_in"] == 13
+    assert stats["bad_rows"] == {"undecodable": 0, "fields": 1, "nul": 0, "empty": 1, "too_long": 0}
+    assert stats["bad_rows_total"] == 2
+    assert stats["duplicates_removed"] == 6
+    assert stats["duplicates_identical_text"] == 4
+    assert stats["duplicates_normalised_only"] == 2
+    assert stats["rows_out"] == stats["rows_deduplicated"] == 5
+    assert stats["rows_in"] == stats["bad_rows_total"] + stats["duplicates_removed"] + stats["rows_out"]
+    bad = pl.read_csv(paths["bad_rows"])
+    assert bad.select("source_line", "kind").rows() == [(5, "empty"), (10, "fields")]
+    resolved = OmegaConf.load(paths["config"])
+    assert resolved.captions.path == str(raw)
+    assert "bad rows: 2" in capsys.readouterr().out
+
+    runs = mlflow.search_runs(experiment_names=["toy"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    metrics = runs[0].data.metrics
+    assert metrics["rows_out"] == 5 and metrics["bad_rows_fields"] == 1 and metrics["duplicates_removed"] == 6
+    assert runs[0].data.params["captions.format"] == "cc3m"
+    assert not list(out.glob(".*.tmp"))
+
+    # the limit keeps the first N after dedup; same ids
+    limited = C.run(_cfg(tmp_path, "captions.limit=2"))
+    assert pl.read_parquet(limited["captions"]).rows() == table.head(2).rows()
+    assert json.loads(limited["stats"].read_text())["rows_out"] == 2
+
+
+def test_run_malformed_file_raises(tmp_path):
+    cfg = _cfg(tmp_path, f"captions.path={tmp_path / 'missing.tsv'}")
+    with pytest.raises(CaptionFormatError, match="missing.tsv"):
+        C.run(cfg)
+    assert not (tmp_path / "results" / "toy" / "captions" / "captions.parquet").exists()

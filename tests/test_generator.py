@@ -1,0 +1,103 @@
+"""The toy GLIDE-style generator: guidance maths, save/load, training entry point."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from synrep.generator.pipeline import ToyGlidePipeline, guided_noise
+from synrep.generator.text import tokenize
+from tests.conftest import TINY_GENERATOR
+
+
+def test_tokenizer_is_word_level_and_offline(tiny_toy_pipeline_dir):
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    ids, mask = tokenize(pipe.tokenizer, ["A  Red\u00a0CIRCLE", ""])
+    vocab = pipe.tokenizer.get_vocab()
+    assert ids[0, :5].tolist() == [vocab["[BOS]"], vocab["a"], vocab["red"], vocab["circle"], vocab["[EOS]"]]
+    assert ids[1, :2].tolist() == [vocab["[BOS]"], vocab["[EOS]"]]  # the empty caption
+    assert mask[0].sum() == 5 and ids.shape[1] == pipe.tokenizer.model_max_length
+
+
+def test_guidance_is_one_batched_call_matching_separate_passes(tiny_toy_pipeline_dir):
+    """eps_u + w (eps_c - eps_u), conditional and unconditional in one UNet call, against a loop
+    that calls the UNet twice per step."""
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    calls = []
+    pipe.unet.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    prompts, w, steps = ["a red circle", "a big blue cross"], 3.0, 4
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    got = pipe(prompts, guidance_scale=w, num_inference_steps=steps, generator=gens, output_type="pt").images
+    assert calls == [4] * steps  # 2 prompts x (cond + uncond), one call per step
+
+    sched = pipe.scheduler
+    cond_states, cond_pooled = pipe.encode_prompt(prompts)
+    u_states, u_pooled = pipe.encode_prompt(["", ""])
+    x = torch.stack([torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (1, 2)])
+    sched.set_timesteps(steps)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            e_c = pipe.unet(x, t, encoder_hidden_states=cond_states, class_labels=cond_pooled).sample
+            e_u = pipe.unet(x, t, encoder_hidden_states=u_states, class_labels=u_pooled).sample
+            x = sched.step(e_u + w * (e_c - e_u), t, x).prev_sample
+    expected = (x.clamp(-1, 1) + 1) / 2
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_guidance_rescale_keeps_conditional_std():
+    torch.manual_seed(0)
+    e_u, e_c = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    plain = guided_noise(e_u, e_c, 8.0)
+    full = guided_noise(e_u, e_c, 8.0, guidance_rescale=1.0)
+    std = lambda t: t.std(dim=(1, 2, 3))  # noqa: E731
+    assert (std(plain) > 2 * std(e_c)).all()
+    torch.testing.assert_close(std(full), std(e_c))
+
+
+def test_w1_skips_the_unconditional_pass(tiny_toy_pipeline_dir):
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    calls = []
+    pipe.unet.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    pipe(["a red circle"], guidance_scale=1.0, num_inference_steps=2, output_type="np")
+    assert calls == [1, 1]
+
+
+def test_save_and_load_round_trip_gives_identical_samples(tiny_toy_pipeline_dir, tmp_path):
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    pipe.save_pretrained(tmp_path / "again")
+    again = ToyGlidePipeline.from_pretrained(tmp_path / "again")
+    kw = dict(guidance_scale=2.0, num_inference_steps=3, output_type="np")
+    a = pipe(["a pink ring"], generator=[torch.Generator().manual_seed(5)], **kw).images
+    b = again(["a pink ring"], generator=[torch.Generator().manual_seed(5)], **kw).images
+    np.testing.assert_array_equal(a, b)
+    index = json.loads((tmp_path / "again" / "model_index.json").read_text())
+    assert index["_class_name"] == "ToyGlidePipeline"
+    assert list((tmp_path / "again" / "unet").glob("*.safetensors"))
+
+
+def test_train_generator_entry_point(make_cfg, small_world, tmp_path):
+    from mlflow import MlflowClient
+
+    from synrep.generator import train
+    from synrep.tracking import tracking_uri
+
+    cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "generator.caption_dropout=0.5")
+    out = train.run(cfg)
+    pipe = ToyGlidePipeline.from_pretrained(out["model"])
+    assert pipe.unet.config.block_out_channels == [8, 16] or tuple(pipe.unet.config.block_out_channels) == (8, 16)
+    summary = json.loads(out["summary"].read_text())
+    assert summary["steps"] == 4 and len(summary["loss_curve"]) == 2
+    assert "caption_dropout: 0.5" in out["recipe"].read_text()
+    client = MlflowClient(tracking_uri(cfg))
+    run = client.get_run(summary["mlflow_run_id"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [2, 4]
+    assert run.data.params["generator.caption_dropout"] == "0.5"
+
+
+def test_training_rejects_mismatched_image_size(make_cfg, small_world):
+    from synrep.generator import train
+
+    cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "generator.model.sample_size=32")
+    with pytest.raises(ValueError, match="generator.model.sample_size"):
+        train.run(cfg)

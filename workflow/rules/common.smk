@@ -1,0 +1,41 @@
+# Shared set-up: the validated config, where results go, and how rules call the steps.
+import json
+import sys
+from pathlib import Path
+
+from synrep.config import load_config, run_dir, section_hash, to_yaml
+from synrep.fileio import write_text
+from synrep.shards import plan_shards, shard_path, w_label
+
+# Snakemake's config (config/config.yaml, --configfile, --config) validated by the structured
+# config: unknown keys and wrong types stop here with the key's dotted path.
+CFG = load_config(base=config)
+RESULTS = run_dir(CFG)
+LOGS = RESULTS / "logs"
+
+# The resolved config that every job reads; rewritten only when it changes. Rules rerun when
+# the sections they use change, through their `params.config` hash.
+RESOLVED = RESULTS / "config.yaml"
+if not RESOLVED.exists() or RESOLVED.read_text() != to_yaml(CFG):
+    write_text(RESOLVED, to_yaml(CFG))
+
+# The interpreter running Snakemake has synrep installed (also on SLURM nodes, where each job
+# re-runs Snakemake with it).
+PYTHON = sys.executable
+
+
+def synrep(step, extra=""):
+    """Shell command of one step; its output goes to the rule's log."""
+    return f"{PYTHON} -m synrep {step} --config {RESOLVED} threads={{threads}} {extra} > {{log}} 2>&1"
+
+
+def local_model_dir(model):
+    """The pipeline folder as an input when it is local (retraining it reruns generation)."""
+    return [model] if Path(model).exists() or model.startswith(str(CFG.paths.results_dir)) else []
+
+
+onstart:
+    # Parallel jobs race on creating the MLflow schema and experiment: create both first.
+    from synrep.tracking import ensure_experiment
+
+    ensure_experiment(CFG)

@@ -1,0 +1,34 @@
+# The toy world and the caption set.
+
+WORLD = Path(CFG.paths.data_dir) / "toyworld"
+
+
+rule toyworld:
+    output:
+        captions=WORLD / "captions_raw.tsv",
+        train=WORLD / "real" / "train.npz",
+        val=WORLD / "real" / "val.npz",
+        test=WORLD / "real" / "test.npz",
+        attributes=WORLD / "attributes.json",
+    params:
+        config=section_hash(CFG, "toyworld"),
+    threads: 1
+    log:
+        LOGS / "toyworld.log",
+    shell:
+        synrep("toyworld")
+
+
+checkpoint captions:
+    input:
+        CFG.captions.path,
+    output:
+        captions=RESULTS / "captions" / "captions.parquet",
+        stats=RESULTS / "captions" / "stats.json",
+    params:
+        config=section_hash(CFG, "captions"),
+    threads: 1
+    log:
+        LOGS / "captions.log",
+    shell:
+        synrep("captions")

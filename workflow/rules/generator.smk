@@ -1,0 +1,39 @@
+# The toy generator. Its trained weights ship in models/toy_generator, which the default run
+# uses; this rule retrains them (see README: "Retraining the toy generator").
+
+
+rule train_generator:
+    input:
+        train=rules.toyworld.output.train,
+    output:
+        directory(CFG.generator.output_dir),
+    params:
+        config=section_hash(CFG, "generator", "toyworld"),
+    threads: CFG.threads
+    resources:
+        runtime=120,
+        mem_mb=4000,
+    log:
+        LOGS / "train_generator.log",
+    shell:
+        synrep("train_generator")
+
+
+rule sample_quality:
+    input:
+        local_model_dir(CFG.generation.model),
+        train=rules.toyworld.output.train,
+        test=rules.toyworld.output.test,
+    output:
+        table=RESULTS / "sample_quality" / "caption_match.csv",
+        plot=RESULTS / "sample_quality" / "caption_match.png",
+    params:
+        config=section_hash(CFG, "sample_quality", "generation", "toyworld"),
+    threads: CFG.threads
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "sample_quality.log",
+    shell:
+        synrep("sample_quality")
