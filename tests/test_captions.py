@@ -47,7 +47,8 @@ def ref_dedup(captions: list[str]) -> list[int]:
 
 
 TRICKY = [
-    "ＦＵＬＬＷＩＤＴＨ", "Ｃａｔ！", "a\u00a0b", "\u3000x\u3000", "ﬁsh", "fish", "ß", "SS", "ss", "ẞ",
+    "ＦＵＬＬＷＩＤＴＨ", "Ｃａｔ！", "a\u00a0b", "\u3000x\u3000", "ﬁsh", "fish",
+    "ß", "SS", "ss", "ẞ",
     "İstanbul", "istanbul", "i̇stanbul", "e\u0301", "é", "E\u0301", "\u2028", "\u2029", "a\u2028b",
     "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u200b", "\ufeff", "\ufffd", "😀",
     "Ⅻ", "㎏", "½", "\u212a", "k", "K", "\u212b", "å", "Σ", "ς", "σ", "ǅ", "Ǆ", "\u1680", "\u205f",
@@ -128,10 +129,22 @@ def test_deduplicate_ascii_and_unicode_variants_collapse():
     assert out["caption"].to_list() == ["fish", "a\u00a0cat", "\u212aing", "Straße", "STRASSE"]
 
 
+def test_first_occurrences_survives_hash_collisions():
+    texts = random_captions(2000, seed=3)
+    norm = C.normalize_series(pl.Series("caption", texts))
+    expected = norm.is_first_distinct().to_list()
+    assert C.first_occurrences(norm).to_list() == expected
+    # every string in one bucket, and many different strings per bucket: still exact
+    for fake in (pl.Series([7] * len(norm), dtype=pl.UInt64), norm.str.len_bytes().cast(pl.UInt64)):
+        assert C.first_occurrences(norm, hashes=fake).to_list() == expected
+
+
 def test_deduplicate_other_column_and_errors():
     df = pl.DataFrame({"text": ["B", "b", "c"], "caption_id": [9, 9, 9]})
     out = deduplicate(df, "text")
     assert out.to_dict(as_series=False) == {"caption_id": [0, 1], "text": ["B", "c"]}
+    empty = deduplicate(pl.DataFrame({"caption": []}, schema={"caption": pl.String}))
+    assert empty.height == 0 and empty.schema == {"caption_id": pl.Int64, "caption": pl.String}
     with pytest.raises(ValueError, match="null"):
         deduplicate(pl.DataFrame({"caption": ["a", None]}))
     with pytest.raises(ValueError, match="no column"):
@@ -152,7 +165,11 @@ def test_toyworld_near_duplicates_normalise_back():
 # Formats
 # --------------------------------------------------------------------------------------------
 
-ROWS = [("A cat, on a \"mat\"", "http://x/1"), ("a DOG", "http://x/2"), ("Ｃａｆé\u00a0au lait", "http://x/3")]
+ROWS = [
+    ("A cat, on a \"mat\"", "http://x/1"),
+    ("a DOG", "http://x/2"),
+    ("Ｃａｆé\u00a0au lait", "http://x/3"),
+]
 
 
 def write(path: Path, data: bytes | str, gz: bool = False) -> Path:
@@ -201,7 +218,9 @@ def test_laion(tmp_path):
     assert rows_of(loaded) == [(i, c, u) for i, (c, u) in enumerate(ROWS)]
 
 
-@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz", "t.tsv", "t.tsv.gz", "t.jsonl", "t.jsonl.gz", "t.parquet"])
+@pytest.mark.parametrize(
+    "name", ["t.csv", "t.csv.gz", "t.tsv", "t.tsv.gz", "t.jsonl", "t.jsonl.gz", "t.parquet"]
+)
 def test_table(tmp_path, name):
     path = tmp_path / name
     kind = C.table_kind(path)
@@ -255,6 +274,7 @@ def test_bad_rows_tsv(tmp_path):
     assert loaded.rows["source_line"].to_list() == [1, 10, 11, *range(12, 21)]
     assert "\\xe9" in loaded.bad.filter(pl.col("kind") == "undecodable")["text"][0]
     assert loaded.bad_counts() == {"undecodable": 1, "fields": 2, "nul": 1, "empty": 3, "too_long": 1}
+    assert loaded.norm.to_list() == [normalize_caption(t) for t in loaded.rows["caption"]]
 
 
 def test_bad_rows_across_blocks(tmp_path, monkeypatch):
@@ -342,19 +362,21 @@ MALFORMED = {
                                 "tab-separated fields"),
     "columns swapped": (lambda d: write(d / "c.tsv", "".join(f"http://u/{i}\tcap {i}\n" for i in range(5))),
                         "cc3m", "swapped"),
-    "utf-16": (lambda d: write(d / "c.tsv", "".join(f"cap {i}\thttp://u/{i}\n" for i in range(5)).encode("utf-16")),
-               "cc3m", "UTF-8"),
+    "utf-16": (lambda d: write(d / "c.tsv", "".join(f"cap {i}\thttp://u/{i}\n" for i in range(5))
+                               .encode("utf-16")), "cc3m", "UTF-8"),
     "empty file": (lambda d: write(d / "c.tsv", ""), "cc3m", "empty"),
     "truncated gzip": (lambda d: _truncated_gz(d / "c.tsv.gz"), "cc12m", "gzip"),
     "not gzip": (lambda d: write(d / "c.csv.gz", "caption\nplain text\n"), "table", "gzip"),
-    "invalid json": (lambda d: write(d / "r.json", '{"annotations": [{"caption": "a"},'), "redcaps", "invalid JSON"),
+    "invalid json": (lambda d: write(d / "r.json", '{"annotations": [{"caption": "a"},'), "redcaps",
+                     "invalid JSON"),
     "not redcaps": (lambda d: write(d / "r.json", "[1, 2]"), "redcaps", "annotations"),
     "not parquet": (lambda d: write(d / "l.parquet", "caption\turl\n"), "laion", "parquet"),
     "laion without TEXT": (lambda d: (pl.DataFrame({"caption": ["a"]}).write_parquet(d / "l.parquet"),
                                       d / "l.parquet")[1], "laion", "'TEXT'"),
     "csv missing column": (lambda d: write(d / "t.csv", "text,url\na,b\n"), "table", "'caption'"),
     "tsv table given csv": (lambda d: write(d / "t.tsv", "caption,url\na,b\n"), "table", "wrong delimiter"),
-    "jsonl missing key": (lambda d: write(d / "t.jsonl", '{"text": "a"}\n{"text": "b"}\n'), "table", "'caption'"),
+    "jsonl missing key": (lambda d: write(d / "t.jsonl", '{"text": "a"}\n{"text": "b"}\n'), "table",
+                          "'caption'"),
     "parquet missing column": (lambda d: (pl.DataFrame({"text": ["a"]}).write_parquet(d / "t.parquet"),
                                           d / "t.parquet")[1], "table", "'caption'"),
     "unknown extension": (lambda d: write(d / "t.txt", "caption\n"), "table", "extension"),
@@ -369,6 +391,16 @@ def test_malformed_file_raises(tmp_path, case):
         load_captions(path, fmt, column="caption")
     assert str(path) in str(info.value)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("name, fmt", [("c.tsv", "cc3m"), ("t.csv", "table"), ("t.jsonl", "table")])
+def test_file_without_newlines_is_malformed(tmp_path, monkeypatch, name, fmt):
+    monkeypatch.setattr(C, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(C, "BLOCK_BYTES", 256)
+    path = write(tmp_path / name, bytes(b for b in range(256) if b != 10) * 8)
+    with pytest.raises(CaptionFormatError, match="longer than") as info:
+        load_captions(path, fmt)
+    assert str(path) in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,9 +27,10 @@ in the order they are tested (a row gets the first that applies):
 
 A malformed *file* stops the step with :class:`CaptionFormatError`, naming the file and the
 problem: missing file, missing column, a file with no rows, truncated or corrupt gzip, invalid JSON,
-a file that is not parquet, or a text file where most rows are bad in the same way (more than half
-``fields``: "wrong delimiter?"; more than half ``undecodable`` + ``nul``: "not UTF-8?"). For cc3m /
-cc12m, a caption column that mostly holds URLs means the two formats were confused.
+a file that is not parquet, a line over 64 MiB, or a text file where most rows are bad in the same
+way (more than half ``fields``: "wrong delimiter?"; more than half ``undecodable`` + ``nul``: "not
+UTF-8?"). For cc3m / cc12m, a caption column that mostly holds URLs means the two formats were
+confused.
 
 Deduplication is exact on :func:`normalize_caption` (NFKC, lower case, whitespace stripped and
 collapsed): the first occurrence is kept with its original text, in input order, and kept rows are
@@ -42,21 +43,24 @@ caption, url, source_line int64), ``bad_rows.csv`` (source_line, kind, text: a t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import gzip
-import io
 import json
 import re
 import sys
 import time
 import unicodedata
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 from omegaconf import DictConfig
 
 from synrep.config import run_dir, save_resolved
@@ -67,6 +71,7 @@ __all__ = [
     "CaptionFormatError",
     "LoadedCaptions",
     "deduplicate",
+    "first_occurrences",
     "load_captions",
     "normalize_caption",
     "normalize_series",
@@ -78,14 +83,13 @@ FORMATS = ("cc3m", "cc12m", "redcaps", "laion", "table")
 
 # Bytes read at a time from text files (line-aligned blocks are processed with polars).
 BLOCK_BYTES = 8 << 20
+# Longest line accepted in a text file
+MAX_LINE_BYTES = 64 << 20
 # A text file where more than this fraction of rows are bad in one structural way is malformed.
 MAJORITY = 0.5
 # Characters of the repr of a bad row kept in the report
 SHOW_CHARS = 200
 
-# The characters Python's str.split() / str.isspace() treat as whitespace within ASCII. Note
-# \x1c-\x1f (file/group/record/unit separators): Python counts them, Rust's \s does not.
-_ASCII_WS_RUN = r"[\t\n\x0B\x0C\r\x1C-\x1F ]+"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _URL_LIKE = r"^[A-Za-z][A-Za-z0-9+.\-]*://\S*$"
 
@@ -111,24 +115,59 @@ def normalize_caption(text: str) -> str:
 def normalize_series(captions: pl.Series) -> pl.Series:
     """:func:`normalize_caption` applied to every element, vectorised.
 
-    Pure-ASCII strings (where NFKC is the identity and ASCII lower-casing agrees with Python's)
-    go through polars string kernels; only strings with a non-ASCII character go through Python.
-    The result is identical to ``[normalize_caption(t) for t in captions]``. Nulls are refused.
+    The result is identical to ``[normalize_caption(t) for t in captions]``. On a string made only
+    of printable ASCII (0x20-0x7E), NFKC is the identity, Python lower-cases only A-Z and the only
+    whitespace is the space: Arrow's byte-wise ``ascii_lower``, then (where a leading, trailing or
+    double space makes it necessary) collapsing runs of spaces and stripping, is exact there.
+    Every other string (non-ASCII, or holding a control character such as a tab or a newline:
+    a few percent of a web caption set) goes through :func:`normalize_caption` itself.
+    Nulls are refused.
     """
     if captions.dtype != pl.String:
         raise ValueError(f"expected a string column, got {captions.dtype}")
     if captions.null_count():
         raise ValueError(f"column {captions.name!r} holds {captions.null_count()} null values")
-    frame = pl.DataFrame({"t": captions}).select(
-        norm=pl.col("t").str.to_lowercase().str.replace_all(_ASCII_WS_RUN, " ").str.strip_chars(" "),
-        non_ascii=pl.col("t").str.len_bytes() != pl.col("t").str.len_chars(),
-    )
-    norm = frame["norm"]
-    idx = frame["non_ascii"].arg_true()
+    if captions.is_empty():
+        return captions.clone()
+    arrow = captions.to_arrow()
+    if isinstance(arrow, pa.ChunkedArray):
+        arrow = arrow.combine_chunks()
+    if arrow.type not in (pa.string(), pa.large_string()):
+        arrow = arrow.cast(pa.large_string())
+    norm = pl.Series(captions.name, pc.ascii_lower(arrow), dtype=pl.String)
+
+    python = ~pc.ascii_is_printable(arrow).to_numpy(zero_copy_only=False)
+    text = pl.col("t")
+    spaces = pl.DataFrame({"t": captions}).select(
+        text.str.contains("  ", literal=True) | text.str.starts_with(" ") | text.str.ends_with(" ")
+    ).to_series().to_numpy()
+    idx = np.flatnonzero(spaces & ~python)
     if len(idx):
-        slow = [normalize_caption(t) for t in captions.gather(idx).to_list()]
-        norm = norm.scatter(idx, pl.Series(slow, dtype=pl.String))
-    return norm.rename(captions.name)
+        norm = norm.scatter(idx, norm.gather(idx).str.replace_all(" {2,}", " ").str.strip_chars(" "))
+    idx = np.flatnonzero(python)
+    if len(idx):
+        fixed = [normalize_caption(t) for t in captions.gather(idx).to_list()]
+        norm = norm.scatter(idx, pl.Series(fixed, dtype=pl.String))
+    return norm
+
+
+def first_occurrences(norm: pl.Series, hashes: pl.Series | None = None) -> pl.Series:
+    """``norm.is_first_distinct()``, computed faster through 64-bit hashes and verified.
+
+    Rows are marked by ``hashes.is_first_distinct()``; then every row marked as a repeat is
+    compared with the first row of its hash. All equal means no two different strings share a
+    hash, and the marks are exact; otherwise (a hash collision) it falls back to
+    ``norm.is_first_distinct()``. ``hashes`` is for tests.
+    """
+    h = norm.hash(seed=0) if hashes is None else hashes
+    first = h.is_first_distinct()
+    rows = pl.DataFrame({"h": h, "first": first}).with_row_index("i")
+    repeats = rows.filter(~pl.col("first")).select("h", "i")
+    firsts = rows.filter(pl.col("first")).select("h", rep=pl.col("i"))
+    pairs = repeats.join(firsts, on="h", how="inner")
+    if pairs.height == repeats.height and (norm.gather(pairs["i"]) == norm.gather(pairs["rep"])).all():
+        return first.rename(norm.name)
+    return norm.is_first_distinct()
 
 
 def deduplicate(df: pl.DataFrame, column: str = "caption") -> pl.DataFrame:
@@ -141,8 +180,12 @@ def deduplicate(df: pl.DataFrame, column: str = "caption") -> pl.DataFrame:
     """
     if column not in df.columns:
         raise ValueError(f"no column {column!r} in {df.columns}")
-    keep = normalize_series(df[column]).is_first_distinct()
-    out = df.filter(keep)
+    return _deduplicate(df, normalize_series(df[column]))
+
+
+def _deduplicate(df: pl.DataFrame, norm: pl.Series) -> pl.DataFrame:
+    """:func:`deduplicate`, given the normalised captions."""
+    out = df.filter(first_occurrences(norm))
     ids = pl.int_range(pl.len(), dtype=pl.Int64).alias("caption_id")
     return out.select(ids, pl.exclude("caption_id"))
 
@@ -163,6 +206,8 @@ class LoadedCaptions:
     bad: pl.DataFrame  # source_line int64, kind str, text str (truncated repr), by source_line
     # What source_line counts: "line" (1-based line number) or "row" (0-based row index)
     position: str = "line"
+    # normalize_caption of rows["caption"], kept so the step does not normalise twice
+    norm: pl.Series | None = field(default=None, repr=False)
 
     def bad_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(BAD_KINDS, 0)
@@ -181,22 +226,32 @@ def _show(value: str | bytes) -> str:
 
 
 class _BadRows:
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "line") -> None:
+        self.unit = unit
         self.lines: list[int] = []
         self.kinds: list[str] = []
         self.texts: list[str] = []
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def add(self, line: int, kind: str, value: str | bytes) -> None:
         self.lines.append(line)
         self.kinds.append(kind)
         self.texts.append(_show(value))
+        self.counts[kind] += 1
+
+    def extend(self, frame: pl.DataFrame) -> None:
+        """Add already-formatted bad rows (source_line, kind, text)."""
+        self.lines.extend(frame["source_line"].to_list())
+        self.kinds.extend(frame["kind"].to_list())
+        self.texts.extend(frame["text"].to_list())
+        self.counts.update(frame["kind"].to_list())
 
     def count(self, kind: str) -> int:
-        return self.kinds.count(kind)
+        return self.counts[kind]
 
     def first(self, kind: str) -> str:
         i = self.kinds.index(kind)
-        return f"line {self.lines[i]}: {self.texts[i]}"
+        return f"{self.unit} {self.lines[i]}: {self.texts[i]}"
 
     def frame(self) -> pl.DataFrame:
         return pl.DataFrame(
@@ -232,11 +287,16 @@ def _read_errors(path: Path) -> Iterator[None]:
         raise CaptionFormatError(f"{path}: cannot read ({err})") from err
 
 
-def _line_blocks(handle: IO[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
+def _line_blocks(
+    handle: IO[bytes], path: Path, block_bytes: int | None = None
+) -> Iterator[tuple[int, bytes]]:
     """Yield ``(number of its first line, block)``: blocks of whole lines joined by ``\\n``,
-    without the final newline. A file's last line needs no newline; a UTF-8 BOM is dropped."""
+    without the final newline. A file's last line needs no newline; a UTF-8 BOM is dropped.
+    A line longer than MAX_LINE_BYTES raises (not a line-based text file)."""
+    block_bytes = block_bytes or BLOCK_BYTES
     line_no = 1
-    rest = b""
+    pending: list[bytes] = []  # the start of an unfinished line
+    pending_bytes = 0
     first = True
     while True:
         chunk = handle.read(block_bytes)
@@ -245,17 +305,30 @@ def _line_blocks(handle: IO[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[
             if chunk.startswith(b"\xef\xbb\xbf"):
                 chunk = chunk[3:]
         if not chunk:
-            if rest:
-                yield line_no, rest
+            if pending_bytes:
+                yield line_no, b"".join(pending)
             return
-        data = rest + chunk if rest else chunk
-        cut = data.rfind(b"\n")
+        cut = chunk.rfind(b"\n")
         if cut < 0:
-            rest = data
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes > MAX_LINE_BYTES:
+                raise CaptionFormatError(
+                    f"{path}: line {line_no} is longer than {MAX_LINE_BYTES >> 20} MiB; "
+                    "not a line-based text file?"
+                )
             continue
-        block, rest = data[:cut], data[cut + 1 :]
+        block = b"".join([*pending, chunk[:cut]]) if pending else chunk[:cut]
+        pending, pending_bytes = [chunk[cut + 1 :]], len(chunk) - cut - 1
         yield line_no, block
         line_no += block.count(b"\n") + 1
+
+
+def _lines(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line)``, the line without its ``\\n``."""
+    for first_line, block in _line_blocks(handle, path):
+        for i, line in enumerate(block.split(b"\n")):
+            yield first_line + i, line
 
 
 def _decode_lines(block: bytes) -> tuple[list[str | None], dict[int, bytes]]:
@@ -309,7 +382,7 @@ def _read_tsv(path: Path, fmt: str, column: str) -> tuple[pl.DataFrame, _BadRows
     parts: list[pl.DataFrame] = []
     rows_in = 0
     with _open_binary(path) as handle, _read_errors(path):
-        for first_line, block in _line_blocks(handle):
+        for first_line, block in _line_blocks(handle, path):
             if n_fields is None:
                 head, sep, block = block.partition(b"\n")
                 try:
@@ -394,7 +467,7 @@ def _read_csv(path: Path, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
     rows_in = 0
     with _open_binary(path) as handle, _read_errors(path):
         # Bytes that are not UTF-8 become lone surrogates, found per record below.
-        stream = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        stream = (line.decode("utf-8", "surrogateescape") + "\n" for _, line in _lines(handle, path))
         reader = csv.reader(stream)
         try:
             header = next(reader, None)
@@ -438,29 +511,28 @@ def _read_jsonl(path: Path, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
     rows_in = 0
     seen_column = False
     with _open_binary(path) as handle, _read_errors(path):
-        for line_no, raw in enumerate(handle, start=1):
+        for line_no, raw in _lines(handle, path):
             rows_in += 1
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
+            raw = raw.removesuffix(b"\r")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                bad.add(line_no, "undecodable", raw.rstrip(b"\r\n"))
+                bad.add(line_no, "undecodable", raw)
                 continue
             if not text.strip():
-                bad.add(line_no, "empty", text.rstrip("\r\n"))
+                bad.add(line_no, "empty", text)
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError:
                 obj = None
             if not isinstance(obj, dict) or column not in obj:
-                bad.add(line_no, "fields", text.rstrip("\r\n"))
+                bad.add(line_no, "fields", text)
                 continue
             seen_column = True
             caption, kind = _text_or_bad(obj[column])
             if kind:
-                bad.add(line_no, kind, obj[column] if kind != "fields" else text.rstrip("\r\n"))
+                bad.add(line_no, kind, obj[column] if kind != "fields" else text)
                 continue
             lines.append(line_no)
             captions.append(caption)
@@ -490,7 +562,7 @@ def _read_redcaps(path: Path) -> tuple[pl.DataFrame, _BadRows, int]:
         raise CaptionFormatError(
             f"{path}: not a RedCaps annotation file (expected a JSON object with an 'annotations' list)"
         )
-    bad = _BadRows()
+    bad = _BadRows("row")
     lines: list[int] = []
     captions: list[str] = []
     urls: list[str | None] = []
@@ -536,7 +608,7 @@ def _read_parquet(path: Path, column: str, url_column: str | None) -> tuple[pl.D
         caption=pl.col(column).cast(pl.String),
         url=pl.col(cols[1]).cast(pl.String) if len(cols) > 1 else pl.lit(None, dtype=pl.String),
     )
-    return rows, _BadRows(), df.height
+    return rows, _BadRows("row"), df.height
 
 
 def table_kind(path: str | Path) -> str:
@@ -555,8 +627,11 @@ def table_kind(path: str | Path) -> str:
     return kinds[ext]
 
 
-def _check_content(rows: pl.DataFrame, max_length: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """NUL / empty / too-long captions -> bad rows (one normalisation pass)."""
+def _check_content(
+    rows: pl.DataFrame, max_length: int
+) -> tuple[pl.DataFrame, pl.Series, pl.DataFrame]:
+    """NUL / empty / too-long captions -> bad rows. Returns the good rows, their normalised
+    captions and the bad rows."""
     cap = pl.col("caption")
     norm = normalize_series(rows["caption"].fill_null(""))
     kind = (
@@ -567,7 +642,9 @@ def _check_content(rows: pl.DataFrame, max_length: int) -> tuple[pl.DataFrame, p
         .otherwise(pl.lit(None, dtype=pl.String))
     )
     rows = rows.with_columns(_norm=norm).with_columns(_kind=kind)
-    good = rows.filter(pl.col("_kind").is_null()).drop("_norm", "_kind")
+    good = rows.filter(pl.col("_kind").is_null())
+    good_norm = good["_norm"].rename("caption")
+    good = good.drop("_norm", "_kind")
     flagged = rows.filter(pl.col("_kind").is_not_null())
     bad = pl.DataFrame(
         {
@@ -577,7 +654,7 @@ def _check_content(rows: pl.DataFrame, max_length: int) -> tuple[pl.DataFrame, p
         },
         schema=_BAD_SCHEMA,
     )
-    return good, bad
+    return good, good_norm, bad
 
 
 def load_captions(
@@ -613,13 +690,15 @@ def load_captions(
             position = "row"
     if rows_in == 0:
         raise CaptionFormatError(f"{path}: no caption rows (empty file)")
-    rows, content_bad = _check_content(rows, max_length)
+    rows, norm, content_bad = _check_content(rows, max_length)
     all_bad = pl.concat([bad.frame(), content_bad]).sort("source_line", maintain_order=True)
     # NUL captions found only now count towards the "not a text file" rule.
-    merged = _BadRows()
-    merged.lines, merged.kinds, merged.texts = (all_bad[c].to_list() for c in all_bad.columns)
+    merged = _BadRows(position)
+    merged.extend(all_bad)
     _too_many(path, merged, rows_in, True, "have the wrong structure")
-    return LoadedCaptions(path=path, format=fmt, rows_in=rows_in, rows=rows, bad=all_bad, position=position)
+    return LoadedCaptions(
+        path=path, format=fmt, rows_in=rows_in, rows=rows, bad=all_bad, position=position, norm=norm
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,38 +744,40 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         "stats": out / "stats.json",
         "config": out / "config.yaml",
     }
+    # A malformed file fails here, before anything is written or an MLflow run is opened.
     start = time.time()
+    loaded = load_captions(ccfg.path, ccfg.format, column=ccfg.column, max_length=ccfg.max_length)
+    rows = loaded.rows
+    kept = _deduplicate(rows, loaded.norm)
+    n_identical = rows.height - rows["caption"].n_unique()
+    n_dedup = kept.height
+    if ccfg.limit is not None:
+        kept = kept.head(ccfg.limit)
+    table = kept.select("caption_id", "caption", "url", "source_line")
+    bad_counts = loaded.bad_counts()
+    stats = {
+        "source": str(loaded.path),
+        "format": loaded.format,
+        "source_line": "1-based line number" if loaded.position == "line" else "0-based row index",
+        "rows_in": loaded.rows_in,
+        "bad_rows": bad_counts,
+        "bad_rows_total": loaded.bad.height,
+        "duplicates_removed": rows.height - n_dedup,
+        "duplicates_identical_text": n_identical,
+        "duplicates_normalised_only": rows.height - n_dedup - n_identical,
+        "rows_deduplicated": n_dedup,
+        "limit": ccfg.limit,
+        "rows_out": table.height,
+        "seconds": round(time.time() - start, 2),
+    }
     with mlflow_run(cfg, "captions", sections=("captions",)) as mlrun:
-        loaded = load_captions(ccfg.path, ccfg.format, column=ccfg.column, max_length=ccfg.max_length)
-        rows = loaded.rows
-        kept = deduplicate(rows, "caption")
-        n_identical = rows.height - rows["caption"].n_unique()
-        n_dedup = kept.height
-        if ccfg.limit is not None:
-            kept = kept.head(ccfg.limit)
-        table = kept.select("caption_id", "caption", "url", "source_line")
-        bad_counts = loaded.bad_counts()
-        stats = {
-            "source": str(loaded.path),
-            "format": loaded.format,
-            "rows_in": loaded.rows_in,
-            "bad_rows": bad_counts,
-            "bad_rows_total": loaded.bad.height,
-            "duplicates_removed": rows.height - n_dedup,
-            "duplicates_identical_text": n_identical,
-            "duplicates_normalised_only": rows.height - n_dedup - n_identical,
-            "rows_deduplicated": n_dedup,
-            "limit": ccfg.limit,
-            "rows_out": table.height,
-            "seconds": round(time.time() - start, 2),
-            "mlflow_run_id": mlrun.info.run_id,
-        }
+        stats["mlflow_run_id"] = mlrun.info.run_id
         write_parquet(paths["captions"], table)
         with atomic_path(paths["bad_rows"]) as tmp:
             loaded.bad.write_csv(tmp)
         write_json(paths["stats"], stats)
         save_resolved(cfg, out)
-        metrics = {k: v for k, v in stats.items() if k not in ("limit", "seconds") and isinstance(v, int)}
+        metrics = {k: v for k, v in stats.items() if isinstance(v, int) and k != "limit"}
         metrics.update({f"bad_rows_{k}": n for k, n in bad_counts.items()})
         metrics["seconds"] = stats["seconds"]
         mlflow.log_metrics(metrics)

@@ -1,0 +1,74 @@
+"""StableRep / SimCLR augmentations (``papers.md``), from torchvision.transforms.v2, scaled to the
+image size: RandomResizedCrop(size, scale), colour jitter (0.4, 0.4, 0.4, 0.1) with p 0.8,
+grayscale p 0.2, Gaussian blur p 0.5 (kernel ~10% of the side, as 23 px is at 224), horizontal
+flip, and an optional random down-sample (to 64 or 128 of 224 px, i.e. 2/7 or 4/7 of the side).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from omegaconf import DictConfig
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+class RandomDownsample(torch.nn.Module):
+    """With probability p, down-sample to a fraction of the side and back up (low-res robustness)."""
+
+    def __init__(self, p: float, fractions: tuple[float, ...] = (2 / 7, 4 / 7)):
+        super().__init__()
+        self.p, self.fractions = p, fractions
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if self.p <= 0 or torch.rand(()) >= self.p:
+            return img
+        size = img.shape[-1]
+        fraction = self.fractions[int(torch.randint(len(self.fractions), ()))]
+        small = max(2, round(size * fraction))
+        return TF.resize(TF.resize(img, [small, small], antialias=True), [size, size], antialias=True)
+
+
+def blur_kernel(size: int) -> int:
+    k = max(3, int(round(size * 0.1)))
+    return k if k % 2 else k + 1
+
+
+def blur_sigma(size: int) -> tuple[float, float]:
+    """The paper's sigma range (0.1, 2.0) at 224 px, scaled to the side (at least 0.1 to 0.3 px)."""
+    return 0.1, max(0.3, 2.0 * size / 224)
+
+
+def train_transform(cfg: DictConfig) -> v2.Compose:
+    """Per-image training augmentation: uint8 CHW tensor in, normalised float CHW out."""
+    a, size = cfg.train.augment, cfg.train.image_size
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=tuple(a.crop_scale), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(*a.color_jitter)], p=a.color_jitter_p),
+        v2.RandomGrayscale(p=a.grayscale_p),
+        v2.RandomApply([v2.GaussianBlur(blur_kernel(size), sigma=blur_sigma(size))], p=a.blur_p),
+        RandomDownsample(a.downsample_p),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(MEAN, STD),
+    ])
+
+
+def eval_transform(cfg: DictConfig) -> v2.Compose:
+    size = cfg.train.image_size
+    return v2.Compose([
+        v2.Resize(size, antialias=True),
+        v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(MEAN, STD),
+    ])
+
+
+def seed_everything(seed: int) -> None:
+    """torchvision's random transforms draw from torch's and Python's global generators."""
+    random.seed(seed)
+    torch.manual_seed(seed)

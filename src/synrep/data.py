@@ -1,0 +1,220 @@
+"""Training batches streamed from WebDataset shards: n captions x m images.
+
+Synthetic shards (``synrep.shards``) hold l images per caption; real-image shards hold one image
+per caption in the same format (``real_shards`` writes them for the toy world; img2dataset shards
+with ``jpg``/``png`` and ``txt`` members also read). Per method, one sample (one batch row, one
+group) is:
+
+- StableRep / StableRep+: m images drawn without replacement from the first l of the caption,
+  one augmented crop each (if m > l, every image is used and the rest are drawn again, so some
+  images appear as two different crops);
+- SimCLR: one image, two crops;
+- CLIP: one image and its caption.
+
+Group ids belong to batch rows, as in the official code: two rows with the same caption text are
+still different groups (captions are deduplicated first). The order of samples and of the random
+draws is a function of (seed, epoch, rank), so a resumed run sees what an uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import polars as pl
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from synrep.config import run_dir
+from synrep.shards import shard_path, w_label, write_index, write_shard
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How one batch row is drawn from a caption's stored images."""
+
+    images: int  # distinct source images per row (m for StableRep, 1 for SimCLR / CLIP)
+    views: int  # augmented crops per source image (2 for SimCLR)
+    use_first: int | None  # l: only the first l stored images are used (None: all)
+    with_text: bool
+
+
+def sample_spec(method: str, l: int | None, m: int | None) -> SampleSpec:
+    if method in ("stablerep", "stablerep_plus"):
+        return SampleSpec(images=int(m), views=1, use_first=l, with_text=method == "stablerep_plus")
+    if method == "simclr":
+        return SampleSpec(images=1, views=2, use_first=l, with_text=False)
+    if method == "clip":
+        return SampleSpec(images=1, views=1, use_first=l, with_text=True)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def shard_urls(cfg: DictConfig, source: str) -> list[str]:
+    """The shards of a data source: ``real`` or ``w<w>`` (e.g. ``w2``), in index order."""
+    index_path = run_dir(cfg, "shards", "index.parquet") if source != "real" else run_dir(cfg, "real_shards", "index.parquet")
+    if not index_path.exists():
+        raise FileNotFoundError(f"shard index not found at {index_path} (data source {source!r}); "
+                                "run generation (snakemake) first")
+    index = pl.read_parquet(index_path)
+    if source != "real":
+        w = float(source.removeprefix("w"))
+        index = index.filter(pl.col("w") == w)
+        if index.is_empty():
+            raise ValueError(f"no shards for data source {source!r} in {index_path}; "
+                             f"config key 'generation.guidance_scales' must include {w:g}")
+    return index.sort("shard")["path"].to_list()
+
+
+def _image_names(sample: dict) -> list[str]:
+    names = [k for k in sample if k.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS and not k.startswith("__")]
+    # synthetic: "0.png", "1.png", ...; img2dataset: "jpg"
+    return sorted(names, key=lambda n: int(n.split(".")[0]) if n.split(".")[0].isdigit() else -1)
+
+
+def _caption(sample: dict) -> str:
+    if "json" in sample:
+        record = json.loads(sample["json"])
+        if "caption" in record:
+            return record["caption"]
+    if "txt" in sample:
+        return sample["txt"].decode("utf-8")
+    raise KeyError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no caption (json or txt)")
+
+
+def _decode(data: bytes) -> torch.Tensor:
+    array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+class GroupStream(torch.utils.data.IterableDataset):
+    """Yields ``(images [k*v, 3, H, W], caption)`` per caption, streamed from tar shards.
+
+    Epoch ``e`` visits the shards in an order shuffled by (seed, e), shuffles samples within a
+    buffer, and rank r of ``world`` keeps every world-th sample, so all ranks see the same number
+    of samples (± 1) and the draws depend only on (seed, epoch, rank).
+    """
+
+    def __init__(self, urls: list[str], spec: SampleSpec, transform: Callable, seed: int,
+                 shuffle_buffer: int = 1000, rank: int = 0, world: int = 1):
+        super().__init__()
+        self.urls, self.spec, self.transform = list(urls), spec, transform
+        self.seed, self.shuffle_buffer, self.rank, self.world = seed, shuffle_buffer, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _raw(self, rng: random.Random) -> Iterator[dict]:
+        import webdataset as wds
+
+        urls = list(self.urls)
+        rng.shuffle(urls)
+        stream = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None,
+                                empty_check=False)
+        buffer: list[dict] = []
+        for sample in stream:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
+        rng = random.Random(f"{self.seed}-{self.epoch}")
+        draw_rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-draw")
+        spec = self.spec
+        for i, sample in enumerate(self._raw(rng)):
+            if i % self.world != self.rank:
+                continue
+            names = _image_names(sample)
+            if spec.use_first is not None:
+                if len(names) < spec.use_first:
+                    raise ValueError(f"sample {sample['__key__']} in {sample.get('__url__')} has {len(names)} "
+                                     f"images; the run asks for l = {spec.use_first}")
+                names = names[: spec.use_first]
+            if spec.images <= len(names):
+                chosen = draw_rng.sample(names, spec.images)
+            else:
+                chosen = names + [draw_rng.choice(names) for _ in range(spec.images - len(names))]
+            crops = [self.transform(_decode(sample[name])) for name in chosen for _ in range(spec.views)]
+            yield torch.stack(crops), _caption(sample)
+
+
+def collate_groups(batch: list[tuple[torch.Tensor, str]]) -> dict:
+    """n rows of k images -> images [n*k, 3, H, W], group_ids [n*k] (the batch row), captions [n]."""
+    images = torch.cat([b[0] for b in batch])
+    per_row = batch[0][0].shape[0]
+    group_ids = torch.arange(len(batch)).repeat_interleave(per_row)
+    return {"images": images, "group_ids": group_ids, "captions": [b[1] for b in batch]}
+
+
+def batches(stream: GroupStream, rows_per_batch: int, steps: int) -> Iterator[dict]:
+    """Exactly ``steps`` full batches from one pass (every rank runs the same number of steps)."""
+    rows: list = []
+    made = 0
+    for item in stream:
+        rows.append(item)
+        if len(rows) == rows_per_batch:
+            yield collate_groups(rows)
+            rows = []
+            made += 1
+            if made == steps:
+                return
+    if made < steps:
+        raise RuntimeError(f"the data ran out after {made} of {steps} batches; the shards hold fewer "
+                           "samples than the run plan expects")
+
+
+def count_samples(urls: list[str]) -> int:
+    """Samples in a set of shards (from their parquet index when there is one)."""
+    total = 0
+    for url in urls:
+        import tarfile
+
+        with tarfile.open(url) as tar:
+            total += sum(1 for m in tar if m.isfile() and m.name.endswith((".json", ".txt")))
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Real images in the shard format (the toy world's captioned "real" images)
+# --------------------------------------------------------------------------------------------
+
+
+def real_shards_run(cfg: DictConfig) -> dict[str, Path]:
+    """Write the real image of every kept caption into shards (one image per caption), so that
+    real-image baselines read the same format as synthetic ones."""
+    from synrep import toyworld
+    from synrep.config import save_resolved
+    from synrep.shards import plan_shards, shard_summary
+
+    captions = pl.read_parquet(run_dir(cfg, "captions", "captions.parquet"))
+    train = toyworld.load_split(cfg, "train")
+    out = run_dir(cfg, "real_shards")
+    per_shard = cfg.generation.captions_per_shard
+    rows = []
+    for spec in plan_shards(len(captions), per_shard, [0.0]):
+        part = captions.slice(spec.start, spec.stop - spec.start)
+        samples = []
+        for row in part.iter_rows(named=True):
+            url = row.get("url") or ""
+            if not url.startswith("toy://train/"):
+                raise ValueError(f"caption {row['caption_id']} has url {url!r}: real shards are made from the toy "
+                                 "world only; for real data point the run at img2dataset shards")
+            index = int(url.rsplit("/", 1)[1])
+            samples.append({"key": f"c{row['caption_id']:09d}", "images": [train["images"][index]],
+                            "record": {"caption": row["caption"], "caption_id": int(row["caption_id"]),
+                                       "source": url}})
+        path = out / f"shard-{spec.index:06d}.tar"
+        write_shard(path, samples)
+        rows.append(shard_summary(path, spec) | {"w": None})
+    save_resolved(cfg, out)
+    return {"index": write_index(out / "index.parquet", rows)}

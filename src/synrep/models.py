@@ -1,0 +1,117 @@
+"""Image encoders from timm, projection heads, and the open_clip text tower.
+
+- image backbone: any timm model by name (``train.encoder``), created with ``num_classes=0`` so it
+  returns pooled features (the CLS token for ViTs); the toy world uses the timm-registered
+  ``toy_cnn`` (``synrep.encoders``), the paper ``vit_base_patch16_224``;
+- projection head: the paper's MLP, BatchNorm + ReLU after the first two layers
+  (768-4096-4096-256 for ViT-B/16);
+- text tower (CLIP, StableRep+): open_clip's ``TextTransformer`` built from config, with
+  open_clip's BPE tokenizer (its vocabulary ships in the wheel: no download).
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+import synrep.encoders  # noqa: F401  (registers the toy encoders with timm)
+
+
+def create_backbone(cfg: DictConfig) -> nn.Module:
+    t = cfg.train
+    kwargs = dict(t.encoder_kwargs)
+    try:
+        return timm.create_model(t.encoder, pretrained=False, num_classes=0, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"config key 'train.encoder': timm has no model {t.encoder!r}") from None
+        raise
+
+
+class ProjectionHead(nn.Sequential):
+    """Linear-BN-ReLU, Linear-BN-ReLU, Linear: StableRep's (and SimCLR v2's) MLP head."""
+
+    def __init__(self, dim_in: int, hidden: int, dim_out: int):
+        super().__init__(
+            nn.Linear(dim_in, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, dim_out),
+        )
+
+
+def tokenizer(cfg: DictConfig):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=cfg.train.text.context_length)
+
+
+def create_text_tower(cfg: DictConfig, output_dim: int) -> nn.Module:
+    from open_clip.transformer import TextTransformer
+
+    text = cfg.train.text
+    tok = tokenizer(cfg)
+    return TextTransformer(
+        context_length=text.context_length,
+        vocab_size=tok.vocab_size,
+        width=text.width,
+        heads=text.heads,
+        layers=text.layers,
+        output_dim=output_dim,
+        pad_id=0,
+        eos_id=tok.eot_token_id,
+        pool_type="argmax",
+    )
+
+
+class RepresentationModel(nn.Module):
+    """Backbone + heads for every method.
+
+    ``forward_image`` gives the projection used by the image-image loss; ``embed_image`` gives
+    the image embedding in the joint image-text space; ``features`` is what evaluation uses
+    (the backbone's pooled output, before any head).
+    """
+
+    def __init__(self, cfg: DictConfig, method: str):
+        super().__init__()
+        t = cfg.train
+        self.method = method
+        self.backbone = create_backbone(cfg)
+        dim = self.backbone.num_features
+        if method in ("stablerep", "simclr", "stablerep_plus"):
+            self.head = ProjectionHead(dim, t.head_hidden, t.head_out)
+        if method in ("clip", "stablerep_plus"):
+            self.image_proj = nn.Linear(dim, t.text.embed_dim, bias=False)
+            self.text = create_text_tower(cfg, t.text.embed_dim)
+            # CLIP's learnable temperature, initialised at 1/0.07
+            self.logit_scale = nn.Parameter(torch.tensor(1 / 0.07).log())
+
+    @property
+    def has_text(self) -> bool:
+        return hasattr(self, "text")
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def forward_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def embed_image(self, features: torch.Tensor) -> torch.Tensor:
+        return self.image_proj(features)
+
+    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text(tokens)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms, embeddings' positions and the logit scale."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or "logit_scale" in name or "positional_embedding" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
