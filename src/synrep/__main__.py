@@ -22,6 +22,13 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "generate": ("synrep.generate", "run", "generate l images per caption and w into shards"),
     "index": ("synrep.generate", "index_run", "index the shards, draw sample grids, log to MLflow"),
     "sample_quality": ("synrep.quality", "run", "caption-match accuracy and diversity of the generator by w"),
+    "real_shards": ("synrep.data", "real_shards_run", "write the captions' real images as shards (real-image baselines)"),
+    "train": ("synrep.train", "run", "train one encoder as train.* describes"),
+    "evaluate": ("synrep.evaluate", "run", "linear probe, few-shot and zero-shot of the encoder in train.output_dir"),
+    "baselines": ("synrep.evaluate", "baselines_run", "evaluate a random-init encoder and raw pixels"),
+    "sweep": ("synrep.sweep", "list_runs", "list the runs the sweep expands to"),
+    "sweep_run": ("synrep.sweep", "run_one", "train and evaluate one run of the sweep (--run RUN_ID)"),
+    "report": ("synrep.report", "run", "ablation tables and plots of the sweep"),
 }
 
 
@@ -36,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "generate":
             p.add_argument("--w", type=float, help="only this guidance scale")
             p.add_argument("--shard", type=int, help="only this shard index")
+        if name == "sweep_run":
+            p.add_argument("--run", required=True, dest="run_id", help="run id, as `python -m synrep sweep` lists")
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--config", dest="config_file")
@@ -64,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {}
     if args.step == "generate":
         kwargs = {"w": args.w, "shard": args.shard}
+    elif args.step == "sweep_run":
+        kwargs = {"run_id": args.run_id}
     start = time.time()
     try:
         outputs = fn(cfg, **kwargs)

@@ -101,6 +101,8 @@ class GeneratorTrainConfig:
     ema_decay: float = 0.995
     # GLIDE: replace the caption by the empty caption for this fraction of training examples
     caption_dropout: float = 0.15
+    # Min-SNR-gamma loss weighting (Hang et al. 2023); null trains with GLIDE's plain L_simple
+    snr_gamma: Optional[float] = 5.0
     seed: int = 0
     log_every: int = 100
     # Preview grid every N steps (0: only at the end)
@@ -142,6 +144,107 @@ class SampleQualityConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """SimCLR / StableRep augmentation (papers.md), scaled to the image size in synrep.augment."""
+
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    downsample_p: float = 0.05
+
+
+@dataclass
+class TextTowerConfig:
+    """open_clip text transformer of CLIP and StableRep+ (open_clip's BPE tokenizer)."""
+
+    context_length: int = 32
+    width: int = 64
+    heads: int = 2
+    layers: int = 2
+    embed_dim: int = 64
+
+
+@dataclass
+class TrainConfig:
+    """One training run. A sweep (``sweep``) sets method, data, l, m and seed per run."""
+
+    method: str = "stablerep"  # stablerep | simclr | clip | stablerep_plus
+    # Training images: "real" (the captions' own images) or "w<scale>" (synthetic at that w)
+    data: str = "w2"
+    l: int = 4  # images per caption used (the first l of those stored)
+    m: int = 4  # images per caption in a batch row (StableRep, StableRep+)
+    seed: int = 0
+    output_dir: str = "${paths.results_dir}/${name}/runs/single"
+    encoder: str = "toy_cnn"  # any timm model name, e.g. vit_base_patch16_224
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 16
+    head_hidden: int = 512
+    head_out: int = 128
+    temperature: float = 0.1
+    # StableRep+: L = L_image + text_loss_weight * (L_i2t + L_t2i)
+    text_loss_weight: float = 0.5
+    # Epochs in SimCLR-equivalent compute: every method sees epochs * 2 crops per caption
+    epochs: float = 10.0
+    batch_images: int = 256  # crops per step, global (n captions x m images for StableRep)
+    # lr = base_lr * batch_images / 256 (the paper: 2e-4 for ViT-B/16)
+    base_lr: float = 2e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_fraction: float = 0.1
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda
+    workers: int = 0  # DataLoader worker processes per rank
+    shuffle_buffer: int = 1000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+
+
+@dataclass
+class EvalConfig:
+    """Frozen-feature evaluation: linear probe, few-shot and zero-shot."""
+
+    # toyworld: the embedded world's real splits; imagefolder: <root>/{train,val,test}/<class>/*;
+    # a torchvision dataset class name (e.g. CIFAR10) under root with download=False
+    dataset: str = "toyworld"
+    root: str = "${paths.data_dir}/toyworld"
+    # Toy world labels to evaluate; the first is the headline number
+    targets: list[str] = field(default_factory=lambda: ["shape", "size"])
+    batch_size: int = 512
+    # Linear probe: SGD momentum 0.9, no weight decay, cosine; every lr trained at once
+    probe_lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
+    probe_epochs: int = 30
+    probe_batch_size: int = 256
+    probe_batchnorm: bool = True
+    fewshot_episodes: int = 600
+    fewshot_ways: int = 5
+    fewshot_shots: int = 5
+    fewshot_queries: int = 15
+    zero_shot: bool = True
+    # Toy-world fraction of val used when the real recipe has no val split
+    val_fraction: float = 0.1
+
+
+@dataclass
+class SweepGrid:
+    """One block of a sweep: the cartesian product of its lists (null: the train.* value)."""
+
+    method: Optional[list[str]] = None
+    data: Optional[list[str]] = None
+    l: Optional[list[int]] = None
+    m: Optional[list[int]] = None
+
+
+@dataclass
+class SweepConfig:
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    grids: list[SweepGrid] = field(default_factory=list)
+    # Also evaluate a randomly initialised encoder and raw pixels (no training)
+    baselines: bool = True
+
+
+@dataclass
 class Config:
     name: str = "toy"
     # CPU threads for torch in each step (Snakemake rules pass theirs)
@@ -152,6 +255,9 @@ class Config:
     generator: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     sample_quality: SampleQualityConfig = field(default_factory=SampleQualityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 # Values outside these sets fail at load time.
@@ -161,7 +267,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "generation.dtype": ("float32", "float16", "bfloat16"),
     "generation.device": ("auto", "cpu", "cuda"),
     "generation.image_format": ("png", "jpg"),
+    "train.method": ("stablerep", "simclr", "clip", "stablerep_plus"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda"),
 }
+METHODS = CHOICES["train.method"]
 POSITIVE: tuple[str, ...] = (
     "threads",
     "toyworld.image_size",
@@ -174,6 +284,19 @@ POSITIVE: tuple[str, ...] = (
     "generation.batch_size",
     "sample_quality.captions",
     "sample_quality.images_per_caption",
+    "train.l",
+    "train.m",
+    "train.image_size",
+    "train.epochs",
+    "train.batch_images",
+    "train.base_lr",
+    "train.temperature",
+    "eval.batch_size",
+    "eval.probe_epochs",
+    "eval.fewshot_episodes",
+    "eval.fewshot_ways",
+    "eval.fewshot_shots",
+    "eval.fewshot_queries",
 )
 FRACTIONS: tuple[str, ...] = (
     "toyworld.exact_duplicate_rate",
@@ -181,6 +304,12 @@ FRACTIONS: tuple[str, ...] = (
     "generator.caption_dropout",
     "generator.ema_decay",
     "generation.guidance_rescale",
+    "train.warmup_fraction",
+    "train.augment.color_jitter_p",
+    "train.augment.grayscale_p",
+    "train.augment.blur_p",
+    "train.augment.downsample_p",
+    "eval.val_fraction",
 )
 
 
@@ -253,8 +382,40 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("config key 'generation.guidance_scales': values must be distinct")
     if cfg.toyworld.image_size % 4:
         raise ConfigError("config key 'toyworld.image_size': must be a multiple of 4")
+    check_data_source(cfg.train.data, "train.data")
+    for i, grid in enumerate(cfg.sweep.grids):
+        for key in ("method", "data", "l", "m"):
+            values = grid[key]
+            if values is not None and len(values) == 0:
+                raise ConfigError(f"config key 'sweep.grids[{i}].{key}': empty list (use null for the train.* value)")
+        for j, method in enumerate(grid.method or []):
+            if method not in METHODS:
+                raise ConfigError(f"config key 'sweep.grids[{i}].method[{j}]': {method!r} is not one of {list(METHODS)}")
+        for j, data in enumerate(grid.data or []):
+            check_data_source(data, f"sweep.grids[{i}].data[{j}]")
+        for key in ("l", "m"):
+            for j, value in enumerate(grid[key] or []):
+                if value <= 0:
+                    raise ConfigError(f"config key 'sweep.grids[{i}].{key}[{j}]': must be > 0, got {value}")
+    if not cfg.sweep.seeds:
+        raise ConfigError("config key 'sweep.seeds': at least one seed")
+    lo, hi = cfg.train.augment.crop_scale
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f"config key 'train.augment.crop_scale': need 0 < min <= max <= 1, got {[lo, hi]}")
     if cfg.captions.format == "table" and not cfg.captions.column:
         raise ConfigError("config key 'captions.column': required when captions.format=table")
+
+
+def check_data_source(value: str, key: str) -> None:
+    """``real`` or ``w<guidance scale>``."""
+    if value == "real":
+        return
+    try:
+        ok = value.startswith("w") and float(value[1:]) >= 1.0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"config key '{key}': {value!r} is not a data source: 'real' or 'w<guidance scale>' such as 'w2'")
 
 
 def load_config(

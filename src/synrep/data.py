@@ -57,12 +57,16 @@ def sample_spec(method: str, l: int | None, m: int | None) -> SampleSpec:
     raise ValueError(f"unknown method {method!r}")
 
 
-def shard_urls(cfg: DictConfig, source: str) -> list[str]:
-    """The shards of a data source: ``real`` or ``w<w>`` (e.g. ``w2``), in index order."""
-    index_path = run_dir(cfg, "shards", "index.parquet") if source != "real" else run_dir(cfg, "real_shards", "index.parquet")
+def shard_index(cfg: DictConfig, source: str) -> pl.DataFrame:
+    """The shards of a data source, ``real`` or ``w<w>`` (e.g. ``w2``), in index order."""
+    if source == "real":
+        index_path = run_dir(cfg, "real_shards", "index.parquet")
+    else:
+        index_path = run_dir(cfg, "shards", "index.parquet")
     if not index_path.exists():
+        step = "real_shards" if source == "real" else "generation"
         raise FileNotFoundError(f"shard index not found at {index_path} (data source {source!r}); "
-                                "run generation (snakemake) first")
+                                f"run {step} first (snakemake does)")
     index = pl.read_parquet(index_path)
     if source != "real":
         w = float(source.removeprefix("w"))
@@ -70,7 +74,15 @@ def shard_urls(cfg: DictConfig, source: str) -> list[str]:
         if index.is_empty():
             raise ValueError(f"no shards for data source {source!r} in {index_path}; "
                              f"config key 'generation.guidance_scales' must include {w:g}")
-    return index.sort("shard")["path"].to_list()
+    return index.sort("shard")
+
+
+def shard_urls(cfg: DictConfig, source: str) -> list[str]:
+    return shard_index(cfg, source)["path"].to_list()
+
+
+def count_captions(cfg: DictConfig, source: str) -> int:
+    return int(shard_index(cfg, source)["samples"].sum())
 
 
 def _image_names(sample: dict) -> list[str]:
@@ -131,8 +143,14 @@ class GroupStream(torch.utils.data.IterableDataset):
         rng = random.Random(f"{self.seed}-{self.epoch}")
         draw_rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-draw")
         spec = self.spec
+        # rank r of R, DataLoader worker j of J: sample i goes to (i mod R*J) == r*J + j
+        worker = torch.utils.data.get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
+        stride, slot = self.world * workers, self.rank * workers + worker_id
+        if worker:
+            draw_rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker_id}-draw")
         for i, sample in enumerate(self._raw(rng)):
-            if i % self.world != self.rank:
+            if i % stride != slot:
                 continue
             names = _image_names(sample)
             if spec.use_first is not None:
@@ -154,34 +172,6 @@ def collate_groups(batch: list[tuple[torch.Tensor, str]]) -> dict:
     per_row = batch[0][0].shape[0]
     group_ids = torch.arange(len(batch)).repeat_interleave(per_row)
     return {"images": images, "group_ids": group_ids, "captions": [b[1] for b in batch]}
-
-
-def batches(stream: GroupStream, rows_per_batch: int, steps: int) -> Iterator[dict]:
-    """Exactly ``steps`` full batches from one pass (every rank runs the same number of steps)."""
-    rows: list = []
-    made = 0
-    for item in stream:
-        rows.append(item)
-        if len(rows) == rows_per_batch:
-            yield collate_groups(rows)
-            rows = []
-            made += 1
-            if made == steps:
-                return
-    if made < steps:
-        raise RuntimeError(f"the data ran out after {made} of {steps} batches; the shards hold fewer "
-                           "samples than the run plan expects")
-
-
-def count_samples(urls: list[str]) -> int:
-    """Samples in a set of shards (from their parquet index when there is one)."""
-    total = 0
-    for url in urls:
-        import tarfile
-
-        with tarfile.open(url) as tar:
-            total += sum(1 for m in tar if m.isfile() and m.name.endswith((".json", ".txt")))
-    return total
 
 
 # --------------------------------------------------------------------------------------------

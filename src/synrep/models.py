@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+
 import timm
 import torch
 from omegaconf import DictConfig
@@ -94,14 +96,25 @@ class RepresentationModel(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def forward_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
-
     def embed_image(self, features: torch.Tensor) -> torch.Tensor:
         return self.image_proj(features)
 
     def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text(tokens)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Everything a loss needs, in one call (DistributedDataParallel hooks ``forward`` only)."""
+        feats = self.backbone(images)
+        out = {}
+        if hasattr(self, "head"):
+            out["projection"] = self.head(feats)
+        if self.has_text:
+            out["image_embedding"] = self.image_proj(feats)
+            if tokens is not None:
+                out["text_embedding"] = self.text(tokens)
+            # CLIP clamps the learnable temperature at 100
+            out["logit_scale"] = self.logit_scale.clamp(max=math.log(100.0))
+        return out
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -27,6 +27,7 @@ import synrep.encoders  # noqa: F401  (registers toy_cnn with timm)
 from synrep import toyworld
 from synrep.config import run_dir, save_resolved
 from synrep.fileio import atomic_path, write_json, write_text
+from synrep.tables import markdown_table
 
 ATTRIBUTES = ("shape", "colour", "size", "background")
 
@@ -141,15 +142,6 @@ def plot(table: pl.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def markdown_table(df: pl.DataFrame, floatfmt: str = ".3f") -> str:
-    cols = df.columns
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.iter_rows():
-        cells = [format(v, floatfmt) if isinstance(v, float) else ("" if v is None else str(v)) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:

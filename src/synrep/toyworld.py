@@ -262,6 +262,17 @@ def vocabulary(cfg: DictConfig) -> list[str]:
     return sorted(words)
 
 
+def zero_shot_prompts(cfg: DictConfig, target: str) -> list[list[str]]:
+    """Zero-shot prompts per class of an attribute, from the caption templates' own words
+    ([] for attributes that captions never name alone)."""
+    if target == "shape":
+        return [[f"a photo of a {w}" for w in SHAPE_WORDS[s]] + [f"a {w}" for w in SHAPE_WORDS[s]]
+                for s in cfg.toyworld.shapes]
+    if target == "size":
+        return [[f"a {w} {o}" for w in SIZE_WORDS[size] for o in ("circle", "square", "cross")] for size in SIZES]
+    return []
+
+
 _NEAR_DUPLICATE_EDITS = ("upper", "title", "spaces", "padding", "fullwidth", "nbsp")
 
 

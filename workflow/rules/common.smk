@@ -39,3 +39,7 @@ onstart:
     from synrep.tracking import ensure_experiment
 
     ensure_experiment(CFG)
+    if RUNS:
+        from synrep.sweep import parent_run_id
+
+        parent_run_id(CFG)

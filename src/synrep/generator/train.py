@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
@@ -149,7 +149,15 @@ def run(cfg: DictConfig) -> dict[str, Path]:
             text = text_encoder(input_ids=batch_ids, attention_mask=batch_mask)
             pred = unet(xt, t, encoder_hidden_states=text.last_hidden_state,
                         class_labels=text.pooler_output).sample
-            loss = F.mse_loss(pred, noise)
+            if gcfg.snr_gamma is None:
+                loss = F.mse_loss(pred, noise)
+            else:
+                # min(SNR, gamma) / SNR for eps-prediction: tames the easy low-noise steps, so that
+                # more of the gradient goes where the caption decides the shape.
+                snr = compute_snr(noise_scheduler, t)
+                weight = torch.clamp(snr, max=gcfg.snr_gamma) / snr
+                per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+                loss = (per_sample * weight).mean()
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,250 @@
+"""Ablation tables and plots of a sweep, shaped like StableRep's.
+
+Reads every run's ``metrics.json`` and the baselines, and writes under
+``results/<name>/ablations/``:
+
+- ``runs.csv``: one row per run and seed, every metric;
+- ``tables.md`` and one CSV per table, cells "mean ± 95% CI over seeds" (Student t):
+  l x m (StableRep), w per method, method x data (real vs synthetic) with the two baselines;
+- ``accuracy_vs_w.png`` and ``lm_heatmap.png``;
+- ``metrics.json``: group means, for ``dvc metrics show``.
+
+All of it is also logged to the sweep's MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from omegaconf import DictConfig
+
+from synrep.config import run_dir, save_resolved
+from synrep.fileio import atomic_path, write_json, write_text
+from synrep.tables import markdown_table, mean_ci
+
+METHOD_ORDER = ["stablerep", "stablerep_plus", "simclr", "clip"]
+METHOD_NAMES = {"stablerep": "StableRep", "stablerep_plus": "StableRep+", "simclr": "SimCLR", "clip": "CLIP",
+                "random_init": "random init", "raw_pixels": "raw pixels"}
+
+
+def load_runs(paths: list[Path]) -> pl.DataFrame:
+    rows = []
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        record.pop("details", None)
+        rows.append(record)
+    if not rows:
+        raise ValueError("no run metrics to report")
+    df = pl.DataFrame(rows)
+    return df.with_columns(
+        pl.when(pl.col("data") == "real").then(None).otherwise(pl.col("data").str.slice(1).cast(pl.Float64, strict=False)).alias("w")
+    )
+
+
+def load_baselines(path: Path | None) -> pl.DataFrame | None:
+    if path is None or not Path(path).exists():
+        return None
+    rows = json.loads(Path(path).read_text())["baselines"]
+    for row in rows:
+        row.pop("details", None)
+    return pl.DataFrame(rows)
+
+
+def default_runs(df: pl.DataFrame, cfg: DictConfig) -> pl.DataFrame:
+    """Runs at the default l and m (train.l, train.m): the rows of the w and method x data tables."""
+    l_default = pl.when(pl.col("data") == "real").then(1).otherwise(cfg.train.l)
+    multi = pl.col("method").is_in(["stablerep", "stablerep_plus"])
+    return df.filter((pl.col("l") == l_default) & (~multi | (pl.col("m") == cfg.train.m)))
+
+
+def _order_methods(df: pl.DataFrame, column: str = "method") -> pl.DataFrame:
+    order = {m: i for i, m in enumerate(METHOD_ORDER + ["random_init", "raw_pixels"])}
+    return (df.with_columns(pl.col(column).replace_strict(order, default=99).alias("_order"))
+              .sort("_order").drop("_order"))
+
+
+def _label(df: pl.DataFrame, column: str = "method") -> pl.DataFrame:
+    return df.with_columns(pl.col(column).replace_strict(METHOD_NAMES, default=pl.col(column)))
+
+
+def table_lm(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
+    """l x m for StableRep on the data source with the most (l, m) pairs."""
+    sr = df.filter(pl.col("method") == "stablerep")
+    if sr.is_empty():
+        return None
+    counts = sr.group_by("data").agg(pl.struct("l", "m").n_unique().alias("k")).sort("k", descending=True)
+    data = counts["data"][0]
+    if counts["k"][0] < 2:
+        return None
+    cells = mean_ci(sr.filter(pl.col("data") == data), ["l", "m"], metric)
+    table = cells.sort("m").pivot(on="m", index="l", values="cell").sort("l")
+    table = table.rename({c: f"m={c}" for c in table.columns if c != "l"}).with_columns(pl.col("l").cast(pl.String))
+    return f"StableRep, l x m ({data})", table
+
+
+def table_w(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, pl.DataFrame] | None:
+    syn = default_runs(df, cfg).filter(pl.col("data") != "real")
+    if syn.select(pl.col("w").n_unique()).item() < 2:
+        return None
+    cells = mean_ci(syn, ["method", "w"], metric).sort("w")
+    cells = cells.with_columns(pl.format("w={}", pl.col("w")).alias("w"))
+    table = _label(_order_methods(cells.pivot(on="w", index="method", values="cell")))
+    return "guidance scale w per method", table
+
+
+def table_method_data(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.DataFrame | None):
+    runs = default_runs(df, cfg)
+    cells = mean_ci(runs, ["method", "data", "w"], metric).sort("w", nulls_last=False)
+    table = cells.pivot(on="data", index="method", values="cell")
+    if base is not None and metric in base.columns:
+        bcells = mean_ci(base.rename({"baseline": "method"}), ["method"], metric)
+        table = pl.concat([table, bcells.select("method", pl.col("cell").alias("no training"))], how="diagonal")
+    return "method x data (real vs synthetic)", _label(_order_methods(table))
+
+
+def plot_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.DataFrame | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = default_runs(df, cfg)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in [m for m in METHOD_ORDER if m in runs["method"].to_list()]:
+        mine = runs.filter(pl.col("method") == method)
+        syn = mean_ci(mine.filter(pl.col("data") != "real"), ["w"], metric).sort("w")
+        if syn.is_empty():
+            continue
+        line = ax.errorbar(syn["w"], syn["mean"], yerr=syn["ci95"], marker="o", capsize=3,
+                           label=f"{METHOD_NAMES[method]} (synthetic)")
+        real = mean_ci(mine.filter(pl.col("data") == "real"), ["method"], metric)
+        if not real.is_empty():
+            ax.axhline(real["mean"][0], color=line[0].get_color(), ls="--", lw=1,
+                       label=f"{METHOD_NAMES[method]} (real)")
+    if base is not None:
+        for name, style in (("random_init", ":"), ("raw_pixels", "-.")):
+            b = base.filter(pl.col("baseline") == name)
+            if not b.is_empty() and metric in b.columns:
+                ax.axhline(b[metric].mean(), color="grey", ls=style, lw=1, label=METHOD_NAMES[name])
+    ax.set(xlabel="guidance scale w", ylabel=metric.replace("_", " "), title=f"{cfg.name}: {metric} against w")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_lm_heatmap(df: pl.DataFrame, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sr = df.filter(pl.col("method") == "stablerep")
+    fig, ax = plt.subplots(figsize=(4.5, 3.8))
+    if not sr.is_empty():
+        data = sr.group_by("data").len().sort("len", descending=True)["data"][0]
+        cells = mean_ci(sr.filter(pl.col("data") == data), ["l", "m"], metric)
+        ls, ms = sorted(cells["l"].unique().to_list()), sorted(cells["m"].unique().to_list())
+        grid = np.full((len(ls), len(ms)), np.nan)
+        for row in cells.iter_rows(named=True):
+            grid[ls.index(row["l"]), ms.index(row["m"])] = row["mean"]
+        image = ax.imshow(grid, cmap="viridis", origin="lower")
+        for i in range(len(ls)):
+            for j in range(len(ms)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w", fontsize=9)
+        ax.set(xticks=range(len(ms)), xticklabels=ms, yticks=range(len(ls)), yticklabels=ls,
+               xlabel="m (images per caption in a batch)", ylabel="l (images per caption)",
+               title=f"StableRep {metric} ({data})")
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def dvc_metrics(df: pl.DataFrame, base: pl.DataFrame | None, metrics: list[str]) -> dict:
+    out: dict = {}
+    for group in df["group"].unique(maintain_order=True).to_list():
+        rows = df.filter(pl.col("group") == group)
+        out[group] = {m: round(float(rows[m].mean()), 4) for m in metrics if m in rows.columns and rows[m].null_count() < len(rows)}
+    if base is not None:
+        for name in base["baseline"].unique(maintain_order=True).to_list():
+            rows = base.filter(pl.col("baseline") == name)
+            out[f"baseline-{name}"] = {m: round(float(rows[m].mean()), 4) for m in metrics if m in rows.columns}
+    return out
+
+
+def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: Path | None, out: Path) -> dict[str, Path]:
+    df = load_runs(run_metrics)
+    base = load_baselines(baseline_metrics)
+    primary = cfg.eval.targets[0] if cfg.eval.dataset == "toyworld" else "class"
+    metrics = [c for c in (f"probe_{primary}", f"fewshot_{primary}", f"zeroshot_{primary}") if c in df.columns]
+    metrics += [c for c in df.columns if c.startswith("probe_") and not c.endswith("_val") and c not in metrics]
+
+    outputs: dict[str, Path] = {}
+    write_text(out / "runs.csv", _csv(df.sort(["method", "data", "l", "m", "seed"])))
+    outputs["runs"] = out / "runs.csv"
+    sections = [f"# Ablations: {cfg.name}\n",
+                f"Cells: mean ± 95% CI (Student t) over seeds {list(cfg.sweep.seeds)}. Metric names: "
+                "probe = linear probe test accuracy (lr chosen on val), fewshot = "
+                f"{cfg.eval.fewshot_ways}-way {cfg.eval.fewshot_shots}-shot accuracy, zeroshot = zero-shot "
+                f"accuracy. Default l = {cfg.train.l}, m = {cfg.train.m}.\n"]
+    for metric in metrics:
+        made = [table_lm(df, metric), table_w(df, metric, cfg), table_method_data(df, metric, cfg, base)]
+        if metric.startswith("zeroshot"):
+            made = [table_method_data(df.filter(pl.col(metric).is_not_null()), metric, cfg, None)]
+        for item in made:
+            if item is None:
+                continue
+            title, table = item
+            slug = title.split(" (")[0].replace(" x ", "_x_").replace(" ", "_").replace(",", "").lower()
+            write_text(out / f"{metric}__{slug}.csv", _csv(table))
+            sections.append(f"## {metric}: {title}\n\n{markdown_table(table)}")
+    write_text(out / "tables.md", "\n".join(sections))
+    outputs["tables"] = out / "tables.md"
+    outputs["accuracy_vs_w"] = out / "accuracy_vs_w.png"
+    plot_accuracy_vs_w(df, metrics[0], cfg, base, outputs["accuracy_vs_w"])
+    outputs["lm_heatmap"] = out / "lm_heatmap.png"
+    plot_lm_heatmap(df, metrics[0], outputs["lm_heatmap"])
+    outputs["metrics"] = write_json(out / "metrics.json", dvc_metrics(df, base, metrics))
+    return outputs
+
+
+def _csv(df: pl.DataFrame) -> str:
+    return df.write_csv()
+
+
+def run_paths(cfg: DictConfig) -> list[Path]:
+    from synrep.sweep import expand, run_output_dir
+
+    return [run_output_dir(cfg, spec) / "metrics.json" for spec in expand(cfg)]
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    """``python -m synrep report``: tables and plots of the sweep, into its MLflow parent run."""
+    import mlflow
+
+    from synrep.sweep import parent_run_id
+    from synrep.tracking import tracking_uri
+
+    paths = run_paths(cfg)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} runs of the sweep have no metrics yet, e.g. {missing[0]}")
+    baselines = run_dir(cfg, "baselines", "metrics.json") if cfg.sweep.baselines else None
+    out = run_dir(cfg, "ablations")
+    outputs = build(cfg, paths, baselines, out)
+    save_resolved(cfg, out)
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    parent = parent_run_id(cfg)
+    for path in outputs.values():
+        client.log_artifact(parent, str(path), artifact_path="ablations")
+    for path in sorted(out.glob("*.csv")):
+        client.log_artifact(parent, str(path), artifact_path="ablations")
+    client.set_terminated(parent, "FINISHED")
+    return outputs

@@ -1,0 +1,37 @@
+"""Small table helpers shared by the report steps: markdown rendering and mean ± CI over seeds."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+
+def markdown_table(df: pl.DataFrame, floatfmt: str = ".3f") -> str:
+    cols = df.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.iter_rows():
+        cells = [format(v, floatfmt) if isinstance(v, float) else ("" if v is None else str(v)) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def t_halfwidth(std: float | None, n: int, confidence: float = 0.95) -> float:
+    """Half-width of the Student-t confidence interval of a mean of n values (0 for n < 2)."""
+    from scipy import stats
+
+    if n < 2 or std is None or math.isnan(std):
+        return 0.0
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
+
+
+def mean_ci(df: pl.DataFrame, by: list[str], metric: str) -> pl.DataFrame:
+    """Mean, 95% CI half-width and count of ``metric`` per group, plus a "mean ± ci" cell."""
+    grouped = (df.filter(pl.col(metric).is_not_null())
+               .group_by(by, maintain_order=True)
+               .agg(pl.col(metric).mean().alias("mean"), pl.col(metric).std().alias("std"), pl.len().alias("n")))
+    ci = [t_halfwidth(s, n) for s, n in zip(grouped["std"].to_list(), grouped["n"].to_list())]
+    grouped = grouped.with_columns(pl.Series("ci95", ci, dtype=pl.Float64))
+    return grouped.with_columns(
+        pl.format("{} ± {}", pl.col("mean").round(3).cast(pl.String), pl.col("ci95").round(3).cast(pl.String)).alias("cell")
+    )

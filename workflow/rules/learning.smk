@@ -1,0 +1,83 @@
+# Learning: one job per sweep run (train + evaluate), the no-training baselines, and the report.
+# The runs come from synrep.sweep.expand, the same function that `python -m synrep launch` uses.
+from synrep.sweep import expand as expand_sweep
+
+RUNS = {spec.run_id: spec for spec in expand_sweep(CFG)}
+
+
+wildcard_constraints:
+    run="|".join(RUNS) if RUNS else "NO_RUNS",
+
+
+rule real_shards:
+    input:
+        captions=RESULTS / "captions" / "captions.parquet",
+        train=rules.toyworld.output.train,
+    output:
+        index=RESULTS / "real_shards" / "index.parquet",
+    params:
+        config=section_hash(CFG, "captions", "generation.captions_per_shard"),
+    threads: 1
+    log:
+        LOGS / "real_shards.log",
+    shell:
+        synrep("real_shards")
+
+
+def run_data(wildcards):
+    """A run reads the real shards or the synthetic shards' index."""
+    return rules.real_shards.output.index if RUNS[wildcards.run].data == "real" else rules.index_shards.output.index
+
+
+rule sweep_run:
+    input:
+        data=run_data,
+        eval=rules.toyworld.output.test,
+    output:
+        metrics=RESULTS / "runs" / "{run}" / "metrics.json",
+        model=RESULTS / "runs" / "{run}" / "model.pt",
+    params:
+        config=section_hash(CFG, "train", "eval", "sweep"),
+    threads: CFG.threads
+    resources:
+        runtime=240,
+        mem_mb=8000,
+    log:
+        LOGS / "runs" / "{run}.log",
+    shell:
+        synrep("sweep_run", "--run {wildcards.run}")
+
+
+rule baselines:
+    input:
+        eval=rules.toyworld.output.test,
+    output:
+        metrics=RESULTS / "baselines" / "metrics.json",
+    params:
+        config=section_hash(CFG, "train", "eval", "sweep.seeds"),
+    threads: CFG.threads
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "baselines.log",
+    shell:
+        synrep("baselines")
+
+
+rule report:
+    input:
+        runs=expand(RESULTS / "runs" / "{run}" / "metrics.json", run=list(RUNS)),
+        baselines=rules.baselines.output.metrics if CFG.sweep.baselines else [],
+    output:
+        tables=RESULTS / "ablations" / "tables.md",
+        metrics=RESULTS / "ablations" / "metrics.json",
+        accuracy_vs_w=RESULTS / "ablations" / "accuracy_vs_w.png",
+        lm_heatmap=RESULTS / "ablations" / "lm_heatmap.png",
+    params:
+        config=section_hash(CFG, "train", "eval", "sweep"),
+    threads: 1
+    log:
+        LOGS / "report.log",
+    shell:
+        synrep("report")
