@@ -136,7 +136,9 @@ SlurmdDebug=info
 SlurmctldPort=6817
 SlurmdPort=6818
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+# OverSubscribe=YES:8: jobs that ask for it (sbatch --oversubscribe) may share cores, up to 8 jobs
+# a core (the MLflow concurrency test); all other jobs, Snakemake's included, get CPUs of their own.
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES:8
 EOF
 }
 

@@ -118,3 +118,47 @@ def tiny_sd_pipeline_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_sd") / "pipeline"
     pipe.save_pretrained(out)
     return out
+
+
+# A training config small enough for unit tests: 8-wide toy CNN, a few steps, quick evaluation.
+TINY_TRAINING = [
+    "train.encoder_kwargs.width=8",
+    "train.head_hidden=32",
+    "train.head_out=16",
+    "train.batch_images=32",
+    "train.epochs=4",
+    "train.shuffle_buffer=16",
+    "train.text.width=16",
+    "train.text.layers=1",
+    "train.text.embed_dim=16",
+    "train.text.context_length=16",
+    "eval.probe_epochs=3",
+    "eval.fewshot_episodes=40",
+    "generation.guidance_scales=[2,4]",
+    "generation.images_per_caption=4",
+    "generation.captions_per_shard=16",
+    "generation.steps=2",
+    "generation.batch_size=64",
+    "captions.limit=48",
+]
+
+
+@pytest.fixture(scope="session")
+def learning_world(tmp_path_factory, small_world, tiny_toy_pipeline_dir):
+    """Captions, synthetic shards (tiny random generator, w in {2, 4}, l = 4) and real shards;
+    returns a function giving config overrides that read them."""
+    from synrep import captions, data, generate
+    from synrep.config import load_config
+
+    results = tmp_path_factory.mktemp("learning") / "results"
+
+    def overrides(*extra: str) -> list[str]:
+        return [f"paths.data_dir={small_world}/data", f"paths.results_dir={results}", "threads=1", *SMALL_WORLD,
+                f"generation.model={tiny_toy_pipeline_dir}", *TINY_TRAINING, *extra]
+
+    cfg = load_config(overrides())
+    captions.run(cfg)
+    generate.run(cfg)
+    generate.index_run(cfg)
+    data.real_shards_run(cfg)
+    return overrides

@@ -48,11 +48,11 @@ def soft_target_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> 
     logits, positives: [A, K]. Rows without a positive are left out of the mean (they carry no
     signal); their count is what the caller should keep at zero.
     """
-    positives = positives.float()
+    positives = positives.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     counts = positives.sum(dim=1)
     has_positive = counts > 0
     target = positives / counts.clamp(min=1).unsqueeze(1)
-    log_q = F.log_softmax(logits.float(), dim=1)
+    log_q = F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=1)
     per_anchor = -(target * log_q).sum(dim=1)
     return per_anchor[has_positive].mean()
 

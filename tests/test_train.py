@@ -1,0 +1,138 @@
+"""The trainer: its compute plan, every method on CPU, resume, and DDP under torchrun (gloo)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from synrep import train
+from synrep.config import load_config
+from tests.conftest import REPO
+
+
+def test_plan_counts_simclr_equivalent_epochs(make_cfg):
+    n = 1000
+    for method, m, crops in (("stablerep", 6, 6), ("simclr", 6, 2), ("clip", 6, 1), ("stablerep_plus", 4, 4)):
+        cfg = make_cfg(f"train.method={method}", f"train.m={m}", "train.epochs=3", "train.batch_images=240")
+        plan = train.make_plan(cfg, n)
+        rows = 240 // crops
+        assert plan.rows_per_step == rows and plan.crops_per_step == rows * crops
+        # every method sees epochs * 2 crops per caption in all
+        assert plan.steps == round(3 * 2 * n / (rows * crops))
+        assert plan.steps_per_pass == n // rows
+        assert plan.passes * plan.steps_per_pass >= plan.steps > (plan.passes - 1) * plan.steps_per_pass
+    # one StableRep epoch at m = 6 costs what 3 SimCLR epochs cost
+    sr = train.make_plan(make_cfg("train.m=6", "train.epochs=6", "train.batch_images=240"), n)
+    assert sr.steps * sr.crops_per_step == 6 * 2 * n
+    assert round(sr.steps / sr.steps_per_pass) == 2  # 2 passes over the captions = 2 StableRep epochs
+
+
+def test_plan_errors_name_the_key(make_cfg):
+    with pytest.raises(ValueError, match="train.batch_images"):
+        train.make_plan(make_cfg("train.batch_images=256"), n_captions=10)
+    with pytest.raises(ValueError, match="do not split over 3 processes"):
+        train.make_plan(make_cfg("train.batch_images=256", "train.m=4"), n_captions=1000, world_size=3)
+
+
+@pytest.mark.parametrize("method", ["stablerep", "simclr", "clip", "stablerep_plus"])
+def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
+    from synrep import evaluate
+
+    data = "real" if method == "simclr" else "w2"
+    cfg = load_config(learning_world(f"train.method={method}", f"train.data={data}", "train.epochs=1",
+                                     f"train.l={1 if data == 'real' else 4}", f"train.output_dir={tmp_path}/run"))
+    summary = train.train(cfg, progress=False)
+    plan = summary["plan"]
+    assert summary["history"][-1]["step"] == plan["steps"] > 0
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in summary["history"])
+    for name in ("model.pt", "train.json", "config.yaml", "checkpoints/last.pt"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert load_config(config_file=tmp_path / "run" / "config.yaml").train.method == method
+    metrics = evaluate.evaluate_run(cfg)
+    flat = evaluate.flat_metrics(metrics)
+    assert 0 <= flat["probe_shape"] <= 1 and 0 <= flat["fewshot_shape"] <= 1
+    assert ("zeroshot_shape" in flat) == (method in ("clip", "stablerep_plus"))
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["linear_probe"]["shape"]["lr"] in cfg.eval.probe_lrs
+
+
+def test_resume_gives_the_uninterrupted_result(learning_world, tmp_path, monkeypatch):
+    overrides = learning_world("train.epochs=6")
+    whole = load_config(overrides + [f"train.output_dir={tmp_path}/whole"])
+    expected = train.train(whole, progress=False)
+    assert expected["plan"]["passes"] >= 3
+
+    parted = load_config(overrides + [f"train.output_dir={tmp_path}/parted"])
+    real_save = train.save_checkpoint
+    saves = []
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves.append(state["pass"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt("preempted")
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(parted, progress=False)
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    assert not (tmp_path / "parted" / "model.pt").exists()
+    resumed = train.train(parted, progress=False)
+
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in expected["history"]]
+    a = torch.load(tmp_path / "whole" / "model.pt")["model"]
+    b = torch.load(tmp_path / "parted" / "model.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def _fixed_batch(cfg, rows: int, per_row: int):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(rows * per_row, 3, cfg.train.image_size, cfg.train.image_size, generator=gen)
+    captions = [f"a {c} circle" for c in ["red", "blue", "green", "pink"] * (rows // 4)]
+    return {"images": images, "captions": captions}
+
+
+def reference_step(cfg, batch, world):
+    """One process on the concatenated batch, with DDP's semantics: BatchNorm statistics per rank's
+    rows (no SyncBatchNorm on CPU), candidates over the whole batch, group ids per batch row."""
+    torch.manual_seed(cfg.train.seed)
+    model = train.build_model(cfg)
+    rows = len(batch["captions"])
+    per_row = batch["images"].shape[0] // rows
+    chunk = rows // world
+    tokens = train.tokenize(cfg, batch["captions"]) if model.has_text else None
+    parts = [model(batch["images"][r * chunk * per_row:(r + 1) * chunk * per_row],
+                   tokens[r * chunk:(r + 1) * chunk] if tokens is not None else None) for r in range(world)]
+    outputs = {k: torch.cat([p[k] for p in parts]) if parts[0][k].ndim else parts[0][k] for k in parts[0]}
+    loss, _ = train.compute_loss(cfg, outputs, torch.arange(rows).repeat_interleave(per_row))
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method", ["stablerep", "stablerep_plus"])
+def test_ddp_under_torchrun_matches_one_process(make_cfg, tmp_path, method):
+    overrides = [f"train.method={method}", "train.m=3", "train.encoder_kwargs.width=8", "train.head_hidden=32",
+                 "train.head_out=16", "train.text.width=16", "train.text.layers=1", "train.text.embed_dim=16",
+                 "train.text.context_length=16"]
+    cfg = make_cfg(*overrides)
+    batch = _fixed_batch(cfg, rows=8, per_row=3)
+    torch.save(batch, tmp_path / "batch.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "ddp_step.py"), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt"),
+           *[o for o in (f"paths.results_dir={tmp_path}",) + tuple(overrides)]]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = torch.load(tmp_path / "out.pt")
+    assert result["world_size"] == 2 and result["source"] == "torchrun"
+
+    loss, grads = reference_step(cfg, batch, world=2)
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert set(result["grads"]) == set(grads)
+    for name, grad in grads.items():
+        # float32 sums in another order: compare against the tensor's scale
+        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item(), msg=name)
