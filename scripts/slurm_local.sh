@@ -112,6 +112,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CryptoType=crypto/munge
 MpiDefault=none
+MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -142,7 +143,9 @@ PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscr
 EOF
 }
 
-node_state() { sinfo -h -N -n "$NODE" -o %t 2>/dev/null | head -n 1 | tr -d ' *~#!%$@^-'; }
+# Compact node state: idle, mix, alloc, down, drain...; a suffix flags trouble (idle* = slurmd not
+# responding, which is also what slurmctld reports from saved state before slurmd registers).
+node_state() { sinfo -h -N -n "$NODE" -o %t 2>/dev/null | head -n 1 | tr -d ' '; }
 
 show_logs() {
     local f
@@ -210,7 +213,7 @@ cmd_start() {
                 log "node $NODE is $state after $((SECONDS - start)) s; partition debug is up"
                 return 0
                 ;;
-            down | drain | drng | fail)
+            down* | drain* | drng* | fail* | inval*)
                 # ReturnToService=2 returns a node that registers with a valid config; a node
                 # left down or drained by an earlier run needs an explicit resume.
                 if [ $resumed -eq 0 ] && [ $((SECONDS - start)) -ge 5 ]; then

@@ -104,10 +104,16 @@ def table_method_data(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.D
     return "method x data (real vs synthetic)", _label(_order_methods(table))
 
 
-def plot_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.DataFrame | None, path: Path) -> None:
-    import matplotlib
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
 
-    matplotlib.use("Agg")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def figure_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.DataFrame | None = None):
+    """Accuracy against w per method (synthetic), dashed: the same method on real images."""
     import matplotlib.pyplot as plt
 
     runs = default_runs(df, cfg)
@@ -131,15 +137,11 @@ def plot_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.
     ax.set(xlabel="guidance scale w", ylabel=metric.replace("_", " "), title=f"{cfg.name}: {metric} against w")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    return fig
 
 
-def plot_lm_heatmap(df: pl.DataFrame, metric: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def figure_lm_heatmap(df: pl.DataFrame, metric: str):
+    """StableRep's accuracy over l x m, on the data source with the most runs."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -162,9 +164,7 @@ def plot_lm_heatmap(df: pl.DataFrame, metric: str, path: Path) -> None:
                title=f"StableRep {metric} ({data})")
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def dvc_metrics(df: pl.DataFrame, base: pl.DataFrame | None, metrics: list[str]) -> dict:
@@ -208,11 +208,48 @@ def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: Path | Non
     write_text(out / "tables.md", "\n".join(sections))
     outputs["tables"] = out / "tables.md"
     outputs["accuracy_vs_w"] = out / "accuracy_vs_w.png"
-    plot_accuracy_vs_w(df, metrics[0], cfg, base, outputs["accuracy_vs_w"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _save(figure_accuracy_vs_w(df, metrics[0], cfg, base), outputs["accuracy_vs_w"])
     outputs["lm_heatmap"] = out / "lm_heatmap.png"
-    plot_lm_heatmap(df, metrics[0], outputs["lm_heatmap"])
+    _save(figure_lm_heatmap(df, metrics[0]), outputs["lm_heatmap"])
     outputs["metrics"] = write_json(out / "metrics.json", dvc_metrics(df, base, metrics))
     return outputs
+
+
+def runs_from_mlflow(cfg: DictConfig) -> pl.DataFrame:
+    """The sweep's child runs from MLflow, one row per run (the latest attempt), as ``load_runs`` gives."""
+    import mlflow
+
+    from synrep.sweep import sweep_key
+    from synrep.tracking import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.name)
+    if experiment is None:
+        raise ValueError(f"no MLflow experiment {cfg.name!r} at {tracking_uri(cfg)}")
+    parents = client.search_runs([experiment.experiment_id], f"tags.`synrep.sweep` = '{sweep_key(cfg)}'")
+    if not parents:
+        raise ValueError(f"no sweep run for this config in experiment {cfg.name!r} at {tracking_uri(cfg)}")
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' and attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=10000)
+    rows, seen = [], set()
+    for child in children:
+        tags = child.data.tags
+        if tags.get("synrep.run") in seen or "synrep.run" not in tags:
+            continue
+        seen.add(tags["synrep.run"])
+        rows.append({"run": tags["synrep.run"], "group": tags["synrep.group"], "method": tags["synrep.method"],
+                     "data": tags["synrep.data"], "l": int(tags["synrep.l"]), "m": int(tags["synrep.m"]),
+                     "seed": int(tags["synrep.seed"]), **child.data.metrics})
+    if not rows:
+        raise ValueError(f"the sweep in experiment {cfg.name!r} has no finished runs yet")
+    df = pl.DataFrame(rows)
+    return df.with_columns(
+        pl.when(pl.col("data") == "real").then(None).otherwise(pl.col("data").str.slice(1).cast(pl.Float64, strict=False)).alias("w")
+    ).sort(["method", "data", "l", "m", "seed"])
 
 
 def _csv(df: pl.DataFrame) -> str:

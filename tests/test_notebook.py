@@ -1,0 +1,37 @@
+"""notebooks/ablations.ipynb runs against MLflow runs made by the real sweep step."""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from synrep import sweep
+from synrep.config import load_config, save_resolved
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_notebook_draws_the_report_from_mlflow(learning_world, tmp_path, monkeypatch):
+    cfg = load_config(learning_world("sweep.grids=[{method:[stablerep],data:[w2,w4]}]", "sweep.seeds=[0]",
+                                     "train.epochs=1"))
+    runs = sweep.expand(cfg)
+    for spec in runs:
+        sweep.run_one(cfg, spec.run_id)
+    config_file = save_resolved(cfg, tmp_path)
+
+    nb = nbformat.read(REPO / "notebooks" / "ablations.ipynb", as_version=4)
+    monkeypatch.setenv("SYNREP_CONFIG", str(config_file))
+    monkeypatch.setenv("SYNREP_ROOT", str(REPO))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert f"{len(runs)} runs, {len(runs)} groups" in text
+    assert "guidance scale w per method" in text
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs if o.output_type in ("display_data", "execute_result"))
+    assert "stablerep-w2-l4-m4-s0" in html
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2

@@ -1,0 +1,127 @@
+"""Sweep expansion (shared by Snakemake and submitit) and the ablation report."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from synrep import report, sweep
+from synrep.config import ConfigError, load_config
+from synrep.fileio import write_json
+from tests.conftest import REPO
+
+GRIDS = [
+    "sweep.grids=[{method:[stablerep],data:[w2],l:[1,2,4],m:[2,4]},"
+    "{method:[stablerep,simclr],data:[w2,w4]},{method:[simclr,clip],data:[real]}]",
+    "generation.guidance_scales=[2,4]",
+    "sweep.seeds=[0,1,2]",
+]
+
+
+def test_expand_normalises_and_deduplicates(make_cfg):
+    cfg = make_cfg(*GRIDS)
+    runs = sweep.expand(cfg)
+    ids = [r.run_id for r in runs]
+    assert len(ids) == len(set(ids))
+    # 6 (l x m) + stablerep w4 + simclr w2, w4 + simclr real + clip real = 11 groups, 3 seeds
+    assert len(runs) == 11 * 3
+    assert "stablerep-w2-l4-m4-s0" in ids and "simclr-real-l1-s2" in ids and "clip-real-l1-s1" in ids
+    assert all(r.l == 1 for r in runs if r.data == "real")
+    assert all(r.m == 1 for r in runs if r.method in ("simclr", "clip"))
+    cfg_one = sweep.run_config(cfg, sweep.find(cfg, "stablerep-w2-l2-m4-s1"))
+    assert (cfg_one.train.method, cfg_one.train.data, cfg_one.train.l, cfg_one.train.m, cfg_one.train.seed) == (
+        "stablerep", "w2", 2, 4, 1)
+    assert cfg_one.train.output_dir.endswith("runs/stablerep-w2-l2-m4-s1")
+
+
+def test_sweep_errors_name_the_key(make_cfg):
+    with pytest.raises(ConfigError, match=r"sweep.grids\[0\].data\[0\]"):
+        make_cfg("sweep.grids=[{data:[w0.5]}]")
+    with pytest.raises(ConfigError, match=r"sweep.grids\[0\].method\[1\]"):
+        make_cfg("sweep.grids=[{method:[simclr,moco]}]")
+    with pytest.raises(ValueError, match="generation.guidance_scales"):
+        sweep.expand(make_cfg("sweep.grids=[{data:[w3]}]", "generation.guidance_scales=[2]"))
+    with pytest.raises(ValueError, match="generation.images_per_caption"):
+        sweep.expand(make_cfg("sweep.grids=[{l:[8]}]", "generation.images_per_caption=4"))
+    with pytest.raises(ValueError, match="not in the sweep"):
+        sweep.find(make_cfg(), "stablerep-w9-l4-m4-s0")
+
+
+def test_snakemake_targets_are_the_sweep_runs(tmp_path):
+    """The Snakefile builds its targets with the same function (dry run, no jobs executed)."""
+    cfg = load_config([f"paths.results_dir={tmp_path}/results", *GRIDS])
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--quiet", "rules", "--config",
+         f"paths={{results_dir: {tmp_path}/results}}", "sweep={seeds: [0, 1, 2], grids: "
+         "[{method: [stablerep], data: [w2], l: [1, 2, 4], m: [2, 4]}, {method: [stablerep, simclr], data: [w2, w4]},"
+         " {method: [simclr, clip], data: [real]}]}", "generation={guidance_scales: [2, 4]}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    counts = {}
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    assert counts.get("sweep_run") == len(sweep.expand(cfg)), done.stdout
+
+
+def fabricate(cfg, tmp_path):
+    """Metrics files for every run: accuracy = a known function of the run + seed noise."""
+    rng = np.random.default_rng(0)
+    truth = {}
+    paths = []
+    for spec in sweep.expand(cfg):
+        base = {"stablerep": 0.6, "simclr": 0.5, "clip": 0.4}[spec.method] + 0.02 * spec.l + 0.01 * spec.m
+        value = base + rng.normal(0, 0.01)
+        truth.setdefault(spec.group, []).append(value)
+        record = {"run": spec.run_id, "group": spec.group, "method": spec.method, "data": spec.data,
+                  "l": spec.l, "m": spec.m, "seed": spec.seed, "probe_shape": value,
+                  "fewshot_shape": value / 2, "train_seconds": 1.0, "details": {}}
+        path = tmp_path / "runs" / spec.run_id / "metrics.json"
+        write_json(path, record)
+        paths.append(path)
+    baselines = [{"baseline": b, "seed": s, "probe_shape": v + 0.01 * s, "fewshot_shape": v}
+                 for b, v in (("random_init", 0.3), ("raw_pixels", 0.2)) for s in cfg.sweep.seeds]
+    write_json(tmp_path / "baselines.json", {"baselines": baselines})
+    return paths, truth
+
+
+def test_report_tables_plots_and_metrics(make_cfg, tmp_path):
+    from scipy import stats
+
+    cfg = make_cfg(*GRIDS)
+    paths, truth = fabricate(cfg, tmp_path)
+    out = report.build(cfg, paths, tmp_path / "baselines.json", tmp_path / "ablations")
+
+    def cell(values):
+        mean = np.mean(values)
+        half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
+        return f"{round(mean, 3)} ± {round(half, 3)}"
+
+    lm = pl.read_csv(tmp_path / "ablations" / "probe_shape__stablerep_l_x_m.csv")
+    assert lm.columns == ["l", "m=2", "m=4"] and lm["l"].to_list() == [1, 2, 4]
+    assert lm.filter(pl.col("l") == 2)["m=4"][0] == cell(truth["stablerep-w2-l2-m4"])
+    w = pl.read_csv(tmp_path / "ablations" / "probe_shape__guidance_scale_w_per_method.csv")
+    assert w["method"].to_list() == ["StableRep", "SimCLR"]
+    assert w.filter(pl.col("method") == "SimCLR")["w=4.0"][0] == cell(truth["simclr-w4-l4"])
+    md = pl.read_csv(tmp_path / "ablations" / "probe_shape__method_x_data.csv")
+    assert md.filter(pl.col("method") == "SimCLR")["real"][0] == cell(truth["simclr-real-l1"])
+    assert md.filter(pl.col("method") == "raw pixels")["no training"][0] == cell([0.2, 0.21, 0.22])
+
+    text = out["tables"].read_text()
+    assert "## probe_shape: StableRep, l x m (w2)" in text and "## fewshot_shape: method x data" in text
+    for name in ("accuracy_vs_w", "lm_heatmap"):
+        with Image.open(out[name]) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    metrics = json.loads(out["metrics"].read_text())
+    assert metrics["stablerep-w2-l4-m4"]["probe_shape"] == pytest.approx(np.mean(truth["stablerep-w2-l4-m4"]), abs=1e-4)
+    assert metrics["baseline-raw_pixels"]["probe_shape"] == pytest.approx(0.21, abs=1e-4)
+    runs = pl.read_csv(out["runs"])
+    assert len(runs) == len(paths)
