@@ -245,6 +245,27 @@ class SweepConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """``python -m synrep launch``: the sweep through submitit (SLURM job arrays, or local processes)."""
+
+    # null: submitit's auto-detection (SLURM whenever srun is on PATH); slurm | local | debug
+    cluster: Optional[str] = None
+    folder: str = "${paths.results_dir}/${name}/submitit"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    timeout_min: int = 240
+    nodes: int = 1
+    tasks_per_node: int = 1  # > 1: DDP over srun tasks (train() reads SLURM's environment)
+    cpus_per_task: Optional[int] = None  # null: threads
+    gpus_per_node: int = 0
+    mem_gb: int = 16
+    array_parallelism: int = 32
+    # Skip runs whose metrics.json exists; wait for the array, then write the report
+    only_missing: bool = True
+    wait: bool = True
+
+
+@dataclass
 class Config:
     name: str = "toy"
     # CPU threads for torch in each step (Snakemake rules pass theirs)
@@ -258,6 +279,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 # Values outside these sets fail at load time.
@@ -270,6 +292,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.method": ("stablerep", "simclr", "clip", "stablerep_plus"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
+    "launch.cluster": ("slurm", "local", "debug"),
 }
 METHODS = CHOICES["train.method"]
 POSITIVE: tuple[str, ...] = (
@@ -297,6 +320,10 @@ POSITIVE: tuple[str, ...] = (
     "eval.fewshot_ways",
     "eval.fewshot_shots",
     "eval.fewshot_queries",
+    "launch.timeout_min",
+    "launch.nodes",
+    "launch.tasks_per_node",
+    "launch.mem_gb",
 )
 FRACTIONS: tuple[str, ...] = (
     "toyworld.exact_duplicate_rate",

@@ -128,9 +128,15 @@ def run_one(cfg: DictConfig, run_id: str) -> dict[str, Path]:
     from synrep.fileio import write_json
     from synrep.tracking import mlflow_run
 
+    from synrep import distributed
+
     spec = find(cfg, run_id)
     rcfg = run_config(cfg, spec)
     out = Path(rcfg.train.output_dir)
+    if not distributed.detect().is_main:
+        # other ranks of a multi-process run only train; rank 0 evaluates and logs
+        train.train(rcfg)
+        return {}
     parent = parent_run_id(cfg)
     tags = {"synrep.run": spec.run_id, "synrep.group": spec.group, **{f"synrep.{k}": str(v) for k, v in asdict(spec).items()}}
     with mlflow_run(rcfg, "sweep_run", sections=("train", "eval"), run_name=spec.run_id, parent_run_id=parent,
