@@ -113,14 +113,15 @@ def job_states(*job_ids: str) -> dict[str, str]:
 
 
 def all_jobs() -> dict[str, dict[str, str]]:
-    """Every job slurmctld still knows: id -> name, state, comment."""
+    """Every job slurmctld still knows: id -> name, state, cpus (allocated or requested), comment."""
     done = subprocess.run(
-        ["squeue", "--states=all", "--noheader", "--format=%i|%j|%T|%k"], capture_output=True, text=True, check=True
+        ["squeue", "--states=all", "--noheader", "--format=%i|%j|%T|%C|%k"], capture_output=True, text=True,
+        check=True,
     )
     jobs = {}
     for line in done.stdout.splitlines():
-        job, name, state, comment = line.strip().split("|", 3)
-        jobs[job] = {"name": name, "state": state, "comment": comment}
+        job, name, state, cpus, comment = line.strip().split("|", 4)
+        jobs[job] = {"name": name, "state": state, "cpus": int(cpus), "comment": comment}
     return jobs
 
 

@@ -139,6 +139,8 @@ def test_snakemake_profile_slurm_matches_local_run(slurm_cluster, tmp_path, tiny
         assert known[slurm_id]["name"] == run_name
         rule_logs = list((logs / f"rule_{remote[jobid]}").rglob(f"{slurm_id}.log"))
         assert rule_logs, f"no SLURM log for {remote[jobid]} ({slurm_id}) under {logs}"
+    # A torch job asks for as many CPUs as it runs torch threads (config `threads`).
+    assert all(known[s]["cpus"] == 1 for s in shard_ids), [known[s] for s in shard_ids]
 
     # The same pipeline with the local executor gives the same outputs, byte for byte.
     t0 = time.monotonic()

@@ -29,6 +29,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "sweep": ("synrep.sweep", "list_runs", "list the runs the sweep expands to"),
     "sweep_run": ("synrep.sweep", "run_one", "train and evaluate one run of the sweep (--run RUN_ID)"),
     "report": ("synrep.report", "run", "ablation tables and plots of the sweep"),
+    "plan": ("synrep.plan", "run", "print the jobs and GPU-hours a config will cost"),
     "launch": ("synrep.launch", "run", "submit the sweep's runs with submitit (SLURM job array or local)"),
 }
 

@@ -141,6 +141,8 @@ class SampleQualityConfig:
     images_per_caption: int = 6
     classifier_epochs: int = 8
     seed: int = 1234
+    # Part of `snakemake`'s default target (toy world only: the classifier reads toy attributes)
+    enabled: bool = True
 
 
 @dataclass
@@ -177,6 +179,9 @@ class TrainConfig:
     m: int = 4  # images per caption in a batch row (StableRep, StableRep+)
     seed: int = 0
     output_dir: str = "${paths.results_dir}/${name}/runs/single"
+    # Shards of the captions' real images (data = real): made by the real_shards step for the toy
+    # world; for real data, an img2dataset output folder
+    real_shards: str = "${paths.results_dir}/${name}/real_shards"
     encoder: str = "toy_cnn"  # any timm model name, e.g. vit_base_patch16_224
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int = 16
@@ -266,6 +271,20 @@ class LaunchConfig:
 
 
 @dataclass
+class PlanConfig:
+    """``python -m synrep plan``: the GPU-hours a config will cost."""
+
+    # Deduplicated captions; null: counted from the captions step's output
+    captions: Optional[int] = None
+    # One generated image on one GPU (papers.md: SD v1.5, 50 DDIM steps, 512 px: 0.8 s on an A100,
+    # 2.2 s on a V100); measure yours with benchmarks/generation_speed.py
+    seconds_per_image: float = 0.8
+    # One training step on launch.nodes x launch.gpus_per_node GPUs; null: training not estimated
+    # (measure with benchmarks/train_step.py)
+    seconds_per_train_step: Optional[float] = None
+
+
+@dataclass
 class Config:
     name: str = "toy"
     # CPU threads for torch in each step (Snakemake rules pass theirs)
@@ -280,6 +299,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 # Values outside these sets fail at load time.
@@ -454,9 +474,10 @@ def load_config(
 ) -> DictConfig:
     """Load and validate a config.
 
-    ``config_file`` replaces ``config/config.yaml`` (e.g. a resolved config written by Snakemake);
-    ``base`` is a plain mapping merged after it (Snakemake's ``config`` dict); ``experiment`` names
-    a file in ``config/experiment/``; ``overrides`` are ``key=value`` strings, applied last. An
+    Merged in order: the dataclass defaults; ``config_file`` (default ``config/config.yaml``; e.g. a
+    resolved config written by Snakemake); the ``experiment`` file in ``config/experiment/``;
+    ``base``, a plain mapping (Snakemake's ``--config`` / ``--configfile`` values); ``overrides``,
+    ``key=value`` strings. An
     ``experiment=NAME`` item among the overrides is the same as ``experiment=NAME``.
     """
     overrides = list(overrides)
@@ -476,10 +497,13 @@ def load_config(
     if base:
         base = dict(base)
         experiment = experiment or base.pop("experiment", None)
-        cfg = _merge(cfg, OmegaConf.create(base), "snakemake config")
+        base.pop("experiment", None)
+    # the experiment file overrides the defaults; Snakemake's --config and key=value override both
     if experiment:
         path = experiment_path(experiment)
         cfg = _merge(cfg, _load_yaml(path), str(path))
+    if base:
+        cfg = _merge(cfg, OmegaConf.create(base), "snakemake config")
     if dotlist:
         try:
             cli = OmegaConf.from_dotlist(dotlist)
@@ -550,7 +574,8 @@ def json_schema() -> dict:
         return {}
 
     schema = schema_of(Config)
-    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    # Snakemake validates with Draft 2020-12 and warns about any other identifier
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["description"] = "synrep config; generated from synrep.config.Config, do not edit"
     schema["properties"]["experiment"] = {"type": "string"}
     return schema

@@ -60,7 +60,9 @@ def sample_spec(method: str, l: int | None, m: int | None) -> SampleSpec:
 def shard_index(cfg: DictConfig, source: str) -> pl.DataFrame:
     """The shards of a data source, ``real`` or ``w<w>`` (e.g. ``w2``), in index order."""
     if source == "real":
-        index_path = run_dir(cfg, "real_shards", "index.parquet")
+        index_path = Path(cfg.train.real_shards) / "index.parquet"
+        if not index_path.exists() and Path(cfg.train.real_shards).is_dir():
+            return external_shard_index(Path(cfg.train.real_shards))
     else:
         index_path = run_dir(cfg, "shards", "index.parquet")
     if not index_path.exists():
@@ -75,6 +77,24 @@ def shard_index(cfg: DictConfig, source: str) -> pl.DataFrame:
             raise ValueError(f"no shards for data source {source!r} in {index_path}; "
                              f"config key 'generation.guidance_scales' must include {w:g}")
     return index.sort("shard")
+
+
+def external_shard_index(folder: Path) -> pl.DataFrame:
+    """An index of shards made elsewhere (img2dataset: ``00000.tar`` beside ``00000_stats.json``)."""
+    rows = []
+    for i, tar in enumerate(sorted(folder.glob("*.tar"))):
+        stats = tar.with_name(tar.stem + "_stats.json")
+        if stats.exists():
+            samples = int(json.loads(stats.read_text()).get("successes", 0))
+        else:
+            import tarfile
+
+            with tarfile.open(tar) as handle:
+                samples = len({m.name.split(".", 1)[0] for m in handle if m.isfile()})
+        rows.append({"path": str(tar), "shard": i, "samples": samples})
+    if not rows:
+        raise FileNotFoundError(f"no .tar shards in {folder} (config key 'train.real_shards')")
+    return pl.DataFrame(rows)
 
 
 def shard_urls(cfg: DictConfig, source: str) -> list[str]:
@@ -188,7 +208,7 @@ def real_shards_run(cfg: DictConfig) -> dict[str, Path]:
 
     captions = pl.read_parquet(run_dir(cfg, "captions", "captions.parquet"))
     train = toyworld.load_split(cfg, "train")
-    out = run_dir(cfg, "real_shards")
+    out = Path(cfg.train.real_shards)
     per_shard = cfg.generation.captions_per_shard
     rows = []
     for spec in plan_shards(len(captions), per_shard, [0.0]):

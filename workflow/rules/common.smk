@@ -9,7 +9,9 @@ from synrep.shards import plan_shards, shard_path, w_label
 
 # Snakemake's config (config/config.yaml, --configfile, --config) validated by the structured
 # config: unknown keys and wrong types stop here with the key's dotted path.
-CFG = load_config(base=config)
+# Only what the command line adds (--config, --configfile) is passed on: config/config.yaml is
+# loaded by load_config itself, before the experiment file, which these then override.
+CFG = load_config(base=workflow.config_settings.overwrite_config)
 RESULTS = run_dir(CFG)
 LOGS = RESULTS / "logs"
 

@@ -3,6 +3,10 @@
 from synrep.sweep import expand as expand_sweep
 
 RUNS = {spec.run_id: spec for spec in expand_sweep(CFG)}
+# The toy world's captions have their real images in the world; real caption sets point
+# train.real_shards at img2dataset shards made outside the pipeline.
+TOY_CAPTIONS = Path(CFG.captions.path).resolve() == (WORLD / "captions_raw.tsv").resolve()
+EVAL_INPUT = [rules.toyworld.output.test] if CFG.eval.dataset == "toyworld" else []
 
 
 wildcard_constraints:
@@ -14,7 +18,7 @@ rule real_shards:
         captions=RESULTS / "captions" / "captions.parquet",
         train=rules.toyworld.output.train,
     output:
-        index=RESULTS / "real_shards" / "index.parquet",
+        index=Path(CFG.train.real_shards) / "index.parquet",
     params:
         config=section_hash(CFG, "captions", "generation.captions_per_shard"),
     threads: 1
@@ -26,13 +30,15 @@ rule real_shards:
 
 def run_data(wildcards):
     """A run reads the real shards or the synthetic shards' index."""
-    return rules.real_shards.output.index if RUNS[wildcards.run].data == "real" else rules.index_shards.output.index
+    if RUNS[wildcards.run].data == "real":
+        return rules.real_shards.output.index if TOY_CAPTIONS else []
+    return rules.index_shards.output.index
 
 
 rule sweep_run:
     input:
         data=run_data,
-        eval=rules.toyworld.output.test,
+        eval=EVAL_INPUT,
     output:
         metrics=RESULTS / "runs" / "{run}" / "metrics.json",
         model=RESULTS / "runs" / "{run}" / "model.pt",
@@ -50,7 +56,7 @@ rule sweep_run:
 
 rule baselines:
     input:
-        eval=rules.toyworld.output.test,
+        eval=EVAL_INPUT,
     output:
         metrics=RESULTS / "baselines" / "metrics.json",
     params:

@@ -1,0 +1,72 @@
+"""Seconds per training step of the configured encoder and method, for ``python -m synrep plan``.
+
+    python benchmarks/train_step.py [key=value ...]      e.g. experiment=paper_cc3m_ablations
+
+Times forward + loss + backward + AdamW on random images at ``train.batch_images`` crops per step
+divided by the number of processes (run it under torchrun with the cluster's GPUs per node for a
+per-node figure), and prints a table and the value for ``plan.seconds_per_train_step``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--world-size", type=int, default=None,
+                        help="processes the global batch is split over (default: launch.nodes x gpus_per_node)")
+    args = parser.parse_args()
+
+    from synrep.config import load_config
+    from synrep.train import autocast_dtype, build_model, build_optimizer, compute_loss, crops_per_row, resolve_device
+
+    cfg = load_config(args.overrides)
+    t = cfg.train
+    torch.set_num_threads(cfg.threads)
+    world = args.world_size or cfg.launch.nodes * max(1, cfg.launch.gpus_per_node)
+    device = resolve_device(t.device)
+    k = crops_per_row(t.method, t.m)
+    rows = max(2, t.batch_images // k // world)
+    model = build_model(cfg).to(device).train()
+    optimizer, _ = build_optimizer(cfg, model, 100)
+    amp = autocast_dtype(t.precision, device)
+    images = torch.randn(rows * k, 3, t.image_size, t.image_size, device=device)
+    ids = torch.arange(rows, device=device).repeat_interleave(k)
+    tokens = None
+    if model.has_text:
+        from synrep.train import tokenize
+
+        tokens = tokenize(cfg, ["a photo of a dog"] * rows).to(device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(images, tokens)
+        loss, _ = compute_loss(cfg, {k_: v.float() for k_, v in out.items()}, ids)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / args.steps
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{cfg.threads}"
+    print("| encoder | method | crops/step/process | device | s/step |")
+    print("|---|---|---|---|---|")
+    print(f"| {t.encoder} | {t.method} | {rows * k} | {name} | {seconds:.4f} |")
+    print(f"\npython -m synrep plan {' '.join(args.overrides)} plan.seconds_per_train_step={seconds:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""``python -m synrep plan``: what a config will cost, before it is launched.
+
+Generation: captions x l x |w| images at ``plan.seconds_per_image`` on one GPU (measure it with
+``benchmarks/generation_speed.py``). Training: the sweep's runs, each ``steps`` x
+``plan.seconds_per_train_step`` on ``launch.nodes x launch.gpus_per_node`` GPUs (measure a step
+with ``benchmarks/train_step.py``). Job counts are those ``snakemake --profile slurm`` submits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from omegaconf import DictConfig
+
+from synrep.config import run_dir
+from synrep.tables import markdown_table
+
+
+def caption_count(cfg: DictConfig) -> int:
+    if cfg.plan.captions is not None:
+        n = int(cfg.plan.captions)
+    else:
+        parquet = run_dir(cfg, "captions", "captions.parquet")
+        if not parquet.exists():
+            raise FileNotFoundError(f"no caption count: set config key 'plan.captions' or run the captions "
+                                    f"step first ({parquet} is missing)")
+        n = pl.scan_parquet(parquet).select(pl.len()).collect().item()
+    return min(n, cfg.captions.limit) if cfg.captions.limit else n
+
+
+def plan_table(cfg: DictConfig) -> pl.DataFrame:
+    from synrep import sweep, train
+
+    n = caption_count(cfg)
+    g = cfg.generation
+    shards_per_w = -(-n // g.captions_per_shard)
+    images = n * g.images_per_caption * len(g.guidance_scales)
+    gen_hours = images * cfg.plan.seconds_per_image / 3600
+    rows = [{"stage": "generation", "jobs": shards_per_w * len(g.guidance_scales),
+             "detail": f"{n:,} captions x l={g.images_per_caption} x {len(g.guidance_scales)} w = {images:,} images",
+             "gpus_per_job": 1, "gpu_hours": gen_hours}]
+    gpus = cfg.launch.nodes * max(1, cfg.launch.gpus_per_node)
+    for spec in sweep.expand(cfg):
+        rcfg = sweep.run_config(cfg, spec)
+        # real-image runs see the same captions, one image each
+        try:
+            steps = train.make_plan(rcfg, n, world_size=1).steps
+        except ValueError as err:  # e.g. a caption set smaller than one batch
+            rows.append({"stage": f"train {spec.run_id}", "jobs": 1, "detail": f"cannot run: {err}",
+                         "gpus_per_job": gpus, "gpu_hours": None})
+            continue
+        hours = None
+        if cfg.plan.seconds_per_train_step is not None:
+            hours = steps * cfg.plan.seconds_per_train_step * gpus / 3600
+        rows.append({"stage": f"train {spec.run_id}", "jobs": 1, "detail": f"{steps:,} steps",
+                     "gpus_per_job": gpus, "gpu_hours": hours})
+    return pl.DataFrame(rows, schema_overrides={"gpu_hours": pl.Float64})
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    table = plan_table(cfg)
+    total = table["gpu_hours"].sum()
+    shown = table.with_columns(pl.col("gpu_hours").round(1))
+    print(f"# {cfg.name}: {cfg.plan.seconds_per_image} s per image, "
+          f"{cfg.plan.seconds_per_train_step or 'unmeasured'} s per training step")
+    print(markdown_table(shown, floatfmt=",.1f"), end="")
+    known = "" if table["gpu_hours"].null_count() == 0 else " (training not estimated: set plan.seconds_per_train_step)"
+    print(f"total: {total:,.1f} GPU-hours{known}; {int(table['jobs'].sum())} jobs", flush=True)
+    return {}
