@@ -93,7 +93,7 @@ class GeneratorTrainConfig:
 
     output_dir: str = "${paths.results_dir}/${name}/generator"
     model: ToyGeneratorModelConfig = field(default_factory=ToyGeneratorModelConfig)
-    steps: int = 4000
+    steps: int = 5000
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 100

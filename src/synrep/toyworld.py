@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from synrep.config import save_resolved, to_dict
 from synrep.fileio import atomic_path, write_json, write_text
@@ -383,5 +383,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
          "toyworld": to_dict(cfg.toyworld)},
     )
     outputs["attributes"] = out / "attributes.json"
-    save_resolved(cfg, out)
+    # Only the toyworld section: data/ is versioned by DVC (data.dvc), and unrelated keys (a run
+    # name, a learning rate) must not change its hash.
+    save_resolved(OmegaConf.create({"toyworld": to_dict(cfg.toyworld)}), out)
     return outputs
