@@ -120,7 +120,7 @@ def test_dvc_metrics_show_reads_the_ablation_metrics(tmp_path):
     env = _env(tmp_path)
     root = _init_repo(tmp_path / "repo", env)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    for d in ("config", "src", "workflow", "data"):
+    for d in ("config", "src", "workflow", "models", "data"):
         (root / d).mkdir()
 
     # DVC validates dvc.yaml against its schema when it lists the stages

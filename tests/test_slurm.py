@@ -238,3 +238,57 @@ def test_concurrent_slurm_jobs_log_to_one_mlflow_store(slurm_cluster, tmp_path, 
         assert run.data.metrics["value"] == i * 1.5
         history = client.get_metric_history(run.info.run_id, "curve")
         assert sorted((m.step, m.value) for m in history) == [(s, i + s / 10) for s in range(5)]
+
+
+# ------------------------------------------------------------------------------------------------
+# DDP over `srun -n 2`: synrep.distributed reads SLURM's environment
+# ------------------------------------------------------------------------------------------------
+
+DDP_OVERRIDES = ["train.method=stablerep", "train.m=3", "train.encoder_kwargs.width=8", "train.head_hidden=32",
+                 "train.head_out=16", "train.text.width=16", "train.text.layers=1", "train.text.embed_dim=16",
+                 "train.text.context_length=16"]
+
+
+@pytest.mark.timeout(300)
+def test_srun_two_task_ddp_matches_one_process(slurm_cluster, make_cfg, tmp_path):
+    import torch
+
+    from tests.test_train import _fixed_batch, reference_step
+
+    assert slurm_cluster.cpus >= 2, f"the node has {slurm_cluster.cpus} CPUs, the job needs 2 tasks x 1 CPU"
+    cfg = make_cfg(*DDP_OVERRIDES)
+    batch = _fixed_batch(cfg, rows=8, per_row=3)
+    torch.save(batch, tmp_path / "batch.pt")
+    args = [str(REPO / "tests" / "ddp_step.py"), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt"),
+            f"paths.results_dir={tmp_path}", *DDP_OVERRIDES]
+    # No MASTER_ADDR / MASTER_PORT here: init_distributed derives them from the job's node list and id.
+    script = tmp_path / "ddp.sbatch"
+    script.write_text(textwrap.dedent(
+        f"""\
+        #!/bin/bash
+        #SBATCH --job-name=ddp-srun
+        #SBATCH --ntasks=2
+        #SBATCH --cpus-per-task=1
+        #SBATCH --mem=2G
+        #SBATCH --output={tmp_path}/job-%j.log
+        export OMP_NUM_THREADS=1
+        srun --kill-on-bad-exit=1 {sys.executable} {' '.join(args)}
+        """
+    ))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    t0 = time.monotonic()
+    job = sbatch(str(script), cwd=REPO, env=env)
+    states = wait_for_jobs(job, timeout=240)
+    log = (tmp_path / f"job-{job}.log").read_text()
+    assert states == {job: "COMPLETED"}, log[-3000:]
+    assert all_jobs()[job]["cpus"] == 2
+    result = torch.load(tmp_path / "out.pt")
+    assert result["world_size"] == 2 and result["source"] == "slurm", result
+
+    loss, grads = reference_step(cfg, batch, world=2)
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert set(result["grads"]) == set(grads)
+    for name, grad in grads.items():
+        # float32 sums in another order: compare against the tensor's scale
+        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item(), msg=name)
+    print(f"srun -n 2 DDP step: {time.monotonic() - t0:.0f} s")
