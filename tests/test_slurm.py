@@ -1,5 +1,6 @@
-"""Against the real local SLURM (scripts/slurm_local.sh): sbatch, `snakemake --profile slurm`, and
-MLflow from concurrent jobs. Skipped when SLURM is not installed, unless SYNREP_REQUIRE_SLURM=1."""
+"""Against the real local SLURM (scripts/slurm_local.sh): sbatch, `snakemake --profile slurm`, MLflow
+from concurrent jobs, DDP over `srun -n 2`, and submitit's requeue after preemption. Skipped when
+SLURM is not installed, unless SYNREP_REQUIRE_SLURM=1."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.slurm import all_jobs, sbatch, slurm_cluster, wait_for_jobs  # noqa: F401 (fixture)
+from tests.slurm import FINAL_STATES, all_jobs, sbatch, slurm_cluster, wait_for_jobs  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -56,6 +57,8 @@ def reduced_config(root: Path, model: Path) -> dict:
             "batch_size": 16,
             "grid_captions": 2,
         },
+        # the workflow expands the sweep when it parses; keep it to the one w generated here
+        "sweep": {"grids": [{"method": ["stablerep"], "data": ["w2"]}]},
     }
 
 
@@ -244,23 +247,26 @@ def test_concurrent_slurm_jobs_log_to_one_mlflow_store(slurm_cluster, tmp_path, 
 # DDP over `srun -n 2`: synrep.distributed reads SLURM's environment
 # ------------------------------------------------------------------------------------------------
 
-DDP_OVERRIDES = ["train.method=stablerep", "train.m=3", "train.encoder_kwargs.width=8", "train.head_hidden=32",
+DDP_OVERRIDES = ["train.m=3", "train.encoder_kwargs.width=8", "train.head_hidden=32",
                  "train.head_out=16", "train.text.width=16", "train.text.layers=1", "train.text.embed_dim=16",
                  "train.text.context_length=16"]
 
 
 @pytest.mark.timeout(300)
-def test_srun_two_task_ddp_matches_one_process(slurm_cluster, make_cfg, tmp_path):
+@pytest.mark.parametrize("method", ["stablerep", "stablerep_plus"])
+def test_srun_two_task_ddp_matches_one_process(slurm_cluster, make_cfg, tmp_path, method):
+    """tests/test_train.py::test_ddp_under_torchrun_matches_one_process, with `srun` as the launcher."""
     import torch
 
     from tests.test_train import _fixed_batch, reference_step
 
     assert slurm_cluster.cpus >= 2, f"the node has {slurm_cluster.cpus} CPUs, the job needs 2 tasks x 1 CPU"
-    cfg = make_cfg(*DDP_OVERRIDES)
+    overrides = [f"train.method={method}", *DDP_OVERRIDES]
+    cfg = make_cfg(*overrides)
     batch = _fixed_batch(cfg, rows=8, per_row=3)
     torch.save(batch, tmp_path / "batch.pt")
     args = [str(REPO / "tests" / "ddp_step.py"), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt"),
-            f"paths.results_dir={tmp_path}", *DDP_OVERRIDES]
+            f"paths.results_dir={tmp_path}", *overrides]
     # No MASTER_ADDR / MASTER_PORT here: init_distributed derives them from the job's node list and id.
     script = tmp_path / "ddp.sbatch"
     script.write_text(textwrap.dedent(
@@ -290,5 +296,111 @@ def test_srun_two_task_ddp_matches_one_process(slurm_cluster, make_cfg, tmp_path
     assert set(result["grads"]) == set(grads)
     for name, grad in grads.items():
         # float32 sums in another order: compare against the tensor's scale
-        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item(), msg=name)
+        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item(),
+                                   msg=name)
     print(f"srun -n 2 DDP step: {time.monotonic() - t0:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------------
+# submitit on SLURM: a preempted sweep run requeues itself and resumes from its checkpoint
+# ------------------------------------------------------------------------------------------------
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    """``scontrol show job`` as key -> value (empty once slurmctld has forgotten the job)."""
+    done = subprocess.run(["scontrol", "show", "job", "--oneliner", job_id], capture_output=True, text=True)
+    if done.returncode:
+        return {}
+    return dict(field.split("=", 1) for field in done.stdout.split() if "=" in field)
+
+
+def wait_for(predicate, what: str, timeout: float, poll: float = 0.2, diagnose=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"{what}: not after {timeout} s\n{diagnose()}"
+        time.sleep(poll)
+    return value
+
+
+@pytest.mark.timeout(600)
+def test_submitit_on_slurm_requeues_and_matches_uninterrupted(slurm_cluster, learning_world, tmp_path):
+    """tests/test_launch.py::test_preempted_job_requeues_and_matches_an_uninterrupted_run, with
+    launch.cluster=slurm: sbatch through submitit, preemption as SLURM delivers it (USR2 to the job's
+    step), `scontrol requeue` from SweepRunJob.checkpoint(), and a second attempt that resumes."""
+    import json
+
+    import submitit
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    from synrep import launch, sweep
+    from synrep.config import load_config
+    from tests.test_launch import _metrics
+
+    # seed 5: a run folder of its own (the local test trains seed 3 in the same learning_world).
+    # timeout_min=30: submitit counts a signal before min(80%, timeout - 10 min) of the time limit as
+    # a preemption, later as a timeout; with 10 minutes every signal would read as a timeout.
+    overrides = learning_world("sweep.grids=[{method:[stablerep],data:[w4]}]", "sweep.seeds=[5]", "train.epochs=60",
+                               "launch.cluster=slurm", f"launch.folder={tmp_path}/submitit", "launch.timeout_min=30",
+                               "launch.mem_gb=2")
+    cfg = load_config(overrides)
+    (spec,) = sweep.expand(cfg)
+    out = sweep.run_output_dir(cfg, spec)
+    shutil.rmtree(out, ignore_errors=True)
+
+    # reference: the same run, uninterrupted, in this process
+    t0 = time.monotonic()
+    sweep.run_one(cfg, spec.run_id)
+    reference_seconds = time.monotonic() - t0
+    expected = _metrics(out / "metrics.json")
+    expected_history = json.loads((out / "train.json").read_text())["history"]
+    assert len(expected_history) >= 3, expected_history  # passes enough to preempt one in the middle
+    shutil.rmtree(out)
+
+    t0 = time.monotonic()
+    specs, jobs = launch.submit(cfg)
+    assert [s.run_id for s in specs] == [spec.run_id]
+    (job,) = jobs
+    assert isinstance(job, submitit.SlurmJob), type(job)
+    job_id = job.job_id
+    # submitit's sbatch script asks SLURM for the same signal ahead of the time limit
+    (script,) = (tmp_path / "submitit").glob(f"{job_id.split('_')[0]}_submission.sh")
+    assert f"#SBATCH --signal={SlurmJobEnvironment.USR_SIG}@" in script.read_text()
+
+    def logs() -> str:
+        return (job.stdout() or "") + (job.stderr() or "")
+
+    def state() -> str:
+        return scontrol_job(job_id).get("JobState", "")
+
+    # Preempt once the first pass is checkpointed: SLURM signals the job's step (srun), where
+    # submitit's handler checkpoints the run and runs `scontrol requeue`.
+    ckpt = out / "checkpoints" / "last.pt"
+    wait_for(lambda: ckpt.exists() or state() in FINAL_STATES, "a checkpoint", 180, diagnose=logs)
+    assert state() == "RUNNING", (state(), logs()[-3000:])
+    subprocess.run(["scancel", f"--signal={SlurmJobEnvironment.USR_SIG}", job_id], check=True)
+
+    # Requeued: back to PENDING with Restarts=1. SLURM holds a requeued job until its credentials
+    # expire (Reason=BeginTime, about 2 min: cred_expire 120 s + 1); as root, let it start at once.
+    info = wait_for(lambda: (i := scontrol_job(job_id)) and int(i.get("Restarts", 0)) >= 1
+                    and i["JobState"] == "PENDING" and i, "a requeue", 60, diagnose=logs)
+    assert info["Restarts"] == "1", info
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+    # Without accounting, sacct fails and submitit's watcher reports UNKNOWN: job.done() and
+    # job.result() only see the result pickle, and would wait forever if the job died without one.
+    # So wait on SLURM's own state as well, and call result() only once the pickle is there.
+    wait_for(lambda: job.paths.result_pickle.exists() or state() in FINAL_STATES, "the second attempt", 240,
+             poll=0.5, diagnose=logs)
+    assert job.paths.result_pickle.exists(), (state(), logs()[-3000:])
+    assert job.result() == str(out / "metrics.json")
+    wait_for(lambda: state() in FINAL_STATES, "the job's end", 60)
+    assert state() == "COMPLETED" and scontrol_job(job_id)["Restarts"] == "1"
+    slurm_seconds = time.monotonic() - t0
+
+    log = logs()  # --open-mode=append: both attempts' output
+    assert f"Caught signal SIG{SlurmJobEnvironment.USR_SIG} on {slurm_cluster.node}: this job is preempted" in log, \
+        log[-3000:]
+    assert f"Requeued job {job_id}" in log, log[-3000:]
+    assert f"resuming {out} from pass" in log, log[-3000:]
+    assert _metrics(out / "metrics.json") == expected
+    assert json.loads((out / "train.json").read_text())["history"] == expected_history
+    print(f"uninterrupted in-process run: {reference_seconds:.0f} s; on SLURM with a requeue: {slurm_seconds:.0f} s")
