@@ -176,3 +176,24 @@ def test_killed_generation_leaves_no_partial_shard_and_resumes(tmp_path, small_w
     assert names == sorted(p.name for p in shards.glob("shard-*.tar")) and len(names) == 10
     for name in names:
         assert (ref / name).read_bytes() == (shards / name).read_bytes(), name
+
+
+def test_dpmsolver_clamps_x0_like_the_ddim_config_it_comes_from(tiny_toy_pipeline_dir):
+    """The toy generator is trained and saved with x0 clipping (DDIM's clip_sample); DPM-Solver has
+    no clip_sample, so make_scheduler turns the same clamp into static thresholding."""
+    import json
+
+    import torch
+
+    config = json.loads((tiny_toy_pipeline_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert config["clip_sample"] is True
+    ddim = generate.make_scheduler("ddim", config)
+    assert ddim.config.clip_sample and not ddim.config.thresholding
+    dpm = generate.make_scheduler("dpmsolver", config)
+    assert dpm.config.thresholding and dpm.config.sample_max_value == config["clip_sample_range"]
+    x0 = 3 * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(dpm._threshold_sample(x0), x0.clamp(-1, 1))
+
+    # a latent model's config (Stable Diffusion: no clip_sample) is left as it is
+    sd = {**config, "clip_sample": False}
+    assert not generate.make_scheduler("dpmsolver", sd).config.thresholding

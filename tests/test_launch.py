@@ -20,7 +20,10 @@ def _metrics(path):
 @pytest.mark.slow
 def test_preempted_job_requeues_and_matches_an_uninterrupted_run(learning_world, tmp_path):
     overrides = learning_world("sweep.grids=[{method:[stablerep],data:[w4]}]", "sweep.seeds=[3]", "train.epochs=60",
-                               "launch.cluster=local", f"launch.folder={tmp_path}/submitit", "launch.timeout_min=10")
+                               "launch.cluster=local", f"launch.folder={tmp_path}/submitit",
+                               # submitit counts a signal in the last 10 minutes of the time limit as a timeout:
+                               # 30 minutes makes this one a preemption
+                               "launch.timeout_min=30")
     cfg = load_config(overrides)
     (spec,) = sweep.expand(cfg)
     out = sweep.run_output_dir(cfg, spec)
@@ -51,6 +54,7 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(learning_world,
     job.result()
     log = job.stderr() or ""
     assert "Requeued job" in log + (job.stdout() or ""), log[-3000:]
+    assert "preempted" in log + (job.stdout() or ""), log[-3000:]
     assert "resuming" in log + (job.stdout() or ""), log[-3000:]
     assert _metrics(out / "metrics.json") == expected
     assert json.loads((out / "train.json").read_text())["history"] == expected_history

@@ -65,6 +65,27 @@ def model_folder(model: str) -> Path:
     return Path(snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
 
 
+def make_scheduler(sampler: str, config: dict):
+    """The diffusers scheduler for ``sampler``, from the pipeline's own scheduler config.
+
+    A pixel-space model trained with x0 clipping (``clip_sample``: the toy generator) needs it at
+    every step; samplers without ``clip_sample`` (DPM-Solver) get the same clamp as static
+    thresholding (``thresholding`` with ratio 1 and ``sample_max_value`` = the clip range), or they
+    start from a wild x0 estimate at the noisiest timestep and their samples stay noisy.
+    """
+    import inspect
+
+    import diffusers
+
+    scheduler_cls = getattr(diffusers, SAMPLERS[sampler])
+    params = inspect.signature(scheduler_cls.__init__).parameters
+    extra = {}
+    if config.get("clip_sample") and "clip_sample" not in params and "thresholding" in params:
+        extra = {"thresholding": True, "dynamic_thresholding_ratio": 1.0,
+                 "sample_max_value": float(config.get("clip_sample_range", 1.0))}
+    return scheduler_cls.from_config(config, **extra)
+
+
 @functools.lru_cache(maxsize=4)
 def load_pipeline(model: str, sampler: str = "ddim", dtype: str = "float32", device: str = "auto"):
     """Load any diffusers text-to-image pipeline with ``from_pretrained`` and set its sampler."""
@@ -83,8 +104,7 @@ def load_pipeline(model: str, sampler: str = "ddim", dtype: str = "float32", dev
             # StableRep trains on every generated image; the checker blacks some out
             extra = {"safety_checker": None, "requires_safety_checker": False}
         pipe = diffusers.DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, **extra)
-    scheduler_cls = getattr(diffusers, SAMPLERS[sampler])
-    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(resolve_device(device))
 
