@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import timm
@@ -44,9 +45,15 @@ class ProjectionHead(nn.Sequential):
 
 
 def tokenizer(cfg: DictConfig):
+    return _tokenizer(int(cfg.train.text.context_length))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(context_length: int):
+    # built once per process: loading the BPE merges takes ~0.1 s, as long as a toy training step
     from open_clip.tokenizer import SimpleTokenizer
 
-    return SimpleTokenizer(context_length=cfg.train.text.context_length)
+    return SimpleTokenizer(context_length=context_length)
 
 
 def create_text_tower(cfg: DictConfig, output_dim: int) -> nn.Module:
