@@ -14,7 +14,11 @@ def test_defaults_load_and_resolve():
     cfg = load_config()
     assert cfg.name == "toy"
     assert cfg.captions.path == "data/toyworld/captions_raw.tsv"  # interpolation resolved
-    assert cfg.generation.guidance_scales == [2.0, 4.0, 8.0]
+    # config/config.yaml overrides the dataclass defaults, key by key
+    embedded = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert cfg.generation.guidance_scales == [float(w) for w in embedded["generation"]["guidance_scales"]]
+    assert cfg.train.augment.crop_scale == embedded["train"]["augment"]["crop_scale"]
+    assert cfg.train.augment.color_jitter == [0.4, 0.4, 0.4, 0.1]  # not in the file: the default
 
 
 @pytest.mark.parametrize(

@@ -63,9 +63,9 @@ def test_shards_cover_every_caption_with_provenance(gen_cfg, tiny_toy_pipeline_d
             assert s["key"] == f"c{r['caption_id']:09d}"
             assert len(s["images"]) == 3 and s["images"][0].shape == (16, 16, 3)
             assert r["seeds"] == [generate.image_seed(0, r["caption_id"], i) for i in range(3)]
-            assert r["guidance_scale"] == w and r["steps"] == 3 and r["sampler"] == "ddim"
+            assert r["guidance_scale"] == w and r["steps"] == 3 and r["sampler"] == gen_cfg.generation.sampler
             assert r["weights_sha256"] == expected_hash and r["pipeline"] == "ToyGlidePipeline"
-            assert r["scheduler"] == "DDIMScheduler" and r["resolution"] == 16
+            assert r["scheduler"] == generate.SAMPLERS[gen_cfg.generation.sampler] and r["resolution"] == 16
             assert len({im.tobytes() for im in s["images"]}) == 3  # different noise per image
     # the same noise at every w: w = 1 and w = 3 images differ only through guidance
     a = next(read_shard(shard_path(run_dir(gen_cfg, "shards"), 1.0, 0)))

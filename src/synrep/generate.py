@@ -189,7 +189,10 @@ def provenance(cfg: DictConfig, pipe, fingerprint: dict, caption: str, caption_i
         "weights_sha256": fingerprint["weights_sha256"],
         "sampler": g.sampler,
         "scheduler": type(pipe.scheduler).__name__,
-        "scheduler_config": dict(pipe.scheduler.config),
+        # diffusers keeps `_use_default_values` as a list made from a set: sorted, so that the
+        # record (and the shard's bytes) do not depend on the process's hash seed
+        "scheduler_config": {k: sorted(v) if k == "_use_default_values" else v
+                             for k, v in pipe.scheduler.config.items()},
         "steps": g.steps,
         "eta": g.eta,
         "resolution": g.resolution or pipe.unet.config.sample_size * getattr(pipe, "vae_scale_factor", 1),
