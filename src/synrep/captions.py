@@ -154,18 +154,18 @@ def normalize_series(captions: pl.Series) -> pl.Series:
 def first_occurrences(norm: pl.Series, hashes: pl.Series | None = None) -> pl.Series:
     """``norm.is_first_distinct()``, computed faster through 64-bit hashes and verified.
 
-    Rows are marked by ``hashes.is_first_distinct()``; then every row marked as a repeat is
-    compared with the first row of its hash. All equal means no two different strings share a
-    hash, and the marks are exact; otherwise (a hash collision) it falls back to
-    ``norm.is_first_distinct()``. ``hashes`` is for tests.
+    Each row gets the index of the first row with its hash (one window expression); a row is a
+    first occurrence when that is itself. Then every other row is compared with the string of
+    its hash's first row. All equal means no two different strings share a hash and the marks are
+    exact; otherwise (a hash collision) it falls back to ``norm.is_first_distinct()``. ``hashes``
+    is for tests.
     """
     h = norm.hash(seed=0) if hashes is None else hashes
-    first = h.is_first_distinct()
-    rows = pl.DataFrame({"h": h, "first": first}).with_row_index("i")
-    repeats = rows.filter(~pl.col("first")).select("h", "i")
-    firsts = rows.filter(pl.col("first")).select("h", rep=pl.col("i"))
-    pairs = repeats.join(firsts, on="h", how="inner")
-    if pairs.height == repeats.height and (norm.gather(pairs["i"]) == norm.gather(pairs["rep"])).all():
+    rows = pl.DataFrame({"h": h}).with_row_index("i")
+    rep = rows.select(pl.col("i").min().over("h")).to_series()
+    first = rep == rows["i"]
+    repeats = ~first
+    if (norm.filter(repeats) == norm.gather(rep.filter(repeats))).all():
         return first.rename(norm.name)
     return norm.is_first_distinct()
 
