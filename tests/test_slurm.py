@@ -404,3 +404,29 @@ def test_submitit_on_slurm_requeues_and_matches_uninterrupted(slurm_cluster, lea
     assert _metrics(out / "metrics.json") == expected
     assert json.loads((out / "train.json").read_text())["history"] == expected_history
     print(f"uninterrupted in-process run: {reference_seconds:.0f} s; on SLURM with a requeue: {slurm_seconds:.0f} s")
+
+
+@pytest.mark.timeout(300)
+def test_launch_reports_a_killed_job_instead_of_waiting_forever(slurm_cluster, learning_world, tmp_path):
+    """Without accounting submitit never learns that a job died without its result; launch.wait_for
+    notices the job has left the queue and reports the run as failed, naming its log."""
+    from synrep import launch, sweep
+    from synrep.config import load_config
+
+    overrides = learning_world("sweep.grids=[{method:[simclr],data:[w4]}]", "sweep.seeds=[6]", "train.epochs=60",
+                               "launch.cluster=slurm", f"launch.folder={tmp_path}/submitit", "launch.mem_gb=2")
+    cfg = load_config(overrides)
+    (spec,) = sweep.expand(cfg)
+    shutil.rmtree(sweep.run_output_dir(cfg, spec), ignore_errors=True)
+    specs, jobs = launch.submit(cfg)
+    (job,) = jobs
+    wait_for(lambda: scontrol_job(job.job_id).get("JobState") == "RUNNING", "the job's start", 120)
+    # SIGKILL to every step, batch script included, as the OOM killer would: nothing for submitit to catch
+    # (a plain scancel sends SIGTERM, which submitit ignores, and a short run may then still finish)
+    subprocess.run(["scancel", "--full", "--signal=KILL", job.job_id], check=True)
+
+    t0 = time.monotonic()
+    failed = launch.wait_for(specs, jobs, poll_s=1.0, vanished_grace_s=3.0)
+    assert time.monotonic() - t0 < 60
+    assert len(failed) == 1 and spec.run_id in failed[0] and "left the SLURM queue" in failed[0], failed
+    assert not job.paths.result_pickle.exists()

@@ -80,6 +80,57 @@ def submit(cfg: DictConfig, run_ids: list[str] | None = None):
     return specs, jobs
 
 
+# SLURM job states after which a job runs no more (squeue -j shows them for MinJobAge seconds)
+ENDED = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                   "DEADLINE", "REVOKED", "SPECIAL_EXIT"})
+
+
+def in_squeue(job_id: str) -> bool:
+    """Whether SLURM still runs or will run the job (pending, running, requeued, ...)."""
+    import subprocess
+
+    done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False)
+    if done.returncode:
+        # a job slurmctld has forgotten is gone; any other error (controller busy) proves nothing
+        return "invalid job id" not in done.stderr.lower()
+    return bool(set(done.stdout.split()) - ENDED)
+
+
+def wait_for(specs: list, jobs: list, poll_s: float = 10.0, vanished_grace_s: float = 120.0) -> list[str]:
+    """Wait for every job; return one line per failed run.
+
+    submitit reads SLURM job states from ``sacct``. Without accounting (the local cluster, some
+    small clusters) every state reads UNKNOWN, and a job that died without writing its result
+    (``scancel``, a node failure, an out-of-memory kill) would make ``job.result()`` wait forever.
+    So a SLURM job that has been gone from ``squeue`` for ``vanished_grace_s`` seconds with no
+    result file counts as failed.
+    """
+    import time
+
+    failed, pending = [], dict(enumerate(jobs))
+    gone_since: dict[int, float] = {}
+    while pending:
+        for i, job in list(pending.items()):
+            if job.done():
+                try:
+                    job.result()
+                except Exception as err:  # report every failure, not only the first
+                    failed.append(f"{specs[i].run_id} (job {job.job_id}): "
+                                  f"{str(err).splitlines()[-1] if str(err) else err!r}")
+                del pending[i]
+            elif job.__class__.__name__ == "SlurmJob" and not in_squeue(job.job_id):
+                since = gone_since.setdefault(i, time.time())
+                if time.time() - since > vanished_grace_s and not job.paths.result_pickle.exists():
+                    failed.append(f"{specs[i].run_id} (job {job.job_id}): left the SLURM queue without a result "
+                                  f"(cancelled or killed?); see {job.paths.stderr}")
+                    del pending[i]
+            else:
+                gone_since.pop(i, None)
+        if pending:
+            time.sleep(poll_s)
+    return failed
+
+
 def run(cfg: DictConfig) -> dict[str, Path]:
     specs, jobs = submit(cfg)
     print(f"submitted {len(jobs)} runs to {jobs[0].__class__.__name__ if jobs else 'nothing'} "
@@ -88,12 +139,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         print(f"  {job.job_id}  {spec.run_id}", flush=True)
     if not cfg.launch.wait:
         return {}
-    failed = []
-    for spec, job in zip(specs, jobs):
-        try:
-            job.result()
-        except Exception as err:  # report every failure, not only the first
-            failed.append(f"{spec.run_id} (job {job.job_id}): {str(err).splitlines()[-1] if str(err) else err!r}")
+    failed = wait_for(specs, jobs)
     if failed:
         raise RuntimeError(f"{len(failed)} runs failed:\n  " + "\n  ".join(failed))
     from synrep import report
