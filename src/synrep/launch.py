@@ -85,15 +85,17 @@ ENDED = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY
                    "DEADLINE", "REVOKED", "SPECIAL_EXIT"})
 
 
-def in_squeue(job_id: str) -> bool:
-    """Whether SLURM still runs or will run the job (pending, running, requeued, ...)."""
+def active_slurm_jobs(job_ids: list[str]) -> set[str] | None:
+    """The ids among ``job_ids`` that SLURM still runs or will run (pending, running, requeued,
+    ...), from one ``squeue`` call; None when squeue fails for another reason (controller busy)."""
     import subprocess
 
-    done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False)
+    done = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T"],
+                          capture_output=True, text=True, check=False)
     if done.returncode:
-        # a job slurmctld has forgotten is gone; any other error (controller busy) proves nothing
-        return "invalid job id" not in done.stderr.lower()
-    return bool(set(done.stdout.split()) - ENDED)
+        # one id that slurmctld has forgotten is an error; a list of them is an empty answer
+        return set() if "invalid job id" in done.stderr.lower() else None
+    return {job_id for job_id, state in (line.split() for line in done.stdout.splitlines()) if state not in ENDED}
 
 
 def wait_for(specs: list, jobs: list, poll_s: float = 10.0, vanished_grace_s: float = 120.0) -> list[str]:
@@ -107,6 +109,8 @@ def wait_for(specs: list, jobs: list, poll_s: float = 10.0, vanished_grace_s: fl
     """
     import time
 
+    import submitit
+
     failed, pending = [], dict(enumerate(jobs))
     gone_since: dict[int, float] = {}
     while pending:
@@ -118,14 +122,17 @@ def wait_for(specs: list, jobs: list, poll_s: float = 10.0, vanished_grace_s: fl
                     failed.append(f"{specs[i].run_id} (job {job.job_id}): "
                                   f"{str(err).splitlines()[-1] if str(err) else err!r}")
                 del pending[i]
-            elif job.__class__.__name__ == "SlurmJob" and not in_squeue(job.job_id):
-                since = gone_since.setdefault(i, time.time())
-                if time.time() - since > vanished_grace_s and not job.paths.result_pickle.exists():
-                    failed.append(f"{specs[i].run_id} (job {job.job_id}): left the SLURM queue without a result "
-                                  f"(cancelled or killed?); see {job.paths.stderr}")
-                    del pending[i]
-            else:
+        on_slurm = {i: job for i, job in pending.items() if isinstance(job, submitit.SlurmJob)}
+        active = active_slurm_jobs([job.job_id for job in on_slurm.values()]) if on_slurm else None
+        for i, job in on_slurm.items():
+            if active is None or job.job_id in active:
                 gone_since.pop(i, None)
+                continue
+            since = gone_since.setdefault(i, time.time())
+            if time.time() - since > vanished_grace_s and not job.paths.result_pickle.exists():
+                failed.append(f"{specs[i].run_id} (job {job.job_id}): left the SLURM queue without a result "
+                              f"(cancelled or killed?); see {job.paths.stderr}")
+                del pending[i]
         if pending:
             time.sleep(poll_s)
     return failed
