@@ -114,11 +114,25 @@ def reference_step(cfg, batch, world):
     return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+# A model small enough for a 2-process step in seconds (also tests/test_slurm.py's srun test)
+DDP_OVERRIDES = ["train.m=3", "train.encoder_kwargs.width=8", "train.head_hidden=32", "train.head_out=16",
+                 "train.text.width=16", "train.text.layers=1", "train.text.embed_dim=16",
+                 "train.text.context_length=16"]
+
+
+def assert_matches_reference(result, cfg, batch, world):
+    """A DDP step's mean loss and averaged gradients equal one process's on the whole batch."""
+    loss, grads = reference_step(cfg, batch, world=world)
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert set(result["grads"]) == set(grads)
+    for name, grad in grads.items():
+        # float32 sums in another order: compare against the tensor's scale
+        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item(), msg=name)
+
+
 @pytest.mark.parametrize("method", ["stablerep", "stablerep_plus"])
 def test_ddp_under_torchrun_matches_one_process(make_cfg, tmp_path, method):
-    overrides = [f"train.method={method}", "train.m=3", "train.encoder_kwargs.width=8", "train.head_hidden=32",
-                 "train.head_out=16", "train.text.width=16", "train.text.layers=1", "train.text.embed_dim=16",
-                 "train.text.context_length=16"]
+    overrides = [f"train.method={method}", *DDP_OVERRIDES]
     cfg = make_cfg(*overrides)
     batch = _fixed_batch(cfg, rows=8, per_row=3)
     torch.save(batch, tmp_path / "batch.pt")
@@ -129,10 +143,4 @@ def test_ddp_under_torchrun_matches_one_process(make_cfg, tmp_path, method):
     assert done.returncode == 0, done.stderr[-3000:]
     result = torch.load(tmp_path / "out.pt")
     assert result["world_size"] == 2 and result["source"] == "torchrun"
-
-    loss, grads = reference_step(cfg, batch, world=2)
-    assert result["loss"] == pytest.approx(loss, rel=1e-5)
-    assert set(result["grads"]) == set(grads)
-    for name, grad in grads.items():
-        # float32 sums in another order: compare against the tensor's scale
-        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item(), msg=name)
+    assert_matches_reference(result, cfg, batch, world=2)
