@@ -17,7 +17,7 @@ import time
 
 import polars as pl
 
-from synrep.captions import deduplicate, normalize_caption
+from synrep.data.captions import deduplicate, normalize_caption
 
 TEMPLATES = [
     "a photo of a {adj} {noun} on the {place} near {city}",

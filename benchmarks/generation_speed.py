@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from synrep.config import load_config
-    from synrep.generate import load_pipeline, sample_images
+    from synrep.generation.generate import load_pipeline, sample_images
 
     cfg = load_config(args.overrides)
     g = cfg.generation

@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from synrep.config import load_config
-    from synrep.train import autocast_dtype, build_model, build_optimizer, compute_loss, crops_per_row, resolve_device
+    from synrep.learning.trainer import autocast_dtype, build_model, build_optimizer, compute_loss, crops_per_row, resolve_device
 
     cfg = load_config(args.overrides)
     t = cfg.train
@@ -40,7 +40,7 @@ def main() -> None:
     ids = torch.arange(rows, device=device).repeat_interleave(k)
     tokens = None
     if model.has_text:
-        from synrep.train import tokenize
+        from synrep.learning.trainer import tokenize
 
         tokens = tokenize(cfg, ["a photo of a dog"] * rows).to(device)
 

@@ -59,7 +59,7 @@ def make_cfg(tmp_path):
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A rendered small toy world; returns the tmp root its config writes under."""
-    from synrep import toyworld
+    from synrep.data import toyworld
     from synrep.config import load_config
 
     root = tmp_path_factory.mktemp("world")
@@ -71,7 +71,7 @@ def small_world(tmp_path_factory):
 def tiny_toy_pipeline_dir(tmp_path_factory, small_world):
     """A randomly initialised tiny toy generator saved with save_pretrained."""
     from synrep.config import load_config
-    from synrep.generator.train import build_pipeline
+    from synrep.generation.toy.train import build_pipeline
 
     out = tmp_path_factory.mktemp("tiny_toy") / "pipeline"
     cfg = load_config(tmp_overrides(small_world, *TINY_GENERATOR))
@@ -147,7 +147,9 @@ TINY_TRAINING = [
 def learning_world(tmp_path_factory, small_world, tiny_toy_pipeline_dir):
     """Captions, synthetic shards (tiny random generator, w in {2, 4}, l = 4) and real shards;
     returns a function giving config overrides that read them."""
-    from synrep import captions, data, generate
+    from synrep.data import captions
+    from synrep.data import stream as data
+    from synrep.generation import generate
     from synrep.config import load_config
 
     results = tmp_path_factory.mktemp("learning") / "results"

@@ -15,9 +15,9 @@ import torch
 
 
 def main(batch_path: str, out_path: str, overrides: list[str]) -> None:
-    from synrep import distributed
+    from synrep.learning import distributed
     from synrep.config import load_config
-    from synrep.train import build_model, compute_loss, tokenize
+    from synrep.learning.trainer import build_model, compute_loss, tokenize
 
     cfg = load_config(overrides)
     torch.set_num_threads(1)

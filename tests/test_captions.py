@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from synrep import captions as C
-from synrep.captions import CaptionFormatError, deduplicate, load_captions, normalize_caption
+from synrep.data import captions as C
+from synrep.data.captions import CaptionFormatError, deduplicate, load_captions, normalize_caption
 
 # --------------------------------------------------------------------------------------------
 # Reference implementations, written independently of the module
@@ -152,7 +152,7 @@ def test_deduplicate_other_column_and_errors():
 
 
 def test_toyworld_near_duplicates_normalise_back():
-    from synrep.toyworld import near_duplicate
+    from synrep.data.toyworld import near_duplicate
 
     rng = np.random.default_rng(0)
     base = ["a picture of a cyan disc", "a small red plus sign on a dark background"]

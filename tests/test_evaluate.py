@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synrep import evaluate
+from synrep.evaluation import evaluate
 
 
 def blobs(n_per_class: int, n_classes: int, dim: int, spread: float, seed: int):

@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from synrep import generate
+from synrep.generation import generate
 from synrep.config import run_dir
 from synrep.fileio import write_parquet
-from synrep.shards import read_shard, shard_path
+from synrep.data.shards import read_shard, shard_path
 from tests.conftest import REPO, tmp_overrides
 
 CAPTIONS = [

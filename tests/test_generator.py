@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from synrep.generator.pipeline import ToyGlidePipeline, guided_noise
-from synrep.generator.text import tokenize
+from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise
+from synrep.generation.toy.text import tokenize
 from tests.conftest import TINY_GENERATOR
 
 
@@ -79,7 +79,7 @@ def test_save_and_load_round_trip_gives_identical_samples(tiny_toy_pipeline_dir,
 def test_train_generator_entry_point(make_cfg, small_world, tmp_path):
     from mlflow import MlflowClient
 
-    from synrep.generator import train
+    from synrep.generation.toy import train
     from synrep.tracking import tracking_uri
 
     cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "generator.caption_dropout=0.5")
@@ -96,7 +96,7 @@ def test_train_generator_entry_point(make_cfg, small_world, tmp_path):
 
 
 def test_training_rejects_mismatched_image_size(make_cfg, small_world):
-    from synrep.generator import train
+    from synrep.generation.toy import train
 
     cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "generator.model.sample_size=32")
     with pytest.raises(ValueError, match="generator.model.sample_size"):

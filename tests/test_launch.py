@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from synrep import launch, sweep
+from synrep.experiments import launch
+from synrep.experiments import sweep
 from synrep.config import load_config
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from synrep.losses import (clip_loss, image_text_multi_positive_loss, multi_positive_contrastive_loss,
+from synrep.learning.losses import (clip_loss, image_text_multi_positive_loss, multi_positive_contrastive_loss,
                            simclr_loss)
 
 

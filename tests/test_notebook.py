@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from synrep import sweep
+from synrep.experiments import sweep
 from synrep.config import load_config, save_resolved
 from tests.conftest import REPO
 

@@ -12,7 +12,9 @@ import sys
 import polars as pl
 import pytest
 
-from synrep import captions, plan, sweep
+from synrep.data import captions
+from synrep.experiments import planner as plan
+from synrep.experiments import sweep
 from synrep.config import load_config
 from tests.conftest import REPO
 

@@ -244,7 +244,7 @@ def test_concurrent_slurm_jobs_log_to_one_mlflow_store(slurm_cluster, tmp_path, 
 
 
 # ------------------------------------------------------------------------------------------------
-# DDP over `srun -n 2`: synrep.distributed reads SLURM's environment
+# DDP over `srun -n 2`: synrep.learning.distributed reads SLURM's environment
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(300)
@@ -319,7 +319,8 @@ def test_submitit_on_slurm_requeues_and_matches_uninterrupted(slurm_cluster, lea
     import submitit
     from submitit.slurm.slurm import SlurmJobEnvironment
 
-    from synrep import launch, sweep
+    from synrep.experiments import launch
+    from synrep.experiments import sweep
     from synrep.config import load_config
     from tests.test_launch import _metrics
 
@@ -398,7 +399,8 @@ def test_submitit_on_slurm_requeues_and_matches_uninterrupted(slurm_cluster, lea
 def test_launch_reports_a_killed_job_instead_of_waiting_forever(slurm_cluster, learning_world, tmp_path):
     """Without accounting submitit never learns that a job died without its result; launch.wait_for
     notices the job has left the queue and reports the run as failed, naming its log."""
-    from synrep import launch, sweep
+    from synrep.experiments import launch
+    from synrep.experiments import sweep
     from synrep.config import load_config
 
     # 600 epochs: a run that cannot finish before the kill lands

@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from synrep import report, sweep
+from synrep.experiments import report
+from synrep.experiments import sweep
 from synrep.config import ConfigError, load_config
 from synrep.fileio import write_json
 from tests.conftest import REPO

@@ -4,7 +4,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from synrep import toyworld
+from synrep.data import toyworld
 
 
 def _digest(path):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from synrep import train
+from synrep.learning import trainer as train
 from synrep.config import load_config
 from tests.conftest import REPO
 
@@ -41,7 +41,7 @@ def test_plan_errors_name_the_key(make_cfg):
 
 @pytest.mark.parametrize("method", ["stablerep", "simclr", "clip", "stablerep_plus"])
 def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
-    from synrep import evaluate
+    from synrep.evaluation import evaluate
 
     data = "real" if method == "simclr" else "w2"
     cfg = load_config(learning_world(f"train.method={method}", f"train.data={data}", "train.epochs=1",

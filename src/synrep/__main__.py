@@ -16,21 +16,21 @@ import time
 
 # step -> (module, function, help); modules are imported lazily so that --help stays fast
 STEPS: dict[str, tuple[str, str, str]] = {
-    "toyworld": ("synrep.toyworld", "run", "render the embedded toy world (captions and real splits)"),
-    "captions": ("synrep.captions", "run", "ingest and deduplicate captions"),
-    "train_generator": ("synrep.generator.train", "run", "train the toy text-to-image generator"),
-    "generate": ("synrep.generate", "run", "generate l images per caption and w into shards"),
-    "index": ("synrep.generate", "index_run", "index the shards, draw sample grids, log to MLflow"),
-    "sample_quality": ("synrep.quality", "run", "caption-match accuracy and diversity of the generator by w"),
-    "real_shards": ("synrep.data", "real_shards_run", "write the captions' real images as shards (real-image baselines)"),
-    "train": ("synrep.train", "run", "train one encoder as train.* describes"),
-    "evaluate": ("synrep.evaluate", "run", "linear probe, few-shot and zero-shot of the encoder in train.output_dir"),
-    "baselines": ("synrep.evaluate", "baselines_run", "evaluate a random-init encoder and raw pixels"),
-    "sweep": ("synrep.sweep", "list_runs", "list the runs the sweep expands to"),
-    "sweep_run": ("synrep.sweep", "run_one", "train and evaluate one run of the sweep (--run RUN_ID)"),
-    "report": ("synrep.report", "run", "ablation tables and plots of the sweep"),
-    "plan": ("synrep.plan", "run", "print the jobs and GPU-hours a config will cost"),
-    "launch": ("synrep.launch", "run", "submit the sweep's runs with submitit (SLURM job array or local)"),
+    "toyworld": ("synrep.data.toyworld", "run", "render the embedded toy world (captions and real splits)"),
+    "captions": ("synrep.data.captions", "run", "ingest and deduplicate captions"),
+    "train_generator": ("synrep.generation.toy.train", "run", "train the toy text-to-image generator"),
+    "generate": ("synrep.generation.generate", "run", "generate l images per caption and w into shards"),
+    "index": ("synrep.generation.generate", "index_run", "index the shards, draw sample grids, log to MLflow"),
+    "sample_quality": ("synrep.evaluation.generator_quality", "run", "caption-match accuracy and diversity of the generator by w"),
+    "real_shards": ("synrep.data.stream", "real_shards_run", "write the captions' real images as shards (real-image baselines)"),
+    "train": ("synrep.learning.trainer", "run", "train one encoder as train.* describes"),
+    "evaluate": ("synrep.evaluation.evaluate", "run", "linear probe, few-shot and zero-shot of the encoder in train.output_dir"),
+    "baselines": ("synrep.evaluation.evaluate", "baselines_run", "evaluate a random-init encoder and raw pixels"),
+    "sweep": ("synrep.experiments.sweep", "list_runs", "list the runs the sweep expands to"),
+    "sweep_run": ("synrep.experiments.sweep", "run_one", "train and evaluate one run of the sweep (--run RUN_ID)"),
+    "report": ("synrep.experiments.report", "run", "ablation tables and plots of the sweep"),
+    "plan": ("synrep.experiments.planner", "run", "print the jobs and GPU-hours a config will cost"),
+    "launch": ("synrep.experiments.launch", "run", "submit the sweep's runs with submitit (SLURM job array or local)"),
 }
 
 

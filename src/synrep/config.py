@@ -147,7 +147,7 @@ class SampleQualityConfig:
 
 @dataclass
 class AugmentConfig:
-    """SimCLR / StableRep augmentation (papers.md), scaled to the image size in synrep.augment."""
+    """SimCLR / StableRep augmentation (papers.md), scaled to the image size in synrep.learning.augment."""
 
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])

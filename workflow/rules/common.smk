@@ -5,7 +5,7 @@ from pathlib import Path
 
 from synrep.config import load_config, run_dir, section_hash, to_yaml
 from synrep.fileio import write_text
-from synrep.shards import plan_shards, shard_path, w_label
+from synrep.data.shards import plan_shards, shard_path, w_label
 
 # Snakemake's config (config/config.yaml, --configfile, --config) validated by the structured
 # config: unknown keys and wrong types stop here with the key's dotted path.
@@ -42,6 +42,6 @@ onstart:
 
     ensure_experiment(CFG)
     if RUNS:
-        from synrep.sweep import parent_run_id
+        from synrep.experiments.sweep import parent_run_id
 
         parent_run_id(CFG)

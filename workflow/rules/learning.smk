@@ -1,6 +1,6 @@
 # Learning: one job per sweep run (train + evaluate), the no-training baselines, and the report.
-# The runs come from synrep.sweep.expand, the same function that `python -m synrep launch` uses.
-from synrep.sweep import expand as expand_sweep
+# The runs come from synrep.experiments.sweep.expand, the same function that `python -m synrep launch` uses.
+from synrep.experiments.sweep import expand as expand_sweep
 
 RUNS = {spec.run_id: spec for spec in expand_sweep(CFG)}
 # The toy world's captions have their real images in the world; real caption sets point

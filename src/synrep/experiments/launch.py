@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synrep import sweep
+from synrep.experiments import sweep
 
 
 class SweepRunJob:
@@ -149,6 +149,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     failed = wait_for(specs, jobs)
     if failed:
         raise RuntimeError(f"{len(failed)} runs failed:\n  " + "\n  ".join(failed))
-    from synrep import report
+    from synrep.experiments import report
 
     return report.run(cfg)

@@ -92,7 +92,7 @@ def load_eval_data(cfg: DictConfig) -> EvalData:
     e, size = cfg.eval, cfg.train.image_size
     root = Path(e.root)
     if e.dataset == "toyworld":
-        from synrep import toyworld
+        from synrep.data import toyworld
 
         splits = {s: toyworld.load_split(root, s) for s in SPLITS}
         names = toyworld.attribute_names(cfg)
@@ -163,7 +163,7 @@ def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], data: EvalD
     """``encode`` takes normalised float images [B, 3, H, W]; returns {split: float32 [N, d]}."""
     from torchvision.transforms import v2
 
-    from synrep.augment import MEAN, STD
+    from synrep.learning.augment import MEAN, STD
 
     normalise = v2.Compose([v2.Resize(cfg.train.image_size, antialias=True), v2.CenterCrop(cfg.train.image_size),
                             v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
@@ -258,7 +258,7 @@ def few_shot(features: np.ndarray, labels: np.ndarray, ways: int, shots: int, qu
 def zero_shot(model, cfg: DictConfig, image_features: np.ndarray, labels: np.ndarray,
               prompts: list[list[str]]) -> float:
     """Accuracy of the class whose averaged prompt embedding is nearest the image embedding."""
-    from synrep.train import tokenize
+    from synrep.learning.trainer import tokenize
 
     model.eval()
     class_embeddings = []
@@ -310,7 +310,7 @@ def _fingerprint(path: Path) -> str:
 
 def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     """Evaluate the trained encoder in a run folder; writes ``eval.json`` there."""
-    from synrep.train import load_trained
+    from synrep.learning.trainer import load_trained
 
     out = Path(output_dir or cfg.train.output_dir)
     torch.set_num_threads(cfg.threads)
@@ -325,7 +325,7 @@ def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
 
 def baselines(cfg: DictConfig, seed: int, data: EvalData | None = None) -> dict[str, dict]:
     """Random-init encoder (train.encoder, seeded) and raw pixels, evaluated like trained runs."""
-    from synrep.train import build_model
+    from synrep.learning.trainer import build_model
 
     data = data or load_eval_data(cfg)
     torch.manual_seed(seed)

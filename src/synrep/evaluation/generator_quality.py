@@ -23,11 +23,11 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-import synrep.encoders  # noqa: F401  (registers toy_cnn with timm)
-from synrep import toyworld
+import synrep.learning.encoders  # noqa: F401  (registers toy_cnn with timm)
+from synrep.data import toyworld
 from synrep.config import run_dir, save_resolved
 from synrep.fileio import atomic_path, write_json, write_text
-from synrep.tables import markdown_table
+from synrep.experiments.tables import markdown_table
 
 ATTRIBUTES = ("shape", "colour", "size", "background")
 
@@ -148,8 +148,8 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
     from PIL import Image
 
-    from synrep.generate import image_seed, load_pipeline, sample_images
-    from synrep.generator.train import image_grid
+    from synrep.generation.generate import image_seed, load_pipeline, sample_images
+    from synrep.generation.toy.train import image_grid
     from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)

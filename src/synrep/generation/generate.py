@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 import synrep
 from synrep.config import run_dir, save_resolved
 from synrep.fileio import sha256_file, write_json
-from synrep.shards import (ShardSpec, plan_shards, read_shard, remove_stale_temporaries, sample_key,
+from synrep.data.shards import (ShardSpec, plan_shards, read_shard, remove_stale_temporaries, sample_key,
                            shard_path, write_shard)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -91,7 +91,7 @@ def load_pipeline(model: str, sampler: str = "ddim", dtype: str = "float32", dev
     """Load any diffusers text-to-image pipeline with ``from_pretrained`` and set its sampler."""
     import diffusers
 
-    from synrep.generator.pipeline import ToyGlidePipeline
+    from synrep.generation.toy.pipeline import ToyGlidePipeline
 
     folder = model_folder(model)
     index = json.loads((folder / "model_index.json").read_text())
@@ -303,7 +303,7 @@ def read_sample(shards_dir: Path, w: float, caption_id: int) -> dict:
 
 def sample_grid(shard: Path, n_captions: int) -> np.ndarray:
     """Rows = captions, columns = their l images, from the first samples of a shard."""
-    from synrep.generator.train import image_grid
+    from synrep.generation.toy.train import image_grid
 
     rows = []
     for k, sample in enumerate(read_shard(shard)):
@@ -318,7 +318,7 @@ def index_run(cfg: DictConfig) -> dict[str, Path]:
     """Index every shard in parquet, draw a sample grid per w, and log both to MLflow."""
     import mlflow
 
-    from synrep.shards import shard_summary, write_index
+    from synrep.data.shards import shard_summary, write_index
     from synrep.tracking import mlflow_run
 
     g = cfg.generation

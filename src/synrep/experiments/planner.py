@@ -14,7 +14,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from synrep.config import run_dir
-from synrep.tables import markdown_table
+from synrep.experiments.tables import markdown_table
 
 
 def caption_count(cfg: DictConfig) -> int:
@@ -30,7 +30,8 @@ def caption_count(cfg: DictConfig) -> int:
 
 
 def plan_table(cfg: DictConfig) -> pl.DataFrame:
-    from synrep import sweep, train
+    from synrep.experiments import sweep
+    from synrep.learning import trainer as train
 
     n = caption_count(cfg)
     g = cfg.generation

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from synrep.config import run_dir, save_resolved
 from synrep.fileio import atomic_path, write_json, write_text
-from synrep.tables import markdown_table, mean_ci
+from synrep.experiments.tables import markdown_table, mean_ci
 
 METHOD_ORDER = ["stablerep", "stablerep_plus", "simclr", "clip"]
 METHOD_NAMES = {"stablerep": "StableRep", "stablerep_plus": "StableRep+", "simclr": "SimCLR", "clip": "CLIP",
@@ -222,7 +222,7 @@ def runs_from_mlflow(cfg: DictConfig) -> pl.DataFrame:
     """The sweep's child runs from MLflow, one row per run (the latest attempt), as ``load_runs`` gives."""
     import mlflow
 
-    from synrep.sweep import sweep_key
+    from synrep.experiments.sweep import sweep_key
     from synrep.tracking import tracking_uri
 
     client = mlflow.MlflowClient(tracking_uri(cfg))
@@ -257,7 +257,7 @@ def _csv(df: pl.DataFrame) -> str:
 
 
 def run_paths(cfg: DictConfig) -> list[Path]:
-    from synrep.sweep import expand, run_output_dir
+    from synrep.experiments.sweep import expand, run_output_dir
 
     return [run_output_dir(cfg, spec) / "metrics.json" for spec in expand(cfg)]
 
@@ -266,7 +266,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep report``: tables and plots of the sweep, into its MLflow parent run."""
     import mlflow
 
-    from synrep.sweep import parent_run_id
+    from synrep.experiments.sweep import parent_run_id
     from synrep.tracking import tracking_uri
 
     paths = run_paths(cfg)

@@ -124,11 +124,12 @@ def run_one(cfg: DictConfig, run_id: str) -> dict[str, Path]:
     """Train and evaluate one run of the sweep, as an MLflow child run; writes ``metrics.json``."""
     import mlflow
 
-    from synrep import evaluate, train
+    from synrep.evaluation import evaluate
+    from synrep.learning import trainer as train
     from synrep.fileio import write_json
     from synrep.tracking import mlflow_run
 
-    from synrep import distributed
+    from synrep.learning import distributed
 
     spec = find(cfg, run_id)
     rcfg = run_config(cfg, spec)

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep import distributed
+from synrep.learning import distributed
 from synrep.config import save_resolved
 from synrep.fileio import atomic_path, write_json
 
@@ -93,14 +93,14 @@ def seed_pass(seed: int, pass_index: int, rank: int) -> None:
 
 
 def tokenize(cfg: DictConfig, captions: list[str]) -> torch.Tensor:
-    from synrep.models import tokenizer
+    from synrep.learning.models import tokenizer
 
     return tokenizer(cfg)(captions)
 
 
 def compute_loss(cfg: DictConfig, out: dict[str, torch.Tensor], group_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The method's loss from the model's outputs; group ids are local batch rows."""
-    from synrep import losses
+    from synrep.learning import losses
 
     t = cfg.train
     parts: dict[str, torch.Tensor] = {}
@@ -117,7 +117,7 @@ def compute_loss(cfg: DictConfig, out: dict[str, torch.Tensor], group_ids: torch
 
 
 def build_model(cfg: DictConfig):
-    from synrep.models import RepresentationModel
+    from synrep.learning.models import RepresentationModel
 
     return RepresentationModel(cfg, cfg.train.method)
 
@@ -125,7 +125,7 @@ def build_model(cfg: DictConfig):
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, steps: int):
     from timm.scheduler import CosineLRScheduler
 
-    from synrep.models import parameter_groups
+    from synrep.learning.models import parameter_groups
 
     t = cfg.train
     lr = t.base_lr * t.batch_images / 256
@@ -149,7 +149,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def data_loader(cfg: DictConfig, plan: Plan, info: distributed.DistInfo, pass_index: int):
-    from synrep import augment, data
+    from synrep.learning import augment
+    from synrep.data import stream as data
 
     t = cfg.train
     spec = data.sample_spec(t.method, t.l, t.m)
@@ -168,7 +169,7 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     """
     import mlflow
 
-    from synrep import data
+    from synrep.data import stream as data
 
     t = cfg.train
     out = Path(t.output_dir)

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-import synrep.encoders  # noqa: F401  (registers the toy encoders with timm)
+import synrep.learning.encoders  # noqa: F401  (registers the toy encoders with timm)
 
 
 def create_backbone(cfg: DictConfig) -> nn.Module:

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from synrep.config import run_dir
-from synrep.shards import shard_path, w_label, write_index, write_shard
+from synrep.data.shards import shard_path, w_label, write_index, write_shard
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
@@ -202,9 +202,9 @@ def collate_groups(batch: list[tuple[torch.Tensor, str]]) -> dict:
 def real_shards_run(cfg: DictConfig) -> dict[str, Path]:
     """Write the real image of every kept caption into shards (one image per caption), so that
     real-image baselines read the same format as synthetic ones."""
-    from synrep import toyworld
+    from synrep.data import toyworld
     from synrep.config import save_resolved
-    from synrep.shards import plan_shards, shard_summary
+    from synrep.data.shards import plan_shards, shard_summary
 
     captions = pl.read_parquet(run_dir(cfg, "captions", "captions.parquet"))
     train = toyworld.load_split(cfg, "train")

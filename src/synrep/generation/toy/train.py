@@ -23,11 +23,11 @@ from diffusers.training_utils import EMAModel, compute_snr
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep import toyworld
+from synrep.data import toyworld
 from synrep.config import save_resolved, to_yaml
 from synrep.fileio import write_json
-from synrep.generator.pipeline import ToyGlidePipeline
-from synrep.generator.text import build_text_encoder, build_tokenizer, tokenize
+from synrep.generation.toy.pipeline import ToyGlidePipeline
+from synrep.generation.toy.text import build_text_encoder, build_tokenizer, tokenize
 
 
 def build_unet(model_cfg: DictConfig, in_channels: int = 3) -> UNet2DConditionModel:
