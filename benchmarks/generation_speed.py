@@ -22,22 +22,26 @@ def main() -> None:
     args = parser.parse_args()
 
     from synrep.config import load_config
-    from synrep.generation.generate import load_pipeline, sample_images
+    from synrep.generation.pipelines import load_pipeline
+    from synrep.generation.sampling import sample_images
+    from synrep.generation.sources import source_spec
 
     cfg = load_config(args.overrides)
     g = cfg.generation
+    w = source_spec(cfg, cfg.train.data)["guidance"]["w"] if cfg.train.data != "real" else 2.0
+    w = float(w[0] if isinstance(w, list) else w)
     torch.set_num_threads(cfg.threads)
     pipe = load_pipeline(g.model, g.sampler, g.dtype, g.device)
     prompts = ["a red circle on a dark background", "a photo of a small blue cross"] * (args.images // 2 + 1)
     batch = min(g.batch_size, args.images)
-    sample_images(pipe, prompts[:batch], list(range(batch)), float(g.guidance_scales[0]), g)  # warm-up
+    sample_images(pipe, prompts[:batch], list(range(batch)), w, g)  # warm-up
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
     done = 0
     while done < args.images:
         k = min(batch, args.images - done)
-        sample_images(pipe, prompts[done:done + k], list(range(done, done + k)), float(g.guidance_scales[0]), g)
+        sample_images(pipe, prompts[done:done + k], list(range(done, done + k)), w, g)
         done += k
     if torch.cuda.is_available():
         torch.cuda.synchronize()

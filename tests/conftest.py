@@ -19,14 +19,14 @@ SMALL_WORLD = [
     "toyworld.n_test=200",
 ]
 TINY_GENERATOR = [
-    "generator.model.block_out_channels=[8,16]",
-    "generator.model.norm_num_groups=4",
-    "generator.model.attention_head_dim=4",
-    "generator.model.text_hidden_size=16",
-    "generator.model.text_layers=1",
-    "generator.steps=4",
-    "generator.batch_size=8",
-    "generator.log_every=2",
+    "toy_generator.model.block_out_channels=[8,16]",
+    "toy_generator.model.norm_num_groups=4",
+    "toy_generator.model.attention_head_dim=4",
+    "toy_generator.model.text_hidden_size=16",
+    "toy_generator.model.text_layers=1",
+    "toy_generator.steps=4",
+    "toy_generator.batch_size=8",
+    "toy_generator.log_every=2",
 ]
 
 
@@ -134,7 +134,7 @@ TINY_TRAINING = [
     "train.text.context_length=16",
     "eval.probe_epochs=3",
     "eval.fewshot_episodes=40",
-    "generation.guidance_scales=[2,4]",
+    "sources.w4.guidance.w=4",
     "generation.images_per_caption=4",
     "generation.captions_per_shard=16",
     "generation.steps=2",
@@ -149,8 +149,8 @@ def learning_world(tmp_path_factory, small_world, tiny_toy_pipeline_dir):
     returns a function giving config overrides that read them."""
     from synrep.data import captions
     from synrep.data import stream as data
-    from synrep.generation import generate
     from synrep.config import load_config
+    from synrep.generation import generate, index
 
     results = tmp_path_factory.mktemp("learning") / "results"
 
@@ -160,7 +160,8 @@ def learning_world(tmp_path_factory, small_world, tiny_toy_pipeline_dir):
 
     cfg = load_config(overrides())
     captions.run(cfg)
-    generate.run(cfg)
-    generate.index_run(cfg)
+    for source in ("w2", "w4"):
+        generate.run(cfg, source=source)
+        index.run(cfg, source=source)
     data.real_shards_run(cfg)
     return overrides

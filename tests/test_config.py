@@ -16,7 +16,9 @@ def test_defaults_load_and_resolve():
     assert cfg.captions.path == "data/toyworld/captions_raw.tsv"  # interpolation resolved
     # config/config.yaml overrides the dataclass defaults, key by key
     embedded = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    assert cfg.generation.guidance_scales == [float(w) for w in embedded["generation"]["guidance_scales"]]
+    assert cfg.generation.steps == embedded["generation"]["steps"]
+    assert {name: s.guidance.w for name, s in cfg.sources.items()} == {
+        name: s["guidance"]["w"] for name, s in embedded["sources"].items()}
     assert cfg.train.augment.crop_scale == embedded["train"]["augment"]["crop_scale"]
     assert cfg.train.augment.color_jitter == [0.4, 0.4, 0.4, 0.1]  # not in the file: the default
 
@@ -25,10 +27,19 @@ def test_defaults_load_and_resolve():
     "override, key",
     [
         ("generation.no_such_key=1", "generation.no_such_key"),
-        ("generator.model.blocks=[1]", "generator.model.blocks"),
+        ("toy_generator.model.blocks=[1]", "toy_generator.model.blocks"),
         ("toyworld.n_train=many", "toyworld.n_train"),
         ("generation.sampler=euler_ancestral_magic", "generation.sampler"),
-        ("generation.guidance_scales=[0.5,2]", "generation.guidance_scales[0]"),
+        ("sources.w2.guidance.w=0.5", "sources.w2.guidance.w"),
+        ("sources.w2.guidance.w=[2,2]", "sources.w2.guidance.w"),
+        ("sources.w2.guidance.w=[]", "sources.w2.guidance.w"),
+        ("sources.w2.guidance.w=high", "sources.w2.guidance.w"),
+        ("sources.w2.guidance.kind=clip_magic", "sources.w2.guidance.kind"),
+        ("sources.w2.mode=video", "sources.w2.mode"),
+        ("sources.w2.sampler=magic", "sources.w2.sampler"),
+        ("sources.w2.stepz=3", "sources.w2.stepz"),
+        ("sources.real.guidance.w=2", "sources.real"),
+        ("train.data=w5", "train.data"),
         ("toyworld.near_duplicate_rate=1.5", "toyworld.near_duplicate_rate"),
         ("generation.steps=0", "generation.steps"),
     ],
@@ -70,3 +81,48 @@ def test_cli_reports_bad_key_without_traceback():
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "generation.stepz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_mixed_set_of_scales_is_one_config_line():
+    cfg = load_config(["sources.mixed.guidance.w=[2,3,4,5,6,8,10,12]", "train.data=mixed"])
+    assert list(cfg.sources.mixed.guidance.w) == [2, 3, 4, 5, 6, 8, 10, 12]
+
+
+def _installed_config(cwd: Path, env: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "synrep", "config"], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+def test_configs_come_from_the_working_tree_not_the_install(tmp_path):
+    """A non-editable install (a wheel's files on the path) and a venv shared by two clones both
+    read config/ of the directory they run in."""
+    import os
+    import zipfile
+
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheel_dir.glob("synrep-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert not (site / "config").exists()
+    for name, steps in (("clone_a", 11), ("clone_b", 23)):
+        clone = tmp_path / name
+        (clone / "config").mkdir(parents=True)
+        text = (REPO / "config" / "config.yaml").read_text().replace("  steps: 10\n", f"  steps: {steps}\n", 1)
+        (clone / "config" / "config.yaml").write_text(text)
+        # the wheel's files first on the path: the package is not the checkout's src/
+        env = {**os.environ, "PYTHONPATH": str(site)}
+        env.pop("SYNREP_CONFIG_DIR", None)
+        assert _installed_config(clone, env)["generation"]["steps"] == steps
+        # the editable install of this checkout, run from another clone
+        env.pop("PYTHONPATH")
+        assert _installed_config(clone, env)["generation"]["steps"] == steps
+
+
+def test_no_config_folder_is_one_clear_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "synrep", "config"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and str(tmp_path / "config" / "config.yaml") in proc.stderr

@@ -10,7 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from synrep.generation import generate
+from synrep.generation import generate, index
+from synrep.generation.pipelines import SAMPLERS, make_scheduler, weights_sha256
+from synrep.generation.provenance import regenerate
+from synrep.generation.sources import image_draws, image_seed, source_spec
 from synrep.config import run_dir
 from synrep.fileio import write_parquet
 from synrep.data.shards import read_shard, shard_path
@@ -30,7 +33,10 @@ def gen_overrides(world, model, *extra):
         "generation.steps=3",
         "generation.images_per_caption=3",
         "generation.captions_per_shard=4",
-        "generation.guidance_scales=[1,3]",
+        "sources.w1.guidance.w=1",
+        "sources.w3.guidance.w=3",
+        "train.data=w1",
+        "sweep.grids=[{data: [w1, w3]}]",
         "generation.batch_size=5",
         "generation.grid_captions=2",
         *extra,
@@ -54,22 +60,23 @@ def test_shards_cover_every_caption_with_provenance(gen_cfg, tiny_toy_pipeline_d
     assert [p.relative_to(run_dir(gen_cfg, "shards")).as_posix() for p in paths] == [
         f"w{w}/shard-{i:06d}.tar" for w in ("1", "3") for i in range(3)
     ]
-    expected_hash = generate.weights_sha256(tiny_toy_pipeline_dir)
+    expected_hash = weights_sha256(tiny_toy_pipeline_dir)
     for w in (1.0, 3.0):
-        samples = [s for i in range(3) for s in read_shard(shard_path(run_dir(gen_cfg, "shards"), w, i))]
+        samples = [s for i in range(3) for s in read_shard(shard_path(run_dir(gen_cfg, "shards"), f"w{w:g}", i))]
         assert [s["record"]["caption"] for s in samples] == CAPTIONS
         for s in samples:
             r = s["record"]
             assert s["key"] == f"c{r['caption_id']:09d}"
             assert len(s["images"]) == 3 and s["images"][0].shape == (16, 16, 3)
-            assert r["seeds"] == [generate.image_seed(0, r["caption_id"], i) for i in range(3)]
-            assert r["guidance_scale"] == w and r["steps"] == 3 and r["sampler"] == gen_cfg.generation.sampler
+            assert r["seeds"] == [image_seed(0, r["caption_id"], i) for i in range(3)]
+            assert r["guidance_scales"] == [w] * 3 and r["source"] == source_spec(gen_cfg, f"w{w:g}")
+            assert r["source"]["steps"] == 3 and r["source"]["sampler"] == gen_cfg.generation.sampler
             assert r["weights_sha256"] == expected_hash and r["pipeline"] == "ToyGlidePipeline"
-            assert r["scheduler"] == generate.SAMPLERS[gen_cfg.generation.sampler] and r["resolution"] == 16
+            assert r["scheduler"] == SAMPLERS[gen_cfg.generation.sampler] and r["resolution"] == 16
             assert len({im.tobytes() for im in s["images"]}) == 3  # different noise per image
     # the same noise at every w: w = 1 and w = 3 images differ only through guidance
-    a = next(read_shard(shard_path(run_dir(gen_cfg, "shards"), 1.0, 0)))
-    b = next(read_shard(shard_path(run_dir(gen_cfg, "shards"), 3.0, 0)))
+    a = next(read_shard(shard_path(run_dir(gen_cfg, "shards"), "w1", 0)))
+    b = next(read_shard(shard_path(run_dir(gen_cfg, "shards"), "w3", 0)))
     assert a["record"]["seeds"] == b["record"]["seeds"]
 
 
@@ -78,44 +85,78 @@ def test_index_grids_and_mlflow(gen_cfg):
 
     from synrep.tracking import tracking_uri
 
-    generate.run(gen_cfg)
-    out = generate.index_run(gen_cfg)
-    index = pl.read_parquet(out["index"])
-    assert index.height == 6 and index["samples"].sum() == 20 and index["images"].sum() == 60
-    assert sorted(index["w"].unique().to_list()) == [1.0, 3.0]
-    for w in ("1", "3"):
-        from PIL import Image
+    from PIL import Image
 
-        assert Image.open(out[f"grid_w{w}"]).size[0] > 0
+    from synrep.generation.toy.train import image_grid
+
+    generate.run(gen_cfg)
+    out = index.run(gen_cfg)
     client = MlflowClient(tracking_uri(gen_cfg))
-    (run,) = client.search_runs([client.get_experiment_by_name(gen_cfg.name).experiment_id],
-                                "tags.`synrep.step` = 'generate'")
-    assert run.data.metrics["images"] == 60
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "grids")} == {
-        "grids/samples_w1.png", "grids/samples_w3.png"}
+    runs = client.search_runs([client.get_experiment_by_name(gen_cfg.name).experiment_id],
+                              "tags.`synrep.step` = 'generate'")
+    assert sorted(r.data.params["source"] for r in runs) == ["w1", "w3"]
+    for source in ("w1", "w3"):
+        table = pl.read_parquet(out[f"{source}/index"])
+        assert table.height == 3 and table["samples"].sum() == 10 and table["images"].sum() == 30
+        assert table["source"].to_list() == [source] * 3
+        # the grid shows the first grid_captions captions of shard 0, l images each
+        first = list(read_shard(shard_path(run_dir(gen_cfg, "shards"), source, 0)))[:2]
+        expected = image_grid(np.concatenate([np.stack(s["images"]) for s in first]), rows=2, scale=4)
+        np.testing.assert_array_equal(np.asarray(Image.open(out[f"{source}/grid"]).convert("RGB")), expected)
+        (run,) = [r for r in runs if r.data.params["source"] == source]
+        assert run.data.metrics["images"] == 30 and run.data.params["w"] == source[1:] + ".0"
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"index.parquet", "stats.json", "grid.png"}
 
 
 def test_any_image_regenerates_exactly_from_its_record(gen_cfg):
-    generate.run(gen_cfg, w=3.0, shard=1)
-    samples = list(read_shard(shard_path(run_dir(gen_cfg, "shards"), 3.0, 1)))
+    generate.run(gen_cfg, source="w3", shard=1)
+    samples = list(read_shard(shard_path(run_dir(gen_cfg, "shards"), "w3", 1)))
     sample = samples[2]
     for i in range(3):
-        np.testing.assert_array_equal(generate.regenerate(sample["record"], i), sample["images"][i])
+        np.testing.assert_array_equal(regenerate(sample["record"], i), sample["images"][i])
 
 
-def test_finished_shards_are_skipped(gen_cfg):
-    generate.run(gen_cfg, w=1.0, shard=0)
-    path = shard_path(run_dir(gen_cfg, "shards"), 1.0, 0)
+def test_a_set_of_scales_draws_w_per_image_and_regenerates(make_cfg, small_world, tiny_toy_pipeline_dir):
+    """sources.<name>.guidance.w as a set: each image's w is drawn from it, recorded, and its noise
+    seed depends on the drawn w; every image regenerates from its record."""
+    cfg = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "sources.mix.guidance.w=[1,3,5]",
+                                  "sources.mix.l=6", "train.data=mix", "sweep.grids=[]"))
+    write_captions(cfg)
+    paths = generate.run(cfg)
+    assert [p.parent.name for p in paths] == ["mix"] * 3
+    samples = [s for p in paths for s in read_shard(p)]
+    drawn = [w for s in samples for w in s["record"]["guidance_scales"]]
+    assert set(drawn) == {1.0, 3.0, 5.0} and len(drawn) == 60
+    for s in samples:
+        r = s["record"]
+        assert (r["seeds"], r["guidance_scales"]) == image_draws(source_spec(cfg, "mix"), r["caption_id"])
+        # the same caption and image index at a single w would have had another noise seed
+        assert all(seed != image_seed(0, r["caption_id"], i) for i, seed in enumerate(r["seeds"]))
+    sample = samples[3]
+    for i in range(6):
+        np.testing.assert_array_equal(regenerate(sample["record"], i), sample["images"][i])
+
+
+def test_finished_shards_are_reused_only_with_matching_provenance(gen_cfg, make_cfg, small_world,
+                                                                  tiny_toy_pipeline_dir):
+    generate.run(gen_cfg, source="w1", shard=0)
+    path = shard_path(run_dir(gen_cfg, "shards"), "w1", 0)
     stamp = path.stat().st_mtime_ns
-    generate.run(gen_cfg, w=1.0)
+    generate.run(gen_cfg, source="w1")
     assert path.stat().st_mtime_ns == stamp
+    # another sampler under the same source name: the shard is made again, with the new provenance
+    other = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "sources.w1.sampler=ddim"))
+    assert generate.stale_reason(path, source_spec(other, "w1"), generate.model_info(other, source_spec(other, "w1")))
+    generate.run(other, source="w1", shard=0)
+    assert path.stat().st_mtime_ns != stamp
+    assert next(read_shard(path))["record"]["source"]["sampler"] == "ddim"
 
 
-def test_unknown_shard_or_w_is_a_clear_error(gen_cfg):
-    with pytest.raises(ValueError, match="guidance_scales"):
-        generate.run(gen_cfg, w=5.0)
+def test_unknown_shard_or_source_is_a_clear_error(gen_cfg):
+    with pytest.raises(ValueError, match="'w5' is not a source"):
+        generate.run(gen_cfg, source="w5")
     with pytest.raises(ValueError, match="shard 9 does not exist"):
-        generate.run(gen_cfg, shard=9)
+        generate.run(gen_cfg, source="w1", shard=9)
 
 
 def test_missing_model_names_the_config_key(make_cfg, small_world, tmp_path):
@@ -128,14 +169,14 @@ def test_missing_model_names_the_config_key(make_cfg, small_world, tmp_path):
 def test_stable_diffusion_branch(make_cfg, small_world, tiny_sd_pipeline_dir):
     """The real-SD path: a tiny SD-architecture pipeline (UNet, VAE, CLIP) from save_pretrained."""
     cfg = make_cfg(*gen_overrides(small_world, tiny_sd_pipeline_dir, "generation.resolution=16",
-                                  "generation.save_size=8", "generation.guidance_scales=[2]"))
+                                  "generation.save_size=8", "train.data=w2", "sweep.grids=[]"))
     write_captions(cfg, CAPTIONS[:4])
     (path,) = generate.run(cfg)
     samples = list(read_shard(path))
     r = samples[0]["record"]
     assert r["pipeline"] == "StableDiffusionPipeline" and r["resolution"] == 16 and r["saved_size"] == 8
     assert samples[0]["images"][0].shape == (8, 8, 3)
-    np.testing.assert_array_equal(generate.regenerate(r, 1), samples[0]["images"][1])
+    np.testing.assert_array_equal(regenerate(r, 1), samples[0]["images"][1])
 
 
 def _cli(overrides):
@@ -147,7 +188,7 @@ def test_killed_generation_leaves_no_partial_shard_and_resumes(tmp_path, small_w
     from synrep.config import load_config
 
     captions = [f"a red circle number {i}" for i in range(40)]
-    extra = ["generation.steps=40", "generation.guidance_scales=[2]", "generation.batch_size=4"]
+    extra = ["generation.steps=40", "train.data=w2", "sweep.grids=[]", "generation.batch_size=4"]
     ref_over = tmp_overrides(tmp_path / "ref", *gen_overrides(small_world, tiny_toy_pipeline_dir, *extra))
     run_over = tmp_overrides(tmp_path / "run", *gen_overrides(small_world, tiny_toy_pipeline_dir, *extra))
     ref_cfg, run_cfg = load_config(ref_over), load_config(run_over)
@@ -187,13 +228,13 @@ def test_dpmsolver_clamps_x0_like_the_ddim_config_it_comes_from(tiny_toy_pipelin
 
     config = json.loads((tiny_toy_pipeline_dir / "scheduler" / "scheduler_config.json").read_text())
     assert config["clip_sample"] is True
-    ddim = generate.make_scheduler("ddim", config)
+    ddim = make_scheduler("ddim", config)
     assert ddim.config.clip_sample and not ddim.config.thresholding
-    dpm = generate.make_scheduler("dpmsolver", config)
+    dpm = make_scheduler("dpmsolver", config)
     assert dpm.config.thresholding and dpm.config.sample_max_value == config["clip_sample_range"]
     x0 = 3 * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(dpm._threshold_sample(x0), x0.clamp(-1, 1))
 
     # a latent model's config (Stable Diffusion: no clip_sample) is left as it is
     sd = {**config, "clip_sample": False}
-    assert not generate.make_scheduler("dpmsolver", sd).config.thresholding
+    assert not make_scheduler("dpmsolver", sd).config.thresholding

@@ -82,7 +82,7 @@ def test_train_generator_entry_point(make_cfg, small_world, tmp_path):
     from synrep.generation.toy import train
     from synrep.tracking import tracking_uri
 
-    cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "generator.caption_dropout=0.5")
+    cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "toy_generator.caption_dropout=0.5")
     out = train.run(cfg)
     pipe = ToyGlidePipeline.from_pretrained(out["model"])
     assert pipe.unet.config.block_out_channels == [8, 16] or tuple(pipe.unet.config.block_out_channels) == (8, 16)
@@ -92,12 +92,12 @@ def test_train_generator_entry_point(make_cfg, small_world, tmp_path):
     client = MlflowClient(tracking_uri(cfg))
     run = client.get_run(summary["mlflow_run_id"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [2, 4]
-    assert run.data.params["generator.caption_dropout"] == "0.5"
+    assert run.data.params["toy_generator.caption_dropout"] == "0.5"
 
 
 def test_training_rejects_mismatched_image_size(make_cfg, small_world):
     from synrep.generation.toy import train
 
-    cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "generator.model.sample_size=32")
-    with pytest.raises(ValueError, match="generator.model.sample_size"):
+    cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "toy_generator.model.sample_size=32")
+    with pytest.raises(ValueError, match="toy_generator.model.sample_size"):
         train.run(cfg)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from synrep.experiments import launch
-from synrep.experiments import sweep
+from synrep.experiments import sweep, sweep_run
 from synrep.config import load_config
 
 
@@ -31,7 +31,7 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(learning_world,
     shutil.rmtree(out, ignore_errors=True)
 
     # reference: the same run, uninterrupted, in this process
-    sweep.run_one(cfg, spec.run_id)
+    sweep_run.run_one(cfg, spec.run_id)
     expected = _metrics(out / "metrics.json")
     expected_history = json.loads((out / "train.json").read_text())["history"]
     shutil.rmtree(out)

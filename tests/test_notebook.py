@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from synrep.experiments import sweep
+from synrep.experiments import sweep, sweep_run
 from synrep.config import load_config, save_resolved
 from tests.conftest import REPO
 
@@ -19,7 +19,7 @@ def test_notebook_draws_the_report_from_mlflow(learning_world, tmp_path, monkeyp
                                      "train.epochs=1"))
     runs = sweep.expand(cfg)
     for spec in runs:
-        sweep.run_one(cfg, spec.run_id)
+        sweep_run.run_one(cfg, spec.run_id)
     config_file = save_resolved(cfg, tmp_path)
 
     nb = nbformat.read(REPO / "notebooks" / "ablations.ipynb", as_version=4)

@@ -320,7 +320,7 @@ def test_submitit_on_slurm_requeues_and_matches_uninterrupted(slurm_cluster, lea
     from submitit.slurm.slurm import SlurmJobEnvironment
 
     from synrep.experiments import launch
-    from synrep.experiments import sweep
+    from synrep.experiments import sweep, sweep_run
     from synrep.config import load_config
     from tests.test_launch import _metrics
 
@@ -337,7 +337,7 @@ def test_submitit_on_slurm_requeues_and_matches_uninterrupted(slurm_cluster, lea
 
     # reference: the same run, uninterrupted, in this process
     t0 = time.monotonic()
-    sweep.run_one(cfg, spec.run_id)
+    sweep_run.run_one(cfg, spec.run_id)
     reference_seconds = time.monotonic() - t0
     expected = _metrics(out / "metrics.json")
     expected_history = json.loads((out / "train.json").read_text())["history"]
@@ -400,7 +400,7 @@ def test_launch_reports_a_killed_job_instead_of_waiting_forever(slurm_cluster, l
     """Without accounting submitit never learns that a job died without its result; launch.wait_for
     notices the job has left the queue and reports the run as failed, naming its log."""
     from synrep.experiments import launch
-    from synrep.experiments import sweep
+    from synrep.experiments import sweep, sweep_run
     from synrep.config import load_config
 
     # 600 epochs: a run that cannot finish before the kill lands

@@ -13,15 +13,16 @@ import pytest
 from PIL import Image
 
 from synrep.experiments import report
-from synrep.experiments import sweep
+from synrep.experiments import sweep, sweep_run
 from synrep.config import ConfigError, load_config
 from synrep.fileio import write_json
 from tests.conftest import REPO
 
 GRIDS = [
     "sweep.grids=[{method:[stablerep],data:[w2],l:[1,2,4],m:[2,4]},"
-    "{method:[stablerep,simclr],data:[w2,w4]},{method:[simclr,clip],data:[real]}]",
-    "generation.guidance_scales=[2,4]",
+    "{method:[stablerep,simclr],data:[w2,w4,mix]},{method:[simclr,clip],data:[real]}]",
+    "sources.w4.guidance.w=4",
+    "sources.mix.guidance.w=[2,4]",
     "sweep.seeds=[0,1,2]",
 ]
 
@@ -31,8 +32,8 @@ def test_expand_normalises_and_deduplicates(make_cfg):
     runs = sweep.expand(cfg)
     ids = [r.run_id for r in runs]
     assert len(ids) == len(set(ids))
-    # 6 (l x m) + stablerep w4 + simclr w2, w4 + simclr real + clip real = 11 groups, 3 seeds
-    assert len(runs) == 11 * 3
+    # 6 (l x m) + stablerep w4, mix + simclr w2, w4, mix + simclr real + clip real = 13 groups, 3 seeds
+    assert len(runs) == 13 * 3
     assert "stablerep-w2-l4-m4-s0" in ids and "simclr-real-l1-s2" in ids and "clip-real-l1-s1" in ids
     assert all(r.l == 1 for r in runs if r.data == "real")
     assert all(r.m == 1 for r in runs if r.method in ("simclr", "clip"))
@@ -43,12 +44,12 @@ def test_expand_normalises_and_deduplicates(make_cfg):
 
 
 def test_sweep_errors_name_the_key(make_cfg):
-    with pytest.raises(ConfigError, match=r"sweep.grids\[0\].data\[0\]"):
-        make_cfg("sweep.grids=[{data:[w0.5]}]")
+    with pytest.raises(ConfigError, match=r"sweep.grids\[0\].data\[0\]': 'w3' is not a data source"):
+        make_cfg("sweep.grids=[{data:[w3]}]")
     with pytest.raises(ConfigError, match=r"sweep.grids\[0\].method\[1\]"):
         make_cfg("sweep.grids=[{method:[simclr,moco]}]")
-    with pytest.raises(ValueError, match="generation.guidance_scales"):
-        sweep.expand(make_cfg("sweep.grids=[{data:[w3]}]", "generation.guidance_scales=[2]"))
+    with pytest.raises(ValueError, match="sources.w2.l"):
+        sweep.expand(make_cfg("sweep.grids=[{l:[8]}]", "sources.w2.l=4"))
     with pytest.raises(ValueError, match="generation.images_per_caption"):
         sweep.expand(make_cfg("sweep.grids=[{l:[8]}]", "generation.images_per_caption=4"))
     with pytest.raises(ValueError, match="not in the sweep"):
@@ -61,8 +62,8 @@ def test_snakemake_targets_are_the_sweep_runs(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--quiet", "rules", "--config",
          f"paths={{results_dir: {tmp_path}/results}}", "sweep={seeds: [0, 1, 2], grids: "
-         "[{method: [stablerep], data: [w2], l: [1, 2, 4], m: [2, 4]}, {method: [stablerep, simclr], data: [w2, w4]},"
-         " {method: [simclr, clip], data: [real]}]}", "generation={guidance_scales: [2, 4]}"],
+         "[{method: [stablerep], data: [w2], l: [1, 2, 4], m: [2, 4]}, {method: [stablerep, simclr], data: [w2, w4, mix]},"
+         " {method: [simclr, clip], data: [real]}]}", "sources={w4: {guidance: {w: 4}}, mix: {guidance: {w: [2, 4]}}}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     counts = {}
@@ -83,7 +84,7 @@ def fabricate(cfg, tmp_path):
         value = base + rng.normal(0, 0.01)
         truth.setdefault(spec.group, []).append(value)
         record = {"run": spec.run_id, "group": spec.group, "method": spec.method, "data": spec.data,
-                  "l": spec.l, "m": spec.m, "seed": spec.seed, "probe_shape": value,
+                  **sweep_run.run_params(cfg, spec), "probe_shape": value,
                   "fewshot_shape": value / 2, "train_seconds": 1.0, "details": {}}
         path = tmp_path / "runs" / spec.run_id / "metrics.json"
         write_json(path, record)
@@ -111,7 +112,9 @@ def test_report_tables_plots_and_metrics(make_cfg, tmp_path):
     assert lm.filter(pl.col("l") == 2)["m=4"][0] == cell(truth["stablerep-w2-l2-m4"])
     w = pl.read_csv(tmp_path / "ablations" / "probe_shape__guidance_scale_w_per_method.csv")
     assert w["method"].to_list() == ["StableRep", "SimCLR"]
+    assert w.columns == ["method", "w=2.0", "w={2,4}", "w=4.0"]  # by w, a set at its mean
     assert w.filter(pl.col("method") == "SimCLR")["w=4.0"][0] == cell(truth["simclr-w4-l4"])
+    assert w.filter(pl.col("method") == "SimCLR")["w={2,4}"][0] == cell(truth["simclr-mix-l4"])
     md = pl.read_csv(tmp_path / "ablations" / "probe_shape__method_x_data.csv")
     assert md.filter(pl.col("method") == "SimCLR")["real"][0] == cell(truth["simclr-real-l1"])
     assert md.filter(pl.col("method") == "raw pixels")["no training"][0] == cell([0.2, 0.21, 0.22])

@@ -19,15 +19,15 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "toyworld": ("synrep.data.toyworld", "run", "render the embedded toy world (captions and real splits)"),
     "captions": ("synrep.data.captions", "run", "ingest and deduplicate captions"),
     "train_generator": ("synrep.generation.toy.train", "run", "train the toy text-to-image generator"),
-    "generate": ("synrep.generation.generate", "run", "generate l images per caption and w into shards"),
-    "index": ("synrep.generation.generate", "index_run", "index the shards, draw sample grids, log to MLflow"),
+    "generate": ("synrep.generation.generate", "run", "generate l images per caption of each source into shards"),
+    "index": ("synrep.generation.index", "run", "index each source's shards, draw its sample grid, log to MLflow"),
     "sample_quality": ("synrep.evaluation.generator_quality", "run", "caption-match accuracy and diversity of the generator by w"),
     "real_shards": ("synrep.data.stream", "real_shards_run", "write the captions' real images as shards (real-image baselines)"),
     "train": ("synrep.learning.trainer", "run", "train one encoder as train.* describes"),
     "evaluate": ("synrep.evaluation.evaluate", "run", "linear probe, few-shot and zero-shot of the encoder in train.output_dir"),
     "baselines": ("synrep.evaluation.evaluate", "baselines_run", "evaluate a random-init encoder and raw pixels"),
     "sweep": ("synrep.experiments.sweep", "list_runs", "list the runs the sweep expands to"),
-    "sweep_run": ("synrep.experiments.sweep", "run_one", "train and evaluate one run of the sweep (--run RUN_ID)"),
+    "sweep_run": ("synrep.experiments.sweep_run", "run_one", "train and evaluate one run of the sweep (--run RUN_ID)"),
     "report": ("synrep.experiments.report", "run", "ablation tables and plots of the sweep"),
     "plan": ("synrep.experiments.planner", "run", "print the jobs and GPU-hours a config will cost"),
     "launch": ("synrep.experiments.launch", "run", "submit the sweep's runs with submitit (SLURM job array or local)"),
@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         p.add_argument("--config", dest="config_file", help="config file to use instead of config/config.yaml")
+        if name in ("generate", "index"):
+            p.add_argument("--source", help="only this source (default: every source that training reads)")
         if name == "generate":
-            p.add_argument("--w", type=float, help="only this guidance scale")
-            p.add_argument("--shard", type=int, help="only this shard index")
+            p.add_argument("--shard", type=int, help="only this shard index (with --source)")
         if name == "sweep_run":
             p.add_argument("--run", required=True, dest="run_id", help="run id, as `python -m synrep sweep` lists")
     p = sub.add_parser("config", help="print the resolved config")
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     fn = getattr(importlib.import_module(module), function)
     kwargs = {}
     if args.step == "generate":
-        kwargs = {"w": args.w, "shard": args.shard}
+        kwargs = {"source": args.source, "shard": args.shard}
+    elif args.step == "index":
+        kwargs = {"source": args.source}
     elif args.step == "sweep_run":
         kwargs = {"run_id": args.run_id}
     start = time.time()

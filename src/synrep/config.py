@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -17,8 +18,15 @@ from typing import Any, Iterable, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = Path(os.environ.get("SYNREP_CONFIG_DIR", REPO_ROOT / "config"))
+
+
+def config_dir() -> Path:
+    """``config/`` of the working tree synrep runs in (``SYNREP_CONFIG_DIR`` overrides it).
+
+    Read from the current directory, not from where the package was installed: a non-editable
+    install and a venv shared by two clones each read the config of the clone they run in.
+    """
+    return Path(os.environ.get("SYNREP_CONFIG_DIR") or Path.cwd() / "config")
 
 
 class ConfigError(ValueError):
@@ -88,10 +96,10 @@ class ToyGeneratorModelConfig:
 
 
 @dataclass
-class GeneratorTrainConfig:
-    """Training recipe of the toy GLIDE-style generator."""
+class ToyGeneratorConfig:
+    """Training recipe of the toy GLIDE-style generator (``python -m synrep train_generator``)."""
 
-    output_dir: str = "${paths.results_dir}/${name}/generator"
+    output_dir: str = "${paths.results_dir}/${name}/toy_generator"
     model: ToyGeneratorModelConfig = field(default_factory=ToyGeneratorModelConfig)
     steps: int = 5000
     batch_size: int = 32
@@ -111,14 +119,15 @@ class GeneratorTrainConfig:
 
 @dataclass
 class GenerationConfig:
+    """Defaults of every source (``sources.<name>`` fields left null) and how generation runs."""
+
     # A diffusers pipeline folder, a hub id, or the shipped toy generator
     model: str = "models/toy_generator"
     sampler: str = "ddim"  # ddim | ddpm | dpmsolver | euler | pndm
     steps: int = 20
     eta: float = 0.0
-    guidance_scales: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
     guidance_rescale: float = 0.0
-    images_per_caption: int = 4  # l
+    images_per_caption: int = 4  # l stored per caption
     # Generation resolution (null: the model's native size) and the size images are saved at
     resolution: Optional[int] = None
     save_size: Optional[int] = None
@@ -130,6 +139,29 @@ class GenerationConfig:
     image_format: str = "png"  # png | jpg
     # Images in the per-w sample grid logged to MLflow
     grid_captions: int = 8
+
+
+@dataclass
+class GuidanceConfig:
+    """How a source guides its sampler. ``cfg``: classifier-free guidance at scale ``w``."""
+
+    kind: str = "cfg"
+    # A number (e.g. 2), or a set such as [2, 3]: each image then draws its scale from the set
+    # (seeded; recorded in its provenance) and its noise seed depends on the drawn scale.
+    w: Any = 2.0
+
+
+@dataclass
+class SourceConfig:
+    """A named synthetic data source: how its images are made. Null fields take ``generation.*``."""
+
+    generator: Optional[str] = None  # diffusers pipeline folder or hub id; null: generation.model
+    mode: str = "text2img"
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    sampler: Optional[str] = None
+    steps: Optional[int] = None
+    l: Optional[int] = None  # images per caption; null: generation.images_per_caption
+    seed: Optional[int] = None
 
 
 @dataclass
@@ -173,7 +205,7 @@ class TrainConfig:
     """One training run. A sweep (``sweep``) sets method, data, l, m and seed per run."""
 
     method: str = "stablerep"  # stablerep | simclr | clip | stablerep_plus
-    # Training images: "real" (the captions' own images) or "w<scale>" (synthetic at that w)
+    # Training images: "real" (the captions' own images) or the name of a source in `sources`
     data: str = "w2"
     l: int = 4  # images per caption used (the first l of those stored)
     m: int = 4  # images per caption in a batch row (StableRep, StableRep+)
@@ -292,8 +324,10 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)
-    generator: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
+    toy_generator: ToyGeneratorConfig = field(default_factory=ToyGeneratorConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # Named synthetic data sources; `train.data` and the sweep's `data` axis name them
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
     sample_quality: SampleQualityConfig = field(default_factory=SampleQualityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -309,18 +343,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "generation.dtype": ("float32", "float16", "bfloat16"),
     "generation.device": ("auto", "cpu", "cuda"),
     "generation.image_format": ("png", "jpg"),
-    "train.method": ("stablerep", "simclr", "clip", "stablerep_plus"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "launch.cluster": ("slurm", "local", "debug"),
 }
-METHODS = CHOICES["train.method"]
 POSITIVE: tuple[str, ...] = (
     "threads",
     "toyworld.image_size",
     "toyworld.n_train",
-    "generator.steps",
-    "generator.batch_size",
+    "toy_generator.steps",
+    "toy_generator.batch_size",
     "generation.steps",
     "generation.images_per_caption",
     "generation.captions_per_shard",
@@ -348,8 +380,8 @@ POSITIVE: tuple[str, ...] = (
 FRACTIONS: tuple[str, ...] = (
     "toyworld.exact_duplicate_rate",
     "toyworld.near_duplicate_rate",
-    "generator.caption_dropout",
-    "generator.ema_decay",
+    "toy_generator.caption_dropout",
+    "toy_generator.ema_decay",
     "generation.guidance_rescale",
     "train.warmup_fraction",
     "train.augment.color_jitter_p",
@@ -394,7 +426,7 @@ def experiment_path(name: str) -> Path:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.exists():
         return path
-    return CONFIG_DIR / "experiment" / f"{name}.yaml"
+    return config_dir() / "experiment" / f"{name}.yaml"
 
 
 def _get(cfg: DictConfig, dotted: str) -> Any:
@@ -407,6 +439,10 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise _describe(err, "config") from None
+    from synrep.learning.methods import METHODS
+
+    if cfg.train.method not in METHODS:
+        raise ConfigError(f"config key 'train.method': {cfg.train.method!r} is not one of {list(METHODS)}")
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value is not None and value not in allowed:
@@ -419,17 +455,11 @@ def validate(cfg: DictConfig) -> None:
         value = _get(cfg, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"config key '{key}': must be in [0, 1], got {value!r}")
-    for i, w in enumerate(cfg.generation.guidance_scales):
-        if w < 1.0:
-            raise ConfigError(
-                f"config key 'generation.guidance_scales[{i}]': guidance scale {w} < 1 "
-                "(w = 1 is the conditional model without guidance)"
-            )
-    if len(set(cfg.generation.guidance_scales)) != len(cfg.generation.guidance_scales):
-        raise ConfigError("config key 'generation.guidance_scales': values must be distinct")
+    for name, source in cfg.sources.items():
+        check_source(name, source)
     if cfg.toyworld.image_size % 4:
         raise ConfigError("config key 'toyworld.image_size': must be a multiple of 4")
-    check_data_source(cfg.train.data, "train.data")
+    check_data_source(cfg, cfg.train.data, "train.data")
     for i, grid in enumerate(cfg.sweep.grids):
         for key in ("method", "data", "l", "m"):
             values = grid[key]
@@ -439,7 +469,7 @@ def validate(cfg: DictConfig) -> None:
             if method not in METHODS:
                 raise ConfigError(f"config key 'sweep.grids[{i}].method[{j}]': {method!r} is not one of {list(METHODS)}")
         for j, data in enumerate(grid.data or []):
-            check_data_source(data, f"sweep.grids[{i}].data[{j}]")
+            check_data_source(cfg, data, f"sweep.grids[{i}].data[{j}]")
         for key in ("l", "m"):
             for j, value in enumerate(grid[key] or []):
                 if value <= 0:
@@ -453,16 +483,56 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("config key 'captions.column': required when captions.format=table")
 
 
-def check_data_source(value: str, key: str) -> None:
-    """``real`` or ``w<guidance scale>``."""
-    if value == "real":
-        return
-    try:
-        ok = value.startswith("w") and float(value[1:]) >= 1.0
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"config key '{key}': {value!r} is not a data source: 'real' or 'w<guidance scale>' such as 'w2'")
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+SOURCE_MODES = ("text2img",)
+GUIDANCE_KINDS = ("cfg",)
+
+
+def guidance_scales(w: Any, key: str) -> list[float]:
+    """A source's ``guidance.w`` as a list: one number, or a set of distinct numbers >= 1."""
+    values = list(w) if isinstance(w, (list, tuple, ListConfig)) else [w]
+    if not values:
+        raise ConfigError(f"config key '{key}': an empty set of guidance scales")
+    out = []
+    for value in values:
+        if isinstance(value, str):  # Snakemake's --config passes nested numbers as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': {value!r} is not a number (a guidance scale, or a list of them)")
+        if value < 1.0:
+            raise ConfigError(f"config key '{key}': guidance scale {value} < 1 "
+                              "(w = 1 is the conditional model without guidance)")
+        out.append(float(value))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"config key '{key}': guidance scales must be distinct, got {values}")
+    return out
+
+
+def check_source(name: str, source: DictConfig) -> None:
+    key = f"sources.{name}"
+    if name == "real" or not SOURCE_NAME.match(name):
+        raise ConfigError(f"config key '{key}': {name!r} cannot name a source (letters, digits, _ . + -; not 'real')")
+    if source.mode not in SOURCE_MODES:
+        raise ConfigError(f"config key '{key}.mode': {source.mode!r} is not one of {list(SOURCE_MODES)}")
+    if source.guidance.kind not in GUIDANCE_KINDS:
+        raise ConfigError(f"config key '{key}.guidance.kind': {source.guidance.kind!r} is not one of {list(GUIDANCE_KINDS)}")
+    guidance_scales(source.guidance.w, f"{key}.guidance.w")
+    if source.sampler is not None and source.sampler not in CHOICES["generation.sampler"]:
+        raise ConfigError(f"config key '{key}.sampler': {source.sampler!r} is not one of {list(CHOICES['generation.sampler'])}")
+    for field_name in ("steps", "l"):
+        value = source[field_name]
+        if value is not None and value <= 0:
+            raise ConfigError(f"config key '{key}.{field_name}': must be > 0, got {value!r}")
+
+
+def check_data_source(cfg: DictConfig, value: str, key: str) -> None:
+    """``real`` or the name of a source in ``sources``."""
+    if value != "real" and value not in cfg.sources:
+        raise ConfigError(f"config key '{key}': {value!r} is not a data source: 'real' or one of "
+                          f"{list(cfg.sources)} (define it under 'sources:')")
 
 
 def load_config(
@@ -492,7 +562,10 @@ def load_config(
             dotlist.append(item)
 
     cfg = OmegaConf.structured(Config)
-    default_file = Path(config_file) if config_file else CONFIG_DIR / "config.yaml"
+    default_file = Path(config_file) if config_file else config_dir() / "config.yaml"
+    if not config_file and not default_file.exists():
+        raise ConfigError(f"config file not found: {default_file} (run synrep from the root of a checkout, "
+                          "or set SYNREP_CONFIG_DIR)")
     cfg = _merge(cfg, _load_yaml(default_file), str(default_file))
     if base:
         base = dict(base)

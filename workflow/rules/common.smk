@@ -1,11 +1,11 @@
 # Shared set-up: the validated config, where results go, and how rules call the steps.
-import json
+import re
 import sys
 from pathlib import Path
 
 from synrep.config import load_config, run_dir, section_hash, to_yaml
+from synrep.data.shards import shard_path, shard_ranges
 from synrep.fileio import write_text
-from synrep.data.shards import plan_shards, shard_path, w_label
 
 # Snakemake's config (config/config.yaml, --configfile, --config) validated by the structured
 # config: unknown keys and wrong types stop here with the key's dotted path.
@@ -42,6 +42,6 @@ onstart:
 
     ensure_experiment(CFG)
     if RUNS:
-        from synrep.experiments.sweep import parent_run_id
+        from synrep.experiments.sweep_run import parent_run_id
 
         parent_run_id(CFG)

@@ -1,52 +1,61 @@
-# Generation: one job per (w, caption range) shard, so that a cluster runs shards as array jobs.
+# Generation: one job per (source, caption range) shard, so that a cluster runs shards as array
+# jobs, then one index job per source. A source's jobs rerun when its resolved spec changes.
+from synrep.generation.sources import source_spec, spec_hash
 
 SHARDS = RESULTS / "shards"
+# the sources that training reads, in the order the sweep names them
+SOURCES = list(dict.fromkeys(spec.data for spec in RUNS.values() if spec.data != "real"))
 
 
 wildcard_constraints:
-    w=r"[0-9]+(\.[0-9]+)?",
+    source="|".join(re.escape(s) for s in SOURCES) if SOURCES else "NO_SOURCES",
     index=r"[0-9]{6}",
 
 
-def all_shards(wildcards):
-    """Every shard of the plan; the number of captions is known once dedup has run."""
+def source_shards(wildcards):
+    """Every shard of a source; the number of captions is known once dedup has run."""
     import polars as pl
 
     parquet = checkpoints.captions.get().output.captions
     n = pl.scan_parquet(parquet).select(pl.len()).collect().item()
-    g = CFG.generation
-    return [str(shard_path(SHARDS, s.w, s.index)) for s in plan_shards(n, g.captions_per_shard, g.guidance_scales)]
+    return [str(shard_path(SHARDS, s.source, s.index))
+            for s in shard_ranges(n, CFG.generation.captions_per_shard, wildcards.source)]
+
+
+def source_model(wildcards):
+    return local_model_dir(source_spec(CFG, wildcards.source)["generator"])
 
 
 rule generate_shard:
     input:
-        local_model_dir(CFG.generation.model),
+        source_model,
         captions=RESULTS / "captions" / "captions.parquet",
     output:
-        SHARDS / "w{w}" / "shard-{index}.tar",
+        SHARDS / "{source}" / "shard-{index}.tar",
     params:
-        config=section_hash(CFG, "generation"),
+        source=lambda wildcards: spec_hash(source_spec(CFG, wildcards.source)),
         shard=lambda wildcards: int(wildcards.index),
     threads: CFG.threads
     resources:
         runtime=60,
         mem_mb=4000,
     log:
-        LOGS / "generate" / "w{w}-{index}.log",
+        LOGS / "generate" / "{source}-{index}.log",
     shell:
-        synrep("generate", "--w {wildcards.w} --shard {params.shard}")
+        synrep("generate", "--source {wildcards.source} --shard {params.shard}")
 
 
-rule index_shards:
+rule index_source:
     input:
-        all_shards,
+        source_shards,
     output:
-        index=SHARDS / "index.parquet",
-        stats=SHARDS / "stats.json",
+        index=SHARDS / "{source}" / "index.parquet",
+        stats=SHARDS / "{source}" / "stats.json",
+        grid=SHARDS / "{source}" / "grid.png",
     params:
-        config=section_hash(CFG, "generation"),
+        source=lambda wildcards: spec_hash(source_spec(CFG, wildcards.source)),
     threads: 1
     log:
-        LOGS / "index_shards.log",
+        LOGS / "index_{source}.log",
     shell:
-        synrep("index")
+        synrep("index", "--source {wildcards.source}")

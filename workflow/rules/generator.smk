@@ -6,9 +6,9 @@ rule train_generator:
     input:
         train=rules.toyworld.output.train,
     output:
-        directory(CFG.generator.output_dir),
+        directory(CFG.toy_generator.output_dir),
     params:
-        config=section_hash(CFG, "generator", "toyworld"),
+        config=section_hash(CFG, "toy_generator", "toyworld"),
     threads: CFG.threads
     resources:
         runtime=120,

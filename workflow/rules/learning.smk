@@ -1,6 +1,6 @@
 # Learning: one job per sweep run (train + evaluate), the no-training baselines, and the report.
 # The runs come from synrep.experiments.sweep.expand, the same function that `python -m synrep launch` uses.
-from synrep.experiments.sweep import expand as expand_sweep
+from synrep.experiments.sweep import expand as expand_sweep, run_config, run_identity
 
 RUNS = {spec.run_id: spec for spec in expand_sweep(CFG)}
 # The toy world's captions have their real images in the world; real caption sets point
@@ -10,7 +10,7 @@ EVAL_INPUT = [rules.toyworld.output.test] if CFG.eval.dataset == "toyworld" else
 
 
 wildcard_constraints:
-    run="|".join(RUNS) if RUNS else "NO_RUNS",
+    run="|".join(re.escape(r) for r in RUNS) if RUNS else "NO_RUNS",
 
 
 rule real_shards:
@@ -29,10 +29,20 @@ rule real_shards:
 
 
 def run_data(wildcards):
-    """A run reads the real shards or the synthetic shards' index."""
-    if RUNS[wildcards.run].data == "real":
+    """A run reads the real shards or its source's shard index."""
+    source = RUNS[wildcards.run].data
+    if source == "real":
         return rules.real_shards.output.index if TOY_CAPTIONS else []
-    return rules.index_shards.output.index
+    return RESULTS / "shards" / source / "index.parquet"
+
+
+def run_hash(wildcards):
+    """A run reruns when what its result depends on changes, not when the sweep around it does."""
+    import hashlib
+    import json
+
+    identity = run_identity(run_config(CFG, RUNS[wildcards.run]))
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 rule sweep_run:
@@ -43,7 +53,7 @@ rule sweep_run:
         metrics=RESULTS / "runs" / "{run}" / "metrics.json",
         model=RESULTS / "runs" / "{run}" / "model.pt",
     params:
-        config=section_hash(CFG, "train", "eval", "sweep"),
+        run=run_hash,
     threads: CFG.threads
     resources:
         runtime=240,

@@ -1,10 +1,10 @@
 """The shard format of generated images: WebDataset tar files plus a parquet index.
 
-One sample per caption: ``<key>.json`` holds the provenance record (caption, caption_id, seeds, w,
-model, weights hash, scheduler, steps, resolution, ...) and ``<key>.<i>.png`` (or ``.jpg``) holds
-image ``i`` of the caption's l images. Keys are ``c<caption_id:09d>``. One shard covers one
-guidance scale and one contiguous range of caption rows:
-``<shards_dir>/w<w>/shard-<index:06d>.tar``. ``index.parquet`` lists every shard.
+One sample per caption: ``<key>.json`` holds the provenance record (caption, caption_id, seeds and
+guidance scale of each image, the whole source spec, model, weights hash, scheduler, ...) and
+``<key>.<i>.png`` (or ``.jpg``) holds image ``i`` of the caption's l images. Keys are
+``c<caption_id:09d>``. One shard covers one data source and one contiguous range of caption rows:
+``<shards_dir>/<source>/shard-<index:06d>.tar``; ``<shards_dir>/<source>/index.parquet`` lists them.
 """
 
 from __future__ import annotations
@@ -23,13 +23,8 @@ from PIL import Image
 from synrep.fileio import atomic_path, sha256_file, write_parquet
 
 
-def w_label(w: float) -> str:
-    """2.0 -> "2", 2.5 -> "2.5" (used in paths and wildcards)."""
-    return f"{float(w):g}"
-
-
-def shard_path(shards_dir: str | Path, w: float, index: int) -> Path:
-    return Path(shards_dir) / f"w{w_label(w)}" / f"shard-{index:06d}.tar"
+def shard_path(shards_dir: str | Path, source: str, index: int) -> Path:
+    return Path(shards_dir) / source / f"shard-{index:06d}.tar"
 
 
 def sample_key(caption_id: int) -> str:
@@ -38,20 +33,17 @@ def sample_key(caption_id: int) -> str:
 
 @dataclass(frozen=True)
 class ShardSpec:
-    w: float
+    source: str
     index: int
     start: int  # first caption row (inclusive)
     stop: int  # last caption row (exclusive)
 
 
-def plan_shards(n_captions: int, captions_per_shard: int, guidance_scales: Iterable[float]) -> list[ShardSpec]:
-    """Every (w, caption range) shard, in a fixed order."""
+def shard_ranges(n_captions: int, captions_per_shard: int, source: str) -> list[ShardSpec]:
+    """The shards of one source: contiguous caption ranges, in order."""
     n_shards = -(-n_captions // captions_per_shard)
-    return [
-        ShardSpec(float(w), i, i * captions_per_shard, min(n_captions, (i + 1) * captions_per_shard))
-        for w in guidance_scales
-        for i in range(n_shards)
-    ]
+    return [ShardSpec(source, i, i * captions_per_shard, min(n_captions, (i + 1) * captions_per_shard))
+            for i in range(n_shards)]
 
 
 def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
@@ -90,6 +82,15 @@ def remove_stale_temporaries(path: str | Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def first_record(path: str | Path) -> dict | None:
+    """The provenance record of a shard's first sample, without decoding any image."""
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".json"):
+                return json.loads(tar.extractfile(member).read())
+    return None
+
+
 def read_shard(path: str | Path) -> Iterator[dict]:
     """Yield ``{"key", "record", "images": [uint8 HxWx3]}`` per sample, in stored order."""
     grouped: dict[str, dict] = {}
@@ -123,7 +124,7 @@ def shard_summary(path: str | Path, spec: ShardSpec | None = None) -> dict:
         last = cid
     return {
         "path": str(path),
-        "w": spec.w if spec else None,
+        "source": spec.source if spec else None,
         "shard": spec.index if spec else None,
         "first_caption_id": first,
         "last_caption_id": last,
@@ -135,4 +136,4 @@ def shard_summary(path: str | Path, spec: ShardSpec | None = None) -> dict:
 
 
 def write_index(index_path: str | Path, rows: list[dict]) -> Path:
-    return write_parquet(index_path, pl.DataFrame(rows).sort(["w", "shard"]))
+    return write_parquet(index_path, pl.DataFrame(rows).sort("shard"))

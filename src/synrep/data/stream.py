@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -32,51 +31,24 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from synrep.config import run_dir
-from synrep.data.shards import shard_path, w_label, write_index, write_shard
+from synrep.data.shards import write_index, write_shard
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
-@dataclass(frozen=True)
-class SampleSpec:
-    """How one batch row is drawn from a caption's stored images."""
-
-    images: int  # distinct source images per row (m for StableRep, 1 for SimCLR / CLIP)
-    views: int  # augmented crops per source image (2 for SimCLR)
-    use_first: int | None  # l: only the first l stored images are used (None: all)
-    with_text: bool
-
-
-def sample_spec(method: str, l: int | None, m: int | None) -> SampleSpec:
-    if method in ("stablerep", "stablerep_plus"):
-        return SampleSpec(images=int(m), views=1, use_first=l, with_text=method == "stablerep_plus")
-    if method == "simclr":
-        return SampleSpec(images=1, views=2, use_first=l, with_text=False)
-    if method == "clip":
-        return SampleSpec(images=1, views=1, use_first=l, with_text=True)
-    raise ValueError(f"unknown method {method!r}")
-
-
 def shard_index(cfg: DictConfig, source: str) -> pl.DataFrame:
-    """The shards of a data source, ``real`` or ``w<w>`` (e.g. ``w2``), in index order."""
+    """The shards of a data source, ``real`` or a source name (e.g. ``w2``), in index order."""
     if source == "real":
         index_path = Path(cfg.train.real_shards) / "index.parquet"
         if not index_path.exists() and Path(cfg.train.real_shards).is_dir():
             return external_shard_index(Path(cfg.train.real_shards))
     else:
-        index_path = run_dir(cfg, "shards", "index.parquet")
+        index_path = run_dir(cfg, "shards", source, "index.parquet")
     if not index_path.exists():
-        step = "real_shards" if source == "real" else "generation"
+        step = "real_shards" if source == "real" else "generate and index"
         raise FileNotFoundError(f"shard index not found at {index_path} (data source {source!r}); "
                                 f"run {step} first (snakemake does)")
-    index = pl.read_parquet(index_path)
-    if source != "real":
-        w = float(source.removeprefix("w"))
-        index = index.filter(pl.col("w") == w)
-        if index.is_empty():
-            raise ValueError(f"no shards for data source {source!r} in {index_path}; "
-                             f"config key 'generation.guidance_scales' must include {w:g}")
-    return index.sort("shard")
+    return pl.read_parquet(index_path).sort("shard")
 
 
 def external_shard_index(folder: Path) -> pl.DataFrame:
@@ -134,7 +106,7 @@ class GroupStream(torch.utils.data.IterableDataset):
     of samples (± 1) and the draws depend only on (seed, epoch, rank).
     """
 
-    def __init__(self, urls: list[str], spec: SampleSpec, transform: Callable, seed: int,
+    def __init__(self, urls: list[str], spec, transform: Callable, seed: int,
                  shuffle_buffer: int = 1000, rank: int = 0, world: int = 1):
         super().__init__()
         self.urls, self.spec, self.transform = list(urls), spec, transform
@@ -204,14 +176,14 @@ def real_shards_run(cfg: DictConfig) -> dict[str, Path]:
     real-image baselines read the same format as synthetic ones."""
     from synrep.data import toyworld
     from synrep.config import save_resolved
-    from synrep.data.shards import plan_shards, shard_summary
+    from synrep.data.shards import shard_ranges, shard_summary
 
     captions = pl.read_parquet(run_dir(cfg, "captions", "captions.parquet"))
     train = toyworld.load_split(cfg, "train")
     out = Path(cfg.train.real_shards)
     per_shard = cfg.generation.captions_per_shard
     rows = []
-    for spec in plan_shards(len(captions), per_shard, [0.0]):
+    for spec in shard_ranges(len(captions), per_shard, "real"):
         part = captions.slice(spec.start, spec.stop - spec.start)
         samples = []
         for row in part.iter_rows(named=True):
@@ -225,6 +197,6 @@ def real_shards_run(cfg: DictConfig) -> dict[str, Path]:
                                        "source": url}})
         path = out / f"shard-{spec.index:06d}.tar"
         write_shard(path, samples)
-        rows.append(shard_summary(path, spec) | {"w": None})
+        rows.append(shard_summary(path, spec))
     save_resolved(cfg, out)
     return {"index": write_index(out / "index.parquet", rows)}

@@ -148,7 +148,9 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
     from PIL import Image
 
-    from synrep.generation.generate import image_seed, load_pipeline, sample_images
+    from synrep.generation.pipelines import load_pipeline
+    from synrep.generation.sampling import sample_images
+    from synrep.generation.sources import image_seed
     from synrep.generation.toy.train import image_grid
     from synrep.tracking import mlflow_run
 

@@ -1,7 +1,7 @@
 """``python -m synrep launch``: the sweep's runs as a submitit job array.
 
 The runs come from ``synrep.sweep.expand``, the function the Snakefile uses. Each array task is a
-``SweepRunJob``: it trains and evaluates one run through ``sweep.run_one``, the same code as the
+``SweepRunJob``: it trains and evaluates one run through ``sweep_run.run_one``, the same code as the
 Snakemake rule. ``checkpoint()`` makes a preempted or timed-out task requeue itself; the trainer
 then resumes from its last checkpoint. The sweep's MLflow parent run is created here, before the
 jobs fan out.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.experiments import sweep
+from synrep.experiments import sweep, sweep_run
 
 
 class SweepRunJob:
@@ -29,7 +29,7 @@ class SweepRunJob:
         from synrep.config import load_config
 
         cfg = load_config(base=OmegaConf.to_container(OmegaConf.create(self.cfg_yaml)))
-        outputs = sweep.run_one(cfg, self.run_id)
+        outputs = sweep_run.run_one(cfg, self.run_id)
         return str(outputs.get("metrics", ""))
 
     def checkpoint(self, *args, **kwargs):
@@ -69,7 +69,7 @@ def submit(cfg: DictConfig, run_ids: list[str] | None = None):
         specs = [sweep.find(cfg, r) for r in run_ids]
     if cfg.launch.only_missing:
         specs = [s for s in specs if not (sweep.run_output_dir(cfg, s) / "metrics.json").exists()]
-    sweep.parent_run_id(cfg)  # before the fan-out: parallel jobs race on creating it in SQLite
+    sweep_run.parent_run_id(cfg)  # before the fan-out: parallel jobs race on creating it in SQLite
     executor = make_executor(cfg)
     cfg_yaml = to_yaml(cfg)
     jobs = []

@@ -1,6 +1,6 @@
 """``python -m synrep plan``: what a config will cost, before it is launched.
 
-Generation: captions x l x |w| images at ``plan.seconds_per_image`` on one GPU (measure it with
+Generation: captions x l images per source that training reads, at ``plan.seconds_per_image`` on one GPU (measure it with
 ``benchmarks/generation_speed.py``). Training: the sweep's runs, each ``steps`` x
 ``plan.seconds_per_train_step`` on ``launch.nodes x launch.gpus_per_node`` GPUs (measure a step
 with ``benchmarks/train_step.py``). Job counts are those ``snakemake --profile slurm`` submits.
@@ -33,20 +33,24 @@ def plan_table(cfg: DictConfig) -> pl.DataFrame:
     from synrep.experiments import sweep
     from synrep.learning import trainer as train
 
+    from synrep.generation.sources import referenced_sources, source_spec, w_params
+
     n = caption_count(cfg)
-    g = cfg.generation
-    shards_per_w = -(-n // g.captions_per_shard)
-    images = n * g.images_per_caption * len(g.guidance_scales)
-    gen_hours = images * cfg.plan.seconds_per_image / 3600
-    rows = [{"stage": "generation", "jobs": shards_per_w * len(g.guidance_scales),
-             "detail": f"{n:,} captions x l={g.images_per_caption} x {len(g.guidance_scales)} w = {images:,} images",
-             "gpus_per_job": 1, "gpu_hours": gen_hours}]
+    shards = -(-n // cfg.generation.captions_per_shard)
+    rows = []
+    for name in referenced_sources(cfg):
+        spec = source_spec(cfg, name)
+        images = n * spec["l"]
+        w = w_params(spec)
+        rows.append({"stage": f"generate {name}", "jobs": shards,
+                     "detail": f"{n:,} captions x l={spec['l']} = {images:,} images, w={w['w_set'] or format(w['w'], 'g')}",
+                     "gpus_per_job": 1, "gpu_hours": images * cfg.plan.seconds_per_image / 3600})
     gpus = cfg.launch.nodes * max(1, cfg.launch.gpus_per_node)
     for spec in sweep.expand(cfg):
         rcfg = sweep.run_config(cfg, spec)
         # real-image runs see the same captions, one image each
         try:
-            steps = train.make_plan(rcfg, n, world_size=1).steps
+            steps = train.training_length(rcfg, n, world_size=1).steps
         except ValueError as err:  # e.g. a caption set smaller than one batch
             rows.append({"stage": f"train {spec.run_id}", "jobs": 1, "detail": f"cannot run: {err}",
                          "gpus_per_job": gpus, "gpu_hours": None})

@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 from synrep.config import run_dir, save_resolved
 from synrep.fileio import atomic_path, write_json, write_text
 from synrep.experiments.tables import markdown_table, mean_ci
+from synrep.learning.methods import METHODS
 
-METHOD_ORDER = ["stablerep", "stablerep_plus", "simclr", "clip"]
-METHOD_NAMES = {"stablerep": "StableRep", "stablerep_plus": "StableRep+", "simclr": "SimCLR", "clip": "CLIP",
-                "random_init": "random init", "raw_pixels": "raw pixels"}
+METHOD_ORDER = list(METHODS)
+METHOD_NAMES = {**{m.name: m.label for m in METHODS.values()}, "random_init": "random init", "raw_pixels": "raw pixels"}
 
 
 def load_runs(paths: list[Path]) -> pl.DataFrame:
@@ -37,10 +37,18 @@ def load_runs(paths: list[Path]) -> pl.DataFrame:
         rows.append(record)
     if not rows:
         raise ValueError("no run metrics to report")
-    df = pl.DataFrame(rows)
-    return df.with_columns(
-        pl.when(pl.col("data") == "real").then(None).otherwise(pl.col("data").str.slice(1).cast(pl.Float64, strict=False)).alias("w")
-    )
+    return with_w_labels(pl.DataFrame(rows, infer_schema_length=None))
+
+
+def with_w_labels(df: pl.DataFrame) -> pl.DataFrame:
+    """``w`` as a float column (a set's mean) and ``w_label``, how tables name it: ``w=2.0`` or
+    ``w={2,3}``."""
+    for column, dtype in (("w", pl.Float64), ("w_set", pl.String)):
+        if column not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=dtype).alias(column))
+    df = df.with_columns(pl.col("w").cast(pl.Float64), pl.col("w_set").cast(pl.String))
+    return df.with_columns(pl.when(pl.col("w_set").is_not_null()).then(pl.format("w={}", pl.col("w_set")))
+                           .otherwise(pl.format("w={}", pl.col("w"))).alias("w_label"))
 
 
 def load_baselines(path: Path | None) -> pl.DataFrame | None:
@@ -55,7 +63,7 @@ def load_baselines(path: Path | None) -> pl.DataFrame | None:
 def default_runs(df: pl.DataFrame, cfg: DictConfig) -> pl.DataFrame:
     """Runs at the default l and m (train.l, train.m): the rows of the w and method x data tables."""
     l_default = pl.when(pl.col("data") == "real").then(1).otherwise(cfg.train.l)
-    multi = pl.col("method").is_in(["stablerep", "stablerep_plus"])
+    multi = pl.col("method").is_in([m.name for m in METHODS.values() if m.multi_positive])
     return df.filter((pl.col("l") == l_default) & (~multi | (pl.col("m") == cfg.train.m)))
 
 
@@ -86,11 +94,10 @@ def table_lm(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
 
 def table_w(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, pl.DataFrame] | None:
     syn = default_runs(df, cfg).filter(pl.col("data") != "real")
-    if syn.select(pl.col("w").n_unique()).item() < 2:
+    if syn.select(pl.col("w_label").n_unique()).item() < 2:
         return None
-    cells = mean_ci(syn, ["method", "w"], metric).sort("w")
-    cells = cells.with_columns(pl.format("w={}", pl.col("w")).alias("w"))
-    table = _label(_order_methods(cells.pivot(on="w", index="method", values="cell")))
+    cells = mean_ci(syn, ["method", "w", "w_label"], metric).sort("w", "w_label")
+    table = _label(_order_methods(cells.pivot(on="w_label", index="method", values="cell")))
     return "guidance scale w per method", table
 
 
@@ -120,11 +127,18 @@ def figure_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: p
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in [m for m in METHOD_ORDER if m in runs["method"].to_list()]:
         mine = runs.filter(pl.col("method") == method)
-        syn = mean_ci(mine.filter(pl.col("data") != "real"), ["w"], metric).sort("w")
-        if syn.is_empty():
+        synthetic = mine.filter(pl.col("data") != "real")
+        syn = mean_ci(synthetic.filter(pl.col("w_set").is_null()), ["w"], metric).sort("w")
+        sets = mean_ci(synthetic.filter(pl.col("w_set").is_not_null()), ["w", "w_set"], metric)
+        if syn.is_empty() and sets.is_empty():
             continue
         line = ax.errorbar(syn["w"], syn["mean"], yerr=syn["ci95"], marker="o", capsize=3,
                            label=f"{METHOD_NAMES[method]} (synthetic)")
+        # a set of scales: a hollow square at its mean w, named by the set
+        for row in sets.iter_rows(named=True):
+            ax.errorbar([row["w"]], [row["mean"]], yerr=[row["ci95"]], fmt="s", mfc="none", capsize=3,
+                        color=line[0].get_color())
+            ax.annotate(row["w_set"], (row["w"], row["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         real = mean_ci(mine.filter(pl.col("data") == "real"), ["method"], metric)
         if not real.is_empty():
             ax.axhline(real["mean"][0], color=line[0].get_color(), ls="--", lw=1,
@@ -222,7 +236,7 @@ def runs_from_mlflow(cfg: DictConfig) -> pl.DataFrame:
     """The sweep's child runs from MLflow, one row per run (the latest attempt), as ``load_runs`` gives."""
     import mlflow
 
-    from synrep.experiments.sweep import sweep_key
+    from synrep.experiments.sweep_run import sweep_key
     from synrep.tracking import tracking_uri
 
     client = mlflow.MlflowClient(tracking_uri(cfg))
@@ -241,15 +255,15 @@ def runs_from_mlflow(cfg: DictConfig) -> pl.DataFrame:
         if tags.get("synrep.run") in seen or "synrep.run" not in tags:
             continue
         seen.add(tags["synrep.run"])
-        rows.append({"run": tags["synrep.run"], "group": tags["synrep.group"], "method": tags["synrep.method"],
-                     "data": tags["synrep.data"], "l": int(tags["synrep.l"]), "m": int(tags["synrep.m"]),
-                     "seed": int(tags["synrep.seed"]), **child.data.metrics})
+        params = child.data.params
+        rows.append({"run": tags["synrep.run"], "group": tags["synrep.group"], "method": params["method"],
+                     "data": params["source"], "source": params["source"], "l": int(params["l"]),
+                     "m": int(params["m"]), "seed": int(params["seed"]),
+                     "w": float(params["w"]) if "w" in params else None, "w_set": params.get("w_set"),
+                     **child.data.metrics})
     if not rows:
         raise ValueError(f"the sweep in experiment {cfg.name!r} has no finished runs yet")
-    df = pl.DataFrame(rows)
-    return df.with_columns(
-        pl.when(pl.col("data") == "real").then(None).otherwise(pl.col("data").str.slice(1).cast(pl.Float64, strict=False)).alias("w")
-    ).sort(["method", "data", "l", "m", "seed"])
+    return with_w_labels(pl.DataFrame(rows, infer_schema_length=None)).sort(["method", "data", "l", "m", "seed"])
 
 
 def _csv(df: pl.DataFrame) -> str:
@@ -266,7 +280,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep report``: tables and plots of the sweep, into its MLflow parent run."""
     import mlflow
 
-    from synrep.experiments.sweep import parent_run_id
+    from synrep.experiments.sweep_run import parent_run_id
     from synrep.tracking import tracking_uri
 
     paths = run_paths(cfg)

@@ -1,37 +1,35 @@
-"""Sweeps: one function expands the sweep config into runs, for Snakemake and submitit alike.
+"""Sweep expansion: one function turns the sweep config into runs, for Snakemake and submitit alike.
 
 A run is (method, data source, l, m, seed). ``sweep.grids`` is a list of blocks; each block is the
 cartesian product of its lists, and a missing list takes the ``train.*`` value. Runs are
-normalised (SimCLR and CLIP use one image per row: m = 1; real data holds one image per caption:
+normalised (a method with one image per row has m = 1; real data holds one image per caption:
 l = 1) and deduplicated, keeping the first occurrence, so blocks may overlap.
-
-Every run is an MLflow child run under one parent run for the sweep, which is created before the
-runs fan out (parallel jobs race on creating it in SQLite).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import METHODS, run_dir, save_resolved, section_hash
+from synrep.config import run_dir, to_dict
+from synrep.generation.sources import source_spec
+from synrep.learning import methods
 
 
 @dataclass(frozen=True)
 class RunSpec:
     method: str
-    data: str
+    data: str  # a source name, or "real"
     l: int
     m: int
     seed: int
 
     @property
     def run_id(self) -> str:
-        m = f"-m{self.m}" if self.method in ("stablerep", "stablerep_plus") else ""
+        m = f"-m{self.m}" if methods.get(self.method).multi_positive else ""
         return f"{self.method}-{self.data}-l{self.l}{m}-s{self.seed}"
 
     @property
@@ -41,11 +39,9 @@ class RunSpec:
 
 
 def normalise(method: str, data: str, l: int, m: int, seed: int) -> RunSpec:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; one of {list(METHODS)}")
     if data == "real":
         l = 1
-    if method in ("simclr", "clip"):
+    if not methods.get(method).multi_positive:
         m = 1
     return RunSpec(method, data, int(l), int(m), int(seed))
 
@@ -66,15 +62,14 @@ def expand(cfg: DictConfig) -> list[RunSpec]:
 
 
 def check_sources(cfg: DictConfig, specs: list[RunSpec]) -> None:
-    """Every synthetic data source must be generated, with enough images per caption."""
-    scales = {float(w) for w in cfg.generation.guidance_scales}
+    """Every synthetic source must store at least the l images a run uses per caption."""
     for spec in specs:
-        if spec.data != "real" and float(spec.data[1:]) not in scales:
-            raise ValueError(f"run {spec.run_id} trains on {spec.data} but config key 'generation.guidance_scales' "
-                             f"is {sorted(scales)}")
-        if spec.data != "real" and spec.l > cfg.generation.images_per_caption:
-            raise ValueError(f"run {spec.run_id} uses l = {spec.l} images per caption but config key "
-                             f"'generation.images_per_caption' is {cfg.generation.images_per_caption}")
+        if spec.data == "real":
+            continue
+        stored = source_spec(cfg, spec.data)["l"]
+        if spec.l > stored:
+            raise ValueError(f"run {spec.run_id} uses l = {spec.l} images per caption but source {spec.data!r} "
+                             f"stores {stored} (config key 'sources.{spec.data}.l' or 'generation.images_per_caption')")
 
 
 def find(cfg: DictConfig, run_id: str) -> RunSpec:
@@ -97,62 +92,17 @@ def run_config(cfg: DictConfig, spec: RunSpec) -> DictConfig:
     return cfg
 
 
-def sweep_key(cfg: DictConfig) -> str:
-    return section_hash(cfg, "sweep", "train", "eval", "generation")
-
-
-def parent_run_id(cfg: DictConfig) -> str:
-    """The sweep's MLflow parent run: found by its tag, created once."""
-    import mlflow
-
-    from synrep.tracking import ensure_experiment, tracking_uri
-
-    experiment_id = ensure_experiment(cfg)
-    client = mlflow.MlflowClient(tracking_uri(cfg))
-    key = sweep_key(cfg)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`synrep.sweep` = '{key}'",
-                               order_by=["attributes.start_time ASC"], max_results=1)
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"sweep {cfg.name}",
-                            tags={"synrep.sweep": key, "synrep.step": "sweep", "synrep.config_name": cfg.name})
-    client.log_param(run.info.run_id, "runs", len(expand(cfg)))
-    return run.info.run_id
-
-
-def run_one(cfg: DictConfig, run_id: str) -> dict[str, Path]:
-    """Train and evaluate one run of the sweep, as an MLflow child run; writes ``metrics.json``."""
-    import mlflow
-
-    from synrep.evaluation import evaluate
-    from synrep.learning import trainer as train
-    from synrep.fileio import write_json
-    from synrep.tracking import mlflow_run
-
-    from synrep.learning import distributed
-
-    spec = find(cfg, run_id)
-    rcfg = run_config(cfg, spec)
-    out = Path(rcfg.train.output_dir)
-    if not distributed.detect().is_main:
-        # other ranks of a multi-process run only train; rank 0 evaluates and logs
-        train.train(rcfg)
-        return {}
-    parent = parent_run_id(cfg)
-    tags = {"synrep.run": spec.run_id, "synrep.group": spec.group, **{f"synrep.{k}": str(v) for k, v in asdict(spec).items()}}
-    with mlflow_run(rcfg, "sweep_run", sections=("train", "eval"), run_name=spec.run_id, parent_run_id=parent,
-                    tags=tags):
-        summary = train.train(rcfg)
-        metrics = evaluate.evaluate_run(rcfg)
-        flat = evaluate.flat_metrics(metrics)
-        mlflow.log_metrics(flat | {"train_seconds": summary["seconds"]})
-        record = {"run": spec.run_id, "group": spec.group, **asdict(spec), **flat,
-                  "train_seconds": summary["seconds"], "steps": summary["plan"]["steps"],
-                  "final_loss": summary["final_loss"], "details": metrics}
-        save_resolved(rcfg, out)
-        path = write_json(out / "metrics.json", record)
-        mlflow.log_artifact(str(path))
-    return {"metrics": path, "model": out / "model.pt"}
+def run_identity(cfg: DictConfig) -> dict:
+    """What a run's result depends on: its train and eval sections, the resolved spec of the source
+    it trains on, and the toy world or captions it reads. Not the rest of the sweep: adding a seed
+    or a grid block leaves every other run's identity, and result, as it is."""
+    t = to_dict(cfg.train)
+    t.pop("output_dir", None)
+    identity = {"train": t, "eval": to_dict(cfg.eval), "captions": to_dict(cfg.captions),
+                "toyworld": to_dict(cfg.toyworld)}
+    if cfg.train.data != "real":
+        identity["source"] = source_spec(cfg, cfg.train.data)
+    return identity
 
 
 def list_runs(cfg: DictConfig) -> dict[str, Path]:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -25,13 +26,14 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.learning import distributed
-from synrep.config import save_resolved
+from synrep.learning import distributed, methods
+from synrep.learning.step import forward_loss, optimizer_step, tokenize  # noqa: F401 (tokenize: for evaluation)
+from synrep.config import save_resolved, to_dict
 from synrep.fileio import atomic_path, write_json
 
 
 @dataclass(frozen=True)
-class Plan:
+class TrainingLength:
     """How many steps a run takes and how they split into passes over the captions."""
 
     n_captions: int
@@ -44,13 +46,9 @@ class Plan:
     passes: int
 
 
-def crops_per_row(method: str, m: int) -> int:
-    return {"stablerep": m, "stablerep_plus": m, "simclr": 2, "clip": 1}[method]
-
-
-def make_plan(cfg: DictConfig, n_captions: int, world_size: int = 1) -> Plan:
+def training_length(cfg: DictConfig, n_captions: int, world_size: int = 1) -> TrainingLength:
     t = cfg.train
-    k = crops_per_row(t.method, t.m)
+    k = methods.get(t.method).crops_per_row(t.m)
     rows = t.batch_images // k
     if rows < 2:
         raise ValueError(f"config key 'train.batch_images': {t.batch_images} crops hold fewer than 2 rows of {k}")
@@ -65,7 +63,7 @@ def make_plan(cfg: DictConfig, n_captions: int, world_size: int = 1) -> Plan:
         raise ValueError(f"config key 'train.batch_images': one step needs {rows} captions but the data "
                          f"source {t.data!r} has {n_captions}")
     steps = max(1, round(t.epochs * 2 * n_captions / (rows * k)))
-    return Plan(n_captions, k, rows, per_rank, rows * k, steps, steps_per_pass, math.ceil(steps / steps_per_pass))
+    return TrainingLength(n_captions, k, rows, per_rank, rows * k, steps, steps_per_pass, math.ceil(steps / steps_per_pass))
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -90,30 +88,6 @@ def seed_pass(seed: int, pass_index: int, rank: int) -> None:
     torch.manual_seed(value)
     random.seed(value)
     np.random.seed(value)
-
-
-def tokenize(cfg: DictConfig, captions: list[str]) -> torch.Tensor:
-    from synrep.learning.models import tokenizer
-
-    return tokenizer(cfg)(captions)
-
-
-def compute_loss(cfg: DictConfig, out: dict[str, torch.Tensor], group_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The method's loss from the model's outputs; group ids are local batch rows."""
-    from synrep.learning import losses
-
-    t = cfg.train
-    parts: dict[str, torch.Tensor] = {}
-    if t.method in ("stablerep", "simclr", "stablerep_plus"):
-        # SimCLR's rows hold the two crops of one image: the same loss with one positive each
-        parts["image"] = losses.multi_positive_contrastive_loss(out["projection"], group_ids, t.temperature)
-    if t.method == "clip":
-        parts["text"] = losses.clip_loss(out["image_embedding"], out["text_embedding"], out["logit_scale"])
-    if t.method == "stablerep_plus":
-        parts["text"] = t.text_loss_weight * 2 * losses.image_text_multi_positive_loss(
-            out["image_embedding"], out["text_embedding"], group_ids, out["logit_scale"])
-    loss = sum(parts.values())
-    return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
 def build_model(cfg: DictConfig):
@@ -148,12 +122,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def data_loader(cfg: DictConfig, plan: Plan, info: distributed.DistInfo, pass_index: int):
+def data_loader(cfg: DictConfig, plan: TrainingLength, info: distributed.DistInfo, pass_index: int):
     from synrep.learning import augment
     from synrep.data import stream as data
 
     t = cfg.train
-    spec = data.sample_spec(t.method, t.l, t.m)
+    spec = methods.get(t.method).sample_spec(t.l, t.m)
     stream = data.GroupStream(data.shard_urls(cfg, t.data), spec, augment.train_transform(cfg), seed=t.seed,
                               shuffle_buffer=t.shuffle_buffer, rank=info.rank, world=info.world_size)
     stream.set_epoch(pass_index)
@@ -162,10 +136,61 @@ def data_loader(cfg: DictConfig, plan: Plan, info: distributed.DistInfo, pass_in
                                        persistent_workers=False)
 
 
-def train(cfg: DictConfig, progress: bool = True) -> dict:
+def training_identity(cfg: DictConfig) -> dict:
+    """What a trained model depends on: ``train.*`` (but where it is written), the captions, and
+    the resolved spec of the source it reads."""
+    from synrep.generation.sources import source_spec
+
+    t = to_dict(cfg.train)
+    t.pop("output_dir", None)
+    identity = {"train": t, "captions": to_dict(cfg.captions)}
+    if cfg.train.data != "real":
+        identity["sources." + cfg.train.data] = source_spec(cfg, cfg.train.data)
+    return identity
+
+
+def identity_diff(stored: dict, wanted: dict) -> list[str]:
+    """Dotted keys whose values differ, as ``key: stored -> wanted``."""
+    from synrep.tracking import flatten
+
+    a, b = flatten("", stored), flatten("", wanted)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+class OtherRunError(ValueError):
+    """The output folder holds a run (finished or not) made with another config."""
+
+
+def check_output_dir(cfg: DictConfig, out: Path) -> None:
+    """Refuse to resume or return a run in ``out`` that was made with another config."""
+    identity_file = out / "identity.json"
+    if not (out / "model.pt").exists() and not checkpoint_path(out).exists():
+        return
+    if not identity_file.exists():
+        raise OtherRunError(f"{out} holds a run without identity.json (made by an older synrep); "
+                            "choose another config key 'train.output_dir' or delete the folder")
+    differs = identity_diff(json.loads(identity_file.read_text()), training_identity(cfg))
+    if differs:
+        shown = "; ".join(differs[:5]) + (f"; and {len(differs) - 5} more" if len(differs) > 5 else "")
+        raise OtherRunError(f"{out} holds a run with another config ({shown}); choose another config key "
+                            "'train.output_dir' or delete the folder")
+
+
+def load_state(path: Path, device) -> dict:
+    """``torch.load`` of a checkpoint or model file, with one line naming a corrupt file."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # truncated zip, unpickling errors
+        raise ValueError(f"{path}: corrupt or truncated checkpoint ({str(err).splitlines()[0]})") from None
+
+
+def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -> dict:
     """Train one run into ``train.output_dir``; returns the training summary.
 
-    Resumes from ``checkpoints/last.pt`` when it exists; returns at once when ``model.pt`` exists.
+    Resumes from ``checkpoints/last.pt`` and returns a finished run at once, but only when the
+    folder's run was made with the same config (``identity.json``); otherwise it refuses, naming
+    the keys that differ, or with ``restart_other`` (the sweep, which owns its run folders) deletes
+    the folder and trains afresh.
     """
     import mlflow
 
@@ -174,9 +199,16 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     t = cfg.train
     out = Path(t.output_dir)
     final = out / "model.pt"
-    if final.exists() and (out / "train.json").exists():
-        import json
+    try:
+        check_output_dir(cfg, out)
+    except OtherRunError as err:
+        if not restart_other:
+            raise
+        print(f"starting afresh: {err}", flush=True)
+        import shutil
 
+        shutil.rmtree(out)
+    if final.exists() and (out / "train.json").exists():
         return json.loads((out / "train.json").read_text())
 
     torch.set_num_threads(cfg.threads)
@@ -186,7 +218,7 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     amp_dtype = autocast_dtype(t.precision, device)
 
     n_captions = data.count_captions(cfg, t.data)
-    plan = make_plan(cfg, n_captions, info.world_size)
+    plan = training_length(cfg, n_captions, info.world_size)
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
     optimizer, schedule = build_optimizer(cfg, model, plan.steps)
@@ -195,7 +227,7 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     step, start_pass, history, elapsed = 0, 0, [], 0.0
     ckpt = checkpoint_path(out)
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = load_state(ckpt, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -211,6 +243,7 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, out)
+        write_json(out / "identity.json", training_identity(cfg))
     bar = tqdm(total=plan.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
                disable=not (progress and info.is_main), mininterval=2)
     started = time.time() - elapsed
@@ -225,14 +258,8 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
                 break
             images = batch["images"].to(device, non_blocking=True)
             group_ids = batch["group_ids"].to(device)
-            tokens = tokenize(cfg, batch["captions"]).to(device) if unwrap(model).has_text else None
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = model(images, tokens)
-            loss, parts = compute_loss(cfg, {k: v.float() for k, v in outputs.items()}, group_ids)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, parts = forward_loss(cfg, model, images, group_ids, batch["captions"], amp_dtype)
+            optimizer_step(loss, optimizer, scaler)
             step += 1
             made += 1
             schedule.step_update(num_updates=step)
@@ -275,7 +302,7 @@ def load_trained(cfg: DictConfig, output_dir: str | Path | None = None, device: 
     path = Path(output_dir or cfg.train.output_dir) / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"no trained model at {path}; train the run first")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_state(path, device)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     return model.eval()

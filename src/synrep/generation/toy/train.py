@@ -1,7 +1,7 @@
 """Train the toy generator on the toy world's real images and captions.
 
 GLIDE's recipe at toy scale: eps-prediction with L_simple, a cosine noise schedule, and the caption
-replaced by the empty caption for ``generator.caption_dropout`` of the examples, so that one model
+replaced by the empty caption for ``toy_generator.caption_dropout`` of the examples, so that one model
 is both conditional and unconditional (classifier-free guidance). The output is a diffusers
 pipeline folder (``save_pretrained``) with EMA weights, plus the resolved recipe beside it.
 """
@@ -53,8 +53,8 @@ def build_unet(model_cfg: DictConfig, in_channels: int = 3) -> UNet2DConditionMo
 
 
 def build_pipeline(cfg: DictConfig) -> ToyGlidePipeline:
-    """A randomly initialised toy pipeline for ``cfg.generator.model``."""
-    m = cfg.generator.model
+    """A randomly initialised toy pipeline for ``cfg.toy_generator.model``."""
+    m = cfg.toy_generator.model
     tokenizer = build_tokenizer(toyworld.vocabulary(cfg), m.max_caption_tokens)
     text_encoder = build_text_encoder(tokenizer, m.text_hidden_size, m.text_layers, m.text_heads,
                                       m.max_caption_tokens)
@@ -101,7 +101,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
-    gcfg = cfg.generator
+    gcfg = cfg.toy_generator
     out = Path(gcfg.output_dir)
     torch.manual_seed(gcfg.seed)
     rng = np.random.default_rng(gcfg.seed)
@@ -110,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     images = torch.from_numpy(split["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     if images.shape[-1] != gcfg.model.sample_size:
         raise ValueError(
-            f"config key 'generator.model.sample_size' is {gcfg.model.sample_size} but the toy world's "
+            f"config key 'toy_generator.model.sample_size' is {gcfg.model.sample_size} but the toy world's "
             f"images are {images.shape[-1]} px (toyworld.image_size)"
         )
     captions = [str(c) for c in split["captions"]]
@@ -130,7 +130,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
 
     losses: list[float] = []
     start = time.time()
-    with mlflow_run(cfg, "train_generator", sections=("generator", "toyworld")) as run_info:
+    with mlflow_run(cfg, "train_generator", sections=("toy_generator", "toyworld")) as run_info:
         mlflow.log_param("unet_parameters", n_params)
         bar = tqdm(range(gcfg.steps), desc="train generator", unit="step", mininterval=5)
         window: list[float] = []

@@ -1,0 +1,74 @@
+"""Index a source's shards in parquet, draw its sample grid, and log both to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from PIL import Image
+
+from synrep.data.shards import read_shard, shard_path, shard_summary, write_index
+from synrep.fileio import atomic_path, write_json
+from synrep.generation.generate import model_info, shard_plan, shards_dir
+from synrep.generation.sources import referenced_sources, source_spec, w_params
+
+
+def sample_grid(shard: Path, n_captions: int) -> np.ndarray:
+    """Rows = captions, columns = their l images, from the first samples of a shard."""
+    from synrep.generation.toy.train import image_grid
+
+    rows = []
+    for k, sample in enumerate(read_shard(shard)):
+        if k == n_captions:
+            break
+        rows.append(np.stack(sample["images"]))
+    images = np.concatenate(rows)
+    return image_grid(images, rows=len(rows), scale=max(1, 64 // images.shape[1]))
+
+
+def index_source(cfg: DictConfig, source: str) -> dict[str, Path]:
+    import mlflow
+
+    from synrep.tracking import mlflow_run
+
+    spec = source_spec(cfg, source)
+    folder = shards_dir(cfg) / source
+    plan = shard_plan(cfg, source)
+    missing = [str(shard_path(shards_dir(cfg), source, s.index)) for s in plan
+               if not shard_path(shards_dir(cfg), source, s.index).exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard(s) of source {source!r} missing, e.g. {missing[0]}; "
+                                "run `python -m synrep generate`")
+    rows = [shard_summary(shard_path(shards_dir(cfg), source, s.index), s) for s in plan]
+    outputs = {"index": write_index(folder / "index.parquet", rows)}
+    grid = sample_grid(shard_path(shards_dir(cfg), source, 0), cfg.generation.grid_captions)
+    outputs["grid"] = folder / "grid.png"
+    with atomic_path(outputs["grid"]) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+    stats = {
+        "source": spec,
+        "shards": len(rows),
+        "samples": sum(r["samples"] for r in rows),
+        "images": sum(r["images"] for r in rows),
+        "bytes": sum(r["bytes"] for r in rows),
+        "model": model_info(cfg, spec),
+    }
+    outputs["stats"] = write_json(folder / "stats.json", stats)
+    with mlflow_run(cfg, "generate", run_name=f"generate {source}", tags={"synrep.source": source}):
+        w = w_params(spec)
+        mlflow.log_params({"source": source, "generator": spec["generator"], "mode": spec["mode"],
+                           "sampler": spec["sampler"], "steps": spec["steps"], "l": spec["l"],
+                           "w": w["w"], **({"w_set": w["w_set"]} if w["w_set"] else {})})
+        mlflow.log_metrics({k: stats[k] for k in ("shards", "samples", "images", "bytes")})
+        for path in outputs.values():
+            mlflow.log_artifact(str(path))
+    return outputs
+
+
+def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
+    """``python -m synrep index``: every source that training reads, or one."""
+    outputs = {}
+    for name in [source] if source else referenced_sources(cfg):
+        outputs.update({f"{name}/{k}": v for k, v in index_source(cfg, name).items()})
+    return outputs

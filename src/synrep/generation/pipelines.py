@@ -1,0 +1,144 @@
+"""Loading diffusers pipelines: a local folder or hub id, its sampler, and its weights' hash.
+
+Any diffusers text-to-image pipeline works: the shipped toy generator (``ToyGlidePipeline``), a
+local Stable Diffusion folder, or a hub id such as ``runwayml/stable-diffusion-v1-5``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+from pathlib import Path
+
+import torch
+
+from synrep.fileio import sha256_file, write_json
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# sampler name -> diffusers scheduler class
+SAMPLERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config key 'generation.device' is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def model_folder(model: str, key: str = "generation.model") -> Path:
+    """The local folder of a pipeline: the path itself, or the hub cache snapshot of a hub id."""
+    path = Path(model)
+    if path.exists():
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"config key '{key}': {path} has no model_index.json (not a diffusers pipeline folder)"
+            )
+        return path
+    if model.startswith((".", "/")) or model.count("/") != 1:
+        raise FileNotFoundError(
+            f"config key '{key}': no pipeline folder at {path.resolve()} and {model!r} is not a hub id"
+        )
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+
+
+def check_weight_files(folder: Path) -> None:
+    """Fail with one line naming the file when a ``.safetensors`` file is truncated or corrupt.
+
+    ``from_pretrained`` would fail later with a long traceback that does not say which file.
+    """
+    from safetensors import safe_open
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            # the header is checked against the file's size: a truncated file fails here
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"{path}: corrupt or truncated weights file ({str(err).splitlines()[0]})") from None
+
+
+def make_scheduler(sampler: str, config: dict):
+    """The diffusers scheduler for ``sampler``, from the pipeline's own scheduler config.
+
+    A pixel-space model trained with x0 clipping (``clip_sample``: the toy generator) needs it at
+    every step; samplers without ``clip_sample`` (DPM-Solver) get the same clamp as static
+    thresholding (``thresholding`` with ratio 1 and ``sample_max_value`` = the clip range), or they
+    start from a wild x0 estimate at the noisiest timestep and their samples stay noisy.
+    """
+    import diffusers
+
+    scheduler_cls = getattr(diffusers, SAMPLERS[sampler])
+    params = inspect.signature(scheduler_cls.__init__).parameters
+    extra = {}
+    if config.get("clip_sample") and "clip_sample" not in params and "thresholding" in params:
+        extra = {"thresholding": True, "dynamic_thresholding_ratio": 1.0,
+                 "sample_max_value": float(config.get("clip_sample_range", 1.0))}
+    return scheduler_cls.from_config(config, **extra)
+
+
+@functools.lru_cache(maxsize=4)
+def load_pipeline(model: str, sampler: str = "ddim", dtype: str = "float32", device: str = "auto"):
+    """Load any diffusers text-to-image pipeline with ``from_pretrained`` and set its sampler."""
+    import diffusers
+
+    from synrep.generation.toy.pipeline import ToyGlidePipeline
+
+    folder = model_folder(model)
+    check_weight_files(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    torch_dtype = DTYPES[dtype]
+    if index.get("_class_name") == ToyGlidePipeline.__name__:
+        pipe = ToyGlidePipeline.from_pretrained(folder, dtype=torch_dtype)
+    else:
+        extra = {}
+        if "safety_checker" in index:
+            # StableRep trains on every generated image; the checker blacks some out
+            extra = {"safety_checker": None, "requires_safety_checker": False}
+        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, **extra)
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(resolve_device(device))
+
+
+def weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def weights_sha256(folder: Path) -> str:
+    """One digest over the pipeline's weight files (names and contents)."""
+    digest = hashlib.sha256()
+    for path in weight_files(folder):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(sha256_file(path.resolve()).encode())
+    return digest.hexdigest()
+
+
+def fingerprint(model: str, cache_dir: Path) -> dict:
+    """Model id, pipeline class and weights hash.
+
+    Hashing SD's weights takes seconds, so the result is cached, keyed by the weight files' names,
+    sizes and modification times: retrained weights get a new hash.
+    """
+    folder = model_folder(model)
+    stamp = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in weight_files(folder)]
+    key = hashlib.sha256(json.dumps([str(folder.resolve()), stamp]).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"{key}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    index = json.loads((folder / "model_index.json").read_text())
+    info = {"model": model, "pipeline": index.get("_class_name"), "weights_sha256": weights_sha256(folder)}
+    write_json(cache, info)
+    return info

@@ -1,0 +1,62 @@
+"""Sampling images from a loaded pipeline, in batches, with a guidance scale per image.
+
+Classifier-free guidance batches the conditional and unconditional passes into one UNet call
+inside the pipeline; images of different scales go through the pipeline in separate calls.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings: Mapping) -> np.ndarray:
+    """Run the pipeline on (prompt, seed) pairs at one scale ``w``; uint8 [N, H, W, 3] at ``save_size``.
+
+    ``settings``: steps, eta, guidance_rescale, batch_size, resolution, save_size (a source spec or
+    the ``generation`` section).
+    """
+    out = []
+    device = pipe.device
+    batch = settings["batch_size"]
+    for start in range(0, len(prompts), batch):
+        chunk = slice(start, start + batch)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds[chunk]]
+        kwargs = dict(
+            prompt=prompts[chunk],
+            num_inference_steps=settings["steps"],
+            guidance_scale=float(w),
+            eta=settings["eta"],
+            generator=generators,
+            output_type="np",
+            guidance_rescale=settings["guidance_rescale"],
+        )
+        if settings["resolution"]:
+            kwargs.update(height=settings["resolution"], width=settings["resolution"])
+        images = pipe(**kwargs).images
+        images = (np.clip(np.asarray(images, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+        size = settings["save_size"]
+        if size and size != images.shape[1]:
+            images = np.stack([
+                np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC)) for im in images
+            ])
+        out.append(images)
+    return np.concatenate(out)
+
+
+def sample_at_scales(pipe, prompts: list[str], seeds: list[int], scales: list[float], settings: Mapping) -> np.ndarray:
+    """Like ``sample_images`` with a scale per image: one group of calls per distinct scale, the
+    images returned in the order given."""
+    order = list(dict.fromkeys(scales))
+    if len(order) == 1:
+        return sample_images(pipe, prompts, seeds, order[0], settings)
+    out: list[np.ndarray | None] = [None] * len(prompts)
+    for w in order:
+        idx = [i for i, s in enumerate(scales) if s == w]
+        images = sample_images(pipe, [prompts[i] for i in idx], [seeds[i] for i in idx], w, settings)
+        for i, image in zip(idx, images):
+            out[i] = image
+    return np.stack(out)

@@ -1,0 +1,97 @@
+"""Named data sources: what makes a synthetic data set, and how each image's seed and w are drawn.
+
+A source (``sources.<name>`` in the config) names a generator, a mode, its guidance and sampler,
+l and a seed; fields it leaves null take the ``generation.*`` value. ``source_spec`` resolves it to
+the plain dict that every provenance record carries, so that a record alone regenerates its image
+and a shard is reused only when the record matches the spec asked for.
+
+Modes (``mode``): ``text2img``, a caption to l images. Guidance (``guidance``): ``cfg``,
+classifier-free guidance at scale ``w``; ``w`` may be a set, from which each image draws its scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+from omegaconf import DictConfig
+
+from synrep.config import guidance_scales, to_dict
+
+# Generation settings that change the images (and so belong to a source's identity)
+IMAGE_SETTINGS = ("eta", "guidance_rescale", "resolution", "save_size", "dtype", "batch_size", "image_format",
+                  "captions_per_shard")
+
+
+def source_spec(cfg: DictConfig, name: str) -> dict:
+    """The resolved spec of source ``name``: plain data, with every default filled in."""
+    if name not in cfg.sources:
+        raise ValueError(f"{name!r} is not a source: one of {list(cfg.sources)} (config key 'sources')")
+    source, g = cfg.sources[name], cfg.generation
+    scales = guidance_scales(source.guidance.w, f"sources.{name}.guidance.w")
+    spec = {
+        "name": name,
+        "generator": source.generator or g.model,
+        "mode": source.mode,
+        "guidance": {"kind": source.guidance.kind,
+                     "w": scales if isinstance(to_dict(source.guidance)["w"], list) else scales[0]},
+        "sampler": source.sampler or g.sampler,
+        "steps": source.steps or g.steps,
+        "l": source.l or g.images_per_caption,
+        "seed": g.seed if source.seed is None else source.seed,
+    }
+    spec.update({key: to_dict(g)[key] for key in IMAGE_SETTINGS})
+    return spec
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def scale_set(spec: dict) -> list[float]:
+    w = spec["guidance"]["w"]
+    return list(w) if isinstance(w, list) else [float(w)]
+
+
+def w_params(spec: dict) -> dict:
+    """The source's w for tables and MLflow: a number, or the set as text and its mean."""
+    w = spec["guidance"]["w"]
+    if isinstance(w, list):
+        return {"w": float(np.mean(w)), "w_set": "{" + ",".join(f"{v:g}" for v in w) + "}"}
+    return {"w": float(w), "w_set": None}
+
+
+def referenced_sources(cfg: DictConfig) -> list[str]:
+    """The sources that training reads: ``train.data`` and the sweep's data axis, in config order."""
+    names = [cfg.train.data]
+    for grid in cfg.sweep.grids:
+        names += list(grid.data or [cfg.train.data])
+    return [n for n in dict.fromkeys(names) if n != "real"]
+
+
+def _seed(*parts: int) -> int:
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def image_seed(base_seed: int, caption_id: int, image_index: int) -> int:
+    """The noise seed of image ``image_index`` of caption ``caption_id`` at a single w (the same
+    at every single w, so that two one-w sources differ only through guidance)."""
+    return _seed(base_seed, caption_id, image_index)
+
+
+def image_draws(spec: dict, caption_id: int) -> tuple[list[int], list[float]]:
+    """Noise seed and guidance scale of each of the caption's l images.
+
+    With a set of scales, image i draws its scale from the set (seeded by the source's seed, the
+    caption and i), and its noise seed includes the drawn scale, so that images pooled from
+    several scales never share their noise.
+    """
+    scales = scale_set(spec)
+    l, seed = spec["l"], spec["seed"]
+    if len(scales) == 1:
+        return [image_seed(seed, caption_id, i) for i in range(l)], scales * l
+    drawn = [scales[np.random.default_rng([seed, caption_id, i, 1]).integers(len(scales))] for i in range(l)]
+    seeds = [_seed(seed, caption_id, i, round(w * 1000)) for i, w in enumerate(drawn)]
+    return seeds, drawn

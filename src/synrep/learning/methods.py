@@ -1,0 +1,74 @@
+"""The training methods, each declared once (no torch import here: the config checks names against it): what a batch row holds, which heads it needs, its loss.
+
+| method | a batch row | loss |
+| --- | --- | --- |
+| ``stablerep`` | m of the caption's first l images, one crop each | multi-positive contrastive |
+| ``simclr`` | one image, two crops | InfoNCE (the same loss with two crops of one image) |
+| ``clip`` | one image and its caption | CLIP's symmetric image-text loss, learnt temperature |
+| ``stablerep_plus`` | as ``stablerep``, plus the caption | multi-positive + text_loss_weight x image-text |
+
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How one batch row is drawn from a caption's stored images."""
+
+    images: int  # distinct source images per row (m for StableRep, 1 for SimCLR / CLIP)
+    views: int  # augmented crops per source image (2 for SimCLR)
+    use_first: int | None  # l: only the first l stored images are used (None: all)
+    with_text: bool
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str  # in tables and plots
+    multi_positive: bool  # a row holds m images of one caption (so m is a sweep axis)
+    views: int  # crops per source image
+    image_loss: bool  # the image-image contrastive loss on the projection head
+    text: bool  # the caption goes through the text tower (image-text loss, zero-shot)
+
+    def images_per_row(self, m: int) -> int:
+        return int(m) if self.multi_positive else 1
+
+    def crops_per_row(self, m: int) -> int:
+        return self.images_per_row(m) * self.views
+
+    def sample_spec(self, l: int | None, m: int) -> SampleSpec:
+        return SampleSpec(images=self.images_per_row(m), views=self.views, use_first=l, with_text=self.text)
+
+    def loss(self, cfg, out: dict, group_ids) -> tuple:
+        """The loss of one step from the model's outputs (group ids: local batch rows), and its parts."""
+        from synrep.learning import losses
+
+        t = cfg.train
+        parts = {}
+        if self.image_loss:
+            # SimCLR's rows hold the two crops of one image: the same loss with one positive each
+            parts["image"] = losses.multi_positive_contrastive_loss(out["projection"], group_ids, t.temperature)
+        if self.text and self.image_loss:
+            parts["text"] = t.text_loss_weight * 2 * losses.image_text_multi_positive_loss(
+                out["image_embedding"], out["text_embedding"], group_ids, out["logit_scale"])
+        elif self.text:
+            parts["text"] = losses.clip_loss(out["image_embedding"], out["text_embedding"], out["logit_scale"])
+        loss = sum(parts.values())
+        return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("stablerep", "StableRep", multi_positive=True, views=1, image_loss=True, text=False),
+    Method("stablerep_plus", "StableRep+", multi_positive=True, views=1, image_loss=True, text=True),
+    Method("simclr", "SimCLR", multi_positive=False, views=2, image_loss=True, text=False),
+    Method("clip", "CLIP", multi_positive=False, views=1, image_loss=False, text=True),
+)}
+
+
+def get(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; one of {list(METHODS)}")
+    return METHODS[name]
