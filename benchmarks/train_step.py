@@ -24,33 +24,29 @@ def main() -> None:
     args = parser.parse_args()
 
     from synrep.config import load_config
-    from synrep.learning.trainer import autocast_dtype, build_model, build_optimizer, compute_loss, crops_per_row, resolve_device
+    from synrep.learning import methods
+    from synrep.learning.step import forward_loss, optimizer_step
+    from synrep.learning.trainer import autocast_dtype, build_model, build_optimizer, resolve_device
 
     cfg = load_config(args.overrides)
     t = cfg.train
     torch.set_num_threads(cfg.threads)
     world = args.world_size or cfg.launch.nodes * max(1, cfg.launch.gpus_per_node)
     device = resolve_device(t.device)
-    k = crops_per_row(t.method, t.m)
+    k = methods.get(t.method).crops_per_row(t.m)
     rows = max(2, t.batch_images // k // world)
     model = build_model(cfg).to(device).train()
     optimizer, _ = build_optimizer(cfg, model, 100)
     amp = autocast_dtype(t.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     images = torch.randn(rows * k, 3, t.image_size, t.image_size, device=device)
     ids = torch.arange(rows, device=device).repeat_interleave(k)
-    tokens = None
-    if model.has_text:
-        from synrep.learning.trainer import tokenize
-
-        tokens = tokenize(cfg, ["a photo of a dog"] * rows).to(device)
+    captions = ["a photo of a dog"] * rows
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            out = model(images, tokens)
-        loss, _ = compute_loss(cfg, {k_: v.float() for k_, v in out.items()}, ids)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        # the trainer's own step: forward, the method's loss, backward, AdamW
+        loss, _ = forward_loss(cfg, model, images, ids, captions, amp)
+        optimizer_step(loss, optimizer, scaler)
 
     step()
     if device.type == "cuda":

@@ -17,7 +17,8 @@ import torch
 def main(batch_path: str, out_path: str, overrides: list[str]) -> None:
     from synrep.learning import distributed
     from synrep.config import load_config
-    from synrep.learning.trainer import build_model, compute_loss, tokenize
+    from synrep.learning.step import forward_loss
+    from synrep.learning.trainer import build_model
 
     cfg = load_config(overrides)
     torch.set_num_threads(1)
@@ -34,9 +35,7 @@ def main(batch_path: str, out_path: str, overrides: list[str]) -> None:
     model = build_model(cfg)
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    tokens = tokenize(cfg, captions) if cfg.train.method in ("clip", "stablerep_plus") else None
-    outputs = model(images, tokens)
-    loss, _ = compute_loss(cfg, outputs, group_ids)
+    loss, _ = forward_loss(cfg, model, images, group_ids, captions)
     loss.backward()
     mean_loss = distributed.all_reduce_mean(float(loss))
     if info.is_main:

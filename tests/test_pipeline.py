@@ -1,77 +1,194 @@
-"""End to end: `snakemake --cores 2` on a reduced config runs every rule, writes what a user opens,
-logs to MLflow, and a second run has nothing to do."""
+"""End to end: `snakemake --cores 2` on the reduced config (.test/config/config.yaml) runs every rule,
+writes what a user opens, logs each run's axes to MLflow (read back through a started `mlflow
+server`), reruns nothing it need not, and survives SIGKILL at any point."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
-import mlflow
 import polars as pl
 import pytest
-import yaml
 from PIL import Image
 
-from tests.conftest import REPO, SMALL_WORLD, TINY_TRAINING
+from synrep.data.shards import read_shard
+from tests.conftest import REPO
+
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
+NAME = "toytest"
+RUNS = [f"{run}-s{seed}" for seed in (0, 1) for run in
+        ("stablerep-w2-l4-m4", "stablerep-w4-l4-m4", "stablerep-mix-l4-m4", "simclr-real-l1")]
+
+pytestmark = pytest.mark.slow
 
 
-def reduced_config(tmp_path, model_dir) -> dict:
-    """The reduced pipeline as a --configfile: small world, tiny generator, two-run-per-seed sweep."""
-    from omegaconf import OmegaConf
-
-    dotlist = [f"paths.data_dir={tmp_path}/data", f"paths.results_dir={tmp_path}/results", "threads=1",
-               *SMALL_WORLD, *TINY_TRAINING, f"generation.model={model_dir}",
-               "sample_quality.guidance_scales=[1,3]", "sample_quality.captions=4",
-               "sample_quality.images_per_caption=2", "sample_quality.classifier_epochs=1",
-               "sweep.seeds=[0,1]", "train.epochs=1"]
-    cfg = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist))
-    cfg["sweep"]["grids"] = [{"method": ["stablerep"], "data": ["w2", "w4"]}, {"method": ["simclr"], "data": ["real"]}]
-    return cfg
+def snakemake_cmd(root: Path, *args: str, config: str = "") -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(TEST_CONFIG), "--config",
+            f"paths={{results_dir: {root}/results, data_dir: {root}/data}}", *([config] if config else []), *args]
 
 
-def snakemake(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=REPO, capture_output=True, text=True,
+def snakemake(root: Path, *args: str, config: str = "", timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(snakemake_cmd(root, *args, config=config), cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 
-@pytest.mark.slow
-def test_snakemake_runs_the_reduced_pipeline_end_to_end(tmp_path, tiny_toy_pipeline_dir):
-    config_file = tmp_path / "reduced.yaml"
-    config_file.write_text(yaml.safe_dump(reduced_config(tmp_path, tiny_toy_pipeline_dir)))
-    done = snakemake("--cores", "2", "--configfile", str(config_file))
-    assert done.returncode == 0, done.stderr[-4000:]
+def planned_jobs(done: subprocess.CompletedProcess) -> dict[str, int]:
+    """rule -> job count from the job stats of a dry run."""
+    counts = {}
+    in_stats = False
+    for line in done.stdout.splitlines():
+        if line.startswith("Job stats"):
+            in_stats = True
+        parts = line.split()
+        if in_stats and len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+        if in_stats and parts[:1] == ["total"]:
+            break
+    return counts
 
-    results = tmp_path / "results" / "toy"
-    runs = ["stablerep-w2-l4-m4-s0", "stablerep-w4-l4-m4-s0", "simclr-real-l1-s0",
-            "stablerep-w2-l4-m4-s1", "stablerep-w4-l4-m4-s1", "simclr-real-l1-s1"]
-    for run in runs:
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """The reduced pipeline run once to the end; returns its root (results/ and data/ below)."""
+    root = tmp_path_factory.mktemp("reduced")
+    done = snakemake(root)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return root
+
+
+def test_reduced_pipeline_writes_what_a_user_opens(finished):
+    results = finished / "results" / NAME
+    for run in RUNS:
         record = json.loads((results / "runs" / run / "metrics.json").read_text())
-        assert 0.0 <= record["probe_shape"] <= 1.0 and record["run"] == run
-        assert (results / "logs" / "runs" / f"{run}.log").exists()
-    # the files a user opens
+        assert record["run"] == run and (results / "logs" / "runs" / f"{run}.log").exists()
     tables = (results / "ablations" / "tables.md").read_text()
-    assert "guidance scale w per method" in tables and "random init" in tables
+    assert "| method | w=2.0 | w=3.0 {2,4} |" not in tables  # a set is named by its set, not its mean
+    assert "| method | w=2.0 | w={2,4} | w=4.0 |" in tables and "random init" in tables
     for png in ("ablations/accuracy_vs_w.png", "ablations/lm_heatmap.png", "sample_quality/caption_match.png",
-                "shards/grids/samples_w2.png"):
+                "shards/w2/grid.png", "shards/mix/grid.png"):
         with Image.open(results / png) as image:
             assert image.format == "PNG", png
-    index = pl.read_parquet(results / "shards" / "index.parquet")
-    assert sorted(index["w"].unique().to_list()) == [2.0, 4.0]
-    assert (results / "config.yaml").exists()
-    for log in ("toyworld", "captions", "index_shards", "sample_quality", "real_shards", "baselines", "report"):
+    for log in ("toyworld", "captions", "index_mix", "sample_quality", "real_shards", "baselines", "report"):
         assert (results / "logs" / f"{log}.log").exists(), log
 
-    # MLflow: the sweep's parent run with one child per run, each with its metrics
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
-    experiment = client.get_experiment_by_name("toy")
-    parent = client.search_runs([experiment.experiment_id], "tags.`synrep.step` = 'sweep'")
-    assert len(parent) == 1
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
-    assert sorted(c.data.tags["synrep.run"] for c in children) == sorted(runs)
-    assert all("probe_shape" in c.data.metrics for c in children)
-    artifacts = [a.path for a in client.list_artifacts(parent[0].info.run_id, "ablations")]
-    assert "ablations/tables.md" in artifacts
 
-    again = snakemake("-n", "--cores", "2", "--configfile", str(config_file))
+def test_a_set_of_scales_runs_end_to_end_with_the_scale_of_each_image(finished):
+    shards = finished / "results" / NAME / "shards" / "mix"
+    index = pl.read_parquet(shards / "index.parquet")
+    drawn = []
+    for path in index["path"]:
+        for sample in read_shard(path):
+            record = sample["record"]
+            assert record["source"]["guidance"] == {"kind": "cfg", "w": [2.0, 4.0]}
+            assert len(record["guidance_scales"]) == len(sample["images"]) == 4
+            drawn += record["guidance_scales"]
+    assert set(drawn) == {2.0, 4.0} and len(drawn) == 48 * 4
+    stats = json.loads((shards / "stats.json").read_text())
+    assert stats["images"] == 48 * 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_server_shows_each_runs_axes_as_params(finished, tmp_path):
+    """Through the REST API of a started `mlflow server`, as the UI's compare view reads them."""
+    port = _free_port()
+    db = finished / "results" / "mlflow.db"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                experiment = json.loads(urllib.request.urlopen(
+                    f"{base}/experiments/get-by-name?experiment_name={NAME}", timeout=5).read())["experiment"]
+                break
+            except OSError:
+                assert time.time() < deadline, "mlflow server did not start"
+                time.sleep(1)
+        found = _post(f"{base}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000,
+                                              "filter": "tags.`synrep.step` = 'sweep_run'"})["runs"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    params = {}
+    for run in found:
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        params[tags["synrep.run"]] = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert sorted(params) == sorted(RUNS)
+    axes = ("method", "source", "w", "w_set", "l", "m", "seed")
+    shown = {run: {k: p.get(k) for k in axes} for run, p in params.items()}
+    assert shown["stablerep-w4-l4-m4-s1"] == {"method": "stablerep", "source": "w4", "w": "4.0", "w_set": None,
+                                              "l": "4", "m": "4", "seed": "1"}
+    assert shown["stablerep-mix-l4-m4-s0"] == {"method": "stablerep", "source": "mix", "w": "3.0", "w_set": "{2,4}",
+                                               "l": "4", "m": "4", "seed": "0"}
+    assert shown["simclr-real-l1-s0"] == {"method": "simclr", "source": "real", "w": None, "w_set": None,
+                                          "l": "1", "m": "1", "seed": "0"}
+
+
+def test_rerun_has_nothing_to_do_and_a_new_seed_plans_only_its_runs(finished):
+    again = snakemake(finished, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+    more = snakemake(finished, "-n", config="sweep={seeds: [0, 1, 2]}")
+    assert more.returncode == 0, more.stderr[-3000:]
+    jobs = planned_jobs(more)
+    # the 4 runs of seed 2, and what aggregates them; no finished run and no shard again
+    assert jobs == {"sweep_run": 4, "baselines": 1, "report": 1, "all": 1}, more.stdout[-3000:]
+    planned = sorted(line.split("run=")[1] for line in more.stdout.splitlines() if "wildcards: run=" in line)
+    assert planned == sorted(run.replace("-s0", "-s2") for run in RUNS if run.endswith("-s0"))
+
+
+def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 600) -> None:
+    folder, pattern = path_glob
+    deadline = time.time() + timeout
+    while not list(folder.glob(pattern)):
+        assert proc.poll() is None, f"snakemake ended (rc {proc.returncode}) before {pattern} appeared"
+        assert time.time() < deadline, f"{pattern} did not appear under {folder}"
+        time.sleep(0.2)
+
+
+def test_sigkill_at_any_stage_then_rerun_gives_the_same_tables(finished, tmp_path):
+    """Kill the whole `snakemake --cores 2` (process group, SIGKILL) during generation, training and
+    the report; rerun it as a user would after a crash; the tables equal the uninterrupted run's
+    and no half-written file is left."""
+    root = tmp_path / "killed"
+    results = root / "results" / NAME
+    stages = [
+        (results / "shards", "*/shard-*.tar"),  # a shard written: others are being generated
+        (results / "runs", "*/checkpoints/last.pt"),  # a training run mid-way
+        (results / "logs", "report.log"),  # the report started
+    ]
+    for stage in stages:
+        proc = subprocess.Popen(snakemake_cmd(root), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        _wait_for(stage, proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        # what Snakemake asks of a user after a crash: release its lock (workflow/profiles/default
+        # sets --rerun-incomplete for the jobs the kill interrupted)
+        assert snakemake(root, "--unlock").returncode == 0
+    done = snakemake(root)
+    assert done.returncode == 0, done.stderr[-4000:]
+    reference = finished / "results" / NAME / "ablations" / "tables.md"
+    assert (results / "ablations" / "tables.md").read_text() == reference.read_text()
+    leftovers = [p for p in (root / "results").rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == [], leftovers

@@ -12,6 +12,8 @@ import sys
 import polars as pl
 import pytest
 
+from synrep.generation.sources import referenced_sources, source_spec
+
 from synrep.data import captions
 from synrep.experiments import planner as plan
 from synrep.experiments import sweep
@@ -80,18 +82,20 @@ def test_recipe_dry_run_and_plan(experiment, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", done.stdout, re.M)}
-    shards = math.ceil(UNIQUE / 2) * len(cfg.generation.guidance_scales)
+    sources = referenced_sources(cfg)
+    shards = math.ceil(UNIQUE / 2) * len(sources)
     runs = sweep.expand(cfg)
     assert counts.get("generate_shard") == shards, done.stdout
     assert counts.get("sweep_run") == len(runs), done.stdout
     assert "toyworld" not in counts and "sample_quality" not in counts and "real_shards" not in counts
 
     table = plan.plan_table(cfg)
-    generation = table.filter(pl.col("stage") == "generation").row(0, named=True)
-    assert generation["jobs"] == shards
-    images = UNIQUE * cfg.generation.images_per_caption * len(cfg.generation.guidance_scales)
-    assert generation["gpu_hours"] == pytest.approx(images * cfg.plan.seconds_per_image / 3600)
-    assert table.height == 1 + len(runs)
+    generation = table.filter(pl.col("stage").str.starts_with("generate "))
+    assert generation["stage"].to_list() == [f"generate {s}" for s in sources]
+    assert generation["jobs"].sum() == shards
+    images = UNIQUE * sum(source_spec(cfg, s)["l"] for s in sources)
+    assert generation["gpu_hours"].sum() == pytest.approx(images * cfg.plan.seconds_per_image / 3600)
+    assert table.height == len(sources) + len(runs)
 
 
 def test_planner_prints_the_paper_scale(capsys):

@@ -50,7 +50,6 @@ def reduced_config(root: Path, model: Path) -> dict:
         "captions": {"limit": 16},
         "generation": {
             "model": str(model),
-            "guidance_scales": [2],
             "images_per_caption": 4,
             "captions_per_shard": 8,
             "steps": 4,
@@ -63,7 +62,9 @@ def reduced_config(root: Path, model: Path) -> dict:
 
 
 def run_snakemake(workdir: Path, configfile: Path, *args: str, timeout: float) -> str:
-    cmd = [*SNAKEMAKE, "--configfile", str(configfile), *args, "index_shards"]
+    results = yaml.safe_load(configfile.read_text())["paths"]["results_dir"]
+    target = f"{results}/slurmtest/shards/w2/index.parquet"
+    cmd = [*SNAKEMAKE, "--configfile", str(configfile), *args, target]
     done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     log = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-6000:]}"
@@ -123,7 +124,7 @@ def test_snakemake_profile_slurm_matches_local_run(slurm_cluster, tmp_path, tiny
     jobs = jobs_by_rule(log)
     submitted = slurm_submissions(log)
     rules = {rule for rule, _ in jobs.values()}
-    assert {"toyworld", "captions", "generate_shard", "index_shards"} <= rules, log[-4000:]
+    assert {"toyworld", "captions", "generate_shard", "index_source"} <= rules, log[-4000:]
     # Every job that Snakemake did not run as a localrule went to SLURM ...
     remote = {jobid: rule for jobid, (rule, local) in jobs.items() if not local}
     assert set(remote) == set(submitted), (remote, submitted)
@@ -154,7 +155,7 @@ def test_snakemake_profile_slurm_matches_local_run(slurm_cluster, tmp_path, tiny
     assert sha256(world["slurm"] / "captions_raw.tsv") == sha256(world["local"] / "captions_raw.tsv")
     captions = {run: pl.read_parquet(out[run] / "captions" / "captions.parquet") for run in out}
     assert captions["slurm"].equals(captions["local"])
-    index = {run: pl.read_parquet(out[run] / "shards" / "index.parquet") for run in out}
+    index = {run: pl.read_parquet(out[run] / "shards" / "w2" / "index.parquet") for run in out}
     assert index["slurm"].height == 2
     assert index["slurm"].drop("path").equals(index["local"].drop("path"))
     for run in out:

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from synrep.learning import methods
 from synrep.learning import trainer as train
 from synrep.config import load_config
 from tests.conftest import REPO
@@ -19,7 +20,7 @@ def test_plan_counts_simclr_equivalent_epochs(make_cfg):
     n = 1000
     for method, m, crops in (("stablerep", 6, 6), ("simclr", 6, 2), ("clip", 6, 1), ("stablerep_plus", 4, 4)):
         cfg = make_cfg(f"train.method={method}", f"train.m={m}", "train.epochs=3", "train.batch_images=240")
-        plan = train.make_plan(cfg, n)
+        plan = train.training_length(cfg, n)
         rows = 240 // crops
         assert plan.rows_per_step == rows and plan.crops_per_step == rows * crops
         # every method sees epochs * 2 crops per caption in all
@@ -27,16 +28,16 @@ def test_plan_counts_simclr_equivalent_epochs(make_cfg):
         assert plan.steps_per_pass == n // rows
         assert plan.passes * plan.steps_per_pass >= plan.steps > (plan.passes - 1) * plan.steps_per_pass
     # one StableRep epoch at m = 6 costs what 3 SimCLR epochs cost
-    sr = train.make_plan(make_cfg("train.m=6", "train.epochs=6", "train.batch_images=240"), n)
+    sr = train.training_length(make_cfg("train.m=6", "train.epochs=6", "train.batch_images=240"), n)
     assert sr.steps * sr.crops_per_step == 6 * 2 * n
     assert round(sr.steps / sr.steps_per_pass) == 2  # 2 passes over the captions = 2 StableRep epochs
 
 
 def test_plan_errors_name_the_key(make_cfg):
     with pytest.raises(ValueError, match="train.batch_images"):
-        train.make_plan(make_cfg("train.batch_images=256"), n_captions=10)
+        train.training_length(make_cfg("train.batch_images=256"), n_captions=10)
     with pytest.raises(ValueError, match="do not split over 3 processes"):
-        train.make_plan(make_cfg("train.batch_images=256", "train.m=4"), n_captions=1000, world_size=3)
+        train.training_length(make_cfg("train.batch_images=256", "train.m=4"), n_captions=1000, world_size=3)
 
 
 @pytest.mark.parametrize("method", ["stablerep", "simclr", "clip", "stablerep_plus"])
@@ -109,7 +110,7 @@ def reference_step(cfg, batch, world):
     parts = [model(batch["images"][r * chunk * per_row:(r + 1) * chunk * per_row],
                    tokens[r * chunk:(r + 1) * chunk] if tokens is not None else None) for r in range(world)]
     outputs = {k: torch.cat([p[k] for p in parts]) if parts[0][k].ndim else parts[0][k] for k in parts[0]}
-    loss, _ = train.compute_loss(cfg, outputs, torch.arange(rows).repeat_interleave(per_row))
+    loss, _ = methods.get(cfg.train.method).loss(cfg, outputs, torch.arange(rows).repeat_interleave(per_row))
     loss.backward()
     return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -143,18 +143,18 @@ def training_identity(cfg: DictConfig) -> dict:
 
     t = to_dict(cfg.train)
     t.pop("output_dir", None)
-    identity = {"train": t, "captions": to_dict(cfg.captions)}
-    if cfg.train.data != "real":
-        identity["sources." + cfg.train.data] = source_spec(cfg, cfg.train.data)
+    identity = {"train": t, "source": source_spec(cfg, t["data"]) if t["data"] != "real" else None,
+                "captions": to_dict(cfg.captions)}
     return identity
 
 
 def identity_diff(stored: dict, wanted: dict) -> list[str]:
-    """Dotted keys whose values differ, as ``key: stored -> wanted``."""
+    """Dotted keys whose values differ, as ``key: stored -> wanted``, in the order of ``wanted``."""
     from synrep.tracking import flatten
 
     a, b = flatten("", stored), flatten("", wanted)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    keys = list(b) + [k for k in a if k not in b]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
 class OtherRunError(ValueError):
