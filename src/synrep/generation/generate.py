@@ -41,7 +41,7 @@ def load_captions(cfg: DictConfig) -> pl.DataFrame:
     return pl.read_parquet(path, columns=["caption_id", "caption"])
 
 
-def shard_plan(cfg: DictConfig, source: str, n_captions: int | None = None) -> list[ShardSpec]:
+def source_shards(cfg: DictConfig, source: str, n_captions: int | None = None) -> list[ShardSpec]:
     if n_captions is None:
         n_captions = len(load_captions(cfg))
     return shard_ranges(n_captions, cfg.generation.captions_per_shard, source)
@@ -95,15 +95,15 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
     out_paths = []
     for name in names:
         spec = source_spec(cfg, name)
-        plan = shard_plan(cfg, name, len(captions))
+        shards = source_shards(cfg, name, len(captions))
         if shard is not None:
-            plan = [s for s in plan if s.index == shard]
-            if not plan:
+            shards = [s for s in shards if s.index == shard]
+            if not shards:
                 raise ValueError(f"shard {shard} does not exist: {len(captions)} captions make "
                                  f"{-(-len(captions) // cfg.generation.captions_per_shard)} shards per source")
         model = model_info(cfg, spec)
         todo = []
-        for s in plan:
+        for s in shards:
             path = shard_path(shards_dir(cfg), name, s.index)
             reason = stale_reason(path, spec, model)
             if reason:
@@ -119,7 +119,7 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
                     start = time.time()
                     generate_shard(cfg, spec, captions, s, pipe, model, bar)
                     bar.write(f"shard {name} #{s.index} ({s.stop - s.start} captions) in {time.time() - start:.1f}s")
-        out_paths += [shard_path(shards_dir(cfg), name, s.index) for s in plan]
+        out_paths += [shard_path(shards_dir(cfg), name, s.index) for s in shards]
     return out_paths
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from synrep.data.shards import read_shard, shard_path, shard_summary, write_index
 from synrep.fileio import atomic_path, write_json
-from synrep.generation.generate import model_info, shard_plan, shards_dir
+from synrep.generation.generate import model_info, source_shards, shards_dir
 from synrep.generation.sources import referenced_sources, source_spec, w_params
 
 
@@ -34,13 +34,13 @@ def index_source(cfg: DictConfig, source: str) -> dict[str, Path]:
 
     spec = source_spec(cfg, source)
     folder = shards_dir(cfg) / source
-    plan = shard_plan(cfg, source)
-    missing = [str(shard_path(shards_dir(cfg), source, s.index)) for s in plan
+    shards = source_shards(cfg, source)
+    missing = [str(shard_path(shards_dir(cfg), source, s.index)) for s in shards
                if not shard_path(shards_dir(cfg), source, s.index).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) of source {source!r} missing, e.g. {missing[0]}; "
                                 "run `python -m synrep generate`")
-    rows = [shard_summary(shard_path(shards_dir(cfg), source, s.index), s) for s in plan]
+    rows = [shard_summary(shard_path(shards_dir(cfg), source, s.index), s) for s in shards]
     outputs = {"index": write_index(folder / "index.parquet", rows)}
     grid = sample_grid(shard_path(shards_dir(cfg), source, 0), cfg.generation.grid_captions)
     outputs["grid"] = folder / "grid.png"
