@@ -113,8 +113,6 @@ class ToyGeneratorConfig:
     snr_gamma: Optional[float] = 5.0
     seed: int = 0
     log_every: int = 100
-    # Preview grid every N steps (0: only at the end)
-    preview_every: int = 0
 
 
 @dataclass

@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep.config import run_dir, save_resolved
-from synrep.data.shards import (ShardSpec, first_record, read_shard, remove_stale_temporaries, sample_key,
-                                shard_path, shard_ranges, write_shard)
+from synrep.data.shards import (ShardSpec, first_record, remove_stale_temporaries, sample_key, shard_path,
+                                shard_ranges, write_shard)
 from synrep.generation.pipelines import fingerprint, load_pipeline
 from synrep.generation.provenance import make_record, record_mismatch
 from synrep.generation.sampling import sample_at_scales
@@ -121,11 +121,3 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
                     bar.write(f"shard {name} #{s.index} ({s.stop - s.start} captions) in {time.time() - start:.1f}s")
         out_paths += [shard_path(shards_dir(cfg), name, s.index) for s in shards]
     return out_paths
-
-
-def read_sample(cfg: DictConfig, source: str, caption_id: int) -> dict:
-    for path in sorted((shards_dir(cfg) / source).glob("shard-*.tar")):
-        for sample in read_shard(path):
-            if sample["record"]["caption_id"] == caption_id:
-                return sample
-    raise KeyError(f"caption_id {caption_id} of source {source!r} not found under {shards_dir(cfg)}")

@@ -6,7 +6,6 @@ flip, and an optional random down-sample (to 64 or 128 of 224 px, i.e. 2/7 or 4/
 
 from __future__ import annotations
 
-import random
 
 import torch
 from omegaconf import DictConfig
@@ -56,19 +55,3 @@ def train_transform(cfg: DictConfig) -> v2.Compose:
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(MEAN, STD),
     ])
-
-
-def eval_transform(cfg: DictConfig) -> v2.Compose:
-    size = cfg.train.image_size
-    return v2.Compose([
-        v2.Resize(size, antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(MEAN, STD),
-    ])
-
-
-def seed_everything(seed: int) -> None:
-    """torchvision's random transforms draw from torch's and Python's global generators."""
-    random.seed(seed)
-    torch.manual_seed(seed)

@@ -21,7 +21,6 @@ class SampleSpec:
     images: int  # distinct source images per row (m for StableRep, 1 for SimCLR / CLIP)
     views: int  # augmented crops per source image (2 for SimCLR)
     use_first: int | None  # l: only the first l stored images are used (None: all)
-    with_text: bool
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class Method:
         return self.images_per_row(m) * self.views
 
     def sample_spec(self, l: int | None, m: int) -> SampleSpec:
-        return SampleSpec(images=self.images_per_row(m), views=self.views, use_first=l, with_text=self.text)
+        return SampleSpec(images=self.images_per_row(m), views=self.views, use_first=l)
 
     def loss(self, cfg, out: dict, group_ids) -> tuple:
         """The loss of one step from the model's outputs (group ids: local batch rows), and its parts."""
