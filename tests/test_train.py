@@ -1,4 +1,4 @@
-"""The trainer: its compute plan, every method on CPU, resume, and DDP under torchrun (gloo)."""
+"""The trainer: its training length, every method on CPU, resume, and DDP under torchrun (gloo)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
     cfg = load_config(learning_world(f"train.method={method}", f"train.data={data}", "train.epochs=1",
                                      f"train.l={1 if data == 'real' else 4}", f"train.output_dir={tmp_path}/run"))
     summary = train.train(cfg, progress=False)
-    plan = summary["plan"]
+    plan = summary["length"]
     assert summary["history"][-1]["step"] == plan["steps"] > 0
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in summary["history"])
     for name in ("model.pt", "train.json", "config.yaml", "checkpoints/last.pt"):
@@ -65,7 +65,7 @@ def test_resume_gives_the_uninterrupted_result(learning_world, tmp_path, monkeyp
     overrides = learning_world("train.epochs=6")
     whole = load_config(overrides + [f"train.output_dir={tmp_path}/whole"])
     expected = train.train(whole, progress=False)
-    assert expected["plan"]["passes"] >= 3
+    assert expected["length"]["passes"] >= 3
 
     parted = load_config(overrides + [f"train.output_dir={tmp_path}/parted"])
     real_save = train.save_checkpoint

@@ -75,7 +75,7 @@ def run_one(cfg: DictConfig, run_id: str) -> dict[str, Path]:
         mlflow.log_metrics(flat | {"train_seconds": summary["seconds"]})
         w = {"w": params.get("w"), "w_set": params.get("w_set")}
         record = {"run": spec.run_id, "group": spec.group, **asdict(spec), "source": spec.data, **w, **flat,
-                  "train_seconds": summary["seconds"], "steps": summary["plan"]["steps"],
+                  "train_seconds": summary["seconds"], "steps": summary["length"]["steps"],
                   "final_loss": summary["final_loss"], "details": metrics}
         save_resolved(rcfg, out)
         path = write_json(out / "metrics.json", record)

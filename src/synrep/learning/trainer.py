@@ -122,7 +122,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def data_loader(cfg: DictConfig, plan: TrainingLength, info: distributed.DistInfo, pass_index: int):
+def data_loader(cfg: DictConfig, length: TrainingLength, info: distributed.DistInfo, pass_index: int):
     from synrep.learning import augment
     from synrep.data import stream as data
 
@@ -131,7 +131,7 @@ def data_loader(cfg: DictConfig, plan: TrainingLength, info: distributed.DistInf
     stream = data.GroupStream(data.shard_urls(cfg, t.data), spec, augment.train_transform(cfg), seed=t.seed,
                               shuffle_buffer=t.shuffle_buffer, rank=info.rank, world=info.world_size)
     stream.set_epoch(pass_index)
-    return torch.utils.data.DataLoader(stream, batch_size=plan.rows_per_rank, collate_fn=data.collate_groups,
+    return torch.utils.data.DataLoader(stream, batch_size=length.rows_per_rank, collate_fn=data.collate_groups,
                                        num_workers=t.workers, drop_last=True,
                                        persistent_workers=False)
 
@@ -218,10 +218,10 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
     amp_dtype = autocast_dtype(t.precision, device)
 
     n_captions = data.count_captions(cfg, t.data)
-    plan = training_length(cfg, n_captions, info.world_size)
+    length = training_length(cfg, n_captions, info.world_size)
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
-    optimizer, schedule = build_optimizer(cfg, model, plan.steps)
+    optimizer, schedule = build_optimizer(cfg, model, length.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     step, start_pass, history, elapsed = 0, 0, [], 0.0
@@ -234,7 +234,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
         scaler.load_state_dict(state["scaler"])
         step, start_pass, history, elapsed = state["step"], state["pass"], state["history"], state["seconds"]
         if info.is_main:
-            print(f"resuming {out} from pass {start_pass} (step {step}/{plan.steps})", flush=True)
+            print(f"resuming {out} from pass {start_pass} (step {step}/{length.steps})", flush=True)
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if device.type == "cuda" else None)
@@ -244,16 +244,16 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
         out.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, out)
         write_json(out / "identity.json", training_identity(cfg))
-    bar = tqdm(total=plan.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
+    bar = tqdm(total=length.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
                disable=not (progress and info.is_main), mininterval=2)
     started = time.time() - elapsed
     model.train()
-    for pass_index in range(start_pass, plan.passes):
+    for pass_index in range(start_pass, length.passes):
         seed_pass(t.seed, pass_index, info.rank)
-        steps_now = min(plan.steps_per_pass, plan.steps - step)
+        steps_now = min(length.steps_per_pass, length.steps - step)
         losses_now: list[float] = []
         made = 0
-        for batch in data_loader(cfg, plan, info, pass_index):
+        for batch in data_loader(cfg, length, info, pass_index):
             if made == steps_now:
                 break
             images = batch["images"].to(device, non_blocking=True)
@@ -285,7 +285,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
 
     summary = {
         "method": t.method, "data": t.data, "l": t.l, "m": t.m, "seed": t.seed,
-        "plan": asdict(plan), "world_size": info.world_size, "device": str(device),
+        "length": asdict(length), "world_size": info.world_size, "device": str(device),
         "seconds": round(time.time() - started, 2), "final_loss": history[-1]["loss"] if history else None,
         "history": history,
     }
