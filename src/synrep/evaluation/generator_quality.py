@@ -27,7 +27,7 @@ import synrep.learning.encoders  # noqa: F401  (registers toy_cnn with timm)
 from synrep.data import toyworld
 from synrep.config import run_dir, save_resolved
 from synrep.fileio import atomic_path, write_json, write_text
-from synrep.experiments.tables import markdown_table
+from synrep.tables import markdown_table
 
 ATTRIBUTES = ("shape", "colour", "size", "background")
 

@@ -14,7 +14,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from synrep.config import run_dir
-from synrep.experiments.tables import markdown_table
+from synrep.tables import markdown_table
 
 
 def caption_count(cfg: DictConfig) -> int:

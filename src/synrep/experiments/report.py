@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from synrep.config import run_dir, save_resolved
 from synrep.fileio import atomic_path, write_json, write_text
-from synrep.experiments.tables import markdown_table, mean_ci
+from synrep.tables import markdown_table, mean_ci
 from synrep.learning.methods import METHODS
 
 METHOD_ORDER = list(METHODS)

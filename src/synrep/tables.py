@@ -1,4 +1,4 @@
-"""Small table helpers shared by the report steps: markdown rendering and mean ± CI over seeds."""
+"""Tables for people: markdown tables and mean ± 95% t-intervals over seeds (polars)."""
 
 from __future__ import annotations
 
