@@ -39,191 +39,79 @@ def test_sbatch_runs_a_job(slurm_cluster, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # snakemake --profile slurm on a reduced pipeline, against a local run of the same config
 # ------------------------------------------------------------------------------------------------
-
-def reduced_config(root: Path, model: Path) -> dict:
-    """The toy pipeline, cut down to seconds of work: 16 captions, 2 shards at one w."""
-    return {
-        "name": "slurmtest",
-        "threads": 1,
-        "paths": {"data_dir": str(root / "data"), "results_dir": str(root / "results")},
-        "toyworld": {"n_train": 200, "n_val": 50, "n_test": 50},
-        "captions": {"limit": 16},
-        "generation": {
-            "model": str(model),
-            "images_per_caption": 4,
-            "captions_per_shard": 8,
-            "steps": 4,
-            "batch_size": 16,
-            "grid_captions": 2,
-        },
-        # the workflow expands the sweep when it parses; keep it to the one w generated here
-        "sweep": {"grids": [{"method": ["stablerep"], "data": ["w2"]}]},
-    }
-
-
-def run_snakemake(workdir: Path, configfile: Path, *args: str, timeout: float) -> str:
-    results = yaml.safe_load(configfile.read_text())["paths"]["results_dir"]
-    target = f"{results}/slurmtest/shards/w2/index.parquet"
-    cmd = [*SNAKEMAKE, "--configfile", str(configfile), *args, target]
-    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-6000:]}"
-    return log
-
-
-def jobs_by_rule(log: str) -> dict[str, tuple[str, bool]]:
-    """Snakemake job id -> (rule, ran locally), from the job headers Snakemake prints."""
-    jobs = {}
-    for m in re.finditer(r"^(local)?(?:rule|checkpoint) (\w+):\n((?:    .*\n)+)", log, re.M):
-        jobid = re.search(r"^    jobid: (\d+)$", m.group(3), re.M)
-        if jobid:
-            jobs[jobid.group(1)] = (m.group(2), bool(m.group(1)))
-    return jobs
-
-
-def slurm_submissions(log: str) -> dict[str, str]:
-    """Snakemake job id -> SLURM job id (array tasks as <id>_<task>), from the plugin's messages."""
-    submitted = {}
-    for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log):
-        submitted[m.group(1)] = m.group(2)
-    for m in re.finditer(r"Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
-                         r"The individual task IDs are (\d+)-(\d+)", log):
-        ids = m.group(1).split(",")
-        first = int(m.group(3))
-        for k, jobid in enumerate(ids):
-            submitted[jobid] = f"{m.group(2)}_{first + k}"
-    return submitted
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.mark.timeout(420)
-def test_snakemake_profile_slurm_matches_local_run(slurm_cluster, tmp_path, tiny_toy_pipeline_dir):
-    # A copy of the workflow, so that its .snakemake/ (locks, SLURM logs) is the test's own.
-    repo = tmp_path / "repo"
-    for part in ("workflow", "config", "slurm"):
-        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
-    configs = {}
-    for run in ("slurm", "local"):
-        configs[run] = tmp_path / f"{run}.yaml"
-        configs[run].write_text(yaml.safe_dump(reduced_config(tmp_path / run, tiny_toy_pipeline_dir)))
-
-    # `snakemake --profile slurm`, with quicker status checks and the logs of successful jobs kept
-    t0 = time.monotonic()
-    log = run_snakemake(
-        repo, configs["slurm"], "--profile", "slurm",
-        "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
-        "--slurm-keep-successful-logs", "--retries", "0",
-        timeout=300,
-    )
-    slurm_seconds = time.monotonic() - t0
-    assert "Using profile slurm" in log
-
-    jobs = jobs_by_rule(log)
-    submitted = slurm_submissions(log)
-    rules = {rule for rule, _ in jobs.values()}
-    assert {"toyworld", "captions", "generate_shard", "index_source"} <= rules, log[-4000:]
-    # Every job that Snakemake did not run as a localrule went to SLURM ...
-    remote = {jobid: rule for jobid, (rule, local) in jobs.items() if not local}
-    assert set(remote) == set(submitted), (remote, submitted)
-    assert "generate_shard" in remote.values()
-    # ... the 2 shards as one array job ...
-    shard_ids = [submitted[j] for j, rule in remote.items() if rule == "generate_shard"]
-    assert len(shard_ids) == 2 and all("_" in s for s in shard_ids)
-    assert len({s.split("_")[0] for s in shard_ids}) == 1
-    # ... and SLURM ran each to completion, under the run's job name, writing its log where the
-    # plugin puts it.
-    known = all_jobs()
-    run_name = re.search(r"SLURM run ID: (\S+)", log).group(1)
-    logs = repo / ".snakemake" / "slurm_logs"
-    for jobid, slurm_id in submitted.items():
-        assert known[slurm_id]["state"] == "COMPLETED", known[slurm_id]
-        assert known[slurm_id]["name"] == run_name
-        rule_logs = list((logs / f"rule_{remote[jobid]}").rglob(f"{slurm_id}.log"))
-        assert rule_logs, f"no SLURM log for {remote[jobid]} ({slurm_id}) under {logs}"
-    # A torch job asks for as many CPUs as it runs torch threads (config `threads`).
-    assert all(known[s]["cpus"] == 1 for s in shard_ids), [known[s] for s in shard_ids]
-
-    # The same pipeline with the local executor gives the same outputs, byte for byte.
-    t0 = time.monotonic()
-    run_snakemake(repo, configs["local"], "--cores", "2", timeout=300)
-    local_seconds = time.monotonic() - t0
-    out = {run: tmp_path / run / "results" / "slurmtest" for run in ("slurm", "local")}
-    world = {run: tmp_path / run / "data" / "toyworld" for run in ("slurm", "local")}
-    assert sha256(world["slurm"] / "captions_raw.tsv") == sha256(world["local"] / "captions_raw.tsv")
-    captions = {run: pl.read_parquet(out[run] / "captions" / "captions.parquet") for run in out}
-    assert captions["slurm"].equals(captions["local"])
-    index = {run: pl.read_parquet(out[run] / "shards" / "w2" / "index.parquet") for run in out}
-    assert index["slurm"].height == 2
-    assert index["slurm"].drop("path").equals(index["local"].drop("path"))
-    for run in out:
-        assert [Path(p).relative_to(out[run]).as_posix() for p in index[run]["path"]] == [
-            "shards/w2/shard-000000.tar", "shards/w2/shard-000001.tar"
-        ]
-        assert [sha256(Path(p)) for p in index[run]["path"]] == index[run]["sha256"].to_list()
-    print(f"snakemake --profile slurm: {slurm_seconds:.0f} s, --cores 2: {local_seconds:.0f} s")
-
-
-# ------------------------------------------------------------------------------------------------
-# MLflow: concurrent SLURM jobs logging to one SQLite store
+# MLflow: concurrent sweep runs, as SLURM jobs, logging to one SQLite store
 # ------------------------------------------------------------------------------------------------
 
 N_JOBS = 8
 
+# One sweep run as a job runs it: synrep.experiments.sweep_run.run_one (the sweep's parent run,
+# synrep.tracking.mlflow_run, params, metrics, metrics.json, the artifact), with training and
+# evaluation replaced by numbers the test knows: a function of the run's seed.
 MLFLOW_JOB = textwrap.dedent(
     """
-    import os, sys, time
+    import sys, time
     from pathlib import Path
 
-    index, uri, experiment_id, barrier = int(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
-    import mlflow
+    config_file, run_id, barrier, n_jobs = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    from synrep.config import load_config
+    from synrep.evaluation import evaluate
+    from synrep.experiments import sweep, sweep_run
+    from synrep.learning import trainer
+
+    cfg = load_config(config_file=config_file)
+    seed = sweep.find(cfg, run_id).seed
+    trainer.train = lambda rcfg, **kwargs: {"seconds": 10.0 + seed, "length": {"steps": 7}, "final_loss": 3.0 - seed / 10}
+    evaluate.evaluate_run = lambda rcfg: {
+        "linear_probe": {"shape": {"test": 0.5 + seed / 100, "val": 0.4 + seed / 100}},
+        "few_shot": {"shape": {"mean": 0.3 + seed / 100, "ci95": 0.01}},
+        "zero_shot": {},
+    }
 
     # All jobs start logging at the same moment: the worst case for SQLite.
-    (barrier / str(index)).touch()
+    (barrier / run_id).touch()
     deadline = time.monotonic() + 120
-    while len(list(barrier.iterdir())) < int(sys.argv[5]) and time.monotonic() < deadline:
+    while len(list(barrier.iterdir())) < n_jobs and time.monotonic() < deadline:
         time.sleep(0.05)
     print("running together:", len(list(barrier.iterdir())), flush=True)
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"job-{index}"):
-        mlflow.set_tag("slurm_job_id", os.environ["SLURM_JOB_ID"])
-        mlflow.log_param("index", index)
-        mlflow.log_metric("value", index * 1.5)
-        for step in range(5):
-            mlflow.log_metric("curve", index + step / 10, step=step)
-    print("logged", flush=True)
+    print("logged", sweep_run.run_one(cfg, run_id)["metrics"], flush=True)
     """
 )
 
 
 @pytest.mark.timeout(300)
-def test_concurrent_slurm_jobs_log_to_one_mlflow_store(slurm_cluster, tmp_path, make_cfg):
+def test_concurrent_sweep_runs_log_to_one_mlflow_store(slurm_cluster, tmp_path, make_cfg):
+    import json
+
     import mlflow
 
-    from synrep.tracking import ensure_experiment, tracking_uri
+    from synrep.config import save_resolved
+    from synrep.experiments import report, sweep, sweep_run
+    from synrep.tracking import tracking_uri
 
-    cfg = make_cfg("name=slurm_mlflow")
+    cfg = make_cfg("name=slurm_mlflow", "sweep.grids=[{method:[stablerep],data:[w2]}]",
+                   f"sweep.seeds={list(range(N_JOBS))}")
+    specs = sweep.expand(cfg)
+    assert len(specs) == N_JOBS
     uri = tracking_uri(cfg)
     assert uri.startswith("sqlite:////"), uri  # absolute: jobs run in other working directories
-    # Schema and experiment first: parallel jobs race on creating them.
-    experiment_id = ensure_experiment(cfg)
+    # As launch.submit does: the sweep's parent run before the fan-out (jobs race on creating it).
+    parent = sweep_run.parent_run_id(cfg)
+    config_file = save_resolved(cfg, tmp_path)
 
-    script = tmp_path / "log_run.py"
+    script = tmp_path / "sweep_run_job.py"
     script.write_text(MLFLOW_JOB)
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "OMP_NUM_THREADS": "1"}
     job_ids = [
         sbatch(
             # --oversubscribe: all 8 share the node's cores (the local partition allows it)
-            "--oversubscribe", "--cpus-per-task=1", "--mem=400", "--job-name=mlflow-race",
+            "--oversubscribe", "--cpus-per-task=1", "--mem=1000", "--job-name=mlflow-race",
             f"--output={tmp_path}/job-{i}.log",
-            "--wrap", f"{sys.executable} {script} {i} {uri} {experiment_id} {barrier} {N_JOBS}",
+            "--wrap", f"{sys.executable} {script} {config_file} {spec.run_id} {barrier} {N_JOBS}",
             cwd=tmp_path, env=env,
         )
-        for i in range(N_JOBS)
+        for i, spec in enumerate(specs)
     ]
     states = wait_for_jobs(*job_ids, timeout=240)
     logs = {i: (tmp_path / f"job-{i}.log").read_text() for i in range(N_JOBS)}
@@ -232,16 +120,28 @@ def test_concurrent_slurm_jobs_log_to_one_mlflow_store(slurm_cluster, tmp_path, 
         assert f"running together: {N_JOBS}" in logs[i], logs[i]
         assert "logged" in logs[i], logs[i]
 
+    # One parent: every job found the run made before the fan-out instead of making its own.
     client = mlflow.MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([experiment_id], max_results=100)
-    assert sorted(r.info.run_name for r in runs) == [f"job-{i}" for i in range(N_JOBS)]
-    for run in runs:
-        i = int(run.data.params["index"])
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["slurm_job_id"] == job_ids[i]
-        assert run.data.metrics["value"] == i * 1.5
-        history = client.get_metric_history(run.info.run_id, "curve")
-        assert sorted((m.step, m.value) for m in history) == [(s, i + s / 10) for s in range(5)]
+    experiment = client.get_experiment_by_name(cfg.name)
+    sweeps = client.search_runs([experiment.experiment_id], "tags.`synrep.step` = 'sweep'")
+    assert [r.info.run_id for r in sweeps] == [parent]
+    # Every job's run finished under it, with what the job logged: the report's view of MLflow ...
+    runs = report.runs_from_mlflow(cfg)
+    seeds = [spec.seed for spec in specs]
+    assert runs["run"].to_list() == [spec.run_id for spec in specs]
+    assert runs["probe_shape"].to_list() == pytest.approx([0.5 + s / 100 for s in seeds])
+    assert runs["fewshot_shape"].to_list() == pytest.approx([0.3 + s / 100 for s in seeds])
+    assert runs["train_seconds"].to_list() == pytest.approx([10.0 + s for s in seeds])
+    # ... agrees with the metrics files the jobs wrote, and each child run logged its own config.
+    files = report.load_runs(report.run_paths(cfg)).sort("seed")
+    assert files["probe_shape"].to_list() == runs["probe_shape"].to_list()
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(children) == N_JOBS
+    for child in children:
+        record = json.loads((sweep.run_output_dir(cfg, sweep.find(cfg, child.info.run_name)) / "metrics.json").read_text())
+        assert child.data.tags["synrep.step"] == "sweep_run" and child.info.status == "FINISHED"
+        assert child.data.params["train.seed"] == child.data.params["seed"] == str(record["seed"])
+        assert child.data.params["train.output_dir"] == str(sweep.run_output_dir(cfg, sweep.find(cfg, record["run"])))
 
 
 # ------------------------------------------------------------------------------------------------
