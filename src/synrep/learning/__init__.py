@@ -1,0 +1,3 @@
+"""Learning: the method registry, losses, encoders and heads, augmentations, one training step
+and the trainer (single process or DDP). Imports ``data`` and ``generation``.
+"""

@@ -1,4 +1,4 @@
-"""The training methods, each declared once (no torch import here: the config checks names against it): what a batch row holds, which heads it needs, its loss.
+"""The training methods, each declared once: what a batch row holds, which heads it needs, its loss.
 
 | method | a batch row | loss |
 | --- | --- | --- |
