@@ -7,6 +7,7 @@
 | ``clip`` | one image and its caption | CLIP's symmetric image-text loss, learnt temperature |
 | ``stablerep_plus`` | as ``stablerep``, plus the caption | multi-positive + text_loss_weight x image-text |
 
+No torch import at the top: the config checks method names against this table when it loads.
 """
 
 from __future__ import annotations
