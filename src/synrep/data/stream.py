@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import tarfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -48,7 +49,16 @@ def shard_index(cfg: DictConfig, source: str) -> pl.DataFrame:
         step = "real_shards" if source == "real" else "generate and index"
         raise FileNotFoundError(f"shard index not found at {index_path} (data source {source!r}); "
                                 f"run {step} first (snakemake does)")
-    return pl.read_parquet(index_path).sort("shard")
+    try:
+        index = pl.read_parquet(index_path).sort("shard")
+        paths = index["path"].to_list()
+    except Exception as err:  # polars raises ComputeError / ColumnNotFoundError flavours
+        raise ValueError(f"{index_path}: not a readable shard index ({str(err).splitlines()[0]})") from None
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{index_path} lists {len(missing)} shard(s) that do not exist, e.g. {missing[0]}; "
+                                f"rerun generate and index for data source {source!r}")
+    return index
 
 
 def external_shard_index(folder: Path) -> pl.DataFrame:
@@ -59,10 +69,12 @@ def external_shard_index(folder: Path) -> pl.DataFrame:
         if stats.exists():
             samples = int(json.loads(stats.read_text()).get("successes", 0))
         else:
-            import tarfile
-
-            with tarfile.open(tar) as handle:
-                samples = len({m.name.split(".", 1)[0] for m in handle if m.isfile()})
+            try:
+                with tarfile.open(tar) as handle:
+                    samples = len({m.name.split(".", 1)[0] for m in handle if m.isfile()})
+            except (tarfile.TarError, EOFError) as err:
+                reason = str(err).splitlines()[0].rstrip(":")
+                raise ValueError(f"{tar}: truncated or corrupt shard ({reason})") from None
         rows.append({"path": str(tar), "shard": i, "samples": samples})
     if not rows:
         raise FileNotFoundError(f"no .tar shards in {folder} (config key 'train.real_shards')")
@@ -121,10 +133,21 @@ class GroupStream(torch.utils.data.IterableDataset):
 
         urls = list(self.urls)
         rng.shuffle(urls)
-        stream = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None,
-                                empty_check=False)
+
+        def stream() -> Iterator[dict]:
+            # one shard at a time, so that a truncated or corrupt shard is named in one line
+            for url in urls:
+                try:
+                    yield from wds.WebDataset([url], shardshuffle=False, nodesplitter=None,
+                                              workersplitter=None, empty_check=False)
+                except FileNotFoundError:
+                    raise  # one line naming the file already
+                except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+                    reason = str(err.args[0] if err.args else err).split(" @ ")[0].splitlines()[0]
+                    raise ValueError(f"{url}: truncated or corrupt shard ({type(err).__name__}: {reason})") from err
+
         buffer: list[dict] = []
-        for sample in stream:
+        for sample in stream():
             buffer.append(sample)
             if len(buffer) >= self.shuffle_buffer:
                 yield buffer.pop(rng.randrange(len(buffer)))
@@ -178,7 +201,11 @@ def real_shards_run(cfg: DictConfig) -> dict[str, Path]:
     from synrep.config import save_resolved
     from synrep.data.shards import shard_ranges, shard_summary
 
-    captions = pl.read_parquet(run_dir(cfg, "captions", "captions.parquet"))
+    captions_path = run_dir(cfg, "captions", "captions.parquet")
+    if not captions_path.exists():
+        raise FileNotFoundError(f"deduplicated captions not found at {captions_path}; "
+                                "run `python -m synrep captions` first")
+    captions = pl.read_parquet(captions_path)
     train = toyworld.load_split(cfg, "train")
     out = Path(cfg.train.real_shards)
     per_shard = cfg.generation.captions_per_shard
