@@ -11,7 +11,6 @@ non-zero exit, and nothing half-written. Every case below runs ``synrep.__main__
 (d) that nothing is half-written: no ``*.tmp`` files anywhere under the test's folder, and the
     failing step's final output does not exist.
 
-Cases the project does not meet yet are ``xfail(strict=True)``, with the fix in their reason.
 No generator is run and no model is trained: the inputs (captions, shards, indexes, checkpoints,
 model folders) are written directly, so the whole catalogue takes seconds.
 """
@@ -98,16 +97,11 @@ def results(tmp_path: Path, *parts: str) -> Path:
 # Config keys and values: exit 2, "synrep: error: ... config key '<dotted key>' ..."
 # --------------------------------------------------------------------------------------------
 
-XFAIL_OMEGACONF_DETAILS = pytest.mark.xfail(strict=True, reason=(
-    "config._describe keeps OmegaConf's detail lines (full_key, reference_type, object_type) in the "
-    "message: fix: msg = (getattr(err, 'msg', None) or str(err)).splitlines()[0].strip()"))
-
 CONFIG_CASES = {
     # id: (step, overrides, fragments of the message)
-    "unknown key": pytest.param("train", ["train.foo=1"], ["'train.foo'"], marks=XFAIL_OMEGACONF_DETAILS),
-    "unknown section": pytest.param("train", ["trian.epochs=1"], ["'trian'"], marks=XFAIL_OMEGACONF_DETAILS),
-    "wrong type": pytest.param("train", ["train.epochs=abc"], ["'train.epochs'", "'abc'"],
-                               marks=XFAIL_OMEGACONF_DETAILS),
+    "unknown key": pytest.param("train", ["train.foo=1"], ["'train.foo'"]),
+    "unknown section": pytest.param("train", ["trian.epochs=1"], ["'trian'"]),
+    "wrong type": pytest.param("train", ["train.epochs=abc"], ["'train.epochs'", "'abc'"]),
     "override without =": ("train", ["train.epochs"], ["'train.epochs'", "key=value"]),
     "zero m": ("train", ["train.m=0"], ["'train.m'", "> 0"]),
     "negative batch": ("train", ["train.batch_images=-8"], ["'train.batch_images'"]),
@@ -138,12 +132,7 @@ CONFIG_CASES = {
     "grid empty list": ("sweep", ["sweep.grids=[{method: []}]"], ["'sweep.grids[0].method'", "empty"]),
     "no seeds": ("sweep", ["sweep.seeds=[]"], ["'sweep.seeds'"]),
     "grid l not a number": pytest.param(
-        "sweep", ["sweep.grids=[{l: [a]}]"], ["'sweep.grids", "l[0]"],
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "an element of a list of structs is validated detached from its parent: OmegaConf's full_key "
-            "is 'l[0]', and the message has OmegaConf's detail lines; fix in config._merge for the command "
-            "line: when err.full_key does not start with the key of any key=value item, name the item whose "
-            "value fails on its own too (config key 'sweep.grids' at 'l[0]'), first line of err.msg only"))),
+        "sweep", ["sweep.grids=[{l: [a]}]"], ["'sweep.grids", "l[0]"]),
 }
 
 
@@ -184,10 +173,6 @@ def test_no_config_dir(tmp_path, monkeypatch, capsys):
                   exit_code=2, prefix="synrep: error:")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config._load_yaml puts PyYAML's multi-line message in the error; fix: except yaml.MarkedYAMLError "
-    "as err: mark = err.context_mark or err.problem_mark; raise ConfigError(f\"{path}: line {mark.line + 1}, "
-    "column {mark.column + 1}: cannot parse YAML: {', '.join(filter(None, (err.context, err.problem)))}\")"))
 def test_yaml_syntax_error_in_experiment_file(world, tmp_path, capsys):
     broken = tmp_path / "config" / "experiment" / "broken.yaml"
     broken.write_text("name: broken\ntrain:\n  epochs: [1,\n  m: 2\n")
@@ -195,8 +180,6 @@ def test_yaml_syntax_error_in_experiment_file(world, tmp_path, capsys):
     check_failure(code, err, tmp_path, (str(broken), "line 3"), exit_code=2, prefix="synrep: error:")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the key is named, but with OmegaConf's detail lines; same fix as 'unknown key' in config._describe"))
 def test_unknown_key_in_experiment_file(world, tmp_path, capsys):
     exp = tmp_path / "config" / "experiment" / "typo.yaml"
     exp.write_text("name: typo\ntrain:\n  epoch: 3\n")
@@ -336,10 +319,6 @@ def test_generate_model_path_that_does_not_exist(with_captions, tmp_path, capsys
                   prefix="synrep generate: error:", finals=no_shards(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the folder is named but the key given is 'generation.model', which the user did not set; fix: "
-    "generate.model_info passes key=f\"sources.{name}.generator\" when cfg.sources[name].generator is "
-    "set, through pipelines.fingerprint(model, cache_dir, key) to model_folder(model, key)"))
 def test_source_generator_without_model_index(with_captions, tmp_path, capsys):
     folder = tmp_path / "empty_model"
     folder.mkdir()

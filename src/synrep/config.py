@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -395,9 +396,13 @@ FRACTIONS: tuple[str, ...] = (
 # --------------------------------------------------------------------------------------------
 
 
-def _describe(err: OmegaConfBaseException, source: str) -> ConfigError:
+def _describe(err: OmegaConfBaseException, source: str, within: str | None = None) -> ConfigError:
+    """One line: OmegaConf appends full_key / reference_type / object_type lines to its messages."""
     key = getattr(err, "full_key", None) or "?"
-    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+    if within and not key.startswith(within):
+        # an element of a list of structs is checked detached from its parent: name both
+        key = f"{within}' at '{key}"
+    msg = (getattr(err, "msg", None) or str(err)).splitlines()[0].strip()
     return ConfigError(f"{source}: config key '{key}': {msg}")
 
 
@@ -408,13 +413,25 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise _describe(err, source) from None
 
 
+def _fails(cfg: DictConfig, item: str) -> bool:
+    try:
+        OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+    except OmegaConfBaseException:
+        return True
+    return False
+
+
 def _load_yaml(path: Path) -> DictConfig:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
         loaded = OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends
-        raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.context_mark or err.problem_mark
+        what = ", ".join(filter(None, (err.context, err.problem)))
+        raise ConfigError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: cannot parse YAML: {what}") from None
+    except Exception as err:  # other yaml.YAMLError and friends
+        raise ConfigError(f"{path}: cannot parse YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return loaded
@@ -580,7 +597,15 @@ def load_config(
             cli = OmegaConf.from_dotlist(dotlist)
         except OmegaConfBaseException as err:
             raise _describe(err, "command line") from None
-        cfg = _merge(cfg, cli, "command line")
+        try:
+            cfg = OmegaConf.merge(cfg, cli)
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None) or ""
+            within = None
+            if not any(key.startswith(item.split("=", 1)[0]) for item in dotlist):
+                # OmegaConf lost the path (list elements are checked detached): find the item
+                within = next((item.split("=", 1)[0] for item in dotlist if _fails(cfg, item)), None)
+            raise _describe(err, "command line", within) from None
     OmegaConf.set_readonly(cfg, False)
     validate(cfg)
     return cfg

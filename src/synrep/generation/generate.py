@@ -31,7 +31,9 @@ def shards_dir(cfg: DictConfig) -> Path:
 
 
 def model_info(cfg: DictConfig, spec: dict) -> dict:
-    return fingerprint(spec["generator"], shards_dir(cfg) / ".fingerprints")
+    own = cfg.sources[spec["name"]].generator is not None
+    key = f"sources.{spec['name']}.generator" if own else "generation.model"
+    return fingerprint(spec["generator"], shards_dir(cfg) / ".fingerprints", key)
 
 
 def load_captions(cfg: DictConfig) -> pl.DataFrame:

@@ -126,13 +126,13 @@ def weights_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(model: str, cache_dir: Path) -> dict:
+def fingerprint(model: str, cache_dir: Path, key: str = "generation.model") -> dict:
     """Model id, pipeline class and weights hash.
 
     Hashing SD's weights takes seconds, so the result is cached, keyed by the weight files' names,
     sizes and modification times: retrained weights get a new hash.
     """
-    folder = model_folder(model)
+    folder = model_folder(model, key)
     stamp = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in weight_files(folder)]
     key = hashlib.sha256(json.dumps([str(folder.resolve()), stamp]).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{key}.json"

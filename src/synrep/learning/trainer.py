@@ -246,42 +246,45 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
         write_json(out / "identity.json", training_identity(cfg))
     bar = tqdm(total=length.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
                disable=not (progress and info.is_main), mininterval=2)
-    started = time.time() - elapsed
-    model.train()
-    for pass_index in range(start_pass, length.passes):
-        seed_pass(t.seed, pass_index, info.rank)
-        steps_now = min(length.steps_per_pass, length.steps - step)
-        losses_now: list[float] = []
-        made = 0
-        for batch in data_loader(cfg, length, info, pass_index):
-            if made == steps_now:
-                break
-            images = batch["images"].to(device, non_blocking=True)
-            group_ids = batch["group_ids"].to(device)
-            loss, parts = forward_loss(cfg, model, images, group_ids, batch["captions"], amp_dtype)
-            optimizer_step(loss, optimizer, scaler)
-            step += 1
-            made += 1
-            schedule.step_update(num_updates=step)
-            losses_now.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses_now[-1]:.3f}", refresh=False)
-        if made < steps_now:
-            raise RuntimeError(f"data source {t.data!r} ran out after {made} of {steps_now} steps in pass "
-                               f"{pass_index}; the shards hold fewer captions than the index says")
-        mean_loss = distributed.all_reduce_mean(float(np.mean(losses_now)))
-        history.append({"pass": pass_index + 1, "step": step, "loss": mean_loss,
-                        "lr": optimizer.param_groups[0]["lr"]})
-        if active is not None:
-            mlflow.log_metric("train_loss", mean_loss, step=step)
-        if info.is_main:
-            save_checkpoint(ckpt, {
-                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                "pass": pass_index + 1, "history": history, "seconds": time.time() - started,
-            })
-        distributed.barrier()
-    bar.close()
+    try:
+        started = time.time() - elapsed
+        model.train()
+        for pass_index in range(start_pass, length.passes):
+            seed_pass(t.seed, pass_index, info.rank)
+            steps_now = min(length.steps_per_pass, length.steps - step)
+            losses_now: list[float] = []
+            made = 0
+            for batch in data_loader(cfg, length, info, pass_index):
+                if made == steps_now:
+                    break
+                images = batch["images"].to(device, non_blocking=True)
+                group_ids = batch["group_ids"].to(device)
+                loss, parts = forward_loss(cfg, model, images, group_ids, batch["captions"], amp_dtype)
+                optimizer_step(loss, optimizer, scaler)
+                step += 1
+                made += 1
+                schedule.step_update(num_updates=step)
+                losses_now.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses_now[-1]:.3f}", refresh=False)
+            if made < steps_now:
+                raise ValueError(f"data source {t.data!r} ran out after {made} of {steps_now} steps in pass "
+                                   f"{pass_index}; the shards hold fewer captions than the index says")
+            mean_loss = distributed.all_reduce_mean(float(np.mean(losses_now)))
+            history.append({"pass": pass_index + 1, "step": step, "loss": mean_loss,
+                            "lr": optimizer.param_groups[0]["lr"]})
+            if active is not None:
+                mlflow.log_metric("train_loss", mean_loss, step=step)
+            if info.is_main:
+                save_checkpoint(ckpt, {
+                    "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                    "pass": pass_index + 1, "history": history, "seconds": time.time() - started,
+                })
+            distributed.barrier()
+    finally:
+        # an error mid-run prints on its own line, not after the bar
+        bar.close()
 
     summary = {
         "method": t.method, "data": t.data, "l": t.l, "m": t.m, "seed": t.seed,
