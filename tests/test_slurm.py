@@ -39,6 +39,135 @@ def test_sbatch_runs_a_job(slurm_cluster, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # snakemake --profile slurm on a reduced pipeline, against a local run of the same config
 # ------------------------------------------------------------------------------------------------
+
+def reduced_config(root: Path, model: Path) -> dict:
+    """The toy pipeline, cut down to seconds of work: 16 captions, 2 shards at one w."""
+    return {
+        "name": "slurmtest",
+        "threads": 1,
+        "paths": {"data_dir": str(root / "data"), "results_dir": str(root / "results")},
+        "toyworld": {"n_train": 200, "n_val": 50, "n_test": 50},
+        "captions": {"limit": 16},
+        "generation": {
+            "model": str(model),
+            "images_per_caption": 4,
+            "captions_per_shard": 8,
+            "steps": 4,
+            "batch_size": 16,
+            "grid_captions": 2,
+        },
+        # the workflow expands the sweep when it parses; keep it to the one w generated here
+        "sweep": {"grids": [{"method": ["stablerep"], "data": ["w2"]}]},
+    }
+
+
+def run_snakemake(workdir: Path, configfile: Path, *args: str, timeout: float) -> str:
+    results = yaml.safe_load(configfile.read_text())["paths"]["results_dir"]
+    target = f"{results}/slurmtest/shards/w2/index.parquet"
+    cmd = [*SNAKEMAKE, "--configfile", str(configfile), *args, target]
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-6000:]}"
+    return log
+
+
+def jobs_by_rule(log: str) -> dict[str, tuple[str, bool]]:
+    """Snakemake job id -> (rule, ran locally), from the job headers Snakemake prints."""
+    jobs = {}
+    for m in re.finditer(r"^(local)?(?:rule|checkpoint) (\w+):\n((?:    .*\n)+)", log, re.M):
+        jobid = re.search(r"^    jobid: (\d+)$", m.group(3), re.M)
+        if jobid:
+            jobs[jobid.group(1)] = (m.group(2), bool(m.group(1)))
+    return jobs
+
+
+def slurm_submissions(log: str) -> dict[str, str]:
+    """Snakemake job id -> SLURM job id (array tasks as <id>_<task>), from the plugin's messages."""
+    submitted = {}
+    for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log):
+        submitted[m.group(1)] = m.group(2)
+    for m in re.finditer(r"Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)\. "
+                         r"The individual task IDs are (\d+)-(\d+)", log):
+        ids = m.group(1).split(",")
+        first = int(m.group(3))
+        for k, jobid in enumerate(ids):
+            submitted[jobid] = f"{m.group(2)}_{first + k}"
+    return submitted
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.timeout(420)
+def test_snakemake_profile_slurm_matches_local_run(slurm_cluster, tmp_path, tiny_toy_pipeline_dir):
+    # A copy of the workflow, so that its .snakemake/ (locks, SLURM logs) is the test's own.
+    repo = tmp_path / "repo"
+    for part in ("workflow", "config", "slurm"):
+        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    configs = {}
+    for run in ("slurm", "local"):
+        configs[run] = tmp_path / f"{run}.yaml"
+        configs[run].write_text(yaml.safe_dump(reduced_config(tmp_path / run, tiny_toy_pipeline_dir)))
+
+    # `snakemake --profile slurm`, with quicker status checks and the logs of successful jobs kept
+    t0 = time.monotonic()
+    log = run_snakemake(
+        repo, configs["slurm"], "--profile", "slurm",
+        "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+        "--slurm-keep-successful-logs", "--retries", "0",
+        timeout=300,
+    )
+    slurm_seconds = time.monotonic() - t0
+    # Snakemake names the profile, and the workflow's own profile (workflow/profiles/default) beside it
+    assert "Using profiles slurm and workflow specific profile workflow/profiles/default" in log, log[:3000]
+
+    jobs = jobs_by_rule(log)
+    submitted = slurm_submissions(log)
+    rules = {rule for rule, _ in jobs.values()}
+    assert {"toyworld", "captions", "generate_shard", "index_source"} <= rules, log[-4000:]
+    # Every job that Snakemake did not run as a localrule went to SLURM ...
+    remote = {jobid: rule for jobid, (rule, local) in jobs.items() if not local}
+    assert set(remote) == set(submitted), (remote, submitted)
+    assert "generate_shard" in remote.values()
+    # ... the 2 shards as one array job ...
+    shard_ids = [submitted[j] for j, rule in remote.items() if rule == "generate_shard"]
+    assert len(shard_ids) == 2 and all("_" in s for s in shard_ids)
+    assert len({s.split("_")[0] for s in shard_ids}) == 1
+    # ... and SLURM ran each to completion, under the run's job name, writing its log where the
+    # plugin puts it.
+    known = all_jobs()
+    run_name = re.search(r"SLURM run ID: (\S+)", log).group(1)
+    logs = repo / ".snakemake" / "slurm_logs"
+    for jobid, slurm_id in submitted.items():
+        assert known[slurm_id]["state"] == "COMPLETED", known[slurm_id]
+        assert known[slurm_id]["name"] == run_name
+        rule_logs = list((logs / f"rule_{remote[jobid]}").rglob(f"{slurm_id}.log"))
+        assert rule_logs, f"no SLURM log for {remote[jobid]} ({slurm_id}) under {logs}"
+    # A torch job asks for as many CPUs as it runs torch threads (config `threads`).
+    assert all(known[s]["cpus"] == 1 for s in shard_ids), [known[s] for s in shard_ids]
+
+    # The same pipeline with the local executor gives the same outputs, byte for byte.
+    t0 = time.monotonic()
+    run_snakemake(repo, configs["local"], "--cores", "2", timeout=300)
+    local_seconds = time.monotonic() - t0
+    out = {run: tmp_path / run / "results" / "slurmtest" for run in ("slurm", "local")}
+    world = {run: tmp_path / run / "data" / "toyworld" for run in ("slurm", "local")}
+    assert sha256(world["slurm"] / "captions_raw.tsv") == sha256(world["local"] / "captions_raw.tsv")
+    captions = {run: pl.read_parquet(out[run] / "captions" / "captions.parquet") for run in out}
+    assert captions["slurm"].equals(captions["local"])
+    index = {run: pl.read_parquet(out[run] / "shards" / "w2" / "index.parquet") for run in out}
+    assert index["slurm"].height == 2
+    assert index["slurm"].drop("path").equals(index["local"].drop("path"))
+    for run in out:
+        assert [Path(p).relative_to(out[run]).as_posix() for p in index[run]["path"]] == [
+            "shards/w2/shard-000000.tar", "shards/w2/shard-000001.tar"
+        ]
+        assert [sha256(Path(p)) for p in index[run]["path"]] == index[run]["sha256"].to_list()
+    print(f"snakemake --profile slurm: {slurm_seconds:.0f} s, --cores 2: {local_seconds:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------------
 # MLflow: concurrent sweep runs, as SLURM jobs, logging to one SQLite store
 # ------------------------------------------------------------------------------------------------
 
