@@ -1,4 +1,4 @@
-"""Benchmark ``synrep.captions.deduplicate`` against a plain-Python pass with the same normalisation.
+"""Benchmark ``synrep.data.dedup.deduplicate`` against a plain-Python pass with the same normalisation.
 
 Synthetic web-like captions: templated sentences with random words and numbers, ~15 % exact
 repeats of earlier rows, ~5 % near repeats (case, spacing, padding; a fraction with no-break /
@@ -17,7 +17,7 @@ import time
 
 import polars as pl
 
-from synrep.data.captions import deduplicate, normalize_caption
+from synrep.data.dedup import deduplicate, normalize_caption
 
 TEMPLATES = [
     "a photo of a {adj} {noun} on the {place} near {city}",

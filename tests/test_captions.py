@@ -1,4 +1,5 @@
-"""synrep.captions: normalisation, dedup, the five input formats, bad rows, malformed files, run()."""
+"""The captions step: normalisation and dedup (synrep.data.dedup), the five input formats, bad rows and
+malformed files (synrep.data.caption_readers), and run() (synrep.data.captions), empty caption sets included."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from synrep.data import captions as C
-from synrep.data.captions import CaptionFormatError, deduplicate, load_captions, normalize_caption
+from synrep.data import caption_readers, captions
+from synrep.data.caption_readers import CaptionFormatError, load_captions
+from synrep.data.dedup import deduplicate, first_occurrences, normalize_caption, normalize_series
 
 # --------------------------------------------------------------------------------------------
 # Reference implementations, written independently of the module
@@ -102,7 +104,7 @@ def test_normalize_caption_examples(text, expected):
 
 def test_normalize_series_matches_python_on_tricky_and_random_text():
     texts = TRICKY + [t + " " + t.upper() for t in TRICKY] + random_captions(3000, seed=1)
-    got = C.normalize_series(pl.Series("caption", texts)).to_list()
+    got = normalize_series(pl.Series("caption", texts)).to_list()
     assert got == [normalize_caption(t) for t in texts]
     assert got == [ref_normalize(t) for t in texts]
 
@@ -120,6 +122,8 @@ def test_deduplicate_matches_reference(seed):
     assert out.columns == ["caption_id", "caption", "row"]
     assert 0 < len(keep) < len(texts)
     assert deduplicate(df).equals(out)  # stable
+    # the step passes the captions it already normalised; the result is the same
+    assert deduplicate(df, norm=pl.Series([ref_normalize(t) for t in texts])).equals(out)
 
 
 def test_deduplicate_ascii_and_unicode_variants_collapse():
@@ -131,12 +135,12 @@ def test_deduplicate_ascii_and_unicode_variants_collapse():
 
 def test_first_occurrences_survives_hash_collisions():
     texts = random_captions(2000, seed=3)
-    norm = C.normalize_series(pl.Series("caption", texts))
+    norm = normalize_series(pl.Series("caption", texts))
     expected = norm.is_first_distinct().to_list()
-    assert C.first_occurrences(norm).to_list() == expected
+    assert first_occurrences(norm).to_list() == expected
     # every string in one bucket, and many different strings per bucket: still exact
     for fake in (pl.Series([7] * len(norm), dtype=pl.UInt64), norm.str.len_bytes().cast(pl.UInt64)):
-        assert C.first_occurrences(norm, hashes=fake).to_list() == expected
+        assert first_occurrences(norm, hashes=fake).to_list() == expected
 
 
 def test_deduplicate_other_column_and_errors():
@@ -149,6 +153,8 @@ def test_deduplicate_other_column_and_errors():
         deduplicate(pl.DataFrame({"caption": ["a", None]}))
     with pytest.raises(ValueError, match="no column"):
         deduplicate(df, "caption")
+    with pytest.raises(ValueError, match="norm has 1 values for 3 rows"):
+        deduplicate(df, "text", norm=pl.Series(["b"]))
 
 
 def test_toyworld_near_duplicates_normalise_back():
@@ -223,7 +229,7 @@ def test_laion(tmp_path):
 )
 def test_table(tmp_path, name):
     path = tmp_path / name
-    kind = C.table_kind(path)
+    kind = caption_readers.table_kind(path)
     df = pl.DataFrame({"id": [1, 2, 3], "text": [c for c, _ in ROWS], "url": [u for _, u in ROWS]})
     if kind == "parquet":
         df.write_parquet(path)
@@ -279,7 +285,7 @@ def test_bad_rows_tsv(tmp_path):
 
 def test_bad_rows_across_blocks(tmp_path, monkeypatch):
     """Line numbers stay right when the file is read in many small blocks."""
-    monkeypatch.setattr(C, "BLOCK_BYTES", 7)
+    monkeypatch.setattr(caption_readers, "BLOCK_BYTES", 7)
     lines = [f"caption {i}\thttp://u/{i}".encode() for i in range(1, 41)]
     lines[9] = b"bad \xff\xfe byte\thttp://u/10"
     lines[24] = b"one field"
@@ -395,8 +401,8 @@ def test_malformed_file_raises(tmp_path, case):
 
 @pytest.mark.parametrize("name, fmt", [("c.tsv", "cc3m"), ("t.csv", "table"), ("t.jsonl", "table")])
 def test_file_without_newlines_is_malformed(tmp_path, monkeypatch, name, fmt):
-    monkeypatch.setattr(C, "MAX_LINE_BYTES", 1000)
-    monkeypatch.setattr(C, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(caption_readers, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(caption_readers, "BLOCK_BYTES", 256)
     path = write(tmp_path / name, bytes(b for b in range(256) if b != 10) * 8)
     with pytest.raises(CaptionFormatError, match="longer than") as info:
         load_captions(path, fmt)
@@ -435,7 +441,7 @@ def test_run_end_to_end(tmp_path, capsys):
     raw.parent.mkdir(parents=True)
     raw.write_text("".join(f"{c}\t{u}\n" for c, u in TOY) + "broken row without url\n" + "z\tu\n" * 3)
     cfg = _cfg(tmp_path)
-    paths = C.run(cfg)
+    paths = captions.run(cfg)
 
     out = tmp_path / "results" / "toy" / "captions"
     assert paths == {"captions": out / "captions.parquet", "bad_rows": out / "bad_rows.csv",
@@ -473,7 +479,7 @@ def test_run_end_to_end(tmp_path, capsys):
     assert not list(out.glob(".*.tmp"))
 
     # the limit keeps the first N after dedup; same ids
-    limited = C.run(_cfg(tmp_path, "captions.limit=2"))
+    limited = captions.run(_cfg(tmp_path, "captions.limit=2"))
     assert pl.read_parquet(limited["captions"]).rows() == table.head(2).rows()
     assert json.loads(limited["stats"].read_text())["rows_out"] == 2
 
@@ -481,5 +487,68 @@ def test_run_end_to_end(tmp_path, capsys):
 def test_run_malformed_file_raises(tmp_path):
     cfg = _cfg(tmp_path, f"captions.path={tmp_path / 'missing.tsv'}")
     with pytest.raises(CaptionFormatError, match="missing.tsv"):
-        C.run(cfg)
+        captions.run(cfg)
     assert not (tmp_path / "results" / "toy" / "captions" / "captions.parquet").exists()
+
+
+# Files with no usable caption: (name, format, column, max_length, writer, expected bad counts)
+EMPTY_SETS = {
+    "cc3m all empty": ("c.tsv", "cc3m", "caption", 500,
+                       lambda p: write(p, "\n   \thttp://u/2\n\u00a0\u3000\thttp://u/3\n\n \t \n"),
+                       "5 rows kept (empty: 5)"),
+    "cc3m all too long": ("c.tsv.gz", "cc3m", "caption", 4,
+                          lambda p: write(p, "".join(f"caption {i}\thttp://u/{i}\n" for i in range(4)), gz=True),
+                          "4 rows kept (too_long: 4)"),
+    "csv empty and too long": ("t.csv", "table", "text", 4,
+                               lambda p: write(p, 'id,text\n1,""\n2,   \n3,much too long\n4,also too long\n'
+                                                  '5,longer still\n'),
+                               "5 rows kept (empty: 2, too_long: 3)"),
+    "jsonl all empty": ("t.jsonl", "table", "caption", 500,
+                        lambda p: write(p, '{"caption": null}\n{"caption": " "}\n\n'),
+                        "3 rows kept (empty: 3)"),
+    "laion all too long": ("l.parquet", "laion", "caption", 3,
+                           lambda p: pl.DataFrame({"TEXT": ["abcd", "efghij"], "URL": ["u", "v"]}).write_parquet(p),
+                           "2 rows kept (too_long: 2)"),
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY_SETS))
+def test_run_refuses_an_empty_caption_set(tmp_path, capsys, case):
+    from synrep.__main__ import main
+
+    name, fmt, column, max_length, make, counts = EMPTY_SETS[case]
+    path = tmp_path / "data" / name
+    path.parent.mkdir(parents=True)
+    make(path)
+    overrides = [f"paths.results_dir={tmp_path / 'results'}", f"paths.data_dir={tmp_path / 'data'}",
+                 f"captions.path={path}", f"captions.format={fmt}", f"captions.column={column}",
+                 f"captions.max_length={max_length}"]
+    out = tmp_path / "results" / "toy" / "captions"
+    expected = f"{path}: no usable captions: 0 of {counts}"
+    with pytest.raises(ValueError) as info:
+        captions.run(_cfg(tmp_path, *overrides[2:]))
+    assert str(info.value) == expected
+    assert not out.exists()  # nothing written, not even the folder
+
+    assert main(["captions", *overrides]) == 1
+    err = capsys.readouterr().err
+    assert err == f"synrep captions: error: {expected}\n"
+    assert not (out / "captions.parquet").exists() and not out.exists()
+
+
+def test_run_limit_must_keep_a_caption(tmp_path, capsys):
+    from synrep.__main__ import main
+
+    raw = tmp_path / "data" / "toyworld" / "captions_raw.tsv"
+    raw.parent.mkdir(parents=True)
+    raw.write_text("".join(f"{c}\t{u}\n" for c, u in TOY))
+    for limit in (0, -3):
+        with pytest.raises(ValueError, match=f"config key 'captions.limit': must be >= 1 or null .*got {limit}"):
+            captions.run(_cfg(tmp_path, f"captions.limit={limit}"))
+    overrides = [f"paths.results_dir={tmp_path / 'results'}", f"paths.data_dir={tmp_path / 'data'}"]
+    assert main(["captions", *overrides, "captions.limit=0"]) == 1
+    assert "captions.limit" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "toy" / "captions").exists()
+    # the smallest limit keeps the first caption
+    paths = captions.run(_cfg(tmp_path, "captions.limit=1"))
+    assert pl.read_parquet(paths["captions"]).rows() == [(0, "a red circle", "toy://train/0", 1)]

@@ -1,7 +1,7 @@
 """Do generated images follow their captions? Caption-match accuracy and diversity by w.
 
-An attribute classifier (shape, colour, size, background heads on a timm-registered toy CNN) is
-trained on the toy world's real train images and used for nothing else. For captions drawn from
+The attribute classifier (:mod:`synrep.evaluation.attribute_classifier`) is trained on the toy
+world's real train images and used for nothing else. For captions drawn from
 the world's templates, the generator makes ``images_per_caption`` images at each guidance scale;
 an image matches on an attribute when the classifier reads the value the caption names
 (attributes a caption does not name are not scored). Diversity is the mean pairwise RMS pixel
@@ -16,75 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import timm
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import nn
 from tqdm.auto import tqdm
 
-import synrep.learning.encoders  # noqa: F401  (registers toy_cnn with timm)
-from synrep.data import toyworld
 from synrep.config import run_dir, save_resolved
+from synrep.data import toyworld
+from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict, train_classifier
 from synrep.fileio import atomic_path, write_json, write_text
 from synrep.tables import markdown_table
-
-ATTRIBUTES = ("shape", "colour", "size", "background")
-
-
-class AttributeClassifier(nn.Module):
-    def __init__(self, n_classes: dict[str, int]):
-        super().__init__()
-        self.trunk = timm.create_model("toy_cnn_wide", num_classes=0)
-        self.heads = nn.ModuleDict({k: nn.Linear(self.trunk.num_features, n) for k, n in n_classes.items()})
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.trunk(x)
-        return {k: head(z) for k, head in self.heads.items()}
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
-
-
-def train_classifier(cfg: DictConfig, seed: int, epochs: int) -> tuple[AttributeClassifier, dict[str, float]]:
-    names = toyworld.attribute_names(cfg)
-    train = toyworld.load_split(cfg, "train")
-    test = toyworld.load_split(cfg, "test")
-    torch.manual_seed(seed)
-    model = AttributeClassifier({k: len(names[k]) for k in ATTRIBUTES})
-    x = to_tensor(train["images"])
-    y = {k: torch.from_numpy(train[k]) for k in ATTRIBUTES}
-    steps = epochs * (len(x) // 128)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in tqdm(range(steps), desc="attribute classifier", unit="step", mininterval=5):
-        idx = torch.randint(0, len(x), (128,), generator=gen)
-        xb = x[idx]
-        flip = torch.rand(128, generator=gen) < 0.5
-        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-        out = model(xb)
-        loss = sum(F.cross_entropy(out[k], y[k][idx]) for k in ATTRIBUTES)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
-    predictions = predict(model, test["images"])
-    accuracy = {k: float((predictions[k] == test[k]).mean()) for k in ATTRIBUTES}
-    return model, accuracy
-
-
-@torch.no_grad()
-def predict(model: AttributeClassifier, images: np.ndarray, batch: int = 512) -> dict[str, np.ndarray]:
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ATTRIBUTES}
-    for start in range(0, len(images), batch):
-        logits = model(to_tensor(images[start:start + batch]))
-        for k in ATTRIBUTES:
-            out[k].append(logits[k].argmax(1).numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def diversity(groups: list[np.ndarray]) -> float:

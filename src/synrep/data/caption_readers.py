@@ -1,0 +1,576 @@
+"""Caption files in their published formats, read into usable rows and bad rows.
+
+``load_captions(path, fmt)`` reads one of (``captions.format``):
+
+    cc3m     CC3M TSV: caption <TAB> url, no header, no quoting
+    cc12m    CC12M TSV: url <TAB> caption, no header, no quoting
+    redcaps  RedCaps annotation JSON: {"info": ..., "annotations": [{"caption", "url", ...}]}
+    laion    LAION parquet: column TEXT (and URL)
+    table    a CSV / TSV / parquet / JSONL file with a named column (``captions.column``); the
+             kind is taken from the extension (.csv, .tsv, .parquet, .jsonl / .ndjson)
+
+Text files may be gzip-compressed (``.gz`` or gzip magic bytes); all text must be UTF-8.
+
+Every row is accounted for. A row that cannot be used is a *bad row*: counted, reported with its
+position (``source_line``: the 1-based line number for text files, where a multi-line CSV record
+counts from its first line; the 0-based row index for parquet and JSON) and skipped. Bad row kinds,
+in the order they are tested (a row gets the first that applies):
+
+    undecodable  the line holds bytes that are not UTF-8 (a byte-level check: a genuine U+FFFD in
+                 valid text is fine); in JSON, a caption or url with an unpaired surrogate escape
+    fields       the row does not have the expected structure: wrong number of tab/comma
+                 separated fields, a JSONL line that is not a JSON object with the column, an
+                 annotation that is not an object with a string "caption"
+    nul          the caption holds a NUL character
+    empty        a blank line, a null caption, or a caption that normalises to "" (whitespace only)
+    too_long     the caption has more than ``max_length`` characters (of the original text)
+
+A malformed *file* raises :class:`CaptionFormatError`, naming the file and the problem: missing
+file, missing column, a file with no rows, truncated or corrupt gzip, invalid JSON, a file that is
+not parquet, a line over 64 MiB, or a text file where most rows are bad in the same way (more than
+half ``fields``: "wrong delimiter?"; more than half ``undecodable`` + ``nul``: "not UTF-8?"). For
+cc3m / cc12m, a caption column that mostly holds URLs means the two formats were confused.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import gzip
+import json
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator
+
+import polars as pl
+
+from synrep.data.dedup import normalize_series
+
+__all__ = ["BAD_KINDS", "FORMATS", "CaptionFormatError", "LoadedCaptions", "load_captions", "table_kind"]
+
+BAD_KINDS = ("undecodable", "fields", "nul", "empty", "too_long")
+FORMATS = ("cc3m", "cc12m", "redcaps", "laion", "table")
+
+# Bytes read at a time from text files (line-aligned blocks are processed with polars).
+BLOCK_BYTES = 8 << 20
+# Longest line accepted in a text file
+MAX_LINE_BYTES = 64 << 20
+# A text file where more than this fraction of rows are bad in one structural way is malformed.
+MAJORITY = 0.5
+# Characters of the repr of a bad row kept in the report
+SHOW_CHARS = 200
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_URL_LIKE = r"^[A-Za-z][A-Za-z0-9+.\-]*://\S*$"
+
+
+class CaptionFormatError(ValueError):
+    """A caption file cannot be read as the configured format (names the file and the problem)."""
+
+
+
+
+@dataclass
+class LoadedCaptions:
+    """A caption file, read: its usable rows and its bad rows."""
+
+    path: Path
+    format: str
+    rows_in: int  # data rows in the file (lines, less the header, for text files)
+    rows: pl.DataFrame  # source_line int64, caption str, url str (null where none)
+    bad: pl.DataFrame  # source_line int64, kind str, text str (truncated repr), by source_line
+    # What source_line counts: "line" (1-based line number) or "row" (0-based row index)
+    position: str = "line"
+    # normalize_caption of rows["caption"], kept so the step does not normalise twice
+    norm: pl.Series | None = field(default=None, repr=False)
+
+    def bad_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(BAD_KINDS, 0)
+        for kind, n in self.bad["kind"].value_counts().iter_rows():
+            counts[kind] = n
+        return counts
+
+
+_ROW_SCHEMA = {"source_line": pl.Int64, "caption": pl.String, "url": pl.String}
+_BAD_SCHEMA = {"source_line": pl.Int64, "kind": pl.String, "text": pl.String}
+
+
+def _show(value: str | bytes) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOW_CHARS else text[: SHOW_CHARS - 3] + "..."
+
+
+class _BadRows:
+    def __init__(self, unit: str = "line") -> None:
+        self.unit = unit
+        self.lines: list[int] = []
+        self.kinds: list[str] = []
+        self.texts: list[str] = []
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, line: int, kind: str, value: str | bytes) -> None:
+        self.lines.append(line)
+        self.kinds.append(kind)
+        self.texts.append(_show(value))
+        self.counts[kind] += 1
+
+    def extend(self, frame: pl.DataFrame) -> None:
+        """Add already-formatted bad rows (source_line, kind, text)."""
+        self.lines.extend(frame["source_line"].to_list())
+        self.kinds.extend(frame["kind"].to_list())
+        self.texts.extend(frame["text"].to_list())
+        self.counts.update(frame["kind"].to_list())
+
+    def count(self, kind: str) -> int:
+        return self.counts[kind]
+
+    def first(self, kind: str) -> str:
+        i = self.kinds.index(kind)
+        return f"{self.unit} {self.lines[i]}: {self.texts[i]}"
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"source_line": self.lines, "kind": self.kinds, "text": self.texts}, schema=_BAD_SCHEMA
+        )
+
+
+@contextlib.contextmanager
+def _open_binary(path: Path) -> Iterator[IO[bytes]]:
+    """Open a file for reading bytes, through gzip if it is compressed."""
+    if not path.exists():
+        raise CaptionFormatError(f"{path}: no such file")
+    if not path.is_file():
+        raise CaptionFormatError(f"{path}: not a file")
+    with _read_errors(path), open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        if gz or path.suffix.lower() == ".gz":
+            with gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+                yield handle
+        else:
+            yield raw
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Turn I/O and decompression errors into CaptionFormatError naming the file."""
+    try:
+        yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise CaptionFormatError(f"{path}: truncated or corrupt gzip data ({err})") from err
+    except OSError as err:
+        raise CaptionFormatError(f"{path}: cannot read ({err})") from err
+
+
+def _line_blocks(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(number of its first line, block)``: blocks of whole lines joined by ``\\n``,
+    without the final newline. A file's last line needs no newline; a UTF-8 BOM is dropped.
+    A line longer than MAX_LINE_BYTES raises (not a line-based text file)."""
+    line_no = 1
+    pending: list[bytes] = []  # the start of an unfinished line
+    pending_bytes = 0
+    first = True
+    while True:
+        chunk = handle.read(BLOCK_BYTES)  # read at call time: tests shrink it
+        if first:
+            first = False
+            if chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
+        if not chunk:
+            if pending_bytes:
+                yield line_no, b"".join(pending)
+            return
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes > MAX_LINE_BYTES:
+                raise CaptionFormatError(
+                    f"{path}: line {line_no} is longer than {MAX_LINE_BYTES >> 20} MiB; "
+                    "not a line-based text file?"
+                )
+            continue
+        block = b"".join([*pending, chunk[:cut]]) if pending else chunk[:cut]
+        pending, pending_bytes = [chunk[cut + 1 :]], len(chunk) - cut - 1
+        yield line_no, block
+        line_no += block.count(b"\n") + 1
+
+
+def _lines(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line)``, the line without its ``\\n``."""
+    for first_line, block in _line_blocks(handle, path):
+        for i, line in enumerate(block.split(b"\n")):
+            yield first_line + i, line
+
+
+def _decode_lines(block: bytes) -> tuple[list[str | None], dict[int, bytes]]:
+    """Split a block into lines decoded as UTF-8; undecodable lines are None (raw bytes kept)."""
+    try:
+        return block.decode("utf-8").split("\n"), {}
+    except UnicodeDecodeError:
+        pass
+    lines: list[str | None] = []
+    raw_bad: dict[int, bytes] = {}
+    for i, raw in enumerate(block.split(b"\n")):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(None)
+            raw_bad[i] = raw
+    return lines, raw_bad
+
+
+def _too_many(path: Path, bad: _BadRows, rows_in: int, final: bool, what: str) -> None:
+    """Fail when most rows so far are bad in a structural way (checked early on big files)."""
+    if not final and rows_in < 1000:
+        return
+    n_fields = bad.count("fields")
+    if n_fields and n_fields > MAJORITY * rows_in:
+        raise CaptionFormatError(
+            f"{path}: {n_fields} of {rows_in} rows {what}, e.g. {bad.first('fields')}; "
+            "wrong delimiter or format?"
+        )
+    n_enc = bad.count("undecodable") + bad.count("nul")
+    if n_enc and n_enc > MAJORITY * rows_in:
+        example = bad.first("undecodable") if bad.count("undecodable") else bad.first("nul")
+        raise CaptionFormatError(
+            f"{path}: {n_enc} of {rows_in} rows are not valid UTF-8 text or hold NUL characters, "
+            f"e.g. {example}; not a UTF-8 text file (UTF-16? binary?)"
+        )
+
+
+def _read_tsv(path: Path, fmt: str, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
+    """cc3m / cc12m / a table .tsv (header line): tab-separated, no quoting, one row per line."""
+    if fmt == "cc3m":
+        n_fields, cap_i, url_i = 2, 0, 1
+        layout = "caption<TAB>url"
+    elif fmt == "cc12m":
+        n_fields, cap_i, url_i = 2, 1, 0
+        layout = "url<TAB>caption"
+    else:  # table: from the header
+        n_fields = cap_i = url_i = None
+        layout = "tab-separated with a header line"
+    bad = _BadRows()
+    parts: list[pl.DataFrame] = []
+    rows_in = 0
+    with _open_binary(path) as handle, _read_errors(path):
+        for first_line, block in _line_blocks(handle, path):
+            if n_fields is None:
+                head, sep, block = block.partition(b"\n")
+                try:
+                    header = head.decode("utf-8").rstrip("\r").split("\t")
+                except UnicodeDecodeError:
+                    raise CaptionFormatError(f"{path}: header line is not UTF-8: {_show(head)}") from None
+                if column not in header:
+                    hint = "; wrong delimiter?" if len(header) == 1 else ""
+                    raise CaptionFormatError(
+                        f"{path}: no column {column!r} in the header {header}{hint}"
+                    )
+                n_fields, cap_i = len(header), header.index(column)
+                url_i = next((i for i, h in enumerate(header) if h.lower() == "url"), None)
+                layout = f"{n_fields} tab-separated fields as in the header"
+                first_line += 1
+                if not sep:
+                    continue
+            lines, raw_bad = _decode_lines(block)
+            rows_in += len(lines)
+            frame = pl.DataFrame({"line": pl.Series(lines, dtype=pl.String)}).with_columns(
+                source_line=pl.int_range(first_line, first_line + len(lines), dtype=pl.Int64),
+                line=pl.col("line").str.strip_suffix("\r"),
+            )
+            line = pl.col("line")
+            kind = (
+                pl.when(line.is_null()).then(pl.lit("undecodable"))
+                .when(line.str.strip_chars() == "").then(pl.lit("empty"))
+                .when(line.str.count_matches("\t", literal=True) != n_fields - 1).then(pl.lit("fields"))
+                .otherwise(pl.lit(None, dtype=pl.String))
+            )
+            frame = frame.with_columns(kind=kind)
+            flagged = frame.filter(pl.col("kind").is_not_null()).select("source_line", "kind", "line")
+            for src, k, text in flagged.iter_rows():
+                bad.add(src, k, raw_bad[src - first_line] if k == "undecodable" else text)
+            fields = pl.col("line").str.split_exact("\t", n_fields - 1)
+            parts.append(
+                frame.filter(pl.col("kind").is_null()).select(
+                    "source_line",
+                    caption=fields.struct.field(f"field_{cap_i}"),
+                    url=fields.struct.field(f"field_{url_i}") if url_i is not None
+                    else pl.lit(None, dtype=pl.String),
+                )
+            )
+            _too_many(path, bad, rows_in, False, f"do not have {n_fields} tab-separated fields ({layout})")
+    if n_fields is None:
+        raise CaptionFormatError(f"{path}: empty file (no header line)")
+    _too_many(path, bad, rows_in, True, f"do not have {n_fields} tab-separated fields ({layout})")
+    rows = pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=_ROW_SCHEMA)
+    if fmt in ("cc3m", "cc12m") and rows.height:
+        n_url = rows.select(pl.col("caption").str.contains(_URL_LIKE).sum()).item()
+        if n_url > MAJORITY * rows.height:
+            raise CaptionFormatError(
+                f"{path}: the caption field of {n_url} of {rows.height} rows is a URL; the columns "
+                f"are swapped? ({fmt} is {layout}; cc3m is caption<TAB>url, cc12m is url<TAB>caption)"
+            )
+    return rows, bad, rows_in
+
+
+def _text_or_bad(value: object) -> tuple[str | None, str | None]:
+    """A JSON value as a caption: (text, None) or (None, bad kind)."""
+    if value is None:
+        return None, "empty"
+    if not isinstance(value, str):
+        return None, "fields"
+    if _SURROGATE.search(value):
+        return None, "undecodable"
+    return value, None
+
+
+def _clean_url(value: object) -> str | None:
+    if isinstance(value, str) and not _SURROGATE.search(value):
+        return value
+    return None
+
+
+def _read_csv(path: Path, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
+    """A table .csv with a header line, RFC 4180 quoting (records may span lines)."""
+    bad = _BadRows()
+    lines: list[int] = []
+    captions: list[str] = []
+    urls: list[str | None] = []
+    rows_in = 0
+    with _open_binary(path) as handle, _read_errors(path):
+        # Bytes that are not UTF-8 become lone surrogates, found per record below.
+        stream = (line.decode("utf-8", "surrogateescape") + "\n" for _, line in _lines(handle, path))
+        reader = csv.reader(stream)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise CaptionFormatError(f"{path}: empty file (no header line)")
+            if column not in header:
+                hint = "; wrong delimiter?" if len(header) == 1 else ""
+                raise CaptionFormatError(f"{path}: no column {column!r} in the header {header}{hint}")
+            n_fields, cap_i = len(header), header.index(column)
+            url_i = next((i for i, h in enumerate(header) if h.lower() == "url"), None)
+            start = reader.line_num + 1
+            for row in reader:
+                line, start = start, reader.line_num + 1
+                rows_in += 1
+                joined = ",".join(row)
+                if _SURROGATE.search(joined):
+                    bad.add(line, "undecodable", joined.encode("utf-8", "surrogateescape"))
+                elif not row or (len(row) == 1 and not row[0].strip()):
+                    bad.add(line, "empty", joined)
+                elif len(row) != n_fields:
+                    bad.add(line, "fields", joined)
+                else:
+                    lines.append(line)
+                    captions.append(row[cap_i])
+                    urls.append(row[url_i] if url_i is not None else None)
+                if rows_in % 100_000 == 0:
+                    _too_many(path, bad, rows_in, False, f"do not have {n_fields} comma-separated fields")
+        except csv.Error as err:
+            raise CaptionFormatError(f"{path}: line {reader.line_num}: {err} (unbalanced quote?)") from err
+    _too_many(path, bad, rows_in, True, f"do not have {n_fields} comma-separated fields")
+    rows = pl.DataFrame({"source_line": lines, "caption": captions, "url": urls}, schema=_ROW_SCHEMA)
+    return rows, bad, rows_in
+
+
+def _read_jsonl(path: Path, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
+    """A table .jsonl: one JSON object per line."""
+    bad = _BadRows()
+    lines: list[int] = []
+    captions: list[str] = []
+    urls: list[str | None] = []
+    rows_in = 0
+    seen_column = False
+    with _open_binary(path) as handle, _read_errors(path):
+        for line_no, raw in _lines(handle, path):
+            rows_in += 1
+            raw = raw.removesuffix(b"\r")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.add(line_no, "undecodable", raw)
+                continue
+            if not text.strip():
+                bad.add(line_no, "empty", text)
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict) or column not in obj:
+                bad.add(line_no, "fields", text)
+                continue
+            seen_column = True
+            caption, kind = _text_or_bad(obj[column])
+            if kind:
+                bad.add(line_no, kind, obj[column] if kind != "fields" else text)
+                continue
+            lines.append(line_no)
+            captions.append(caption)
+            urls.append(_clean_url(obj.get("url", obj.get("URL"))))
+            if rows_in % 100_000 == 0:
+                _too_many(path, bad, rows_in, False, f"are not JSON objects with a {column!r} key")
+    if rows_in and not seen_column and bad.count("fields"):
+        raise CaptionFormatError(f"{path}: no line is a JSON object with the column {column!r}, "
+                                 f"e.g. {bad.first('fields')}")
+    _too_many(path, bad, rows_in, True, f"are not JSON objects with a {column!r} key")
+    rows = pl.DataFrame({"source_line": lines, "caption": captions, "url": urls}, schema=_ROW_SCHEMA)
+    return rows, bad, rows_in
+
+
+def _read_redcaps(path: Path) -> tuple[pl.DataFrame, _BadRows, int]:
+    """RedCaps annotation JSON; ``source_line`` is the 0-based index in ``annotations``."""
+    with _open_binary(path) as handle, _read_errors(path):
+        data = handle.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        doc = json.loads(data.decode("utf-8", "surrogateescape"))
+    except json.JSONDecodeError as err:
+        raise CaptionFormatError(f"{path}: invalid JSON ({err})") from None
+    annotations = doc.get("annotations") if isinstance(doc, dict) else None
+    if not isinstance(annotations, list):
+        raise CaptionFormatError(
+            f"{path}: not a RedCaps annotation file (expected a JSON object with an 'annotations' list)"
+        )
+    bad = _BadRows("row")
+    lines: list[int] = []
+    captions: list[str] = []
+    urls: list[str | None] = []
+    for i, item in enumerate(annotations):
+        if not isinstance(item, dict) or "caption" not in item:
+            bad.add(i, "fields", json.dumps(item)[:SHOW_CHARS])
+            continue
+        caption, kind = _text_or_bad(item["caption"])
+        if kind:
+            bad.add(i, kind, item["caption"] if kind != "fields" else json.dumps(item)[:SHOW_CHARS])
+            continue
+        lines.append(i)
+        captions.append(caption)
+        urls.append(_clean_url(item.get("url")))
+    if annotations and bad.count("fields") == len(annotations):
+        raise CaptionFormatError(f"{path}: no annotation has a 'caption', e.g. {bad.first('fields')}")
+    rows = pl.DataFrame({"source_line": lines, "caption": captions, "url": urls}, schema=_ROW_SCHEMA)
+    return rows, bad, len(annotations)
+
+
+def _read_parquet(path: Path, column: str, url_column: str | None) -> tuple[pl.DataFrame, _BadRows, int]:
+    """A parquet file; ``source_line`` is the 0-based row index."""
+    if not path.exists():
+        raise CaptionFormatError(f"{path}: no such file")
+    try:
+        schema = pl.read_parquet_schema(path)
+    except Exception as err:  # polars raises ComputeError / OSError flavours
+        raise CaptionFormatError(f"{path}: not a readable parquet file ({err})") from None
+    if column not in schema:
+        raise CaptionFormatError(f"{path}: no column {column!r} (columns: {list(schema)})")
+    dtype = schema[column]
+    if dtype != pl.String and dtype.base_type() not in (pl.Categorical, pl.Enum):
+        raise CaptionFormatError(f"{path}: column {column!r} holds {dtype}, not text")
+    if url_column is None:
+        url_column = next((c for c in schema if c.lower() == "url"), None)
+    cols = [column] + ([url_column] if url_column in schema and url_column != column else [])
+    try:
+        df = pl.read_parquet(path, columns=cols)
+    except Exception as err:
+        raise CaptionFormatError(f"{path}: cannot read parquet ({err})") from None
+    rows = df.select(
+        source_line=pl.int_range(pl.len(), dtype=pl.Int64),
+        caption=pl.col(column).cast(pl.String),
+        url=pl.col(cols[1]).cast(pl.String) if len(cols) > 1 else pl.lit(None, dtype=pl.String),
+    )
+    return rows, _BadRows("row"), df.height
+
+
+def table_kind(path: str | Path) -> str:
+    """csv | tsv | parquet | jsonl, from a file name (a ``.gz`` suffix is looked through)."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    kinds = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet",
+             ".jsonl": "jsonl", ".ndjson": "jsonl"}
+    if ext not in kinds:
+        raise CaptionFormatError(
+            f"{path}: cannot tell the table format from the extension {ext or '(none)'!r} "
+            f"(expected one of {sorted(kinds)}, optionally + .gz)"
+        )
+    return kinds[ext]
+
+
+def _check_content(
+    rows: pl.DataFrame, max_length: int
+) -> tuple[pl.DataFrame, pl.Series, pl.DataFrame]:
+    """NUL / empty / too-long captions -> bad rows. Returns the good rows, their normalised
+    captions and the bad rows."""
+    cap = pl.col("caption")
+    norm = normalize_series(rows["caption"].fill_null(""))
+    kind = (
+        pl.when(cap.is_null()).then(pl.lit("empty"))
+        .when(cap.str.contains("\x00", literal=True)).then(pl.lit("nul"))
+        .when(pl.col("_norm") == "").then(pl.lit("empty"))
+        .when(cap.str.len_chars() > max_length).then(pl.lit("too_long"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    rows = rows.with_columns(_norm=norm).with_columns(_kind=kind)
+    good = rows.filter(pl.col("_kind").is_null())
+    good_norm = good["_norm"].rename("caption")
+    good = good.drop("_norm", "_kind")
+    flagged = rows.filter(pl.col("_kind").is_not_null())
+    bad = pl.DataFrame(
+        {
+            "source_line": flagged["source_line"],
+            "kind": flagged["_kind"],
+            "text": [_show(t) for t in flagged["caption"].to_list()],
+        },
+        schema=_BAD_SCHEMA,
+    )
+    return good, good_norm, bad
+
+
+def load_captions(
+    path: str | Path, fmt: str = "cc3m", *, column: str = "caption", max_length: int = 500
+) -> LoadedCaptions:
+    """Read a caption file in ``fmt``; sort its rows into usable rows and bad rows.
+
+    ``column`` is the caption column for ``fmt="table"`` (cc3m/cc12m/redcaps/laion have fixed
+    layouts). Raises :class:`CaptionFormatError` for a malformed file.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown caption format {fmt!r}; expected one of {list(FORMATS)}")
+    position = "line"
+    if fmt in ("cc3m", "cc12m"):
+        rows, bad, rows_in = _read_tsv(path, fmt, column)
+    elif fmt == "redcaps":
+        rows, bad, rows_in = _read_redcaps(path)
+        position = "row"
+    elif fmt == "laion":
+        rows, bad, rows_in = _read_parquet(path, "TEXT", "URL")
+        position = "row"
+    else:
+        kind = table_kind(path)
+        if kind == "tsv":
+            rows, bad, rows_in = _read_tsv(path, "table", column)
+        elif kind == "csv":
+            rows, bad, rows_in = _read_csv(path, column)
+        elif kind == "jsonl":
+            rows, bad, rows_in = _read_jsonl(path, column)
+        else:
+            rows, bad, rows_in = _read_parquet(path, column, None)
+            position = "row"
+    if rows_in == 0:
+        raise CaptionFormatError(f"{path}: no caption rows (empty file)")
+    rows, norm, content_bad = _check_content(rows, max_length)
+    all_bad = pl.concat([bad.frame(), content_bad]).sort("source_line", maintain_order=True)
+    # NUL captions found only now count towards the "not a text file" rule.
+    merged = _BadRows(position)
+    merged.extend(all_bad)
+    _too_many(path, merged, rows_in, True, "have the wrong structure")
+    return LoadedCaptions(
+        path=path, format=fmt, rows_in=rows_in, rows=rows, bad=all_bad, position=position, norm=norm
+    )
