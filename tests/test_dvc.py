@@ -1,5 +1,5 @@
-"""DVC: dvc.yaml calls Snakemake, data/ round-trips through a remote, metrics show, and the
-pull helper that keeps Snakemake from rerunning everything after a checkout.
+"""DVC: dvc.yaml calls Snakemake, data.dvc is the toy world synrep renders, `dvc metrics show` reads
+the report's metrics, and the pull helper keeps Snakemake from rerunning everything after a pull.
 
 Every DVC repository here is a fresh git repository under tmp_path, with the project's own
 .dvc/config, .dvcignore and dvc.yaml copied in; nothing touches the project's .dvc/.
@@ -7,7 +7,6 @@ Every DVC repository here is a fresh git repository under tmp_path, with the pro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -15,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -66,14 +66,6 @@ def _init_repo(root: Path, env: dict[str, str]) -> Path:
     return root
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 def _default_run_dir() -> Path:
     from synrep.config import load_config, run_dir
 
@@ -116,27 +108,73 @@ def test_dvc_yaml_stage_calls_snakemake_and_tracks_the_project():
             assert a == b or not Path(b).is_relative_to(a), (a, b)
 
 
-def test_dvc_metrics_show_reads_the_ablation_metrics(tmp_path):
+def _report_metrics(cfg) -> tuple[Path, dict[str, dict[str, float]]]:
+    """The sweep's report, from run and baseline metrics files in the format sweep_run.run_one and
+    evaluate.baselines_run write, each accuracy a known function of the run; returns the report's
+    metrics.json and what it must hold: per group of seeds (and per baseline) the mean of each
+    headline metric, computed here from the values written."""
+    from synrep.config import run_dir
+    from synrep.evaluation.evaluate import baselines_path
+    from synrep.experiments import report, sweep, sweep_run
+    from synrep.fileio import write_json
+
+    values: dict[str, dict[str, list[float]]] = {}
+    for i, spec in enumerate(sweep.expand(cfg)):
+        row = {"probe_shape": 0.31 + 0.0123457 * i + 0.00731 * spec.seed, "probe_size": 0.9 - 0.00377 * i,
+               "fewshot_shape": 0.2 + 0.0041 * i - 0.0013 * spec.seed}
+        if spec.method in ("clip", "stablerep_plus"):  # zero-shot: methods with a text tower only
+            row["zeroshot_shape"] = 0.25 + 0.0037 * i + 0.001 * spec.seed
+        for metric, value in row.items():
+            values.setdefault(spec.group, {}).setdefault(metric, []).append(value)
+        # the rest of a run's record, which the metrics must leave out
+        extra = {"probe_shape_val": 0.5, "probe_size_val": 0.5, "fewshot_shape_ci95": 0.01, "train_seconds": 12.0,
+                 "steps": 10, "final_loss": 3.0, "details": {"linear_probe": {}}}
+        write_json(sweep.run_output_dir(cfg, spec) / "metrics.json",
+                   {"run": spec.run_id, "group": spec.group, **asdict(spec), **sweep_run.run_params(cfg, spec),
+                    **row, **extra})
+    baselines = []
+    for name, base in (("random_init", 0.26), ("raw_pixels", 0.21)):
+        for seed in cfg.sweep.seeds:
+            row = {"probe_shape": base + 0.0071 * seed, "probe_size": base + 0.5, "fewshot_shape": base - 0.05}
+            for metric, value in row.items():
+                values.setdefault(f"baseline-{name}", {}).setdefault(metric, []).append(value)
+            baselines.append({"baseline": name, "seed": seed, "encoder": cfg.train.encoder, **row,
+                              "probe_shape_val": 0.3, "fewshot_shape_ci95": 0.01, "details": {}})
+    paths = []
+    for seed in cfg.sweep.seeds:  # one file per seed, as baselines_run writes
+        paths.append(write_json(baselines_path(cfg, seed), {"baselines": [b for b in baselines if b["seed"] == seed]}))
+
+    out = report.build(cfg, report.run_paths(cfg), paths, run_dir(cfg, "ablations"))
+    return out["metrics"], {group: {m: sum(v) / len(v) for m, v in by_metric.items()}
+                            for group, by_metric in values.items()}
+
+
+def test_dvc_metrics_show_reads_the_reports_metrics(tmp_path):
+    """`dvc metrics show` with the project's dvc.yaml, on the metrics.json that synrep's report writes
+    for the default config's sweep: every group's mean of every headline metric, where dvc.yaml
+    declares it."""
+    from synrep.config import load_config
+
     env = _env(tmp_path)
     root = _init_repo(tmp_path / "repo", env)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     for d in ("config", "src", "workflow", "models", "data"):
         (root / d).mkdir()
 
-    # DVC validates dvc.yaml against its schema when it lists the stages
-    assert "pipeline" in dvc("stage", "list", cwd=root, env=env).stdout
+    cfg = load_config([f"paths.results_dir={root / 'results'}"])
+    written, expected = _report_metrics(cfg)
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["pipeline"]
+    (metrics_path,) = [path for item in stage["metrics"] for path in item]
+    assert written == root / metrics_path
 
-    metrics_path = _default_run_dir() / "ablations" / "metrics.json"
-    numbers = {"stablerep": {"linear_top1": 0.8125, "knn_top1": 0.6875}, "baseline_random": {"linear_top1": 0.25}}
-    (root / metrics_path).parent.mkdir(parents=True)
-    (root / metrics_path).write_text(json.dumps(numbers))
-
-    shown = json.loads(dvc("metrics", "show", "--json", cwd=root, env=env).stdout)
-    (workspace,) = shown.values()
-    assert workspace["data"][metrics_path.as_posix()]["data"] == numbers
-    table = dvc("metrics", "show", cwd=root, env=env).stdout
-    assert metrics_path.as_posix() in table
-    assert all(v in table for v in ("0.8125", "0.6875", "0.25")), table
+    # The table a user reads (DVC parses dvc.yaml, schema checked, to find the file): one column
+    # <group>.<metric> per number, the mean over seeds rounded to 4 decimals. Nothing else: not a
+    # run's other fields (val accuracy, CI, timings), and zero-shot only where a method has it.
+    lines = dvc("metrics", "show", cwd=root, env=env).stdout.splitlines()
+    header, row = (line.split() for line in lines[:2])
+    assert header[0] == "Path" and row[0] == metrics_path, lines
+    cells = dict(zip(header[1:], map(float, row[1:]), strict=True))
+    assert cells == {f"{g}.{m}": pytest.approx(v, abs=5.1e-5) for g, by_metric in expected.items() for m, v in by_metric.items()}
 
     # the project's settings: no analytics, a cache that copies (see README, DVC)
     settings = dvc("config", "--project", "--list", cwd=root, env=env).stdout.split()
@@ -148,42 +186,30 @@ def test_dvc_metrics_show_reads_the_ablation_metrics(tmp_path):
     assert ignored.stdout.split() == ["src/synrep/__pycache__/x.pyc", "results/x.tmp"]
 
 
-# --- data.dvc round trip ----------------------------------------------------------------------
+# --- data.dvc ---------------------------------------------------------------------------------
 
 
-def test_data_push_remove_pull_round_trip(tmp_path, small_world):
+def test_data_dvc_is_the_toy_world_the_default_config_renders(tmp_path):
+    """data.dvc records data/ as `python -m synrep toyworld` writes it with the embedded default
+    config (the toy world is byte-reproducible from its config): a user who renders the world
+    instead of pulling it finds data/ up to date, and a change to the world's code or config that
+    was not followed by `dvc add data` fails here."""
+    from synrep.config import load_config
+    from synrep.data import toyworld
+
     env = _env(tmp_path)
     root = _init_repo(tmp_path / "repo", env)
-    shutil.copytree(small_world / "data", root / "data")
-    (root / "data" / "eval" / "nested").mkdir(parents=True)
-    (root / "data" / "eval" / "nested" / "bytes.bin").write_bytes(bytes(range(256)) * 3)
-    (root / "data" / "eval" / "empty.txt").write_bytes(b"")
-    before = _digests(root / "data")
-    assert len(before) >= 6 and "toyworld/real/train.npz" in before
+    toyworld.run(load_config([f"paths.data_dir={root / 'data'}"]))
+    shutil.copy(REPO / "data.dvc", root / "data.dvc")
 
-    dvc("add", "data", cwd=root, env=env)
-    tracked = yaml.safe_load((root / "data.dvc").read_text())
-    assert tracked["outs"][0]["path"] == "data" and tracked["outs"][0]["nfiles"] == len(before)
+    # the workspace matches data.dvc; only the cache lacks it, as in a fresh clone before `dvc pull`
+    status = json.loads(dvc("status", "--json", cwd=root, env=env).stdout)
+    assert status == {"data.dvc": [{"changed outs": {"data": "not in cache"}}]}, (
+        f"data.dvc does not match the toy world this code renders ({status}): "
+        "run `python -m synrep toyworld && dvc add data` and commit data.dvc")
     # data/ stays out of git, data.dvc goes in
     assert _run(["git", "check-ignore", "-q", "data"], root, env, check=False).returncode == 0
     assert _run(["git", "check-ignore", "-q", "data.dvc"], root, env, check=False).returncode == 1
-    git("add", "data.dvc", ".gitignore", ".dvc/config", ".dvcignore", cwd=root, env=env)
-    git("commit", "-q", "-m", "track data", cwd=root, env=env)
-
-    remote = tmp_path / "remote"
-    dvc("remote", "add", "-d", "local", str(remote), cwd=root, env=env)
-    dvc("push", cwd=root, env=env)
-    assert any(p.is_file() for p in remote.rglob("*"))
-
-    shutil.rmtree(root / "data")
-    shutil.rmtree(root / ".dvc" / "cache")
-    dvc("pull", cwd=root, env=env)
-
-    assert _digests(root / "data") == before
-    assert dvc("status", "--quiet", cwd=root, env=env, check=False).returncode == 0
-    # the project's cache type gives plain files, not links into the cache
-    train = root / "data" / "toyworld" / "real" / "train.npz"
-    assert not train.is_symlink() and train.stat().st_nlink == 1
 
 
 # --- the mtime pitfall and scripts/dvc_pull.sh -------------------------------------------------

@@ -75,7 +75,7 @@ def test_reduced_pipeline_writes_what_a_user_opens(finished):
                 "shards/w2/grid.png", "shards/mix/grid.png"):
         with Image.open(results / png) as image:
             assert image.format == "PNG", png
-    for log in ("toyworld", "captions", "index_mix", "sample_quality", "real_shards", "baselines", "report"):
+    for log in ("toyworld", "captions", "index_mix", "sample_quality", "real_shards", "baselines/s1", "report"):
         assert (results / "logs" / f"{log}.log").exists(), log
 
 
@@ -153,8 +153,8 @@ def test_rerun_has_nothing_to_do_and_a_new_seed_plans_only_its_runs(finished):
     jobs = planned_jobs(more)
     # the 4 runs of seed 2, and what aggregates them; no finished run and no shard again
     assert jobs == {"sweep_run": 4, "baselines": 1, "report": 1, "all": 1}, more.stdout[-3000:]
-    planned = sorted(line.split("run=")[1] for line in more.stdout.splitlines() if "wildcards: run=" in line)
-    assert planned == sorted(run.replace("-s0", "-s2") for run in RUNS if run.endswith("-s0"))
+    planned = sorted(line.split("wildcards: ")[1] for line in more.stdout.splitlines() if "wildcards: " in line)
+    assert planned == sorted([f"run={run.replace('-s0', '-s2')}" for run in RUNS if run.endswith("-s0")] + ["seed=2"])
 
 
 def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 600) -> None:

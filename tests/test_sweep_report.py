@@ -100,7 +100,7 @@ def test_report_tables_plots_and_metrics(make_cfg, tmp_path):
 
     cfg = make_cfg(*GRIDS)
     paths, truth = fabricate(cfg, tmp_path)
-    out = report.build(cfg, paths, tmp_path / "baselines.json", tmp_path / "ablations")
+    out = report.build(cfg, paths, [tmp_path / "baselines.json"], tmp_path / "ablations")
 
     def cell(values):
         mean = np.mean(values)

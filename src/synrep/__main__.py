@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--source", help="only this source (default: every source that training reads)")
         if name == "generate":
             p.add_argument("--shard", type=int, help="only this shard index (with --source)")
+        if name == "baselines":
+            p.add_argument("--seed", type=int, help="only this seed (default: every sweep seed)")
         if name == "sweep_run":
             p.add_argument("--run", required=True, dest="run_id", help="run id, as `python -m synrep sweep` lists")
     p = sub.add_parser("config", help="print the resolved config")
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = {"source": args.source, "shard": args.shard}
     elif args.step == "index":
         kwargs = {"source": args.source}
+    elif args.step == "baselines":
+        kwargs = {"seed": args.seed}
     elif args.step == "sweep_run":
         kwargs = {"run_id": args.run_id}
     start = time.time()

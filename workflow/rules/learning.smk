@@ -11,6 +11,7 @@ EVAL_INPUT = [rules.toyworld.output.test] if CFG.eval.dataset == "toyworld" else
 
 wildcard_constraints:
     run="|".join(re.escape(r) for r in RUNS) if RUNS else "NO_RUNS",
+    seed=r"-?[0-9]+",
 
 
 rule real_shards:
@@ -68,23 +69,23 @@ rule baselines:
     input:
         eval=EVAL_INPUT,
     output:
-        metrics=RESULTS / "baselines" / "metrics.json",
+        metrics=RESULTS / "baselines" / "s{seed}" / "metrics.json",
     params:
-        config=section_hash(CFG, "train", "eval", "sweep.seeds"),
+        config=section_hash(CFG, "train", "eval"),
     threads: CFG.threads
     resources:
         runtime=60,
         mem_mb=4000,
     log:
-        LOGS / "baselines.log",
+        LOGS / "baselines" / "s{seed}.log",
     shell:
-        synrep("baselines")
+        synrep("baselines", "--seed {wildcards.seed}")
 
 
 rule report:
     input:
         runs=expand(RESULTS / "runs" / "{run}" / "metrics.json", run=list(RUNS)),
-        baselines=rules.baselines.output.metrics if CFG.sweep.baselines else [],
+        baselines=expand(rules.baselines.output.metrics, seed=CFG.sweep.seeds) if CFG.sweep.baselines else [],
     output:
         tables=RESULTS / "ablations" / "tables.md",
         metrics=RESULTS / "ablations" / "metrics.json",

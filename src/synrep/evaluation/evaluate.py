@@ -90,26 +90,32 @@ def baselines(cfg: DictConfig, seed: int, data: EvalData | None = None) -> dict[
     }
 
 
-def baselines_run(cfg: DictConfig) -> dict[str, Path]:
-    """``python -m synrep baselines``: both baselines for every sweep seed."""
+def baselines_path(cfg: DictConfig, seed: int) -> Path:
+    return run_dir(cfg, "baselines", f"s{int(seed)}", "metrics.json")
+
+
+def baselines_run(cfg: DictConfig, seed: int | None = None) -> dict[str, Path]:
+    """``python -m synrep baselines [--seed N]``: both baselines for one seed, or every sweep seed;
+    one file per seed, so that adding a seed to the sweep computes only its own."""
     import mlflow
 
     from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
-    out = run_dir(cfg, "baselines")
     data = load_eval_data(cfg)
-    rows = []
-    with mlflow_run(cfg, "baselines", sections=("eval",), run_name="baselines"):
-        for seed in cfg.sweep.seeds:
-            for name, metrics in baselines(cfg, seed, data).items():
+    outputs = {}
+    for s in [seed] if seed is not None else list(cfg.sweep.seeds):
+        rows = []
+        with mlflow_run(cfg, "baselines", sections=("eval",), run_name=f"baselines s{int(s)}"):
+            for name, metrics in baselines(cfg, s, data).items():
                 flat = flat_metrics(metrics)
-                rows.append({"baseline": name, "seed": int(seed), "encoder": cfg.train.encoder, **flat,
+                rows.append({"baseline": name, "seed": int(s), "encoder": cfg.train.encoder, **flat,
                              "details": metrics})
-                mlflow.log_metrics({f"{name}.{k}": v for k, v in flat.items()}, step=int(seed))
-    save_resolved(cfg, out)
-    path = write_json(out / "metrics.json", {"baselines": rows})
-    return {"metrics": path}
+                mlflow.log_metrics({f"{name}.{k}": v for k, v in flat.items()})
+        path = baselines_path(cfg, s)
+        save_resolved(cfg, path.parent)
+        outputs[f"s{int(s)}"] = write_json(path, {"baselines": rows})
+    return outputs
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:

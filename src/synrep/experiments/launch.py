@@ -1,13 +1,13 @@
 """``python -m synrep launch``: the sweep's runs as a submitit job array.
 
-The runs come from ``synrep.sweep.expand``, the function the Snakefile uses. Each array task is a
+The runs come from ``synrep.experiments.sweep.expand``, the function the Snakefile uses. Each array task is a
 ``SweepRunJob``: it trains and evaluates one run through ``sweep_run.run_one``, the same code as the
 Snakemake rule. ``checkpoint()`` makes a preempted or timed-out task requeue itself; the trainer
 then resumes from its last checkpoint. The sweep's MLflow parent run is created here, before the
 jobs fan out.
 
-The data must exist first (``snakemake --cores 2 index_shards real_shards baselines``, or the
-same through ``--profile slurm``).
+The data must exist first (``snakemake --cores 2 --until index_source real_shards baselines``, or
+the same through ``--profile slurm``).
 """
 
 from __future__ import annotations

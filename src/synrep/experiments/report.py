@@ -51,10 +51,11 @@ def with_w_labels(df: pl.DataFrame) -> pl.DataFrame:
                            .otherwise(pl.format("w={}", pl.col("w"))).alias("w_label"))
 
 
-def load_baselines(path: Path | None) -> pl.DataFrame | None:
-    if path is None or not Path(path).exists():
+def load_baselines(paths: list[Path] | None) -> pl.DataFrame | None:
+    """The baselines' rows from their metrics files (one per seed)."""
+    rows = [row for path in paths or [] if Path(path).exists() for row in json.loads(Path(path).read_text())["baselines"]]
+    if not rows:
         return None
-    rows = json.loads(Path(path).read_text())["baselines"]
     for row in rows:
         row.pop("details", None)
     return pl.DataFrame(rows)
@@ -193,7 +194,7 @@ def dvc_metrics(df: pl.DataFrame, base: pl.DataFrame | None, metrics: list[str])
     return out
 
 
-def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: Path | None, out: Path) -> dict[str, Path]:
+def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path] | None, out: Path) -> dict[str, Path]:
     df = load_runs(run_metrics)
     base = load_baselines(baseline_metrics)
     primary = cfg.eval.targets[0] if cfg.eval.dataset == "toyworld" else "class"
@@ -287,7 +288,9 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} runs of the sweep have no metrics yet, e.g. {missing[0]}")
-    baselines = run_dir(cfg, "baselines", "metrics.json") if cfg.sweep.baselines else None
+    from synrep.evaluation.evaluate import baselines_path
+
+    baselines = [baselines_path(cfg, seed) for seed in cfg.sweep.seeds] if cfg.sweep.baselines else None
     out = run_dir(cfg, "ablations")
     outputs = build(cfg, paths, baselines, out)
     save_resolved(cfg, out)
