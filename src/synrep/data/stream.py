@@ -1,6 +1,6 @@
 """Training batches streamed from WebDataset shards: n captions x m images.
 
-Synthetic shards (``synrep.shards``) hold l images per caption; real-image shards hold one image
+Synthetic shards (``synrep.data.shards``) hold l images per caption; real-image shards hold one image
 per caption in the same format (``real_shards`` writes them for the toy world; img2dataset shards
 with ``jpg``/``png`` and ``txt`` members also read). Per method, one sample (one batch row, one
 group) is:

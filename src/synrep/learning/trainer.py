@@ -1,6 +1,6 @@
 """``train(cfg)``: one trainer for StableRep, SimCLR, CLIP and StableRep+.
 
-- Data: n captions x k crops per step from the shards (``synrep.data``); k = m for StableRep(+),
+- Data: n captions x k crops per step from the shards (``synrep.data.stream``); k = m for StableRep(+),
   2 for SimCLR, 1 for CLIP. ``train.batch_images`` crops per step, across all ranks.
 - Compute is counted in SimCLR-equivalent epochs (papers.md): every method sees
   ``epochs * 2 * n_captions`` crops in all, so one StableRep epoch with m = 6 costs 3 SimCLR epochs.
