@@ -1,4 +1,5 @@
-"""submitit launch path (cluster="local"): the sweep's runs as jobs, and requeue after preemption."""
+"""submitit launch path (cluster="local"): the sweep's runs as jobs, requeue after preemption, and
+no second submission of a finished run."""
 
 from __future__ import annotations
 
@@ -59,15 +60,5 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(learning_world,
     assert "resuming" in log + (job.stdout() or ""), log[-3000:]
     assert _metrics(out / "metrics.json") == expected
     assert json.loads((out / "train.json").read_text())["history"] == expected_history
-
-
-@pytest.mark.slow
-def test_launch_skips_finished_runs(learning_world, tmp_path):
-    cfg = load_config(learning_world("sweep.grids=[{method:[simclr],data:[real]}]", "sweep.seeds=[0]",
-                                     "train.epochs=1", "launch.cluster=local", f"launch.folder={tmp_path}/submitit"))
-    specs, jobs = launch.submit(cfg)
-    assert len(jobs) == 1
-    jobs[0].result()
-    assert (sweep.run_output_dir(cfg, specs[0]) / "metrics.json").exists()
-    again, jobs = launch.submit(cfg)
-    assert again == [] and jobs == []
+    # launch.only_missing (the default): a run with its metrics is not submitted again
+    assert launch.submit(cfg) == ([], [])

@@ -77,12 +77,19 @@ def test_simclr_is_nt_xent():
     assert simclr_loss(a, b, 0.1).item() == pytest.approx(expected.item(), rel=1e-10)
 
 
-def test_perfect_features_give_low_loss_and_shuffled_ids_high():
-    group_ids = torch.arange(8).repeat_interleave(4)
-    features = F.one_hot(group_ids, 8).double() + 0.01 * torch.randn(32, 8, dtype=torch.float64)
-    good = multi_positive_contrastive_loss(features, group_ids, 0.1).item()
-    bad = multi_positive_contrastive_loss(features, group_ids[torch.randperm(32)], 0.1).item()
-    assert good < 0.5 * math.log(28) and bad > good + 3
+def test_loss_at_perfect_and_at_wrong_groups_has_its_closed_form():
+    """8 groups of 4 one-hot features, temperature 0.1: an anchor's 3 group mates have similarity 10,
+    the other 28 candidates 0. With the true groups the loss is log(3 + 28 e^-10), near its minimum
+    log 3; with groups that put each anchor with 3 strangers it is 10 + log(3 + 28 e^-10)."""
+    true_group = torch.arange(8).repeat_interleave(4)
+    features = F.one_hot(true_group, 8).double()
+    floor = math.log(3 + 28 * math.exp(-10))
+    assert multi_positive_contrastive_loss(features, true_group, 0.1).item() == pytest.approx(floor, rel=1e-12)
+    # sample i of true group g goes to group (g + 2 i) % 8: each group's 4 members from 4 true groups
+    strangers = (true_group + 2 * (torch.arange(32) % 4)) % 8
+    assert torch.bincount(strangers).tolist() == [4] * 8
+    assert all(len(set(true_group[strangers == h].tolist())) == 4 for h in range(8))
+    assert multi_positive_contrastive_loss(features, strangers, 0.1).item() == pytest.approx(10 + floor, rel=1e-12)
 
 
 def test_clip_loss_matches_symmetric_cross_entropy():
@@ -161,7 +168,6 @@ def test_two_gloo_processes_match_one_process_on_the_concatenated_batch():
     plus = image_text_multi_positive_loss(features, whole_text, group_ids, torch.tensor(1.5, dtype=torch.float64))
     plus.backward()
 
-    n = features.shape[0] // world
     # DDP averages the ranks' gradients: mean of per-rank losses = the global mean over anchors
     mean_loss = sum(results[r][0] for r in range(world)) / world
     assert mean_loss == pytest.approx(loss.item(), rel=1e-10)
@@ -170,4 +176,3 @@ def test_two_gloo_processes_match_one_process_on_the_concatenated_batch():
     assert sum(results[r][2] for r in range(world)) / world == pytest.approx(plus.item(), rel=1e-10)
     text_grads = torch.cat([results[r][3] for r in range(world)]) / world
     torch.testing.assert_close(text_grads, whole_text.grad, rtol=1e-9, atol=1e-12)
-    assert n == 12

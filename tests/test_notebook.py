@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from html import escape as html_escape
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from synrep.experiments import sweep, sweep_run
+from synrep.experiments import report, sweep, sweep_run
 from synrep.config import load_config, save_resolved
 from tests.conftest import REPO
 
@@ -30,8 +31,15 @@ def test_notebook_draws_the_report_from_mlflow(learning_world, tmp_path, monkeyp
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"{len(runs)} runs, {len(runs)} groups" in text
-    assert "guidance scale w per method" in text
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs if o.output_type in ("display_data", "execute_result"))
-    assert "stablerep-w2-l4-m4-s0" in html
+    assert all(spec.run_id in html for spec in runs)
+    # The notebook reads MLflow; the same tables built from the runs' metrics.json files, as the
+    # Snakemake report does, must show the same cells.
+    files = report.load_runs([sweep.run_output_dir(cfg, spec) / "metrics.json" for spec in runs])
+    primary = f"probe_{cfg.eval.targets[0]}"
+    title, table = report.table_w(files, primary, cfg)
+    assert title in text
+    cells = [cell for row in table.iter_rows() for cell in row[1:]]
+    assert len(cells) == len(runs) and all(html_escape(cell) in html for cell in cells), (cells, html)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2

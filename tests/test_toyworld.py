@@ -34,7 +34,8 @@ def test_no_two_renders_identical_and_labels_balanced(small_world, make_cfg):
     assert not np.array_equal(toyworld.render(attrs, cfg, rng), toyworld.render(attrs, cfg, rng))
     counts = np.bincount(train["shape"], minlength=len(cfg.toyworld.shapes))
     assert counts.min() > 0.5 * counts.mean()
-    assert train["images"].shape[1:] == (16, 16, 3) and train["images"].dtype == np.uint8
+    size = cfg.toyworld.image_size
+    assert train["images"].shape == (cfg.toyworld.n_train, size, size, 3) and train["images"].dtype == np.uint8
 
 
 def test_captions_describe_their_images(small_world, make_cfg):
@@ -59,21 +60,31 @@ def _normalise(text):
 
 
 def test_raw_caption_file_has_exact_and_near_duplicates(small_world, make_cfg):
+    """One row per train image, in order, with its caption from train.npz; then the configured
+    fractions of extra rows, each after the row it repeats: exactly (the same string) or nearly (a
+    variant that NFKC + lower case + whitespace normalise back to it)."""
     cfg = make_cfg(base=small_world)
+    tw = cfg.toyworld
+    clean = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
     lines = (small_world / "data" / "toyworld" / "captions_raw.tsv").read_text(encoding="utf-8").splitlines()
-    captions = [line.split("\t")[0] for line in lines]
-    assert all(len(line.split("\t")) == 2 and line.split("\t")[1].startswith("toy://train/") for line in lines)
-    exact = len(captions) - len(set(captions))
-    normalised = [_normalise(c) for c in captions]
-    near = len(set(captions)) - len(set(normalised))
-    assert exact >= 0.05 * cfg.toyworld.n_train
-    assert near >= 0.05 * cfg.toyworld.n_train
-    assert any(any(ord(ch) > 127 for ch in c) for c in captions)  # Unicode variants
-    # every repeat comes after its first occurrence, and the first occurrence is the clean caption
-    first_seen = {}
-    for c, n in zip(captions, normalised):
-        first_seen.setdefault(n, c)
-    assert all(c == c.strip() and c == c.lower() for c in first_seen.values())
+    rows = [line.split("\t") for line in lines]
+    assert all(len(row) == 2 and row[1].startswith("toy://train/") for row in rows)
+    first, exact, near = {}, 0, 0
+    for caption, url in rows:
+        image = int(url.removeprefix("toy://train/"))
+        if url not in first:
+            first[url] = caption
+            assert caption == clean[image], (url, caption)
+        elif caption == clean[image]:
+            exact += 1
+        else:
+            assert _normalise(caption) == _normalise(clean[image]) != caption, (url, caption)
+            near += 1
+    assert list(first) == [f"toy://train/{i}" for i in range(tw.n_train)]
+    assert (exact, near) == (round(tw.exact_duplicate_rate * tw.n_train), round(tw.near_duplicate_rate * tw.n_train))
+    assert any(any(ord(ch) > 127 for ch in caption) for caption, _ in rows)  # Unicode variants
+    # the clean captions are what the dedup step keeps: normalised already
+    assert all(c == _normalise(c) for c in clean)
 
 
 def test_unknown_shape_is_a_config_error(make_cfg):

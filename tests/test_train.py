@@ -42,7 +42,11 @@ def test_plan_errors_name_the_key(make_cfg):
 
 @pytest.mark.parametrize("method", ["stablerep", "simclr", "clip", "stablerep_plus"])
 def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
+    import numpy as np
+
+    from synrep.data import toyworld
     from synrep.evaluation import evaluate
+    from synrep.learning.augment import MEAN, STD
 
     data = "real" if method == "simclr" else "w2"
     cfg = load_config(learning_world(f"train.method={method}", f"train.data={data}", "train.epochs=1",
@@ -51,14 +55,34 @@ def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
     plan = summary["length"]
     assert summary["history"][-1]["step"] == plan["steps"] > 0
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in summary["history"])
-    for name in ("model.pt", "train.json", "config.yaml", "checkpoints/last.pt"):
-        assert (tmp_path / "run" / name).exists(), name
+    assert json.loads((tmp_path / "run" / "train.json").read_text()) == summary
     assert load_config(config_file=tmp_path / "run" / "config.yaml").train.method == method
     metrics = evaluate.evaluate_run(cfg)
+    assert json.loads((tmp_path / "run" / "eval.json").read_text()) == metrics
     flat = evaluate.flat_metrics(metrics)
-    assert 0 <= flat["probe_shape"] <= 1 and 0 <= flat["fewshot_shape"] <= 1
     assert ("zeroshot_shape" in flat) == (method in ("clip", "stablerep_plus"))
-    assert json.loads((tmp_path / "run" / "eval.json").read_text())["linear_probe"]["shape"]["lr"] in cfg.eval.probe_lrs
+
+    # The evaluation scores this run's trained weights: features computed here from model.pt and
+    # the toy world's arrays, normalised by hand, are the ones it used, and give its accuracies.
+    model = train.build_model(cfg)
+    model.load_state_dict(torch.load(tmp_path / "run" / "model.pt")["model"])
+    model.eval()
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    splits = {s: toyworld.load_split(cfg.eval.root, s) for s in ("train", "val", "test")}
+    with torch.no_grad():
+        features = {s: model.features((torch.from_numpy(d["images"]).permute(0, 3, 1, 2) / 255.0 - mean) / std).numpy()
+                    for s, d in splits.items()}
+    with np.load(tmp_path / "run" / "features.npz") as used:
+        for s in splits:
+            np.testing.assert_allclose(used[s], features[s], rtol=1e-4, atol=1e-5)
+    labels = {s: d["shape"] for s, d in splits.items()}
+    e, n_test = cfg.eval, len(labels["test"])
+    probe = evaluate.linear_probe(features, labels, len(cfg.toyworld.shapes), list(e.probe_lrs), e.probe_epochs,
+                                  e.probe_batch_size, e.probe_batchnorm, seed=cfg.train.seed)
+    assert flat["probe_shape"] == pytest.approx(probe["test"], abs=1.5 / n_test)  # one test image may flip
+    few = evaluate.few_shot(features["test"], labels["test"], e.fewshot_ways, e.fewshot_shots, e.fewshot_queries,
+                            e.fewshot_episodes, seed=cfg.train.seed)
+    assert flat["fewshot_shape"] == pytest.approx(few["mean"], rel=1e-9)
 
 
 def test_resume_gives_the_uninterrupted_result(learning_world, tmp_path, monkeypatch):
