@@ -40,31 +40,24 @@ def test_sbatch_runs_a_job(slurm_cluster, tmp_path):
 # snakemake --profile slurm on a reduced pipeline, against a local run of the same config
 # ------------------------------------------------------------------------------------------------
 
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
+
+
 def reduced_config(root: Path, model: Path) -> dict:
-    """The toy pipeline, cut down to seconds of work: 16 captions, 2 shards at one w."""
+    """What this test changes in the reduced pipeline (.test/config/config.yaml): its own paths and
+    name, the tiny generator, 16 captions in 2 shards of the one source it builds."""
     return {
         "name": "slurmtest",
-        "threads": 1,
         "paths": {"data_dir": str(root / "data"), "results_dir": str(root / "results")},
-        "toyworld": {"n_train": 200, "n_val": 50, "n_test": 50},
         "captions": {"limit": 16},
-        "generation": {
-            "model": str(model),
-            "images_per_caption": 4,
-            "captions_per_shard": 8,
-            "steps": 4,
-            "batch_size": 16,
-            "grid_captions": 2,
-        },
-        # the workflow expands the sweep when it parses; keep it to the one w generated here
-        "sweep": {"grids": [{"method": ["stablerep"], "data": ["w2"]}]},
+        "generation": {"model": str(model), "captions_per_shard": 8},
     }
 
 
 def run_snakemake(workdir: Path, configfile: Path, *args: str, timeout: float) -> str:
     results = yaml.safe_load(configfile.read_text())["paths"]["results_dir"]
     target = f"{results}/slurmtest/shards/w2/index.parquet"
-    cmd = [*SNAKEMAKE, "--configfile", str(configfile), *args, target]
+    cmd = [*SNAKEMAKE, "--configfile", str(TEST_CONFIG), str(configfile), *args, target]
     done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     log = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-6000:]}"
