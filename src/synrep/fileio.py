@@ -1,22 +1,48 @@
 """Atomic file writes: every output is written to a temporary name, then renamed.
 
-A killed job therefore leaves either the previous file or nothing, never half a file.
+A killed job therefore leaves either the previous file or nothing, never half a file. Its
+temporary file (``.<name>.<host>.<pid>.<random>.tmp``) is removed by the next write of the same
+file, once no process of that id runs on this host: a writer still running is never disturbed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_dead_temporaries(path: Path) -> None:
+    """Delete the temporaries of ``path`` that a writer on this host left when it was killed."""
+    host = socket.gethostname()
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        parts = stale.name[len(path.name) + 2:].split(".")
+        # .<name>.<host>.<pid>.<random>.tmp; host names may hold dots, the pid is the third from the end
+        if len(parts) >= 4 and ".".join(parts[:-3]) == host and parts[-3].isdigit() and not _alive(int(parts[-3])):
+            stale.unlink(missing_ok=True)
+
+
 def _tmp_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_dead_temporaries(path)
+    prefix = f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp creates 0600; give the final file the usual umask-derived mode
     umask = os.umask(0)
