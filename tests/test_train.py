@@ -12,6 +12,7 @@ import torch
 
 from synrep.learning import methods
 from synrep.learning import trainer as train
+from synrep.learning.step import tokenize
 from synrep.config import load_config
 from tests.conftest import REPO
 
@@ -130,7 +131,7 @@ def reference_step(cfg, batch, world):
     rows = len(batch["captions"])
     per_row = batch["images"].shape[0] // rows
     chunk = rows // world
-    tokens = train.tokenize(cfg, batch["captions"]) if model.has_text else None
+    tokens = tokenize(cfg, batch["captions"]) if model.has_text else None
     parts = [model(batch["images"][r * chunk * per_row:(r + 1) * chunk * per_row],
                    tokens[r * chunk:(r + 1) * chunk] if tokens is not None else None) for r in range(world)]
     outputs = {k: torch.cat([p[k] for p in parts]) if parts[0][k].ndim else parts[0][k] for k in parts[0]}

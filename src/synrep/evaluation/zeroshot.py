@@ -12,7 +12,7 @@ from torch import nn
 def zero_shot(model, cfg: DictConfig, image_features: np.ndarray, labels: np.ndarray,
               prompts: list[list[str]]) -> float:
     """Accuracy of the class whose averaged prompt embedding is nearest the image embedding."""
-    from synrep.learning.trainer import tokenize
+    from synrep.learning.step import tokenize
 
     model.eval()
     class_embeddings = []

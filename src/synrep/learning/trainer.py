@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep.learning import distributed, methods
-from synrep.learning.step import forward_loss, optimizer_step, tokenize  # noqa: F401 (tokenize: for evaluation)
+from synrep.learning.step import forward_loss, optimizer_step
 from synrep.config import save_resolved, to_dict
 from synrep.fileio import atomic_path, write_json
 
