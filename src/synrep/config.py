@@ -625,7 +625,12 @@ def section_hash(cfg: DictConfig, *keys: str) -> str:
     for key in keys:
         value = OmegaConf.select(cfg, key)
         payload[key] = to_dict(value) if isinstance(value, (DictConfig, ListConfig)) else value
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(payload)
+
+
+def digest(data: Any) -> str:
+    """A short hash of plain data (JSON with sorted keys): Snakemake params, source specs, run identities."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_resolved(cfg: DictConfig, directory: str | os.PathLike, filename: str = "config.yaml") -> Path:

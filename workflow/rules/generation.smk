@@ -1,6 +1,7 @@
 # Generation: one job per (source, caption range) shard, so that a cluster runs shards as array
 # jobs, then one index job per source. A source's jobs rerun when its resolved spec changes.
-from synrep.generation.sources import source_spec, spec_hash
+from synrep.config import digest
+from synrep.generation.sources import source_spec
 
 SHARDS = RESULTS / "shards"
 # the sources that training reads, in the order the sweep names them
@@ -33,7 +34,7 @@ rule generate_shard:
     output:
         SHARDS / "{source}" / "shard-{index}.tar",
     params:
-        source=lambda wildcards: spec_hash(source_spec(CFG, wildcards.source)),
+        source=lambda wildcards: digest(source_spec(CFG, wildcards.source)),
         shard=lambda wildcards: int(wildcards.index),
     threads: CFG.threads
     resources:
@@ -53,7 +54,7 @@ rule index_source:
         stats=SHARDS / "{source}" / "stats.json",
         grid=SHARDS / "{source}" / "grid.png",
     params:
-        source=lambda wildcards: spec_hash(source_spec(CFG, wildcards.source)),
+        source=lambda wildcards: digest(source_spec(CFG, wildcards.source)),
     threads: 1
     log:
         LOGS / "index_{source}.log",

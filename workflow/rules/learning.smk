@@ -39,11 +39,9 @@ def run_data(wildcards):
 
 def run_hash(wildcards):
     """A run reruns when what its result depends on changes, not when the sweep around it does."""
-    import hashlib
-    import json
+    from synrep.config import digest
 
-    identity = run_identity(run_config(CFG, RUNS[wildcards.run]))
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(run_identity(run_config(CFG, RUNS[wildcards.run])))
 
 
 rule sweep_run:

@@ -11,9 +11,6 @@ classifier-free guidance at scale ``w``; ``w`` may be a set, from which each ima
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 from omegaconf import DictConfig
 
@@ -41,12 +38,9 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         "l": source.l or g.images_per_caption,
         "seed": g.seed if source.seed is None else source.seed,
     }
-    spec.update({key: to_dict(g)[key] for key in IMAGE_SETTINGS})
+    settings = to_dict(g)
+    spec.update({key: settings[key] for key in IMAGE_SETTINGS})
     return spec
-
-
-def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def scale_set(spec: dict) -> list[float]:
