@@ -129,3 +129,22 @@ def test_report_tables_plots_and_metrics(make_cfg, tmp_path):
     assert metrics["baseline-raw_pixels"]["probe_shape"] == pytest.approx(0.21, abs=1e-4)
     runs = pl.read_csv(out["runs"])
     assert len(runs) == len(paths)
+
+
+def test_one_seed_says_n_1_not_plus_minus_zero():
+    from synrep.tables import mean_ci
+
+    df = pl.DataFrame({"group": ["a", "b", "b"], "acc": [0.5, 0.4, 0.6]})
+    cells = dict(mean_ci(df, ["group"], "acc").select("group", "cell").iter_rows())
+    half = 12.706204736174705 * np.std([0.4, 0.6], ddof=1) / math.sqrt(2)  # t(0.975, df=1)
+    assert cells == {"a": "0.5 (n = 1)", "b": f"0.5 ± {round(half, 3)}"}
+
+
+def test_report_of_a_single_seed_builds_its_tables_and_plots(make_cfg, tmp_path):
+    cfg = make_cfg(*GRIDS[:-1], "sweep.seeds=[0]")
+    paths, truth = fabricate(cfg, tmp_path)
+    out = report.build(cfg, paths, [tmp_path / "baselines.json"], tmp_path / "ablations")
+    text = out["tables"].read_text()
+    assert f"{round(truth['simclr-real-l1'][0], 3)} (n = 1)" in text and "± 0.0 " not in text
+    with Image.open(out["accuracy_vs_w"]) as image:
+        assert image.format == "PNG"

@@ -17,21 +17,25 @@ def markdown_table(df: pl.DataFrame, floatfmt: str = ".3f") -> str:
 
 
 def t_halfwidth(std: float | None, n: int, confidence: float = 0.95) -> float:
-    """Half-width of the Student-t confidence interval of a mean of n values (0 for n < 2)."""
+    """Half-width of the Student-t confidence interval of a mean of n values (NaN for n < 2: one
+    value has no interval, and printing "± 0.0" would claim one)."""
     from scipy import stats
 
     if n < 2 or std is None or math.isnan(std):
-        return 0.0
+        return math.nan
     return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
 
 
 def mean_ci(df: pl.DataFrame, by: list[str], metric: str) -> pl.DataFrame:
-    """Mean, 95% CI half-width and count of ``metric`` per group, plus a "mean ± ci" cell."""
+    """Mean, 95% CI half-width and count of ``metric`` per group, plus a "mean ± ci" cell ("mean (n = 1)"
+    for a single value)."""
     grouped = (df.filter(pl.col(metric).is_not_null())
                .group_by(by, maintain_order=True)
                .agg(pl.col(metric).mean().alias("mean"), pl.col(metric).std().alias("std"), pl.len().alias("n")))
     ci = [t_halfwidth(s, n) for s, n in zip(grouped["std"].to_list(), grouped["n"].to_list())]
     grouped = grouped.with_columns(pl.Series("ci95", ci, dtype=pl.Float64))
+    mean = pl.col("mean").round(3).cast(pl.String)
     return grouped.with_columns(
-        pl.format("{} ± {}", pl.col("mean").round(3).cast(pl.String), pl.col("ci95").round(3).cast(pl.String)).alias("cell")
+        pl.when(pl.col("n") < 2).then(pl.format("{} (n = {})", mean, pl.col("n")))
+        .otherwise(pl.format("{} ± {}", mean, pl.col("ci95").round(3).cast(pl.String))).alias("cell")
     )
