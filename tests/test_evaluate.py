@@ -245,3 +245,20 @@ def test_imagefolder_evaluation_reads_class_folders(make_cfg, tmp_path):
     metrics = evaluate.evaluate_features(feats, data, cfg)
     assert metrics["linear_probe"]["class"]["test"] == 1.0
     assert metrics["few_shot"]["class"]["mean"] == 1.0
+
+
+def test_raw_pixels_are_pooled_to_a_bounded_size():
+    """224 px images would give 150,528 dims per image: the baseline pools them to eval.raw_pixels_size."""
+    images = torch.arange(2 * 3 * 64 * 64, dtype=torch.float32).reshape(2, 3, 64, 64)
+    pooled = evaluate.raw_pixels(images, 16)
+    assert pooled.shape == (2, 3 * 16 * 16)
+    # each value is the mean of a 4 x 4 block of the image
+    assert pooled[0, 0].item() == images[0, 0, :4, :4].mean().item()
+    small = torch.rand(2, 3, 16, 16)
+    assert torch.equal(evaluate.raw_pixels(small, 16), small.flatten(1))  # the toy world: as it was
+
+
+def test_raw_pixels_baseline_can_be_left_out(small_world, make_cfg):
+    cfg = make_cfg("eval.probe_epochs=1", "eval.fewshot_episodes=5", "train.encoder_kwargs.width=8",
+                   "eval.raw_pixels_size=null", base=small_world)
+    assert set(evaluate.baselines(cfg, seed=0)) == {"random_init"}

@@ -258,6 +258,9 @@ class EvalConfig:
     fewshot_shots: int = 5
     fewshot_queries: int = 15
     zero_shot: bool = True
+    # The raw-pixel baseline pools images to at most this side first (224 px ImageNet would be a
+    # 150,528-dim x 1.28M matrix; 16 px gives 768 dims); null leaves the baseline out
+    raw_pixels_size: Optional[int] = 16
     # Toy-world fraction of val used when the real recipe has no val split
     val_fraction: float = 0.1
 
@@ -371,6 +374,7 @@ POSITIVE: tuple[str, ...] = (
     "eval.fewshot_ways",
     "eval.fewshot_shots",
     "eval.fewshot_queries",
+    "eval.raw_pixels_size",
     "launch.timeout_min",
     "launch.nodes",
     "launch.tasks_per_node",

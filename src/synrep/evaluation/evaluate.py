@@ -76,18 +76,28 @@ def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
 
 
 def baselines(cfg: DictConfig, seed: int, data: EvalData | None = None) -> dict[str, dict]:
-    """Random-init encoder (train.encoder, seeded) and raw pixels, evaluated like trained runs."""
+    """Random-init encoder (train.encoder, seeded) and raw pixels (pooled to ``eval.raw_pixels_size``),
+    evaluated like trained runs."""
     from synrep.learning.trainer import build_model
 
     data = data or load_eval_data(cfg)
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
     random_features = extract_features(model.features, data, cfg, desc=f"random init s{seed}")
-    pixel_features = extract_features(lambda x: x.flatten(1), data, cfg, desc="raw pixels")
-    return {
-        "random_init": evaluate_features(random_features, data, cfg, seed=seed),
-        "raw_pixels": evaluate_features(pixel_features, data, cfg, seed=seed),
-    }
+    results = {"random_init": evaluate_features(random_features, data, cfg, seed=seed)}
+    if cfg.eval.raw_pixels_size is not None:
+        pixel_features = extract_features(lambda x: raw_pixels(x, cfg.eval.raw_pixels_size), data, cfg,
+                                          desc="raw pixels")
+        results["raw_pixels"] = evaluate_features(pixel_features, data, cfg, seed=seed)
+    return results
+
+
+def raw_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images as flat vectors, average-pooled to at most ``size`` px a side."""
+    if images.shape[-1] > size or images.shape[-2] > size:
+        images = torch.nn.functional.adaptive_avg_pool2d(images, (min(size, images.shape[-2]),
+                                                                  min(size, images.shape[-1])))
+    return images.flatten(1)
 
 
 def baselines_path(cfg: DictConfig, seed: int) -> Path:
