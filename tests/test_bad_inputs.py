@@ -439,7 +439,7 @@ def truncated_torch_file(path: Path) -> Path:
 
 def test_train_truncated_checkpoint(world, tmp_path, capsys):
     from synrep.config import load_config
-    from synrep.learning.trainer import training_identity
+    from synrep.learning.identity import training_identity
 
     write_source_shards(tmp_path)
     out = tmp_path / "run"

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from synrep.config import run_dir, to_dict
 from synrep.generation.sources import source_spec
 from synrep.learning import methods
+from synrep.learning.identity import training_identity
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,8 @@ def run_identity(cfg: DictConfig) -> dict:
     """What a run's result depends on: its train and eval sections, the resolved spec of the source
     it trains on, and the toy world or captions it reads. Not the rest of the sweep: adding a seed
     or a grid block leaves every other run's identity, and result, as it is."""
-    t = to_dict(cfg.train)
-    t.pop("output_dir", None)
-    identity = {"train": t, "eval": to_dict(cfg.eval), "captions": to_dict(cfg.captions),
-                "toyworld": to_dict(cfg.toyworld)}
-    if cfg.train.data != "real":
-        identity["source"] = source_spec(cfg, cfg.train.data)
-    return identity
+    # the trained model's identity (train, source, captions), plus what evaluation reads
+    return {**training_identity(cfg), "eval": to_dict(cfg.eval), "toyworld": to_dict(cfg.toyworld)}
 
 
 def list_runs(cfg: DictConfig) -> dict[str, Path]:

@@ -35,14 +35,14 @@ def index_source(cfg: DictConfig, source: str) -> dict[str, Path]:
     spec = source_spec(cfg, source)
     folder = shards_dir(cfg) / source
     shards = source_shards(cfg, source)
-    missing = [str(shard_path(shards_dir(cfg), source, s.index)) for s in shards
-               if not shard_path(shards_dir(cfg), source, s.index).exists()]
+    paths = [shard_path(shards_dir(cfg), source, s.index) for s in shards]
+    missing = [str(path) for path in paths if not path.exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) of source {source!r} missing, e.g. {missing[0]}; "
                                 "run `python -m synrep generate`")
-    rows = [shard_summary(shard_path(shards_dir(cfg), source, s.index), s) for s in shards]
+    rows = [shard_summary(path, s) for path, s in zip(paths, shards)]
     outputs = {"index": write_index(folder / "index.parquet", rows)}
-    grid = sample_grid(shard_path(shards_dir(cfg), source, 0), cfg.generation.grid_captions)
+    grid = sample_grid(paths[0], cfg.generation.grid_captions)
     outputs["grid"] = folder / "grid.png"
     with atomic_path(outputs["grid"]) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")

@@ -27,8 +27,9 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep.learning import distributed, methods
+from synrep.learning.identity import identity_diff, training_identity
 from synrep.learning.step import forward_loss, optimizer_step
-from synrep.config import save_resolved, to_dict
+from synrep.config import save_resolved
 from synrep.fileio import atomic_path, write_json
 
 
@@ -134,27 +135,6 @@ def data_loader(cfg: DictConfig, length: TrainingLength, info: distributed.DistI
     return torch.utils.data.DataLoader(stream, batch_size=length.rows_per_rank, collate_fn=data.collate_groups,
                                        num_workers=t.workers, drop_last=True,
                                        persistent_workers=False)
-
-
-def training_identity(cfg: DictConfig) -> dict:
-    """What a trained model depends on: ``train.*`` (but where it is written), the captions, and
-    the resolved spec of the source it reads."""
-    from synrep.generation.sources import source_spec
-
-    t = to_dict(cfg.train)
-    t.pop("output_dir", None)
-    identity = {"train": t, "source": source_spec(cfg, t["data"]) if t["data"] != "real" else None,
-                "captions": to_dict(cfg.captions)}
-    return identity
-
-
-def identity_diff(stored: dict, wanted: dict) -> list[str]:
-    """Dotted keys whose values differ, as ``key: stored -> wanted``, in the order of ``wanted``."""
-    from synrep.tracking import flatten
-
-    a, b = flatten("", stored), flatten("", wanted)
-    keys = list(b) + [k for k in a if k not in b]
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
 class OtherRunError(ValueError):
