@@ -34,9 +34,9 @@ def main() -> None:
     world = args.world_size or cfg.launch.nodes * max(1, cfg.launch.gpus_per_node)
     device = resolve_device(t.device)
     k = methods.get(t.method).crops_per_row(t.m)
-    rows = max(2, t.batch_images // k // world)
+    rows = max(2, t.batch_images // (k * world))  # one rank's rows, as training_length
     model = build_model(cfg).to(device).train()
-    optimizer, _ = build_optimizer(cfg, model, 100)
+    optimizer = build_optimizer(cfg, model)
     amp = autocast_dtype(t.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     images = torch.randn(rows * k, 3, t.image_size, t.image_size, device=device)

@@ -127,7 +127,6 @@ TINY_TRAINING = [
     "train.head_out=16",
     "train.batch_images=32",
     "train.epochs=4",
-    "train.shuffle_buffer=16",
     "train.text.width=16",
     "train.text.layers=1",
     "train.text.embed_dim=16",

@@ -33,8 +33,7 @@ def main(batch_path: str, out_path: str, overrides: list[str]) -> None:
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
-    if info.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+    model = distributed.wrap_model(model, torch.device("cpu"), info)
     loss, _ = forward_loss(cfg, model, images, group_ids, captions)
     loss.backward()
     mean_loss = distributed.all_reduce_mean(float(loss))

@@ -185,7 +185,10 @@ class AugmentConfig:
     color_jitter_p: float = 0.8
     grayscale_p: float = 0.2
     blur_p: float = 0.5
+    # The official --downsample: with this probability, before the crop, resize the stored image to
+    # one of these fractions of its side and back (official: 64 or 128 px of 256)
     downsample_p: float = 0.05
+    downsample_sizes: list[float] = field(default_factory=lambda: [0.25, 0.5])
 
 
 @dataclass
@@ -221,18 +224,30 @@ class TrainConfig:
     temperature: float = 0.1
     # StableRep+: L = L_image + text_loss_weight * (L_i2t + L_t2i)
     text_loss_weight: float = 0.5
-    # Epochs in SimCLR-equivalent compute: every method sees epochs * 2 crops per caption
+    # Length, as the official --epochs / --warmup_epochs: passes over the run's captions (each pass
+    # shows every caption once: m images for StableRep, two crops of one image for SimCLR, one image
+    # for CLIP). epoch_unit=simclr counts SimCLR-equivalent epochs instead (every method sees
+    # epochs * 2 crops per caption: equal compute whatever the method and m; the toy default).
     epochs: float = 10.0
-    batch_images: int = 256  # crops per step, global (n captions x m images for StableRep)
-    # lr = base_lr * batch_images / 256 (the paper: 2e-4 for ViT-B/16)
+    epoch_unit: str = "pass"  # pass | simclr
+    # Linear warm-up from 0 over this many epochs (same unit), then half-cycle cosine to 0
+    warmup_epochs: float = 1.0
+    batch_images: int = 256  # crops per step, all ranks (n captions x m images x crops per image)
+    # Peak lr: `lr` when set (the official --lr), else the official rule
+    # base_lr * images per step / 256 * crops per image / 2 (= base_lr * crops per step / 512)
+    lr: Optional[float] = None
     base_lr: float = 2e-3
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    warmup_fraction: float = 0.1
+    # The l ablation at a fixed generation budget T: the run trains on the first T // l captions
+    # (l = 1: T captions of one image); its length is counted on all captions, so compute is fixed
+    image_budget: Optional[int] = None
+    # Per-method values of train.* keys, e.g. {clip: {lr: 5.0e-4, weight_decay: 0.5}}: a method's own
+    # optimiser and length (applied to a run of that method, and part of its identity)
+    by_method: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
     workers: int = 0  # DataLoader worker processes per rank
-    shuffle_buffer: int = 1000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
 
@@ -273,6 +288,8 @@ class SweepGrid:
     data: Optional[list[str]] = None
     l: Optional[list[int]] = None
     m: Optional[list[int]] = None
+    # Generation budgets T in images (train.image_budget): a run trains on the first T // l captions
+    budget: Optional[list[int]] = None
 
 
 @dataclass
@@ -336,6 +353,9 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    # A named schedule from `schedules` (e.g. 1x, 2x, 3x), merged into train.* at load time
+    schedule: Optional[str] = None
+    schedules: dict[str, Any] = field(default_factory=dict)
 
 
 # Values outside these sets fail at load time.
@@ -347,6 +367,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "generation.image_format": ("png", "jpg"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.epoch_unit": ("pass", "simclr"),
     "launch.cluster": ("slurm", "local", "debug"),
 }
 POSITIVE: tuple[str, ...] = (
@@ -367,6 +388,8 @@ POSITIVE: tuple[str, ...] = (
     "train.epochs",
     "train.batch_images",
     "train.base_lr",
+    "train.lr",
+    "train.image_budget",
     "train.temperature",
     "eval.batch_size",
     "eval.probe_epochs",
@@ -386,7 +409,6 @@ FRACTIONS: tuple[str, ...] = (
     "toy_generator.caption_dropout",
     "toy_generator.ema_decay",
     "generation.guidance_rescale",
-    "train.warmup_fraction",
     "train.augment.color_jitter_p",
     "train.augment.grayscale_p",
     "train.augment.blur_p",
@@ -480,7 +502,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("config key 'toyworld.image_size': must be a multiple of 4")
     check_data_source(cfg, cfg.train.data, "train.data")
     for i, grid in enumerate(cfg.sweep.grids):
-        for key in ("method", "data", "l", "m"):
+        for key in ("method", "data", "l", "m", "budget"):
             values = grid[key]
             if values is not None and len(values) == 0:
                 raise ConfigError(f"config key 'sweep.grids[{i}].{key}': empty list (use null for the train.* value)")
@@ -489,12 +511,30 @@ def validate(cfg: DictConfig) -> None:
                 raise ConfigError(f"config key 'sweep.grids[{i}].method[{j}]': {method!r} is not one of {list(METHODS)}")
         for j, data in enumerate(grid.data or []):
             check_data_source(cfg, data, f"sweep.grids[{i}].data[{j}]")
-        for key in ("l", "m"):
+        for key in ("l", "m", "budget"):
             for j, value in enumerate(grid[key] or []):
                 if value <= 0:
                     raise ConfigError(f"config key 'sweep.grids[{i}].{key}[{j}]': must be > 0, got {value}")
+    for method, own in cfg.train.by_method.items():
+        key = f"train.by_method.{method}"
+        if method not in METHODS:
+            raise ConfigError(f"config key '{key}': {method!r} is not one of {list(METHODS)}")
+        if not isinstance(own, DictConfig):
+            raise ConfigError(f"config key '{key}': expected a mapping of train.* keys")
+        for name in own:
+            if name in ("by_method", "method", "output_dir") or name not in cfg.train:
+                raise ConfigError(f"config key '{key}.{name}': not a train.* key a method can set")
+        try:
+            OmegaConf.merge(OmegaConf.structured(TrainConfig), own)
+        except OmegaConfBaseException as err:
+            msg = (getattr(err, "msg", None) or str(err)).splitlines()[0].strip()
+            raise ConfigError(f"config key '{key}.{getattr(err, 'full_key', '?')}': {msg}") from None
     if not cfg.sweep.seeds:
         raise ConfigError("config key 'sweep.seeds': at least one seed")
+    for i, fraction in enumerate(cfg.train.augment.downsample_sizes):
+        if not 0 < fraction < 1:
+            raise ConfigError(f"config key 'train.augment.downsample_sizes[{i}]': a fraction of the side in (0, 1), "
+                              f"got {fraction}")
     lo, hi = cfg.train.augment.crop_scale
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"config key 'train.augment.crop_scale': need 0 < min <= max <= 1, got {[lo, hi]}")
@@ -580,22 +620,48 @@ def load_config(
         else:
             dotlist.append(item)
 
-    cfg = OmegaConf.structured(Config)
     default_file = Path(config_file) if config_file else config_dir() / "config.yaml"
     if not config_file and not default_file.exists():
         raise ConfigError(f"config file not found: {default_file} (run synrep from the root of a checkout, "
                           "or set SYNREP_CONFIG_DIR)")
-    cfg = _merge(cfg, _load_yaml(default_file), str(default_file))
     if base:
         base = dict(base)
         experiment = experiment or base.pop("experiment", None)
         base.pop("experiment", None)
-    # the experiment file overrides the defaults; Snakemake's --config and key=value override both
+    # Layers, lowest first: the experiment file overrides the defaults; Snakemake's --config and
+    # key=value override both. A named schedule slots in above the experiment file.
+    files = [(str(default_file), _load_yaml(default_file))]
     if experiment:
-        path = experiment_path(experiment)
-        cfg = _merge(cfg, _load_yaml(path), str(path))
-    if base:
-        cfg = _merge(cfg, OmegaConf.create(base), "snakemake config")
+        files += experiment_layers(experiment_path(experiment))
+    overlays = [("snakemake config", OmegaConf.create(base))] if base else []
+    cfg = _merge_layers(files, overlays, dotlist)
+    if cfg.schedule is not None:
+        if cfg.schedule not in cfg.schedules:
+            raise ConfigError(f"config key 'schedule': {cfg.schedule!r} is not one of {list(cfg.schedules)} "
+                              "(defined under 'schedules:')")
+        values = OmegaConf.create({"train": OmegaConf.to_container(cfg.schedules[cfg.schedule])})
+        cfg = _merge_layers(files + [(f"config key 'schedules.{cfg.schedule}'", values)], overlays, dotlist)
+    validate(cfg)
+    return cfg
+
+
+def experiment_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """An experiment file, after the file it ``extends`` (another experiment's name), if any."""
+    layer = _load_yaml(path)
+    parent = layer.pop("extends", None)
+    if parent is None:
+        return [(str(path), layer)]
+    parent_path = experiment_path(str(parent))
+    if parent_path in seen or parent_path == path:
+        raise ConfigError(f"{path}: 'extends: {parent}' makes a cycle")
+    return experiment_layers(parent_path, seen + (path,)) + [(str(path), layer)]
+
+
+def _merge_layers(files: list[tuple[str, DictConfig]], overlays: list[tuple[str, DictConfig]],
+                  dotlist: list[str]) -> DictConfig:
+    cfg = OmegaConf.structured(Config)
+    for source, layer in files + overlays:
+        cfg = _merge(cfg, layer, source)
     if dotlist:
         try:
             cli = OmegaConf.from_dotlist(dotlist)
@@ -611,7 +677,16 @@ def load_config(
                 within = next((item.split("=", 1)[0] for item in dotlist if _fails(cfg, item)), None)
             raise _describe(err, "command line", within) from None
     OmegaConf.set_readonly(cfg, False)
-    validate(cfg)
+    return cfg
+
+
+def method_train(cfg: DictConfig) -> DictConfig:
+    """``cfg`` (a copy) with ``train.by_method[train.method]`` merged into ``train.*``."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    own = cfg.train.by_method.get(cfg.train.method)
+    if own:
+        for key, value in own.items():
+            cfg.train[key] = value
     return cfg
 
 

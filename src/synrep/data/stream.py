@@ -1,4 +1,4 @@
-"""Training batches streamed from WebDataset shards: n captions x m images.
+"""Training batches read from WebDataset-format tar shards: n captions x m images.
 
 Synthetic shards (``synrep.data.shards``) hold l images per caption; real-image shards hold one image
 per caption in the same format (``real_shards`` writes them for the toy world; img2dataset shards
@@ -7,13 +7,19 @@ group) is:
 
 - StableRep / StableRep+: m images drawn without replacement from the first l of the caption,
   one augmented crop each (if m > l, every image is used and the rest are drawn again, so some
-  images appear as two different crops);
+  images appear as two different crops); at m = 1, two crops of one image (SimCLR);
 - SimCLR: one image, two crops;
 - CLIP: one image and its caption.
 
-Group ids belong to batch rows, as in the official code: two rows with the same caption text are
-still different groups (captions are deduplicated first). The order of samples and of the random
-draws is a function of (seed, epoch, rank), so a resumed run sees what an uninterrupted run saw.
+As the official code (a map-style dataset under a ``DistributedSampler``), ``GroupDataset`` gives
+random access to every caption: the tar headers of each shard are read once (never the image
+data) into a table of member offsets, and a sample is read by seeking to its members. So the
+sampler shuffles the whole caption set every pass (RedCaps files are ordered by subreddit: a shard
+order shuffle and a buffer would leave batches correlated), and a DataLoader worker reads only the
+samples it is given. Group ids belong to batch rows, as in the official code: two rows with the same
+caption text are still different groups (captions are deduplicated first). The draws of a sample
+depend on (seed, epoch, sample index) only, so a resumed run sees what an uninterrupted run saw,
+whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import json
 import random
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -110,75 +116,113 @@ def _decode(data: bytes) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-class GroupStream(torch.utils.data.IterableDataset):
-    """Yields ``(images [k*v, 3, H, W], caption)`` per caption, streamed from tar shards.
+def _corrupt(url: str, err: BaseException) -> ValueError:
+    reason = str(err.args[0] if err.args else err).splitlines()[0] if str(err) else type(err).__name__
+    return ValueError(f"{url}: truncated or corrupt shard ({type(err).__name__}: {reason})")
 
-    Epoch ``e`` visits the shards in an order shuffled by (seed, e), shuffles samples within a
-    buffer, and rank r of ``world`` keeps every world-th sample, so all ranks see the same number
-    of samples (± 1) and the draws depend only on (seed, epoch, rank).
-    """
 
-    def __init__(self, urls: list[str], spec, transform: Callable, seed: int,
-                 shuffle_buffer: int = 1000, rank: int = 0, world: int = 1):
+def member_table(url: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """The samples of a tar shard in file order: ``(key, {suffix: (data offset, size)})``, read
+    from the tar headers only (webdataset's convention: the key is the name up to its first dot)."""
+    samples: dict[str, dict[str, tuple[int, int]]] = {}
+    end = 0
+    try:
+        size = Path(url).stat().st_size
+        with tarfile.open(url, mode="r:") as handle:
+            for member in handle:
+                end = max(end, member.offset_data + -(-member.size // 512) * 512)
+                if not member.isfile():
+                    continue
+                name = member.name
+                folder, _, base = name.rpartition("/")
+                if "." not in base:
+                    continue
+                key, suffix = base.split(".", 1)
+                key = f"{folder}/{key}" if folder else key
+                samples.setdefault(key, {})[suffix] = (member.offset_data, member.size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard not found: {url}") from None
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise _corrupt(url, err) from err
+    # tarfile stops quietly at a cut header: a whole archive ends with two zero blocks after its data
+    if size < end + 1024:
+        raise ValueError(f"{url}: truncated or corrupt shard (the archive ends at byte {size}, inside its "
+                         f"members or before its end-of-archive blocks at {end})")
+    return list(samples.items())
+
+
+class GroupDataset(torch.utils.data.Dataset):
+    """Item i: ``(images [k*v, 3, H, W], caption)`` of the i-th caption of the shards, in index
+    order; ``max_samples`` keeps the first N captions (the l ablation at a fixed budget)."""
+
+    def __init__(self, urls: list[str], spec, transform: Callable, seed: int, max_samples: int | None = None):
         super().__init__()
-        self.urls, self.spec, self.transform = list(urls), spec, transform
-        self.seed, self.shuffle_buffer, self.rank, self.world = seed, shuffle_buffer, rank, world
+        self.urls, self.spec, self.transform, self.seed = list(urls), spec, transform, seed
         self.epoch = 0
+        self.samples: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
+        for shard, url in enumerate(self.urls):
+            self.samples += [(shard, key, members) for key, members in member_table(url)]
+            if max_samples is not None and len(self.samples) >= max_samples:
+                break
+        if max_samples is not None:
+            self.samples = self.samples[:max_samples]
+        self._files: dict[int, object] = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_files"] = {}  # open files stay with the process that opened them
+        return state
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _raw(self, rng: random.Random) -> Iterator[dict]:
-        import webdataset as wds
+    def __len__(self) -> int:
+        return len(self.samples)
 
-        urls = list(self.urls)
-        rng.shuffle(urls)
+    def _read(self, shard: int, offset: int, size: int) -> bytes:
+        url = self.urls[shard]
+        handle = self._files.get(shard)
+        if handle is None:
+            handle = self._files[shard] = open(url, "rb")
+        handle.seek(offset)
+        data = handle.read(size)
+        if len(data) != size:
+            raise ValueError(f"{url}: truncated or corrupt shard (a member ends after {len(data)} of {size} bytes)")
+        return data
 
-        def stream() -> Iterator[dict]:
-            # one shard at a time, so that a truncated or corrupt shard is named in one line
-            for url in urls:
-                try:
-                    yield from wds.WebDataset([url], shardshuffle=False, nodesplitter=None,
-                                              workersplitter=None, empty_check=False)
-                except FileNotFoundError:
-                    raise  # one line naming the file already
-                except (tarfile.TarError, OSError, EOFError, ValueError) as err:
-                    reason = str(err.args[0] if err.args else err).split(" @ ")[0].splitlines()[0]
-                    raise ValueError(f"{url}: truncated or corrupt shard ({type(err).__name__}: {reason})") from err
+    def read_sample(self, index: int) -> dict:
+        """The raw members of sample ``index`` (as webdataset gives them: suffix -> bytes)."""
+        shard, key, members = self.samples[index]
+        sample = {suffix: self._read(shard, offset, size) for suffix, (offset, size) in members.items()}
+        sample["__key__"], sample["__url__"] = key, self.urls[shard]
+        return sample
 
-        buffer: list[dict] = []
-        for sample in stream():
-            buffer.append(sample)
-            if len(buffer) >= self.shuffle_buffer:
-                yield buffer.pop(rng.randrange(len(buffer)))
-        rng.shuffle(buffer)
-        yield from buffer
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
-        rng = random.Random(f"{self.seed}-{self.epoch}")
-        draw_rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-draw")
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         spec = self.spec
-        # rank r of R, DataLoader worker j of J: sample i goes to (i mod R*J) == r*J + j
-        worker = torch.utils.data.get_worker_info()
-        workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
-        stride, slot = self.world * workers, self.rank * workers + worker_id
-        if worker:
-            draw_rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker_id}-draw")
-        for i, sample in enumerate(self._raw(rng)):
-            if i % stride != slot:
-                continue
-            names = _image_names(sample)
-            if spec.use_first is not None:
-                if len(names) < spec.use_first:
-                    raise ValueError(f"sample {sample['__key__']} in {sample.get('__url__')} has {len(names)} "
-                                     f"images; the run asks for l = {spec.use_first}")
-                names = names[: spec.use_first]
-            if spec.images <= len(names):
-                chosen = draw_rng.sample(names, spec.images)
-            else:
-                chosen = names + [draw_rng.choice(names) for _ in range(spec.images - len(names))]
+        sample = self.read_sample(index)
+        names = _image_names(sample)
+        if spec.use_first is not None:
+            if len(names) < spec.use_first:
+                raise ValueError(f"sample {sample['__key__']} in {sample['__url__']} has {len(names)} "
+                                 f"images; the run asks for l = {spec.use_first}")
+            names = names[: spec.use_first]
+        draw = random.Random(f"{self.seed}-{self.epoch}-{index}")
+        if spec.images <= len(names):
+            chosen = draw.sample(names, spec.images)
+        else:
+            chosen = names + [draw.choice(names) for _ in range(spec.images - len(names))]
+        try:
             crops = [self.transform(_decode(sample[name])) for name in chosen for _ in range(spec.views)]
-            yield torch.stack(crops), _caption(sample)
+        except (OSError, ValueError) as err:
+            raise _corrupt(sample["__url__"], err) from err
+        return torch.stack(crops), _caption(sample)
+
+
+def group_sampler(dataset: GroupDataset, seed: int, rank: int, world: int) -> torch.utils.data.DistributedSampler:
+    """The official sampler: the whole caption set shuffled by (seed, epoch), ceil(N / world)
+    indices per rank (padded by repetition); call ``set_epoch`` every pass."""
+    return torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                               drop_last=False)
 
 
 def collate_groups(batch: list[tuple[torch.Tensor, str]]) -> dict:

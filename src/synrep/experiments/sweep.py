@@ -1,6 +1,6 @@
 """Sweep expansion: one function turns the sweep config into runs, for Snakemake and submitit alike.
 
-A run is (method, data source, l, m, seed). ``sweep.grids`` is a list of blocks; each block is the
+A run is (method, data source, l, m, generation budget T, seed). ``sweep.grids`` is a list of blocks; each block is the
 cartesian product of its lists, and a missing list takes the ``train.*`` value. Runs are
 normalised (a method with one image per row has m = 1; real data holds one image per caption:
 l = 1) and deduplicated, keeping the first occurrence, so blocks may overlap.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import run_dir, to_dict
+from synrep.config import method_train, run_dir, to_dict
 from synrep.generation.sources import source_spec
 from synrep.learning import methods
 from synrep.learning.identity import training_identity
@@ -27,11 +27,13 @@ class RunSpec:
     l: int
     m: int
     seed: int
+    budget: int | None = None  # T images: the run trains on the first T // l captions
 
     @property
     def run_id(self) -> str:
         m = f"-m{self.m}" if methods.get(self.method).multi_positive else ""
-        return f"{self.method}-{self.data}-l{self.l}{m}-s{self.seed}"
+        budget = f"-T{self.budget}" if self.budget is not None else ""
+        return f"{self.method}-{self.data}-l{self.l}{m}{budget}-s{self.seed}"
 
     @property
     def group(self) -> str:
@@ -39,23 +41,25 @@ class RunSpec:
         return self.run_id.rsplit("-s", 1)[0]
 
 
-def normalise(method: str, data: str, l: int, m: int, seed: int) -> RunSpec:
+def normalise(method: str, data: str, l: int, m: int, seed: int, budget: int | None = None) -> RunSpec:
     if data == "real":
         l = 1
     if not methods.get(method).multi_positive:
         m = 1
-    return RunSpec(method, data, int(l), int(m), int(seed))
+    return RunSpec(method, data, int(l), int(m), int(seed), None if budget is None else int(budget))
 
 
 def expand(cfg: DictConfig) -> list[RunSpec]:
     """Every run of the sweep, in a fixed order. No grids: the single run ``train.*`` describes."""
     t = cfg.train
-    grids = list(cfg.sweep.grids) or [OmegaConf.create({"method": None, "data": None, "l": None, "m": None})]
+    grids = list(cfg.sweep.grids) or [OmegaConf.create({"method": None, "data": None, "l": None, "m": None,
+                                                          "budget": None})]
     runs: dict[str, RunSpec] = {}
     for grid in grids:
-        axes = [grid.method or [t.method], grid.data or [t.data], grid.l or [t.l], grid.m or [t.m], cfg.sweep.seeds]
-        for method, data, l, m, seed in itertools.product(*axes):
-            spec = normalise(method, data, l, m, seed)
+        axes = [grid.method or [t.method], grid.data or [t.data], grid.l or [t.l], grid.m or [t.m], cfg.sweep.seeds,
+                grid.get("budget") or [t.image_budget]]
+        for method, data, l, m, seed, budget in itertools.product(*axes):
+            spec = normalise(method, data, l, m, seed, budget)
             runs.setdefault(spec.run_id, spec)
     specs = list(runs.values())
     check_sources(cfg, specs)
@@ -85,12 +89,13 @@ def run_output_dir(cfg: DictConfig, spec: RunSpec) -> Path:
 
 
 def run_config(cfg: DictConfig, spec: RunSpec) -> DictConfig:
-    """The config of one run: ``train.*`` set from the spec, its own output folder."""
+    """The config of one run: ``train.*`` set from the spec and the method's own settings
+    (``train.by_method``), its own output folder."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    cfg.train.method, cfg.train.data, cfg.train.l, cfg.train.m, cfg.train.seed = (
-        spec.method, spec.data, spec.l, spec.m, spec.seed)
+    cfg.train.method, cfg.train.data, cfg.train.l, cfg.train.m, cfg.train.seed, cfg.train.image_budget = (
+        spec.method, spec.data, spec.l, spec.m, spec.seed, spec.budget)
     cfg.train.output_dir = str(run_output_dir(cfg, spec))
-    return cfg
+    return method_train(cfg)
 
 
 def run_identity(cfg: DictConfig) -> dict:

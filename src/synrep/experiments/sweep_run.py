@@ -39,9 +39,11 @@ def parent_run_id(cfg: DictConfig) -> str:
 
 def run_params(cfg: DictConfig, spec: RunSpec) -> dict:
     """The run's axes as top-level MLflow params (compare view, parallel coordinates): method,
-    source, w (a number; for a set of scales its mean, and the set as ``w_set``), l, m, seed."""
+    source, w (a number; for a set of scales its mean, and the set as ``w_set``), l, m, seed, and the
+    generation budget T where the run has one."""
     w = w_params(source_spec(cfg, spec.data)) if spec.data != "real" else {"w": None, "w_set": None}
-    params = {"method": spec.method, "source": spec.data, "l": spec.l, "m": spec.m, "seed": spec.seed, "w": w["w"]}
+    params = {"method": spec.method, "source": spec.data, "l": spec.l, "m": spec.m, "seed": spec.seed, "w": w["w"],
+              "budget": spec.budget}
     if w["w_set"]:
         params["w_set"] = w["w_set"]
     return {k: v for k, v in params.items() if v is not None}

@@ -87,3 +87,74 @@ def all_reduce_mean(value: float) -> float:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics cover the whole batch of every rank, for process groups
+    on the CPU (gloo), where ``nn.SyncBatchNorm`` refuses to run. Written by hand for that reason
+    only; CUDA runs use ``nn.SyncBatchNorm``. Two differentiable all-reduces (sum and count, then
+    the centred sum of squares), so the gradient flows through the global statistics as it does in
+    ``nn.SyncBatchNorm``."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+        total = all_reduce(torch.cat([x.sum(dims), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        var = all_reduce((x - mean.view(shape)).pow(2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                momentum = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / (n - 1))
+                self.num_batches_tracked.add_(1)
+        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def sync_batchnorm(model: torch.nn.Module, device_type: str) -> torch.nn.Module:
+    """Every BatchNorm of ``model`` synchronised across ranks, as the official head's SyncBatchNorm:
+    ``nn.SyncBatchNorm`` on CUDA, ``GlobalBatchNorm`` on the CPU. A no-op in a single process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return model
+    if device_type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    def convert(module: torch.nn.Module) -> torch.nn.Module:
+        out = module
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+            out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                  module.track_running_stats)
+            # the same Parameter and buffer objects (as convert_sync_batchnorm): an optimizer built
+            # before the conversion still updates them
+            if module.affine:
+                out.weight, out.bias = module.weight, module.bias
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.train(module.training)
+        for name, child in module.named_children():
+            out.add_module(name, convert(child))
+        return out
+
+    return convert(model)
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
+    """Synchronised BatchNorm and DistributedDataParallel when the run has several ranks."""
+    if not info.enabled:
+        return model
+    model = sync_batchnorm(model, device.type)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[info.local_rank] if device.type == "cuda" else None)

@@ -2,7 +2,7 @@
 
 | method | a batch row | loss |
 | --- | --- | --- |
-| ``stablerep`` | m of the caption's first l images, one crop each | multi-positive contrastive |
+| ``stablerep`` | m of the caption's first l images, one crop each (m = 1: two crops, = SimCLR) | multi-positive contrastive |
 | ``simclr`` | one image, two crops | InfoNCE (the same loss with two crops of one image) |
 | ``clip`` | one image and its caption | CLIP's symmetric image-text loss, learnt temperature |
 | ``stablerep_plus`` | as ``stablerep``, plus the caption | multi-positive + text_loss_weight x image-text |
@@ -36,11 +36,16 @@ class Method:
     def images_per_row(self, m: int) -> int:
         return int(m) if self.multi_positive else 1
 
+    def crops_per_image(self, m: int) -> int:
+        """The official --num_crop: one crop per image, except that a row of one image needs two
+        crops to hold a positive pair (StableRep at m = 1 is SimCLR, as in the paper's m ablation)."""
+        return 2 if self.multi_positive and int(m) == 1 else self.views
+
     def crops_per_row(self, m: int) -> int:
-        return self.images_per_row(m) * self.views
+        return self.images_per_row(m) * self.crops_per_image(m)
 
     def sample_spec(self, l: int | None, m: int) -> SampleSpec:
-        return SampleSpec(images=self.images_per_row(m), views=self.views, use_first=l)
+        return SampleSpec(images=self.images_per_row(m), views=self.crops_per_image(m), use_first=l)
 
     def loss(self, cfg, out: dict, group_ids) -> tuple:
         """The loss of one step from the model's outputs (group ids: local batch rows), and its parts."""

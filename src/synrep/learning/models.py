@@ -4,7 +4,9 @@
   returns pooled features (the CLS token for ViTs); the toy world uses the timm-registered
   ``toy_cnn`` (``synrep.encoders``), the paper ``vit_base_patch16_224``;
 - projection head: the paper's MLP, BatchNorm + ReLU after the first two layers
-  (768-4096-4096-256 for ViT-B/16);
+  (768-4096-4096-256 for ViT-B/16), applied to each view apart as the official code does ("do
+  separate BN"): view j holds the j-th crop of every batch row, so the BatchNorm statistics never
+  pool the positives of one caption; under DDP they are synchronised (``distributed.sync_batchnorm``);
 - text tower (CLIP, StableRep+): open_clip's ``TextTransformer`` built from config, with
   open_clip's BPE tokenizer (its vocabulary ships in the wheel: no download).
 """
@@ -34,14 +36,24 @@ def create_backbone(cfg: DictConfig) -> nn.Module:
 
 
 class ProjectionHead(nn.Sequential):
-    """Linear-BN-ReLU, Linear-BN-ReLU, Linear: StableRep's (and SimCLR v2's) MLP head."""
+    """Linear-BN-ReLU, Linear-BN-ReLU, Linear: StableRep's ``image_mlp`` (models/StableRep.py)."""
 
     def __init__(self, dim_in: int, hidden: int, dim_out: int):
         super().__init__(
-            nn.Linear(dim_in, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, dim_out),
         )
+
+    def per_view(self, feats: torch.Tensor, views: int) -> torch.Tensor:
+        """The head on each view apart: ``feats`` are row-major [rows * views, d] (a row's crops
+        next to each other); view j is ``feats[j::views]``. Output in the same order."""
+        if views == 1:
+            return self(feats)
+        rows = feats.shape[0] // views
+        by_view = feats.view(rows, views, -1).transpose(0, 1)
+        out = torch.stack([self(by_view[j]) for j in range(views)], dim=1)
+        return out.reshape(rows * views, -1)
 
 
 def tokenizer(cfg: DictConfig):
@@ -109,12 +121,14 @@ class RepresentationModel(nn.Module):
     def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text(tokens)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Everything a loss needs, in one call (DistributedDataParallel hooks ``forward`` only)."""
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None,
+                views: int = 1) -> dict[str, torch.Tensor]:
+        """Everything a loss needs, in one call (DistributedDataParallel hooks ``forward`` only).
+        ``views``: crops per batch row, the head's BatchNorm sees one view at a time."""
         feats = self.backbone(images)
         out = {}
         if hasattr(self, "head"):
-            out["projection"] = self.head(feats)
+            out["projection"] = self.head.per_view(feats, views)
         if self.has_text:
             out["image_embedding"] = self.image_proj(feats)
             if tokens is not None:

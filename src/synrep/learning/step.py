@@ -20,7 +20,7 @@ def forward_loss(cfg: DictConfig, model: torch.nn.Module, images: torch.Tensor, 
     method = methods.get(cfg.train.method)
     tokens = tokenize(cfg, captions).to(images.device) if method.text else None
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        outputs = model(images, tokens)
+        outputs = model(images, tokens, views=method.crops_per_row(cfg.train.m))
     return method.loss(cfg, {k: v.float() for k, v in outputs.items()}, group_ids)
 
 

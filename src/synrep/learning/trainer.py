@@ -1,11 +1,19 @@
-"""``train(cfg)``: one trainer for StableRep, SimCLR, CLIP and StableRep+.
+"""``train(cfg)``: one trainer for StableRep, SimCLR, CLIP and StableRep+, following the official
+StableRep code (google-research/syn-rep-learn, ``StableRep/main_stablerep.py``).
 
 - Data: n captions x k crops per step from the shards (``synrep.data.stream``); k = m for StableRep(+),
-  2 for SimCLR, 1 for CLIP. ``train.batch_images`` crops per step, across all ranks.
-- Compute is counted in SimCLR-equivalent epochs (papers.md): every method sees
-  ``epochs * 2 * n_captions`` crops in all, so one StableRep epoch with m = 6 costs 3 SimCLR epochs.
-- AdamW without weight decay on biases and norms, lr = base_lr * batch_images / 256, cosine schedule
-  with linear warm-up (timm's scheduler), bf16 autocast on GPU.
+  2 for SimCLR (and StableRep at m = 1), 1 for CLIP. ``train.batch_images`` crops per step, across
+  all ranks, rounded down to whole rows on every rank (the official ``--batch_size`` counts captions
+  per GPU: 43 captions x 6 images x 32 GPUs = 8256).
+- Length: ``train.epochs`` passes over the captions as the official ``--epochs`` (a
+  ``DistributedSampler`` and ``drop_last``: ceil(N / ranks) // rows-per-rank steps a pass), or
+  SimCLR-equivalent epochs with ``train.epoch_unit=simclr`` (every method sees epochs x 2 crops per
+  caption: equal compute, the toy default).
+- Peak lr: ``train.lr``, else the official rule base_lr x images per step / 256 x crops per image / 2.
+  Schedule: the official ``adjust_learning_rate``, set before every step: linear warm-up from 0 over
+  ``warmup_epochs``, then half-cycle cosine to 0 at the last step.
+- AdamW without weight decay on biases and norms, bf16 autocast on GPU (fp16 with a grad scaler if
+  asked, as the official runs).
 - A checkpoint after every pass over the captions; a restarted run resumes from the latest one.
   Each pass reseeds every random generator from (seed, pass, rank), so a resumed run computes
   exactly what an uninterrupted run computes.
@@ -29,42 +37,73 @@ from tqdm.auto import tqdm
 from synrep.learning import distributed, methods
 from synrep.learning.identity import identity_diff, training_identity
 from synrep.learning.step import forward_loss, optimizer_step
-from synrep.config import save_resolved
+from synrep.config import method_train, save_resolved
 from synrep.fileio import atomic_path, write_json
 
 
 @dataclass(frozen=True)
 class TrainingLength:
-    """How many steps a run takes and how they split into passes over the captions."""
+    """How many steps a run takes, how they split into passes over the captions, and its lr."""
 
-    n_captions: int
+    n_captions: int  # captions the run trains on (T // l of them with a generation budget T)
     crops_per_row: int
     rows_per_step: int  # global
     rows_per_rank: int
+    images_per_step: int
     crops_per_step: int
     steps: int
+    warmup_steps: float  # the official warm-up ends at a fraction of an epoch: not always a whole step
     steps_per_pass: int
     passes: int
+    peak_lr: float
+
+
+def steps_per_pass(n_captions: int, world_size: int, rows_per_rank: int) -> int:
+    """Steps of one pass, as ``len(DataLoader(DistributedSampler(N), batch, drop_last=True))``."""
+    return math.ceil(n_captions / world_size) // rows_per_rank
 
 
 def training_length(cfg: DictConfig, n_captions: int, world_size: int = 1) -> TrainingLength:
+    """The run's steps, warm-up and peak lr for ``n_captions`` captions in its source, on
+    ``world_size`` ranks (what the official command line gives, see tests/test_recipes.py)."""
     t = cfg.train
-    k = methods.get(t.method).crops_per_row(t.m)
-    rows = t.batch_images // k
-    if rows < 2:
-        raise ValueError(f"config key 'train.batch_images': {t.batch_images} crops hold fewer than 2 rows of {k}")
-    if rows % world_size:
-        raise ValueError(f"config key 'train.batch_images': {rows} rows of {k} crops do not split over "
-                         f"{world_size} processes")
-    per_rank = rows // world_size
-    # each DataLoader worker batches its own share of the captions and drops its last partial batch
-    workers = max(1, t.workers)
-    steps_per_pass = (n_captions // (world_size * workers)) // per_rank * workers
-    if steps_per_pass == 0:
+    method = methods.get(t.method)
+    k = method.crops_per_row(t.m)
+    rows_per_rank = t.batch_images // (k * world_size)
+    if rows_per_rank * world_size < 2:
+        raise ValueError(f"config key 'train.batch_images': {t.batch_images} crops hold fewer than 2 rows of {k} "
+                         f"crops over {world_size} process(es)")
+    rows = rows_per_rank * world_size
+    used = n_captions
+    if t.image_budget is not None:
+        used = min(n_captions, t.image_budget // t.l)
+    per_pass = steps_per_pass(used, world_size, rows_per_rank)
+    if per_pass == 0:
         raise ValueError(f"config key 'train.batch_images': one step needs {rows} captions but the data "
-                         f"source {t.data!r} has {n_captions}")
-    steps = max(1, round(t.epochs * 2 * n_captions / (rows * k)))
-    return TrainingLength(n_captions, k, rows, per_rank, rows * k, steps, steps_per_pass, math.ceil(steps / steps_per_pass))
+                         f"source {t.data!r} gives the run {used}")
+    # the length is counted on every caption of the source, so that a run on T // l of them
+    # (the l ablation at a fixed budget) trains as long as the others
+    if t.epoch_unit == "pass":
+        steps_per_epoch = float(steps_per_pass(n_captions, world_size, rows_per_rank))
+    else:  # simclr: epochs x 2 crops per caption
+        steps_per_epoch = 2 * n_captions / (rows * k)
+    steps = max(1, round(t.epochs * steps_per_epoch))
+    warmup = min(float(steps), t.warmup_epochs * steps_per_epoch)
+    images = rows * method.images_per_row(t.m)
+    lr = t.lr if t.lr is not None else t.base_lr * images / 256 * method.crops_per_image(t.m) / 2
+    return TrainingLength(used, k, rows, rows_per_rank, images, rows * k, steps, warmup, per_pass,
+                          math.ceil(steps / per_pass), float(lr))
+
+
+def lr_at(step: int, length: TrainingLength) -> float:
+    """The official ``adjust_learning_rate`` at ``step`` optimizer steps done: linear warm-up from
+    0, then half-cycle cosine from the peak to 0 at the last step."""
+    peak, warm, total = length.peak_lr, length.warmup_steps, length.steps
+    if step < warm:
+        return peak * step / warm
+    if total <= warm:
+        return peak
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / (total - warm)))
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -97,17 +136,17 @@ def build_model(cfg: DictConfig):
     return RepresentationModel(cfg, cfg.train.method)
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module, steps: int):
-    from timm.scheduler import CosineLRScheduler
-
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW, no weight decay on biases and norms; the lr is set before every step (``lr_at``)."""
     from synrep.learning.models import parameter_groups
 
     t = cfg.train
-    lr = t.base_lr * t.batch_images / 256
-    optimizer = torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=lr, betas=tuple(t.betas))
-    schedule = CosineLRScheduler(optimizer, t_initial=steps, warmup_t=int(t.warmup_fraction * steps),
-                                 warmup_lr_init=0.0, lr_min=0.0, t_in_epochs=False, warmup_prefix=True)
-    return optimizer, schedule
+    return torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=0.0, betas=tuple(t.betas))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -123,18 +162,28 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def data_loader(cfg: DictConfig, length: TrainingLength, info: distributed.DistInfo, pass_index: int):
+def training_data(cfg: DictConfig, length: TrainingLength):
+    """The run's captions as a map-style dataset (the shards' tar headers are read once, here)."""
     from synrep.learning import augment
     from synrep.data import stream as data
 
     t = cfg.train
     spec = methods.get(t.method).sample_spec(t.l, t.m)
-    stream = data.GroupStream(data.shard_urls(cfg, t.data), spec, augment.train_transform(cfg), seed=t.seed,
-                              shuffle_buffer=t.shuffle_buffer, rank=info.rank, world=info.world_size)
-    stream.set_epoch(pass_index)
-    return torch.utils.data.DataLoader(stream, batch_size=length.rows_per_rank, collate_fn=data.collate_groups,
-                                       num_workers=t.workers, drop_last=True,
-                                       persistent_workers=False)
+    return data.GroupDataset(data.shard_urls(cfg, t.data), spec, augment.train_transform(cfg), seed=t.seed,
+                             max_samples=length.n_captions)
+
+
+def data_loader(cfg: DictConfig, dataset, length: TrainingLength, info: distributed.DistInfo, pass_index: int):
+    """Pass ``pass_index`` of the official loader: a seeded ``DistributedSampler`` shuffling the
+    whole caption set, ``length.rows_per_rank`` captions a batch, ``drop_last``."""
+    from synrep.data import stream as data
+
+    dataset.set_epoch(pass_index)
+    sampler = data.group_sampler(dataset, cfg.train.seed, info.rank, info.world_size)
+    sampler.set_epoch(pass_index)
+    return torch.utils.data.DataLoader(dataset, batch_size=length.rows_per_rank, sampler=sampler,
+                                       collate_fn=data.collate_groups, num_workers=cfg.train.workers,
+                                       drop_last=True, persistent_workers=False)
 
 
 class OtherRunError(ValueError):
@@ -201,7 +250,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
     length = training_length(cfg, n_captions, info.world_size)
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
-    optimizer, schedule = build_optimizer(cfg, model, length.steps)
+    optimizer = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     step, start_pass, history, elapsed = 0, 0, [], 0.0
@@ -210,14 +259,11 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
         state = load_state(ckpt, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         step, start_pass, history, elapsed = state["step"], state["pass"], state["history"], state["seconds"]
         if info.is_main:
             print(f"resuming {out} from pass {start_pass} (step {step}/{length.steps})", flush=True)
-    if info.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None)
+    model = distributed.wrap_model(model, device, info)
     active = mlflow.active_run() if info.is_main else None
 
     if info.is_main:
@@ -226,6 +272,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
         write_json(out / "identity.json", training_identity(cfg))
     bar = tqdm(total=length.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
                disable=not (progress and info.is_main), mininterval=2)
+    dataset = training_data(cfg, length)
     try:
         started = time.time() - elapsed
         model.train()
@@ -234,16 +281,16 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
             steps_now = min(length.steps_per_pass, length.steps - step)
             losses_now: list[float] = []
             made = 0
-            for batch in data_loader(cfg, length, info, pass_index):
+            for batch in data_loader(cfg, dataset, length, info, pass_index):
                 if made == steps_now:
                     break
                 images = batch["images"].to(device, non_blocking=True)
                 group_ids = batch["group_ids"].to(device)
+                set_lr(optimizer, lr_at(step, length))
                 loss, parts = forward_loss(cfg, model, images, group_ids, batch["captions"], amp_dtype)
                 optimizer_step(loss, optimizer, scaler)
                 step += 1
                 made += 1
-                schedule.step_update(num_updates=step)
                 losses_now.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses_now[-1]:.3f}", refresh=False)
@@ -258,7 +305,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
             if info.is_main:
                 save_checkpoint(ckpt, {
                     "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                    "scaler": scaler.state_dict(), "step": step,
                     "pass": pass_index + 1, "history": history, "seconds": time.time() - started,
                 })
             distributed.barrier()
@@ -295,6 +342,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep train``: the single run that ``train.*`` describes."""
     from synrep.tracking import mlflow_run
 
+    cfg = method_train(cfg)
     with mlflow_run(cfg, "train", sections=("train",), run_name=Path(cfg.train.output_dir).name):
         train(cfg)
     out = Path(cfg.train.output_dir)

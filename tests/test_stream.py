@@ -1,0 +1,133 @@
+"""The training loader: a map-style dataset over tar shards under the official DistributedSampler."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from synrep.data import stream
+from synrep.data.shards import write_shard
+from synrep.learning.methods import SampleSpec
+
+
+def build_shards(folder, shards=8, per_shard=16, l=2, size=4):
+    """Shards ordered by a label (as RedCaps files are by subreddit): shard s holds captions of label s."""
+    rng = np.random.default_rng(0)
+    urls, stored = [], []
+    for s in range(shards):
+        samples = []
+        for j in range(per_shard):
+            images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(l)]
+            stored.append(images)
+            samples.append({"key": f"c{s * per_shard + j:06d}", "images": images,
+                            "record": {"caption": f"label{s} caption {j}"}})
+        urls.append(str(write_shard(folder / f"shard-{s:06d}.tar", samples)))
+    return urls, stored
+
+
+def raw(image: torch.Tensor) -> torch.Tensor:
+    return image
+
+
+def dataset(urls, images=1, views=1, l=None, **kwargs):
+    return stream.GroupDataset(urls, SampleSpec(images=images, views=views, use_first=l), raw, seed=3, **kwargs)
+
+
+def test_sample_i_is_the_stored_caption_i(tmp_path):
+    urls, stored = build_shards(tmp_path)
+    ds = dataset(urls, images=2, l=2)
+    assert len(ds) == 8 * 16
+    for i in (0, 17, 127):
+        images, caption = ds[i]
+        assert caption == f"label{i // 16} caption {i % 16}"
+        got = sorted(img.permute(1, 2, 0).numpy().tobytes() for img in images)
+        assert got == sorted(img.tobytes() for img in stored[i])
+
+
+def test_the_sampler_shuffles_the_whole_caption_set(tmp_path):
+    """Batches of 8 mix captions of many shards: reading shards in order (even shuffled, with a
+    buffer of a few shards) would give batches from one or two labels."""
+    urls, _ = build_shards(tmp_path)
+    ds = dataset(urls)
+    labels_per_batch, orders = [], []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        sampler = stream.group_sampler(ds, seed=3, rank=0, world=1)
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler, collate_fn=stream.collate_groups,
+                                             drop_last=True)
+        captions = [c for batch in loader for c in batch["captions"]]
+        orders.append(captions)
+        labels_per_batch += [len({c.split()[0] for c in captions[i:i + 8]}) for i in range(0, len(captions), 8)]
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
+    # 8 draws from 8 equal labels: 5.0 distinct labels on average
+    assert np.mean(labels_per_batch) > 4
+
+
+def test_ranks_split_every_caption_as_the_official_sampler(tmp_path):
+    urls, _ = build_shards(tmp_path, shards=3, per_shard=7)  # 21 captions over 2 ranks: one padded
+    ds = dataset(urls)
+    seen = []
+    for rank in (0, 1):
+        sampler = stream.group_sampler(ds, seed=3, rank=rank, world=2)
+        seen.append(list(sampler))
+    assert len(seen[0]) == len(seen[1]) == 11
+    assert set(seen[0]) | set(seen[1]) == set(range(21))
+
+
+def test_a_worker_reads_only_its_own_samples(tmp_path, monkeypatch):
+    """Random access: a batch of 4 samples opens at most the 4 shards that hold them."""
+    urls, _ = build_shards(tmp_path)
+    ds = dataset(urls)
+    opened = []
+    real_open = open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    for i in (0, 1, 40, 41):
+        ds[i]
+    assert sorted(set(opened)) == sorted({urls[0], urls[2]})
+
+
+def test_draws_do_not_depend_on_workers_and_max_samples_keeps_the_first(tmp_path):
+    urls, _ = build_shards(tmp_path, l=4)
+    ds = dataset(urls, images=2, l=4, max_samples=20)
+    assert len(ds) == 20 and ds[19][1] == "label1 caption 3"
+    runs = []
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=workers, collate_fn=stream.collate_groups)
+        runs.append(torch.cat([b["images"] for b in loader]))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+def test_img2dataset_shard_reads(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "00000.tar"
+    with tarfile.open(path, "w") as tar:
+        for key, text in (("000000000", "a red car"), ("000000001", "a dog")):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(buf, format="JPEG")
+            for suffix, data in (("jpg", buf.getvalue()), ("txt", text.encode())):
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    ds = dataset([str(path)], views=2)
+    images, caption = ds[1]
+    assert caption == "a dog" and images.shape == (2, 3, 4, 4)
+
+
+def test_a_truncated_shard_is_named(tmp_path):
+    urls, _ = build_shards(tmp_path, shards=2)
+    data = open(urls[1], "rb").read()
+    open(urls[1], "wb").write(data[: len(data) // 2 + 100])
+    with pytest.raises(ValueError, match=f"{urls[1]}: truncated or corrupt shard"):
+        ds = dataset(urls)
+        [ds[i] for i in range(len(ds))]
