@@ -270,9 +270,9 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
         out.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, out)
         write_json(out / "identity.json", training_identity(cfg))
+    dataset = training_data(cfg, length)
     bar = tqdm(total=length.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
                disable=not (progress and info.is_main), mininterval=2)
-    dataset = training_data(cfg, length)
     try:
         started = time.time() - elapsed
         model.train()
