@@ -126,3 +126,29 @@ def test_no_config_folder_is_one_clear_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "synrep", "config"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and str(tmp_path / "config" / "config.yaml") in proc.stderr
+
+
+def test_schedule_extends_and_method_settings(tmp_path, monkeypatch):
+    """A named schedule sits above its experiment file and below the command line; ``extends``
+    loads the parent experiment first; ``train.by_method`` reaches only its method's runs."""
+    from synrep.config import method_train
+
+    folder = tmp_path / "config"
+    (folder / "experiment").mkdir(parents=True)
+    (folder / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
+    (folder / "experiment" / "parent.yaml").write_text(
+        "name: parent\nschedule: short\nschedules:\n  short: {epochs: 3, warmup_epochs: 0.5}\n"
+        "  long: {epochs: 9, by_method: {clip: {epochs: 30}}}\ntrain:\n  by_method: {clip: {lr: 5.0e-4}}\n")
+    (folder / "experiment" / "child.yaml").write_text("extends: parent\nname: child\n")
+    (folder / "experiment" / "loop.yaml").write_text("extends: loop\n")
+    monkeypatch.setenv("SYNREP_CONFIG_DIR", str(folder))
+    cfg = load_config(["experiment=child"])
+    assert (cfg.name, cfg.train.epochs, cfg.train.warmup_epochs) == ("child", 3, 0.5)
+    assert load_config(["experiment=child", "schedule=long"]).train.epochs == 9
+    assert load_config(["experiment=child", "train.epochs=7"]).train.epochs == 7  # the command line wins
+    long = load_config(["experiment=child", "schedule=long", "train.method=clip"])
+    clip = method_train(long).train
+    assert (clip.epochs, clip.lr) == (30, 5e-4)
+    assert method_train(load_config(["experiment=child", "schedule=long"])).train.lr is None
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(["experiment=loop"])
