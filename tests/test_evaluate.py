@@ -223,28 +223,141 @@ def test_missing_datasets_say_where_they_were_looked_for(make_cfg, tmp_path):
         load_eval_data(cfg)
 
 
-def test_imagefolder_evaluation_reads_class_folders(make_cfg, tmp_path):
+def _image_folder(root, splits=("train", "val"), classes=(("reds", (200, 20, 20)), ("blues", (20, 20, 200))),
+                  per_class=12, size=20):
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls, colour in (("reds", (200, 20, 20)), ("blues", (20, 20, 200))):
-            folder = tmp_path / "folder" / split / cls
+    for split in splits:
+        for cls, colour in classes:
+            folder = root / split / cls
             folder.mkdir(parents=True)
-            for i in range(12):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (20, 20, 3)), 0, 255).astype(np.uint8)
+            for i in range(per_class):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_imagefolder_reports_val_and_selects_on_held_out_train_images(make_cfg, tmp_path):
+    """ImageNet's layout ({train, val}): val is reported, and the probe's lr is chosen on train
+    images held out per class, never on val."""
+    _image_folder(tmp_path / "folder")
     cfg = make_cfg("eval.dataset=imagefolder", f"eval.root={tmp_path}/folder", "eval.fewshot_ways=2",
-                   "eval.fewshot_shots=2", "eval.fewshot_queries=3", "eval.fewshot_episodes=20", "eval.probe_epochs=20")
+                   "eval.fewshot_shots=2", "eval.fewshot_queries=3", "eval.fewshot_episodes=20", "eval.probe_epochs=20",
+                   "eval.holdout=6")
     data = load_eval_data(cfg)
     assert data.class_names["class"] == ["blues", "reds"]
-    # no test folder: test is val, so both report the same accuracy
-    assert np.array_equal(data.labels["class"]["test"], data.labels["class"]["val"])
+    y = data.labels["class"]
+    assert len(y["test"]) == 24 and np.bincount(y["test"]).tolist() == [12, 12]  # the val folder
+    assert np.bincount(y["val"]).tolist() == [3, 3] and np.bincount(y["train"]).tolist() == [9, 9]
+    held, kept = data.datasets["val"].indices, data.datasets["train"].indices
+    assert not set(held) & set(kept) and len(set(held) | set(kept)) == 24
+    assert np.array_equal(load_eval_data(cfg).datasets["val"].indices, held)  # seeded
     feats = extract_features(lambda x: x.flatten(1), data, cfg)
-    assert feats["train"].shape == (24, 3 * 16 * 16)  # resized to train.image_size
+    assert feats["train"].shape == (18, 3 * 16 * 16)  # resized to train.image_size
     metrics = evaluate.evaluate_features(feats, data, cfg)
     assert metrics["linear_probe"]["class"]["test"] == 1.0
     assert metrics["few_shot"]["class"]["mean"] == 1.0
+    with pytest.raises(ValueError, match="eval.holdout"):
+        load_eval_data(make_cfg("eval.dataset=imagefolder", f"eval.root={tmp_path}/folder", "eval.holdout=24"))
+    with pytest.raises(ValueError, match="eval.holdout"):
+        load_eval_data(make_cfg("eval.dataset=imagefolder", f"eval.root={tmp_path}/folder", "eval.holdout=0.99"))
+
+
+def test_stratified_holdout_keeps_class_shares():
+    from synrep.evaluation.features import stratified_holdout
+
+    labels = np.repeat([0, 1, 2], [100, 50, 10])
+    kept, held = stratified_holdout(labels, 16, seed=0)
+    assert np.bincount(labels[held]).tolist() == [10, 5, 1]
+    assert len(kept) + len(held) == 160 and not set(kept) & set(held)
+    assert np.bincount(labels[stratified_holdout(labels, 0.5)[1]]).tolist() == [50, 25, 5]
+
+
+def test_evaluation_crop_is_the_official_resize_and_centre_crop(make_cfg):
+    from torchvision.transforms import v2
+
+    from synrep.evaluation.features import eval_transform
+
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    got = eval_transform(make_cfg("eval.crop_pct=0.875"))(image)
+    want = v2.CenterCrop(16)(v2.Resize(18, antialias=True)(image))  # 16 / 0.875 = 18.3: 256 / 224 at 16 px
+    assert torch.equal(got, want) and not torch.equal(got, image)
+    assert torch.equal(eval_transform(make_cfg())(image), image)  # the toy default: as it was
+
+
+def test_zero_shot_prompts_use_imagenet_names_and_clip_templates(make_cfg, tmp_path):
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    from synrep.evaluation.features import class_prompts
+
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    prompts = class_prompts(make_cfg(), wnids)
+    assert len(prompts) == 1000 and len(prompts[0]) == 80
+    assert prompts[0][0] == f"a bad photo of a {IMAGENET_CLASSNAMES[0]}." and "n00000000" not in prompts[0][0]
+    assert class_prompts(make_cfg(), ["golden_retriever"])[0][0] == "a bad photo of a golden retriever."
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n")
+    assert class_prompts(make_cfg(f"eval.class_names={names}"), ["a", "b"])[1][0] == "a bad photo of a dog."
+    with pytest.raises(ValueError, match="2 class names for 3 class folders"):
+        class_prompts(make_cfg(f"eval.class_names={names}"), ["a", "b", "c"])
+
+
+def test_probe_chooses_lr_and_epoch_on_the_selection_split_not_the_reported_one():
+    """Selection and test labels disagree: the reported head is the one val picked."""
+    from synrep.evaluation.linear_probe import linear_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2)).astype(np.float32)
+    y_a, y_b = (x[:, 0] > 0).astype(int), (x[:, 1] > 0).astype(int)
+    feats = {"train": x, "val": x, "test": x}
+    # trained on a, selected on a, reported on b: high selection accuracy, test near chance
+    result = linear_probe(feats, {"train": y_a, "val": y_a, "test": y_b}, 2, [0.001, 1.0], 6, 50, False,
+                          eval_every=2)
+    assert result["val"] > 0.95 and result["test"] < 0.7 and result["lr"] == 1.0
+    assert result["epochs_compared"] == 3 and result["epoch"] in (2, 4, 6)
+
+
+def test_probe_batchnorm_has_no_affine():
+    from synrep.evaluation.linear_probe import ProbeHeads
+
+    heads = ProbeHeads(8, 3, [0.1], 10, batchnorm=True)
+    assert not heads.norm.affine and heads.norm.eps == 1e-6 and not list(heads.norm.parameters())
+
+
+def test_augmented_probe_trains_through_the_encoder(make_cfg):
+    from synrep.evaluation.features import ArrayImages
+    from synrep.evaluation.linear_probe import linear_probe_augmented
+
+    rng = np.random.default_rng(0)
+    colours = np.array([[220, 20, 20], [20, 20, 220]])
+    labels = {s: rng.integers(0, 2, n) for s, n in (("train", 64), ("val", 32), ("test", 32))}
+    images = {s: np.clip(colours[y][:, None, None, :] + rng.normal(0, 20, (len(y), 20, 20, 3)), 0, 255).astype(np.uint8)
+              for s, y in labels.items()}
+    encode = lambda x: x.mean(dim=(2, 3))  # noqa: E731  (a frozen "encoder": mean colour)
+    feats = {s: encode(torch.from_numpy(images[s]).permute(0, 3, 1, 2).float() / 255).numpy() for s in ("val", "test")}
+    result = linear_probe_augmented(encode, ArrayImages(images["train"]), 16, feats, labels, 2, [0.1, 1.0], 4, 16,
+                                    batchnorm=True, eval_every=2)
+    assert result["test"] == 1.0 and result["epochs_compared"] == 2
+
+
+def test_few_shot_logistic_is_rfs_logistic_regression():
+    """One 3-way 2-shot episode equals scikit-learn's LogisticRegression on the normalised support set."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(30, 6)) + np.repeat(np.eye(6)[:3] * 1.5, 10, axis=0)
+    labels = np.repeat(np.arange(3), 10)
+    got = evaluate.few_shot(features, labels, ways=3, shots=2, queries=8, episodes=1, seed=5)
+    # the same episode drawn by hand
+    z = features / np.linalg.norm(features, axis=1, keepdims=True)
+    rng = np.random.default_rng(5)
+    chosen = rng.choice(np.unique(labels), size=3, replace=False)
+    picks = [rng.choice(np.flatnonzero(labels == c), size=10, replace=False) for c in chosen]
+    clf = LogisticRegression(C=1.0, max_iter=1000).fit(np.concatenate([z[p[:2]] for p in picks]), np.repeat(range(3), 2))
+    want = (clf.predict(np.concatenate([z[p[2:]] for p in picks])) == np.repeat(range(3), 8)).mean()
+    assert got["mean"] == want and got["classifier"] == "logistic"
+    proto = evaluate.few_shot(features, labels, ways=3, shots=2, queries=8, episodes=1, seed=5, classifier="prototype")
+    assert proto["classifier"] == "prototype"
 
 
 def test_raw_pixels_are_pooled_to_a_bounded_size():

@@ -132,7 +132,9 @@ def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
     assert flat["probe_shape"] == pytest.approx(probe["test"], abs=1.5 / n_test)  # one test image may flip
     few = evaluate.few_shot(features["test"], labels["test"], e.fewshot_ways, e.fewshot_shots, e.fewshot_queries,
                             e.fewshot_episodes, seed=cfg.train.seed)
-    assert flat["fewshot_shape"] == pytest.approx(few["mean"], rel=1e-9)
+    # features recomputed another way differ by float rounding: a query or two may flip
+    queries = e.fewshot_episodes * e.fewshot_ways * e.fewshot_queries
+    assert flat["fewshot_shape"] == pytest.approx(few["mean"], abs=2.5 / queries)
 
 
 def test_resume_gives_the_uninterrupted_result(learning_world, tmp_path, monkeypatch):

@@ -263,11 +263,31 @@ class EvalConfig:
     # Toy world labels to evaluate; the first is the headline number
     targets: list[str] = field(default_factory=lambda: ["shape", "size"])
     batch_size: int = 512
-    # Linear probe: SGD momentum 0.9, no weight decay, cosine; every lr trained at once
+    # Selection split where the data set has no split of its own beside the reported one
+    # (ImageNet {train, val}: val is reported): train images held out, stratified by class; >= 1 a
+    # count (ImageNet: 10,000, ~10 a class), < 1 a fraction of train
+    holdout: float = 10000
+    # Linear probe (the official main_linear.py): SGD momentum 0.9, no weight decay, cosine; every
+    # lr trained at once; the lr (and with probe_eval_every, the epoch) chosen on the selection split
     probe_lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
     probe_epochs: int = 30
     probe_batch_size: int = 256
+    # BatchNorm without affine (eps 1e-6) in front of the heads: the official --use_bn
     probe_batchnorm: bool = True
+    # Evaluate every N epochs and choose (lr, epoch) on the selection split (official: 10); null:
+    # the lr at the last epoch
+    probe_eval_every: Optional[int] = None
+    # Train the probe on RandomResizedCrop + flip through the frozen encoder each epoch (official);
+    # false: on cached centre-crop features
+    probe_augment: bool = False
+    # Evaluation transform: Resize(image_size / crop_pct) + CenterCrop(image_size) (official 0.875)
+    crop_pct: float = 1.0
+    # Zero-shot class names on an ImageFolder: a text file, one per class in folder order (null:
+    # ImageNet's names for wnid folders, else the folder names)
+    class_names: Optional[str] = None
+    # Few-shot classifier: logistic regression on l2-normalised features, as StableRep (after
+    # Tian et al. 2020), or the nearest class mean
+    fewshot_classifier: str = "logistic"
     fewshot_episodes: int = 600
     fewshot_ways: int = 5
     fewshot_shots: int = 5
@@ -276,8 +296,6 @@ class EvalConfig:
     # The raw-pixel baseline pools images to at most this side first (224 px ImageNet would be a
     # 150,528-dim x 1.28M matrix; 16 px gives 768 dims); null leaves the baseline out
     raw_pixels_size: Optional[int] = 16
-    # Toy-world fraction of val used when the real recipe has no val split
-    val_fraction: float = 0.1
 
 
 @dataclass
@@ -368,6 +386,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.epoch_unit": ("pass", "simclr"),
+    "eval.fewshot_classifier": ("logistic", "prototype"),
     "launch.cluster": ("slurm", "local", "debug"),
 }
 POSITIVE: tuple[str, ...] = (
@@ -398,6 +417,9 @@ POSITIVE: tuple[str, ...] = (
     "eval.fewshot_shots",
     "eval.fewshot_queries",
     "eval.raw_pixels_size",
+    "eval.holdout",
+    "eval.probe_eval_every",
+    "eval.crop_pct",
     "launch.timeout_min",
     "launch.nodes",
     "launch.tasks_per_node",
@@ -413,7 +435,6 @@ FRACTIONS: tuple[str, ...] = (
     "train.augment.grayscale_p",
     "train.augment.blur_p",
     "train.augment.downsample_p",
-    "eval.val_fraction",
 )
 
 
@@ -535,6 +556,9 @@ def validate(cfg: DictConfig) -> None:
         if not 0 < fraction < 1:
             raise ConfigError(f"config key 'train.augment.downsample_sizes[{i}]': a fraction of the side in (0, 1), "
                               f"got {fraction}")
+    if cfg.eval.crop_pct > 1:
+        raise ConfigError(f"config key 'eval.crop_pct': the centre crop's share of the resized side, in (0, 1], "
+                          f"got {cfg.eval.crop_pct}")
     lo, hi = cfg.train.augment.crop_scale
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"config key 'train.augment.crop_scale': need 0 < min <= max <= 1, got {[lo, hi]}")

@@ -1,8 +1,9 @@
 """Frozen-feature evaluation of a trained run (``eval.json``), and two no-training baselines.
 
-Every run gets a linear probe per target (the learning rate chosen on val and the head reported on
-test, unlike the official code, which selects and reports on the same split), few-shot on the first
-target, and zero-shot where the encoder has a text tower. Baselines: a randomly initialised encoder of the same
+Every run gets a linear probe per target (the learning rate, and with ``eval.probe_eval_every`` the
+epoch, chosen on the selection split and the head reported on test, unlike the official code, which
+selects and reports on the same split), few-shot on the first target, and zero-shot where the
+encoder has a text tower. Baselines: a randomly initialised encoder of the same
 architecture, and raw pixels. The pieces: features, linear_probe, fewshot, zeroshot.
 """
 
@@ -17,24 +18,31 @@ from omegaconf import DictConfig
 from synrep.config import run_dir, save_resolved
 from synrep.evaluation.features import EvalData, cached_features, extract_features, load_eval_data
 from synrep.evaluation.fewshot import few_shot
-from synrep.evaluation.linear_probe import linear_probe
+from synrep.evaluation.linear_probe import linear_probe, linear_probe_augmented
 from synrep.evaluation.zeroshot import zero_shot
 from synrep.fileio import write_json
 
 
 def evaluate_features(features: dict[str, np.ndarray], data: EvalData, cfg: DictConfig, seed: int = 0,
-                      model=None) -> dict:
-    """Every evaluation of one set of features; ``model`` (with a text tower) adds zero-shot."""
+                      model=None, encode=None) -> dict:
+    """Every evaluation of one set of features; ``model`` (with a text tower) adds zero-shot;
+    ``encode`` (the frozen encoder) trains the probe on augmented crops when ``eval.probe_augment``."""
     e = cfg.eval
     metrics: dict = {"linear_probe": {}, "few_shot": {}, "zero_shot": {}}
     for target in data.labels:
         labels = data.labels[target]
-        metrics["linear_probe"][target] = linear_probe(
-            features, labels, len(data.class_names[target]), list(e.probe_lrs), e.probe_epochs,
-            e.probe_batch_size, e.probe_batchnorm, seed=seed)
+        common = dict(n_classes=len(data.class_names[target]), lrs=list(e.probe_lrs), epochs=e.probe_epochs,
+                      batch_size=e.probe_batch_size, batchnorm=e.probe_batchnorm, seed=seed,
+                      eval_every=e.probe_eval_every)
+        if e.probe_augment and encode is not None:
+            metrics["linear_probe"][target] = linear_probe_augmented(
+                encode, data.train_images, cfg.train.image_size, features, labels, **common)
+        else:
+            metrics["linear_probe"][target] = linear_probe(features, labels, **common)
     primary = next(iter(data.labels))
     metrics["few_shot"][primary] = few_shot(features["test"], data.labels[primary]["test"], e.fewshot_ways,
-                                            e.fewshot_shots, e.fewshot_queries, e.fewshot_episodes, seed=seed)
+                                            e.fewshot_shots, e.fewshot_queries, e.fewshot_episodes, seed=seed,
+                                            classifier=e.fewshot_classifier)
     if model is not None and getattr(model, "has_text", False) and e.zero_shot:
         for target, prompts in data.prompts.items():
             metrics["zero_shot"][target] = zero_shot(model, cfg, features["test"], data.labels[target]["test"], prompts)
@@ -47,6 +55,8 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     for target, r in metrics["linear_probe"].items():
         flat[f"probe_{target}"] = r["test"]
         flat[f"probe_{target}_val"] = r["val"]
+        if r.get("epochs_compared", 1) > 1:  # eval.probe_eval_every: the epoch was chosen too
+            flat[f"probe_{target}_epoch"] = r["epoch"]
     for target, r in metrics["few_shot"].items():
         flat[f"fewshot_{target}"] = r["mean"]
         flat[f"fewshot_{target}_ci95"] = r["ci95"]
@@ -70,7 +80,7 @@ def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     data = load_eval_data(cfg)
     features = cached_features(out / "features.npz", _fingerprint(out / "model.pt"),
                                lambda: extract_features(model.features, data, cfg, desc=out.name))
-    metrics = evaluate_features(features, data, cfg, seed=cfg.train.seed, model=model)
+    metrics = evaluate_features(features, data, cfg, seed=cfg.train.seed, model=model, encode=model.features)
     write_json(out / "eval.json", metrics)
     return metrics
 
@@ -84,7 +94,7 @@ def baselines(cfg: DictConfig, seed: int, data: EvalData | None = None) -> dict[
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
     random_features = extract_features(model.features, data, cfg, desc=f"random init s{seed}")
-    results = {"random_init": evaluate_features(random_features, data, cfg, seed=seed)}
+    results = {"random_init": evaluate_features(random_features, data, cfg, seed=seed, encode=model.features)}
     if cfg.eval.raw_pixels_size is not None:
         pixel_features = extract_features(lambda x: raw_pixels(x, cfg.eval.raw_pixels_size), data, cfg,
                                           desc="raw pixels")

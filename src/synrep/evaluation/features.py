@@ -1,8 +1,16 @@
 """Evaluation datasets and frozen features: the splits of the toy world, an ImageFolder tree or a
-torchvision dataset (never downloaded); features extracted once per encoder and cached beside the run."""
+torchvision dataset (never downloaded); features extracted once per encoder and cached beside the run.
+
+Three roles: ``train`` (the probe fits on it), ``val`` (selection: the probe's lr and epoch) and
+``test`` (reported). Nothing is ever chosen on the reported split: the toy world and an ImageFolder
+with {train, val, test} have all three; an ImageFolder with {train, val} (ImageNet) reports val and
+selects on ``eval.holdout`` train images held out per class; a torchvision dataset reports its test
+split and holds out from train likewise.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,35 +27,40 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class EvalData:
-    """Images (uint8 CHW tensors, via a dataset per split) and integer labels per target."""
+    """Images (uint8 CHW tensors after the evaluation transform, a dataset per split) and integer
+    labels per target."""
 
     datasets: dict[str, torch.utils.data.Dataset]
     labels: dict[str, dict[str, np.ndarray]]  # target -> split -> labels
     class_names: dict[str, list[str]]  # target -> class names
     prompts: dict[str, list[list[str]]] = field(default_factory=dict)  # target -> per class prompts
+    # uncropped training images, for a probe trained on augmented crops (eval.probe_augment)
+    train_images: torch.utils.data.Dataset | None = None
 
 
 class ArrayImages(torch.utils.data.Dataset):
-    """uint8 [N, H, W, 3] -> uint8 CHW tensors."""
+    """uint8 [N, H, W, 3] -> uint8 CHW tensors, through ``transform`` if given."""
 
-    def __init__(self, images: np.ndarray):
-        self.images = images
+    def __init__(self, images: np.ndarray, transform: Callable | None = None):
+        self.images, self.transform = images, transform
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+        image = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+        return self.transform(image) if self.transform else image
 
 
 class ImagesOnly(torch.utils.data.Dataset):
-    """A (image, label) dataset as uint8 CHW tensors at the training size."""
+    """A (image, label) dataset as uint8 CHW tensors, through ``transform`` (e.g. the evaluation
+    resize and centre crop)."""
 
-    def __init__(self, dataset, size: int, indices: np.ndarray | None = None):
+    def __init__(self, dataset, transform: Callable | None = None, indices: np.ndarray | None = None):
         from torchvision.transforms import v2
 
         self.dataset, self.indices = dataset, indices
-        self.transform = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+        self.transform = v2.Compose([v2.ToImage(), *([transform] if transform else [])])
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.dataset)
@@ -64,16 +77,61 @@ def _labels_of(dataset) -> np.ndarray:
     return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
 
 
-def _split_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(fraction * n)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+def stratified_holdout(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) indices: ``holdout`` images (a count >= 1, or a fraction < 1) taken from
+    every class in proportion to its size (largest remainders), seeded; both sorted."""
+    n = len(labels)
+    count = int(round(holdout * n)) if holdout < 1 else int(holdout)
+    if not 0 < count < n:
+        raise ValueError(f"config key 'eval.holdout': {holdout:g} holds out {count} of {n} training images; "
+                         "need at least 1 and fewer than all")
+    classes, sizes = np.unique(labels, return_counts=True)
+    share = sizes * count / n
+    take = np.floor(share).astype(int)
+    rest = count - take.sum()
+    take[np.argsort(-(share - take), kind="stable")[:rest]] += 1
+    if np.any(take >= sizes):
+        bad = classes[np.argmax(take >= sizes)]
+        raise ValueError(f"config key 'eval.holdout': {holdout:g} would leave class {bad} no training image")
+    rng = np.random.default_rng(seed)
+    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)])
+    held = np.sort(held)
+    return np.setdiff1d(np.arange(n), held), held
+
+
+def eval_transform(cfg: DictConfig):
+    """Resize(image_size / crop_pct) + CenterCrop(image_size): the official Resize 256 / CenterCrop 224."""
+    from torchvision.transforms import v2
+
+    size = cfg.train.image_size
+    return v2.Compose([v2.Resize(round(size / cfg.eval.crop_pct), antialias=True), v2.CenterCrop(size)])
+
+
+WNID = re.compile(r"^n\d{8}$")
+
+
+def class_prompts(cfg: DictConfig, classes: list[str]) -> list[list[str]]:
+    """CLIP's 80 ImageNet prompt templates (open_clip) around each class's name: ImageNet's names
+    for the 1000 wnid folders, ``eval.class_names`` (one per line, folder order), or the folder name."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    if cfg.eval.class_names:
+        path = Path(cfg.eval.class_names)
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(names) != len(classes):
+            raise ValueError(f"{path}: {len(names)} class names for {len(classes)} class folders "
+                             "(config key 'eval.class_names')")
+    elif len(classes) == len(IMAGENET_CLASSNAMES) and all(WNID.match(c) for c in classes):
+        names = list(IMAGENET_CLASSNAMES)  # sorted wnids are the standard class order
+    else:
+        names = [c.replace("_", " ") for c in classes]
+    return [[template(name) for template in OPENAI_IMAGENET_TEMPLATES] for name in names]
 
 
 def load_eval_data(cfg: DictConfig) -> EvalData:
     """The ``eval.dataset`` under ``eval.root``: ``toyworld`` (labelled by ``eval.targets``),
     ``imagefolder`` (``<root>/{train,val,test}/<class>/``) or a torchvision dataset class."""
-    e, size = cfg.eval, cfg.train.image_size
+    e = cfg.eval
     root = Path(e.root)
     if e.dataset == "toyworld":
         from synrep.data import toyworld
@@ -85,7 +143,8 @@ def load_eval_data(cfg: DictConfig) -> EvalData:
                 raise ValueError(f"config key 'eval.targets[{i}]': {target!r} is not a toy world attribute "
                                  f"({sorted(names)})")
         return EvalData(
-            datasets={s: ArrayImages(splits[s]["images"]) for s in SPLITS},
+            train_images=ArrayImages(splits["train"]["images"]),
+            datasets={s: ArrayImages(splits[s]["images"], eval_transform(cfg)) for s in SPLITS},
             labels={t: {s: splits[s][t] for s in SPLITS} for t in e.targets},
             class_names={t: names[t] for t in e.targets},
             prompts={t: toyworld.zero_shot_prompts(cfg, t) for t in e.targets if toyworld.zero_shot_prompts(cfg, t)},
@@ -104,7 +163,8 @@ def load_eval_data(cfg: DictConfig) -> EvalData:
             raise FileNotFoundError(f"ImageFolder evaluation needs {root}/train and {root}/val or {root}/test "
                                     "(one sub-folder per class)")
         classes = parts["train"].classes
-        raw = {s: (parts[s], None) for s in parts}
+        if "test" not in parts:  # ImageNet: val is the reported split
+            parts["test"] = parts.pop("val")
     else:
         if not hasattr(torchvision.datasets, e.dataset):
             raise ValueError(f"config key 'eval.dataset': {e.dataset!r} is neither toyworld, imagefolder nor a "
@@ -117,39 +177,43 @@ def load_eval_data(cfg: DictConfig) -> EvalData:
                                     f"(config key 'eval.root'; download=False): {err}") from None
         parts = {"train": train_set, "test": test_set}
         classes = list(getattr(train_set, "classes", range(int(_labels_of(train_set).max()) + 1)))
-        raw = {s: (parts[s], None) for s in parts}
-    if "val" not in raw:  # hold out part of train for choosing the probe's learning rate
-        train_idx, val_idx = _split_val(len(parts["train"]), e.val_fraction, seed=0)
-        raw["train"], raw["val"] = (parts["train"], train_idx), (parts["train"], val_idx)
-    if "test" not in raw:
-        raw["test"] = raw["val"]
+    raw = {s: (parts[s], None) for s in parts}
+    if "val" not in parts:  # select on held-out train images, never on the reported split
+        kept, held = stratified_holdout(_labels_of(parts["train"]), e.holdout, seed=0)
+        raw["train"], raw["val"] = (parts["train"], kept), (parts["train"], held)
     labels = {}
     for split, (ds, idx) in raw.items():
         y = _labels_of(ds)
         labels[split] = y[idx] if idx is not None else y
     names = [str(c) for c in classes]
+    transform = eval_transform(cfg)
     return EvalData(
-        datasets={s: ImagesOnly(ds, size, idx) for s, (ds, idx) in raw.items()},
+        datasets={s: ImagesOnly(ds, transform, idx) for s, (ds, idx) in raw.items()},
         labels={"class": labels},
         class_names={"class": names},
-        prompts={"class": [[f"a photo of a {c}.", f"a picture of a {c}."] for c in names]},
+        prompts={"class": class_prompts(cfg, names)},
+        train_images=ImagesOnly(raw["train"][0], None, raw["train"][1]),
     )
 
 
-@torch.no_grad()
-def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], data: EvalData, cfg: DictConfig,
-                     desc: str = "features") -> dict[str, np.ndarray]:
-    """``encode`` takes normalised float images [B, 3, H, W] on the CPU (where evaluation loads the
-    trained model); returns {split: float32 [N, d]}."""
+def normalise_transform(cfg: DictConfig):
     from torchvision.transforms import v2
 
     from synrep.learning.augment import MEAN, STD
 
-    normalise = v2.Compose([v2.Resize(cfg.train.image_size, antialias=True), v2.CenterCrop(cfg.train.image_size),
-                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+
+@torch.no_grad()
+def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], data: EvalData, cfg: DictConfig,
+                     desc: str = "features", splits: tuple[str, ...] = SPLITS) -> dict[str, np.ndarray]:
+    """``encode`` takes normalised float images [B, 3, H, W] on the CPU (where evaluation loads the
+    trained model); returns {split: float32 [N, d]}. Images go through the evaluation transform
+    (``eval.crop_pct``, in the datasets) and the training normalisation."""
+    normalise = normalise_transform(cfg)
     out = {}
-    for split, dataset in data.datasets.items():
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False)
+    for split in splits:
+        loader = torch.utils.data.DataLoader(data.datasets[split], batch_size=cfg.eval.batch_size, shuffle=False)
         chunks = [encode(normalise(batch)).float() for batch in
                   tqdm(loader, desc=f"{desc} {split}", leave=False, mininterval=5)]
         out[split] = torch.cat(chunks).numpy()

@@ -1,4 +1,12 @@
-"""Few-shot evaluation: N-way K-shot episodes, nearest-prototype classifier on l2-normalised features."""
+"""Few-shot evaluation: N-way K-shot episodes on frozen, l2-normalised features.
+
+StableRep's few-shot protocol (5-way 5-shot episodes) follows Tian et al. 2020, "Rethinking Few-Shot
+Image Classification: a Good Embedding Is All You Need?" (ECCV; the same first author): a logistic
+regression classifier fit on each episode's support set (their ``eval/meta_eval.py``:
+``LogisticRegression(penalty='l2', C=1.0, solver='lbfgs', max_iter=1000, multi_class='multinomial')``
+on normalised features), here ``classifier="logistic"`` with scikit-learn. ``"prototype"``: the
+nearest class mean (cosine), the simpler classifier of Prototypical Networks.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +15,32 @@ import math
 import numpy as np
 
 
+def _logistic(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    # lbfgs fits the multinomial model for more than two classes (RFS's multi_class='multinomial')
+    clf = LogisticRegression(C=1.0, solver="lbfgs", max_iter=1000)
+    return clf.fit(support, support_labels).predict(query)
+
+
+def _prototype(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray) -> np.ndarray:
+    ways = int(support_labels.max()) + 1
+    prototypes = np.stack([support[support_labels == c].mean(0) for c in range(ways)])
+    prototypes /= np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
+    return (query @ prototypes.T).argmax(1)
+
+
+CLASSIFIERS = {"logistic": _logistic, "prototype": _prototype}
+
+
 def few_shot(features: np.ndarray, labels: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
-             seed: int = 0) -> dict:
-    """N-way K-shot episodes with a nearest-prototype classifier (cosine); mean and 95% CI."""
+             seed: int = 0, classifier: str = "logistic") -> dict:
+    """N-way K-shot episodes; mean accuracy and its 95% CI over episodes."""
     classes = [c for c in np.unique(labels) if (labels == c).sum() >= shots + queries]
     ways = min(ways, len(classes))
     if ways < 2:
         raise ValueError(f"few-shot needs 2 classes with {shots + queries} images each; found {len(classes)}")
+    fit = CLASSIFIERS[classifier]
     z = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     by_class = {c: np.flatnonzero(labels == c) for c in classes}
     rng = np.random.default_rng(seed)
@@ -21,12 +48,11 @@ def few_shot(features: np.ndarray, labels: np.ndarray, ways: int, shots: int, qu
     for e in range(episodes):
         chosen = rng.choice(classes, size=ways, replace=False)
         picks = [rng.choice(by_class[c], size=shots + queries, replace=False) for c in chosen]
-        support = np.stack([z[p[:shots]] for p in picks])  # [ways, shots, d]
-        query = np.concatenate([z[p[shots:]] for p in picks])  # [ways*queries, d]
-        truth = np.repeat(np.arange(ways), queries)
-        prototypes = support.mean(axis=1)
-        prototypes /= np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
-        accuracies[e] = ((query @ prototypes.T).argmax(1) == truth).mean()
+        support = np.concatenate([z[p[:shots]] for p in picks])
+        query = np.concatenate([z[p[shots:]] for p in picks])
+        support_labels, truth = np.repeat(np.arange(ways), shots), np.repeat(np.arange(ways), queries)
+        accuracies[e] = (fit(support, support_labels, query) == truth).mean()
     return {"mean": float(accuracies.mean()),
             "ci95": float(1.96 * accuracies.std(ddof=1) / math.sqrt(episodes)) if episodes > 1 else 0.0,
-            "ways": int(ways), "shots": int(shots), "queries": int(queries), "episodes": int(episodes)}
+            "ways": int(ways), "shots": int(shots), "queries": int(queries), "episodes": int(episodes),
+            "classifier": classifier}

@@ -199,7 +199,7 @@ def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path]
     base = load_baselines(baseline_metrics)
     primary = cfg.eval.targets[0] if cfg.eval.dataset == "toyworld" else "class"
     metrics = [c for c in (f"probe_{primary}", f"fewshot_{primary}", f"zeroshot_{primary}") if c in df.columns]
-    metrics += [c for c in df.columns if c.startswith("probe_") and not c.endswith("_val") and c not in metrics]
+    metrics += [c for c in df.columns if c.startswith("probe_") and not c.endswith(("_val", "_epoch")) and c not in metrics]
 
     outputs: dict[str, Path] = {}
     write_text(out / "runs.csv", _csv(df.sort(["method", "data", "l", "m", "seed"])))
