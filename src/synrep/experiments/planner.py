@@ -1,9 +1,11 @@
 """``python -m synrep plan``: what a config will cost, before it is launched.
 
-Generation: captions x l images per source that training reads, at ``plan.seconds_per_image`` on one GPU (measure it with
-``benchmarks/generation_speed.py``). Training: the sweep's runs, each ``steps`` x
-``plan.seconds_per_train_step`` on ``launch.nodes x launch.gpus_per_node`` GPUs (measure a step
-with ``benchmarks/train_step.py``). Job counts are those ``snakemake --profile slurm`` submits.
+Generation: captions x l images per source that training reads, at ``plan.seconds_per_image`` on one
+GPU (measure it with ``benchmarks/generation_speed.py``). Training: every run of the sweep with its
+optimizer steps, warm-up steps, batch and peak lr exactly as ``train()`` will compute them on
+``launch.nodes x launch.tasks_per_node`` ranks (one GPU each), and its GPU-hours at
+``plan.seconds_per_train_step`` (measure a step with ``benchmarks/train_step.py``). Job counts are
+those ``snakemake --profile slurm`` submits.
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ def caption_count(cfg: DictConfig) -> int:
     return min(n, cfg.captions.limit) if cfg.captions.limit else n
 
 
+def world_size(cfg: DictConfig) -> int:
+    """Ranks of a training job: one per task (= per GPU when the launch asks for GPUs)."""
+    return cfg.launch.nodes * max(1, cfg.launch.tasks_per_node)
+
+
 def plan_table(cfg: DictConfig) -> pl.DataFrame:
     from synrep.experiments import sweep
-    from synrep.learning import trainer as train
-
     from synrep.generation.sources import referenced_sources, source_spec, w_params
+    from synrep.learning.trainer import training_length
 
     n = caption_count(cfg)
     shards = -(-n // cfg.generation.captions_per_shard)
@@ -45,28 +51,35 @@ def plan_table(cfg: DictConfig) -> pl.DataFrame:
         rows.append({"stage": f"generate {name}", "jobs": shards,
                      "detail": f"{n:,} captions x l={spec['l']} = {images:,} images, w={w['w_set'] or format(w['w'], 'g')}",
                      "gpus_per_job": 1, "gpu_hours": images * cfg.plan.seconds_per_image / 3600})
+    world = world_size(cfg)
     gpus = cfg.launch.nodes * max(1, cfg.launch.gpus_per_node)
     for spec in sweep.expand(cfg):
         rcfg = sweep.run_config(cfg, spec)
         # real-image runs see the same captions, one image each
         try:
-            steps = train.training_length(rcfg, n, world_size=1).steps
+            length = training_length(rcfg, n, world_size=world)
         except ValueError as err:  # e.g. a caption set smaller than one batch
             rows.append({"stage": f"train {spec.run_id}", "jobs": 1, "detail": f"cannot run: {err}",
                          "gpus_per_job": gpus, "gpu_hours": None})
             continue
         hours = None
         if cfg.plan.seconds_per_train_step is not None:
-            hours = steps * cfg.plan.seconds_per_train_step * gpus / 3600
-        rows.append({"stage": f"train {spec.run_id}", "jobs": 1, "detail": f"{steps:,} steps",
-                     "gpus_per_job": gpus, "gpu_hours": hours})
-    return pl.DataFrame(rows, schema_overrides={"gpu_hours": pl.Float64})
+            hours = length.steps * cfg.plan.seconds_per_train_step * gpus / 3600
+        rows.append({"stage": f"train {spec.run_id}", "jobs": 1,
+                     "detail": f"{length.steps:,} steps, warm-up {length.warmup_steps:,.1f}, "
+                               f"batch {length.crops_per_step:,} ({length.rows_per_step:,} captions), "
+                               f"lr {length.peak_lr:.4g}, {length.n_captions:,} captions",
+                     "steps": length.steps, "warmup_steps": length.warmup_steps, "batch": length.crops_per_step,
+                     "peak_lr": length.peak_lr, "gpus_per_job": gpus, "gpu_hours": hours})
+    return pl.DataFrame(rows, schema_overrides={"gpu_hours": pl.Float64, "steps": pl.Int64,
+                                                "warmup_steps": pl.Float64, "batch": pl.Int64,
+                                                "peak_lr": pl.Float64})
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
     table = plan_table(cfg)
     total = table["gpu_hours"].sum()
-    shown = table.with_columns(pl.col("gpu_hours").round(1))
+    shown = table.select("stage", "jobs", "detail", "gpus_per_job", pl.col("gpu_hours").round(1))
     print(f"# {cfg.name}: {cfg.plan.seconds_per_image} s per image, "
           f"{cfg.plan.seconds_per_train_step or 'unmeasured'} s per training step")
     print(markdown_table(shown, floatfmt=",.1f"), end="")
