@@ -5,8 +5,11 @@ Reads every run's ``metrics.json`` and the baselines, and writes under
 
 - ``runs.csv``: one row per run and seed, every metric;
 - ``tables.md`` and one CSV per table, cells "mean ± 95% CI over seeds" (Student t):
-  l x m (StableRep), w per method, method x data (real vs synthetic) with the two baselines;
-- ``accuracy_vs_w.png`` and ``lm_heatmap.png``;
+  l x m (StableRep), l at a fixed generation budget T, m at a fixed batch, w per method (also for
+  zero-shot accuracy: CLIP against w), method x data (real vs synthetic, with each method's best
+  synthetic source chosen on the held-out selection split) with the two baselines;
+- ``accuracy_vs_w.png``, ``zeroshot_vs_w.png`` (where a text tower ran on synthetic images) and
+  ``lm_heatmap.png``;
 - ``metrics.json``: group means, for ``dvc metrics show``.
 
 All of it is also logged to the sweep's MLflow parent run.
@@ -61,11 +64,28 @@ def load_baselines(paths: list[Path] | None) -> pl.DataFrame | None:
     return pl.DataFrame(rows)
 
 
+def without_budget(df: pl.DataFrame) -> pl.DataFrame:
+    """Runs on all captions: a run at a fixed generation budget (T / l captions) belongs to the
+    budget table only."""
+    return df.filter(pl.col("budget").is_null()) if "budget" in df.columns else df
+
+
 def default_runs(df: pl.DataFrame, cfg: DictConfig) -> pl.DataFrame:
-    """Runs at the default l and m (train.l, train.m): the rows of the w and method x data tables."""
-    l_default = pl.when(pl.col("data") == "real").then(1).otherwise(cfg.train.l)
+    """The rows of the w and method x data tables: StableRep(+) at the default l and m (train.l,
+    train.m); a one-image method (SimCLR, CLIP) at its smallest l per source (the paper's l = 1)."""
+    df = without_budget(df)
     multi = pl.col("method").is_in([m.name for m in METHODS.values() if m.multi_positive])
-    return df.filter((pl.col("l") == l_default) & (~multi | (pl.col("m") == cfg.train.m)))
+    l_default = pl.when(pl.col("data") == "real").then(1).otherwise(cfg.train.l)
+    smallest = pl.col("l") == pl.col("l").min().over("method", "data")
+    return df.filter(pl.when(multi).then((pl.col("l") == l_default) & (pl.col("m") == cfg.train.m))
+                     .otherwise(smallest))
+
+
+def selection_metric(df: pl.DataFrame, metric: str, primary: str) -> str:
+    """The held-out selection accuracy that chooses between runs: the metric's own ``_val`` where it
+    has one, else the primary target's probe selection accuracy."""
+    own = f"{metric}_val"
+    return own if own in df.columns else f"probe_{primary}_val"
 
 
 def _order_methods(df: pl.DataFrame, column: str = "method") -> pl.DataFrame:
@@ -80,7 +100,7 @@ def _label(df: pl.DataFrame, column: str = "method") -> pl.DataFrame:
 
 def table_lm(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
     """l x m for StableRep on the data source with the most (l, m) pairs."""
-    sr = df.filter(pl.col("method") == "stablerep")
+    sr = without_budget(df).filter(pl.col("method") == "stablerep")
     if sr.is_empty():
         return None
     counts = sr.group_by("data").agg(pl.struct("l", "m").n_unique().alias("k")).sort("k", descending=True)
@@ -93,6 +113,35 @@ def table_lm(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
     return f"StableRep, l x m ({data})", table
 
 
+def table_budget(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
+    """l at a fixed generation budget T (the paper's design): T / l captions, l images each."""
+    if "budget" not in df.columns:
+        return None
+    runs = df.filter(pl.col("budget").is_not_null() & (pl.col("method") == "stablerep"))
+    if runs.select(pl.col("l").n_unique()).item() < 2:
+        return None
+    cells = mean_ci(runs.with_columns((pl.col("budget") // pl.col("l")).alias("captions")),
+                    ["budget", "l", "m", "captions"], metric).sort("budget", "l")
+    table = cells.pivot(on="budget", index=["l", "m", "captions"], values="cell").sort("l")
+    table = table.rename({c: f"T={c}" for c in table.columns if c not in ("l", "m", "captions")})
+    return "StableRep, l at a fixed generation budget T (T / l captions; l = 1, m = 1 is SimCLR)", \
+        table.with_columns(pl.col("l", "m", "captions").cast(pl.String))
+
+
+def table_m(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
+    """m at a fixed batch (batch / m rows; m = 1 is SimCLR), on the (source, l) with the most m."""
+    sr = without_budget(df).filter(pl.col("method") == "stablerep")
+    if sr.is_empty():
+        return None
+    counts = sr.group_by("data", "l").agg(pl.col("m").n_unique().alias("k")).sort("k", "l", descending=True)
+    if counts["k"][0] < 3:
+        return None
+    data, l = counts["data"][0], counts["l"][0]
+    cells = mean_ci(sr.filter((pl.col("data") == data) & (pl.col("l") == l)), ["m"], metric).sort("m")
+    table = cells.select(pl.col("m").cast(pl.String), pl.col("cell").alias(metric))
+    return f"StableRep, m at a fixed batch ({data}, l = {l}; m = 1 is SimCLR)", table
+
+
 def table_w(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, pl.DataFrame] | None:
     syn = default_runs(df, cfg).filter(pl.col("data") != "real")
     if syn.select(pl.col("w_label").n_unique()).item() < 2:
@@ -102,10 +151,27 @@ def table_w(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, pl.Dat
     return "guidance scale w per method", table
 
 
-def table_method_data(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.DataFrame | None):
+def table_method_data(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.DataFrame | None,
+                      primary: str | None = None):
+    """Each method on each source, and where a method ran on several synthetic sources, its best
+    one, chosen on the held-out selection split (the paper reports SimCLR at its own best w)."""
     runs = default_runs(df, cfg)
     cells = mean_ci(runs, ["method", "data", "w"], metric).sort("w", nulls_last=False)
     table = cells.pivot(on="data", index="method", values="cell")
+    synthetic = runs.filter((pl.col("data") != "real") & pl.col(metric).is_not_null())
+    chooser = selection_metric(df, metric, primary or cfg.eval.targets[0])
+    if chooser in synthetic.columns:
+        counts = synthetic.group_by("method").agg(pl.col("data").n_unique().alias("k"))
+        several = counts.filter(pl.col("k") > 1)["method"].to_list()
+        if several:
+            chosen = (synthetic.filter(pl.col("method").is_in(several))
+                      .group_by("method", "data", "w_label").agg(pl.col(chooser).mean().alias("_sel"))
+                      .sort("_sel", "data", descending=[True, False]).group_by("method", maintain_order=True).first())
+            best = []
+            for row in chosen.iter_rows(named=True):
+                cell = cells.filter((pl.col("method") == row["method"]) & (pl.col("data") == row["data"]))["cell"][0]
+                best.append({"method": row["method"], "best synthetic": f"{cell} ({row['w_label']}, {row['data']})"})
+            table = table.join(pl.DataFrame(best), on="method", how="left")
     if base is not None and metric in base.columns:
         bcells = mean_ci(base.rename({"baseline": "method"}), ["method"], metric)
         table = pl.concat([table, bcells.select("method", pl.col("cell").alias("no training"))], how="diagonal")
@@ -160,7 +226,7 @@ def figure_lm_heatmap(df: pl.DataFrame, metric: str):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    sr = df.filter(pl.col("method") == "stablerep")
+    sr = without_budget(df).filter(pl.col("method") == "stablerep")
     fig, ax = plt.subplots(figsize=(4.5, 3.8))
     if not sr.is_empty():
         data = sr.group_by("data").len().sort("len", descending=True)["data"][0]
@@ -206,18 +272,21 @@ def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path]
     outputs["runs"] = out / "runs.csv"
     sections = [f"# Ablations: {cfg.name}\n",
                 f"Cells: mean ± 95% CI (Student t) over seeds {list(cfg.sweep.seeds)}. Metric names: "
-                "probe = linear probe test accuracy (lr chosen on val), fewshot = "
+                "probe = linear probe test accuracy (lr chosen on the selection split, never the reported one), fewshot = "
                 f"{cfg.eval.fewshot_ways}-way {cfg.eval.fewshot_shots}-shot accuracy, zeroshot = zero-shot "
                 f"accuracy. Default l = {cfg.train.l}, m = {cfg.train.m}.\n"]
     for metric in metrics:
-        made = [table_lm(df, metric), table_w(df, metric, cfg), table_method_data(df, metric, cfg, base)]
-        if metric.startswith("zeroshot"):
-            made = [table_method_data(df.filter(pl.col(metric).is_not_null()), metric, cfg, None)]
+        if metric.startswith("zeroshot"):  # the methods with a text tower
+            text = df.filter(pl.col(metric).is_not_null())
+            made = [table_w(text, metric, cfg), table_method_data(text, metric, cfg, None, primary)]
+        else:
+            made = [table_lm(df, metric), table_budget(df, metric), table_m(df, metric), table_w(df, metric, cfg),
+                    table_method_data(df, metric, cfg, base, primary)]
         for item in made:
             if item is None:
                 continue
             title, table = item
-            slug = title.split(" (")[0].replace(" x ", "_x_").replace(" ", "_").replace(",", "").lower()
+            slug = title.split(" (")[0].replace(" x ", "_x_").replace(" ", "_").replace(",", "").lower()[:48]
             write_text(out / f"{metric}__{slug}.csv", _csv(table))
             sections.append(f"## {metric}: {title}\n\n{markdown_table(table)}")
     write_text(out / "tables.md", "\n".join(sections))
@@ -227,6 +296,10 @@ def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path]
 
     matplotlib.use("Agg")
     _save(figure_accuracy_vs_w(df, metrics[0], cfg, base), outputs["accuracy_vs_w"])
+    zeroshot = f"zeroshot_{primary}"
+    if zeroshot in df.columns and df.filter(pl.col(zeroshot).is_not_null() & (pl.col("data") != "real")).height:
+        outputs["zeroshot_vs_w"] = out / "zeroshot_vs_w.png"
+        _save(figure_accuracy_vs_w(df.filter(pl.col(zeroshot).is_not_null()), zeroshot, cfg), outputs["zeroshot_vs_w"])
     outputs["lm_heatmap"] = out / "lm_heatmap.png"
     _save(figure_lm_heatmap(df, metrics[0]), outputs["lm_heatmap"])
     outputs["metrics"] = write_json(out / "metrics.json", dvc_metrics(df, base, metrics))
