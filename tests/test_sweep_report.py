@@ -115,9 +115,14 @@ def test_report_tables_plots_and_metrics(make_cfg, tmp_path):
     assert w.columns == ["method", "w=2.0", "w={2,4}", "w=4.0"]  # by w, a set at its mean
     assert w.filter(pl.col("method") == "SimCLR")["w=4.0"][0] == cell(truth["simclr-w4-l4"])
     assert w.filter(pl.col("method") == "SimCLR")["w={2,4}"][0] == cell(truth["simclr-mix-l4"])
+    # SimCLR ran on several synthetic sources: the method x data table has the paper's (method, data)
+    # rows; these records have no selection accuracy, so every source is shown and none chosen
     md = pl.read_csv(tmp_path / "ablations" / "probe_shape__method_x_data.csv")
-    assert md.filter(pl.col("method") == "SimCLR")["real"][0] == cell(truth["simclr-real-l1"])
-    assert md.filter(pl.col("method") == "raw pixels")["no training"][0] == cell([0.2, 0.21, 0.22])
+    simclr = dict(md.filter(pl.col("method") == "SimCLR").select("data", "probe_shape").iter_rows())
+    assert simclr["real"] == cell(truth["simclr-real-l1"])
+    assert simclr["synthetic (w=4.0)"] == cell(truth["simclr-w4-l4"]) and "synthetic (w={2,4})" in simclr
+    assert md.filter(pl.col("method") == "raw pixels").select("data", "probe_shape").row(0) == (
+        "no training", cell([0.2, 0.21, 0.22]))
 
     text = out["tables"].read_text()
     assert "## probe_shape: StableRep, l x m (w2)" in text and "## fewshot_shape: method x data" in text
@@ -162,11 +167,10 @@ PAPER_DESIGN = [
 ]
 
 
-def test_report_follows_the_papers_ablation_designs(make_cfg, tmp_path):
-    """l at a fixed budget and m at a fixed batch get their own tables (budget runs stay out of the
-    others); SimCLR's synthetic row is its best source chosen on the selection split, even where the
-    reported metric prefers another; CLIP's zero-shot accuracy against w has a table and a figure."""
-    cfg = make_cfg(*PAPER_DESIGN)
+def paper_records(cfg, tmp_path, drop_null_budget=False):
+    """Metrics files for the paper-design sweep. probe = 0.5 + 0.01 m (+ 0.1 for a budget run, so a
+    budget run leaking into another table shows); SimCLR's reported metric prefers w2 while its
+    selection accuracy prefers w4; CLIP's zero-shot accuracy falls with w, real above both."""
     paths = []
     for spec in sweep.expand(cfg):
         value = 0.5 + 0.01 * spec.m + 0.001 * spec.seed + (0.1 if spec.budget else 0.0)
@@ -177,24 +181,112 @@ def test_report_follows_the_papers_ablation_designs(make_cfg, tmp_path):
         record = {"run": spec.run_id, "group": spec.group, "method": spec.method, "data": spec.data,
                   "budget": spec.budget, **sweep_run.run_params(cfg, spec), "probe_shape": value,
                   "probe_shape_val": selection, "fewshot_shape": value / 2, "details": {}}
+        if drop_null_budget and record["budget"] is None:
+            del record["budget"]  # a record from before the budget axis
         if spec.method == "clip":
             record["zeroshot_shape"] = {"w2": 0.3, "w4": 0.25, "real": 0.4}[spec.data] + 0.001 * spec.seed
         path = tmp_path / "runs" / spec.run_id / "metrics.json"
         write_json(path, record)
         paths.append(path)
-    out = report.build(cfg, paths, None, tmp_path / "ablations")
+    return paths
+
+
+def test_report_follows_the_papers_ablation_designs(make_cfg, tmp_path):
+    """l at a fixed budget and m at a fixed batch get their own tables (budget runs stay out of the
+    others); SimCLR's synthetic row is its best source chosen on the selection split, even where the
+    reported metric prefers another; CLIP's zero-shot accuracy against w has a table and a figure."""
+    cfg = make_cfg(*PAPER_DESIGN)
+    out = report.build(cfg, paper_records(cfg, tmp_path), None, tmp_path / "ablations")
     folder = tmp_path / "ablations"
-    budget = pl.read_csv(next(folder.glob("probe_shape__stablerep_l_at_a_fixed_generation*.csv")))
-    assert budget["l"].to_list() == [1, 4] and budget["captions"].to_list() == [64, 16]
+    budget = pl.read_csv(folder / "probe_shape__stablerep_l_at_a_fixed_generation_budget_t.csv")
+    assert budget.columns == ["l", "m", "captions", "T=64"]
+    assert budget["l"].to_list() == [1, 4] and budget["m"].to_list() == [1, 4] and budget["captions"].to_list() == [64, 16]
     assert budget["T=64"][0].startswith("0.61")  # 0.5 + 0.01 (m = 1) + 0.1 (budget run)
-    m = pl.read_csv(next(folder.glob("probe_shape__stablerep_m_at_a_fixed_batch*.csv")))
-    assert m["m"].to_list() == [1, 2, 3, 4]
-    lm = pl.read_csv(folder / "probe_shape__stablerep_l_x_m.csv")  # no budget run inside
-    assert lm.filter(pl.col("l") == 4)["m=4"][0].startswith("0.54")
+    m = pl.read_csv(folder / "probe_shape__stablerep_m_at_a_fixed_batch.csv")
+    assert m["m"].to_list() == [1, 2, 3, 4] and m["probe_shape"][0].startswith("0.51")  # not the budget run's 0.61
     md = pl.read_csv(folder / "probe_shape__method_x_data.csv")
-    best = md.filter(pl.col("method") == "SimCLR")["best synthetic"][0]
-    assert best.startswith("0.6") and "w=4.0" in best  # chosen on the selection split, not the reported
-    zeroshot = pl.read_csv(folder / "zeroshot_shape__guidance_scale_w_per_method.csv")
-    assert zeroshot["method"].to_list() == ["CLIP"] and float(zeroshot["w=2.0"][0].split()[0]) == pytest.approx(0.3005, abs=1e-3)
+    simclr = md.filter(pl.col("method") == "SimCLR")
+    assert simclr["data"].to_list() == ["synthetic (best: w=4.0, chosen on the held-out split)"]
+    assert simclr["probe_shape"][0].startswith("0.6")  # chosen on the selection split, not the reported (0.7)
+    assert md.filter(pl.col("method") == "StableRep")["data"].to_list() == ["synthetic (w=2.0)"]  # one source
+    text = (folder / "tables.md").read_text()
+    assert "best source: the highest mean over seeds of probe_shape_val" in text  # the rule, under the table
+    zeroshot = pl.read_csv(folder / "zeroshot_shape__zero-shot_accuracy_against_w.csv")
+    assert zeroshot.columns == ["data", "CLIP"]
+    assert zeroshot["data"].to_list() == ["w=2.0", "w=4.0", "real images (reference)"]
+    assert [float(c.split()[0]) for c in zeroshot["CLIP"]] == pytest.approx([0.3005, 0.2505, 0.4005], abs=1e-3)
     assert (folder / "zeroshot_vs_w.png").exists() and out["zeroshot_vs_w"] == folder / "zeroshot_vs_w.png"
-    assert "(n = 1)" not in (folder / "tables.md").read_text()
+    with Image.open(out["zeroshot_vs_w"]) as image:
+        assert image.format == "PNG"
+    assert "(n = 1)" not in text and "nan" not in text
+
+
+def test_budget_runs_stay_out_of_the_other_tables(make_cfg, tmp_path):
+    """A budget run (here 0.1 above its twin on all captions, and the only l = 1 StableRep run)
+    appears in the budget table only: not in l x m, m, w, method x data, nor the heatmap's data."""
+    cfg = make_cfg(*PAPER_DESIGN)
+    paths = paper_records(cfg, tmp_path, drop_null_budget=True)  # older records lack the key
+    report.build(cfg, paths, None, tmp_path / "ablations")
+    folder = tmp_path / "ablations"
+    lm = pl.read_csv(folder / "probe_shape__stablerep_l_x_m.csv")
+    assert lm["l"].to_list() == [4]  # no l = 1 row: that run has a budget
+    assert lm["m=4"][0].startswith("0.54") and lm["m=1"][0].startswith("0.51")
+    w = pl.read_csv(folder / "probe_shape__guidance_scale_w_per_method.csv")
+    assert w.filter(pl.col("method") == "StableRep")["w=2.0"][0].startswith("0.54")
+    md = pl.read_csv(folder / "probe_shape__method_x_data.csv")
+    assert md.filter(pl.col("method") == "StableRep")["probe_shape"].to_list()[0].startswith("0.54")
+    runs = pl.read_csv(folder / "runs.csv")
+    assert runs.filter(pl.col("budget").is_not_null())["run"].str.contains("-T64-").all()
+    df = report.load_runs(paths)
+    assert report.without_budget(df).filter(pl.col("budget").is_not_null()).is_empty()
+    assert report.default_runs(df, cfg).filter(pl.col("run").str.contains("-T")).is_empty()
+
+
+def test_budget_table_has_a_column_per_budget_and_its_captions(make_cfg, tmp_path):
+    cfg = make_cfg("sweep.grids=[{method:[stablerep],data:[w2],l:[1,2,4],m:[1],budget:[64,128]}]", "sweep.seeds=[0,1]")
+    paths = paper_records(cfg, tmp_path)
+    report.build(cfg, paths, None, tmp_path / "ablations")
+    budget = pl.read_csv(tmp_path / "ablations" / "probe_shape__stablerep_l_at_a_fixed_generation_budget_t.csv")
+    assert budget.columns == ["l", "m", "captions at T=64", "captions at T=128", "T=64", "T=128"]
+    assert budget["l"].to_list() == [1, 2, 4]
+    assert budget["captions at T=64"].to_list() == [64, 32, 16] and budget["captions at T=128"].to_list() == [128, 64, 32]
+    assert budget["T=128"].str.starts_with("0.61").all()
+    # only budget runs: no l x m, m or w table
+    assert not list((tmp_path / "ablations").glob("probe_shape__stablerep_l_x_m.csv"))
+
+
+def test_best_source_follows_the_selection_metric_not_the_reported_one():
+    cfg_train = {"l": 4, "m": 4}
+    rows = []
+    for data, w, reported, selection in (("w2", 2.0, 0.9, 0.1), ("w8", 8.0, 0.2, 0.8), ("w4", 4.0, 0.5, 0.5)):
+        for seed in (0, 1, 2):
+            rows.append({"run": f"simclr-{data}-l1-s{seed}", "group": f"simclr-{data}-l1", "method": "simclr",
+                         "data": data, "l": 1, "m": 1, "seed": seed, "w": w, "probe_c": reported + 0.01 * seed,
+                         "probe_c_val": selection + (0.5 if (data, seed) == ("w4", 0) else 0.0)})
+    df = report.with_w_labels(pl.DataFrame(rows))
+    best = report.best_sources(df, "probe_c_val")
+    # means of the selection accuracy: w2 0.1, w8 0.8, w4 (1.0 + 0.5 + 0.5) / 3 = 0.667
+    assert best["simclr"]["data"] == "w8" and best["simclr"]["w_label"] == "w=8.0"
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"train": cfg_train, "eval": {"targets": ["c"]}})
+    title, table, note = report.table_method_data(df, "probe_c", cfg, None, "c", with_note=True)
+    assert report.table_method_data(df, "probe_c", cfg, None, "c")[1].equals(table)  # (title, table) as before
+    assert table.rows() == [("SimCLR", "synthetic (best: w=8.0, chosen on the held-out split)", "0.21 ± 0.025")]
+    assert "probe_c_val" in note and "never the reported probe_c" in note
+
+
+def test_single_seed_paper_design_cells_say_n_1(make_cfg, tmp_path):
+    cfg = make_cfg(*PAPER_DESIGN[:-1], "sweep.seeds=[0]")
+    out = report.build(cfg, paper_records(cfg, tmp_path), None, tmp_path / "ablations")
+    folder = tmp_path / "ablations"
+    budget = pl.read_csv(folder / "probe_shape__stablerep_l_at_a_fixed_generation_budget_t.csv")
+    assert budget["T=64"].to_list() == ["0.61 (n = 1)", "0.64 (n = 1)"]
+    m = pl.read_csv(folder / "probe_shape__stablerep_m_at_a_fixed_batch.csv")
+    assert m["probe_shape"].to_list() == ["0.51 (n = 1)", "0.52 (n = 1)", "0.53 (n = 1)", "0.54 (n = 1)"]
+    zeroshot = pl.read_csv(folder / "zeroshot_shape__zero-shot_accuracy_against_w.csv")
+    assert zeroshot["CLIP"].to_list() == ["0.3 (n = 1)", "0.25 (n = 1)", "0.4 (n = 1)"]
+    md = pl.read_csv(folder / "probe_shape__method_x_data.csv")
+    assert md.filter(pl.col("method") == "SimCLR")["probe_shape"].to_list() == ["0.6 (n = 1)"]
+    text = out["tables"].read_text()
+    assert not [line for line in text.splitlines() if line.startswith("|") and "±" in line] and "nan" not in text

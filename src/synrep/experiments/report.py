@@ -4,12 +4,23 @@ Reads every run's ``metrics.json`` and the baselines, and writes under
 ``results/<name>/ablations/``:
 
 - ``runs.csv``: one row per run and seed, every metric;
-- ``tables.md`` and one CSV per table, cells "mean ± 95% CI over seeds" (Student t):
-  l x m (StableRep), l at a fixed generation budget T, m at a fixed batch, w per method (also for
-  zero-shot accuracy: CLIP against w), method x data (real vs synthetic, with each method's best
-  synthetic source chosen on the held-out selection split) with the two baselines;
+- ``tables.md`` and one CSV per table (``<metric>__<table>.csv``), cells "mean ± 95% CI over
+  seeds" (Student t; one seed: "mean (n = 1)"), each table only where the sweep has its runs:
+
+  - ``stablerep_l_x_m``: StableRep's l x m on all captions;
+  - ``stablerep_l_at_a_fixed_generation_budget_t``: l at a fixed generation budget T (runs with a
+    ``budget``: T // l captions, l images each; l = 1 is SimCLR-like), one column per T;
+  - ``stablerep_m_at_a_fixed_batch``: m at a fixed batch (m = 1 is SimCLR: one image, two crops);
+  - ``guidance_scale_w_per_method``: each method against w, sets of scales included;
+  - ``zero-shot_accuracy_against_w`` (zero-shot metrics): the text-tower methods (CLIP) against
+    w, and on the real images as a reference row;
+  - ``method_x_data``: real vs synthetic with the two baselines; a method run on several synthetic
+    sources is reported at its best one, chosen by the mean over seeds of the held-out selection
+    accuracy (``probe_<target>_val``), never the reported metric; the rule is stated under it.
+
+  Runs at a fixed generation budget appear in the budget table only;
 - ``accuracy_vs_w.png``, ``zeroshot_vs_w.png`` (where a text tower ran on synthetic images) and
-  ``lm_heatmap.png``;
+  ``lm_heatmap.png`` (budget runs left out);
 - ``metrics.json``: group means, for ``dvc metrics show``.
 
 All of it is also logged to the sweep's MLflow parent run.
@@ -45,11 +56,12 @@ def load_runs(paths: list[Path]) -> pl.DataFrame:
 
 def with_w_labels(df: pl.DataFrame) -> pl.DataFrame:
     """``w`` as a float column (a set's mean) and ``w_label``, how tables name it: ``w=2.0`` or
-    ``w={2,3}``."""
-    for column, dtype in (("w", pl.Float64), ("w_set", pl.String)):
+    ``w={2,3}``; ``budget`` as an integer column, null for a run on all captions (older records
+    have no budget)."""
+    for column, dtype in (("w", pl.Float64), ("w_set", pl.String), ("budget", pl.Int64)):
         if column not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=dtype).alias(column))
-    df = df.with_columns(pl.col("w").cast(pl.Float64), pl.col("w_set").cast(pl.String))
+    df = df.with_columns(pl.col("w").cast(pl.Float64), pl.col("w_set").cast(pl.String), pl.col("budget").cast(pl.Int64))
     return df.with_columns(pl.when(pl.col("w_set").is_not_null()).then(pl.format("w={}", pl.col("w_set")))
                            .otherwise(pl.format("w={}", pl.col("w"))).alias("w_label"))
 
@@ -91,7 +103,7 @@ def selection_metric(df: pl.DataFrame, metric: str, primary: str) -> str:
 def _order_methods(df: pl.DataFrame, column: str = "method") -> pl.DataFrame:
     order = {m: i for i, m in enumerate(METHOD_ORDER + ["random_init", "raw_pixels"])}
     return (df.with_columns(pl.col(column).replace_strict(order, default=99).alias("_order"))
-              .sort("_order").drop("_order"))
+              .sort("_order", maintain_order=True).drop("_order"))
 
 
 def _label(df: pl.DataFrame, column: str = "method") -> pl.DataFrame:
@@ -114,18 +126,29 @@ def table_lm(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
 
 
 def table_budget(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
-    """l at a fixed generation budget T (the paper's design): T / l captions, l images each."""
+    """l at a fixed generation budget T (the paper's design): T // l captions, l images each, every
+    run as long as the others. Rows l (with its m and captions), one column per T; StableRep on the
+    source with the most budget runs."""
     if "budget" not in df.columns:
         return None
-    runs = df.filter(pl.col("budget").is_not_null() & (pl.col("method") == "stablerep"))
+    runs = df.filter(pl.col("budget").is_not_null() & (pl.col("method") == "stablerep") & pl.col(metric).is_not_null())
+    if runs.is_empty():
+        return None
+    data = runs.group_by("data").len().sort("len", "data", descending=[True, False])["data"][0]
+    runs = runs.filter(pl.col("data") == data)
     if runs.select(pl.col("l").n_unique()).item() < 2:
         return None
-    cells = mean_ci(runs.with_columns((pl.col("budget") // pl.col("l")).alias("captions")),
-                    ["budget", "l", "m", "captions"], metric).sort("budget", "l")
-    table = cells.pivot(on="budget", index=["l", "m", "captions"], values="cell").sort("l")
-    table = table.rename({c: f"T={c}" for c in table.columns if c not in ("l", "m", "captions")})
-    return "StableRep, l at a fixed generation budget T (T / l captions; l = 1, m = 1 is SimCLR)", \
-        table.with_columns(pl.col("l", "m", "captions").cast(pl.String))
+    cells = mean_ci(runs, ["budget", "l", "m"], metric).sort("budget", "l", "m")
+    budgets = sorted(cells["budget"].unique().to_list())
+    table = cells.pivot(on="budget", index=["l", "m"], values="cell").sort("l", "m")
+    table = table.rename({str(t): f"T={t}" for t in budgets})
+    captions = [(pl.lit(t, dtype=pl.Int64) // pl.col("l")).alias("captions" if len(budgets) == 1 else f"captions at T={t}")
+                for t in budgets]
+    table = table.with_columns(*captions)
+    front = ["l", "m", *[c for c in table.columns if c.startswith("captions")]]
+    table = table.select(*front, *[f"T={t}" for t in budgets])
+    return (f"StableRep, l at a fixed generation budget T ({data}; T // l captions, l images each; "
+            "l = 1, m = 1 is SimCLR-like)", table.with_columns(pl.col(front).cast(pl.String)))
 
 
 def table_m(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
@@ -151,31 +174,93 @@ def table_w(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, pl.Dat
     return "guidance scale w per method", table
 
 
+def table_zeroshot_w(df: pl.DataFrame, metric: str, cfg: DictConfig, with_note: bool = False):
+    """Zero-shot accuracy against w (the paper's CLIP ablation: one image per caption), one column
+    per method with a text tower, and the same method on the real images as a reference row.
+    (title, table), or None without two values of w; with_note: (title, table, the note under it)."""
+    runs = default_runs(df, cfg).filter(pl.col(metric).is_not_null())
+    syn = runs.filter(pl.col("data") != "real")
+    if syn.select(pl.col("w_label").n_unique()).item() < 2:
+        return None
+    cells = mean_ci(syn, ["w", "w_label", "method"], metric).sort("w", "w_label")
+    methods = [m for m in METHOD_ORDER if m in cells["method"].to_list()]
+    table = cells.pivot(on="method", index="w_label", values="cell").rename({"w_label": "data"})
+    real = mean_ci(runs.filter(pl.col("data") == "real"), ["method"], metric)
+    if not real.is_empty():
+        reference = real.select(pl.lit("real images (reference)").alias("data"), "method", "cell")
+        table = pl.concat([table, reference.pivot(on="method", index="data", values="cell")], how="diagonal")
+    methods += [m for m in table.columns if m != "data" and m not in methods]
+    table = table.select("data", *methods).rename({m: METHOD_NAMES.get(m, m) for m in methods})
+    note = (f"Synthetic sources by w (a set of scales at its mean); the last row: the same method trained on "
+            f"the real images, the reference. {metric} is reported; nothing is chosen on it.")
+    title = "zero-shot accuracy against w (one image per caption; real images as the reference)"
+    return (title, table, note) if with_note else (title, table)
+
+
+def best_sources(runs: pl.DataFrame, chooser: str) -> dict[str, dict]:
+    """Each method run on several synthetic sources: its best one, the highest mean over seeds of
+    the held-out selection accuracy ``chooser`` (ties: the first source by name). Never the reported
+    metric: choosing on it would report the maximum of noisy estimates."""
+    synthetic = runs.filter((pl.col("data") != "real") & pl.col(chooser).is_not_null())
+    counts = synthetic.group_by("method").agg(pl.col("data").n_unique().alias("k"))
+    several = counts.filter(pl.col("k") > 1)["method"].to_list()
+    if not several:
+        return {}
+    chosen = (synthetic.filter(pl.col("method").is_in(several))
+              .group_by("method", "data", "w_label").agg(pl.col(chooser).mean().alias("_sel"))
+              .sort(["method", "_sel", "data"], descending=[False, True, False])
+              .group_by("method", maintain_order=True).first())
+    return {row["method"]: row for row in chosen.iter_rows(named=True)}
+
+
 def table_method_data(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.DataFrame | None,
-                      primary: str | None = None):
-    """Each method on each source, and where a method ran on several synthetic sources, its best
-    one, chosen on the held-out selection split (the paper reports SimCLR at its own best w)."""
-    runs = default_runs(df, cfg)
-    cells = mean_ci(runs, ["method", "data", "w"], metric).sort("w", nulls_last=False)
-    table = cells.pivot(on="data", index="method", values="cell")
-    synthetic = runs.filter((pl.col("data") != "real") & pl.col(metric).is_not_null())
+                      primary: str | None = None, with_note: bool = False):
+    """Real vs synthetic. Where every method ran on one synthetic source at most: one row per
+    method, one column per source (and the baselines under "no training"). Where a method ran on
+    several: the paper's rows, (method, data), its synthetic row at its own best source, chosen on
+    the held-out selection split (the paper reports SimCLR at its own best w), the rule under the
+    table; the other sources are in the w table. (title, table); with_note: (title, table, the
+    note under it, or None)."""
+    runs = default_runs(df, cfg).filter(pl.col(metric).is_not_null())
+    cells = mean_ci(runs, ["method", "data", "w", "w_label"], metric).sort("w", nulls_last=False)
+    synthetic = runs.filter(pl.col("data") != "real")
+    several = synthetic.group_by("method").agg(pl.col("data").n_unique().alias("k")).filter(pl.col("k") > 1)
+    bcells = (mean_ci(base.rename({"baseline": "method"}), ["method"], metric)
+              if base is not None and metric in base.columns else None)
+    if several.is_empty():
+        table = cells.pivot(on="data", index="method", values="cell")
+        if bcells is not None:
+            table = pl.concat([table, bcells.select("method", pl.col("cell").alias("no training"))], how="diagonal")
+        title, table = "method x data (real vs synthetic)", _label(_order_methods(table))
+        return (title, table, None) if with_note else (title, table)
+
     chooser = selection_metric(df, metric, primary or cfg.eval.targets[0])
-    if chooser in synthetic.columns:
-        counts = synthetic.group_by("method").agg(pl.col("data").n_unique().alias("k"))
-        several = counts.filter(pl.col("k") > 1)["method"].to_list()
-        if several:
-            chosen = (synthetic.filter(pl.col("method").is_in(several))
-                      .group_by("method", "data", "w_label").agg(pl.col(chooser).mean().alias("_sel"))
-                      .sort("_sel", "data", descending=[True, False]).group_by("method", maintain_order=True).first())
-            best = []
-            for row in chosen.iter_rows(named=True):
-                cell = cells.filter((pl.col("method") == row["method"]) & (pl.col("data") == row["data"]))["cell"][0]
-                best.append({"method": row["method"], "best synthetic": f"{cell} ({row['w_label']}, {row['data']})"})
-            table = table.join(pl.DataFrame(best), on="method", how="left")
-    if base is not None and metric in base.columns:
-        bcells = mean_ci(base.rename({"baseline": "method"}), ["method"], metric)
-        table = pl.concat([table, bcells.select("method", pl.col("cell").alias("no training"))], how="diagonal")
-    return "method x data (real vs synthetic)", _label(_order_methods(table))
+    best = best_sources(runs, chooser) if chooser in runs.columns else {}
+    rows = []
+    for method in cells["method"].unique(maintain_order=True).to_list():
+        mine = cells.filter(pl.col("method") == method)
+        for row in mine.filter(pl.col("data") == "real").iter_rows(named=True):
+            rows.append({"method": method, "data": "real", metric: row["cell"]})
+        syn = mine.filter(pl.col("data") != "real")
+        if method in best:
+            pick = syn.filter(pl.col("data") == best[method]["data"]).row(0, named=True)
+            rows.append({"method": method, "data": f"synthetic (best: {pick['w_label']}, chosen on the held-out split)",
+                         metric: pick["cell"]})
+        else:  # one source, or no selection accuracy in the records: every source, none chosen
+            rows += [{"method": method, "data": f"synthetic ({r['w_label']})", metric: r["cell"]}
+                     for r in syn.sort("w", "w_label").iter_rows(named=True)]
+    if bcells is not None:
+        rows += [{"method": r["method"], "data": "no training", metric: r["cell"]} for r in bcells.iter_rows(named=True)]
+    table = _label(_order_methods(pl.DataFrame(rows, schema={"method": pl.String, "data": pl.String, metric: pl.String})))
+    if chooser in runs.columns:
+        note = (f"A method run on several synthetic sources is reported at its best source: the highest mean over "
+                f"seeds of {chooser}, the held-out selection split (never the reported {metric}); ties go to the "
+                f"first source by name. Its other sources are in the w table.")
+    else:
+        note = (f"No selection accuracy ({chooser}) in these records: every synthetic source is shown, none "
+                f"chosen (choosing on the reported {metric} would overstate it).")
+    title = "method x data (real vs synthetic)"
+    return (title, table, note) if with_note else (title, table)
 
 
 def _save(fig, path: Path) -> None:
@@ -216,7 +301,8 @@ def figure_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: p
             if not b.is_empty() and metric in b.columns:
                 ax.axhline(b[metric].mean(), color="grey", ls=style, lw=1, label=METHOD_NAMES[name])
     ax.set(xlabel="guidance scale w", ylabel=metric.replace("_", " "), title=f"{cfg.name}: {metric} against w")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -278,17 +364,18 @@ def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path]
     for metric in metrics:
         if metric.startswith("zeroshot"):  # the methods with a text tower
             text = df.filter(pl.col(metric).is_not_null())
-            made = [table_w(text, metric, cfg), table_method_data(text, metric, cfg, None, primary)]
+            made = [table_zeroshot_w(text, metric, cfg, with_note=True),
+                    table_method_data(text, metric, cfg, None, primary, with_note=True)]
         else:
             made = [table_lm(df, metric), table_budget(df, metric), table_m(df, metric), table_w(df, metric, cfg),
-                    table_method_data(df, metric, cfg, base, primary)]
+                    table_method_data(df, metric, cfg, base, primary, with_note=True)]
         for item in made:
             if item is None:
                 continue
-            title, table = item
+            title, table, note = (*item, None)[:3]
             slug = title.split(" (")[0].replace(" x ", "_x_").replace(" ", "_").replace(",", "").lower()[:48]
             write_text(out / f"{metric}__{slug}.csv", _csv(table))
-            sections.append(f"## {metric}: {title}\n\n{markdown_table(table)}")
+            sections.append(f"## {metric}: {title}\n\n{markdown_table(table)}" + (f"\n{note}\n" if note else ""))
     write_text(out / "tables.md", "\n".join(sections))
     outputs["tables"] = out / "tables.md"
     outputs["accuracy_vs_w"] = out / "accuracy_vs_w.png"
@@ -333,6 +420,7 @@ def runs_from_mlflow(cfg: DictConfig) -> pl.DataFrame:
         rows.append({"run": tags["synrep.run"], "group": tags["synrep.group"], "method": params["method"],
                      "data": params["source"], "source": params["source"], "l": int(params["l"]),
                      "m": int(params["m"]), "seed": int(params["seed"]),
+                     "budget": int(params["budget"]) if "budget" in params else None,
                      "w": float(params["w"]) if "w" in params else None, "w_set": params.get("w_set"),
                      **child.data.metrics})
     if not rows:
