@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import run_dir, save_resolved
-from synrep.evaluation.features import EvalData, cached_features, extract_features, load_eval_data
+from synrep.config import digest, run_dir, save_resolved
+from synrep.evaluation.features import SPLITS, EvalData, cached_features, extract_features, load_eval_data
 from synrep.evaluation.fewshot import few_shot
 from synrep.evaluation.linear_probe import linear_probe, linear_probe_augmented
 from synrep.evaluation.zeroshot import zero_shot
@@ -55,7 +55,7 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     for target, r in metrics["linear_probe"].items():
         flat[f"probe_{target}"] = r["test"]
         flat[f"probe_{target}_val"] = r["val"]
-        if r.get("epochs_compared", 1) > 1:  # eval.probe_eval_every: the epoch was chosen too
+        if r.get("eval_every") or r.get("epochs_compared", 1) > 1:  # eval.probe_eval_every: the epoch was chosen too
             flat[f"probe_{target}_epoch"] = r["epoch"]
     for target, r in metrics["few_shot"].items():
         flat[f"fewshot_{target}"] = r["mean"]
@@ -70,6 +70,20 @@ def _fingerprint(path: Path) -> str:
     return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def feature_splits(cfg: DictConfig) -> tuple[str, ...]:
+    """The splits whose features are extracted once: all three, or only val and test when the probe
+    trains on augmented crops through the encoder (``eval.probe_augment``)."""
+    return ("val", "test") if cfg.eval.probe_augment else SPLITS
+
+
+def features_key(cfg: DictConfig, weights: Path) -> str:
+    """What cached features depend on: the weights, the data set, its split and the evaluation crop."""
+    e = cfg.eval
+    setting = {"dataset": e.dataset, "root": str(e.root), "holdout": e.holdout, "crop_pct": e.crop_pct,
+               "image_size": cfg.train.image_size, "splits": list(feature_splits(cfg))}
+    return f"{_fingerprint(weights)}:{digest(setting)}"
+
+
 def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     """Evaluate the trained encoder in a run folder; writes ``eval.json`` there."""
     from synrep.learning.trainer import load_trained
@@ -78,8 +92,9 @@ def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
     model = load_trained(cfg, out)
     data = load_eval_data(cfg)
-    features = cached_features(out / "features.npz", _fingerprint(out / "model.pt"),
-                               lambda: extract_features(model.features, data, cfg, desc=out.name))
+    features = cached_features(out / "features.npz", features_key(cfg, out / "model.pt"),
+                               lambda: extract_features(model.features, data, cfg, desc=out.name,
+                                                        splits=feature_splits(cfg)))
     metrics = evaluate_features(features, data, cfg, seed=cfg.train.seed, model=model, encode=model.features)
     write_json(out / "eval.json", metrics)
     return metrics
@@ -93,7 +108,8 @@ def baselines(cfg: DictConfig, seed: int, data: EvalData | None = None) -> dict[
     data = data or load_eval_data(cfg)
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
-    random_features = extract_features(model.features, data, cfg, desc=f"random init s{seed}")
+    random_features = extract_features(model.features, data, cfg, desc=f"random init s{seed}",
+                                       splits=feature_splits(cfg))
     results = {"random_init": evaluate_features(random_features, data, cfg, seed=seed, encode=model.features)}
     if cfg.eval.raw_pixels_size is not None:
         pixel_features = extract_features(lambda x: raw_pixels(x, cfg.eval.raw_pixels_size), data, cfg,

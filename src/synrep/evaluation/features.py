@@ -110,10 +110,34 @@ def eval_transform(cfg: DictConfig):
 WNID = re.compile(r"^n\d{8}$")
 
 
+def wnid_names(classes: list[str]) -> list[str] | None:
+    """Readable names for WordNet-id folders (n01440764): CLIP's ImageNet class names (open_clip)
+    for ImageNet-1k's wnids (all 1000 or a subset such as ImageNet-100; timm's synset list gives the
+    standard index order), else the first WordNet lemma (timm's ImageNet-22k table); None when the
+    folders are not wnids."""
+    if not classes or not all(WNID.match(c) for c in classes):
+        return None
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    from timm.data import ImageNetInfo
+
+    index = {wnid: i for i, wnid in enumerate(ImageNetInfo("imagenet-1k").label_names())}
+    if all(c in index for c in classes):
+        return [IMAGENET_CLASSNAMES[index[c]] for c in classes]
+    info = ImageNetInfo("imagenet-22k")
+    known = set(info.label_names())
+    unknown = [c for c in classes if c not in known]
+    if unknown:
+        raise ValueError(f"class folders {unknown[:3]} look like WordNet ids but are not ImageNet synsets: "
+                         "name the classes with config key 'eval.class_names'")
+    return [info.label_name_to_description(c).split(",")[0].strip() for c in classes]
+
+
 def class_prompts(cfg: DictConfig, classes: list[str]) -> list[list[str]]:
-    """CLIP's 80 ImageNet prompt templates (open_clip) around each class's name: ImageNet's names
-    for the 1000 wnid folders, ``eval.class_names`` (one per line, folder order), or the folder name."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+    """CLIP's 80 ImageNet prompt templates (open_clip's OPENAI_IMAGENET_TEMPLATES, callables, applied
+    as open_clip's zero-shot classifier does) around each class's name: ``eval.class_names`` (one
+    per line, sorted-folder order), else ImageNet's names for wnid folders (``wnid_names``: sorted
+    wnids are the standard index order), else the folder name with '_' as ' '. Never a wnid."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     if cfg.eval.class_names:
         path = Path(cfg.eval.class_names)
@@ -121,10 +145,8 @@ def class_prompts(cfg: DictConfig, classes: list[str]) -> list[list[str]]:
         if len(names) != len(classes):
             raise ValueError(f"{path}: {len(names)} class names for {len(classes)} class folders "
                              "(config key 'eval.class_names')")
-    elif len(classes) == len(IMAGENET_CLASSNAMES) and all(WNID.match(c) for c in classes):
-        names = list(IMAGENET_CLASSNAMES)  # sorted wnids are the standard class order
     else:
-        names = [c.replace("_", " ") for c in classes]
+        names = wnid_names(classes) or [c.replace("_", " ") for c in classes]
     return [[template(name) for template in OPENAI_IMAGENET_TEMPLATES] for name in names]
 
 

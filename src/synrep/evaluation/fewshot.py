@@ -1,11 +1,17 @@
 """Few-shot evaluation: N-way K-shot episodes on frozen, l2-normalised features.
 
 StableRep's few-shot protocol (5-way 5-shot episodes) follows Tian et al. 2020, "Rethinking Few-Shot
-Image Classification: a Good Embedding Is All You Need?" (ECCV; the same first author): a logistic
-regression classifier fit on each episode's support set (their ``eval/meta_eval.py``:
-``LogisticRegression(penalty='l2', C=1.0, solver='lbfgs', max_iter=1000, multi_class='multinomial')``
-on normalised features), here ``classifier="logistic"`` with scikit-learn. ``"prototype"``: the
-nearest class mean (cosine), the simpler classifier of Prototypical Networks.
+Image Classification: a Good Embedding Is All You Need?" (ECCV; the same first author), "RFS": a
+logistic regression classifier fit on each episode's support set. Their code (WangYueFt/rfs,
+``eval/meta_eval.py``, ``meta_test``) l2-normalises support and query features (``is_norm=True``)
+and fits ``LogisticRegression(random_state=0, solver='lbfgs', max_iter=1000,
+multi_class='multinomial')`` (penalty l2 and C=1.0 by default). Here ``classifier="logistic"`` is
+that model with scikit-learn: lbfgs fits the multinomial model for more than two classes without
+``multi_class`` (deprecated in scikit-learn 1.5, since removed), l2 with C=1.0 is the default, and
+lbfgs is deterministic, so ``random_state`` does not matter. 600 episodes of 5-way 5-shot on 512-dim
+features take about 2 s on one CPU core, so no batched re-implementation is needed.
+``"prototype"``: the nearest class mean (cosine), the simpler classifier of Prototypical Networks.
+The 95% interval is 1.96 standard errors (RFS: Student's t, 1.964 at 600 episodes).
 """
 
 from __future__ import annotations

@@ -26,9 +26,10 @@ class ProbeHeads(nn.Module):
     """The heads of every learning rate, their optimizer and schedule, and their accuracies at the
     checkpoints where they are evaluated."""
 
-    def __init__(self, dim: int, n_classes: int, lrs: list[float], total_steps: int, batchnorm: bool):
+    def __init__(self, dim: int, n_classes: int, lrs: list[float], total_steps: int, batchnorm: bool,
+                 eval_every: int | None = None):
         super().__init__()
-        self.lrs = list(lrs)
+        self.lrs, self.eval_every = list(lrs), eval_every
         self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if batchnorm else nn.Identity()
         self.heads = nn.ModuleList(nn.Linear(dim, n_classes) for _ in lrs)
         self.optimizer = torch.optim.SGD([{"params": h.parameters(), "lr": lr} for h, lr in zip(self.heads, lrs)],
@@ -61,7 +62,7 @@ class ProbeHeads(nn.Module):
                     best_score, best = acc, (record, i)
         record, i = best
         out = {"test": record["test"][i], "val": record["val"][i], "lr": self.lrs[i], "epoch": record["epoch"],
-               "epochs_compared": len(self.history),
+               "epochs_compared": len(self.history), "eval_every": self.eval_every,
                "val_by_lr": dict(zip(map(str, self.lrs), self.history[-1]["val"]))}
         if "train" in record:
             out["train"] = record["train"][i]
@@ -82,7 +83,8 @@ def linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
     x = {s: torch.from_numpy(features[s]).float() for s in SPLITS}
     y = {s: torch.from_numpy(labels[s]).long() for s in SPLITS}
     n = len(x["train"])
-    probe = ProbeHeads(x["train"].shape[1], n_classes, lrs, epochs * math.ceil(n / batch_size), batchnorm)
+    probe = ProbeHeads(x["train"].shape[1], n_classes, lrs, epochs * math.ceil(n / batch_size), batchnorm,
+                       eval_every)
     gen = torch.Generator().manual_seed(seed)
     checkpoints = _checkpoints(epochs, eval_every)
     for epoch in range(1, epochs + 1):
@@ -136,7 +138,8 @@ def linear_probe_augmented(encode: Callable[[torch.Tensor], torch.Tensor], train
             with torch.no_grad():
                 z = encode(images).float()
             if probe is None:
-                probe = ProbeHeads(z.shape[1], n_classes, lrs, epochs * math.ceil(n / batch_size), batchnorm)
+                probe = ProbeHeads(z.shape[1], n_classes, lrs, epochs * math.ceil(n / batch_size), batchnorm,
+                                   eval_every)
             probe.step(z, y_train[index])
         if epoch in checkpoints:
             probe.evaluate(epoch, x, y)
