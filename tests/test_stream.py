@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 
 import numpy as np
@@ -84,13 +85,13 @@ def test_a_worker_reads_only_its_own_samples(tmp_path, monkeypatch):
     urls, _ = build_shards(tmp_path)
     ds = dataset(urls)
     opened = []
-    real_open = open
+    real_open = os.open
 
     def counting_open(path, *args, **kwargs):
         opened.append(str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("builtins.open", counting_open)
+    monkeypatch.setattr(os, "open", counting_open)
     for i in (0, 1, 40, 41):
         ds[i]
     assert sorted(set(opened)) == sorted({urls[0], urls[2]})

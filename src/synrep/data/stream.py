@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import tarfile
 from pathlib import Path
@@ -166,12 +167,19 @@ class GroupDataset(torch.utils.data.Dataset):
                 break
         if max_samples is not None:
             self.samples = self.samples[:max_samples]
-        self._files: dict[int, object] = {}
+        self._files: dict[int, int] = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_files"] = {}  # open files stay with the process that opened them
         return state
+
+    def __del__(self) -> None:
+        for fd in self._files.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -181,11 +189,12 @@ class GroupDataset(torch.utils.data.Dataset):
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
         url = self.urls[shard]
-        handle = self._files.get(shard)
-        if handle is None:
-            handle = self._files[shard] = open(url, "rb")
-        handle.seek(offset)
-        data = handle.read(size)
+        fd = self._files.get(shard)
+        if fd is None:
+            fd = self._files[shard] = os.open(url, os.O_RDONLY)
+        # pread, not seek + read: forked DataLoader workers inherit the parent's descriptors, and a
+        # shared file offset would let one worker read another's member
+        data = os.pread(fd, size, offset)
         if len(data) != size:
             raise ValueError(f"{url}: truncated or corrupt shard (a member ends after {len(data)} of {size} bytes)")
         return data
