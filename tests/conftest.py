@@ -83,38 +83,9 @@ def tiny_toy_pipeline_dir(tmp_path_factory, small_world):
 def tiny_sd_pipeline_dir(tmp_path_factory):
     """A tiny randomly initialised Stable-Diffusion-architecture pipeline (UNet, VAE, CLIP text
     encoder, CLIP BPE tokenizer), saved with save_pretrained, as a stand-in for real SD weights."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from synrep.generation.random_sd import random_sd_pipeline
 
-    from tests.helpers import tiny_clip_bpe
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-        attention_head_dim=4, norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8, sample_size=16,
-    )
-    vocab, merges = tiny_clip_bpe()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=16, projection_dim=16,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    pipe = random_sd_pipeline("tiny")
     out = tmp_path_factory.mktemp("tiny_sd") / "pipeline"
     pipe.save_pretrained(out)
     return out

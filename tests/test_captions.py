@@ -109,6 +109,16 @@ def test_normalize_series_matches_python_on_tricky_and_random_text():
     assert got == [ref_normalize(t) for t in texts]
 
 
+def test_normalize_series_is_exact_on_every_ascii_character():
+    """The vectorised path claims exactness on pure-ASCII text, control characters and Python's
+    ASCII whitespace (\\t \\n \\v \\f \\r \\x1c-\\x1f) included."""
+    rng = np.random.default_rng(0)
+    alphabet = [chr(c) for c in range(128)] + [" "] * 40 + list("aB")
+    texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 12))) for _ in range(5000)]
+    got = normalize_series(pl.Series("caption", texts)).to_list()
+    assert got == [ref_normalize(t) for t in texts]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_deduplicate_matches_reference(seed):
     texts = random_captions(4000, seed)

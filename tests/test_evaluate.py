@@ -238,3 +238,23 @@ def test_raw_pixels_baseline_can_be_left_out(small_world, make_cfg):
     cfg = make_cfg("eval.probe_epochs=1", "eval.fewshot_episodes=5", "train.encoder_kwargs.width=8",
                    "eval.raw_pixels_size=null", base=small_world)
     assert set(evaluate.baselines(cfg, seed=0)) == {"random_init"}
+
+
+def test_batched_few_shot_logistic_predicts_as_scikit_learn():
+    """logistic_episodes solves RFS's scikit-learn model for many episodes at once: the same
+    predictions (up to near-ties) on normalised features of overlapping classes."""
+    from synrep.evaluation.fewshot import _logistic, logistic_episodes
+
+    rng = np.random.default_rng(0)
+    episodes, ways, shots, queries, dim = 40, 5, 5, 15, 32
+    centres = rng.normal(size=(episodes, ways, 1, dim))
+    support = (centres + 1.5 * rng.normal(size=(episodes, ways, shots, dim))).reshape(episodes, -1, dim)
+    query = (centres + 1.5 * rng.normal(size=(episodes, ways, queries, dim))).reshape(episodes, -1, dim)
+    support /= np.linalg.norm(support, axis=2, keepdims=True)
+    query /= np.linalg.norm(query, axis=2, keepdims=True)
+    labels = np.repeat(np.arange(ways), shots)
+    batched = logistic_episodes(support, np.tile(labels, (episodes, 1)), query, ways)
+    reference = np.stack([_logistic(s, labels, q) for s, q in zip(support, query)])
+    assert (batched == reference).mean() > 0.995
+    truth = np.repeat(np.arange(ways), queries)
+    np.testing.assert_allclose((batched == truth).mean(1), (reference == truth).mean(1), atol=1 / queries / ways + 1e-9)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,10 +152,15 @@ def test_rerun_has_nothing_to_do_and_a_new_seed_plans_only_its_runs(finished):
     more = snakemake(finished, "-n", config="sweep={seeds: [0, 1, 2]}")
     assert more.returncode == 0, more.stderr[-3000:]
     jobs = planned_jobs(more)
-    # the 4 runs of seed 2, and what aggregates them; no finished run and no shard again
-    assert jobs == {"sweep_run": 4, "baselines": 1, "report": 1, "all": 1}, more.stdout[-3000:]
+    # the 4 runs of seed 2 in two jobs (sweep.runs_per_job: 2), and what aggregates them; no
+    # finished run and no shard again
+    assert jobs == {"sweep_run_s2_0": 1, "sweep_run_s2_1": 1, "baselines": 1, "report": 1, "all": 1}, \
+        more.stdout[-3000:]
+    outputs = [line.split("output: ")[1] for line in more.stdout.splitlines() if line.strip().startswith("output: ")]
+    trained = sorted(re.findall(r"runs/([^/]+)/metrics\.json", ",".join(outputs)))
+    assert trained == sorted(run.replace("-s0", "-s2") for run in RUNS if run.endswith("-s0"))
     planned = sorted(line.split("wildcards: ")[1] for line in more.stdout.splitlines() if "wildcards: " in line)
-    assert planned == sorted([f"run={run.replace('-s0', '-s2')}" for run in RUNS if run.endswith("-s0")] + ["seed=2"])
+    assert planned == ["seed=2"]
 
 
 def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 600) -> None:

@@ -88,7 +88,9 @@ def test_recipe_dry_run_and_plan(experiment, tmp_path):
     shards = math.ceil(UNIQUE / 2) * len(sources)
     runs = sweep.expand(cfg)
     assert counts.get("generate_shard") == shards, done.stdout
-    assert counts.get("sweep_run") == len(runs), done.stdout
+    # a cluster recipe trains one run per job (sweep.runs_per_job = 1), each job named by its run
+    assert sorted(k for k in counts if k.startswith("sweep_run_")) == sorted(
+        "sweep_run_" + re.sub(r"\W", "_", spec.run_id) for spec in runs), done.stdout
     assert "toyworld" not in counts and "sample_quality" not in counts and "real_shards" not in counts
 
     table = plan.plan_table(cfg)

@@ -71,7 +71,13 @@ def test_snakemake_targets_are_the_sweep_runs(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    assert counts.get("sweep_run") == len(sweep.expand(cfg)), done.stdout
+    # one job per batch of sweep.runs_per_job runs of a seed, together every run once
+    batches = sweep.job_batches(cfg)
+    assert sorted(k for k in counts if k.startswith("sweep_run_")) == sorted(f"sweep_run_{b}" for b in batches)
+    runs = [spec.run_id for specs in batches.values() for spec in specs]
+    assert sorted(runs) == sorted(spec.run_id for spec in sweep.expand(cfg))
+    assert max(len(specs) for specs in batches.values()) == cfg.sweep.runs_per_job > 1
+    assert all(len({spec.seed for spec in specs}) == 1 for specs in batches.values())
 
 
 def fabricate(cfg, tmp_path):

@@ -222,3 +222,39 @@ def test_ddp_under_torchrun_matches_one_process(make_cfg, tmp_path, method):
     result = torch.load(tmp_path / "out.pt")
     assert result["world_size"] == 2 and result["source"] == "torchrun"
     assert_matches_reference(result, cfg, batch, world=2)
+
+
+def test_batched_augmentation_cuts_as_torchvision_does():
+    """BatchAugment (the toy's crop + flip, a batch at a time): torchvision's RandomResizedCrop
+    box distribution, and a whole-image box gives back the image itself (or its mirror), normalised."""
+    import numpy as np
+    import torch
+    from torchvision.transforms import RandomResizedCrop
+    from torchvision.transforms import v2
+
+    from synrep.config import load_config
+    from synrep.learning import augment
+
+    torch.manual_seed(0)
+    boxes = augment.crop_boxes(40000, 16, 12, (0.3, 1.0))
+    areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (16 * 12)).numpy()
+    image = torch.zeros(3, 16, 12)
+    reference = []
+    for _ in range(40000):
+        _, _, h, w = RandomResizedCrop.get_params(image, (0.3, 1.0), (3 / 4, 4 / 3))
+        reference.append(h * w / (16 * 12))
+    assert abs(areas.mean() - np.mean(reference)) < 0.005 and abs(areas.std() - np.std(reference)) < 0.005
+    assert boxes[:, 0].min() >= 0 and boxes[:, 2].max() <= 12 and boxes[:, 3].max() <= 16
+
+    cfg = load_config(["train.image_size=16", "train.augment.crop_scale=[1.0,1.0]", "train.augment.downsample_p=0",
+                       "train.augment.color_jitter_p=0", "train.augment.grayscale_p=0", "train.augment.blur_p=0"])
+    batch = augment.batch_augment(cfg)
+    assert batch is not None
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    out = batch(images)
+    normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(augment.MEAN, augment.STD)])
+    expected = normalise(images)
+    same = (out - expected).abs().amax((1, 2, 3)) < 1e-4
+    mirrored = (out - expected.flip(-1)).abs().amax((1, 2, 3)) < 1e-4
+    assert bool((same | mirrored).all()) and 4 < int(same.sum()) < 28
+    assert augment.batch_augment(load_config(["train.augment.color_jitter_p=0.8"])) is None

@@ -27,7 +27,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("synrep.evaluation.evaluate", "run", "linear probe, few-shot and zero-shot of the encoder in train.output_dir"),
     "baselines": ("synrep.evaluation.evaluate", "baselines_run", "evaluate a random-init encoder and raw pixels"),
     "sweep": ("synrep.experiments.sweep", "list_runs", "list the runs the sweep expands to"),
-    "sweep_run": ("synrep.experiments.sweep_run", "run_one", "train and evaluate one run of the sweep (--run RUN_ID)"),
+    "sweep_run": ("synrep.experiments.sweep_run", "run_many", "train and evaluate runs of the sweep (--run RUN_ID ...)"),
     "report": ("synrep.experiments.report", "run", "ablation tables and plots of the sweep"),
     "plan": ("synrep.experiments.planner", "run", "print the jobs and GPU-hours a config will cost"),
     "launch": ("synrep.experiments.launch", "run", "submit the sweep's runs with submitit (SLURM job array or local)"),
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "baselines":
             p.add_argument("--seed", type=int, help="only this seed (default: every sweep seed)")
         if name == "sweep_run":
-            p.add_argument("--run", required=True, dest="run_id", help="run id, as `python -m synrep sweep` lists")
+            p.add_argument("--run", required=True, nargs="+", dest="run_ids",
+                           help="run id(s), as `python -m synrep sweep` lists; several run one after another")
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--config", dest="config_file")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.step == "baselines":
         kwargs = {"seed": args.seed}
     elif args.step == "sweep_run":
-        kwargs = {"run_id": args.run_id}
+        kwargs = {"run_ids": args.run_ids}
     start = time.time()
     try:
         outputs = fn(cfg, **kwargs)

@@ -24,6 +24,9 @@ if not RESOLVED.exists() or RESOLVED.read_text() != to_yaml(CFG):
 # The interpreter running Snakemake has synrep installed (also on SLURM nodes, where each job
 # re-runs Snakemake with it).
 PYTHON = sys.executable
+# Sampling jobs' torch threads (generation.threads, else threads): a small UNet runs faster as
+# two one-thread jobs side by side than as one two-thread job, with the same images
+GENERATION_THREADS = CFG.generation.threads or CFG.threads
 
 
 def synrep(step, extra=""):

@@ -36,7 +36,7 @@ rule generate_shard:
     params:
         source=lambda wildcards: digest(source_spec(CFG, wildcards.source)),
         shard=lambda wildcards: int(wildcards.index),
-    threads: CFG.threads
+    threads: GENERATION_THREADS
     resources:
         runtime=60,
         mem_mb=4000,

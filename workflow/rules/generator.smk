@@ -29,7 +29,7 @@ rule sample_quality:
         plot=RESULTS / "sample_quality" / "caption_match.png",
     params:
         config=section_hash(CFG, "sample_quality", "generation", "toyworld"),
-    threads: CFG.threads
+    threads: GENERATION_THREADS
     resources:
         runtime=60,
         mem_mb=4000,

@@ -1,6 +1,6 @@
-# Learning: one job per sweep run (train + evaluate), the no-training baselines, and the report.
+# Learning: the sweep's runs (train + evaluate), the no-training baselines, and the report.
 # The runs come from synrep.experiments.sweep.expand, the same function that `python -m synrep launch` uses.
-from synrep.experiments.sweep import expand as expand_sweep, run_config, run_identity
+from synrep.experiments.sweep import expand as expand_sweep, job_batches, run_config, run_identity
 
 RUNS = {spec.run_id: spec for spec in expand_sweep(CFG)}
 # The toy world's captions have their real images in the world; real caption sets point
@@ -10,7 +10,6 @@ EVAL_INPUT = [rules.toyworld.output.test] if CFG.eval.dataset == "toyworld" else
 
 
 wildcard_constraints:
-    run="|".join(re.escape(r) for r in RUNS) if RUNS else "NO_RUNS",
     seed=r"-?[0-9]+",
 
 
@@ -29,38 +28,49 @@ rule real_shards:
         synrep("real_shards")
 
 
-def run_data(wildcards):
+def run_data(spec):
     """A run reads the real shards or its source's shard index."""
-    source = RUNS[wildcards.run].data
-    if source == "real":
-        return rules.real_shards.output.index if TOY_CAPTIONS else []
-    return RESULTS / "shards" / source / "index.parquet"
+    if spec.data == "real":
+        return [rules.real_shards.output.index] if TOY_CAPTIONS else []
+    return [RESULTS / "shards" / spec.data / "index.parquet"]
 
 
-def run_hash(wildcards):
+def run_hash(spec):
     """A run reruns when what its result depends on changes, not when the sweep around it does."""
     from synrep.config import digest
 
-    return digest(run_identity(run_config(CFG, RUNS[wildcards.run])))
+    return digest(run_identity(run_config(CFG, spec)))
 
 
-rule sweep_run:
-    input:
-        data=run_data,
-        eval=EVAL_INPUT,
-    output:
-        metrics=RESULTS / "runs" / "{run}" / "metrics.json",
-        model=RESULTS / "runs" / "{run}" / "model.pt",
-    params:
-        run=run_hash,
-    threads: CFG.threads
-    resources:
-        runtime=240,
-        mem_mb=8000,
-    log:
-        LOGS / "runs" / "{run}.log",
-    shell:
-        synrep("sweep_run", "--run {wildcards.run}")
+# One job per batch of runs (sweep.runs_per_job, per seed; synrep.experiments.sweep.job_batches):
+# the runs train one after another in one process, each into its own folder and MLflow run. A rule
+# per batch, so that every run's metrics.json stays a target of its own. Cluster resources per run
+# come from the launch section, as for submitit.
+RUN_RESOURCES = dict(
+    runtime=CFG.launch.timeout_min,
+    mem_mb=CFG.launch.mem_gb * 1024,
+    cpus_per_task=CFG.launch.cpus_per_task or CFG.threads,
+    **({"gpu": CFG.launch.gpus_per_node} if CFG.launch.gpus_per_node else {}),
+)
+for batch, specs in job_batches(CFG, list(RUNS.values())).items():
+
+    rule:
+        name:
+            f"sweep_run_{batch}"
+        input:
+            data=sorted({str(p) for spec in specs for p in run_data(spec)}),
+            eval=EVAL_INPUT,
+        output:
+            metrics=[RESULTS / "runs" / spec.run_id / "metrics.json" for spec in specs],
+        params:
+            runs=[run_hash(spec) for spec in specs],
+        threads: CFG.threads
+        resources:
+            **(RUN_RESOURCES | {"runtime": RUN_RESOURCES["runtime"] * len(specs)}),
+        log:
+            LOGS / "runs" / f"{batch}.log",
+        shell:
+            synrep("sweep_run", "--run " + " ".join(spec.run_id for spec in specs))
 
 
 rule baselines:

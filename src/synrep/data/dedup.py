@@ -25,13 +25,13 @@ def normalize_caption(text: str) -> str:
 def normalize_series(captions: pl.Series) -> pl.Series:
     """:func:`normalize_caption` applied to every element, vectorised.
 
-    The result is identical to ``[normalize_caption(t) for t in captions]``. On a string made only
-    of printable ASCII (0x20-0x7E), NFKC is the identity, Python lower-cases only A-Z and the only
-    whitespace is the space: Arrow's byte-wise ``ascii_lower``, then (where a leading, trailing or
-    double space makes it necessary) collapsing runs of spaces and stripping, is exact there.
-    Every other string (non-ASCII, or holding a control character such as a tab or a newline:
-    a few percent of a web caption set) goes through :func:`normalize_caption` itself.
-    Nulls are refused.
+    The result is identical to ``[normalize_caption(t) for t in captions]``. On a pure-ASCII
+    string NFKC is the identity, Python lower-cases only A-Z, and its whitespace is the space,
+    \\t \\n \\v \\f \\r and \\x1c-\\x1f: Arrow's byte-wise ``ascii_lower``, then (where a
+    whitespace character other than a single inner space makes it necessary) one regex pass that
+    turns each whitespace run into a space and a strip, is exact there. Only strings with a
+    non-ASCII character (about 1 % of a web caption set) go through :func:`normalize_caption`
+    itself. Nulls are refused.
     """
     if captions.dtype != pl.String:
         raise ValueError(f"expected a string column, got {captions.dtype}")
@@ -44,21 +44,27 @@ def normalize_series(captions: pl.Series) -> pl.Series:
         arrow = arrow.combine_chunks()
     if arrow.type not in (pa.string(), pa.large_string()):
         arrow = arrow.cast(pa.large_string())
-    norm = pl.Series(captions.name, pc.ascii_lower(arrow), dtype=pl.String)
-
-    python = ~pc.ascii_is_printable(arrow).to_numpy(zero_copy_only=False)
+    lower = pl.Series(captions.name, pc.ascii_lower(arrow), dtype=pl.String)
+    python = ~pc.string_is_ascii(arrow).to_numpy(zero_copy_only=False)
+    frame = pl.DataFrame({"t": lower})
     text = pl.col("t")
-    spaces = pl.DataFrame({"t": captions}).select(
-        text.str.contains("  ", literal=True) | text.str.starts_with(" ") | text.str.ends_with(" ")
-    ).to_series().to_numpy()
-    idx = np.flatnonzero(spaces & ~python)
+    messy = frame.select(text.str.contains(ASCII_WHITESPACE_TO_FIX)).to_series().to_numpy()
+    idx = np.flatnonzero(messy & ~python)
+    norm = lower
     if len(idx):
-        norm = norm.scatter(idx, norm.gather(idx).str.replace_all(" {2,}", " ").str.strip_chars(" "))
+        norm = norm.scatter(idx, lower.gather(idx).str.replace_all(ASCII_WHITESPACE_RUN, " ").str.strip_chars(" "))
     idx = np.flatnonzero(python)
     if len(idx):
         fixed = [normalize_caption(t) for t in captions.gather(idx).to_list()]
         norm = norm.scatter(idx, pl.Series(fixed, dtype=pl.String))
     return norm
+
+
+# Python's ASCII whitespace (str.split()): space, \t \n \v \f \r and the separators \x1c-\x1f
+ASCII_WHITESPACE_RUN = r"[ \t\n\x0b\x0c\r\x1c-\x1f]+"
+# what a single inner space does not explain: another whitespace character, a double space, an
+# edge space
+ASCII_WHITESPACE_TO_FIX = r"[\t\n\x0b\x0c\r\x1c-\x1f]|  |^ | $"
 
 
 def first_occurrences(norm: pl.Series, hashes: pl.Series | None = None) -> pl.Series:

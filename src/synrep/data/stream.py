@@ -154,11 +154,16 @@ def member_table(url: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
 
 class GroupDataset(torch.utils.data.Dataset):
     """Item i: ``(images [k*v, 3, H, W], caption)`` of the i-th caption of the shards, in index
-    order; ``max_samples`` keeps the first N captions (the l ablation at a fixed budget)."""
+    order; ``max_samples`` keeps the first N captions (the l ablation at a fixed budget).
+    ``transform`` None: uint8 images, augmented by the trainer a batch at a time."""
 
-    def __init__(self, urls: list[str], spec, transform: Callable, seed: int, max_samples: int | None = None):
+    def __init__(self, urls: list[str], spec, transform: Callable | None, seed: int, max_samples: int | None = None,
+                 cache_decoded: bool = False):
         super().__init__()
         self.urls, self.spec, self.transform, self.seed = list(urls), spec, transform, seed
+        # decoded images kept in memory (a toy source: a few MB), instead of decoding every draw
+        self.cache_decoded = cache_decoded
+        self._decoded: dict[tuple[int, str], torch.Tensor] = {}
         self.epoch = 0
         self.samples: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
         for shard, url in enumerate(self.urls):
@@ -220,11 +225,20 @@ class GroupDataset(torch.utils.data.Dataset):
             chosen = draw.sample(names, spec.images)
         else:
             chosen = names + [draw.choice(names) for _ in range(spec.images - len(names))]
+        transform = self.transform or (lambda image: image)  # None: the trainer augments the batch
         try:
-            crops = [self.transform(_decode(sample[name])) for name in chosen for _ in range(spec.views)]
+            crops = [transform(self._image(index, sample, name)) for name in chosen for _ in range(spec.views)]
         except (OSError, ValueError) as err:
             raise _corrupt(sample["__url__"], err) from err
         return torch.stack(crops), _caption(sample)
+
+    def _image(self, index: int, sample: dict, name: str) -> torch.Tensor:
+        if not self.cache_decoded:
+            return _decode(sample[name])
+        key = (index, name)
+        if key not in self._decoded:
+            self._decoded[key] = _decode(sample[name])
+        return self._decoded[key]
 
 
 def group_sampler(dataset: GroupDataset, seed: int, rank: int, world: int) -> torch.utils.data.DistributedSampler:

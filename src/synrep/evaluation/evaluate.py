@@ -9,6 +9,7 @@ architecture, and raw pixels. The pieces: features, linear_probe, fewshot, zeros
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ def evaluate_features(features: dict[str, np.ndarray], data: EvalData, cfg: Dict
     ``encode`` (the frozen encoder) trains the probe on augmented crops when ``eval.probe_augment``."""
     e = cfg.eval
     metrics: dict = {"linear_probe": {}, "few_shot": {}, "zero_shot": {}}
+    clock = Clock()
     for target in data.labels:
         labels = data.labels[target]
         common = dict(n_classes=len(data.class_names[target]), lrs=list(e.probe_lrs), epochs=e.probe_epochs,
@@ -39,14 +41,31 @@ def evaluate_features(features: dict[str, np.ndarray], data: EvalData, cfg: Dict
                 encode, data.train_images, cfg.train.image_size, features, labels, **common)
         else:
             metrics["linear_probe"][target] = linear_probe(features, labels, **common)
+    clock.lap("probe")
     primary = next(iter(data.labels))
     metrics["few_shot"][primary] = few_shot(features["test"], data.labels[primary]["test"], e.fewshot_ways,
                                             e.fewshot_shots, e.fewshot_queries, e.fewshot_episodes, seed=seed,
                                             classifier=e.fewshot_classifier)
+    clock.lap("few_shot")
     if model is not None and getattr(model, "has_text", False) and e.zero_shot:
         for target, prompts in data.prompts.items():
             metrics["zero_shot"][target] = zero_shot(model, cfg, features["test"], data.labels[target]["test"], prompts)
+        clock.lap("zero_shot")
+    metrics["seconds"] = clock.seconds
     return metrics
+
+
+class Clock:
+    """Seconds per named part, for the time split of a run (benchmarks/sweep_run.py)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
+        self._last = now
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
@@ -90,12 +109,16 @@ def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
 
     out = Path(output_dir or cfg.train.output_dir)
     torch.set_num_threads(cfg.threads)
+    clock = Clock()
     model = load_trained(cfg, out)
     data = load_eval_data(cfg)
+    clock.lap("load")
     features = cached_features(out / "features.npz", features_key(cfg, out / "model.pt"),
                                lambda: extract_features(model.features, data, cfg, desc=out.name,
                                                         splits=feature_splits(cfg)))
+    clock.lap("features")
     metrics = evaluate_features(features, data, cfg, seed=cfg.train.seed, model=model, encode=model.features)
+    metrics["seconds"] = clock.seconds | metrics["seconds"]
     write_json(out / "eval.json", metrics)
     return metrics
 

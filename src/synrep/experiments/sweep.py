@@ -9,6 +9,7 @@ l = 1) and deduplicated, keeping the first occurrence, so blocks may overlap.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,26 @@ def expand(cfg: DictConfig) -> list[RunSpec]:
     specs = list(runs.values())
     check_sources(cfg, specs)
     return specs
+
+
+def job_batches(cfg: DictConfig, specs: list[RunSpec] | None = None) -> dict[str, list[RunSpec]]:
+    """The runs of each job (``sweep.runs_per_job``): a seed's runs in sweep order, in chunks, named
+    ``s<seed>`` (or ``s<seed>_<i>`` when a seed takes several jobs; a job of one run is named by the
+    run, with ``_`` for ``-``). Per seed, so that adding a seed
+    adds jobs and leaves the others as they are."""
+    specs = expand(cfg) if specs is None else specs
+    size = int(cfg.sweep.runs_per_job)
+    batches: dict[str, list[RunSpec]] = {}
+    for seed in dict.fromkeys(s.seed for s in specs):
+        runs = [s for s in specs if s.seed == seed]
+        chunks = [runs[i:i + size] for i in range(0, len(runs), size)]
+        label = f"s{seed}".replace("-", "m")  # a rule name: no '-' (a negative seed)
+        for i, chunk in enumerate(chunks):
+            if size == 1:  # a job per run: named by the run
+                batches[re.sub(r"\W", "_", chunk[0].run_id)] = chunk
+            else:
+                batches[label if len(chunks) == 1 else f"{label}_{i}"] = chunk
+    return batches
 
 
 def check_sources(cfg: DictConfig, specs: list[RunSpec]) -> None:

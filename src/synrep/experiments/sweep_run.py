@@ -4,6 +4,7 @@ creating it in SQLite)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -65,14 +66,21 @@ def run_one(cfg: DictConfig, run_id: str) -> dict[str, Path]:
         # other ranks of a multi-process run only train; rank 0 evaluates and logs
         trainer.train(rcfg, restart_other=True)
         return {}
+    # where the run's time goes, in this process (benchmarks/sweep_run.py adds the process start)
+    seconds = {"mlflow": 0.0}
+    started = time.perf_counter()
     parent = parent_run_id(cfg)
     params = run_params(cfg, spec)
     tags = {"synrep.run": spec.run_id, "synrep.group": spec.group, **{f"synrep.{k}": str(v) for k, v in asdict(spec).items()}}
     with mlflow_run(rcfg, "sweep_run", sections=("train", "eval"), run_name=spec.run_id, parent_run_id=parent,
                     tags=tags):
         mlflow.log_params(params)
+        seconds["mlflow"] += time.perf_counter() - started
         summary = trainer.train(rcfg, restart_other=True)
+        trained = time.perf_counter()
         metrics = evaluate.evaluate_run(rcfg)
+        evaluated = time.perf_counter()
+        seconds |= {"train": trained - started - seconds["mlflow"], "evaluate": evaluated - trained}
         flat = evaluate.flat_metrics(metrics)
         mlflow.log_metrics(flat | {"train_seconds": summary["seconds"]})
         w = {"w": params.get("w"), "w_set": params.get("w_set")}
@@ -80,6 +88,25 @@ def run_one(cfg: DictConfig, run_id: str) -> dict[str, Path]:
                   "train_seconds": summary["seconds"], "steps": summary["length"]["steps"],
                   "final_loss": summary["final_loss"], "details": metrics}
         save_resolved(rcfg, out)
+        logging = time.perf_counter()
+        seconds["mlflow"] += logging - evaluated
+        record["seconds"] = {k: round(v, 3) for k, v in seconds.items()} | {
+            "train_parts": summary.get("timing", {}), "evaluate_parts": metrics.get("seconds", {})}
         path = write_json(out / "metrics.json", record)
         mlflow.log_artifact(str(path))
+    seconds_total = time.perf_counter() - started
+    # what the record could not hold: MLflow's own time after it was written (artifact, run end)
+    print(f"run {spec.run_id}: {seconds_total:.1f}s (MLflow {seconds['mlflow'] + time.perf_counter() - logging:.1f}s)",
+          flush=True)
     return {"metrics": path, "model": out / "model.pt"}
+
+
+def run_many(cfg: DictConfig, run_ids: list[str]) -> dict[str, Path]:
+    """``python -m synrep sweep_run --run ID [ID ...]``: several runs of the sweep one after another
+    in this process (a Snakemake job of ``sweep.runs_per_job`` runs), each as ``run_one``."""
+    outputs = {}
+    for i, run_id in enumerate(run_ids):
+        if len(run_ids) > 1:
+            print(f"== run {i + 1}/{len(run_ids)}: {run_id}", flush=True)
+        outputs.update({f"{run_id}:{k}": v for k, v in run_one(cfg, run_id).items()})
+    return outputs

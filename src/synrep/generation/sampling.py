@@ -13,20 +13,27 @@ import torch
 from PIL import Image
 
 
-def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings: Mapping) -> np.ndarray:
-    """Run the pipeline on (prompt, seed) pairs at one scale ``w``; uint8 [N, H, W, 3] at ``save_size``.
+def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings: Mapping,
+                  images_per_prompt: int = 1) -> np.ndarray:
+    """Run the pipeline at one scale ``w``; uint8 [N, H, W, 3] at ``save_size``, image i from
+    noise seed ``seeds[i]``. ``images_per_prompt`` = n: ``seeds`` holds n seeds per prompt, and each
+    prompt is encoded once for its n images (the pipeline's ``num_images_per_prompt``).
 
-    ``settings``: steps, eta, guidance_rescale, batch_size, resolution, save_size (a source spec or
-    the ``generation`` section).
+    ``settings``: steps, eta, guidance_rescale, batch_size (images per pipeline call), resolution,
+    save_size (a source spec or the ``generation`` section).
     """
+    n = images_per_prompt
+    if len(seeds) != len(prompts) * n:
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts x {n} images")
     out = []
     device = pipe.device
-    batch = settings["batch_size"]
-    for start in range(0, len(prompts), batch):
-        chunk = slice(start, start + batch)
-        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds[chunk]]
+    per_call = max(1, settings["batch_size"] // n)  # prompts per call
+    for start in range(0, len(prompts), per_call):
+        chunk = slice(start, start + per_call)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds[start * n:(start + per_call) * n]]
         kwargs = dict(
             prompt=prompts[chunk],
+            num_images_per_prompt=n,
             num_inference_steps=settings["steps"],
             guidance_scale=float(w),
             eta=settings["eta"],
@@ -52,6 +59,10 @@ def sample_at_scales(pipe, prompts: list[str], seeds: list[int], scales: list[fl
     images returned in the order given."""
     order = list(dict.fromkeys(scales))
     if len(order) == 1:
+        # one scale: each caption's consecutive images share one encoding of it
+        unique, per_prompt = _runs(prompts)
+        if per_prompt:
+            return sample_images(pipe, unique, seeds, order[0], settings, images_per_prompt=per_prompt)
         return sample_images(pipe, prompts, seeds, order[0], settings)
     out: list[np.ndarray | None] = [None] * len(prompts)
     for w in order:
@@ -60,3 +71,16 @@ def sample_at_scales(pipe, prompts: list[str], seeds: list[int], scales: list[fl
         for i, image in zip(idx, images):
             out[i] = image
     return np.stack(out)
+
+
+def _runs(prompts: list[str]) -> tuple[list[str], int]:
+    """(the prompts, n) when ``prompts`` is each of them n times in a row, else ([], 0)."""
+    if not prompts:
+        return [], 0
+    n = 1
+    while n < len(prompts) and prompts[n] == prompts[0]:
+        n += 1
+    unique = prompts[::n]
+    if len(prompts) % n or [p for p in unique for _ in range(n)] != prompts:
+        return [], 0
+    return unique, n

@@ -141,7 +141,8 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
     from synrep.learning.models import parameter_groups
 
     t = cfg.train
-    return torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=0.0, betas=tuple(t.betas))
+    # fused: one kernel for every parameter instead of a dozen small ops each (CPU and CUDA)
+    return torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=0.0, betas=tuple(t.betas), fused=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -169,8 +170,10 @@ def training_data(cfg: DictConfig, length: TrainingLength):
 
     t = cfg.train
     spec = methods.get(t.method).sample_spec(t.l, t.m)
-    return data.GroupDataset(data.shard_urls(cfg, t.data), spec, augment.train_transform(cfg), seed=t.seed,
-                             max_samples=length.n_captions)
+    # augmented per image in the loader, or (None) a batch at a time in the loop (augment.batch_augment)
+    transform = None if augment.batch_augment(cfg) is not None else augment.train_transform(cfg)
+    return data.GroupDataset(data.shard_urls(cfg, t.data), spec, transform, seed=t.seed,
+                             max_samples=length.n_captions, cache_decoded=t.cache_decoded)
 
 
 def data_loader(cfg: DictConfig, dataset, length: TrainingLength, info: distributed.DistInfo, pass_index: int):
@@ -249,7 +252,8 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
     n_captions = data.count_captions(cfg, t.data)
     length = training_length(cfg, n_captions, info.world_size)
     torch.manual_seed(t.seed)
-    model = build_model(cfg).to(device)
+    # channels_last: oneDNN's and cuDNN's fast convolution layout (a quarter off the toy CNN's step)
+    model = build_model(cfg).to(device, memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -271,8 +275,15 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
         save_resolved(cfg, out)
         write_json(out / "identity.json", training_identity(cfg))
     dataset = training_data(cfg, length)
+    from synrep.learning import augment
+
+    batch_augment = augment.batch_augment(cfg)
     bar = tqdm(total=length.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
                disable=not (progress and info.is_main), mininterval=2)
+    # where this process's training time goes (benchmarks/sweep_run.py): waiting for the loader
+    # (reading, decoding, augmenting with workers = 0), the batched augmentation, and forward +
+    # backward + optimizer
+    timing = {"data": 0.0, "augment": 0.0, "compute": 0.0, "checkpoint": 0.0}
     try:
         started = time.time() - elapsed
         model.train()
@@ -281,10 +292,18 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
             steps_now = min(length.steps_per_pass, length.steps - step)
             losses_now: list[float] = []
             made = 0
+            fetched = time.perf_counter()
             for batch in data_loader(cfg, dataset, length, info, pass_index):
                 if made == steps_now:
                     break
-                images = batch["images"].to(device, non_blocking=True)
+                computing = time.perf_counter()
+                timing["data"] += computing - fetched
+                images = batch["images"].to(device, non_blocking=True, memory_format=torch.channels_last)
+                if batch_augment is not None:
+                    images = batch_augment.to(device)(images)
+                    augmented = time.perf_counter()
+                    timing["augment"] += augmented - computing
+                    computing = augmented
                 group_ids = batch["group_ids"].to(device)
                 set_lr(optimizer, lr_at(step, length))
                 loss, parts = forward_loss(cfg, model, images, group_ids, batch["captions"], amp_dtype)
@@ -292,6 +311,8 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
                 step += 1
                 made += 1
                 losses_now.append(float(loss.detach()))
+                fetched = time.perf_counter()
+                timing["compute"] += fetched - computing
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses_now[-1]:.3f}", refresh=False)
             if made < steps_now:
@@ -302,6 +323,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
                             "lr": optimizer.param_groups[0]["lr"]})
             if active is not None:
                 mlflow.log_metric("train_loss", mean_loss, step=step)
+            saving = time.perf_counter()
             if info.is_main:
                 save_checkpoint(ckpt, {
                     "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -309,6 +331,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
                     "pass": pass_index + 1, "history": history, "seconds": time.time() - started,
                 })
             distributed.barrier()
+            timing["checkpoint"] += time.perf_counter() - saving
     finally:
         # an error mid-run prints on its own line, not after the bar
         bar.close()
@@ -317,7 +340,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
         "method": t.method, "data": t.data, "l": t.l, "m": t.m, "seed": t.seed,
         "length": asdict(length), "world_size": info.world_size, "device": str(device),
         "seconds": round(time.time() - started, 2), "final_loss": history[-1]["loss"] if history else None,
-        "history": history,
+        "history": history, "timing": {k: round(v, 3) for k, v in timing.items()},
     }
     if info.is_main:
         with atomic_path(final) as tmp:
@@ -335,7 +358,7 @@ def load_trained(cfg: DictConfig, output_dir: str | Path | None = None, device: 
     state = load_state(path, device)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
-    return model.eval()
+    return model.to(memory_format=torch.channels_last).eval()
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:

@@ -68,13 +68,15 @@ class ToyGlidePipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
     ):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        batch = len(prompts)
+        batch = len(prompts) * num_images_per_prompt
         size = self.unet.config.sample_size
         height, width = height or size, width or size
         device, dtype = self.device, self.unet.dtype
 
+        # each prompt encoded once for its images, as diffusers' pipelines do
         states, pooled = self.encode_prompt(prompts)
+        states = states.repeat_interleave(num_images_per_prompt, 0)
+        pooled = pooled.repeat_interleave(num_images_per_prompt, 0)
         # w = 1 is the plain conditional model: skip the unconditional pass, as diffusers does
         use_cfg = guidance_scale != 1.0
         if use_cfg:

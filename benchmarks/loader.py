@@ -1,0 +1,140 @@
+"""Does the training data path keep up with the encoder? Images/s that the loader delivers against
+images/s that a training step consumes, for the toy default and for a 224 px ViT-B/16-shaped setting.
+
+    python benchmarks/loader.py [--steps 20] [--vit-workers N] [key=value ...]
+
+Toy: the default config's StableRep run on source w2 (reading the shards that `snakemake --cores 2`
+made; synthetic shards are written when they are missing), with ``train.workers`` loader processes.
+ViT-B/16: synthetic 256 px PNG shards (6 images a caption, as the official runs) in a scratch folder,
+the official augmentation at 224 px, 6 images a row, ``--vit-workers`` processes (default: every
+CPU), against ``vit_base_patch16_224``'s training step (forward, multi-positive loss, backward,
+AdamW) on this machine. Each line prints the ratio; the goal is >= 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def loader_rate(cfg, dataset, rows: int, workers: int, batches: int) -> float:
+    """Images/s out of the training loader (``trainer.data_loader``'s settings), after one batch."""
+    from synrep.data import stream
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=rows, shuffle=True, collate_fn=stream.collate_groups,
+                                         num_workers=workers, drop_last=True,
+                                         generator=torch.Generator().manual_seed(0))
+    it = iter(loader)
+    next(it)
+    start, images = time.perf_counter(), 0
+    for _ in range(batches):
+        images += len(next(it)["images"])
+    return images / (time.perf_counter() - start)
+
+
+def step_rate(cfg, images_per_step: int, steps: int) -> float:
+    """Images/s consumed by forward + loss + backward + AdamW at ``images_per_step`` crops."""
+    from synrep.learning import methods
+    from synrep.learning.step import forward_loss, optimizer_step
+    from synrep.learning.trainer import build_model, build_optimizer
+
+    t = cfg.train
+    k = methods.get(t.method).crops_per_row(t.m)
+    model = build_model(cfg).train()
+    optimizer = build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    rows = images_per_step // k
+    x = torch.randn(rows * k, 3, t.image_size, t.image_size)
+    groups = torch.arange(rows).repeat_interleave(k)
+    captions = ["a caption"] * rows
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        loss, _ = forward_loss(cfg, model, x, groups, captions)
+        optimizer_step(loss, optimizer, scaler)
+    return rows * k * steps / (time.perf_counter() - start)
+
+
+def synthetic_shards(folder: Path, captions: int, images: int, size: int, per_shard: int = 32) -> list[str]:
+    """PNG shards in the project's format with smooth random images (PNG sizes like photos')."""
+    from synrep.data.shards import sample_key, write_shard
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for start in range(0, captions, per_shard):
+        samples = []
+        for c in range(start, min(captions, start + per_shard)):
+            small = rng.integers(0, 256, (images, size // 8, size // 8, 3), dtype=np.uint8)
+            big = small.repeat(8, 1).repeat(8, 2)
+            noise = rng.integers(0, 24, big.shape, dtype=np.uint8)
+            samples.append({"key": sample_key(c), "images": list(big + noise),
+                            "record": {"caption": f"caption {c}", "caption_id": c}})
+        path = folder / f"shard-{start // per_shard:06d}.tar"
+        write_shard(path, samples, "png")
+        paths.append(str(path))
+    return paths
+
+
+def dataset_for(cfg, urls: list[str]):
+    from synrep.data import stream
+    from synrep.learning import augment, methods
+
+    t = cfg.train
+    spec = methods.get(t.method).sample_spec(t.l, t.m)
+    return stream.GroupDataset(urls, spec, augment.train_transform(cfg), seed=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--vit-workers", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+
+    from synrep.config import load_config
+    from synrep.data import stream
+
+    rows = []
+    cfg = load_config(["train.method=stablerep", "train.data=w2", *args.overrides])
+    torch.set_num_threads(cfg.threads)
+    with tempfile.TemporaryDirectory(prefix="synrep-loader-") as tmp:
+        try:
+            urls = stream.shard_urls(cfg, "w2")
+            where = "the default run's w2 shards"
+        except FileNotFoundError:
+            urls = synthetic_shards(Path(tmp), 256, cfg.train.l, cfg.toyworld.image_size)
+            where = "synthetic 16 px shards"
+        dataset = dataset_for(cfg, urls)
+        k = cfg.train.m
+        per_step = cfg.train.batch_images // k
+        rows.append(("toy default (" + where + f", StableRep m={k}, {cfg.train.workers} workers)",
+                     loader_rate(cfg, dataset, per_step, cfg.train.workers, args.steps),
+                     step_rate(cfg, cfg.train.batch_images, args.steps)))
+
+        vit = load_config(["train.method=stablerep", "train.encoder=vit_base_patch16_224", "train.image_size=224",
+                           "train.l=6", "train.m=6", "train.batch_images=24", "train.head_hidden=4096",
+                           "train.head_out=256", "train.augment.crop_scale=[0.08,1.0]",
+                           "train.augment.color_jitter_p=0.8", "train.augment.grayscale_p=0.2",
+                           "train.augment.blur_p=0.5", f"threads={cfg.threads}"])
+        urls = synthetic_shards(Path(tmp) / "vit", 64, 6, 256)
+        dataset = dataset_for(vit, urls)
+        rows.append((f"ViT-B/16 224 px (256 px PNGs, official augmentation, {args.vit_workers} workers)",
+                     loader_rate(vit, dataset, 4, args.vit_workers, max(4, args.steps // 4)),
+                     step_rate(vit, 24, max(2, args.steps // 10))))
+
+    print(f"\nTraining data path against the encoder ({os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{cfg.threads} torch threads)\n")
+    print("| setting | loader images/s | encoder images/s | loader / encoder |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, loader, encoder in rows:
+        print(f"| {name} | {loader:,.0f} | {encoder:,.1f} | {loader / encoder:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
