@@ -64,13 +64,15 @@ for batch, specs in job_batches(CFG, list(RUNS.values())).items():
             metrics=[RESULTS / "runs" / spec.run_id / "metrics.json" for spec in specs],
         params:
             runs=[run_hash(spec) for spec in specs],
+            # the ids as a param: `shell:` is evaluated when the job runs, after this loop has ended
+            ids=" ".join(spec.run_id for spec in specs),
         threads: CFG.threads
         resources:
             **(RUN_RESOURCES | {"runtime": RUN_RESOURCES["runtime"] * len(specs)}),
         log:
             LOGS / "runs" / f"{batch}.log",
         shell:
-            synrep("sweep_run", "--run " + " ".join(spec.run_id for spec in specs))
+            synrep("sweep_run", "--run {params.ids}")
 
 
 rule baselines:
