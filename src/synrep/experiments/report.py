@@ -48,6 +48,7 @@ def load_runs(paths: list[Path]) -> pl.DataFrame:
     for path in paths:
         record = json.loads(Path(path).read_text())
         record.pop("details", None)
+        record.pop("seconds", None)  # the run's time split (benchmarks/sweep_run.py), not a table column
         rows.append(record)
     if not rows:
         raise ValueError("no run metrics to report")
