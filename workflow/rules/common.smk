@@ -22,8 +22,10 @@ if not RESOLVED.exists() or RESOLVED.read_text() != to_yaml(CFG):
     write_text(RESOLVED, to_yaml(CFG))
 
 # The interpreter running Snakemake has synrep installed (also on SLURM nodes, where each job
-# re-runs Snakemake with it).
-PYTHON = sys.executable
+# re-runs Snakemake with it). Named by its environment's prefix, not by the link that started it
+# (.venv/bin/snakemake runs python3.11, `python -m snakemake` runs python): rules embed it in their
+# commands, and Snakemake reruns a rule whose command changed.
+PYTHON = str(Path(sys.prefix) / "bin" / "python") if (Path(sys.prefix) / "bin" / "python").exists() else sys.executable
 # Sampling jobs' torch threads (generation.threads, else threads): a small UNet runs faster as
 # two one-thread jobs side by side than as one two-thread job, with the same images
 GENERATION_THREADS = CFG.generation.threads or CFG.threads
