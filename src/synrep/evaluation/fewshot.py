@@ -93,7 +93,12 @@ def _prototype(support: np.ndarray, support_labels: np.ndarray, query: np.ndarra
     return (query @ prototypes.T).argmax(1)
 
 
-CLASSIFIERS = {"logistic": _logistic, "prototype": _prototype}
+def prototype_episodes(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray, ways: int) -> np.ndarray:
+    return np.stack([_prototype(s, y, q) for s, y, q in zip(support, support_labels, query)])
+
+
+# episodes [E, n, d] + labels [E, n] + queries [E, q, d] -> predictions [E, q]
+CLASSIFIERS = {"logistic": logistic_episodes, "prototype": prototype_episodes}
 
 
 def few_shot(features: np.ndarray, labels: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
@@ -114,13 +119,11 @@ def few_shot(features: np.ndarray, labels: np.ndarray, ways: int, shots: int, qu
         supports.append(np.concatenate([z[p[:shots]] for p in picks]))
         queries_.append(np.concatenate([z[p[shots:]] for p in picks]))
     support_labels, truth = np.repeat(np.arange(ways), shots), np.repeat(np.arange(ways), queries)
-    if classifier == "logistic":
-        predictions = np.concatenate([
-            logistic_episodes(np.stack(supports[i:i + 200]), np.tile(support_labels, (len(supports[i:i + 200]), 1)),
-                              np.stack(queries_[i:i + 200]), ways)
-            for i in range(0, episodes, 200)])
-    else:
-        predictions = np.stack([fit(s, support_labels, q) for s, q in zip(supports, queries_)])
+    chunk = 200  # episodes a call: bounds the batched Newton system's memory
+    predictions = np.concatenate([
+        fit(np.stack(supports[i:i + chunk]), np.tile(support_labels, (len(supports[i:i + chunk]), 1)),
+            np.stack(queries_[i:i + chunk]), ways)
+        for i in range(0, episodes, chunk)])
     accuracies = (predictions == truth).mean(1)
     return {"mean": float(accuracies.mean()),
             "ci95": float(1.96 * accuracies.std(ddof=1) / math.sqrt(episodes)) if episodes > 1 else 0.0,

@@ -130,9 +130,12 @@ def crop_boxes(n: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[
     return torch.stack([left, top, left + cw, top + ch], 1)
 
 
-def batch_augment(cfg: DictConfig) -> BatchAugment | None:
-    """The batched augmentation when the config's augmentation allows it (see ``BatchAugment``)."""
+def augments_batches(cfg: DictConfig) -> bool:
+    """Whether the config's augmentation is down-sampling, crops and flips only (see ``BatchAugment``)."""
     a = cfg.train.augment
-    if a.color_jitter_p > 0 or a.grayscale_p > 0 or a.blur_p > 0:
-        return None
-    return BatchAugment(cfg)
+    return not (a.color_jitter_p > 0 or a.grayscale_p > 0 or a.blur_p > 0)
+
+
+def batch_augment(cfg: DictConfig) -> BatchAugment | None:
+    """The batched augmentation when the config's augmentation allows it, else None."""
+    return BatchAugment(cfg) if augments_batches(cfg) else None

@@ -171,7 +171,7 @@ def training_data(cfg: DictConfig, length: TrainingLength):
     t = cfg.train
     spec = methods.get(t.method).sample_spec(t.l, t.m)
     # augmented per image in the loader, or (None) a batch at a time in the loop (augment.batch_augment)
-    transform = None if augment.batch_augment(cfg) is not None else augment.train_transform(cfg)
+    transform = None if augment.augments_batches(cfg) else augment.train_transform(cfg)
     return data.GroupDataset(data.shard_urls(cfg, t.data), spec, transform, seed=t.seed,
                              max_samples=length.n_captions, cache_decoded=t.cache_decoded)
 
@@ -278,6 +278,8 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
     from synrep.learning import augment
 
     batch_augment = augment.batch_augment(cfg)
+    if batch_augment is not None:
+        batch_augment = batch_augment.to(device)
     bar = tqdm(total=length.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
                disable=not (progress and info.is_main), mininterval=2)
     # where this process's training time goes (benchmarks/sweep_run.py): waiting for the loader
@@ -300,7 +302,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
                 timing["data"] += computing - fetched
                 images = batch["images"].to(device, non_blocking=True, memory_format=torch.channels_last)
                 if batch_augment is not None:
-                    images = batch_augment.to(device)(images)
+                    images = batch_augment(images)
                     augmented = time.perf_counter()
                     timing["augment"] += augmented - computing
                     computing = augmented
