@@ -10,7 +10,9 @@
 # memory, one default partition `debug`, select/cons_tres, no cgroups (proctrack/linuxproc,
 # task/none), no accounting (so `sacct` has nothing: Snakemake's SLURM plugin must query job status
 # with `squeue`, see slurm/config.yaml). Daemons run as root (SlurmUser=root), munged as `munge`.
-# `start` is idempotent: running daemons are kept unless slurm.conf changed, which restarts them.
+# `start` is idempotent: running daemons are kept unless slurm.conf changed, which restarts them;
+# a slurmctld that `start` launches begins with an empty queue (saved jobs are dropped), and `stop`
+# cancels the jobs still queued or running.
 #
 # Environment: SLURM_LOCAL_TIMEOUT (seconds to wait for the node, default 120),
 # SLURM_CONF_DIR (default /etc/slurm, where Debian's slurm-wlm reads slurm.conf).
@@ -197,7 +199,10 @@ cmd_start() {
     if alive_pid "$CTLD_PID" >/dev/null; then
         log "slurmctld already running (pid $(cat "$CTLD_PID"))"
     else
-        slurmctld -f "$CONF" || { show_logs; die "slurmctld failed to start"; }
+        # -c: start with no jobs. Saved state can hold jobs that were running when the machine
+        # stopped (a snapshot, a killed session); recovered as RUNNING, they hold the node's CPUs and
+        # memory until their time limit and every new job stays PENDING.
+        slurmctld -c -f "$CONF" || { show_logs; die "slurmctld failed to start"; }
     fi
     if alive_pid "$SLURMD_PID" >/dev/null; then
         log "slurmd already running (pid $(cat "$SLURMD_PID"))"
@@ -234,6 +239,12 @@ cmd_start() {
 
 cmd_stop() {
     need_root
+    # Cancel what is left so that no job script outlives the cluster that ran it.
+    if alive_pid "$CTLD_PID" >/dev/null; then
+        local jobs
+        jobs=$(squeue -h -o %i 2>/dev/null || true)
+        [ -z "$jobs" ] || scancel $jobs 2>/dev/null || true
+    fi
     stop_daemon slurmd "$SLURMD_PID"
     stop_daemon slurmctld "$CTLD_PID"
     stop_daemon munged "$MUNGE_PID"
