@@ -17,6 +17,8 @@ SMALL_WORLD = [
     "toyworld.n_train=400",
     "toyworld.n_val=100",
     "toyworld.n_test=200",
+    "toyworld.n_domain_train=40",
+    "toyworld.n_domain_test=20",
 ]
 TINY_GENERATOR = [
     "toy_generator.model.block_out_channels=[8,16]",

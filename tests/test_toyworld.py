@@ -90,3 +90,47 @@ def test_raw_caption_file_has_exact_and_near_duplicates(small_world, make_cfg):
 def test_unknown_shape_is_a_config_error(make_cfg):
     with pytest.raises(ValueError, match=r"toyworld.shapes\[1\]"):
         toyworld.run(make_cfg("toyworld.shapes=[circle,hexagon]"))
+
+
+def test_other_domains_leave_the_photos_unchanged_and_captions_name_them(make_cfg, tmp_path):
+    with_domains = toyworld.run(make_cfg(base=tmp_path / "a"))
+    without = toyworld.run(make_cfg("toyworld.domains=[]", base=tmp_path / "b"))
+    # the generator's corpus and the evaluation splits are those of a world without domains
+    for split in ("train", "val", "test"):
+        assert _digest(with_domains[split]) == _digest(without[split])
+    assert with_domains["captions"].read_bytes() == without["captions"].read_bytes()
+    assert len(toyworld.load_split(tmp_path / "b" / "data" / "toyworld", "domains_train")["images"]) == 0
+
+    cfg = make_cfg(base=tmp_path / "a")
+    data = toyworld.load_split(cfg, "domains_train")
+    names = list(cfg.toyworld.domains)
+    assert np.bincount(data["domain"], minlength=len(names)).tolist() == [cfg.toyworld.n_domain_train] * len(names)
+    for caption, domain, shape, colour in zip(data["captions"], data["domain"], data["shape"], data["colour"]):
+        phrases = [t.split("{x}") for t in toyworld.DOMAIN_TEMPLATES[names[domain]]]
+        assert any(caption.startswith(a) and caption.endswith(b) for a, b in phrases), caption
+        named = toyworld.parse_caption(caption, cfg)
+        assert (named["shape"], named["colour"], named["background"]) == (shape, colour, None), caption
+    # none of the domains' words is in the toy generator's vocabulary
+    domain_words = {"drawing", "sketch", "pen", "negative", "inverted", "pixelated", "pixel"}
+    assert not domain_words & set(toyworld.vocabulary(cfg))
+
+
+def test_domains_render_what_they_name(make_cfg):
+    cfg = make_cfg()
+    attrs = toyworld.Attributes(shape=0, colour=0, size=1, background=0)  # a large red circle, dark background
+    seed = 7
+    photo = toyworld.render(attrs, cfg, np.random.default_rng(seed))
+    negative = toyworld.render(attrs, cfg, np.random.default_rng(seed), "negative")
+    pixelated = toyworld.render(attrs, cfg, np.random.default_rng(seed), "pixelated")
+    drawing = toyworld.render(attrs, cfg, np.random.default_rng(seed), "drawing")
+    # a negative is the photo inverted: same draws, then 1 - x
+    np.testing.assert_allclose(negative, 1 - photo, atol=1e-6)
+    # pixelated: constant 2x2 blocks whose means are the photo's
+    blocks = photo.reshape(8, 2, 8, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(pixelated[::2, ::2], blocks, atol=1e-6)
+    np.testing.assert_array_equal(pixelated[::2, ::2], pixelated[1::2, 1::2])
+    # a drawing: light paper, red ink on the outline only (the circle's centre is paper)
+    red = (drawing[..., 0] > 0.6) & (drawing[..., 1] < 0.4)
+    assert 0.05 < red.mean() < 0.4 and np.median(drawing) > 0.8
+    with pytest.raises(ValueError, match="toyworld.domains\\[0\\]"):
+        toyworld.run(make_cfg("toyworld.domains=[night]"))

@@ -19,6 +19,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "toyworld": ("synrep.data.toyworld", "run", "render the embedded toy world (captions and real splits)"),
     "captions": ("synrep.data.captions", "run", "ingest and deduplicate captions"),
     "train_generator": ("synrep.generation.toy.train", "run", "train the toy text-to-image generator"),
+    "train_clip": ("synrep.learning.toy_clip", "run", "train the toy CLIP (open_clip) on the toy world's photos and other domains"),
     "generate": ("synrep.generation.generate", "run", "generate l images per caption of each source into shards"),
     "index": ("synrep.generation.index", "run", "index each source's shards, draw its sample grid, log to MLflow"),
     "sample_quality": ("synrep.evaluation.generator_quality", "run", "caption-match accuracy and diversity of the generator by w"),

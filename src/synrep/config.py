@@ -67,6 +67,11 @@ class ToyWorldConfig:
     # with case / whitespace / Unicode changes.
     exact_duplicate_rate: float = 0.08
     near_duplicate_rate: float = 0.08
+    # Other domains of the same objects (drawing | negative | pixelated), with captions that name
+    # them: the toy CLIP's corpus beside the photos, never the generator's (toyworld.py)
+    domains: list[str] = field(default_factory=lambda: ["drawing", "negative", "pixelated"])
+    n_domain_train: int = 1000  # images per domain
+    n_domain_test: int = 300
 
 
 @dataclass
@@ -114,6 +119,41 @@ class ToyGeneratorConfig:
     snr_gamma: Optional[float] = 5.0
     seed: int = 0
     log_every: int = 100
+
+
+@dataclass
+class ToyClipModelConfig:
+    """open_clip's CLIP at toy scale (``open_clip.model.CLIP``: a ViT image tower, a text
+    transformer with open_clip's BPE tokenizer); saved as an open_clip ``local-dir:`` model."""
+
+    embed_dim: int = 64
+    patch_size: int = 4
+    vision_width: int = 96
+    vision_layers: int = 4
+    vision_head_width: int = 32
+    mlp_ratio: float = 2.0
+    context_length: int = 20  # the toy world's longest caption: 15 BPE tokens with start and end
+    text_width: int = 64
+    text_heads: int = 2
+    text_layers: int = 2
+
+
+@dataclass
+class ToyClipConfig:
+    """Training recipe of the toy CLIP (``python -m synrep train_clip``): the toy world's real photos
+    and its other domains (``toyworld.domains``), with their captions."""
+
+    output_dir: str = "${paths.results_dir}/${name}/toy_clip"
+    model: ToyClipModelConfig = field(default_factory=ToyClipModelConfig)
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    # RandomResizedCrop scale and a horizontal flip (open_clip trains with scale (0.9, 1.0)); at
+    # 16 px a smaller crop cuts the object
+    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
+    seed: int = 0
 
 
 @dataclass
@@ -371,6 +411,7 @@ class Config:
     toyworld: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)
     toy_generator: ToyGeneratorConfig = field(default_factory=ToyGeneratorConfig)
+    toy_clip: ToyClipConfig = field(default_factory=ToyClipConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     # Named synthetic data sources; `train.data` and the sweep's `data` axis name them
     sources: dict[str, SourceConfig] = field(default_factory=dict)
@@ -404,6 +445,9 @@ POSITIVE: tuple[str, ...] = (
     "toyworld.n_train",
     "toy_generator.steps",
     "toy_generator.batch_size",
+    "toy_clip.epochs",
+    "toy_clip.batch_size",
+    "toy_clip.lr",
     "generation.steps",
     "generation.images_per_caption",
     "generation.captions_per_shard",

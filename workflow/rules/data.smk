@@ -9,6 +9,8 @@ rule toyworld:
         train=WORLD / "real" / "train.npz",
         val=WORLD / "real" / "val.npz",
         test=WORLD / "real" / "test.npz",
+        domains_train=WORLD / "real" / "domains_train.npz",
+        domains_test=WORLD / "real" / "domains_test.npz",
         attributes=WORLD / "attributes.json",
     params:
         config=section_hash(CFG, "toyworld"),

@@ -19,6 +19,26 @@ rule train_generator:
         synrep("train_generator")
 
 
+# The toy CLIP (open_clip, local-dir format). Its weights ship in models/toy_clip; this rule
+# retrains them (README: "The toy CLIP").
+rule train_clip:
+    input:
+        train=rules.toyworld.output.train,
+        domains=rules.toyworld.output.domains_train,
+    output:
+        directory(CFG.toy_clip.output_dir),
+    params:
+        config=section_hash(CFG, "toy_clip", "toyworld"),
+    threads: CFG.threads
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "train_clip.log",
+    shell:
+        synrep("train_clip")
+
+
 rule sample_quality:
     input:
         local_model_dir(CFG.generation.model),

@@ -8,9 +8,16 @@ colour and shape, and sometimes size and background, through paraphrasing templa
 distinct captions describe the same attributes; the raw caption file also carries exact and near
 duplicates (case, whitespace, Unicode variants) for the dedup step to remove.
 
+The world also renders its objects in other *domains* (line drawings, colour negatives, pixelated
+pictures) with captions that name the domain ("a line drawing of a red circle"). They are the toy
+CLIP's corpus beside the photos, never the generator's: as web-scale CLIP beside a narrower
+text-to-image model, the toy CLIP knows words that the toy generator has never seen.
+
 Outputs (under ``<data_dir>/toyworld/``):
     captions_raw.tsv            CC3M format (caption <TAB> url), url = toy://train/<index>
     real/{train,val,test}.npz   images uint8 [N, H, W, 3] and one int array per attribute
+    real/domains_{train,test}.npz  the other domains: images, attributes, ``domain`` (index into
+                                ``toyworld.domains``) and ``captions``
     attributes.json             attribute names and their class names, and the world's config
 """
 
@@ -53,6 +60,14 @@ SHAPE_WORDS = {
 }
 SIZE_WORDS = {"small": ["small", "tiny", "little"], "large": ["large", "big", "huge"]}
 BACKGROUND_WORDS = {"dark": ["dark", "black", "night"], "light": ["light", "pale", "bright"]}
+
+# The other domains and the captions that name them; {x} is the object ("a small red circle").
+DOMAIN_TEMPLATES = {
+    "drawing": ["a line drawing of {x}", "a sketch of {x}", "{x}, drawn with a pen"],
+    "negative": ["a colour negative of {x}", "an inverted photo of {x}", "{x} in negative"],
+    "pixelated": ["a pixelated picture of {x}", "pixel art of {x}", "{x}, pixelated"],
+}
+OBJECT_TEMPLATES = ["a {c} {o}", "a {s} {c} {o}"]
 
 _ARTICLE = re.compile(r"\ba (?=[aeiou])")
 
@@ -107,6 +122,11 @@ def _check_vocab(cfg: DictConfig) -> None:
             raise ValueError(
                 f"config key 'toyworld.colours[{i}]': unknown colour {colour!r}; known: {sorted(COLOUR_RGB)}"
             )
+    for i, domain in enumerate(cfg.toyworld.domains):
+        if domain not in DOMAIN_TEMPLATES:
+            raise ValueError(
+                f"config key 'toyworld.domains[{i}]': unknown domain {domain!r}; known: {sorted(DOMAIN_TEMPLATES)}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,10 +157,28 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def _erode(mask: np.ndarray, k: int) -> np.ndarray:
+    """``mask`` shrunk by k pixels (4-neighbourhood), outside the image counting as empty."""
+    out = mask.copy()
+    for axis in (0, 1):
+        for shift in (k, -k):
+            moved = np.roll(mask, shift, axis=axis)
+            edge = [slice(None)] * mask.ndim
+            edge[axis] = slice(0, k) if shift > 0 else slice(-k, None)
+            moved[tuple(edge)] = False
+            out &= moved
+    return out
+
+
 def render(
-    attrs: Attributes, cfg: DictConfig, rng: np.random.Generator
+    attrs: Attributes, cfg: DictConfig, rng: np.random.Generator, domain: str = "photo"
 ) -> np.ndarray:
-    """Render one image, float32 [H, W, 3] in [0, 1]. Jitter comes from ``rng``."""
+    """Render one image, float32 [H, W, 3] in [0, 1]. Jitter comes from ``rng``.
+
+    ``domain``: "photo" (the world's own images), or one of ``DOMAIN_TEMPLATES``: "drawing" (the
+    object's outline, one pixel wide, in its colour on paper, no clutter), "negative" (the photo
+    inverted) or "pixelated" (the photo in 2x2 blocks). A photo draws from ``rng`` exactly as before
+    domains existed, so the world's splits did not change with them."""
     tw = cfg.toyworld
     size = tw.image_size
     hi = size * _SUPERSAMPLE
@@ -170,10 +208,13 @@ def render(
     mask = _shape_mask(tw.shapes[attrs.shape], u, v)[..., None]
     colour = np.asarray(COLOUR_RGB[tw.colours[attrs.colour]]) + rng.normal(0, 0.05, 3)
     shade = rng.uniform(0.85, 1.0)
+    if domain == "drawing":
+        img = np.full_like(img, rng.uniform(0.85, 0.97))
+        mask = mask & ~_erode(mask[..., 0], _SUPERSAMPLE)[..., None]
     img = np.where(mask, np.clip(colour * shade, 0, 1), img)
 
     # clutter: small specks that no caption mentions
-    for _ in range(rng.integers(0, tw.clutter_max + 1)):
+    for _ in range(rng.integers(0, tw.clutter_max + 1) if domain != "drawing" else 0):
         sx, sy = rng.uniform(0, size, 2)
         half = rng.uniform(0.5, 1.0)
         speck = (np.abs(xs - sx) <= half) & (np.abs(ys - sy) <= half)
@@ -181,8 +222,15 @@ def render(
 
     # box-filter down to the target size (anti-aliasing), then sensor noise
     img = img.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
-    img = img + rng.normal(0, 0.025, img.shape)
-    return np.clip(img, 0, 1).astype(np.float32)
+    img = np.clip(img + rng.normal(0, 0.025, img.shape), 0, 1)
+    if domain == "negative":
+        img = 1.0 - img
+    elif domain == "pixelated":
+        blocks = img[: size // 2 * 2, : size // 2 * 2].reshape(size // 2, 2, size // 2, 2, 3).mean(axis=(1, 3))
+        img = np.repeat(np.repeat(blocks, 2, axis=0), 2, axis=1)
+    elif domain not in ("photo", "drawing"):
+        raise ValueError(f"unknown domain {domain!r}; known: photo, {', '.join(DOMAIN_TEMPLATES)}")
+    return img.astype(np.float32)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -217,6 +265,17 @@ def caption_for(attrs: Attributes, cfg: DictConfig, rng: np.random.Generator) ->
         b=rng.choice(BACKGROUND_WORDS[BACKGROUNDS[attrs.background]]),
     )
     return _ARTICLE.sub("an ", template.format(**words))
+
+
+def domain_caption_for(attrs: Attributes, domain: str, cfg: DictConfig, rng: np.random.Generator) -> str:
+    """A caption of an image in another domain: the domain's phrase around the object, which names
+    colour and shape, sometimes size (never the background: a drawing has none)."""
+    tw = cfg.toyworld
+    obj = OBJECT_TEMPLATES[rng.integers(len(OBJECT_TEMPLATES))].format(
+        c=tw.colours[attrs.colour], o=rng.choice(SHAPE_WORDS[tw.shapes[attrs.shape]]),
+        s=rng.choice(SIZE_WORDS[SIZES[attrs.size]]))
+    templates = DOMAIN_TEMPLATES[domain]
+    return _ARTICLE.sub("an ", templates[rng.integers(len(templates))].format(x=obj))
 
 
 def parse_caption(caption: str, cfg: DictConfig) -> dict[str, int | None]:
@@ -302,16 +361,35 @@ def world_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.data_dir, "toyworld")
 
 
-def render_split(cfg: DictConfig, n: int, seed_seq: np.random.SeedSequence, caption_rng=None):
+def render_split(cfg: DictConfig, n: int, seed_seq: np.random.SeedSequence, caption_rng=None,
+                 domains: list[str] | None = None):
+    """n images (and captions when ``caption_rng`` is given); ``domains``: each image's domain
+    (default: photos)."""
     attr_rng, render_seed = (np.random.default_rng(s) for s in seed_seq.spawn(2))
     attrs = sample_attributes(cfg, n, attr_rng)
     render_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(render_seed.integers(2**63)).spawn(n)]
-    images = np.stack([to_uint8(render(a, cfg, r)) for a, r in zip(attrs, render_rngs)])
-    captions = [caption_for(a, cfg, caption_rng) for a in attrs] if caption_rng is not None else None
+    domains = domains or ["photo"] * n
+    size = cfg.toyworld.image_size
+    images = np.zeros((n, size, size, 3), np.uint8)
+    for i, (a, r, d) in enumerate(zip(attrs, render_rngs, domains)):
+        images[i] = to_uint8(render(a, cfg, r, d))
+    captions = None
+    if caption_rng is not None:
+        captions = [caption_for(a, cfg, caption_rng) if d == "photo" else domain_caption_for(a, d, cfg, caption_rng)
+                    for a, d in zip(attrs, domains)]
     return attrs, images, captions
 
 
-def _save_split(path: Path, images: np.ndarray, attrs: list[Attributes], captions=None) -> None:
+def render_domains(cfg: DictConfig, n_per_domain: int, seed_seq: np.random.SeedSequence):
+    """``n_per_domain`` images of each of ``toyworld.domains``, interleaved, with their captions."""
+    names = list(cfg.toyworld.domains)
+    domains = [names[i % len(names)] for i in range(n_per_domain * len(names))]
+    render_seq, caption_seq = seed_seq.spawn(2)
+    attrs, images, captions = render_split(cfg, len(domains), render_seq, np.random.default_rng(caption_seq), domains)
+    return attrs, images, captions, np.array([names.index(d) for d in domains], dtype=np.int64)
+
+
+def _save_split(path: Path, images: np.ndarray, attrs: list[Attributes], captions=None, **extra) -> None:
     arrays = {
         "images": images,
         "shape": np.array([a.shape for a in attrs], dtype=np.int64),
@@ -321,6 +399,7 @@ def _save_split(path: Path, images: np.ndarray, attrs: list[Attributes], caption
     }
     if captions is not None:
         arrays["captions"] = np.array(captions, dtype=object).astype(str)
+    arrays.update(extra)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
@@ -354,6 +433,14 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         attrs, images, _ = render_split(cfg, n, seq)
         _save_split(out / "real" / f"{split}.npz", images, attrs)
         outputs[split] = out / "real" / f"{split}.npz"
+    # Spawn key 5: the first five streams (above) are those of a world without domains, unchanged.
+    domain_seq = np.random.SeedSequence(cfg.toyworld.seed, spawn_key=(5,))
+    for split, n, seq in zip(("train", "test"), (cfg.toyworld.n_domain_train, cfg.toyworld.n_domain_test),
+                             domain_seq.spawn(2)):
+        attrs, images, captions, domain = render_domains(cfg, n, seq)
+        path = out / "real" / f"domains_{split}.npz"
+        _save_split(path, images, attrs, captions, domain=domain)
+        outputs[f"domains_{split}"] = path
 
     # The raw caption file: one row per train image, plus repeated rows (exact and near
     # duplicates of earlier captions) inserted at random places, as scraped caption sets have.
@@ -379,7 +466,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
 
     write_json(
         out / "attributes.json",
-        {"attributes": attribute_names(cfg), "image_size": cfg.toyworld.image_size,
+        {"attributes": attribute_names(cfg), "domains": ["photo", *cfg.toyworld.domains], "image_size": cfg.toyworld.image_size,
          "toyworld": to_dict(cfg.toyworld)},
     )
     outputs["attributes"] = out / "attributes.json"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 
 from synrep.data import toyworld
 from synrep.config import save_resolved, to_yaml
-from synrep.fileio import write_json
+from synrep.fileio import atomic_dir, write_json
 from synrep.generation.toy.pipeline import ToyGlidePipeline
 from synrep.generation.toy.text import build_text_encoder, build_tokenizer, tokenize
 
@@ -83,16 +82,8 @@ def image_grid(images: np.ndarray, rows: int, scale: int = 4) -> np.ndarray:
 
 def save_pipeline_atomically(pipe: ToyGlidePipeline, out: Path) -> None:
     """Save into a sibling temporary folder and swap it in, so a killed job leaves no half model."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:

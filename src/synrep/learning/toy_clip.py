@@ -1,0 +1,244 @@
+"""The toy CLIP: open_clip's CLIP at toy scale, trained on the toy world's captioned photos and its
+other domains (line drawings, colour negatives, pixelated pictures), which the toy generator never
+sees. GLIDE's CLIP guidance and unCLIP's prior and decoder build on it.
+
+It is saved as an open_clip ``local-dir:`` model (``open_clip_config.json`` + safetensors), so that
+open_clip loads it with no synrep code::
+
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:models/toy_clip")
+    tokenizer = open_clip.get_tokenizer("local-dir:models/toy_clip")
+
+Training is CLIP's: open_clip's ``ClipLoss`` (``synrep.learning.losses.clip_loss``) with the learnt
+temperature clamped at 100, AdamW without weight decay on gains, biases, embeddings and the
+temperature (``models.parameter_groups``), linear warm-up then cosine, crops and flips of a batch at
+once (``augment.BatchAugment``). ``training.json`` beside the weights holds the loss curve and the
+zero-shot accuracies on held-out images: shape and colour of photos, shape of each other domain,
+and which domain an image is in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from synrep.data import toyworld
+from synrep.learning.augment import MEAN, STD
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+
+
+def model_config(cfg: DictConfig) -> dict:
+    """open_clip's ``model_cfg`` for ``toy_clip.model`` at the world's image size."""
+    m = cfg.toy_clip.model
+    return {
+        "embed_dim": m.embed_dim,
+        "vision_cfg": {"image_size": cfg.toyworld.image_size, "patch_size": m.patch_size, "width": m.vision_width,
+                       "layers": m.vision_layers, "head_width": m.vision_head_width, "mlp_ratio": m.mlp_ratio},
+        "text_cfg": {"context_length": m.context_length, "vocab_size": 49408, "width": m.text_width,
+                     "heads": m.text_heads, "layers": m.text_layers},
+    }
+
+
+def build_model(cfg: DictConfig) -> torch.nn.Module:
+    from open_clip.model import CLIP
+
+    return CLIP(**model_config(cfg))
+
+
+def save(model: torch.nn.Module, cfg: DictConfig, out: Path) -> None:
+    """``out``: an open_clip local-dir model (config with preprocessing, safetensors weights)."""
+    from safetensors.torch import save_file
+
+    from synrep.fileio import write_json
+
+    write_json(out / CONFIG_NAME, {
+        "model_cfg": model_config(cfg),
+        "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bilinear",
+                           "resize_mode": "shortest"},
+    })
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_NAME))
+
+
+def load(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer) of a saved toy CLIP, through open_clip."""
+    import open_clip
+
+    name = f"local-dir:{Path(path)}"
+    if not (Path(path) / CONFIG_NAME).exists():
+        raise FileNotFoundError(f"{Path(path) / CONFIG_NAME} not found: not an open_clip model folder "
+                                "(train one with `python -m synrep train_clip`)")
+    model = open_clip.create_model(name, device=device)
+    return model.eval(), open_clip.get_tokenizer(name)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> the model's input (the preprocessing saved with it)."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def corpus(cfg: DictConfig, split: str) -> dict[str, np.ndarray]:
+    """Photos and other-domain images of a split, with captions and labels; ``domain`` 0 = photo.
+    train: the world's train photos + domains_train; test: its test photos + domains_test."""
+    photos = toyworld.load_split(cfg, split)
+    others = toyworld.load_split(cfg, f"domains_{split}")
+    out = {k: np.concatenate([photos[k], others[k]]) for k in ("images", "shape", "colour", "size", "background")}
+    out["domain"] = np.concatenate([np.zeros(len(photos["images"]), np.int64), others["domain"] + 1])
+    if "captions" in photos:
+        out["captions"] = np.concatenate([photos["captions"], others["captions"]])
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Zero-shot evaluation
+# ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_images(model, images: np.ndarray, batch: int = 1024) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    feats = [model.encode_image(normalise(x[i:i + batch]), normalize=True) for i in range(0, len(x), batch)]
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def class_embeddings(model, tokenizer, prompts: list[list[str]]) -> torch.Tensor:
+    """One unit vector per class: the mean of its prompts' text embeddings (CLIP's ensembling)."""
+    rows = []
+    for class_prompts in prompts:
+        emb = model.encode_text(tokenizer(class_prompts), normalize=True).mean(0)
+        rows.append(emb / emb.norm())
+    return torch.stack(rows)
+
+
+def prompts(cfg: DictConfig, target: str) -> list[list[str]]:
+    """Class prompts of a zero-shot target: shape, colour, or domain (photo first)."""
+    tw = cfg.toyworld
+    first_words = [toyworld.SHAPE_WORDS[s][0] for s in tw.shapes]
+    if target == "shape":
+        return toyworld.zero_shot_prompts(cfg, "shape")
+    if target == "colour":
+        return [[f"a {c} {o}" for o in first_words] for c in tw.colours]
+    if target == "domain":
+        objects = [f"a {c} {o}" for c in tw.colours[:4] for o in first_words]
+        photo = [t.format(c=c, o=o) for t in toyworld.TEMPLATES_PLAIN[:3] for c in tw.colours[:4] for o in first_words]
+        return [photo] + [[t.format(x=x) for t in toyworld.DOMAIN_TEMPLATES[d] for x in objects] for d in tw.domains]
+    raise ValueError(f"unknown zero-shot target {target!r}")
+
+
+def zero_shot(cfg: DictConfig, model, tokenizer, data: dict[str, np.ndarray]) -> dict[str, float]:
+    """Zero-shot accuracies on held-out images: shape and colour of photos, shape per other domain,
+    and the domain of every image."""
+    feats = encode_images(model, data["images"])
+    predicted = {t: (feats @ class_embeddings(model, tokenizer, prompts(cfg, t)).T).argmax(1).numpy()
+                 for t in ("shape", "colour", "domain")}
+    photo = data["domain"] == 0
+    out = {"photo_shape": float((predicted["shape"][photo] == data["shape"][photo]).mean()),
+           "photo_colour": float((predicted["colour"][photo] == data["colour"][photo]).mean()),
+           "domain": float((predicted["domain"] == data["domain"]).mean())}
+    for i, name in enumerate(cfg.toyworld.domains, start=1):
+        chosen = data["domain"] == i
+        out[f"{name}_shape"] = float((predicted["shape"][chosen] == data["shape"][chosen]).mean())
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, steps: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train(cfg: DictConfig, progress: bool = True) -> tuple[torch.nn.Module, list[float]]:
+    """The toy CLIP trained on the train corpus; returns it (eval mode) and its loss curve."""
+    from open_clip.tokenizer import SimpleTokenizer  # what open_clip.get_tokenizer gives the saved model
+
+    from synrep.learning.augment import BatchAugment
+    from synrep.learning.losses import clip_loss
+    from synrep.learning.models import parameter_groups
+
+    c = cfg.toy_clip
+    torch.manual_seed(c.seed)
+    data = corpus(cfg, "train")
+    images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()
+    tokens = SimpleTokenizer(context_length=c.model.context_length)(list(data["captions"]))
+    augment = BatchAugment(OmegaConf.merge(cfg, {"train": {
+        "image_size": cfg.toyworld.image_size,
+        "augment": {"crop_scale": list(c.crop_scale), "downsample_p": 0.0}}}))
+
+    model = build_model(cfg).train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
+    steps_per_epoch = len(images) // c.batch_size
+    steps = c.epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(c.seed)
+    curve, window = [], []
+    bar = tqdm(range(steps), desc="train toy CLIP", unit="step", mininterval=5, disable=not progress)
+    for step in bar:
+        if step % steps_per_epoch == 0:
+            order = torch.randperm(len(images), generator=gen)
+        idx = order[(step % steps_per_epoch) * c.batch_size:(step % steps_per_epoch + 1) * c.batch_size]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, c.warmup_steps, c.lr)
+        x = augment(images[idx])
+        loss = clip_loss(model.encode_image(x), model.encode_text(tokens[idx]), model.logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # open_clip's training clamps the temperature at 100
+            model.logit_scale.clamp_(0, math.log(100))
+        window.append(loss.item())
+        if (step + 1) % steps_per_epoch == 0:
+            curve.append(float(np.mean(window)))
+            window = []
+            bar.set_postfix(loss=f"{curve[-1]:.3f}")
+    return model.eval(), curve
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    import mlflow
+
+    from synrep.config import save_resolved
+    from synrep.fileio import atomic_dir, write_json
+    from synrep.tracking import mlflow_run
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.toy_clip.output_dir)
+    start = time.time()
+    with mlflow_run(cfg, "train_clip", sections=("toy_clip", "toyworld")) as run_info:
+        model, curve = train(cfg)
+        seconds = time.time() - start
+        with atomic_dir(out) as tmp:
+            save(model, cfg, tmp)
+            save_resolved(cfg, tmp, "recipe.yaml")
+            # what a user gets back from open_clip, scored on held-out images
+            loaded, tokenizer = load(tmp)
+            accuracy = zero_shot(cfg, loaded, tokenizer, corpus(cfg, "test"))
+            summary = {
+                "epochs": cfg.toy_clip.epochs,
+                "seconds": round(seconds, 1),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "loss_curve": curve,
+                "zero_shot_test": accuracy,
+                "chance": {"photo_shape": 1 / len(cfg.toyworld.shapes), "photo_colour": 1 / len(cfg.toyworld.colours),
+                           "domain": 1 / (1 + len(cfg.toyworld.domains))},
+                "mlflow_run_id": run_info.info.run_id,
+            }
+            write_json(tmp / "training.json", summary)
+        mlflow.log_metrics({f"zero_shot.{k}": v for k, v in accuracy.items()})
+        mlflow.log_metric("final_loss", curve[-1])
+        mlflow.log_artifact(str(out / "training.json"))
+    print("toy CLIP zero-shot on held-out images: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+    return {"model": out, "summary": out / "training.json"}
