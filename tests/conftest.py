@@ -93,6 +93,26 @@ def tiny_sd_pipeline_dir(tmp_path_factory):
     return out
 
 
+TINY_CLIP = ["toy_clip.model.vision_width=32", "toy_clip.model.vision_layers=1", "toy_clip.model.text_layers=1",
+             "toy_clip.model.text_width=32", "toy_clip.model.embed_dim=16"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory, small_world):
+    """A randomly initialised tiny toy CLIP saved as an open_clip local-dir folder."""
+    import torch
+
+    from synrep.config import load_config
+    from synrep.learning import toy_clip
+
+    out = tmp_path_factory.mktemp("tiny_clip") / "clip"
+    out.mkdir()
+    torch.manual_seed(0)
+    cfg = load_config(tmp_overrides(small_world, *TINY_CLIP))
+    toy_clip.save(toy_clip.build_model(cfg), cfg, out)
+    return out
+
+
 # A training config small enough for unit tests: 8-wide toy CNN, a few steps, quick evaluation.
 TINY_TRAINING = [
     "train.encoder_kwargs.width=8",

@@ -162,6 +162,8 @@ class GenerationConfig:
 
     # A diffusers pipeline folder, a hub id, or the shipped toy generator
     model: str = "models/toy_generator"
+    # The CLIP that guides sources of guidance.kind clip (an open_clip local-dir folder)
+    clip_model: str = "models/toy_clip"
     sampler: str = "ddim"  # ddim | ddpm | dpmsolver | euler | pndm
     steps: int = 20
     eta: float = 0.0
@@ -185,12 +187,19 @@ class GenerationConfig:
 
 @dataclass
 class GuidanceConfig:
-    """How a source guides its sampler. ``cfg``: classifier-free guidance at scale ``w``."""
+    """How a source guides its sampler. ``cfg``: classifier-free guidance at scale ``w``.
+    ``clip``: the same, plus GLIDE's CLIP guidance at ``clip_scale`` (generation/clip_guidance.py)."""
 
-    kind: str = "cfg"
+    kind: str = "cfg"  # cfg | clip
     # A number (e.g. 2), or a set such as [2, 3]: each image then draws its scale from the set
     # (seeded; recorded in its provenance) and its noise seed depends on the drawn scale.
+    # With kind clip, w = 1 is CLIP guidance alone.
     w: Any = 2.0
+    # kind clip: the gradient's scale s, the guiding CLIP (an open_clip local-dir folder; null:
+    # generation.clip_model) and the number of random cut-outs it scores (0: the whole image)
+    clip_scale: float = 0.0
+    clip_model: Optional[str] = None
+    cutouts: int = 0
 
 
 @dataclass
@@ -623,7 +632,7 @@ def validate(cfg: DictConfig) -> None:
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SOURCE_MODES = ("text2img",)
-GUIDANCE_KINDS = ("cfg",)
+GUIDANCE_KINDS = ("cfg", "clip")
 
 
 def guidance_scales(w: Any, key: str) -> list[float]:
@@ -658,6 +667,17 @@ def check_source(name: str, source: DictConfig) -> None:
     if source.guidance.kind not in GUIDANCE_KINDS:
         raise ConfigError(f"config key '{key}.guidance.kind': {source.guidance.kind!r} is not one of {list(GUIDANCE_KINDS)}")
     guidance_scales(source.guidance.w, f"{key}.guidance.w")
+    g = source.guidance
+    if g.kind == "clip":
+        if g.clip_scale <= 0:
+            raise ConfigError(f"config key '{key}.guidance.clip_scale': must be > 0 with guidance.kind clip, got {g.clip_scale!r}")
+        if g.cutouts < 0:
+            raise ConfigError(f"config key '{key}.guidance.cutouts': must be >= 0, got {g.cutouts!r}")
+        sampler = source.sampler
+        if sampler in ("euler",):
+            raise ConfigError(f"config key '{key}.sampler': CLIP guidance steps on alpha_t; use ddim, ddpm, dpmsolver or pndm")
+    elif g.clip_scale or g.clip_model is not None or g.cutouts:
+        raise ConfigError(f"config key '{key}.guidance.clip_scale': CLIP guidance settings need guidance.kind: clip")
     if source.sampler is not None and source.sampler not in CHOICES["generation.sampler"]:
         raise ConfigError(f"config key '{key}.sampler': {source.sampler!r} is not one of {list(CHOICES['generation.sampler'])}")
     for field_name in ("steps", "l"):

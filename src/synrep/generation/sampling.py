@@ -1,7 +1,9 @@
 """Sampling images from a loaded pipeline, in batches, with a guidance scale per image.
 
 Classifier-free guidance batches the conditional and unconditional passes into one UNet call
-inside the pipeline; images of different scales go through the pipeline in separate calls.
+inside the pipeline; images of different scales go through the pipeline in separate calls. A source
+with ``guidance.kind: clip`` samples through ``clip_guidance.clip_guided`` (the same noise, sampler
+and CFG, plus GLIDE's CLIP guidance).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings
     n = images_per_prompt
     if len(seeds) != len(prompts) * n:
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts x {n} images")
+    guidance = settings.get("guidance") or {}
     out = []
     device = pipe.device
     per_call = max(1, settings["batch_size"] // n)  # prompts per call
@@ -43,7 +46,16 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings
         )
         if settings["resolution"]:
             kwargs.update(height=settings["resolution"], width=settings["resolution"])
-        images = pipe(**kwargs).images
+        if guidance.get("kind") == "clip":
+            from synrep.generation.clip_guidance import clip_guided, load_guide
+
+            images = clip_guided(pipe, load_guide(guidance["clip_model"], str(device)), prompts[chunk], generators,
+                                 settings["steps"], float(w), guidance["clip_scale"], eta=settings["eta"],
+                                 num_images_per_prompt=n, cutouts=guidance["cutouts"],
+                                 height=kwargs.get("height"), width=kwargs.get("width"),
+                                 guidance_rescale=settings["guidance_rescale"])
+        else:
+            images = pipe(**kwargs).images
         images = (np.clip(np.asarray(images, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
         size = settings["save_size"]
         if size and size != images.shape[1]:

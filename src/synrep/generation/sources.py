@@ -6,7 +6,8 @@ the plain dict that every provenance record carries, so that a record alone rege
 and a shard is reused only when the record matches the spec asked for.
 
 Modes (``mode``): ``text2img``, a caption to l images. Guidance (``guidance``): ``cfg``,
-classifier-free guidance at scale ``w``; ``w`` may be a set, from which each image draws its scale.
+classifier-free guidance at scale ``w``; ``w`` may be a set, from which each image draws its scale;
+``clip``, the same plus GLIDE's CLIP guidance at ``clip_scale`` by an open_clip model.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         "name": name,
         "generator": source.generator or g.model,
         "mode": source.mode,
-        "guidance": {"kind": source.guidance.kind,
-                     "w": scales if isinstance(to_dict(source.guidance)["w"], list) else scales[0]},
+        "guidance": guidance_spec(source.guidance, scales, g, f"sources.{name}.guidance"),
         "sampler": source.sampler or g.sampler,
         "steps": source.steps or g.steps,
         "l": source.l or g.images_per_caption,
@@ -40,6 +40,25 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
     }
     settings = to_dict(g)
     spec.update({key: settings[key] for key in IMAGE_SETTINGS})
+    return spec
+
+
+def guidance_spec(guidance: DictConfig, scales: list[float], generation: DictConfig, key: str) -> dict:
+    """kind and w; with CLIP guidance also its scale, cut-outs, the guiding CLIP and its weights'
+    hash (a retrained CLIP makes the source's shards stale)."""
+    spec = {"kind": guidance.kind, "w": scales if isinstance(to_dict(guidance)["w"], list) else scales[0]}
+    if guidance.kind == "clip":
+        from pathlib import Path
+
+        from synrep.generation.pipelines import weights_sha256
+
+        model = guidance.clip_model or generation.clip_model
+        if not (Path(model) / "open_clip_config.json").exists():
+            which = f"{key}.clip_model" if guidance.clip_model else "generation.clip_model"
+            raise FileNotFoundError(f"config key '{which}': {model} is not an open_clip local-dir folder "
+                                    "(models/toy_clip, or `python -m synrep train_clip`)")
+        spec.update(clip_scale=float(guidance.clip_scale), cutouts=int(guidance.cutouts), clip_model=model,
+                    clip_sha256=weights_sha256(Path(model)))
     return spec
 
 
