@@ -223,6 +223,15 @@ class SampleQualityConfig:
     captions: int = 48
     images_per_caption: int = 6
     classifier_epochs: int = 8
+    # GLIDE's CLIP guidance rows: one per scale s, at CFG scale clip_w (1: CLIP guidance alone), guided
+    # by generation.clip_model; every row is scored by that CLIP when it exists
+    clip_scales: list[float] = field(default_factory=list)
+    clip_w: float = 1.0
+    cutouts: int = 0
+    # A second CLIP (another training seed) that scores every row and guides none: GLIDE's test of
+    # whether CLIP guidance raises its own CLIP's score more than what a held-out judge sees
+    heldout_clip: Optional[str] = None
+    heldout_clip_seed: int = 1  # toy_clip.seed of the held-out CLIP, when Snakemake trains it
     seed: int = 1234
     # Part of `snakemake`'s default target (toy world only: the classifier reads toy attributes)
     enabled: bool = True

@@ -39,9 +39,36 @@ rule train_clip:
         synrep("train_clip")
 
 
+# The CLIPs that score the generator's samples: the guiding one when it exists (models/toy_clip),
+# and a held-out one (sample_quality.heldout_clip), which the rule below trains when it lives in results/.
+SCORING_CLIPS = [c for c in (CFG.generation.clip_model, CFG.sample_quality.heldout_clip)
+                 if c and (Path(c, "open_clip_config.json").exists() or c.startswith(str(CFG.paths.results_dir)))]
+
+if CFG.sample_quality.heldout_clip and CFG.sample_quality.heldout_clip.startswith(str(CFG.paths.results_dir)):
+
+    rule train_heldout_clip:
+        input:
+            train=rules.toyworld.output.train,
+            domains=rules.toyworld.output.domains_train,
+        output:
+            directory(CFG.sample_quality.heldout_clip),
+        params:
+            config=section_hash(CFG, "toy_clip", "toyworld"),
+            seed=CFG.sample_quality.heldout_clip_seed,
+        threads: CFG.threads
+        resources:
+            runtime=60,
+            mem_mb=4000,
+        log:
+            LOGS / "train_heldout_clip.log",
+        shell:
+            synrep("train_clip", "toy_clip.output_dir={output} toy_clip.seed={params.seed}")
+
+
 rule sample_quality:
     input:
         local_model_dir(CFG.generation.model),
+        SCORING_CLIPS,
         train=rules.toyworld.output.train,
         test=rules.toyworld.output.test,
     output:

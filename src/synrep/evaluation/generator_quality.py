@@ -7,6 +7,13 @@ an image matches on an attribute when the classifier reads the value the caption
 (attributes a caption does not name are not scored). Diversity is the mean pairwise RMS pixel
 distance (in [0, 1] units) among the images of one caption. A ``real`` row gives the classifier's
 accuracy on real test images (the ceiling) and the diversity of real images with equal attributes.
+
+With ``sample_quality.clip_scales``, rows of GLIDE's CLIP guidance (kind ``clip``, scale s) join the
+classifier-free rows (kind ``cfg``, scale w). Every row is also scored by CLIPs: ``clip_guiding``,
+the mean cosine similarity of image and caption under ``generation.clip_model`` (the CLIP that
+guides), and ``clip_heldout`` under ``sample_quality.heldout_clip`` (one that guides nothing). GLIDE
+found that CLIP guidance raises the guiding CLIP's score faster than true caption match (it is
+partly adversarial) while classifier-free guidance improves both; the third plot shows it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import run_dir, save_resolved
+from synrep.config import run_dir, save_resolved, to_dict
 from synrep.data import toyworld
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict, train_classifier
 from synrep.fileio import atomic_path, write_json, write_text
@@ -59,15 +66,29 @@ def real_diversity(cfg: DictConfig, group_size: int, seed: int) -> float:
     return diversity(groups)
 
 
+def clip_scores(guides: dict, images: np.ndarray, captions: list[str], k: int) -> dict[str, float]:
+    """Mean cosine similarity of each image and its caption under each CLIP (``clip_<name>``)."""
+    out = {}
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    for name, guide in guides.items():
+        text = guide.text_embeddings(captions).repeat_interleave(k, 0)
+        with torch.no_grad():
+            out[f"clip_{name}"] = float(guide.similarity(x, text).mean())
+    return out
+
+
 def plot(table: pl.DataFrame, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gen = table.filter(pl.col("source") == "generated").sort("w")
+    gen = table.filter((pl.col("source") == "generated") & (pl.col("kind") == "cfg")).sort("w")
+    clip = table.filter(pl.col("kind") == "clip").sort("clip_scale")
     real = table.filter(pl.col("source") == "real")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    scored = "clip_guiding" in table.columns
+    fig, axes = plt.subplots(1, 3 if scored else 2, figsize=(15 if scored else 10, 4))
+    ax1, ax2 = axes[:2]
     for attr in ATTRIBUTES:
         line = ax1.plot(gen["w"], gen[f"match_{attr}"], marker="o", label=attr)[0]
         ax1.axhline(real[f"match_{attr}"][0], color=line.get_color(), ls=":", lw=1)
@@ -78,6 +99,20 @@ def plot(table: pl.DataFrame, path: Path) -> None:
     ax2.axhline(real["diversity"][0], color="k", ls=":", lw=1, label="real images, same attributes")
     ax2.set(xlabel="guidance scale w", ylabel="mean pairwise RMS distance", title="Diversity per caption")
     ax2.legend()
+    if scored:
+        ax3 = axes[2]
+        match = [f"match_{a}" for a in ATTRIBUTES]
+        for family, rows, marker in (("classifier-free (w)", gen, "o"), ("CLIP guidance (s)", clip, "s")):
+            if rows.height == 0:
+                continue
+            mean_match = rows.select(pl.mean_horizontal(match)).to_series()
+            for col, style in (("clip_guiding", "-"), ("clip_heldout", "--")):
+                if col in rows.columns and rows[col].null_count() < rows.height:
+                    ax3.plot(rows[col], mean_match, style, marker=marker,
+                             label=f"{family}, {'guiding' if col == 'clip_guiding' else 'held-out'} CLIP")
+        ax3.set(xlabel="CLIP score (cosine, image vs caption)", ylabel="caption match, mean of attributes",
+                title="Caption match against CLIP score")
+        ax3.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -88,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
     from PIL import Image
 
+    from synrep.generation.clip_guidance import load_guide
     from synrep.generation.pipelines import load_pipeline
     from synrep.generation.sampling import sample_images
     from synrep.generation.sources import image_seed
@@ -107,21 +143,37 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     prompts = [c for c in captions for _ in range(k)]
     seeds = [image_seed(q.seed, ci, i) for ci in range(len(captions)) for i in range(k)]
     pipe = load_pipeline(cfg.generation.model, cfg.generation.sampler, cfg.generation.dtype, cfg.generation.device)
+    guides = {}
+    if (Path(cfg.generation.clip_model) / "open_clip_config.json").exists():
+        guides["guiding"] = load_guide(cfg.generation.clip_model)
+    elif q.clip_scales:
+        raise FileNotFoundError(f"config key 'generation.clip_model': {cfg.generation.clip_model} is not an open_clip "
+                                "local-dir folder, and sample_quality.clip_scales asks for CLIP guidance")
+    if q.heldout_clip:
+        guides["heldout"] = load_guide(q.heldout_clip)
 
-    rows = [{"source": "real", "w": None, **{f"match_{a}": ceiling[a] for a in ATTRIBUTES},
-             "diversity": real_diversity(cfg, k, q.seed)}]
+    rows = [{"source": "real", "kind": None, "w": None, "clip_scale": None,
+             **{f"match_{a}": ceiling[a] for a in ATTRIBUTES}, "diversity": real_diversity(cfg, k, q.seed)}]
+    settings = {**to_dict(cfg.generation), "guidance": {}}
+    # (kind, w, s): classifier-free rows by w, then CLIP-guided rows by s
+    variants = [("cfg", float(w), None) for w in q.guidance_scales]
+    variants += [("clip", float(q.clip_w), float(s)) for s in q.clip_scales]
     grids = {}
-    for w in tqdm(list(q.guidance_scales), desc="sample quality by w", unit="w"):
-        images = sample_images(pipe, prompts, seeds, w, cfg.generation)
+    for kind, w, s in tqdm(variants, desc="sample quality by guidance", unit="setting"):
+        if kind == "clip":
+            settings["guidance"] = {"kind": "clip", "clip_model": cfg.generation.clip_model, "clip_scale": s,
+                                    "cutouts": q.cutouts}
+        images = sample_images(pipe, prompts, seeds, w, settings)
         pred = predict(classifier, images)
-        row: dict = {"source": "generated", "w": float(w)}
+        row: dict = {"source": "generated", "kind": kind, "w": w, "clip_scale": s}
         for attr in ATTRIBUTES:
             wanted = np.array([n[attr] if n[attr] is not None else -1 for n in named for _ in range(k)])
             scored = wanted >= 0
             row[f"match_{attr}"] = float((pred[attr][scored] == wanted[scored]).mean()) if scored.any() else None
         row["diversity"] = diversity([images[i * k:(i + 1) * k] for i in range(len(captions))])
+        row.update(clip_scores(guides, images, captions, k))
         rows.append(row)
-        grids[w] = image_grid(images[: 8 * k], rows=8, scale=4)
+        grids[f"w{w:g}" if kind == "cfg" else f"clip_s{s:g}_w{w:g}"] = image_grid(images[: 8 * k], rows=8, scale=4)
 
     table = pl.DataFrame(rows)
     outputs = {"csv": out / "caption_match.csv", "markdown": out / "caption_match.md",
@@ -131,18 +183,19 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     write_text(outputs["markdown"], markdown_table(table))
     write_json(outputs["json"], {"rows": table.to_dicts(), "captions": captions})
     plot(table, outputs["plot"])
-    for w, grid in grids.items():
-        path = out / f"samples_w{w:g}.png"
+    for name, grid in grids.items():
+        path = out / f"samples_{name}.png"
         with atomic_path(path) as tmp:
             Image.fromarray(grid).save(tmp, format="PNG")
-        outputs[f"grid_w{w:g}"] = path
+        outputs[f"grid_{name}"] = path
     save_resolved(cfg, out)
 
     with mlflow_run(cfg, "sample_quality", sections=("sample_quality", "generation")):
         for row in rows:
-            prefix = "real" if row["source"] == "real" else f"w{row['w']:g}"
+            prefix = ("real" if row["source"] == "real" else f"w{row['w']:g}" if row["kind"] == "cfg"
+                      else f"clip_s{row['clip_scale']:g}_w{row['w']:g}")
             mlflow.log_metrics({f"{prefix}.{key}": v for key, v in row.items()
-                                if key not in ("source", "w") and v is not None})
+                                if key not in ("source", "kind", "w", "clip_scale") and v is not None})
         for key, path in outputs.items():
             mlflow.log_artifact(str(path), artifact_path="grids" if key.startswith("grid_") else None)
     return outputs

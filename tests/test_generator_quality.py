@@ -1,0 +1,30 @@
+"""The generator's sample quality: classifier-free and CLIP-guided rows, scored by the attribute
+classifier and by CLIPs."""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def test_clip_guided_rows_raise_the_guiding_clips_score(make_cfg, small_world, tiny_toy_pipeline_dir, tiny_clip_dir,
+                                                        tmp_path):
+    from synrep.evaluation import generator_quality
+
+    cfg = make_cfg(f"paths.data_dir={small_world}/data", f"generation.model={tiny_toy_pipeline_dir}",
+                   f"generation.clip_model={tiny_clip_dir}", "generation.steps=3",
+                   "sample_quality.guidance_scales=[1,3]", "sample_quality.clip_scales=[300]",
+                   f"sample_quality.heldout_clip={tiny_clip_dir}", "sample_quality.captions=6",
+                   "sample_quality.images_per_caption=2", "sample_quality.classifier_epochs=1")
+    outputs = generator_quality.run(cfg)
+    table = pl.read_csv(outputs["csv"])
+    assert table.select("source", "kind", "w", "clip_scale").rows() == [
+        ("real", None, None, None), ("generated", "cfg", 1.0, None), ("generated", "cfg", 3.0, None),
+        ("generated", "clip", 1.0, 300.0)]
+    generated = table.filter(pl.col("source") == "generated")
+    assert generated["clip_guiding"].null_count() == 0
+    # the same noise as the w = 1 row, plus the CLIP's gradient: its score goes up
+    plain, guided = (generated.filter((pl.col("kind") == k) & (pl.col("w") == 1.0)) for k in ("cfg", "clip"))
+    assert guided["clip_guiding"][0] > plain["clip_guiding"][0]
+    # here the held-out CLIP is the guiding one: both columns agree
+    assert generated["clip_heldout"].to_list() == generated["clip_guiding"].to_list()
+    assert outputs["grid_clip_s300_w1"].exists() and outputs["plot"].stat().st_size > 0
