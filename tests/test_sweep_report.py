@@ -296,3 +296,13 @@ def test_single_seed_paper_design_cells_say_n_1(make_cfg, tmp_path):
     assert md.filter(pl.col("method") == "SimCLR")["probe_shape"].to_list() == ["0.6 (n = 1)"]
     text = out["tables"].read_text()
     assert not [line for line in text.splitlines() if line.startswith("|") and "±" in line] and "nan" not in text
+
+
+def test_a_clip_guided_source_keeps_its_own_column_beside_cfg_at_the_same_w(make_cfg, tmp_path):
+    cfg = make_cfg("sweep.grids=[{method:[stablerep],data:[w1,clip30]}]", "sweep.seeds=[0,1]",
+                   "sources.w1.guidance.w=1", "sources.clip30.guidance.kind=clip", "sources.clip30.guidance.w=1",
+                   "sources.clip30.guidance.clip_scale=30", f"generation.clip_model={REPO}/models/toy_clip")
+    paths, truth = fabricate(cfg, tmp_path)
+    report.build(cfg, paths, None, tmp_path / "ablations")
+    w = pl.read_csv(tmp_path / "ablations" / "probe_shape__guidance_scale_w_per_method.csv")
+    assert sorted(w.columns) == ["method", "w=1+CLIP s=30", "w=1.0"]  # two columns at w = 1

@@ -68,11 +68,18 @@ def scale_set(spec: dict) -> list[float]:
 
 
 def w_params(spec: dict) -> dict:
-    """The source's w for tables and MLflow: a number, or the set as text and its mean."""
-    w = spec["guidance"]["w"]
+    """The source's w for tables and MLflow: a number, or the set as text and its mean. With CLIP
+    guidance ``w_set`` names it too (``2+CLIP s=30``), so that tables keep such a source apart from
+    a classifier-free one at the same w."""
+    g = spec["guidance"]
+    w = g["w"]
     if isinstance(w, list):
-        return {"w": float(np.mean(w)), "w_set": "{" + ",".join(f"{v:g}" for v in w) + "}"}
-    return {"w": float(w), "w_set": None}
+        out = {"w": float(np.mean(w)), "w_set": "{" + ",".join(f"{v:g}" for v in w) + "}"}
+    else:
+        out = {"w": float(w), "w_set": None}
+    if g["kind"] == "clip":
+        out["w_set"] = f"{out['w_set'] or format(out['w'], 'g')}+CLIP s={g['clip_scale']:g}"
+    return out
 
 
 def referenced_sources(cfg: DictConfig) -> list[str]:
