@@ -28,3 +28,31 @@ def test_clip_guided_rows_raise_the_guiding_clips_score(make_cfg, small_world, t
     # here the held-out CLIP is the guiding one: both columns agree
     assert generated["clip_heldout"].to_list() == generated["clip_guiding"].to_list()
     assert outputs["grid_clip_s300_w1"].exists() and outputs["plot"].stat().st_size > 0
+
+
+def test_the_judge_is_loaded_only_for_the_world_it_learnt(make_cfg, small_world, tmp_path, capsys):
+    import numpy as np
+
+    from synrep.data import toyworld
+    from synrep.evaluation import attribute_classifier as ac
+
+    folder = tmp_path / "judge"
+    cfg = make_cfg(f"paths.data_dir={small_world}/data", "sample_quality.classifier_epochs=1",
+                   f"sample_quality.classifier={folder}")
+    trained, accuracy, origin = ac.judge(cfg)  # nothing saved yet: trained
+    assert origin == "trained here"
+    ac.save(trained, cfg, folder, accuracy)
+    loaded, again, origin = ac.judge(cfg)
+    assert origin == str(folder) and again == accuracy
+    test = toyworld.load_split(cfg, "test")["images"]
+    for k, v in ac.predict(trained, test).items():
+        np.testing.assert_array_equal(ac.predict(loaded, test)[k], v)
+    # another world (or other epochs) gets a judge of its own, and says why
+    other = make_cfg("toyworld.seed=5", "sample_quality.classifier_epochs=1", f"sample_quality.classifier={folder}",
+                     base=tmp_path / "other")
+    toyworld.run(other)
+    _, _, origin = ac.judge(other)
+    assert origin == "trained here" and "train_sha256" in capsys.readouterr().out
+    _, _, origin = ac.judge(make_cfg(f"paths.data_dir={small_world}/data", "sample_quality.classifier_epochs=2",
+                                     f"sample_quality.classifier={folder}"))
+    assert origin == "trained here"

@@ -23,6 +23,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "generate": ("synrep.generation.generate", "run", "generate l images per caption of each source into shards"),
     "index": ("synrep.generation.index", "run", "index each source's shards, draw its sample grid, log to MLflow"),
     "sample_quality": ("synrep.evaluation.generator_quality", "run", "caption-match accuracy and diversity of the generator by w"),
+    "attribute_classifier": ("synrep.evaluation.attribute_classifier", "run", "train the toy world's attribute classifier (the judge) into sample_quality.classifier"),
     "real_shards": ("synrep.data.stream", "real_shards_run", "write the captions' real images as shards (real-image baselines)"),
     "train": ("synrep.learning.trainer", "run", "train one encoder as train.* describes"),
     "evaluate": ("synrep.evaluation.evaluate", "run", "linear probe, few-shot and zero-shot of the encoder in train.output_dir"),

@@ -223,6 +223,9 @@ class SampleQualityConfig:
     captions: int = 48
     images_per_caption: int = 6
     classifier_epochs: int = 8
+    # The judge: loaded from this folder when it was trained on this world with these epochs and
+    # seed (models/ ships the default world's), else trained anew (evaluation/attribute_classifier.py)
+    classifier: Optional[str] = "models/attribute_classifier"
     # GLIDE's CLIP guidance rows: one per scale s, at CFG scale clip_w (1: CLIP guidance alone), guided
     # by generation.clip_model; every row is scored by that CLIP when it exists
     clip_scales: list[float] = field(default_factory=list)

@@ -69,6 +69,8 @@ rule sample_quality:
     input:
         local_model_dir(CFG.generation.model),
         SCORING_CLIPS,
+        # the shipped judge, when there is one (a retrained one reruns the rule)
+        [q for q in [CFG.sample_quality.classifier] if q and Path(q).exists()],
         train=rules.toyworld.output.train,
         test=rules.toyworld.output.test,
     output:

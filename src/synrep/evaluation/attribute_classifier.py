@@ -1,8 +1,20 @@
 """An attribute classifier for the toy world: shape, colour, size and background heads on a
 timm-registered toy CNN, trained on real train images only, so that it can judge generated images
-independently of any model under study."""
+independently of any model under study.
+
+The judge of the default world ships in ``models/attribute_classifier/`` (weights, and a
+``recipe.json`` naming the data it learnt from by its hash, its epochs and seed); ``judge(cfg)``
+loads it when the config's world and settings are the ones it was trained with, and trains a new
+one otherwise, so that a changed world is never judged by a classifier of another.
+``python -m synrep attribute_classifier sample_quality.classifier=models/attribute_classifier``
+retrains the shipped one.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -77,3 +89,61 @@ def predict(model: AttributeClassifier, images: np.ndarray, batch: int = 512) ->
         for k in ATTRIBUTES:
             out[k].append(logits[k].argmax(1).numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+WEIGHTS = "model.pt"
+RECIPE = "recipe.json"
+
+
+def recipe(cfg: DictConfig) -> dict:
+    """What a trained judge depends on: its train data (a hash of the real train split's images and
+    labels), epochs, seed and architecture."""
+    train = toyworld.load_split(cfg, "train")
+    digest = hashlib.sha256()
+    for key in ("images", *ATTRIBUTES):
+        digest.update(np.ascontiguousarray(train[key]).tobytes())
+    q = cfg.sample_quality
+    return {"train_sha256": digest.hexdigest(), "epochs": int(q.classifier_epochs), "seed": int(q.seed),
+            "trunk": "toy_cnn_wide", "classes": {k: len(v) for k, v in toyworld.attribute_names(cfg).items()}}
+
+
+def save(model: AttributeClassifier, cfg: DictConfig, folder: Path, accuracy: dict[str, float]) -> None:
+    from synrep.fileio import atomic_dir, write_json
+
+    with atomic_dir(folder) as tmp:
+        torch.save(model.state_dict(), tmp / WEIGHTS)
+        write_json(tmp / RECIPE, {**recipe(cfg), "test_accuracy": accuracy})
+
+
+def judge(cfg: DictConfig) -> tuple[AttributeClassifier, dict[str, float], str]:
+    """(classifier, its accuracy on the real test split, where it came from): the one in
+    ``sample_quality.classifier`` when its recipe is this config's, else a newly trained one."""
+    q = cfg.sample_quality
+    folder = Path(q.classifier) if q.classifier else None
+    if folder is not None and (folder / RECIPE).exists():
+        stored = json.loads((folder / RECIPE).read_text())
+        wanted = recipe(cfg)
+        if all(stored.get(k) == v for k, v in wanted.items()):
+            model = AttributeClassifier(wanted["classes"]).to(memory_format=torch.channels_last)
+            model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu"))
+            model.eval()
+            test = toyworld.load_split(cfg, "test")
+            predictions = predict(model, test["images"])
+            accuracy = {k: float((predictions[k] == test[k]).mean()) for k in ATTRIBUTES}
+            return model, accuracy, str(folder)
+        differs = sorted(k for k, v in wanted.items() if stored.get(k) != v)
+        print(f"{folder} was trained on another world or recipe ({', '.join(differs)}): training a new judge",
+              flush=True)
+    model, accuracy = train_classifier(cfg, q.seed, q.classifier_epochs)
+    return model, accuracy, "trained here"
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    """Train the judge and save it into ``sample_quality.classifier``."""
+    torch.set_num_threads(cfg.threads)
+    folder = Path(cfg.sample_quality.classifier)
+    model, accuracy = train_classifier(cfg, cfg.sample_quality.seed, cfg.sample_quality.classifier_epochs)
+    save(model, cfg, folder, accuracy)
+    print("attribute classifier, accuracy on real test images: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+    return {"model": folder / WEIGHTS, "recipe": folder / RECIPE}

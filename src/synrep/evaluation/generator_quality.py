@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from synrep.config import run_dir, save_resolved, to_dict
 from synrep.data import toyworld
-from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict, train_classifier
+from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge, predict
 from synrep.fileio import atomic_path, write_json, write_text
 from synrep.tables import markdown_table
 
@@ -134,7 +134,8 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     q = cfg.sample_quality
     out = run_dir(cfg, "sample_quality")
     out.mkdir(parents=True, exist_ok=True)
-    classifier, ceiling = train_classifier(cfg, q.seed, q.classifier_epochs)
+    classifier, ceiling, origin = judge(cfg)
+    print(f"attribute classifier: {origin}", flush=True)
     with atomic_path(out / "attribute_classifier.pt") as tmp:
         torch.save(classifier.state_dict(), tmp)
 
