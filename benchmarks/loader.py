@@ -23,19 +23,32 @@ import numpy as np
 import torch
 
 
-def loader_rate(cfg, dataset, rows: int, workers: int, batches: int) -> float:
-    """Images/s out of the training loader (``trainer.data_loader``'s settings), after one batch."""
+def loader_rate(cfg, dataset, rows: int, workers: int, batches: int, batch_augment=None) -> float:
+    """Images/s out of the training data path (``trainer.data_loader``'s settings, then the batched
+    augmentation when the config uses it), after one warm-up pass (which fills a decoded-image
+    cache, as the first of a run's many passes does); passes repeat until ``batches`` are timed."""
+    import itertools
+
     from synrep.data import stream
 
-    loader = torch.utils.data.DataLoader(dataset, batch_size=rows, shuffle=True, collate_fn=stream.collate_groups,
-                                         num_workers=workers, drop_last=True,
-                                         generator=torch.Generator().manual_seed(0))
-    it = iter(loader)
-    next(it)
-    start, images = time.perf_counter(), 0
-    for _ in range(batches):
-        images += len(next(it)["images"])
-    return images / (time.perf_counter() - start)
+    def batches_of(pass_index: int):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=rows, shuffle=True, collate_fn=stream.collate_groups,
+                                             num_workers=workers, drop_last=True,
+                                             generator=torch.Generator().manual_seed(pass_index))
+        for batch in loader:
+            images = batch["images"]
+            yield batch_augment(images) if batch_augment is not None else images
+
+    for _ in batches_of(0):  # warm-up pass
+        pass
+    start, images, timed = time.perf_counter(), 0, 0
+    for pass_index in itertools.count(1):
+        for out in batches_of(pass_index):
+            images += len(out)
+            timed += 1
+            if timed == batches:
+                return images / (time.perf_counter() - start)
+    raise AssertionError("unreachable")
 
 
 def step_rate(cfg, images_per_step: int, steps: int) -> float:
@@ -82,12 +95,15 @@ def synthetic_shards(folder: Path, captions: int, images: int, size: int, per_sh
 
 
 def dataset_for(cfg, urls: list[str]):
+    """The run's dataset as ``trainer.training_data`` builds it: per-image transforms in the loader,
+    or none there and the batched augmentation after it; decoded images cached when configured."""
     from synrep.data import stream
     from synrep.learning import augment, methods
 
     t = cfg.train
     spec = methods.get(t.method).sample_spec(t.l, t.m)
-    return stream.GroupDataset(urls, spec, augment.train_transform(cfg), seed=0)
+    transform = None if augment.augments_batches(cfg) else augment.train_transform(cfg)
+    return stream.GroupDataset(urls, spec, transform, seed=0, cache_decoded=t.cache_decoded)
 
 
 def main() -> None:
@@ -110,11 +126,14 @@ def main() -> None:
         except FileNotFoundError:
             urls = synthetic_shards(Path(tmp), 256, cfg.train.l, cfg.toyworld.image_size)
             where = "synthetic 16 px shards"
+        from synrep.learning import augment
+
         dataset = dataset_for(cfg, urls)
         k = cfg.train.m
         per_step = cfg.train.batch_images // k
-        rows.append(("toy default (" + where + f", StableRep m={k}, {cfg.train.workers} workers)",
-                     loader_rate(cfg, dataset, per_step, cfg.train.workers, args.steps),
+        path = "decoded once, crops + flips a batch at a time" if augment.augments_batches(cfg) else "per image"
+        rows.append(("toy default (" + where + f", StableRep m={k}, {cfg.train.workers} workers, {path})",
+                     loader_rate(cfg, dataset, per_step, cfg.train.workers, args.steps, augment.batch_augment(cfg)),
                      step_rate(cfg, cfg.train.batch_images, args.steps)))
 
         vit = load_config(["train.method=stablerep", "train.encoder=vit_base_patch16_224", "train.image_size=224",
