@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from synrep.data import toyworld
+from synrep.generation.clip_guidance import load_clip
 from synrep.learning import toy_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def test_trained_toy_clip_loads_in_plain_open_clip(small_world, tmp_path):
     torch.testing.assert_close(theirs["preprocessed"], ours_x, atol=1e-5, rtol=0)
     with torch.no_grad():
         image = model.encode_image(ours_x, normalize=True)
-        tokens = toy_clip.load(out)[1](list(captions))
+        tokens = load_clip(out)[1](list(captions))
         text = model.encode_text(tokens, normalize=True)
     torch.testing.assert_close(theirs["image"], image, atol=1e-5, rtol=0)
     torch.testing.assert_close(theirs["text"], text, atol=1e-5, rtol=0)
@@ -70,7 +71,7 @@ def test_trained_toy_clip_loads_in_plain_open_clip(small_world, tmp_path):
 
 def test_load_names_the_folder_that_is_not_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "open_clip_config.json")):
-        toy_clip.load(tmp_path)
+        load_clip(tmp_path)
 
 
 @pytest.mark.skipif(not (SHIPPED / "training.json").exists(), reason="models/toy_clip is not trained yet")
@@ -86,7 +87,7 @@ def test_shipped_toy_clip_reproduces_its_recorded_zero_shot_accuracy(tmp_path):
                        f"toyworld.n_domain_test={tw.n_domain_test}", "toyworld.n_train=10", "toyworld.n_val=10",
                        "toyworld.n_domain_train=1", f"toyworld.domains={list(tw.domains)}"])
     toyworld.run(cfg)
-    model, tokenizer = toy_clip.load(SHIPPED)
+    model, tokenizer = load_clip(SHIPPED)
     measured = toy_clip.zero_shot(cfg, model, tokenizer, toy_clip.corpus(cfg, "test"))
     recorded = json.loads((SHIPPED / "training.json").read_text())
     assert measured == pytest.approx(recorded["zero_shot_test"], abs=0.01)

@@ -123,7 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
     from PIL import Image
 
-    from synrep.generation.clip_guidance import load_guide
+    from synrep.generation.clip_guidance import check_clip_folder, is_clip_folder, load_guide
     from synrep.generation.pipelines import load_pipeline
     from synrep.generation.sampling import sample_images
     from synrep.generation.sources import image_seed
@@ -145,11 +145,9 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     seeds = [image_seed(q.seed, ci, i) for ci in range(len(captions)) for i in range(k)]
     pipe = load_pipeline(cfg.generation.model, cfg.generation.sampler, cfg.generation.dtype, cfg.generation.device)
     guides = {}
-    if (Path(cfg.generation.clip_model) / "open_clip_config.json").exists():
-        guides["guiding"] = load_guide(cfg.generation.clip_model)
-    elif q.clip_scales:
-        raise FileNotFoundError(f"config key 'generation.clip_model': {cfg.generation.clip_model} is not an open_clip "
-                                "local-dir folder, and sample_quality.clip_scales asks for CLIP guidance")
+    # the guiding CLIP scores every row when it exists, and must exist when rows are CLIP-guided
+    if q.clip_scales or is_clip_folder(cfg.generation.clip_model):
+        guides["guiding"] = load_guide(str(check_clip_folder(cfg.generation.clip_model, "generation.clip_model")))
     if q.heldout_clip:
         guides["heldout"] = load_guide(q.heldout_clip)
 

@@ -26,24 +26,42 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
 
 ALPHA_SAMPLERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler")
+# What makes a folder an open_clip local-dir model (open_clip.factory reads it)
+CLIP_CONFIG = "open_clip_config.json"
+
+
+def is_clip_folder(path: str | Path) -> bool:
+    return (Path(path) / CLIP_CONFIG).exists()
+
+
+def check_clip_folder(path: str | Path, key: str | None = None) -> Path:
+    """``path`` as a Path when it is an open_clip local-dir folder; else one line naming the config
+    key (when given) and the missing file."""
+    folder = Path(path)
+    if not is_clip_folder(folder):
+        where = f"config key '{key}': " if key else ""
+        raise FileNotFoundError(f"{where}{folder / CLIP_CONFIG} not found: not an open_clip local-dir model "
+                                "(models/toy_clip, or `python -m synrep train_clip`)")
+    return folder
+
+
+def load_clip(path: str | Path, device: str | torch.device = "cpu", key: str | None = None):
+    """(model in eval mode, tokenizer) of an open_clip local-dir folder, through open_clip alone."""
+    import open_clip
+
+    name = f"local-dir:{check_clip_folder(path, key)}"
+    return open_clip.create_model(name, device=device).eval(), open_clip.get_tokenizer(name)
 
 
 @functools.lru_cache(maxsize=4)
 def load_guide(path: str, device: str = "cpu") -> "ClipGuide":
-    """The CLIP of an open_clip ``local-dir:`` folder (e.g. ``models/toy_clip``), loaded once per process."""
-    import open_clip
-
-    folder = Path(path)
-    if not (folder / "open_clip_config.json").exists():
-        raise FileNotFoundError(f"{folder / 'open_clip_config.json'} not found: the CLIP for guidance must be an "
-                                "open_clip local-dir folder (models/toy_clip, or `python -m synrep train_clip`)")
-    model = open_clip.create_model(f"local-dir:{folder}", device=device).eval()
+    """The CLIP of an open_clip ``local-dir:`` folder (e.g. ``models/toy_clip``), frozen, loaded once per process."""
+    model, tokenizer = load_clip(path, device)
     for p in model.parameters():
         p.requires_grad_(False)
-    return ClipGuide(model, open_clip.get_tokenizer(f"local-dir:{folder}"))
+    return ClipGuide(model, tokenizer)
 
 
 class ClipGuide:
@@ -90,13 +108,7 @@ class _Toy:
         self.pipe = pipe
 
     def encode(self, prompts: list[str], n: int, use_cfg: bool):
-        states, pooled = self.pipe.encode_prompt(prompts)
-        cond = (states.repeat_interleave(n, 0), pooled.repeat_interleave(n, 0))
-        if not use_cfg:
-            return cond, None
-        u_states, u_pooled = self.pipe.encode_prompt([""])
-        batch = len(prompts) * n
-        return cond, (u_states.expand(batch, -1, -1), u_pooled.expand(batch, -1))
+        return self.pipe.encode_batch(prompts, n, use_cfg)
 
     def eps(self, x, t, context):
         return self.pipe.predict_noise(x, t, *context)
@@ -154,6 +166,8 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
                 width: int | None = None, guidance_rescale: float = 0.0) -> np.ndarray:
     """Images (float [N, H, W, 3] in [0, 1], as a pipeline's ``output_type="np"``) sampled with
     classifier-free guidance at ``guidance_scale`` (1: none) and CLIP guidance at ``clip_scale``."""
+    from diffusers.utils.torch_utils import randn_tensor
+
     from synrep.generation.toy.pipeline import guided_noise
 
     scheduler = pipe.scheduler

@@ -48,17 +48,13 @@ def guidance_spec(guidance: DictConfig, scales: list[float], generation: DictCon
     hash (a retrained CLIP makes the source's shards stale)."""
     spec = {"kind": guidance.kind, "w": scales if isinstance(to_dict(guidance)["w"], list) else scales[0]}
     if guidance.kind == "clip":
-        from pathlib import Path
-
+        from synrep.generation.clip_guidance import check_clip_folder
         from synrep.generation.pipelines import weights_sha256
 
         model = guidance.clip_model or generation.clip_model
-        if not (Path(model) / "open_clip_config.json").exists():
-            which = f"{key}.clip_model" if guidance.clip_model else "generation.clip_model"
-            raise FileNotFoundError(f"config key '{which}': {model} is not an open_clip local-dir folder "
-                                    "(models/toy_clip, or `python -m synrep train_clip`)")
+        folder = check_clip_folder(model, f"{key}.clip_model" if guidance.clip_model else "generation.clip_model")
         spec.update(clip_scale=float(guidance.clip_scale), cutouts=int(guidance.cutouts), clip_model=model,
-                    clip_sha256=weights_sha256(Path(model)))
+                    clip_sha256=weights_sha256(folder))
     return spec
 
 

@@ -28,9 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from synrep.data import toyworld
+from synrep.generation.clip_guidance import CLIP_CONFIG, load_clip
 from synrep.learning.augment import MEAN, STD
 
-CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
@@ -58,24 +58,12 @@ def save(model: torch.nn.Module, cfg: DictConfig, out: Path) -> None:
 
     from synrep.fileio import write_json
 
-    write_json(out / CONFIG_NAME, {
+    write_json(out / CLIP_CONFIG, {
         "model_cfg": model_config(cfg),
         "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bilinear",
                            "resize_mode": "shortest"},
     })
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_NAME))
-
-
-def load(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, tokenizer) of a saved toy CLIP, through open_clip."""
-    import open_clip
-
-    name = f"local-dir:{Path(path)}"
-    if not (Path(path) / CONFIG_NAME).exists():
-        raise FileNotFoundError(f"{Path(path) / CONFIG_NAME} not found: not an open_clip model folder "
-                                "(train one with `python -m synrep train_clip`)")
-    model = open_clip.create_model(name, device=device)
-    return model.eval(), open_clip.get_tokenizer(name)
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -223,7 +211,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
             save(model, cfg, tmp)
             save_resolved(cfg, tmp, "recipe.yaml")
             # what a user gets back from open_clip, scored on held-out images
-            loaded, tokenizer = load(tmp)
+            loaded, tokenizer = load_clip(tmp)
             accuracy = zero_shot(cfg, loaded, tokenizer, corpus(cfg, "test"))
             summary = {
                 "epochs": cfg.toy_clip.epochs,
