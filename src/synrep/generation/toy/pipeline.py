@@ -48,6 +48,18 @@ class ToyGlidePipeline(DiffusionPipeline):
         dtype = self.unet.dtype
         return out.last_hidden_state.to(dtype), out.pooler_output.to(dtype)
 
+    @torch.no_grad()
+    def encode_batch(self, prompts: list[str], num_images_per_prompt: int, use_cfg: bool):
+        """(cond, uncond): (states, pooled) for each of the batch's images, each prompt encoded once
+        for its images as diffusers' pipelines do; uncond is the empty caption's (None without CFG)."""
+        states, pooled = self.encode_prompt(prompts)
+        cond = (states.repeat_interleave(num_images_per_prompt, 0), pooled.repeat_interleave(num_images_per_prompt, 0))
+        if not use_cfg:
+            return cond, None
+        batch = len(prompts) * num_images_per_prompt
+        u_states, u_pooled = self.encode_prompt([""])
+        return cond, (u_states.expand(batch, -1, -1), u_pooled.expand(batch, -1))
+
     def predict_noise(self, x: torch.Tensor, t, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t, encoder_hidden_states=states, class_labels=pooled).sample
 
@@ -73,16 +85,11 @@ class ToyGlidePipeline(DiffusionPipeline):
         height, width = height or size, width or size
         device, dtype = self.device, self.unet.dtype
 
-        # each prompt encoded once for its images, as diffusers' pipelines do
-        states, pooled = self.encode_prompt(prompts)
-        states = states.repeat_interleave(num_images_per_prompt, 0)
-        pooled = pooled.repeat_interleave(num_images_per_prompt, 0)
         # w = 1 is the plain conditional model: skip the unconditional pass, as diffusers does
         use_cfg = guidance_scale != 1.0
+        (states, pooled), uncond = self.encode_batch(prompts, num_images_per_prompt, use_cfg)
         if use_cfg:
-            u_states, u_pooled = self.encode_prompt([""])
-            states = torch.cat([u_states.expand(batch, -1, -1), states])
-            pooled = torch.cat([u_pooled.expand(batch, -1), pooled])
+            states, pooled = torch.cat([uncond[0], states]), torch.cat([uncond[1], pooled])
 
         shape = (batch, self.unet.config.in_channels, height, width)
         x = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
