@@ -75,9 +75,13 @@ def train_classifier(cfg: DictConfig, seed: int, epochs: int) -> tuple[Attribute
         opt.step()
         sched.step()
     model.eval()
+    return model, test_accuracy(model, test)
+
+
+def test_accuracy(model: "AttributeClassifier", test: dict[str, np.ndarray]) -> dict[str, float]:
+    """Accuracy per attribute on a real split (the ceiling for generated images)."""
     predictions = predict(model, test["images"])
-    accuracy = {k: float((predictions[k] == test[k]).mean()) for k in ATTRIBUTES}
-    return model, accuracy
+    return {k: float((predictions[k] == test[k]).mean()) for k in ATTRIBUTES}
 
 
 @torch.no_grad()
@@ -127,10 +131,7 @@ def judge(cfg: DictConfig) -> tuple[AttributeClassifier, dict[str, float], str]:
             model = AttributeClassifier(wanted["classes"]).to(memory_format=torch.channels_last)
             model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu"))
             model.eval()
-            test = toyworld.load_split(cfg, "test")
-            predictions = predict(model, test["images"])
-            accuracy = {k: float((predictions[k] == test[k]).mean()) for k in ATTRIBUTES}
-            return model, accuracy, str(folder)
+            return model, test_accuracy(model, toyworld.load_split(cfg, "test")), str(folder)
         differs = sorted(k for k, v in wanted.items() if stored.get(k) != v)
         print(f"{folder} was trained on another world or recipe ({', '.join(differs)}): training a new judge",
               flush=True)
