@@ -282,10 +282,7 @@ def real_shards_run(cfg: DictConfig) -> dict[str, Path]:
         samples = []
         for row in part.iter_rows(named=True):
             url = row.get("url") or ""
-            if not url.startswith("toy://train/"):
-                raise ValueError(f"caption {row['caption_id']} has url {url!r}: real shards are made from the toy "
-                                 "world only; for real data point the run at img2dataset shards")
-            index = int(url.rsplit("/", 1)[1])
+            index = toyworld.train_index(url, "real_shards (for real data point the run at img2dataset shards)")
             samples.append({"key": f"c{row['caption_id']:09d}", "images": [train["images"][index]],
                             "record": {"caption": row["caption"], "caption_id": int(row["caption_id"]),
                                        "source": url}})

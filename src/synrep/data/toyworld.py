@@ -171,9 +171,11 @@ def _erode(mask: np.ndarray, k: int) -> np.ndarray:
 
 
 def render(
-    attrs: Attributes, cfg: DictConfig, rng: np.random.Generator, domain: str = "photo"
-) -> np.ndarray:
-    """Render one image, float32 [H, W, 3] in [0, 1]. Jitter comes from ``rng``.
+    attrs: Attributes, cfg: DictConfig, rng: np.random.Generator, domain: str = "photo", with_mask: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Render one image, float32 [H, W, 3] in [0, 1]. Jitter comes from ``rng``. ``with_mask``:
+    also the object's mask, bool [H, W], the pixels the object covers at least in part (what an
+    inpainting edit keeps or regenerates).
 
     ``domain``: "photo" (the world's own images), or one of ``DOMAIN_TEMPLATES``: "drawing" (the
     object's outline, one pixel wide, in its colour on paper, no clutter), "negative" (the photo
@@ -212,6 +214,7 @@ def render(
         img = np.full_like(img, rng.uniform(0.85, 0.97))
         mask = mask & ~_erode(mask[..., 0], _SUPERSAMPLE)[..., None]
     img = np.where(mask, np.clip(colour * shade, 0, 1), img)
+    object_mask = mask[..., 0].reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).any(axis=(1, 3))
 
     # clutter: small specks that no caption mentions
     for _ in range(rng.integers(0, tw.clutter_max + 1) if domain != "drawing" else 0):
@@ -230,7 +233,7 @@ def render(
         img = np.repeat(np.repeat(blocks, 2, axis=0), 2, axis=1)
     elif domain not in ("photo", "drawing"):
         raise ValueError(f"unknown domain {domain!r}; known: photo, {', '.join(DOMAIN_TEMPLATES)}")
-    return img.astype(np.float32)
+    return (img.astype(np.float32), object_mask) if with_mask else img.astype(np.float32)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -249,6 +252,11 @@ def sample_attributes(cfg: DictConfig, n: int, rng: np.random.Generator) -> list
 # --------------------------------------------------------------------------------------------
 # Captions
 # --------------------------------------------------------------------------------------------
+
+
+def with_articles(text: str) -> str:
+    """"a" before a vowel made "an" (templates write "a {c} {o}")."""
+    return _ARTICLE.sub("an ", text)
 
 
 def caption_for(attrs: Attributes, cfg: DictConfig, rng: np.random.Generator) -> str:
@@ -363,21 +371,23 @@ def world_dir(cfg: DictConfig) -> Path:
 
 def render_split(cfg: DictConfig, n: int, seed_seq: np.random.SeedSequence, caption_rng=None,
                  domains: list[str] | None = None):
-    """n images (and captions when ``caption_rng`` is given); ``domains``: each image's domain
-    (default: photos)."""
+    """n images, their object masks (bool [n, H, W]) and captions (when ``caption_rng`` is given);
+    ``domains``: each image's domain (default: photos)."""
     attr_rng, render_seed = (np.random.default_rng(s) for s in seed_seq.spawn(2))
     attrs = sample_attributes(cfg, n, attr_rng)
     render_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(render_seed.integers(2**63)).spawn(n)]
     domains = domains or ["photo"] * n
     size = cfg.toyworld.image_size
     images = np.zeros((n, size, size, 3), np.uint8)
+    masks = np.zeros((n, size, size), bool)
     for i, (a, r, d) in enumerate(zip(attrs, render_rngs, domains)):
-        images[i] = to_uint8(render(a, cfg, r, d))
+        image, masks[i] = render(a, cfg, r, d, with_mask=True)
+        images[i] = to_uint8(image)
     captions = None
     if caption_rng is not None:
         captions = [caption_for(a, cfg, caption_rng) if d == "photo" else domain_caption_for(a, d, cfg, caption_rng)
                     for a, d in zip(attrs, domains)]
-    return attrs, images, captions
+    return attrs, images, masks, captions
 
 
 def render_domains(cfg: DictConfig, n_per_domain: int, seed_seq: np.random.SeedSequence):
@@ -385,7 +395,8 @@ def render_domains(cfg: DictConfig, n_per_domain: int, seed_seq: np.random.SeedS
     names = list(cfg.toyworld.domains)
     domains = [names[i % len(names)] for i in range(n_per_domain * len(names))]
     render_seq, caption_seq = seed_seq.spawn(2)
-    attrs, images, captions = render_split(cfg, len(domains), render_seq, np.random.default_rng(caption_seq), domains)
+    attrs, images, _, captions = render_split(cfg, len(domains), render_seq, np.random.default_rng(caption_seq),
+                                              domains)
     return attrs, images, captions, np.array([names.index(d) for d in domains], dtype=np.int64)
 
 
@@ -417,6 +428,27 @@ def load_split(cfg_or_dir, split: str) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+TRAIN_URL = "toy://train/"
+
+
+def train_index(url: str, what: str = "this step") -> int:
+    """The train-split row of a caption's url (``toy://train/<i>``, as the caption file names it)."""
+    if not url.startswith(TRAIN_URL):
+        raise ValueError(f"caption url {url!r} is not a toy world image: {what} reads real images from the toy "
+                         "world only")
+    return int(url[len(TRAIN_URL):])
+
+
+def train_images_for(cfg_or_dir, urls: list[str], what: str = "this step") -> dict[str, np.ndarray]:
+    """The real train images (uint8 [N, H, W, 3]) and object masks (bool [N, H, W]) of caption urls."""
+    split = load_split(cfg_or_dir, "train")
+    if "object_mask" not in split:
+        raise FileNotFoundError("the toy world's train.npz has no object masks: render it again "
+                                "(`python -m synrep toyworld`)")
+    index = np.asarray([train_index(u, what) for u in urls], dtype=np.int64)
+    return {"images": split["images"][index], "object_mask": split["object_mask"][index]}
+
+
 def run(cfg: DictConfig) -> dict[str, Path]:
     """Render the world and write its caption file and real splits."""
     _check_vocab(cfg)
@@ -426,12 +458,13 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     caption_rng = np.random.default_rng(caption_seq)
 
     outputs: dict[str, Path] = {}
-    train_attrs, train_images, train_captions = render_split(cfg, cfg.toyworld.n_train, train_seq, caption_rng)
-    _save_split(out / "real" / "train.npz", train_images, train_attrs, train_captions)
+    train_attrs, train_images, train_masks, train_captions = render_split(cfg, cfg.toyworld.n_train, train_seq,
+                                                                          caption_rng)
+    _save_split(out / "real" / "train.npz", train_images, train_attrs, train_captions, object_mask=train_masks)
     outputs["train"] = out / "real" / "train.npz"
     for split, n, seq in (("val", cfg.toyworld.n_val, val_seq), ("test", cfg.toyworld.n_test, test_seq)):
-        attrs, images, _ = render_split(cfg, n, seq)
-        _save_split(out / "real" / f"{split}.npz", images, attrs)
+        attrs, images, masks, _ = render_split(cfg, n, seq)
+        _save_split(out / "real" / f"{split}.npz", images, attrs, object_mask=masks)
         outputs[split] = out / "real" / f"{split}.npz"
     # Spawn key 5: the first five streams (above) are those of a world without domains, unchanged.
     domain_seq = np.random.SeedSequence(cfg.toyworld.seed, spawn_key=(5,))
