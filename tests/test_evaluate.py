@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from synrep.evaluation import evaluate
-from synrep.evaluation.features import SPLITS, cached_features, extract_features, load_eval_data
+from synrep.evaluation.features import SPLITS, cached_features, load_eval_data
 from synrep.evaluation.fewshot import few_shot
 from synrep.evaluation.linear_probe import linear_probe
 from synrep.evaluation.zeroshot import zero_shot

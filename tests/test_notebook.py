@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from html import escape as html_escape
 
 import nbformat
