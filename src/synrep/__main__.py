@@ -20,9 +20,13 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "captions": ("synrep.data.captions", "run", "ingest and deduplicate captions"),
     "train_generator": ("synrep.generation.toy.train", "run", "train the toy text-to-image generator"),
     "train_clip": ("synrep.learning.toy_clip", "run", "train the toy CLIP (open_clip) on the toy world's photos and other domains"),
+    "train_unclip": ("synrep.generation.toy.train_unclip", "run", "train the toy DALL-E 2 / unCLIP prior and decoder over the toy CLIP's embeddings"),
+    "train_inpaint": ("synrep.generation.toy.inpaint", "run", "fine-tune the toy generator into a GLIDE-style inpainting model"),
     "generate": ("synrep.generation.generate", "run", "generate l images per caption of each source into shards"),
     "index": ("synrep.generation.index", "run", "index each source's shards, draw its sample grid, log to MLflow"),
     "sample_quality": ("synrep.evaluation.generator_quality", "run", "caption-match accuracy and diversity of the generator by w"),
+    "source_quality": ("synrep.evaluation.source_quality", "run", "caption match, diversity and CLIP scores of each source's shards (the judge)"),
+    "inpaint_quality": ("synrep.evaluation.inpaint_quality", "run", "edit accuracy and preservation of text-guided inpainting"),
     "attribute_classifier": ("synrep.evaluation.attribute_classifier", "run", "train the toy world's attribute classifier (the judge) into sample_quality.classifier"),
     "real_shards": ("synrep.data.stream", "real_shards_run", "write the captions' real images as shards (real-image baselines)"),
     "train": ("synrep.learning.trainer", "run", "train one encoder as train.* describes"),
@@ -44,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
         p.add_argument("--config", dest="config_file", help="config file to use instead of config/config.yaml")
-        if name in ("generate", "index"):
+        if name in ("generate", "index", "source_quality"):
             p.add_argument("--source", help="only this source (default: every source that training reads)")
         if name == "generate":
             p.add_argument("--shard", type=int, help="only this shard index (with --source)")
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {}
     if args.step == "generate":
         kwargs = {"source": args.source, "shard": args.shard}
-    elif args.step == "index":
+    elif args.step in ("index", "source_quality"):
         kwargs = {"source": args.source}
     elif args.step == "baselines":
         kwargs = {"seed": args.seed}

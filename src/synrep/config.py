@@ -157,6 +157,64 @@ class ToyClipConfig:
 
 
 @dataclass
+class ToyInpaintConfig:
+    """Fine-tune of the toy generator into GLIDE-style inpainting (``python -m synrep train_inpaint``):
+    extra input channels for the mask and the masked image (generation/toy/inpaint.py)."""
+
+    output_dir: str = "${paths.results_dir}/${name}/toy_inpaint"
+    base: str = "models/toy_generator"  # the text-to-image pipeline it starts from
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    ema_decay: float = 0.995
+    caption_dropout: float = 0.15  # kept from the base recipe: classifier-free guidance still works
+    snr_gamma: Optional[float] = 5.0
+    # Shares of the regions regenerated in training: the object, the background, GLIDE's random
+    # box, the whole image (text-to-image)
+    mask_mix: dict[str, float] = field(default_factory=lambda: {"object": 0.3, "background": 0.3, "box": 0.3,
+                                                                "all": 0.1})
+    dilate: int = 1  # pixels the object's mask grows by (its anti-aliased edge goes with it)
+    seed: int = 0
+    log_every: int = 100
+
+
+@dataclass
+class ToyUnclipConfig:
+    """Training recipe of the toy DALL-E 2 / unCLIP (``python -m synrep train_unclip``): a diffusion
+    prior from the toy CLIP's text outputs to its image embedding, and a decoder fine-tuned from the
+    toy generator to invert that embedding (generation/toy/unclip.py, generation/toy/train_unclip.py)."""
+
+    output_dir: str = "${paths.results_dir}/${name}/toy_unclip"
+    generator: str = "models/toy_generator"  # the toy generator (ToyGlidePipeline folder) the decoder starts from
+    clip_model: str = "models/toy_clip"  # the CLIP (open_clip local-dir folder) whose embeddings it works in
+    # The prior: a PriorTransformer predicting the clean (normalised) image embedding
+    prior_layers: int = 4
+    prior_heads: int = 2
+    prior_head_dim: int = 32
+    prior_steps: int = 1500
+    prior_batch_size: int = 128
+    prior_lr: float = 1e-3
+    prior_caption_dropout: float = 0.1  # the empty caption instead, for the prior's guidance
+    # The decoder: the toy generator plus unCLIP's text_proj (image embedding -> extra context tokens
+    # and an additive embedding), fine-tuned together
+    decoder_steps: int = 1500
+    decoder_batch_size: int = 32
+    decoder_lr: float = 5e-4
+    decoder_ema_decay: float = 0.995
+    extra_context_tokens: int = 4
+    # unCLIP drops the image embedding 10% (the null embedding instead) and the caption 50% (the
+    # empty caption instead), independently: guidance and variations work by dropping them
+    embedding_dropout: float = 0.1
+    caption_dropout: float = 0.5
+    snr_gamma: Optional[float] = 5.0  # min-SNR-gamma weighting of the decoder's loss, as the toy generator's
+    warmup_steps: int = 50
+    seed: int = 0
+    log_every: int = 50
+
+
+@dataclass
 class GenerationConfig:
     """Defaults of every source (``sources.<name>`` fields left null) and how generation runs."""
 
@@ -203,16 +261,64 @@ class GuidanceConfig:
 
 
 @dataclass
+class InpaintSourceConfig:
+    """Mode ``inpaint``: each caption's real image with a region regenerated under the caption
+    (GLIDE's text-guided inpainting; generation/toy/inpaint.py)."""
+
+    region: str = "background"  # object | background: what is regenerated (the rest is kept)
+    dilate: int = 1  # pixels the object's mask grows by
+    # Image 0 of a caption is its real image and images 1..l-1 are inpainted variants of it, so that
+    # StableRep takes the real image and its variants as one caption's positives
+    keep_real: bool = True
+
+
+@dataclass
+class UnclipSourceConfig:
+    """Modes ``unclip`` (caption -> prior -> CLIP image embedding -> decoder) and ``variation`` (a
+    caption's real image -> its CLIP image embedding -> l decodings), DALL-E 2's
+    (generation/toy/unclip.py). The source's ``generator`` is an unCLIP pipeline (models/toy_unclip,
+    or diffusers' UnCLIPPipeline / UnCLIPImageVariationPipeline folders)."""
+
+    # The CLIP whose embeddings the toy unCLIP works in (the one it was trained with); null:
+    # generation.clip_model. diffusers' unCLIP pipelines carry their own.
+    clip_model: Optional[str] = None
+    prior_steps: int = 25
+    prior_w: float = 1.0  # the prior's classifier-free guidance scale
+    # unclip: false decodes the caption's CLIP *text* embedding, no prior (DALL-E 2's ablation)
+    use_prior: bool = True
+    # variation: the decoder also sees the caption (DALL-E 2's variations see none)
+    caption: bool = False
+
+
+@dataclass
 class SourceConfig:
     """A named synthetic data source: how its images are made. Null fields take ``generation.*``."""
 
     generator: Optional[str] = None  # diffusers pipeline folder or hub id; null: generation.model
-    mode: str = "text2img"
+    mode: str = "text2img"  # text2img | inpaint | unclip | variation
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    inpaint: InpaintSourceConfig = field(default_factory=InpaintSourceConfig)  # mode inpaint
+    unclip: UnclipSourceConfig = field(default_factory=UnclipSourceConfig)  # modes unclip and variation
     sampler: Optional[str] = None
     steps: Optional[int] = None
     l: Optional[int] = None  # images per caption; null: generation.images_per_caption
     seed: Optional[int] = None
+
+
+@dataclass
+class InpaintQualityConfig:
+    """GLIDE's inpainting measured by the judge (evaluation/inpaint_quality.py): edit accuracy,
+    kept attributes and PSNR of the kept region, per model, edit and w, over sampling seeds."""
+
+    # An inpainting model, and a text-to-image one (it inpaints by replacement)
+    models: list[str] = field(default_factory=lambda: ["models/toy_inpaint", "models/toy_generator"])
+    edits: list[str] = field(default_factory=lambda: ["background", "colour"])
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
+    images: int = 64  # real test images edited per setting
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # sampling seeds: the intervals
+    dilate: int = 1
+    seed: int = 1234
+    enabled: bool = False  # part of `snakemake`'s default target (toy world only)
 
 
 @dataclass
@@ -433,10 +539,13 @@ class Config:
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)
     toy_generator: ToyGeneratorConfig = field(default_factory=ToyGeneratorConfig)
     toy_clip: ToyClipConfig = field(default_factory=ToyClipConfig)
+    toy_unclip: ToyUnclipConfig = field(default_factory=ToyUnclipConfig)
+    toy_inpaint: ToyInpaintConfig = field(default_factory=ToyInpaintConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     # Named synthetic data sources; `train.data` and the sweep's `data` axis name them
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     sample_quality: SampleQualityConfig = field(default_factory=SampleQualityConfig)
+    inpaint_quality: InpaintQualityConfig = field(default_factory=InpaintQualityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -469,6 +578,9 @@ POSITIVE: tuple[str, ...] = (
     "toy_clip.epochs",
     "toy_clip.batch_size",
     "toy_clip.lr",
+    "toy_inpaint.steps",
+    "toy_inpaint.batch_size",
+    "toy_inpaint.lr",
     "generation.steps",
     "generation.images_per_caption",
     "generation.captions_per_shard",
@@ -477,6 +589,7 @@ POSITIVE: tuple[str, ...] = (
     "generation.batch_size",
     "sample_quality.captions",
     "sample_quality.images_per_caption",
+    "inpaint_quality.images",
     "train.l",
     "train.m",
     "train.image_size",
@@ -506,6 +619,8 @@ FRACTIONS: tuple[str, ...] = (
     "toyworld.near_duplicate_rate",
     "toy_generator.caption_dropout",
     "toy_generator.ema_decay",
+    "toy_inpaint.caption_dropout",
+    "toy_inpaint.ema_decay",
     "generation.guidance_rescale",
     "train.augment.color_jitter_p",
     "train.augment.grayscale_p",
@@ -638,12 +753,23 @@ def validate(cfg: DictConfig) -> None:
     lo, hi = cfg.train.augment.crop_scale
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"config key 'train.augment.crop_scale': need 0 < min <= max <= 1, got {[lo, hi]}")
+    for i, edit in enumerate(cfg.inpaint_quality.edits):
+        if edit not in ("background", "colour"):
+            raise ConfigError(f"config key 'inpaint_quality.edits[{i}]': {edit!r} is not one of ['background', 'colour']")
+    mix = cfg.toy_inpaint.mask_mix
+    unknown = set(mix) - set(INPAINT_TRAINING_MASKS)
+    if unknown or any(v < 0 for v in mix.values()) or abs(sum(mix.values()) - 1) > 1e-6:
+        raise ConfigError(f"config key 'toy_inpaint.mask_mix': shares of {list(INPAINT_TRAINING_MASKS)} that sum to "
+                          f"1, got {dict(mix)}")
     if cfg.captions.format == "table" and not cfg.captions.column:
         raise ConfigError("config key 'captions.column': required when captions.format=table")
 
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-SOURCE_MODES = ("text2img",)
+# What each source mode makes (generation/sources.py says how; sampling.py runs it)
+SOURCE_MODES = ("text2img", "inpaint", "unclip", "variation")
+INPAINT_REGIONS = ("object", "background")
+INPAINT_TRAINING_MASKS = ("object", "background", "box", "all")
 GUIDANCE_KINDS = ("cfg", "clip")
 
 
@@ -676,6 +802,25 @@ def check_source(name: str, source: DictConfig) -> None:
         raise ConfigError(f"config key '{key}': {name!r} cannot name a source (letters, digits, _ . + -; not 'real')")
     if source.mode not in SOURCE_MODES:
         raise ConfigError(f"config key '{key}.mode': {source.mode!r} is not one of {list(SOURCE_MODES)}")
+    if source.mode == "inpaint":
+        if source.inpaint.region not in INPAINT_REGIONS:
+            raise ConfigError(f"config key '{key}.inpaint.region': {source.inpaint.region!r} is not one of "
+                              f"{list(INPAINT_REGIONS)}")
+        if source.inpaint.dilate < 0:
+            raise ConfigError(f"config key '{key}.inpaint.dilate': must be >= 0, got {source.inpaint.dilate!r}")
+        if source.guidance.kind != "cfg":
+            raise ConfigError(f"config key '{key}.guidance.kind': mode inpaint guides by classifier-free guidance only")
+    elif source.inpaint != OmegaConf.structured(InpaintSourceConfig):
+        raise ConfigError(f"config key '{key}.inpaint': inpainting settings need mode: inpaint")
+    if source.mode in ("unclip", "variation"):
+        if source.guidance.kind != "cfg":
+            raise ConfigError(f"config key '{key}.guidance.kind': mode {source.mode} guides its decoder by "
+                              "classifier-free guidance only")
+        if source.unclip.prior_steps <= 0 or source.unclip.prior_w < 1:
+            raise ConfigError(f"config key '{key}.unclip': prior_steps must be > 0 and prior_w >= 1, got "
+                              f"{source.unclip.prior_steps} and {source.unclip.prior_w}")
+    elif source.unclip != OmegaConf.structured(UnclipSourceConfig):
+        raise ConfigError(f"config key '{key}.unclip': unCLIP settings need mode: unclip or variation")
     if source.guidance.kind not in GUIDANCE_KINDS:
         raise ConfigError(f"config key '{key}.guidance.kind': {source.guidance.kind!r} is not one of {list(GUIDANCE_KINDS)}")
     guidance_scales(source.guidance.w, f"{key}.guidance.w")

@@ -39,6 +39,25 @@ rule train_clip:
         synrep("train_clip")
 
 
+# The toy inpainting model (GLIDE's fine-tune with mask and masked-image channels). Its weights
+# ship in models/toy_inpaint; this rule retrains them (README: "GLIDE: inpainting").
+rule train_inpaint:
+    input:
+        train=rules.toyworld.output.train,
+    output:
+        directory(CFG.toy_inpaint.output_dir),
+    params:
+        config=section_hash(CFG, "toy_inpaint", "toyworld"),
+    threads: CFG.threads
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "train_inpaint.log",
+    shell:
+        synrep("train_inpaint")
+
+
 # The CLIPs that score the generator's samples: the guiding one when it exists (models/toy_clip),
 # and a held-out one (sample_quality.heldout_clip), which the rule below trains when it lives in results/.
 SCORING_CLIPS = [c for c in (CFG.generation.clip_model, CFG.sample_quality.heldout_clip)
@@ -86,3 +105,26 @@ rule sample_quality:
         LOGS / "sample_quality.log",
     shell:
         synrep("sample_quality")
+
+
+# GLIDE's inpainting edits, judged (evaluation/inpaint_quality.py): in the default target when
+# inpaint_quality.enabled.
+rule inpaint_quality:
+    input:
+        [local_model_dir(m) for m in CFG.inpaint_quality.models],
+        [q for q in [CFG.sample_quality.classifier] if q and Path(q).exists()],
+        train=rules.toyworld.output.train,
+        test=rules.toyworld.output.test,
+    output:
+        table=RESULTS / "inpaint_quality" / "inpaint_edits.md",
+        runs=RESULTS / "inpaint_quality" / "inpaint_runs.csv",
+    params:
+        config=section_hash(CFG, "inpaint_quality", "generation", "toyworld"),
+    threads: GENERATION_THREADS
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "inpaint_quality.log",
+    shell:
+        synrep("inpaint_quality")

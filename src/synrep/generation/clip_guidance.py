@@ -168,7 +168,7 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     classifier-free guidance at ``guidance_scale`` (1: none) and CLIP guidance at ``clip_scale``."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    from synrep.generation.toy.pipeline import guided_noise
+    from synrep.generation.toy.pipeline import guided_noise, step_kwargs
 
     scheduler = pipe.scheduler
     if type(scheduler).__name__ not in ALPHA_SAMPLERS:
@@ -186,9 +186,7 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     x = randn_tensor(model.shape(batch, height, width), generator=generators, device=device, dtype=dtype)
     x = x * scheduler.init_noise_sigma
     scheduler.set_timesteps(num_inference_steps, device=device)
-    extra = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
-    if "generator" in scheduler.step.__code__.co_varnames:
-        extra["generator"] = generators
+    extra = step_kwargs(scheduler, eta, generators)
     cut_rng = torch.Generator().manual_seed(int(generators[0].initial_seed()))
     alphas = scheduler.alphas_cumprod.to(device)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 from omegaconf import DictConfig
@@ -21,9 +20,10 @@ from synrep.config import run_dir, save_resolved
 from synrep.data.shards import (ShardSpec, first_record, remove_stale_temporaries, sample_key, shard_path,
                                 shard_ranges, write_shard)
 from synrep.generation.pipelines import fingerprint, load_pipeline
-from synrep.generation.provenance import make_record, record_mismatch
-from synrep.generation.sampling import sample_at_scales
-from synrep.generation.sources import image_draws, referenced_sources, source_spec
+from synrep.data import toyworld
+from synrep.generation.provenance import input_record, make_record, record_mismatch
+from synrep.generation.sampling import caption_images
+from synrep.generation.sources import image_draws, needs_real_images, referenced_sources, source_spec
 
 
 def shards_dir(cfg: DictConfig) -> Path:
@@ -40,7 +40,9 @@ def load_captions(cfg: DictConfig) -> pl.DataFrame:
     path = run_dir(cfg, "captions", "captions.parquet")
     if not path.exists():
         raise FileNotFoundError(f"deduplicated captions not found at {path}; run `python -m synrep captions` first")
-    return pl.read_parquet(path, columns=["caption_id", "caption"])
+    # url: where a caption's real image is, for the modes that start from one
+    columns = [c for c in ("caption_id", "caption", "url") if c in pl.read_parquet_schema(path)]
+    return pl.read_parquet(path, columns=columns)
 
 
 def source_shards(cfg: DictConfig, source: str, n_captions: int | None = None) -> list[ShardSpec]:
@@ -54,24 +56,22 @@ def generate_shard(cfg: DictConfig, spec: dict, captions: pl.DataFrame, shard: S
     rows = captions.slice(shard.start, shard.stop - shard.start)
     ids = rows["caption_id"].to_list()
     texts = rows["caption"].to_list()
-    l = spec["l"]
     draws = [image_draws(spec, cid) for cid in ids]
-    prompts = [t for t in texts for _ in range(l)]
-    seeds = [s for caption_seeds, _ in draws for s in caption_seeds]
-    scales = [w for _, caption_scales in draws for w in caption_scales]
-    images = []
-    for start in range(0, len(prompts), spec["batch_size"]):
-        part = slice(start, start + spec["batch_size"])
-        images.append(sample_at_scales(pipe, prompts[part], seeds[part], scales[part], spec))
-        if progress is not None:
-            progress.update(len(prompts[part]))
-    images = np.concatenate(images)
+    real = inputs = None
+    if needs_real_images(spec):
+        if "url" not in rows.columns:
+            raise ValueError(f"source {spec['name']!r} (mode {spec['mode']}) needs each caption's image url, and the "
+                             "captions file has no url column")
+        urls = rows["url"].to_list()
+        real = toyworld.train_images_for(cfg, urls, f"source {spec['name']!r} (mode {spec['mode']})")
+        inputs = [input_record(cfg, url, real["images"][k], real["object_mask"][k]) for k, url in enumerate(urls)]
+    images = caption_images(pipe, spec, texts, draws, real, progress)
     samples = [
         {
             "key": sample_key(cid),
-            "images": list(images[k * l:(k + 1) * l]),
-            "record": make_record(spec, model, pipe, text, cid, seeds[k * l:(k + 1) * l],
-                                  scales[k * l:(k + 1) * l], images.shape[1]),
+            "images": list(images[k]),
+            "record": make_record(spec, model, pipe, text, cid, draws[k][0], draws[k][1], images.shape[2],
+                                  inputs[k] if inputs else None),
         }
         for k, (cid, text) in enumerate(zip(ids, texts))
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import inspect
 import json
 from pathlib import Path
@@ -26,6 +27,12 @@ SAMPLERS = {
     "pndm": "PNDMScheduler",
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+# The project's own pipeline classes (model_index.json's _class_name -> module); diffusers loads the rest
+TOY_PIPELINES = {
+    "ToyGlidePipeline": "synrep.generation.toy.pipeline",
+    "ToyGlideInpaintPipeline": "synrep.generation.toy.inpaint",
+    "ToyUnCLIPPipeline": "synrep.generation.toy.unclip",
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,26 +96,62 @@ def make_scheduler(sampler: str, config: dict):
     return scheduler_cls.from_config(config, **extra)
 
 
+# diffusers' unCLIP pipelines, which DiffusionPipeline.from_pretrained no longer loads (below)
+UNCLIP_PIPELINES = ("UnCLIPPipeline", "UnCLIPImageVariationPipeline")
+
+
+def load_unclip_family(folder: Path, index: dict, torch_dtype):
+    """A saved diffusers ``UnCLIPPipeline`` / ``UnCLIPImageVariationPipeline``, component by component.
+
+    diffusers keeps unCLIP (Karlo) among its deprecated pipelines, and in 0.42 its
+    ``from_pretrained`` cannot resolve ``UnCLIPTextProjModel`` from model_index.json (a saved pipeline
+    names it ``["diffusers", ...]``, Karlo's hub folder ``["unclip", ...]``), not even when the
+    component is passed in. So each component is loaded with its own class's ``from_pretrained`` and
+    the pipeline is built from them."""
+    import diffusers
+    import transformers
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+    components = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[1] is None:
+            continue
+        library, class_name = entry
+        if class_name == UnCLIPTextProjModel.__name__:
+            cls = UnCLIPTextProjModel
+        else:
+            cls = getattr(transformers if library == "transformers" else diffusers, class_name)
+        kwargs = {} if "Scheduler" in class_name or "Tokenizer" in class_name or "Processor" in class_name \
+            else {"torch_dtype": torch_dtype}
+        components[name] = cls.from_pretrained(folder / name, **kwargs)
+    return getattr(diffusers, index["_class_name"])(**components)
+
+
 @functools.lru_cache(maxsize=4)
 def load_pipeline(model: str, sampler: str = "ddim", dtype: str = "float32", device: str = "auto"):
     """Load any diffusers text-to-image pipeline with ``from_pretrained`` and set its sampler."""
     import diffusers
 
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
-
     folder = model_folder(model)
     check_weight_files(folder)
     index = json.loads((folder / "model_index.json").read_text())
     torch_dtype = DTYPES[dtype]
-    if index.get("_class_name") == ToyGlidePipeline.__name__:
-        pipe = ToyGlidePipeline.from_pretrained(folder, dtype=torch_dtype)
+    if index.get("_class_name") in TOY_PIPELINES:
+        module = importlib.import_module(TOY_PIPELINES[index["_class_name"]])
+        pipe = getattr(module, index["_class_name"]).from_pretrained(folder, dtype=torch_dtype)
     else:
         extra = {}
         if "safety_checker" in index:
             # StableRep trains on every generated image; the checker blacks some out
             extra = {"safety_checker": None, "requires_safety_checker": False}
-        pipe = diffusers.DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, **extra)
-    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
+        if index.get("_class_name") in UNCLIP_PIPELINES:
+            pipe = load_unclip_family(folder, index, torch_dtype)
+        else:
+            pipe = diffusers.DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, **extra)
+    if hasattr(pipe, "scheduler"):
+        pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
+    # else diffusers' unCLIP pipelines: prior, decoder and super-resolution each keep their own
+    # UnCLIPScheduler, which their loops are written for
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(resolve_device(device))
 

@@ -5,7 +5,11 @@ l and a seed; fields it leaves null take the ``generation.*`` value. ``source_sp
 the plain dict that every provenance record carries, so that a record alone regenerates its image
 and a shard is reused only when the record matches the spec asked for.
 
-Modes (``mode``): ``text2img``, a caption to l images. Guidance (``guidance``): ``cfg``,
+Modes (``mode``): ``text2img``, a caption to l images; ``inpaint``, the caption's real image with
+a region (``inpaint.region``: the object or the background) regenerated under the caption, l
+variants (the first the real image itself with ``inpaint.keep_real``); ``unclip``, DALL-E 2's caption
+-> prior -> CLIP image embedding -> decoder; ``variation``, the caption's real image -> its CLIP image
+embedding -> l decodings (positives of one real image). Guidance (``guidance``): ``cfg``,
 classifier-free guidance at scale ``w``; ``w`` may be a set, from which each image draws its scale;
 ``clip``, the same plus GLIDE's CLIP guidance at ``clip_scale`` by an open_clip model.
 """
@@ -40,7 +44,40 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
     }
     settings = to_dict(g)
     spec.update({key: settings[key] for key in IMAGE_SETTINGS})
+    if source.mode == "inpaint":
+        spec["inpaint"] = to_dict(source.inpaint)
+    if source.mode in ("unclip", "variation"):
+        spec["unclip"] = unclip_spec(source, g, name, spec["generator"])
     return spec
+
+
+def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator: str) -> dict:
+    """The unCLIP settings of the mode, and for the toy unCLIP the CLIP it works in with its weights'
+    hash (diffusers' unCLIP pipelines carry their own CLIP, hashed with their weights)."""
+    from synrep.generation.pipelines import model_folder
+
+    out = to_dict(source.unclip)
+    if source.mode == "unclip":
+        out.pop("caption")
+    else:
+        for key in ("prior_steps", "prior_w", "use_prior"):
+            out.pop(key)
+    folder = model_folder(generator, f"sources.{name}.generator")
+    if '"ToyUnCLIPPipeline"' in (folder / "model_index.json").read_text():
+        from synrep.generation.clip_guidance import check_clip_folder
+        from synrep.generation.pipelines import weights_sha256
+
+        key = f"sources.{name}.unclip.clip_model" if source.unclip.clip_model else "generation.clip_model"
+        out["clip_model"] = source.unclip.clip_model or generation.clip_model
+        out["clip_sha256"] = weights_sha256(check_clip_folder(out["clip_model"], key))
+    else:
+        out.pop("clip_model")
+    return out
+
+
+def needs_real_images(spec: dict) -> bool:
+    """Whether the mode starts from each caption's real image (and its object mask)."""
+    return spec["mode"] in ("inpaint", "variation")
 
 
 def guidance_spec(guidance: DictConfig, scales: list[float], generation: DictConfig, key: str) -> dict:

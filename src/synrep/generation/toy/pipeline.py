@@ -33,6 +33,28 @@ def guided_noise(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scal
     return eps
 
 
+def step_kwargs(scheduler, eta: float, generator) -> dict:
+    """The extra arguments the scheduler's ``step`` takes: eta (DDIM) and the generators (DDPM)."""
+    names = scheduler.step.__code__.co_varnames
+    extra = {"eta": eta} if "eta" in names else {}
+    if "generator" in names:
+        extra["generator"] = generator
+    return extra
+
+
+def pixel_output(pipe: DiffusionPipeline, x: torch.Tensor, output_type: str, return_dict: bool):
+    """A pixel-space sample in [-1, 1] as diffusers pipelines return images: "pt" [N, 3, H, W],
+    "np" [N, H, W, 3] or "pil", in [0, 1]."""
+    images = (x.float().clamp(-1, 1) + 1) / 2
+    if output_type == "pt":
+        result = images
+    else:
+        result = images.permute(0, 2, 3, 1).cpu().numpy()
+        if output_type == "pil":
+            result = pipe.numpy_to_pil(result)
+    return ImagePipelineOutput(images=result) if return_dict else (result,)
+
+
 class ToyGlidePipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet"
 
@@ -95,9 +117,7 @@ class ToyGlidePipeline(DiffusionPipeline):
         x = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         x = x * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        extra = {"eta": eta} if "eta" in self.scheduler.step.__code__.co_varnames else {}
-        if "generator" in self.scheduler.step.__code__.co_varnames:
-            extra["generator"] = generator
+        extra = step_kwargs(self.scheduler, eta, generator)
 
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = torch.cat([x, x]) if use_cfg else x
@@ -111,16 +131,7 @@ class ToyGlidePipeline(DiffusionPipeline):
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, t, {"latents": x})
 
-        images = (x.float().clamp(-1, 1) + 1) / 2
-        if output_type == "pt":
-            result = images
-        else:
-            result = images.permute(0, 2, 3, 1).cpu().numpy()
-            if output_type == "pil":
-                result = self.numpy_to_pil(result)
-        if not return_dict:
-            return (result,)
-        return ImagePipelineOutput(images=result)
+        return pixel_output(self, x, output_type, return_dict)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -8,7 +8,6 @@ pipeline folder (``save_pretrained``) with EMA weights, plus the resolved recipe
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep.data import toyworld
-from synrep.config import save_resolved, to_yaml
+from synrep.config import save_resolved
 from synrep.fileio import atomic_dir, write_json
 from synrep.generation.toy.pipeline import ToyGlidePipeline
 from synrep.generation.toy.text import build_text_encoder, build_tokenizer, tokenize
@@ -87,27 +86,41 @@ def save_pipeline_atomically(pipe: ToyGlidePipeline, out: Path) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
+    torch.set_num_threads(cfg.threads)
+    gcfg = cfg.toy_generator
+    split = toyworld.load_split(cfg, "train")
+    if split["images"].shape[1] != gcfg.model.sample_size:
+        raise ValueError(
+            f"config key 'toy_generator.model.sample_size' is {gcfg.model.sample_size} but the toy world's "
+            f"images are {split['images'].shape[1]} px (toyworld.image_size)"
+        )
+    torch.manual_seed(gcfg.seed)  # the initial weights; fit's noise continues this stream
+    return fit(cfg, "toy_generator", build_pipeline(cfg), split)
+
+
+def fit(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split: dict[str, np.ndarray],
+        conditioning=None) -> dict[str, Path]:
+    """Train ``pipe``'s UNet and text encoder on the split's images and captions with the recipe in
+    config section ``section`` (steps, batch_size, lr, warmup_steps, weight_decay, ema_decay,
+    caption_dropout, snr_gamma, seed, log_every, output_dir) and save the pipeline there.
+
+    ``conditioning(x0, index, flip, rng)``, when given, returns extra UNet input channels
+    [B, C, H, W] for the batch (the inpainting model's mask and masked image), concatenated after
+    the noisy image as diffusers' inpainting UNets take them.
+    """
     import mlflow
 
     from synrep.tracking import mlflow_run
 
-    torch.set_num_threads(cfg.threads)
-    gcfg = cfg.toy_generator
+    gcfg = cfg[section]
     out = Path(gcfg.output_dir)
-    torch.manual_seed(gcfg.seed)
     rng = np.random.default_rng(gcfg.seed)
-
-    split = toyworld.load_split(cfg, "train")
     images = torch.from_numpy(split["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if images.shape[-1] != gcfg.model.sample_size:
-        raise ValueError(
-            f"config key 'toy_generator.model.sample_size' is {gcfg.model.sample_size} but the toy world's "
-            f"images are {images.shape[-1]} px (toyworld.image_size)"
-        )
     captions = [str(c) for c in split["captions"]]
 
-    pipe = build_pipeline(cfg)
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
+    unet.train()
+    text_encoder.train()
     ids, mask = tokenize(tokenizer, captions)
     empty_ids, empty_mask = tokenize(tokenizer, [""])
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -121,22 +134,27 @@ def run(cfg: DictConfig) -> dict[str, Path]:
 
     losses: list[float] = []
     start = time.time()
-    with mlflow_run(cfg, "train_generator", sections=("toy_generator", "toyworld")) as run_info:
+    with mlflow_run(cfg, f"train_{section.removeprefix('toy_')}", sections=(section, "toyworld")) as run_info:
         mlflow.log_param("unet_parameters", n_params)
-        bar = tqdm(range(gcfg.steps), desc="train generator", unit="step", mininterval=5)
+        bar = tqdm(range(gcfg.steps), desc=f"train {section}", unit="step", mininterval=5)
         window: list[float] = []
         for step in bar:
-            idx = torch.from_numpy(rng.integers(0, len(images), gcfg.batch_size))
+            idx_np = rng.integers(0, len(images), gcfg.batch_size)
+            idx = torch.from_numpy(idx_np)
             x0 = images[idx]
-            flip = torch.from_numpy(rng.random(gcfg.batch_size) < 0.5)
+            flip_np = rng.random(gcfg.batch_size) < 0.5
+            flip = torch.from_numpy(flip_np)
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
             drop = torch.from_numpy(rng.random(gcfg.batch_size) < gcfg.caption_dropout)
             batch_ids = torch.where(drop[:, None], empty_ids, ids[idx])
             batch_mask = torch.where(drop[:, None], empty_mask, mask[idx])
+            extra = conditioning(x0, idx_np, flip_np, rng) if conditioning is not None else None
 
             noise = torch.randn_like(x0)
             t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (gcfg.batch_size,))
             xt = noise_scheduler.add_noise(x0, noise, t)
+            if extra is not None:
+                xt = torch.cat([xt, extra], dim=1)
             text = text_encoder(input_ids=batch_ids, attention_mask=batch_mask)
             pred = unet(xt, t, encoder_hidden_states=text.last_hidden_state,
                         class_labels=text.pooler_output).sample

@@ -1,0 +1,224 @@
+"""GLIDE's text-guided inpainting at toy scale: ``ToyGlideInpaintPipeline`` and its fine-tune.
+
+GLIDE fine-tunes its text-to-image model for inpainting with extra input channels, the masked
+image and the mask, initialised so that the model starts as the text-to-image one. The toy model
+does the same: its UNet takes [x_t (3), mask (1), masked image (3)] (diffusers' order for SD's
+9-channel inpainting UNet: latents, mask, masked-image latents), the new input weights start at
+zero, and training regenerates random regions (the object, the background, a random box, or the
+whole image) under the caption, with GLIDE's caption dropout kept so that classifier-free
+guidance still works.
+
+``ToyGlideInpaintPipeline`` follows ``StableDiffusionInpaintPipeline``: ``image`` and
+``mask_image`` (1 = regenerate), and two paths chosen by the UNet's input channels. With the
+extra channels the model sees the masked image, and, as GLIDE's inpainting sampler does (its
+``denoised_fn``), the predicted clean image x̂0 is set to the original in the kept region at every
+step (the noise prediction is the one that implies that x̂0), so the kept pixels come out as they
+went in. With a plain 3-channel text-to-image UNet (the toy generator itself) it inpaints by
+replacement, as diffusers' pipeline does for a 4-channel SD UNet: after every step the kept
+region is reset to the original, noised to the next timestep.
+The pixel-space loop is written here because diffusers' inpainting pipelines are latent ones.
+
+Retrain the shipped model: ``python -m synrep train_inpaint toy_inpaint.output_dir=models/toy_inpaint``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+from omegaconf import DictConfig
+
+from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise, pixel_output, step_kwargs
+
+# Extra input channels of an inpainting UNet: the mask and the masked image
+EXTRA_CHANNELS = 4
+
+
+def as_image_tensor(images, device, dtype) -> torch.Tensor:
+    """uint8 [N, H, W, 3] (numpy or tensor) or a float tensor [N, 3, H, W] in [-1, 1] -> [N, 3, H, W] in [-1, 1]."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if images.dtype == torch.uint8:
+        images = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images.to(device=device, dtype=dtype)
+
+
+def as_mask_tensor(masks, device, dtype) -> torch.Tensor:
+    """bool/float [N, H, W] or [N, 1, H, W] (1: regenerate) -> float [N, 1, H, W] in {0, 1}."""
+    if isinstance(masks, np.ndarray):
+        masks = torch.from_numpy(masks)
+    if masks.ndim == 3:
+        masks = masks[:, None]
+    return (masks.float() >= 0.5).to(device=device, dtype=dtype)
+
+
+def known_x0_noise(eps: torch.Tensor, x: torch.Tensor, original: torch.Tensor, mask: torch.Tensor,
+                   alpha: torch.Tensor) -> torch.Tensor:
+    """The noise prediction whose implied clean image x̂0 = (x - sqrt(1 - a) eps) / sqrt(a) is the
+    original where ``mask`` is 0 and the model's own x̂0 where it is 1 (GLIDE's ``denoised_fn``)."""
+    x0 = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+    x0 = mask * x0 + (1 - mask) * original
+    return (x - alpha.sqrt() * x0) / (1 - alpha).sqrt()
+
+
+class ToyGlideInpaintPipeline(ToyGlidePipeline):
+    """Regenerates the masked region of images under captions (see the module doc)."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image=None,
+        mask_image=None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 2.0,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        guidance_rescale: float = 0.0,
+        **unused,
+    ):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        n = num_images_per_prompt
+        batch = len(prompts) * n
+        device, dtype = self.device, self.unet.dtype
+        # one image and mask per prompt, repeated for its n images (as diffusers' pipelines)
+        original = as_image_tensor(image, device, dtype).repeat_interleave(n, 0)
+        mask = as_mask_tensor(mask_image, device, dtype).repeat_interleave(n, 0)
+        if len(original) != batch or len(mask) != batch:
+            raise ValueError(f"{len(prompts)} prompts need as many images and masks, got {len(original) // n} "
+                             f"and {len(mask) // n}")
+        in_channels = self.unet.config.in_channels
+        if in_channels not in (3, 3 + EXTRA_CHANNELS):
+            raise ValueError(f"the UNet takes {in_channels} channels: 3 (inpainting by replacement) or "
+                             f"{3 + EXTRA_CHANNELS} (an inpainting model: image, mask, masked image)")
+        use_cfg = guidance_scale != 1.0
+        (states, pooled), uncond = self.encode_batch(prompts, n, use_cfg)
+        if use_cfg:
+            states, pooled = torch.cat([uncond[0], states]), torch.cat([uncond[1], pooled])
+        extra_in = torch.cat([mask, original * (mask < 0.5)], dim=1)
+        if use_cfg:
+            extra_in = torch.cat([extra_in, extra_in])
+
+        x = randn_tensor(original.shape, generator=generator, device=device, dtype=dtype)
+        # the noise that the replacement path adds to the kept region (as diffusers: the initial noise)
+        noise = x.clone()
+        x = x * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        sigma_based = not hasattr(self.scheduler, "alphas_cumprod") or self.scheduler.init_noise_sigma != 1
+        if in_channels != 3 and sigma_based:
+            raise ValueError("inpainting with an inpainting UNet needs a sampler that steps on alpha_t "
+                             "(ddim, ddpm, dpmsolver, pndm)")
+        alphas = None if sigma_based else self.scheduler.alphas_cumprod.to(device=device, dtype=dtype)
+        extra = step_kwargs(self.scheduler, eta, generator)
+
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_in = self.scheduler.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
+            if in_channels != 3:
+                model_in = torch.cat([model_in, extra_in], dim=1)
+            eps = self.predict_noise(model_in, t, states, pooled)
+            if use_cfg:
+                eps = guided_noise(*eps.chunk(2), guidance_scale, guidance_rescale)
+            if in_channels != 3:
+                eps = known_x0_noise(eps, x, original, mask, alphas[t])
+            x = self.scheduler.step(eps, t, x, **extra, return_dict=False)[0]
+            if in_channels == 3:
+                known = original
+                if i < len(timesteps) - 1:
+                    known = self.scheduler.add_noise(original, noise, timesteps[i + 1:i + 2])
+                x = (1 - mask) * known + mask * x
+
+        return pixel_output(self, x, output_type, return_dict)
+
+
+def inpainting_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """A copy of a text-to-image UNet that also takes the mask and the masked image, starting as the
+    same model: the new input weights are zero (as SD's and GLIDE's inpainting fine-tunes)."""
+    config = dict(unet.config)
+    config["in_channels"] = unet.config.in_channels + EXTRA_CHANNELS
+    new = UNet2DConditionModel.from_config(config)
+    state = unet.state_dict()
+    weight = state.pop("conv_in.weight")
+    new.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        new.conv_in.weight.zero_()
+        new.conv_in.weight[:, : weight.shape[1]] = weight
+    return new
+
+
+def dilate(masks: np.ndarray, pixels: int) -> np.ndarray:
+    """bool [N, H, W] masks grown by ``pixels`` (8-neighbourhood)."""
+    out = masks.copy()
+    for _ in range(pixels):
+        padded = np.pad(out, ((0, 0), (1, 1), (1, 1)))
+        h, w = out.shape[1:]
+        out = np.zeros_like(out)
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                out |= padded[:, dy:dy + h, dx:dx + w]
+    return out
+
+
+def region_masks(object_masks: np.ndarray, region: str, pixels: int = 1) -> np.ndarray:
+    """The region to regenerate, bool [N, H, W]: ``object`` (the object, grown by ``pixels``),
+    ``background`` (everything else: the grown object is kept) or ``all``."""
+    grown = dilate(object_masks.astype(bool), pixels)
+    if region == "object":
+        return grown
+    if region == "background":
+        return ~grown
+    if region == "all":
+        return np.ones_like(grown)
+    raise ValueError(f"unknown inpainting region {region!r}: object, background or all")
+
+
+def training_masks(object_masks: np.ndarray, rng: np.random.Generator, mix: dict[str, float],
+                   pixels: int = 1) -> np.ndarray:
+    """One mask per image, its kind drawn from ``mix`` (object / background / box / all: shares
+    that sum to 1); ``box`` is GLIDE's random rectangle, a quarter to three quarters of each side."""
+    kinds = list(mix)
+    drawn = rng.choice(len(kinds), size=len(object_masks), p=np.asarray([mix[k] for k in kinds], float))
+    n, h, w = object_masks.shape
+    out = np.zeros((n, h, w), bool)
+    for i, k in enumerate(drawn):
+        kind = kinds[k]
+        if kind == "box":
+            bh, bw = rng.integers(h // 4, 3 * h // 4 + 1), rng.integers(w // 4, 3 * w // 4 + 1)
+            top, left = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
+            out[i, top:top + bh, left:left + bw] = True
+        else:
+            out[i] = region_masks(object_masks[i:i + 1], kind, pixels)[0]
+    return out
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    """Fine-tune the toy generator (``toy_inpaint.base``) into an inpainting model."""
+    from synrep.data import toyworld
+    from synrep.generation.toy.train import fit
+
+    torch.set_num_threads(cfg.threads)
+    icfg = cfg.toy_inpaint
+    torch.manual_seed(icfg.seed)
+    split = toyworld.load_split(cfg, "train")
+    if "object_mask" not in split:
+        raise ValueError(f"{toyworld.world_dir(cfg)}/real/train.npz has no object masks: render the world again "
+                         "(`python -m synrep toyworld`)")
+    base = ToyGlidePipeline.from_pretrained(icfg.base)
+    pipe = ToyGlideInpaintPipeline(unet=inpainting_unet(base.unet), scheduler=base.scheduler,
+                                   text_encoder=base.text_encoder, tokenizer=base.tokenizer)
+    object_masks = split["object_mask"]
+    mix = dict(icfg.mask_mix)
+
+    def conditioning(x0, index, flip, rng):
+        masks = training_masks(object_masks[index], rng, mix, icfg.dilate)
+        masks = np.where(flip[:, None, None], masks[:, :, ::-1], masks)
+        mask = torch.from_numpy(np.ascontiguousarray(masks))[:, None].float()
+        return torch.cat([mask, x0 * (mask < 0.5)], dim=1)
+
+    return fit(cfg, "toy_inpaint", pipe, split, conditioning)
