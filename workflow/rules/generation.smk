@@ -60,3 +60,22 @@ rule index_source:
         LOGS / "index_{source}.log",
     shell:
         synrep("index", "--source {wildcards.source}")
+
+
+# What each source's images are like (the judge on its shards), for the generator-family table.
+# Toy world only (sample_quality.enabled): the judge reads toy attributes.
+rule source_quality:
+    input:
+        SHARDS / "{source}" / "index.parquet",
+        [q for q in [CFG.sample_quality.classifier] if q and Path(q).exists()],
+        [c for c in (CFG.generation.clip_model, CFG.sample_quality.heldout_clip) if c and Path(c).exists()],
+    output:
+        RESULTS / "source_quality" / "{source}.json",
+    params:
+        source=lambda wildcards: digest(source_spec(CFG, wildcards.source)),
+        config=section_hash(CFG, "sample_quality", "toyworld"),
+    threads: 1
+    log:
+        LOGS / "source_quality_{source}.log",
+    shell:
+        synrep("source_quality", "--source {wildcards.source}")

@@ -96,6 +96,9 @@ rule report:
     input:
         runs=expand(RESULTS / "runs" / "{run}" / "metrics.json", run=list(RUNS)),
         baselines=expand(rules.baselines.output.metrics, seed=CFG.sweep.seeds) if CFG.sweep.baselines else [],
+        # each source's quality, for the generator-family table (toy world: the judge reads its attributes)
+        source_quality=lambda wildcards: (expand(RESULTS / "source_quality" / "{source}.json", source=SOURCES)
+                                          if CFG.sample_quality.enabled else []),
     output:
         tables=RESULTS / "ablations" / "tables.md",
         metrics=RESULTS / "ablations" / "metrics.json",

@@ -21,7 +21,10 @@ Reads every run's ``metrics.json`` and the baselines, and writes under
   Runs at a fixed generation budget appear in the budget table only;
 - ``accuracy_vs_w.png``, ``zeroshot_vs_w.png`` (where a text tower ran on synthetic images) and
   ``lm_heatmap.png`` (budget runs left out);
-- ``metrics.json``: group means, for ``dvc metrics show``.
+- ``metrics.json``: group means, for ``dvc metrics show``;
+- with per-source quality (``evaluation/source_quality.py``, toy world): ``generator_family.md`` /
+  ``.csv``, each source's caption match, diversity and CLIP scores (95% intervals over captions)
+  beside StableRep's linear probe on it (95% interval over seeds), and ``generator_family.png``.
 
 All of it is also logged to the sweep's MLflow parent run.
 """
@@ -264,6 +267,60 @@ def table_method_data(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.D
     return (title, table, note) if with_note else (title, table)
 
 
+def _cell(value: dict | None) -> str | None:
+    if not value or value.get("mean") is None:
+        return None
+    if value.get("ci95") is None:
+        return f"{value['mean']:.3f} (n = {value['n']})"
+    return f"{value['mean']:.3f} ± {value['ci95']:.3f}"
+
+
+def family_rows(df: pl.DataFrame, metric: str, cfg: DictConfig, quality: list[dict]) -> list[dict]:
+    """Per source: its quality (from its shards) and StableRep's ``metric`` on it at the default l, m."""
+    runs = default_runs(df, cfg).filter((pl.col("method") == "stablerep") & pl.col(metric).is_not_null())
+    probe = {r["data"]: r for r in mean_ci(runs, ["data"], metric).iter_rows(named=True)}
+    rows = []
+    for q in quality:
+        p = probe.get(q["source"])
+        row = {"source": q["source"], "mode": q["mode"], "guidance": q["guidance"]}
+        for key in [k for k in q if k.startswith(("match_", "clip_"))] + ["diversity"]:
+            row[key] = q[key]
+        row["stablerep"] = None if p is None else {"mean": p["mean"], "ci95": None if p["n"] < 2 else p["ci95"],
+                                                   "n": p["n"]}
+        rows.append(row)
+    return rows
+
+
+def table_family(rows: list[dict], metric: str) -> tuple[str, pl.DataFrame]:
+    cells = [{k: (_cell(v) if isinstance(v, dict) or v is None else v) for k, v in r.items()} for r in rows]
+    table = pl.DataFrame(cells, infer_schema_length=None).rename({"stablerep": f"StableRep {metric}"})
+    return "generator family (each source's images, and StableRep trained on them)", table
+
+
+def figure_family(rows: list[dict], metric: str):
+    """StableRep's accuracy against the source's caption match (mean over attributes) and diversity."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for row in rows:
+        if row["stablerep"] is None:
+            continue
+        matches = [v["mean"] for k, v in row.items() if k.startswith("match_") and v and v["mean"] is not None]
+        y, yerr = row["stablerep"]["mean"], row["stablerep"]["ci95"] or 0.0
+        for ax, x in ((axes[0], sum(matches) / len(matches) if matches else None),
+                      (axes[1], row["diversity"]["mean"] if row["diversity"] else None)):
+            if x is None:
+                continue
+            ax.errorbar([x], [y], yerr=[yerr], fmt="o", capsize=3)
+            ax.annotate(f"{row['source']} ({row['mode']})", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    axes[0].set(xlabel="caption match (judge, mean over named attributes)", ylabel=f"StableRep {metric}",
+                title="Fidelity of a source vs what StableRep learns from it")
+    axes[1].set(xlabel="diversity (mean pairwise RMS distance within a caption)", ylabel=f"StableRep {metric}",
+                title="Diversity of a source vs what StableRep learns from it")
+    fig.tight_layout()
+    return fig
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -347,7 +404,8 @@ def dvc_metrics(df: pl.DataFrame, base: pl.DataFrame | None, metrics: list[str])
     return out
 
 
-def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path] | None, out: Path) -> dict[str, Path]:
+def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path] | None, out: Path,
+          source_quality: list[Path] | None = None) -> dict[str, Path]:
     df = load_runs(run_metrics)
     base = load_baselines(baseline_metrics)
     primary = cfg.eval.targets[0] if cfg.eval.dataset == "toyworld" else "class"
@@ -391,6 +449,18 @@ def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path]
     outputs["lm_heatmap"] = out / "lm_heatmap.png"
     _save(figure_lm_heatmap(df, metrics[0]), outputs["lm_heatmap"])
     outputs["metrics"] = write_json(out / "metrics.json", dvc_metrics(df, base, metrics))
+    quality = [json.loads(Path(p).read_text()) for p in source_quality or [] if Path(p).exists()]
+    if quality:
+        rows = family_rows(df, metrics[0], cfg, quality)
+        title, table = table_family(rows, metrics[0])
+        write_text(out / "generator_family.csv", _csv(table))
+        outputs["generator_family"] = write_text(
+            out / "generator_family.md",
+            f"# {title}\n\nCaption match, diversity and CLIP scores: the judge and CLIPs on each source's own "
+            f"shards, mean ± 95% CI over captions. StableRep: {metrics[0]} at l = {cfg.train.l}, m = {cfg.train.m}, "
+            f"mean ± 95% CI over seeds.\n\n{markdown_table(table)}")
+        outputs["generator_family_plot"] = out / "generator_family.png"
+        _save(figure_family(rows, metrics[0]), outputs["generator_family_plot"])
     return outputs
 
 
@@ -454,7 +524,11 @@ def run(cfg: DictConfig) -> dict[str, Path]:
 
     baselines = [baselines_path(cfg, seed) for seed in cfg.sweep.seeds] if cfg.sweep.baselines else None
     out = run_dir(cfg, "ablations")
-    outputs = build(cfg, paths, baselines, out)
+    from synrep.evaluation.source_quality import quality_path
+    from synrep.experiments.sweep import expand
+
+    sources = dict.fromkeys(spec.data for spec in expand(cfg) if spec.data != "real")
+    outputs = build(cfg, paths, baselines, out, [quality_path(cfg, s) for s in sources])
     save_resolved(cfg, out)
     client = mlflow.MlflowClient(tracking_uri(cfg))
     parent = parent_run_id(cfg)

@@ -1,0 +1,104 @@
+"""What a data source's images are like, measured on its own shards: the images StableRep trains on.
+
+For every caption of the source, the judge (the attribute classifier, trained on real photos only)
+reads each generated image; an image matches on an attribute when it reads the value the caption
+names (attributes a caption does not name are not scored). Diversity is the mean pairwise RMS
+pixel distance between a caption's images. CLIP scores: the mean cosine similarity of image and
+caption under the guiding CLIP (``generation.clip_model``) and the held-out one
+(``sample_quality.heldout_clip``), when they exist. Each value is a mean over captions with its 95%
+t-interval over captions (captions are independent draws; a caption's images are not).
+
+Mode ``inpaint`` with ``keep_real`` stores the real image first: it is not scored (it is not made).
+The report joins these rows with StableRep's linear probe per source: the generator-family table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from synrep.config import run_dir
+from synrep.data import toyworld
+from synrep.data.shards import read_shard, shard_path
+from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge, predict
+from synrep.evaluation.generator_quality import diversity
+from synrep.fileio import write_json
+from synrep.tables import t_halfwidth
+
+
+def quality_path(cfg: DictConfig, source: str) -> Path:
+    return run_dir(cfg, "source_quality", f"{source}.json")
+
+
+def _mean_ci(values: list[float]) -> dict[str, float | int | None]:
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    if not values:
+        return {"mean": None, "ci95": None, "n": 0}
+    ci = t_halfwidth(float(np.std(values, ddof=1)) if len(values) > 1 else None, len(values))
+    return {"mean": float(np.mean(values)), "ci95": None if np.isnan(ci) else ci, "n": len(values)}
+
+
+def read_source(cfg: DictConfig, source: str) -> tuple[list[str], list[np.ndarray]]:
+    """Captions and their generated images (uint8 [k, H, W, 3] each) from the source's shards."""
+    from synrep.generation.generate import shards_dir, source_shards
+    from synrep.generation.sources import source_spec
+
+    spec = source_spec(cfg, source)
+    skip = 1 if spec["mode"] == "inpaint" and spec["inpaint"]["keep_real"] else 0
+    captions, groups = [], []
+    for shard in source_shards(cfg, source):
+        path = shard_path(shards_dir(cfg), source, shard.index)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} missing: run `python -m synrep generate --source {source}` first")
+        for sample in read_shard(path):
+            captions.append(sample["record"]["caption"])
+            groups.append(np.stack(sample["images"][skip:]))
+    return captions, groups
+
+
+def measure(cfg: DictConfig, source: str, classifier, guides: dict) -> dict:
+    from synrep.generation.sources import source_spec, w_params
+
+    captions, groups = read_source(cfg, source)
+    spec = source_spec(cfg, source)
+    k = len(groups[0])
+    images = np.concatenate(groups)
+    pred = predict(classifier, images)
+    named = [toyworld.parse_caption(c, cfg) for c in captions]
+    row: dict = {"source": source, "mode": spec["mode"], "guidance": w_params(spec)["w_set"] or f"w={w_params(spec)['w']:g}",
+                 "captions": len(captions), "images_per_caption": k}
+    for attr in ATTRIBUTES:
+        per_caption = []
+        for c, wanted in enumerate(n[attr] for n in named):
+            per_caption.append(None if wanted is None else float((pred[attr][c * k:(c + 1) * k] == wanted).mean()))
+        row[f"match_{attr}"] = _mean_ci(per_caption)
+    row["diversity"] = _mean_ci([diversity([g]) for g in groups] if k > 1 else [])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    for name, guide in guides.items():
+        text = guide.text_embeddings(captions).repeat_interleave(k, 0)
+        with torch.no_grad():
+            score = guide.similarity(x, text).view(len(captions), k).mean(1)
+        row[f"clip_{name}"] = _mean_ci(score.tolist())
+    return row
+
+
+def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
+    """``python -m synrep source_quality [--source NAME]``: every source that training reads, or one."""
+    from synrep.generation.clip_guidance import is_clip_folder, load_guide
+    from synrep.generation.sources import referenced_sources
+
+    torch.set_num_threads(cfg.threads)
+    classifier, _, origin = judge(cfg)
+    print(f"attribute classifier: {origin}", flush=True)
+    guides = {}
+    if is_clip_folder(cfg.generation.clip_model):
+        guides["guiding"] = load_guide(cfg.generation.clip_model)
+    if cfg.sample_quality.heldout_clip and is_clip_folder(cfg.sample_quality.heldout_clip):
+        guides["heldout"] = load_guide(cfg.sample_quality.heldout_clip)
+    outputs = {}
+    for name in [source] if source else referenced_sources(cfg):
+        outputs[name] = write_json(quality_path(cfg, name), measure(cfg, name, classifier, guides))
+    return outputs
