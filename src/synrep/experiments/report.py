@@ -283,7 +283,9 @@ def family_rows(df: pl.DataFrame, metric: str, cfg: DictConfig, quality: list[di
     for q in quality:
         p = probe.get(q["source"])
         row = {"source": q["source"], "mode": q["mode"], "guidance": q["guidance"]}
-        for key in [k for k in q if k.startswith(("match_", "clip_"))] + ["diversity"]:
+        # the judge's attributes in the world's order, then diversity, then the CLIPs
+        matches = [f"match_{a}" for a in ("shape", "colour", "size", "background") if f"match_{a}" in q]
+        for key in matches + ["diversity"] + sorted(k for k in q if k.startswith("clip_")):
             row[key] = q[key]
         row["stablerep"] = None if p is None else {"mean": p["mean"], "ci95": None if p["n"] < 2 else p["ci95"],
                                                    "n": p["n"]}
