@@ -73,10 +73,12 @@ def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.D
     test = {k: v[: q.images] for k, v in test.items()}
     settings = {**to_dict(cfg.generation), "mode": "inpaint"}
     rows, examples = [], {}
+    # each edit's captions, asked values and masks: the same for every model, w and seed
+    asked = {e: (*edit_captions(cfg, test, e, np.random.default_rng([q.seed, list(EDITS).index(e)])),
+                 region_masks(test["object_mask"], EDITS[e], q.dilate)) for e in q.edits}
     jobs = [(m, e, float(w), s) for m in pipes for e in q.edits for w in q.guidance_scales for s in q.seeds]
     for model, edit, w, seed in tqdm(jobs, desc="inpainting edits", unit="setting"):
-        captions, wanted = edit_captions(cfg, test, edit, np.random.default_rng([q.seed, list(EDITS).index(edit)]))
-        masks = region_masks(test["object_mask"], EDITS[edit], q.dilate)
+        captions, wanted, masks = asked[edit]
         seeds = [int(s) for s in np.random.SeedSequence([q.seed, seed]).generate_state(len(captions))]
         images = sample_images(pipes[model], captions, seeds, w, settings,
                                inputs={"images": test["images"], "masks": masks})

@@ -98,6 +98,29 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     return fit(cfg, "toy_generator", build_pipeline(cfg), split)
 
 
+def noise_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, noise_scheduler,
+               snr_gamma: float | None) -> torch.Tensor:
+    """GLIDE's L_simple, or with min-SNR-gamma weighting (Hang et al. 2023) when ``snr_gamma`` is set:
+    min(SNR, gamma) / SNR for eps-prediction tames the easy low-noise steps, so that more of the
+    gradient goes where the caption decides the shape."""
+    if snr_gamma is None:
+        return F.mse_loss(pred, noise)
+    snr = compute_snr(noise_scheduler, t)
+    weight = torch.clamp(snr, max=snr_gamma) / snr
+    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weight).mean()
+
+
+def update(loss: torch.Tensor, params: list, optimizer, lr_schedule, ema) -> None:
+    """One optimizer step of a toy diffusion model: gradient clipped at norm 1, lr schedule, EMA."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    lr_schedule.step()
+    ema.step(params)
+
+
 def fit(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split: dict[str, np.ndarray],
         conditioning=None) -> dict[str, Path]:
     """Train ``pipe``'s UNet and text encoder on the split's images and captions with the recipe in
@@ -158,22 +181,8 @@ def fit(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split: dict[str, 
             text = text_encoder(input_ids=batch_ids, attention_mask=batch_mask)
             pred = unet(xt, t, encoder_hidden_states=text.last_hidden_state,
                         class_labels=text.pooler_output).sample
-            if gcfg.snr_gamma is None:
-                loss = F.mse_loss(pred, noise)
-            else:
-                # min(SNR, gamma) / SNR for eps-prediction: tames the easy low-noise steps, so that
-                # more of the gradient goes where the caption decides the shape.
-                snr = compute_snr(noise_scheduler, t)
-                weight = torch.clamp(snr, max=gcfg.snr_gamma) / snr
-                per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-                loss = (per_sample * weight).mean()
-
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            lr_schedule.step()
-            ema.step(params)
+            loss = noise_loss(pred, noise, t, noise_scheduler, gcfg.snr_gamma)
+            update(loss, params, optimizer, lr_schedule, ema)
 
             window.append(loss.item())
             if (step + 1) % gcfg.log_every == 0 or step + 1 == gcfg.steps:

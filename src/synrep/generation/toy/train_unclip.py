@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, compute_snr
+from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
@@ -48,6 +48,7 @@ from synrep.fileio import atomic_dir, write_json
 from synrep.generation.toy.unclip import (ClipText, ToyUnCLIPPipeline, build_toy_unclip, caption_features,
                                           clip_text, image_embeddings)
 from synrep.generation.toy.text import tokenize
+from synrep.generation.toy.train import noise_loss, update
 
 POSITIVE_KEYS = ("prior_layers", "prior_heads", "prior_head_dim", "prior_steps", "prior_batch_size", "prior_lr",
                  "decoder_steps", "decoder_batch_size", "decoder_lr", "extra_context_tokens", "log_every")
@@ -163,17 +164,8 @@ def train_decoder(pipe: ToyUnCLIPPipeline, data: dict, u: DictConfig, rng: np.ra
         noise = torch.randn_like(x0)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,))
         predicted = pipe.predict_noise(noise_scheduler.add_noise(x0, noise, t), t, context, added)
-        per_sample = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
-        if u.snr_gamma is not None:
-            snr = compute_snr(noise_scheduler, t)
-            per_sample = per_sample * torch.clamp(snr, max=u.snr_gamma) / snr
-        loss = per_sample.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        ema.step(params)
+        loss = noise_loss(predicted, noise, t, noise_scheduler, u.snr_gamma)
+        update(loss, params, optimizer, schedule, ema)
         window.append(loss.item())
         if (step + 1) % u.log_every == 0 or step + 1 == u.decoder_steps:
             curve.append(float(np.mean(window)))
