@@ -7,27 +7,32 @@ import polars as pl
 
 
 def test_clip_guided_rows_raise_the_guiding_clips_score(make_cfg, small_world, tiny_toy_pipeline_dir, tiny_clip_dir,
-                                                        tmp_path):
+                                                        tiny_noised_clip_dir, tmp_path):
     from synrep.evaluation import generator_quality
 
     cfg = make_cfg(f"paths.data_dir={small_world}/data", f"generation.model={tiny_toy_pipeline_dir}",
                    f"generation.clip_model={tiny_clip_dir}", "generation.steps=3",
                    "sample_quality.guidance_scales=[1,3]", "sample_quality.clip_scales=[300]",
+                   "sample_quality.noised_clip_scales=[300]", f"sample_quality.noised_clip={tiny_noised_clip_dir}",
                    f"sample_quality.heldout_clip={tiny_clip_dir}", "sample_quality.captions=6",
                    "sample_quality.images_per_caption=2", "sample_quality.classifier_epochs=1")
     outputs = generator_quality.run(cfg)
     table = pl.read_csv(outputs["csv"])
     assert table.select("source", "kind", "w", "clip_scale").rows() == [
         ("real", None, None, None), ("generated", "cfg", 1.0, None), ("generated", "cfg", 3.0, None),
-        ("generated", "clip", 1.0, 300.0)]
+        ("generated", "clip", 1.0, 300.0), ("generated", "clip_noised", 1.0, 300.0)]
     generated = table.filter(pl.col("source") == "generated")
     assert generated["clip_guiding"].null_count() == 0
     # the same noise as the w = 1 row, plus the CLIP's gradient: its score goes up
     plain, guided = (generated.filter((pl.col("kind") == k) & (pl.col("w") == 1.0)) for k in ("cfg", "clip"))
     assert guided["clip_guiding"][0] > plain["clip_guiding"][0]
+    # GLIDE's own form: the noised CLIP's gradient on x_t raises its score on the final images
+    noised = generated.filter(pl.col("kind") == "clip_noised")
+    assert noised["clip_noised"][0] > plain["clip_noised"][0]
     # here the held-out CLIP is the guiding one: both columns agree
     assert generated["clip_heldout"].to_list() == generated["clip_guiding"].to_list()
-    assert outputs["grid_clip_s300_w1"].exists() and outputs["plot"].stat().st_size > 0
+    assert outputs["grid_clip_s300_w1"].exists() and outputs["grid_noised_s300_w1"].exists()
+    assert outputs["plot"].stat().st_size > 0
 
 
 def test_the_judge_is_loaded_only_for_the_world_it_learnt(make_cfg, small_world, tmp_path, capsys):

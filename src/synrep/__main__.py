@@ -20,6 +20,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "captions": ("synrep.data.captions", "run", "ingest and deduplicate captions"),
     "train_generator": ("synrep.generation.toy.train", "run", "train the toy text-to-image generator"),
     "train_clip": ("synrep.learning.toy_clip", "run", "train the toy CLIP (open_clip) on the toy world's photos and other domains"),
+    "train_noised_clip": ("synrep.learning.toy_clip", "run_noised", "train GLIDE's noised CLIP (the toy CLIP's image tower on noised x_t with its timestep)"),
     "train_unclip": ("synrep.generation.toy.train_unclip", "run", "train the toy DALL-E 2 / unCLIP prior and decoder over the toy CLIP's embeddings"),
     "train_inpaint": ("synrep.generation.toy.inpaint", "run", "fine-tune the toy generator into a GLIDE-style inpainting model"),
     "generate": ("synrep.generation.generate", "run", "generate l images per caption of each source into shards"),

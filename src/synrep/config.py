@@ -157,6 +157,23 @@ class ToyClipConfig:
 
 
 @dataclass
+class ToyNoisedClipConfig:
+    """GLIDE's noised CLIP (``python -m synrep train_noised_clip``): the toy CLIP's image tower
+    fine-tuned on noised photos x_t with their timestep t, its text tower frozen
+    (generation/noised_clip.py; training in learning/toy_clip.py)."""
+
+    output_dir: str = "${paths.results_dir}/${name}/toy_noised_clip"
+    base_clip: str = "models/toy_clip"  # the CLIP it starts from (an open_clip local-dir folder)
+    generator: str = "models/toy_generator"  # the pipeline whose noise schedule (ᾱ_t) it learns
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 5e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    seed: int = 0
+
+
+@dataclass
 class ToyInpaintConfig:
     """Fine-tune of the toy generator into GLIDE-style inpainting (``python -m synrep train_inpaint``):
     extra input channels for the mask and the masked image (generation/toy/inpaint.py)."""
@@ -341,6 +358,9 @@ class SampleQualityConfig:
     # whether CLIP guidance raises its own CLIP's score more than what a held-out judge sees
     heldout_clip: Optional[str] = None
     heldout_clip_seed: int = 1  # toy_clip.seed of the held-out CLIP, when Snakemake trains it
+    # GLIDE's own form: rows guided by a noised CLIP on x_t (toy_noised_clip), one per scale s, at clip_w
+    noised_clip: Optional[str] = "models/toy_noised_clip"
+    noised_clip_scales: list[float] = field(default_factory=list)
     seed: int = 1234
     # Part of `snakemake`'s default target (toy world only: the classifier reads toy attributes)
     enabled: bool = True
@@ -539,6 +559,7 @@ class Config:
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)
     toy_generator: ToyGeneratorConfig = field(default_factory=ToyGeneratorConfig)
     toy_clip: ToyClipConfig = field(default_factory=ToyClipConfig)
+    toy_noised_clip: ToyNoisedClipConfig = field(default_factory=ToyNoisedClipConfig)
     toy_unclip: ToyUnclipConfig = field(default_factory=ToyUnclipConfig)
     toy_inpaint: ToyInpaintConfig = field(default_factory=ToyInpaintConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -578,6 +599,9 @@ POSITIVE: tuple[str, ...] = (
     "toy_clip.epochs",
     "toy_clip.batch_size",
     "toy_clip.lr",
+    "toy_noised_clip.epochs",
+    "toy_noised_clip.batch_size",
+    "toy_noised_clip.lr",
     "toy_inpaint.steps",
     "toy_inpaint.batch_size",
     "toy_inpaint.lr",

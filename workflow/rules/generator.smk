@@ -39,6 +39,26 @@ rule train_clip:
         synrep("train_clip")
 
 
+# GLIDE's noised CLIP (the toy CLIP's image tower on noised x_t with t). Its weights ship in
+# models/toy_noised_clip; this rule retrains them (README: "GLIDE: CLIP guidance").
+rule train_noised_clip:
+    input:
+        train=rules.toyworld.output.train,
+        base=CFG.toy_noised_clip.base_clip,
+    output:
+        directory(CFG.toy_noised_clip.output_dir),
+    params:
+        config=section_hash(CFG, "toy_noised_clip", "toyworld"),
+    threads: CFG.threads
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "train_noised_clip.log",
+    shell:
+        synrep("train_noised_clip")
+
+
 # The toy inpainting model (GLIDE's fine-tune with mask and masked-image channels). Its weights
 # ship in models/toy_inpaint; this rule retrains them (README: "GLIDE: inpainting").
 rule train_inpaint:
@@ -88,6 +108,7 @@ rule sample_quality:
     input:
         local_model_dir(CFG.generation.model),
         SCORING_CLIPS,
+        [CFG.sample_quality.noised_clip] if CFG.sample_quality.noised_clip_scales else [],
         # the shipped judge, when there is one (a retrained one reruns the rule)
         [q for q in [CFG.sample_quality.classifier] if q and Path(q).exists()],
         train=rules.toyworld.output.train,

@@ -14,6 +14,8 @@ the mean cosine similarity of image and caption under ``generation.clip_model`` 
 guides), and ``clip_heldout`` under ``sample_quality.heldout_clip`` (one that guides nothing). GLIDE
 found that CLIP guidance raises the guiding CLIP's score faster than true caption match (it is
 partly adversarial) while classifier-free guidance improves both; the third plot shows it.
+``sample_quality.noised_clip_scales`` add rows guided by GLIDE's own form, a noised CLIP on x_t
+(kind ``clip_noised``, by ``sample_quality.noised_clip``), scored also by that CLIP (``clip_noised``).
 """
 
 from __future__ import annotations
@@ -77,6 +79,13 @@ def clip_scores(guides: dict, images: np.ndarray, captions: list[str], k: int) -
     return out
 
 
+def variant_name(kind: str, w: float, s: float | None) -> str:
+    """w2, clip_s30_w1, noised_s30_w1: a row's name in grids and MLflow metrics."""
+    if kind == "cfg":
+        return f"w{w:g}"
+    return f"{'clip' if kind == 'clip' else 'noised'}_s{s:g}_w{w:g}"
+
+
 def plot(table: pl.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -85,6 +94,7 @@ def plot(table: pl.DataFrame, path: Path) -> None:
 
     gen = table.filter((pl.col("source") == "generated") & (pl.col("kind") == "cfg")).sort("w")
     clip = table.filter(pl.col("kind") == "clip").sort("clip_scale")
+    noised = table.filter(pl.col("kind") == "clip_noised").sort("clip_scale")
     real = table.filter(pl.col("source") == "real")
     scored = "clip_guiding" in table.columns
     fig, axes = plt.subplots(1, 3 if scored else 2, figsize=(15 if scored else 10, 4))
@@ -102,14 +112,16 @@ def plot(table: pl.DataFrame, path: Path) -> None:
     if scored:
         ax3 = axes[2]
         match = [f"match_{a}" for a in ATTRIBUTES]
-        for family, rows, marker in (("classifier-free (w)", gen, "o"), ("CLIP guidance (s)", clip, "s")):
+        families = (("classifier-free (w)", gen, "o", "clip_guiding"), ("CLIP guidance (s)", clip, "s", "clip_guiding"),
+                    ("noised-CLIP guidance (s)", noised, "^", "clip_noised"))
+        for family, rows, marker, guiding in families:
             if rows.height == 0:
                 continue
             mean_match = rows.select(pl.mean_horizontal(match)).to_series()
-            for col, style in (("clip_guiding", "-"), ("clip_heldout", "--")):
+            for col, style in ((guiding, "-"), ("clip_heldout", "--")):
                 if col in rows.columns and rows[col].null_count() < rows.height:
                     ax3.plot(rows[col], mean_match, style, marker=marker,
-                             label=f"{family}, {'guiding' if col == 'clip_guiding' else 'held-out'} CLIP")
+                             label=f"{family}, {'held-out' if col == 'clip_heldout' else 'guiding'} CLIP")
         ax3.set(xlabel="CLIP score (cosine, image vs caption)", ylabel="caption match, mean of attributes",
                 title="Caption match against CLIP score")
         ax3.legend(fontsize=7)
@@ -150,6 +162,13 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         guides["guiding"] = load_guide(str(check_clip_folder(cfg.generation.clip_model, "generation.clip_model")))
     if q.heldout_clip:
         guides["heldout"] = load_guide(q.heldout_clip)
+    if q.noised_clip_scales:
+        from synrep.generation.noised_clip import is_noised_clip_folder
+
+        if not is_noised_clip_folder(q.noised_clip or ""):
+            raise FileNotFoundError(f"config key 'sample_quality.noised_clip': {q.noised_clip!r} is not a noised CLIP "
+                                    "folder (`python -m synrep train_noised_clip`)")
+        guides["noised"] = load_guide(q.noised_clip)
 
     rows = [{"source": "real", "kind": None, "w": None, "clip_scale": None,
              **{f"match_{a}": ceiling[a] for a in ATTRIBUTES}, "diversity": real_diversity(cfg, k, q.seed)}]
@@ -157,11 +176,14 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     # (kind, w, s): classifier-free rows by w, then CLIP-guided rows by s
     variants = [("cfg", float(w), None) for w in q.guidance_scales]
     variants += [("clip", float(q.clip_w), float(s)) for s in q.clip_scales]
+    variants += [("clip_noised", float(q.clip_w), float(s)) for s in q.noised_clip_scales]
     grids = {}
     for kind, w, s in tqdm(variants, desc="sample quality by guidance", unit="setting"):
         if kind == "clip":
             settings["guidance"] = {"kind": "clip", "clip_model": cfg.generation.clip_model, "clip_scale": s,
                                     "cutouts": q.cutouts}
+        elif kind == "clip_noised":
+            settings["guidance"] = {"kind": "clip", "clip_model": q.noised_clip, "clip_scale": s, "cutouts": 0}
         images = sample_images(pipe, prompts, seeds, w, settings)
         pred = predict(classifier, images)
         row: dict = {"source": "generated", "kind": kind, "w": w, "clip_scale": s}
@@ -172,7 +194,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         row["diversity"] = diversity([images[i * k:(i + 1) * k] for i in range(len(captions))])
         row.update(clip_scores(guides, images, captions, k))
         rows.append(row)
-        grids[f"w{w:g}" if kind == "cfg" else f"clip_s{s:g}_w{w:g}"] = image_grid(images[: 8 * k], rows=8, scale=4)
+        grids[variant_name(kind, w, s)] = image_grid(images[: 8 * k], rows=8, scale=4)
 
     table = pl.DataFrame(rows)
     outputs = {"csv": out / "caption_match.csv", "markdown": out / "caption_match.md",
@@ -191,8 +213,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
 
     with mlflow_run(cfg, "sample_quality", sections=("sample_quality", "generation")):
         for row in rows:
-            prefix = ("real" if row["source"] == "real" else f"w{row['w']:g}" if row["kind"] == "cfg"
-                      else f"clip_s{row['clip_scale']:g}_w{row['w']:g}")
+            prefix = "real" if row["source"] == "real" else variant_name(row["kind"], row["w"], row["clip_scale"])
             mlflow.log_metrics({f"{prefix}.{key}": v for key, v in row.items()
                                 if key not in ("source", "kind", "w", "clip_scale") and v is not None})
         for key, path in outputs.items():

@@ -13,6 +13,13 @@ similarity, the cosine, in place of its spherical distance). ``cutouts`` > 0 sco
 that many random square crops of D(x̂0) (the community pipeline's ``MakeCutouts``) instead of the
 whole image. Works with the samplers that step on ᾱ_t (ddim, ddpm, dpmsolver, pndm).
 
+With a noised CLIP (GLIDE's own form, generation/noised_clip.py; pixel-space models only) the
+gradient is taken on x_t directly, with no pass through the denoiser:
+
+    ε̂  = ε − s · sqrt(1 − ᾱ_t) · ∇_{x_t} cos(CLIP_img(x_t, t), CLIP_txt(c))
+
+GLIDE scales the dot product by CLIP's temperature; here that factor is part of s.
+
 No library ships CLIP guidance for a diffusers pipeline in a form that takes any CLIP and any
 UNet, so the sampling loop is written here; ``clip_scale = 0`` gives exactly the pipeline's own
 images (tested), so only the guidance term is new.
@@ -57,7 +64,14 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu", key: str | N
 
 @functools.lru_cache(maxsize=4)
 def load_guide(path: str, device: str = "cpu") -> "ClipGuide":
-    """The CLIP of an open_clip ``local-dir:`` folder (e.g. ``models/toy_clip``), frozen, loaded once per process."""
+    """The CLIP of an open_clip ``local-dir:`` folder (e.g. ``models/toy_clip``), frozen, loaded once
+    per process: a ``NoisedClipGuide`` for a noised CLIP (generation/noised_clip.py)."""
+    from synrep.generation import noised_clip
+
+    if noised_clip.is_noised_clip_folder(path):
+        model, tokenizer, info = noised_clip.load(path, device)
+        model.requires_grad_(False)
+        return NoisedClipGuide(model, tokenizer, info)
     model, tokenizer = load_clip(path, device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -99,6 +113,29 @@ class ClipGuide:
             crop = images[:, :, top:top + side, left:left + side]
             scores.append((self.image_embeddings(crop) * text).sum(-1))
         return torch.stack(scores).mean(0)
+
+
+class NoisedClipGuide(ClipGuide):
+    """GLIDE's noised CLIP: scores x_t at its timestep (``noised_similarity``); clean images, as
+    every ClipGuide scores them, at t = 0."""
+
+    noised = True
+
+    def __init__(self, model, tokenizer, info: dict):
+        super().__init__(model.clip, tokenizer)
+        self.noised_model, self.info = model, info
+
+    def _encode(self, images01: torch.Tensor, t) -> torch.Tensor:
+        x = F.interpolate(images01.float(), size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return self.noised_model.encode_image(x, t, normalize=True)
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        return self._encode(images, 0)
+
+    def noised_similarity(self, x_t: torch.Tensor, t, text: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of a noised pixel-space sample x_t (the [-1, 1] scale of x0) and the text."""
+        return (self._encode((x_t + 1) / 2, t) * text).sum(-1)
 
 
 class _Toy:
@@ -175,6 +212,14 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
         raise ValueError(f"CLIP guidance needs a sampler that steps on alpha_t (ddim, ddpm, dpmsolver, pndm), "
                          f"not {type(scheduler).__name__}")
     model = adapter(pipe)
+    noised = getattr(guide, "noised", False)
+    if noised:
+        from synrep.generation.noised_clip import check_schedule
+
+        if not isinstance(model, _Toy):
+            raise ValueError("a noised CLIP reads pixel-space x_t; Stable Diffusion's x_t are latents: "
+                             "guide it with a plain CLIP (on the decoded x̂0)")
+        check_schedule(guide.info, scheduler)
     n = num_images_per_prompt
     batch = len(prompts) * n
     use_cfg = guidance_scale != 1.0
@@ -200,10 +245,13 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
             alpha = alphas[t]
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
-                eps_cond = model.eps(scheduler.scale_model_input(x_in, t), t, cond)
-                x0 = (x_in - (1 - alpha).sqrt() * eps_cond) / alpha.sqrt()
-                image = (model.decode(x0).clamp(-1, 1) + 1) / 2
-                score = guide.similarity(image, text, cutouts, cut_rng).sum()
+                if noised:  # GLIDE: the gradient of the noised CLIP's score on x_t itself
+                    score = guide.noised_similarity(x_in, t, text).sum()
+                else:
+                    eps_cond = model.eps(scheduler.scale_model_input(x_in, t), t, cond)
+                    x0 = (x_in - (1 - alpha).sqrt() * eps_cond) / alpha.sqrt()
+                    image = (model.decode(x0).clamp(-1, 1) + 1) / 2
+                    score = guide.similarity(image, text, cutouts, cut_rng).sum()
                 grad = torch.autograd.grad(score, x_in)[0]
             eps = eps - clip_scale * (1 - alpha).sqrt() * grad
         x = scheduler.step(eps, t, x, **extra, return_dict=False)[0]

@@ -11,7 +11,8 @@ variants (the first the real image itself with ``inpaint.keep_real``); ``unclip`
 -> prior -> CLIP image embedding -> decoder; ``variation``, the caption's real image -> its CLIP image
 embedding -> l decodings (positives of one real image). Guidance (``guidance``): ``cfg``,
 classifier-free guidance at scale ``w``; ``w`` may be a set, from which each image draws its scale;
-``clip``, the same plus GLIDE's CLIP guidance at ``clip_scale`` by an open_clip model.
+``clip``, the same plus GLIDE's CLIP guidance at ``clip_scale`` by an open_clip model (on x̂0), or by
+GLIDE's noised CLIP (on x_t) when ``clip_model`` is one (generation/noised_clip.py).
 """
 
 from __future__ import annotations
@@ -85,11 +86,17 @@ def guidance_spec(guidance: DictConfig, scales: list[float], generation: DictCon
     hash (a retrained CLIP makes the source's shards stale)."""
     spec = {"kind": guidance.kind, "w": scales if isinstance(to_dict(guidance)["w"], list) else scales[0]}
     if guidance.kind == "clip":
+        from synrep.config import ConfigError
         from synrep.generation.clip_guidance import check_clip_folder
+        from synrep.generation.noised_clip import is_noised_clip_folder
         from synrep.generation.pipelines import weights_sha256
 
         model = guidance.clip_model or generation.clip_model
-        folder = check_clip_folder(model, f"{key}.clip_model" if guidance.clip_model else "generation.clip_model")
+        where = f"{key}.clip_model" if guidance.clip_model else "generation.clip_model"
+        folder = check_clip_folder(model, where)
+        if is_noised_clip_folder(folder) and guidance.cutouts:
+            raise ConfigError(f"config key '{key}.cutouts': a noised CLIP ({where}: {model}) scores the whole x_t; "
+                              "cut-outs are for a plain CLIP on x̂0")
         spec.update(clip_scale=float(guidance.clip_scale), cutouts=int(guidance.cutouts), clip_model=model,
                     clip_sha256=weights_sha256(folder))
     return spec

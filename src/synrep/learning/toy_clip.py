@@ -230,3 +230,153 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     print("toy CLIP zero-shot on held-out images: "
           + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
     return {"model": out, "summary": out / "training.json"}
+
+
+# ------------------------------------------------------------------------------------------
+# GLIDE's noised CLIP
+# ------------------------------------------------------------------------------------------
+
+NOISE_LEVELS = (0, 250, 500, 750, 900)  # timesteps at which training.json scores zero-shot shape
+
+
+def noise_schedule(generator: str) -> dict:
+    """The scheduler config of a diffusers pipeline folder (its noise schedule, ᾱ_t)."""
+    import json
+
+    path = Path(generator) / "scheduler" / "scheduler_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"config key 'toy_noised_clip.generator': {path} not found (a diffusers pipeline folder)")
+    return json.loads(path.read_text())
+
+
+def noised_input(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε (x0 in [-1, 1]), as the tower reads it: rescaled to
+    [0, 1] and normalised with the CLIP's mean and std, as NoisedClipGuide does when it guides."""
+    a = alphas[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return ((x_t + 1) / 2 - mean) / std
+
+
+@torch.no_grad()
+def noisy_zero_shot(model, tokenizer, cfg: DictConfig, data: dict[str, np.ndarray], alphas: torch.Tensor,
+                    levels=NOISE_LEVELS, seed: int = 0) -> dict[str, float]:
+    """Zero-shot shape accuracy on the test photos noised to each timestep (the same noise for every
+    model); ``model`` is a NoisedClip or a plain CLIP (which ignores t)."""
+    from synrep.generation.noised_clip import NoisedClip
+
+    x0 = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    classes = class_embeddings(model, tokenizer, prompts(cfg, "shape"))
+    out = {}
+    for level in levels:
+        t = torch.full((len(x0),), level, dtype=torch.long)
+        x = noised_input(x0, noise, t, alphas)
+        feats = model.encode_image(x, t) if isinstance(model, NoisedClip) else model.encode_image(x, normalize=True)
+        out[f"t{level}"] = float(((feats @ classes.T).argmax(1).numpy() == data["shape"]).mean())
+    return out
+
+
+def train_noised(cfg: DictConfig, progress: bool = True):
+    """(NoisedClip in eval mode, loss curve, base CLIP, tokenizer, ᾱ_t): the base CLIP's image
+    tower and a timestep embedding trained on the world's train photos noised at t ~ U{0..T-1},
+    against the frozen text tower's caption embeddings (CLIP's loss)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from synrep.generation.noised_clip import NoisedClip, alphas_cumprod
+    from synrep.learning.losses import clip_loss
+    from synrep.learning.models import parameter_groups
+
+    c = cfg.toy_noised_clip
+    torch.manual_seed(c.seed)
+    schedule = noise_schedule(c.generator)
+    alphas = alphas_cumprod(schedule)
+    base, tokenizer = load_clip(c.base_clip, key="toy_noised_clip.base_clip")
+    clip, _ = load_clip(c.base_clip)
+    model = NoisedClip(clip)
+    model.clip.transformer.requires_grad_(False)  # the text tower stays the base CLIP's
+    for name in ("token_embedding", "ln_final"):
+        getattr(model.clip, name).requires_grad_(False)
+    model.clip.positional_embedding.requires_grad_(False)
+    model.clip.text_projection.requires_grad_(False)
+
+    photos = toyworld.load_split(cfg, "train")
+    x0_all = torch.from_numpy(photos["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    context = model.clip.context_length
+    with torch.no_grad():
+        tokens = SimpleTokenizer(context_length=context)(list(photos["captions"]))
+        text = torch.cat([model.encode_text(tokens[i:i + 1024]) for i in range(0, len(tokens), 1024)])
+
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameter_groups(model, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
+    steps_per_epoch = len(x0_all) // c.batch_size
+    steps = c.epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(c.seed)
+    curve, window = [], []
+    bar = tqdm(range(steps), desc="train noised CLIP", unit="step", mininterval=5, disable=not progress)
+    for step in bar:
+        if step % steps_per_epoch == 0:
+            order = torch.randperm(len(x0_all), generator=gen)
+        idx = order[(step % steps_per_epoch) * c.batch_size:(step % steps_per_epoch + 1) * c.batch_size]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, c.warmup_steps, c.lr)
+        x0 = x0_all[idx]
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        t = torch.randint(0, len(alphas), (len(idx),), generator=gen)
+        x = noised_input(x0, torch.randn(x0.shape, generator=gen), t, alphas)
+        loss = clip_loss(model.encode_image(x, t), text[idx], model.logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        window.append(loss.item())
+        if (step + 1) % steps_per_epoch == 0:
+            curve.append(float(np.mean(window)))
+            window = []
+            bar.set_postfix(loss=f"{curve[-1]:.3f}")
+    return model.eval(), curve, base, tokenizer, schedule
+
+
+def run_noised(cfg: DictConfig) -> dict[str, Path]:
+    import mlflow
+
+    from synrep.config import save_resolved
+    import json
+
+    from synrep.fileio import atomic_dir, write_json
+    from synrep.generation import noised_clip
+    from synrep.generation.pipelines import weights_sha256
+    from synrep.tracking import mlflow_run
+
+    torch.set_num_threads(cfg.threads)
+    c = cfg.toy_noised_clip
+    out = Path(c.output_dir)
+    start = time.time()
+    with mlflow_run(cfg, "train_noised_clip", sections=("toy_noised_clip", "toyworld")) as run_info:
+        model, curve, base, tokenizer, schedule = train_noised(cfg)
+        seconds = time.time() - start
+        test = toyworld.load_split(cfg, "test")
+        alphas = noised_clip.alphas_cumprod(schedule)
+        with atomic_dir(out) as tmp:
+            noised_clip.save(model, tmp, json.loads((Path(c.base_clip) / CLIP_CONFIG).read_text()), schedule,
+                             weights_sha256(Path(c.base_clip)))
+            save_resolved(cfg, tmp, "recipe.yaml")
+            loaded, loaded_tokenizer, _ = noised_clip.load(tmp)  # what a user gets back
+            accuracy = {"noised_clip": noisy_zero_shot(loaded, loaded_tokenizer, cfg, test, alphas),
+                        "base_clip": noisy_zero_shot(base, tokenizer, cfg, test, alphas)}
+            write_json(tmp / "training.json", {
+                "epochs": c.epochs, "seconds": round(seconds, 1), "loss_curve": curve,
+                "zero_shot_shape_by_timestep": accuracy, "chance": 1 / len(cfg.toyworld.shapes),
+                "mlflow_run_id": run_info.info.run_id})
+        for which, scores in accuracy.items():
+            mlflow.log_metrics({f"{which}.shape_{k}": v for k, v in scores.items()})
+        mlflow.log_metric("final_loss", curve[-1])
+        mlflow.log_artifact(str(out / "training.json"))
+    for which, scores in accuracy.items():
+        print(f"{which} zero-shot shape on noised test photos: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return {"model": out, "summary": out / "training.json"}
