@@ -113,6 +113,30 @@ def tiny_clip_dir(tmp_path_factory, small_world):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_noised_clip_dir(tmp_path_factory, tiny_clip_dir, tiny_toy_pipeline_dir):
+    """The tiny CLIP as GLIDE's noised CLIP, its timestep embedding random (non-zero), on the tiny
+    generator's noise schedule."""
+    import json
+
+    import torch
+
+    from synrep.generation import noised_clip
+    from synrep.generation.clip_guidance import load_clip
+
+    clip, _ = load_clip(tiny_clip_dir)
+    torch.manual_seed(0)
+    model = noised_clip.NoisedClip(clip)
+    for p in model.timestep.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    out = tmp_path_factory.mktemp("noised") / "clip"
+    out.mkdir()
+    config = json.loads((tiny_clip_dir / "open_clip_config.json").read_text())
+    schedule = json.loads((tiny_toy_pipeline_dir / "scheduler" / "scheduler_config.json").read_text())
+    noised_clip.save(model, out, config, schedule, "0" * 64)
+    return out
+
+
 # A training config small enough for unit tests: 8-wide toy CNN, a few steps, quick evaluation.
 TINY_TRAINING = [
     "train.encoder_kwargs.width=8",
