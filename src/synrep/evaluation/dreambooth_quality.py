@@ -1,0 +1,253 @@
+"""DreamBooth's own measures, on the toy world, with and without prior preservation (the paper's
+ablation), for the base generator and each fine-tuned model (``dreambooth.quality.models``).
+
+Per model and sampling seed, four prompt sets of ``quality.images`` samples each:
+
+- ``instance``: "<instance_prompt>" ("a sks ring"). *Subject fidelity*: the mean cosine similarity
+  of the samples' embeddings to held-out real renders of the subject (the paper's CLIP-I), under
+  the toy CLIP's image tower, and under a StableRep encoder when ``quality.encoder`` names a run;
+  *subject margin*: that similarity minus the one to the subject's near misses (ordinary rings,
+  rings without the notch, rings in one tone): positive when samples are nearer the subject than
+  near misses are (a fine-grained probe, as the paper prefers DINO to CLIP for it).
+- ``background`` / ``size``: "<instance_prompt> on a dark|light background", "<instance_prompt>,
+  small|big". *Prompt fidelity*: the judge (the attribute classifier) reads the asked background
+  and size.
+- ``class``: "<class_prompt>" ("a ring"). *Language drift*: the judge's ring accuracy on them, and
+  their similarity to the subject (does "a ring" now draw the subject?); *class diversity*: mean
+  pairwise RMS pixel distance (generator_quality.diversity) and mean pairwise CLIP distance (1 - cos).
+
+A ``real`` row scores real renders in place of samples (other held-out subject renders, the subject
+on the asked background and size, ordinary rings): the ceiling of each measure. Cells are the
+mean ± 95% t-interval over ``quality.seeds`` (tables.mean_ci, as inpaint_quality).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from synrep.config import save_resolved, to_dict
+from synrep.data import toyworld
+from synrep.evaluation.attribute_classifier import judge, predict
+from synrep.evaluation.generator_quality import diversity
+from synrep.fileio import atomic_path, write_json, write_text
+from synrep.tables import markdown_table, mean_ci
+
+GROUPS = ("instance", "background", "size", "class")
+SIZE_PROMPT_WORDS = ("small", "big")  # toyworld.SIZE_WORDS of small and large
+
+
+def prompt_set(group: str, instance_prompt: str, class_prompt: str, n: int) -> tuple[list[str], np.ndarray | None]:
+    """The n prompts of a group and the attribute value each asks for (background / size groups;
+    half one value, half the other), else None."""
+    if group == "instance":
+        return [instance_prompt] * n, None
+    if group == "class":
+        return [class_prompt] * n, None
+    wanted = np.arange(n) * 2 // n  # first half 0, second half 1
+    if group == "background":
+        words = [toyworld.BACKGROUND_WORDS[b][0] for b in toyworld.BACKGROUNDS]
+        return [toyworld.with_articles(f"{instance_prompt} on a {words[w]} background") for w in wanted], wanted
+    if group == "size":
+        return [f"{instance_prompt}, {SIZE_PROMPT_WORDS[w]}" for w in wanted], wanted
+    raise ValueError(f"unknown prompt group {group!r}")
+
+
+def noise_seeds(quality_seed: int, seed: int, group: str, n: int) -> list[int]:
+    """Noise seeds of a group's samples: the same for every model, so that models are compared on
+    equal noise."""
+    return [int(s) for s in np.random.SeedSequence([quality_seed, seed, GROUPS.index(group)]).generate_state(n)]
+
+
+def real_group(cfg: DictConfig, group: str, n: int, subject_seed: int, seed: int) -> np.ndarray:
+    """Real renders standing in for a group's samples (the ceiling row)."""
+    key = [int(subject_seed), 2, int(seed), GROUPS.index(group)]
+    if group == "instance":
+        return toyworld.render_subject(cfg, n, key)[0]
+    if group == "class":
+        return toyworld.render_subject(cfg, n, key, variant="plain")[0]
+    _, wanted = prompt_set(group, "", "", n)
+    parts = []
+    for value in (0, 1):
+        count = int((wanted == value).sum())
+        kwargs = {"background": value} if group == "background" else {"size": value}
+        parts.append(toyworld.render_subject(cfg, count, [*key, value], **kwargs)[0])
+    return np.concatenate(parts)
+
+
+class Embedders:
+    """Unit-norm image embeddings of uint8 images: the toy CLIP's image tower, and a StableRep run's
+    backbone when one is given."""
+
+    def __init__(self, clip_model: str, encoder: str | None = None):
+        from synrep.generation.clip_guidance import load_guide
+
+        self.clip = load_guide(str(clip_model))
+        self.encoder = None
+        if encoder:
+            from synrep.learning.augment import MEAN, STD
+            from synrep.learning.trainer import load_trained
+
+            folder = Path(encoder)
+            if not (folder / "config.yaml").exists():
+                raise FileNotFoundError(f"config key 'dreambooth.quality.encoder': {folder / 'config.yaml'} not found "
+                                        "(a train run folder: model.pt and config.yaml)")
+            run_cfg = OmegaConf.load(folder / "config.yaml")
+            self.encoder = load_trained(run_cfg, folder)
+            self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+            self.std = torch.tensor(STD).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        out = {"clip": self.clip.image_embeddings(x)}
+        if self.encoder is not None:
+            out["encoder"] = torch.nn.functional.normalize(self.encoder.features((x - self.mean) / self.std), dim=-1)
+        return out
+
+
+def mean_pairwise_distance(e: torch.Tensor) -> float:
+    """Mean of 1 - cos over distinct pairs of unit-norm embeddings."""
+    sim = e @ e.T
+    n = len(e)
+    return float(1 - (sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+
+
+def score(images: dict[str, np.ndarray], wanted: dict[str, np.ndarray], classifier, embed: Embedders,
+          references: dict[str, dict[str, torch.Tensor]], ring: int) -> dict[str, float]:
+    """The measures of one model and seed from its four groups' images."""
+    row: dict[str, float] = {}
+    inst = embed(images["instance"])
+    for name, e in inst.items():
+        subject = float((e @ references["subject"][name].T).mean())
+        near = float((e @ references["near_miss"][name].T).mean())
+        row[f"fidelity_{name}"] = subject
+        row[f"margin_{name}"] = subject - near
+    for group, attr in (("background", "background"), ("size", "size")):
+        row[f"prompt_{attr}"] = float((predict(classifier, images[group])[attr] == wanted[group]).mean())
+    cls = images["class"]
+    row["class_ring_accuracy"] = float((predict(classifier, cls)["shape"] == ring).mean())
+    cls_e = embed(cls)["clip"]
+    row["class_subject_similarity"] = float((cls_e @ references["subject"]["clip"].T).mean())
+    row["class_diversity"] = diversity([cls])
+    row["class_diversity_clip"] = mean_pairwise_distance(cls_e)
+    return row
+
+
+def model_info(folder: str | Path) -> dict:
+    """A fine-tuned model's own DreamBooth settings (its saved config.yaml)."""
+    path = Path(folder) / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"config key 'dreambooth.quality.models': {path} not found (train it with "
+                                "`python -m synrep train_dreambooth dreambooth.output_dir=...`)")
+    d = OmegaConf.load(path).dreambooth
+    return {"folder": str(folder), "instance_prompt": str(d.instance_prompt), "class_prompt": str(d.class_prompt),
+            "with_prior_preservation": bool(d.with_prior_preservation), "subject_seed": int(d.subject_seed),
+            "max_train_steps": int(d.max_train_steps), "train_seed": int(d.seed)}
+
+
+def measure(cfg: DictConfig, pipes: dict[str, tuple[object, dict]], classifier, embed: Embedders,
+            real: bool = True) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+    """One row per (model, seed) (and per seed of the ``real`` row): ``pipes`` maps a label to
+    (pipeline, its settings: instance_prompt, class_prompt, with_prior_preservation). Returns the
+    rows and, per label, the first seed's first 8 images of each group (a grid)."""
+    from synrep.generation.dreambooth import reference_seed, sampling_settings
+    from synrep.generation.sampling import sample_images
+
+    d, q = cfg.dreambooth, cfg.dreambooth.quality
+    n = int(q.images)
+    refs = toyworld.render_subject(cfg, q.reference_images, reference_seed(d.subject_seed, q.seed))[0]
+    near, _, _ = toyworld.render_other_rings(cfg, q.reference_images, [*reference_seed(d.subject_seed, q.seed), 1])
+    references = {"subject": embed(refs), "near_miss": embed(near)}
+    ring = list(cfg.toyworld.shapes).index("ring")
+    settings = {**sampling_settings(d, to_dict(cfg.generation)), "batch_size": to_dict(cfg.generation)["batch_size"]}
+    rows, examples = [], {}
+    labels = (["real"] if real else []) + list(pipes)
+    for label, seed in itertools.product(labels, [int(s) for s in q.seeds]):
+        if label == "real":
+            info = {"with_prior_preservation": None}
+            images = {g: real_group(cfg, g, n, d.subject_seed, seed) for g in GROUPS}
+            wanted = {g: prompt_set(g, "", "", n)[1] for g in ("background", "size")}
+        else:
+            pipe, info = pipes[label]
+            images, wanted = {}, {}
+            for group in GROUPS:
+                prompts, wanted[group] = prompt_set(group, info["instance_prompt"], info["class_prompt"], n)
+                images[group] = sample_images(pipe, prompts, noise_seeds(q.seed, seed, group, n), settings["w"],
+                                              settings)
+        rows.append({"model": label, "prior": info["with_prior_preservation"], "seed": seed,
+                     **score(images, wanted, classifier, embed, references, ring)})
+        if label not in examples:
+            examples[label] = np.concatenate([images[g][:8] for g in GROUPS])
+    return pl.DataFrame(rows), examples
+
+
+def summary_table(rows: pl.DataFrame) -> pl.DataFrame:
+    """Mean ± 95% CI over seeds of each measure, per model."""
+    keys = ["model", "prior"]
+    metrics = [c for c in rows.columns if c not in (*keys, "seed")]
+    table = rows.select(keys).unique(maintain_order=True)
+    for metric in metrics:
+        cells = mean_ci(rows, keys, metric).select(*keys, pl.col("cell").alias(metric))
+        table = table.join(cells, on=keys, how="left", nulls_equal=True)
+    return table
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    """``python -m synrep dreambooth_quality``: the base generator and ``dreambooth.quality.models``."""
+    import mlflow
+    from PIL import Image
+
+    from synrep.generation.pipelines import load_pipeline
+    from synrep.generation.toy.train import image_grid
+    from synrep.tracking import mlflow_run
+
+    torch.set_num_threads(cfg.threads)
+    d, q = cfg.dreambooth, cfg.dreambooth.quality
+    out = Path(q.output_dir)
+    infos = [model_info(m) for m in q.models]
+    for info in infos:
+        if info["subject_seed"] != d.subject_seed:
+            raise ValueError(f"config key 'dreambooth.subject_seed': {d.subject_seed}, but {info['folder']} learnt the "
+                             f"subject of seed {info['subject_seed']} (its held-out renders would differ)")
+    classifier, _, origin = judge(cfg)
+    print(f"attribute classifier: {origin}", flush=True)
+    embed = Embedders(q.clip_model, q.encoder)
+    g = cfg.generation
+    sampler = d.sampler or g.sampler
+    pipes = {"base": (load_pipeline(d.generator, sampler, g.dtype, g.device),
+                      {"instance_prompt": str(d.instance_prompt), "class_prompt": str(d.class_prompt),
+                       "with_prior_preservation": None})}
+    for info in infos:
+        label = "prior" if info["with_prior_preservation"] else "no_prior"
+        if label in pipes:
+            label = Path(info["folder"]).name
+        pipes[label] = (load_pipeline(info["folder"], sampler, g.dtype, g.device), info)
+    rows, examples = measure(cfg, pipes, classifier, embed)
+    table = summary_table(rows)
+    outputs = {"runs": out / "dreambooth_runs.csv", "table": out / "dreambooth_quality.md",
+               "json": out / "dreambooth_quality.json"}
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(outputs["runs"]) as tmp:
+        rows.write_csv(tmp)
+    write_text(outputs["table"], markdown_table(table))
+    write_json(outputs["json"], {"rows": rows.to_dicts(), "summary": table.to_dicts(), "models": infos,
+                                 "classifier": origin})
+    for label, images in examples.items():
+        path = out / f"samples_{label}.png"  # rows: instance, background, size, class
+        with atomic_path(path) as tmp:
+            Image.fromarray(image_grid(images, rows=len(GROUPS), scale=4)).save(tmp, format="PNG")
+        outputs[f"grid_{label}"] = path
+    save_resolved(cfg, out)
+    with mlflow_run(cfg, "dreambooth_quality", sections=("dreambooth",)):
+        means = rows.group_by("model").agg(pl.exclude("seed", "prior").mean())
+        for row in means.iter_rows(named=True):
+            mlflow.log_metrics({f"{row['model']}.{k}": v for k, v in row.items() if k != "model" and v is not None})
+        for path in outputs.values():
+            mlflow.log_artifact(str(path))
+    return outputs

@@ -1,0 +1,408 @@
+"""StyleGAN-NADA's text-only domain adaptation (Gal et al., SIGGRAPH 2022) of the toy diffusion
+generator, in DiffusionCLIP's form (Kim et al., CVPR 2022). Step ``train_nada``.
+
+Two copies of the toy generator's UNet: G_frozen (never changes) and G_train. Each step draws
+``nada.batch_size`` noises and captions from the world's caption set; both copies sample from the
+same noise and caption through a short deterministic DDIM chain (``nada.ddim_steps``, eta 0, with
+classifier-free guidance at ``nada.guidance_scale``), and the toy CLIP scores the change:
+
+    ΔT = normalise(mean over templates and objects of E_T(target text) − E_T(source text))
+    ΔI = E_I(G_train(z, c)) − E_I(G_frozen(z, c))           (unit embeddings, per sample)
+    L  = mean over the batch of 1 − cos(ΔI, ΔT)   [+ l1_weight · |G_train − G_frozen|₁]
+
+(|ΔI| counts as at least ``DELTA_FLOOR`` in the cosine: the copies start equal, ΔI = 0.)
+
+What it follows:
+
+- the directional loss and the text direction: NADA's ``criteria/clip_loss.py``
+  (``compute_text_direction``: template-wise differences of unit text embeddings, averaged, then
+  normalised; ``clip_directional_loss``: per-sample unit image embeddings, the cosine with ΔT). The
+  templates are the world's own wording of each domain (``toyworld.DOMAIN_TEMPLATES``, the photo
+  captions' "a photo of ..."), around every colour × shape, so that the toy CLIP knows the words;
+- fine-tuning the denoiser: DiffusionCLIP's ``clip_finetune``: the generative DDIM chain of the
+  fine-tuned model with gradients through every step of it (no truncation and no gradient
+  checkpointing: at 16 px a 4-step chain's activations are small), Adam on the trained weights, an
+  optional L1 content term (its ``l1_loss_w``; its face-identity loss has no toy counterpart).
+  Unlike DiffusionCLIP, nothing is inverted: text-only, the chain starts from Gaussian noise, as
+  NADA samples z, and the frozen copy's image from that noise is the source image;
+- adaptive layer choice: NADA's ``ZSSGAN.determine_opt_layers``, adapted to a UNet. NADA moves
+  per-layer W+ codes a few SGD steps under the *global* loss 1 − cos(E_I(G), E_T(target)) and trains
+  the k layers whose codes moved most. A UNet has no per-layer codes, so a throw-away copy of
+  G_train takes ``select_iters`` SGD steps of the global loss on all its units' weights, and each
+  unit (``layer_unit``: every resnet, attention and resampler, or every down / mid / up block) is
+  scored by its relative movement ‖Δθ‖ / ‖θ‖ (weights differ in scale between units, NADA's codes do
+  not; SGD, not Adam, so that the movement follows the loss's gradient). The top ``k`` units are
+  trained; every other weight (also conv_in / conv_out, time and caption embeddings, which NADA's
+  mapping network and toRGB layers correspond to) stays frozen. NADA chooses again every step;
+  ``reselect_every`` does so every N steps (0: once, the CPU default).
+
+Outputs under ``nada.output_dir``: ``generator/``, the adapted pipeline as an ordinary
+``ToyGlidePipeline`` folder (``recipe.yaml``: the resolved config; ``training.json``: the chosen
+units, their scores and the loss curve), so that a source can name it as its ``generator``; and
+``snapshots/step_NNNNN.safetensors``, the trained units' weights every ``eval_every`` steps, which
+``evaluation/nada_quality.py`` measures.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+from synrep.data import toyworld
+from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise
+
+# The world's photo captions' wording ("a photo of a red circle", TEMPLATES_PLAIN), with {x} the object
+PHOTO_TEMPLATES = ["a photo of {x}", "a picture of {x}", "an image showing {x}"]
+LAYER_UNITS = ("module", "block")
+SNAPSHOT = "step_{:05d}.safetensors"
+
+
+def domain_names(cfg: DictConfig) -> list[str]:
+    return ["photo", *cfg.toyworld.domains]
+
+
+def check(cfg: DictConfig) -> None:
+    """Fail with one line naming the config key when a ``nada.*`` value cannot work."""
+    n = cfg.nada
+    known = ["photo", *toyworld.DOMAIN_TEMPLATES]
+    for key in ("source", "target"):
+        if n[key] not in known:
+            raise ValueError(f"config key 'nada.{key}': unknown domain {n[key]!r}; known: {', '.join(known)}")
+    if n.source == n.target:
+        raise ValueError(f"config key 'nada.target': the same domain as nada.source ({n.target!r})")
+    if n.layer_unit not in LAYER_UNITS:
+        raise ValueError(f"config key 'nada.layer_unit': {n.layer_unit!r} is not one of {list(LAYER_UNITS)}")
+    for key in ("steps", "batch_size", "ddim_steps", "k", "select_iters", "eval_every", "eval_captions",
+                "eval_images_per_caption"):
+        if n[key] <= 0:
+            raise ValueError(f"config key 'nada.{key}': must be > 0, got {n[key]!r}")
+    for key in ("reselect_every", "l1_weight"):
+        if n[key] < 0:
+            raise ValueError(f"config key 'nada.{key}': must be >= 0, got {n[key]!r}")
+    if n.guidance_scale < 1:
+        raise ValueError(f"config key 'nada.guidance_scale': must be >= 1, got {n.guidance_scale!r}")
+    for key in ("source_templates", "target_templates"):
+        for i, template in enumerate(n[key] or []):
+            if "{x}" not in template:
+                raise ValueError(f"config key 'nada.{key}[{i}]': {template!r} has no {{x}} for the object")
+
+
+def templates(cfg: DictConfig, which: str) -> list[str]:
+    """The prompt templates of ``nada.source`` or ``nada.target`` (``which``), {x} the object."""
+    own = cfg.nada[f"{which}_templates"]
+    if own:
+        return list(own)
+    domain = cfg.nada[which]
+    return list(PHOTO_TEMPLATES if domain == "photo" else toyworld.DOMAIN_TEMPLATES[domain])
+
+
+def objects(cfg: DictConfig) -> list[str]:
+    """Every colour × shape as a phrase ("a red circle"): the {x} of the templates."""
+    tw = cfg.toyworld
+    return [toyworld.with_articles(f"a {c} {toyworld.SHAPE_WORDS[s][0]}") for c in tw.colours for s in tw.shapes]
+
+
+def prompts(template_list: list[str], things: list[str]) -> list[list[str]]:
+    """One list per template: the template around every object."""
+    return [[toyworld.with_articles(t.format(x=x)) for x in things] for t in template_list]
+
+
+@torch.no_grad()
+def text_direction(guide, source: list[list[str]], target: list[list[str]]) -> torch.Tensor:
+    """ΔT, a unit vector [D]: the mean over templates (and objects) of the unit target text embedding
+    minus the unit source one, normalised (NADA's ``compute_text_direction``)."""
+    src = torch.stack([guide.text_embeddings(p).mean(0) for p in source]).mean(0)
+    tgt = torch.stack([guide.text_embeddings(p).mean(0) for p in target]).mean(0)
+    direction = tgt - src
+    return direction / direction.norm()
+
+
+@torch.no_grad()
+def text_embedding(guide, target: list[list[str]]) -> torch.Tensor:
+    """The unit mean text embedding [D] of the target prompts (the global loss's text)."""
+    emb = torch.stack([guide.text_embeddings(p).mean(0) for p in target]).mean(0)
+    return emb / emb.norm()
+
+
+# |ΔI| below this counts as this in the cosine's denominator (unit embeddings; a real photo ->
+# drawing change is |ΔI| ~ 0.5). Both copies start equal, ΔI = 0, where the cosine's gradient is
+# ΔT / |ΔI|: unbounded, and one such first step fills Adam's second moment so that the next hundreds
+# of steps barely move (seen: weights moved by lr once, then ~0). NADA's StyleGAN2 never meets
+# ΔI = 0 (its noise injections differ between the copies); here the loss is linear along ΔT until
+# the change is this large, and exactly 1 − cos(ΔI, ΔT) beyond.
+DELTA_FLOOR = 0.05
+
+
+def directional_loss(train_emb: torch.Tensor, frozen_emb: torch.Tensor, direction: torch.Tensor,
+                     floor: float = DELTA_FLOOR) -> torch.Tensor:
+    """NADA's L_direction: the batch mean of 1 − cos(ΔI, ΔT), ΔI = train_emb − frozen_emb per row,
+    with |ΔI| taken as at least ``floor`` (1 − ΔI·ΔT / floor below it; see ``DELTA_FLOOR``)."""
+    delta = train_emb - frozen_emb
+    cos = (delta * direction).sum(-1) / (delta.norm(dim=-1).clamp_min(floor) * direction.norm())
+    return (1 - cos).mean()
+
+
+def global_loss(emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """NADA's global CLIP loss: the batch mean of 1 − cos(E_I(G), E_T(target))."""
+    return (1 - F.cosine_similarity(emb, text.expand_as(emb), dim=-1)).mean()
+
+
+# ------------------------------------------------------------------------------------------
+# The UNet's units and the chain
+# ------------------------------------------------------------------------------------------
+
+
+def layer_units(unet: nn.Module, unit: str = "module") -> dict[str, nn.Module]:
+    """The UNet's trainable units by name (the ``unet.named_modules`` name): ``block``: each of
+    down_blocks, mid_block, up_blocks; ``module``: each resnet, attention, down- and upsampler in
+    them. Everything else (conv_in, conv_out, norms, time and caption embeddings) is never trained."""
+    blocks = {f"down_blocks.{i}": b for i, b in enumerate(unet.down_blocks)}
+    blocks["mid_block"] = unet.mid_block
+    blocks.update({f"up_blocks.{i}": b for i, b in enumerate(unet.up_blocks)})
+    if unit == "block":
+        return blocks
+    if unit != "module":
+        raise ValueError(f"config key 'nada.layer_unit': {unit!r} is not one of {list(LAYER_UNITS)}")
+    out = {}
+    for name, block in blocks.items():
+        for part in ("resnets", "attentions", "downsamplers", "upsamplers"):
+            for i, module in enumerate(getattr(block, part, None) or []):
+                out[f"{name}.{part}.{i}"] = module
+    return out
+
+
+def ddim_scheduler(pipe: ToyGlidePipeline, steps: int):
+    """The pipeline's own DDIM scheduler (its clip_sample and spacing) set to ``steps`` steps."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def ddim_chain(unet: nn.Module, scheduler, noise: torch.Tensor, cond, uncond, w: float) -> torch.Tensor:
+    """Images [N, 3, H, W] in [0, 1] from ``noise`` through the deterministic DDIM chain (eta 0) of
+    ``unet``, classifier-free guided at ``w`` (``uncond`` None: w = 1); differentiable in ``unet``.
+    ``cond`` / ``uncond``: (states, pooled) per image, as ``ToyGlidePipeline.encode_batch`` gives."""
+    x = noise
+    if uncond is not None:
+        states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
+    else:
+        states, pooled = cond
+    for t in scheduler.timesteps:
+        model_in = torch.cat([x, x]) if uncond is not None else x
+        eps = unet(model_in, t, encoder_hidden_states=states, class_labels=pooled).sample
+        if uncond is not None:
+            eps = guided_noise(*eps.chunk(2), w)
+        x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
+    return (x.clamp(-1, 1) + 1) / 2
+
+
+def select_layers(unet: nn.Module, units: list[str], k: int, sample, guide, target: torch.Tensor,
+                  iters: int, lr: float, unit: str = "module") -> tuple[list[str], dict[str, float]]:
+    """(the k chosen unit names, best first; every unit's score): NADA's ``determine_opt_layers`` on
+    a UNet. A copy of ``unet`` takes ``iters`` SGD steps of the global loss toward ``target`` on all
+    its units' weights; a unit's score is its relative movement ‖Δθ‖ / ‖θ‖. ``sample(unet)``: images
+    in [0, 1] from that step's noises and captions."""
+    trial = copy.deepcopy(unet)
+    trial_units = layer_units(trial, unit)
+    trial.requires_grad_(False)
+    params = []
+    for name in units:
+        trial_units[name].requires_grad_(True)
+        params += list(trial_units[name].parameters())
+    before = {name: [p.detach().clone() for p in trial_units[name].parameters()] for name in units}
+    optimizer = torch.optim.SGD(params, lr=lr)
+    for _ in range(iters):
+        loss = global_loss(guide.image_embeddings(sample(trial)), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    scores = {}
+    for name in units:
+        moved = sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(trial_units[name].parameters(), before[name]))
+        size = sum(float(b.pow(2).sum()) for b in before[name])
+        scores[name] = (moved / max(size, 1e-12)) ** 0.5
+    chosen = sorted(units, key=lambda name: -scores[name])[:k]
+    return chosen, scores
+
+
+def set_trainable(unet: nn.Module, units: dict[str, nn.Module], chosen: list[str]) -> None:
+    """Freeze every weight of ``unet`` but those of the ``chosen`` units."""
+    unet.requires_grad_(False)
+    for name in chosen:
+        units[name].requires_grad_(True)
+
+
+def trained_state(unet: nn.Module, units: dict[str, nn.Module], names: list[str]) -> dict[str, torch.Tensor]:
+    """The weights of the named units, keyed as in ``unet.state_dict()``."""
+    out = {}
+    for name in names:
+        for key, value in units[name].state_dict().items():
+            out[f"{name}.{key}"] = value.detach().clone().contiguous()
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------
+
+
+def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], snapshot=None,
+          progress: bool = True) -> tuple[nn.Module, dict]:
+    """Adapt a copy of ``pipe.unet`` (which stays frozen) with the directional loss; returns the
+    trained UNet and a summary (chosen units, scores, loss curve). ``snapshot(step, state)``, when
+    given, receives the trained units' weights at step 0 and every ``nada.eval_every`` steps and at
+    the end (``state``: as ``trained_state``)."""
+    n = cfg.nada
+    check(cfg)
+    rng = np.random.default_rng(n.seed)
+    gen = torch.Generator().manual_seed(n.seed)
+    frozen = pipe.unet.eval()
+    frozen.requires_grad_(False)
+    unet = copy.deepcopy(frozen)
+    units = layer_units(unet, n.layer_unit)
+    names = list(units)
+    if n.k > len(names):
+        raise ValueError(f"config key 'nada.k': {n.k} units asked, the UNet has {len(names)} "
+                         f"({n.layer_unit} units: {', '.join(names)})")
+    scheduler = ddim_scheduler(pipe, n.ddim_steps)
+    source_prompts, target_prompts = prompts(templates(cfg, "source"), objects(cfg)), prompts(templates(cfg, "target"), objects(cfg))
+    direction = text_direction(guide, source_prompts, target_prompts)
+    target = text_embedding(guide, target_prompts)
+    use_cfg = n.guidance_scale != 1.0
+    shape = (n.batch_size, frozen.config.in_channels, frozen.config.sample_size, frozen.config.sample_size)
+
+    def draw():
+        batch = [captions[i] for i in rng.integers(0, len(captions), n.batch_size)]
+        cond, uncond = pipe.encode_batch(batch, 1, use_cfg)
+        return torch.randn(shape, generator=gen), cond, uncond
+
+    def choose(step: int) -> tuple[list[str], dict[str, float]]:
+        noise, cond, uncond = draw()
+        return select_layers(unet, names, n.k, lambda u: ddim_chain(u, scheduler, noise, cond, uncond, n.guidance_scale),
+                             guide, target, n.select_iters, n.select_lr, n.layer_unit)
+
+    chosen, scores = choose(0)
+    selections = [{"step": 0, "chosen": chosen, "scores": scores}]
+    set_trainable(unet, units, chosen)
+    # One optimiser over every unit: a unit not chosen at a step has no gradient, so Adam skips it
+    params = [p for name in names for p in units[name].parameters()]
+    optimizer = torch.optim.Adam(params, lr=n.lr, betas=(0.0, 0.99))
+    ever = set(chosen)
+    if snapshot is not None:
+        snapshot(0, trained_state(unet, units, sorted(ever)))
+    curve = []
+    bar = tqdm(range(1, n.steps + 1), desc="train NADA", unit="step", mininterval=5, disable=not progress)
+    for step in bar:
+        if n.reselect_every and step > 1 and (step - 1) % n.reselect_every == 0:
+            chosen, scores = choose(step)
+            selections.append({"step": step, "chosen": chosen, "scores": scores})
+            set_trainable(unet, units, chosen)
+            ever |= set(chosen)
+        noise, cond, uncond = draw()
+        with torch.no_grad():
+            frozen_images = ddim_chain(frozen, scheduler, noise, cond, uncond, n.guidance_scale)
+            frozen_emb = guide.image_embeddings(frozen_images)
+        images = ddim_chain(unet, scheduler, noise, cond, uncond, n.guidance_scale)
+        emb = guide.image_embeddings(images)
+        loss_dir = directional_loss(emb, frozen_emb, direction)
+        loss_l1 = F.l1_loss(images, frozen_images)
+        loss = loss_dir + n.l1_weight * loss_l1 if n.l1_weight else loss_dir
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            curve.append({"step": step, "loss": loss.item(), "directional": loss_dir.item(), "l1": loss_l1.item(),
+                          "clip_target": float((emb @ target).mean()),
+                          "clip_target_frozen": float((frozen_emb @ target).mean())})
+        bar.set_postfix(loss=f"{curve[-1]['directional']:.3f}")
+        if snapshot is not None and (step % n.eval_every == 0 or step == n.steps):
+            snapshot(step, trained_state(unet, units, sorted(ever)))
+    unet.requires_grad_(False)
+    summary = {"units": names, "layer_unit": n.layer_unit, "chosen": chosen, "scores": scores,
+               "trained_units": sorted(ever), "selections": selections,
+               "source_templates": templates(cfg, "source"), "target_templates": templates(cfg, "target"),
+               "curve": curve}
+    return unet.eval(), summary
+
+
+def load_snapshot(unet: nn.Module, path: Path) -> nn.Module:
+    """``unet`` with the trained units' weights of a snapshot file loaded (strictly: every key must exist)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    own = unet.state_dict()
+    missing = sorted(set(state) - set(own))
+    if missing:
+        raise ValueError(f"{path}: weights {missing[:3]} are not the UNet's")
+    unet.load_state_dict(state, strict=False)
+    return unet
+
+
+def snapshot_files(folder: Path) -> dict[int, Path]:
+    """Step -> snapshot file of a ``snapshots/`` folder, in step order."""
+    files = sorted(Path(folder).glob("step_*.safetensors"))
+    return {int(p.stem.split("_")[1]): p for p in files}
+
+
+def run(cfg: DictConfig) -> dict[str, Path]:
+    """Adapt ``nada.generator`` from ``nada.source`` to ``nada.target``; save the pipeline and snapshots."""
+    import mlflow
+    from safetensors.torch import save_file
+
+    from synrep.config import save_resolved
+    from synrep.fileio import atomic_dir, atomic_path, write_json
+    from synrep.generation.clip_guidance import check_clip_folder, load_guide
+    from synrep.generation.pipelines import model_folder
+    from synrep.tracking import mlflow_run
+
+    check(cfg)
+    torch.set_num_threads(cfg.threads)
+    n = cfg.nada
+    torch.manual_seed(n.seed)
+    out = Path(n.output_dir)
+    folder = model_folder(n.generator, "nada.generator")
+    kind = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    if kind != "ToyGlidePipeline":
+        raise ValueError(f"config key 'nada.generator': {folder} is a {kind}, not a ToyGlidePipeline (the toy generator)")
+    pipe = ToyGlidePipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    guide = load_guide(str(check_clip_folder(n.clip_model, "nada.clip_model")))
+    captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    start = time.time()
+    with mlflow_run(cfg, "train_nada", sections=("nada",)) as run_info:
+        with atomic_dir(out / "snapshots") as snaps:
+            def snapshot(step: int, state: dict) -> None:
+                with atomic_path(snaps / SNAPSHOT.format(step)) as tmp:
+                    save_file(state, str(tmp))
+
+            unet, summary = train(cfg, pipe, guide, captions, snapshot)
+        seconds = time.time() - start
+        summary.update({"steps": n.steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / n.steps, 3),
+                        "source": n.source, "target": n.target, "generator": str(n.generator),
+                        "clip_model": str(n.clip_model), "mlflow_run_id": run_info.info.run_id})
+        adapted = ToyGlidePipeline(unet=unet, scheduler=pipe.scheduler, text_encoder=pipe.text_encoder,
+                                   tokenizer=pipe.tokenizer)
+        # pipeline, recipe and curve swapped in together: a killed job leaves no folder without them
+        with atomic_dir(out / "generator") as tmp:
+            adapted.save_pretrained(tmp, safe_serialization=True)
+            save_resolved(cfg, tmp, "recipe.yaml")
+            write_json(tmp / "training.json", summary)
+        for row in summary["curve"]:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        mlflow.log_param("nada.chosen_units", ",".join(summary["chosen"]))
+        mlflow.log_metric("seconds_per_step", summary["seconds_per_step"])
+        mlflow.log_artifact(str(out / "generator" / "training.json"))
+    print(f"NADA {n.source} -> {n.target}: trained {', '.join(summary['trained_units'])}; directional loss "
+          f"{summary['curve'][0]['directional']:.3f} -> {summary['curve'][-1]['directional']:.3f} in {seconds:.0f}s")
+    return {"model": out / "generator", "summary": out / "generator" / "training.json", "snapshots": out / "snapshots"}

@@ -1,0 +1,282 @@
+"""DreamBooth: the toy subject, the prior-preservation loss, cached class images with their
+provenance, fine-tunes of the toy generator and of a Stable Diffusion pipeline that load and sample,
+option errors that name their key, and the quality measure's tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from synrep.data import toyworld
+from synrep.generation import dreambooth as db
+from synrep.generation.pipelines import load_pipeline
+
+# A run small enough for a test: two class images a call, two sampling steps, a few updates
+TINY_RUN = ["dreambooth.max_train_steps=3", "dreambooth.num_class_images=4", "dreambooth.sample_batch_size=2",
+            "dreambooth.steps=2", "dreambooth.train_batch_size=2", "dreambooth.log_every=1",
+            "dreambooth.learning_rate=1e-3"]
+
+
+def fresh(folder, sampler="ddim"):
+    """A pipeline of its own (load_pipeline's cached one is shared by every test in the process)."""
+    pipe = load_pipeline.__wrapped__(str(folder), sampler, "float32", "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+# --------------------------------------------------------------------------------------------
+# The subject
+# --------------------------------------------------------------------------------------------
+
+
+def test_subject_renders_deterministically_and_differs_from_its_near_misses(make_cfg):
+    cfg = make_cfg()
+    a, attrs = toyworld.render_subject(cfg, 6, 3)
+    b, _ = toyworld.render_subject(cfg, 6, 3)
+    other_seed, _ = toyworld.render_subject(cfg, 6, 4)
+    assert a.dtype == np.uint8 and a.shape == (6, 16, 16, 3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, other_seed)
+    ring = list(cfg.toyworld.shapes).index("ring")
+    assert all(x.shape == ring for x in attrs)
+    # equal streams: the near misses differ from the subject only where the notch or a tone is
+    for variant in ("no_notch", "one_tone"):
+        near, _ = toyworld.render_subject(cfg, 6, 3, variant=variant)
+        differs = (near != a).any(-1).sum(axis=(1, 2))
+        assert (differs > 0).all() and (differs < 16 * 16 / 4).all(), (variant, differs)
+    plain, plain_attrs = toyworld.render_subject(cfg, 6, 3, variant="plain")
+    assert not np.array_equal(plain, a) and all(x.shape == ring for x in plain_attrs)
+
+
+def test_subject_takes_the_worlds_backgrounds_and_sizes(make_cfg):
+    cfg = make_cfg()
+    dark, dark_attrs = toyworld.render_subject(cfg, 8, 0, background="dark", size="large")
+    light, light_attrs = toyworld.render_subject(cfg, 8, 0, background=1, size=0)
+    assert {a.background for a in dark_attrs} == {0} and {a.size for a in dark_attrs} == {1}
+    assert {a.background for a in light_attrs} == {1} and {a.size for a in light_attrs} == {0}
+    # corners are background: dark ones stay below the light range
+    corners = lambda x: x[:, [0, 0, -1, -1], [0, -1, 0, -1]].mean()  # noqa: E731
+    assert corners(dark) < 110 < corners(light)
+    drawn, drawn_attrs = toyworld.render_subject(cfg, 32, 0)
+    assert {a.background for a in drawn_attrs} == {0, 1} and {a.size for a in drawn_attrs} == {0, 1}
+    with pytest.raises(ValueError, match="background 'grey'"):
+        toyworld.render_subject(cfg, 1, 0, background="grey")
+    images, attrs, names = toyworld.render_other_rings(cfg, 6, 0)
+    assert names == list(toyworld.NEAR_MISS_VARIANTS) * 2 and len(attrs) == 6 and images.shape[0] == 6
+
+
+# --------------------------------------------------------------------------------------------
+# The loss
+# --------------------------------------------------------------------------------------------
+
+
+def test_prior_preservation_loss_is_instance_mse_plus_weighted_class_mse(tiny_toy_pipeline_dir):
+    from diffusers import DDPMScheduler
+
+    pipe = fresh(tiny_toy_pipeline_dir)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 16, 16, generator=gen) * 2 - 1  # 2 instance images, then 2 class images
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.tensor([10, 500, 900, 250])
+    xt = DDPMScheduler.from_config(pipe.scheduler.config).add_noise(x0, noise, t)
+    ids, mask = db.tokenize(pipe, ["a sks ring"] * 2 + ["a ring"] * 2)
+    with torch.no_grad():
+        states, pooled = db.encode_text(pipe, ids, mask)
+        pred = pipe.unet(xt, t, encoder_hidden_states=states, class_labels=pooled).sample
+        # by hand: each half through the UNet on its own, mean squared error of each
+        inst = pipe.unet(xt[:2], t[:2], encoder_hidden_states=states[:2], class_labels=pooled[:2]).sample
+        cls = pipe.unet(xt[2:], t[2:], encoder_hidden_states=states[2:], class_labels=pooled[2:]).sample
+    mse_inst = ((inst - noise[:2]) ** 2).mean()
+    mse_cls = ((cls - noise[2:]) ** 2).mean()
+    for weight in (1.0, 0.3):
+        loss, instance, prior = db.dreambooth_loss(pred, noise, True, weight)
+        assert torch.allclose(instance, mse_inst, atol=1e-6) and torch.allclose(prior, mse_cls, atol=1e-6)
+        assert torch.allclose(loss, mse_inst + weight * mse_cls, atol=1e-6)
+    loss, instance, prior = db.dreambooth_loss(pred, noise, False, 1.0)
+    assert prior is None and torch.allclose(loss, ((pred - noise) ** 2).mean(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Class images
+# --------------------------------------------------------------------------------------------
+
+
+def test_class_images_are_cached_with_provenance_and_reused(tmp_path, make_cfg, tiny_toy_pipeline_dir, monkeypatch):
+    import synrep.generation.sampling as sampling
+
+    cfg = make_cfg(*TINY_RUN)
+    pipe = fresh(tiny_toy_pipeline_dir)
+    settings = db.sampling_settings(cfg.dreambooth, cfg.generation)
+    calls = []
+    real_sample = sampling.sample_images
+    monkeypatch.setattr(sampling, "sample_images", lambda *a, **k: calls.append(len(a[1])) or real_sample(*a, **k))
+
+    first, info = db.class_images(pipe, cfg.dreambooth, tmp_path / "class", settings)
+    assert first.shape == (4, 16, 16, 3) and info["generated"] == 4 and calls == [4]
+    provenance = json.loads((tmp_path / "class" / info["folder"].split("/")[-1] / db.PROVENANCE).read_text())
+    assert provenance["class_prompt"] == "a ring" and provenance["seed"] == 0
+    assert provenance["model_fingerprint"] == db.weights_fingerprint(pipe)
+    assert provenance["noise_seeds"] == [db.class_image_seed(0, i) for i in range(4)]
+
+    again, info = db.class_images(pipe, cfg.dreambooth, tmp_path / "class", settings)
+    assert info["generated"] == 0 and info["reused"] == 4 and calls == [4]
+    assert np.array_equal(first, again)
+
+    # more wanted: only the missing ones are made, and the first are kept
+    more = make_cfg(*TINY_RUN, "dreambooth.num_class_images=6")
+    topped, info = db.class_images(pipe, more.dreambooth, tmp_path / "class", settings)
+    assert info["generated"] == 2 and calls == [4, 2] and np.array_equal(topped[:4], first)
+    # another prompt or another model is another set
+    other = make_cfg(*TINY_RUN, "dreambooth.class_prompt=a hoop")
+    _, info = db.class_images(pipe, other.dreambooth, tmp_path / "class", settings)
+    assert info["generated"] == 4
+    with torch.no_grad():
+        pipe.unet.conv_in.bias.add_(0.1)
+    _, info = db.class_images(pipe, cfg.dreambooth, tmp_path / "class", settings)
+    assert info["generated"] == 4
+
+
+# --------------------------------------------------------------------------------------------
+# Fine-tunes that save, load and sample
+# --------------------------------------------------------------------------------------------
+
+
+def test_toy_run_saves_a_loadable_pipeline_and_reuses_class_images(make_cfg, tiny_toy_pipeline_dir):
+    from omegaconf import OmegaConf
+
+    cfg = make_cfg(*TINY_RUN, f"dreambooth.generator={tiny_toy_pipeline_dir}")
+    base = fresh(tiny_toy_pipeline_dir)
+    outputs = db.run(cfg)
+    out = outputs["model"]
+    summary = json.loads((out / db.SUMMARY).read_text())
+    assert summary["class_images"]["generated"] == 4 and summary["steps"] == 3
+    assert len(summary["loss_curve"]) == 3 and {"instance_loss", "prior_loss"} <= set(summary["final"])
+    assert OmegaConf.load(out / "config.yaml").dreambooth.instance_prompt == "a sks ring"
+
+    tuned = load_pipeline(str(out), "ddim", "float32", "cpu")
+    assert changed(state(base.unet), tuned.unet)
+    assert not changed(state(base.text_encoder), tuned.text_encoder)  # frozen by default
+    images = tuned("a sks ring", num_inference_steps=2, output_type="np",
+                   generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+
+    again = db.run(make_cfg(*TINY_RUN, f"dreambooth.generator={tiny_toy_pipeline_dir}"))
+    assert json.loads((again["model"] / db.SUMMARY).read_text())["class_images"]["generated"] == 0
+
+
+def test_stable_diffusion_fine_tune_trains_the_unet_through_the_vae(tmp_path, make_cfg, tiny_sd_pipeline_dir):
+    cfg = make_cfg(*TINY_RUN, "dreambooth.train_batch_size=1", "dreambooth.num_class_images=2",
+                   "dreambooth.max_train_steps=2", "dreambooth.train_text_encoder=true")
+    pipe = fresh(tiny_sd_pipeline_dir)
+    before = {name: state(getattr(pipe, name)) for name in ("unet", "text_encoder", "vae")}
+    images, _ = toyworld.render_subject(cfg, 2, 0)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor  # SD's own size (16 px for the tiny one)
+    summary = db.train_dreambooth(pipe, images[:, ::2, ::2], cfg.dreambooth, tmp_path / "class",
+                                  db.sampling_settings(cfg.dreambooth, cfg.generation), progress=False)
+    assert summary["resolution"] == side  # 8 px instance images resized to it
+    assert summary["class_images"]["generated"] == 2
+    assert changed(before["unet"], pipe.unet) and changed(before["text_encoder"], pipe.text_encoder)
+    assert not changed(before["vae"], pipe.vae)
+    out = db.save_model(pipe, tmp_path / "sd_dreambooth", cfg, summary)
+    loaded = load_pipeline(str(out), "ddim", "float32", "cpu")
+    assert type(loaded).__name__ == "StableDiffusionPipeline"
+    assert not changed(state(pipe.unet), loaded.unet)
+    sample = loaded("a sks ring", num_inference_steps=2, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+    assert sample.shape == (1, side, side, 3) and np.isfinite(sample).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+def test_bad_options_fail_with_their_config_key(make_cfg, capsys):
+    from synrep.__main__ import main
+    from synrep.config import ConfigError
+
+    with pytest.raises(ConfigError, match="dreambooth.prior_loss_weigth"):
+        make_cfg("dreambooth.prior_loss_weigth=1")
+    with pytest.raises(ConfigError, match="dreambooth.with_prior_preservation"):
+        make_cfg("dreambooth.with_prior_preservation=maybe")
+    for override, key in (("dreambooth.lr_scheduler=cosine_annealing", "dreambooth.lr_scheduler"),
+                          ("dreambooth.class_prompt=' '", "dreambooth.class_prompt"),
+                          ("dreambooth.prior_loss_weight=-1", "dreambooth.prior_loss_weight"),
+                          ("dreambooth.max_train_steps=0", "dreambooth.max_train_steps")):
+        with pytest.raises(ValueError, match=f"config key '{key}'"):
+            db.check_options(make_cfg(override).dreambooth)
+    # without prior preservation the class prompt is not needed
+    db.check_options(make_cfg("dreambooth.class_prompt=' '", "dreambooth.with_prior_preservation=false").dreambooth)
+    # the command line: one line naming the key, exit status 1, before any model is loaded
+    tmp = make_cfg().paths.results_dir
+    assert main(["train_dreambooth", f"paths.results_dir={tmp}", "dreambooth.lr_scheduler=cosine_annealing"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config key 'dreambooth.lr_scheduler'" in err[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The quality measure
+# --------------------------------------------------------------------------------------------
+
+
+def test_quality_prompt_sets_ask_for_both_values():
+    from synrep.evaluation.dreambooth_quality import prompt_set
+
+    prompts, wanted = prompt_set("background", "a sks ring", "a ring", 4)
+    assert prompts == ["a sks ring on a dark background"] * 2 + ["a sks ring on a light background"] * 2
+    assert wanted.tolist() == [0, 0, 1, 1]
+    prompts, wanted = prompt_set("size", "a sks ring", "a ring", 2)
+    assert prompts == ["a sks ring, small", "a sks ring, big"] and wanted.tolist() == [0, 1]
+    assert toyworld.parse_caption(prompts[1], _world_cfg())["size"] == 1
+
+
+def _world_cfg():
+    from synrep.config import load_config
+
+    return load_config(["threads=1"])
+
+
+def test_quality_step_writes_tables_with_intervals_over_seeds(make_cfg, small_world, tiny_toy_pipeline_dir,
+                                                             tiny_clip_dir, tmp_path):
+    from synrep.evaluation import dreambooth_quality
+
+    common = [*TINY_RUN, f"dreambooth.generator={tiny_toy_pipeline_dir}", "sample_quality.classifier_epochs=2",
+              f"paths.data_dir={small_world}/data", "dreambooth.max_train_steps=1"]
+    for name, prior in (("p", "true"), ("n", "false")):
+        # the fine-tunes as the train step saves them (its MLflow run left out, for time)
+        train_cfg = make_cfg(*common, f"dreambooth.with_prior_preservation={prior}")
+        pipe = fresh(tiny_toy_pipeline_dir)
+        images, _ = toyworld.render_subject(train_cfg, 2, 0)
+        summary = db.train_dreambooth(pipe, images, train_cfg.dreambooth, tmp_path / "class",
+                                      db.sampling_settings(train_cfg.dreambooth, train_cfg.generation), progress=False)
+        db.save_model(pipe, tmp_path / name, train_cfg, summary)
+    cfg = make_cfg(*common, f"dreambooth.quality.models=[{tmp_path}/p,{tmp_path}/n]",
+                   f"dreambooth.quality.clip_model={tiny_clip_dir}", "dreambooth.quality.images=4",
+                   "dreambooth.quality.seeds=[0,1]", "dreambooth.quality.reference_images=6")
+    outputs = dreambooth_quality.run(cfg)
+    result = json.loads(outputs["json"].read_text())
+    rows = result["rows"]
+    assert sorted({(r["model"], r["prior"]) for r in rows}, key=str) == sorted(
+        {("real", None), ("base", None), ("prior", True), ("no_prior", False)}, key=str)
+    assert len(rows) == 4 * 2
+    for r in rows:
+        assert 0 <= r["prompt_background"] <= 1 and 0 <= r["class_ring_accuracy"] <= 1
+        assert -1 <= r["fidelity_clip"] <= 1 and r["class_diversity"] >= 0
+    real = [r for r in rows if r["model"] == "real"]
+    # real renders are what the judge learnt from: it reads the asked background on nearly all
+    assert np.mean([r["prompt_background"] for r in real]) >= 0.75
+    table = outputs["table"].read_text().strip().splitlines()
+    assert len(table) == 2 + 4 and any(line.startswith("| prior | True | ") for line in table)
+    assert all("±" in line for line in table[2:])  # two seeds: an interval in every cell

@@ -1,0 +1,179 @@
+"""StyleGAN-NADA for the toy generator (generation/toy/nada.py) and its measurement
+(evaluation/nada_quality.py, evaluation/domain_classifier.py), on the tiny generator and CLIP."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY_CLIP, tmp_overrides
+
+# A few steps of everything: 2 units of 4 trained, a 2-step chain, 4 captions x 2 images measured
+TINY_NADA = ["nada.steps=3", "nada.batch_size=2", "nada.ddim_steps=2", "nada.k=2", "nada.eval_every=2",
+             "nada.eval_captions=4", "nada.eval_images_per_caption=2", "nada.lr=1e-2", "nada.classifier_epochs=1",
+             "generation.steps=2", "sample_quality.classifier_epochs=1", *TINY_CLIP]
+
+
+def nada_overrides(root, pipeline, clip, *extra):
+    return tmp_overrides(root, f"nada.generator={pipeline}", f"nada.clip_model={clip}",
+                         f"nada.output_dir={root}/results/nada", *TINY_NADA, *extra)
+
+
+def test_directional_loss_is_one_minus_cosine_by_hand():
+    from synrep.generation.toy.nada import directional_loss
+
+    rng = np.random.default_rng(0)
+    train, frozen = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+    direction = rng.normal(size=8)
+    direction /= np.linalg.norm(direction)
+    expected = np.mean([1 - (a - b) @ direction / np.linalg.norm(a - b) for a, b in zip(train, frozen)])
+    got = directional_loss(torch.tensor(train), torch.tensor(frozen), torch.tensor(direction))
+    assert float(got) == pytest.approx(expected, abs=1e-10)
+    # an image change along the text direction costs nothing, against it the most
+    along = torch.tensor(frozen) + torch.tensor([[0.5], [1.0], [2.0], [3.0], [0.1]]) * torch.tensor(direction)
+    assert float(directional_loss(along, torch.tensor(frozen), torch.tensor(direction))) == pytest.approx(0, abs=1e-10)
+    against = torch.tensor(frozen) - torch.tensor(direction)
+    assert float(directional_loss(against, torch.tensor(frozen), torch.tensor(direction))) == pytest.approx(2.0)
+
+
+def test_directional_loss_at_no_change_is_one_with_a_bounded_gradient_along_the_text_direction():
+    from synrep.generation.toy.nada import DELTA_FLOOR, directional_loss
+
+    direction = torch.tensor([0.6, 0.8, 0.0])
+    frozen = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    train = frozen.clone().requires_grad_(True)  # both copies equal: ΔI = 0
+    loss = directional_loss(train, frozen, direction)
+    loss.backward()
+    assert loss.item() == pytest.approx(1.0)
+    # d/dΔI of -(ΔI·ΔT)/floor, averaged over the 2 rows: finite, pointing against ΔT
+    assert torch.allclose(train.grad, -direction.expand(2, 3) / (2 * DELTA_FLOOR))
+
+
+def test_text_direction_is_the_normalised_mean_template_difference():
+    from synrep.generation.toy.nada import text_direction
+
+    table = {"src a": [1.0, 0.0, 0.0], "src b": [0.0, 1.0, 0.0], "tgt a": [0.0, 0.0, 1.0], "tgt b": [0.6, 0.0, 0.8]}
+
+    class Guide:  # unit text embeddings by prompt
+        def text_embeddings(self, prompts):
+            return torch.tensor([table[p] for p in prompts])
+
+    got = text_direction(Guide(), [["src a"], ["src b"]], [["tgt a"], ["tgt b"]])
+    expected = (np.array(table["tgt a"]) + table["tgt b"] - table["src a"] - table["src b"]) / 2
+    assert np.allclose(got.numpy(), expected / np.linalg.norm(expected))
+
+
+def test_bad_domain_name_is_one_line_naming_the_key(small_world, capsys):
+    from synrep.__main__ import main
+    from synrep.config import load_config
+    from synrep.generation.toy import nada
+
+    cfg = load_config(tmp_overrides(small_world, "nada.target=paintng"))
+    with pytest.raises(ValueError, match=r"config key 'nada.target': unknown domain 'paintng'"):
+        nada.check(cfg)
+    assert main(["train_nada", "nada.target=paintng", *tmp_overrides(small_world)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "config key 'nada.target'" in err and "drawing" in err
+
+
+@pytest.fixture(scope="module")
+def trained(small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
+    """A few NADA steps on the tiny generator: (cfg, pipe, its UNet's weights before, trained UNet, summary)."""
+    from synrep.config import load_config
+    from synrep.data import toyworld
+    from synrep.generation.clip_guidance import load_guide
+    from synrep.generation.toy import nada
+    from synrep.generation.toy.pipeline import ToyGlidePipeline
+
+    torch.set_num_threads(1)
+    cfg = load_config(nada_overrides(small_world, tiny_toy_pipeline_dir, tiny_clip_dir))
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    snapshots = {}
+    unet, summary = nada.train(cfg, pipe, load_guide(str(tiny_clip_dir)), captions,
+                               lambda step, state: snapshots.__setitem__(step, state), progress=False)
+    return cfg, pipe, before, unet, summary, snapshots
+
+
+def test_only_the_top_k_units_train_and_all_else_is_bit_identical(trained):
+    cfg, _, before, unet, summary, snapshots = trained
+    scores, chosen = summary["scores"], summary["chosen"]
+    assert len(chosen) == cfg.nada.k and len(summary["units"]) > cfg.nada.k
+    assert chosen == sorted(scores, key=lambda u: -scores[u])[:cfg.nada.k]
+    assert scores[chosen[-1]] > min(scores.values())  # the ranking separates something
+    changed = {k for k, v in unet.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed, "training changed nothing"
+    assert all(any(k.startswith(u + ".") for u in chosen) for k in changed), sorted(changed)
+    for unit in chosen:  # each trained unit moved
+        assert any(k.startswith(unit + ".") for k in changed), unit
+    # snapshots hold the trained units only, at 0, every eval_every steps and the end
+    assert sorted(snapshots) == [0, 2, 3]
+    assert all(any(k.startswith(u + ".") for u in chosen) for k in snapshots[3])
+    assert all(torch.equal(v, unet.state_dict()[k]) for k, v in snapshots[3].items())
+    assert all(torch.equal(v, before[k]) for k, v in snapshots[0].items())
+    assert len(summary["curve"]) == cfg.nada.steps and summary["curve"][0]["directional"] == pytest.approx(1.0)
+
+
+def test_the_frozen_copy_never_changes(trained):
+    _, pipe, before, unet, _, _ = trained
+    assert unet is not pipe.unet
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+
+
+def test_the_chain_of_the_frozen_unet_is_the_pipelines_own_ddim_sampling(tiny_toy_pipeline_dir):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from synrep.generation.toy import nada
+    from synrep.generation.toy.pipeline import ToyGlidePipeline
+
+    torch.set_num_threads(1)
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red circle", "a blue ring"]
+    made = pipe(prompts, num_inference_steps=3, guidance_scale=2.0, output_type="pt",
+                generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+    noise = randn_tensor((2, 3, 16, 16), generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    cond, uncond = pipe.encode_batch(prompts, 1, True)
+    with torch.no_grad():
+        chain = nada.ddim_chain(pipe.unet, nada.ddim_scheduler(pipe, 3), noise, cond, uncond, 2.0)
+    assert torch.allclose(chain, made, atol=1e-5)
+
+
+def test_train_nada_saves_a_pipeline_that_load_pipeline_samples_and_the_curve_is_measured(
+        small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
+    from synrep.config import load_config
+    from synrep.evaluation import nada_quality
+    from synrep.generation.pipelines import load_pipeline
+    from synrep.generation.toy import nada
+
+    cfg = load_config(nada_overrides(small_world, tiny_toy_pipeline_dir, tiny_clip_dir))
+    outputs = nada.run(cfg)
+    folder = outputs["model"]
+    assert (folder / "recipe.yaml").exists()
+    summary = json.loads((folder / "training.json").read_text())
+    assert len(summary["curve"]) == 3 and len(summary["chosen"]) == 2
+    assert sorted(nada.snapshot_files(outputs["snapshots"])) == [0, 2, 3]
+    pipe = load_pipeline(str(folder), "dpmsolver")
+    images = pipe(["a red circle"], num_inference_steps=2, output_type="np",
+                  generator=[torch.Generator().manual_seed(0)]).images
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+
+    result = nada_quality.run(cfg)
+    for path in result.values():
+        assert path.exists(), path
+    rows = json.loads(result["json"].read_text())["rows"]
+    adapted = [r for r in rows if r["kind"] == "adapted"]
+    assert [r["step"] for r in adapted] == [0, 2, 3]
+    assert {r["kind"] for r in rows} == {"adapted", "baseline", "real_target"}
+    # step 0 is the frozen generator itself: all its content kept, no image change
+    assert adapted[0]["kept_shape"] == 1.0 and adapted[0]["kept_colour"] == 1.0
+    assert adapted[0]["clip_direction"] == 0.0
+    for row in rows:
+        assert 0.0 <= row["target_fraction"] <= 1.0
+        assert sum(row[f"domain_{d}"] for d in ("photo", "drawing", "negative", "pixelated")) == pytest.approx(1.0)
+    assert "| kind" in result["table"].read_text()
