@@ -177,3 +177,30 @@ def test_train_nada_saves_a_pipeline_that_load_pipeline_samples_and_the_curve_is
         assert 0.0 <= row["target_fraction"] <= 1.0
         assert sum(row[f"domain_{d}"] for d in ("photo", "drawing", "negative", "pixelated")) == pytest.approx(1.0)
     assert "| kind" in result["table"].read_text()
+
+
+def test_the_target_world_is_real_images_of_the_target_domain_only(make_cfg, small_world, tmp_path):
+    """nada_target_world: train / val / test of the target domain, deterministic, in the world's
+    format (so StableRep's evaluation reads it through eval.root), and read as that domain by the
+    toy world's own domain labels: its images are the domain renders of their attributes."""
+    from synrep.data import toyworld
+    from synrep.evaluation.features import load_eval_data
+
+    cfg = make_cfg(f"nada.target_world={tmp_path}/world", base=small_world)
+    outputs = toyworld.target_world_run(cfg)
+    splits = {s: toyworld.load_split(tmp_path / "world", s) for s in ("train", "val", "test")}
+    assert [len(splits[s]["images"]) for s in ("train", "val", "test")] == [40, 20, 200]
+    first = {s: p.read_bytes() for s, p in outputs.items()}
+    toyworld.target_world_run(cfg)
+    assert all(outputs[s].read_bytes() == first[s] for s in outputs)  # deterministic
+    # drawings look like the world's own drawings (pale pen on paper: mean ~220 of 255), not its
+    # photos (~117): the mean brightness of each split against the world's domain split
+    domains = toyworld.load_split(cfg, "domains_train")
+    drawings = domains["images"][domains["domain"] == list(cfg.toyworld.domains).index("drawing")]
+    photos = toyworld.load_split(cfg, "train")["images"]
+    for split in splits.values():
+        assert abs(split["images"].mean() - drawings.mean()) < 10 < abs(split["images"].mean() - photos.mean())
+    data = load_eval_data(make_cfg(f"eval.root={tmp_path}/world", base=small_world))
+    assert len(data.labels["shape"]["test"]) == 200
+    with pytest.raises(ValueError, match=r"nada.target.*paintng"):
+        toyworld.target_world_run(make_cfg("nada.target=paintng", f"nada.target_world={tmp_path}/bad", base=small_world))

@@ -23,6 +23,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "train_noised_clip": ("synrep.learning.toy_clip", "run_noised", "train GLIDE's noised CLIP (the toy CLIP's image tower on noised x_t with its timestep)"),
     "train_unclip": ("synrep.generation.toy.train_unclip", "run", "train the toy DALL-E 2 / unCLIP prior and decoder over the toy CLIP's embeddings"),
     "train_inpaint": ("synrep.generation.toy.inpaint", "run", "fine-tune the toy generator into a GLIDE-style inpainting model"),
+    "nada_target_world": ("synrep.data.toyworld", "target_world_run", "render NADA's target domain as a toy world of real images (StableRep's domain-shift evaluation set)"),
     "train_nada": ("synrep.generation.toy.nada", "run", "StyleGAN-NADA: adapt the toy generator to another domain from text alone (directional CLIP loss)"),
     "domain_classifier": ("synrep.evaluation.domain_classifier", "run", "train the photo / other-domain classifier into nada.domain_classifier"),
     "nada_quality": ("synrep.evaluation.nada_quality", "run", "target-domain fraction, content kept and diversity of the NADA-adapted generator per step"),

@@ -296,6 +296,9 @@ class DreamBoothConfig:
     guidance_scale: float = 4.0
     log_every: int = 50
     quality: DreamBoothQualityConfig = field(default_factory=DreamBoothQualityConfig)
+    # Part of `snakemake`'s default target: both fine-tunes (with and without prior preservation)
+    # and their quality table (experiment toy_adaptation turns it on)
+    enabled: bool = False
 
 
 @dataclass
@@ -339,7 +342,12 @@ class NadaConfig:
     # its recipe matches, else trained and saved there
     domain_classifier: str = "${paths.results_dir}/${name}/domain_classifier"
     classifier_epochs: int = 6
+    # The target domain rendered as a toy world of real images (train / val / test): StableRep's
+    # evaluation set for the domain-shift gain (eval.root: ${nada.target_world} in toy_adaptation)
+    target_world: str = "${paths.results_dir}/${name}/nada/target_world"
     seed: int = 0
+    # Part of `snakemake`'s default target: adaptation, measurement (experiment toy_adaptation turns it on)
+    enabled: bool = False
 
 
 @dataclass

@@ -6,7 +6,9 @@ RUNS = {spec.run_id: spec for spec in expand_sweep(CFG)}
 # The toy world's captions have their real images in the world; real caption sets point
 # train.real_shards at img2dataset shards made outside the pipeline.
 TOY_CAPTIONS = Path(CFG.captions.path).resolve() == (WORLD / "captions_raw.tsv").resolve()
-EVAL_INPUT = [rules.toyworld.output.test] if CFG.eval.dataset == "toyworld" else []
+# The toy world evaluated on: the world's own (rule toyworld) or another rendered one under
+# eval.root, e.g. NADA's target domain (rule nada_target_world)
+EVAL_INPUT = [str(Path(CFG.eval.root) / "real" / "test.npz")] if CFG.eval.dataset == "toyworld" else []
 
 
 wildcard_constraints:

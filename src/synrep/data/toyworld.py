@@ -587,6 +587,28 @@ def train_images_for(cfg_or_dir, urls: list[str], what: str = "this step") -> di
     return {"images": split["images"][index], "object_mask": split["object_mask"][index]}
 
 
+def target_world_run(cfg: DictConfig) -> dict[str, Path]:
+    """The NADA target domain (``nada.target``) as a toy world of its own under ``nada.target_world``:
+    real/{train,val,test}.npz of images in that domain only, sized as the world's domain splits
+    (train ``n_domain_train``, val ``n_domain_test``, test ``n_test``), from streams of their own.
+    StableRep evaluated with ``eval.root`` there measures how it transfers to the domain."""
+    domain = cfg.nada.target
+    names = ["photo", *cfg.toyworld.domains]
+    if domain not in names:
+        raise ValueError(f"config key 'nada.target': unknown domain {domain!r}; known: {', '.join(names)}")
+    out = Path(cfg.nada.target_world)
+    # spawn key (6, domain): apart from the world's own streams (0-4) and its domain splits (5)
+    seqs = np.random.SeedSequence(cfg.toyworld.seed, spawn_key=(6, names.index(domain))).spawn(3)
+    sizes = (cfg.toyworld.n_domain_train, cfg.toyworld.n_domain_test, cfg.toyworld.n_test)
+    outputs = {}
+    for split, n, seq in zip(("train", "val", "test"), sizes, seqs):
+        attrs, images, masks, _ = render_split(cfg, n, seq, domains=[domain] * n)
+        outputs[split] = out / "real" / f"{split}.npz"
+        _save_split(outputs[split], images, attrs, object_mask=masks)
+    save_resolved(cfg, out)
+    return outputs
+
+
 def run(cfg: DictConfig) -> dict[str, Path]:
     """Render the world and write its caption file and real splits."""
     _check_vocab(cfg)

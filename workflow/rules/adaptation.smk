@@ -1,0 +1,129 @@
+# Adapting the generator itself (issue #12): DreamBooth (a subject from a few images, with and
+# without prior preservation) and StyleGAN-NADA (a new domain from text alone). Each is in the
+# default target when its `enabled` is true (experiment toy_adaptation). NADA's adapted generator is
+# an ordinary pipeline folder: a source names it as its `generator:` and the sweeps train on it.
+
+DREAMBOOTH = Path(CFG.dreambooth.output_dir).parent
+DREAMBOOTH_VARIANTS = {"prior": True, "no_prior": False}
+NADA = Path(CFG.nada.output_dir)
+
+
+rule train_dreambooth:
+    input:
+        local_model_dir(CFG.dreambooth.generator),
+    output:
+        directory(DREAMBOOTH / "{variant}"),
+    params:
+        config=section_hash(CFG, "dreambooth", "toyworld"),
+        prior=lambda wildcards: DREAMBOOTH_VARIANTS[wildcards.variant],
+    wildcard_constraints:
+        variant="|".join(DREAMBOOTH_VARIANTS),
+    threads: CFG.threads
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "train_dreambooth_{variant}.log",
+    shell:
+        synrep("train_dreambooth", "dreambooth.output_dir={output} dreambooth.with_prior_preservation={params.prior}")
+
+
+rule dreambooth_quality:
+    input:
+        CFG.dreambooth.quality.models,
+        local_model_dir(CFG.dreambooth.generator),
+        [q for q in [CFG.sample_quality.classifier] if q and Path(q).exists()],
+    output:
+        table=Path(CFG.dreambooth.quality.output_dir) / "dreambooth_quality.md",
+        json=Path(CFG.dreambooth.quality.output_dir) / "dreambooth_quality.json",
+    params:
+        config=section_hash(CFG, "dreambooth", "toyworld"),
+    threads: CFG.threads
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "dreambooth_quality.log",
+    shell:
+        synrep("dreambooth_quality")
+
+
+rule domain_classifier:
+    input:
+        rules.toyworld.output.train,
+        rules.toyworld.output.domains_train,
+    output:
+        directory(CFG.nada.domain_classifier),
+    params:
+        config=section_hash(CFG, "toyworld"),
+        epochs=CFG.nada.classifier_epochs,
+    threads: CFG.threads
+    resources:
+        runtime=30,
+        mem_mb=4000,
+    log:
+        LOGS / "domain_classifier.log",
+    shell:
+        synrep("domain_classifier")
+
+
+rule train_nada:
+    input:
+        local_model_dir(CFG.nada.generator),
+        CFG.nada.clip_model,
+        train=rules.toyworld.output.train,
+    output:
+        generator=directory(NADA / "generator"),
+        snapshots=directory(NADA / "snapshots"),
+    params:
+        config=section_hash(CFG, "nada", "toyworld"),
+    threads: CFG.threads
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "train_nada.log",
+    shell:
+        synrep("train_nada")
+
+
+rule nada_quality:
+    input:
+        rules.train_nada.output.snapshots,
+        rules.domain_classifier.output,
+        [q for q in [CFG.sample_quality.classifier] if q and Path(q).exists()],
+    output:
+        table=NADA / "quality" / "nada_quality.md",
+        curve=NADA / "quality" / "nada_curve.png",
+    params:
+        config=section_hash(CFG, "nada", "generation", "toyworld"),
+    threads: CFG.threads
+    resources:
+        runtime=60,
+        mem_mb=4000,
+    log:
+        LOGS / "nada_quality.log",
+    shell:
+        synrep("nada_quality")
+
+
+# NADA's target domain rendered as real images: the evaluation set of the domain-shift study
+# (eval.root in experiment toy_adaptation)
+rule nada_target_world:
+    output:
+        train=Path(CFG.nada.target_world) / "real" / "train.npz",
+        val=Path(CFG.nada.target_world) / "real" / "val.npz",
+        test=Path(CFG.nada.target_world) / "real" / "test.npz",
+    params:
+        config=section_hash(CFG, "toyworld"),
+        target=CFG.nada.target,
+    threads: 1
+    log:
+        LOGS / "nada_target_world.log",
+    shell:
+        synrep("nada_target_world")
+
+
+ADAPTATION_TARGETS = (
+    [rules.dreambooth_quality.output.table] if CFG.dreambooth.enabled else []
+) + ([rules.nada_quality.output.table] if CFG.nada.enabled else [])
