@@ -176,6 +176,33 @@ def test_toy_run_saves_a_loadable_pipeline_and_reuses_class_images(make_cfg, tin
     assert json.loads((again["model"] / db.SUMMARY).read_text())["class_images"]["generated"] == 0
 
 
+def test_real_photos_of_a_subject_train_a_stable_diffusion_pipeline(tmp_path, make_cfg, tiny_sd_pipeline_dir):
+    """dreambooth.instance_data_dir (diffusers' --instance_data_dir): a folder of photos instead of
+    the toy subject; an empty folder is one error naming the key."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 255, (3, 24, 24, 3), dtype=np.uint8)
+    for i, im in enumerate(raw):
+        Image.fromarray(im).save(photos / f"{i}.png")
+    (photos / "notes.txt").write_text("not an image")
+    side = fresh(tiny_sd_pipeline_dir).unet.config.sample_size * 2
+    loaded = db.load_instance_images(photos, side)
+    assert loaded.shape == (3, side, side, 3)
+    np.testing.assert_array_equal(loaded[1], np.asarray(Image.fromarray(raw[1]).resize((side, side), Image.Resampling.BILINEAR)))
+    cfg = make_cfg(*TINY_RUN, f"dreambooth.generator={tiny_sd_pipeline_dir}", f"dreambooth.instance_data_dir={photos}",
+                   "dreambooth.with_prior_preservation=false", "dreambooth.train_batch_size=1",
+                   f"dreambooth.output_dir={tmp_path}/out")
+    out = db.run(cfg)["model"]
+    assert type(load_pipeline(str(out), "ddim", "float32", "cpu")).__name__ == "StableDiffusionPipeline"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="dreambooth.instance_data_dir"):
+        db.run(make_cfg(*TINY_RUN, f"dreambooth.generator={tiny_sd_pipeline_dir}", f"dreambooth.instance_data_dir={empty}"))
+
+
 def test_stable_diffusion_fine_tune_trains_the_unet_through_the_vae(tmp_path, make_cfg, tiny_sd_pipeline_dir):
     cfg = make_cfg(*TINY_RUN, "dreambooth.train_batch_size=1", "dreambooth.num_class_images=2",
                    "dreambooth.max_train_steps=2", "dreambooth.train_text_encoder=true")

@@ -287,6 +287,8 @@ class DreamBoothConfig:
     seed: int = 0
     # Not diffusers options: the toy subject, how class images are sampled, logging
     num_instance_images: int = 5  # instance images of the subject (the paper: 3-5)
+    # diffusers' --instance_data_dir: a folder of real photos of the subject instead of the toy one
+    instance_data_dir: Optional[str] = None
     subject_seed: int = 0  # which renders of the subject are the instance images
     sampler: Optional[str] = None  # null: generation.sampler
     steps: Optional[int] = None  # sampling steps; null: generation.steps

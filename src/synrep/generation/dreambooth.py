@@ -104,6 +104,17 @@ def resize_images(images: np.ndarray, side: int) -> np.ndarray:
                      for im in images])
 
 
+def load_instance_images(folder: str | Path, side: int) -> np.ndarray:
+    """uint8 [N, side, side, 3]: every image file of ``folder`` (sorted by name), RGB, resized."""
+    from PIL import Image
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not paths:
+        raise FileNotFoundError(f"config key 'dreambooth.instance_data_dir': no .png/.jpg/.jpeg/.webp images in {folder}")
+    return resize_images(np.stack([np.asarray(Image.open(p).convert("RGB").resize((side, side), Image.Resampling.BILINEAR))
+                                   for p in paths]), side)
+
+
 def model_input(pipe, images: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> what the UNet denoises: pixels in [-1, 1] (toy), or the VAE latent's
     sample times ``scaling_factor`` (Stable Diffusion, as train_dreambooth.py)."""
@@ -377,7 +388,10 @@ def run(cfg) -> dict[str, Path]:
     g = cfg.generation
     # load_pipeline's cached object is shared by the process: train a copy of its own
     pipe = load_pipeline.__wrapped__(d.generator, d.sampler or g.sampler, "float32", g.device)
-    images, _ = toyworld.render_subject(cfg, d.num_instance_images, instance_seed(d.subject_seed))
+    if d.instance_data_dir:  # real photos of a subject, as train_dreambooth.py's --instance_data_dir
+        images = load_instance_images(d.instance_data_dir, model_resolution(pipe))
+    else:
+        images, _ = toyworld.render_subject(cfg, d.num_instance_images, instance_seed(d.subject_seed))
     settings = sampling_settings(d, g)
     weights = model_fingerprint(d.generator, Path(cfg.paths.results_dir) / ".fingerprints", "dreambooth.generator")
     out = Path(d.output_dir)
