@@ -306,3 +306,26 @@ def test_a_clip_guided_source_keeps_its_own_column_beside_cfg_at_the_same_w(make
     report.build(cfg, paths, None, tmp_path / "ablations")
     w = pl.read_csv(tmp_path / "ablations" / "probe_shape__guidance_scale_w_per_method.csv")
     assert sorted(w.columns) == ["method", "w=1+CLIP s=30", "w=1.0"]  # two columns at w = 1
+
+
+def test_sources_at_the_same_w_get_a_column_each(make_cfg, tmp_path):
+    """Two sources at w = 2 (e.g. a generator and its NADA-adapted copy): the w table merges them and
+    method x data shows the best, so a table per source; each cell is the t-interval of its runs."""
+    from scipy import stats
+
+    cfg = make_cfg("sweep.grids=[{method:[stablerep],data:[w2,alt]}]", "sweep.seeds=[0,1,2]",
+                   "sources.alt.guidance.w=2", "sources.alt.seed=7")
+    paths, truth = fabricate(cfg, tmp_path)
+    report.build(cfg, paths, None, tmp_path / "ablations")
+    table = pl.read_csv(tmp_path / "ablations" / "probe_shape__synthetic_source_per_method.csv")
+    assert table.columns == ["method", "w2", "alt"]
+    for spec in sweep.expand(cfg):
+        values = np.array(truth[spec.group])
+        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+        assert table[spec.data][0] == f"{round(values.mean(), 3)} ± {round(half, 3)}"
+    # sources with a w each keep to the w table
+    other = make_cfg("sweep.grids=[{method:[stablerep],data:[w2,w8]}]", "sweep.seeds=[0,1]",
+                     "sources.w8.guidance.w=8", base=tmp_path / "b")
+    paths, _ = fabricate(other, tmp_path / "b")
+    report.build(other, paths, None, tmp_path / "b" / "ablations")
+    assert not (tmp_path / "b" / "ablations" / "probe_shape__synthetic_source_per_method.csv").exists()

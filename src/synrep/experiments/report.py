@@ -178,6 +178,18 @@ def table_w(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, pl.Dat
     return "guidance scale w per method", table
 
 
+def table_source(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, pl.DataFrame] | None:
+    """A column per synthetic source, when some sources share a w (the w table would merge them,
+    and the method x data table shows only the best): e.g. a generator and its adapted copy."""
+    syn = default_runs(df, cfg).filter(pl.col("data") != "real")
+    if syn.select(pl.col("data").n_unique()).item() <= syn.select(pl.col("w_label").n_unique()).item():
+        return None
+    cells = mean_ci(syn, ["method", "data"], metric)
+    order = list(dict.fromkeys(syn["data"].to_list()))
+    table = _label(_order_methods(cells.pivot(on="data", index="method", values="cell")))
+    return "synthetic source per method", table.select("method", *order)
+
+
 def table_zeroshot_w(df: pl.DataFrame, metric: str, cfg: DictConfig, with_note: bool = False):
     """Zero-shot accuracy against w (the paper's CLIP ablation: one image per caption), one column
     per method with a text tower, and the same method on the real images as a reference row.
@@ -429,7 +441,7 @@ def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path]
                     table_method_data(text, metric, cfg, None, primary, with_note=True)]
         else:
             made = [table_lm(df, metric), table_budget(df, metric), table_m(df, metric), table_w(df, metric, cfg),
-                    table_method_data(df, metric, cfg, base, primary, with_note=True)]
+                    table_source(df, metric, cfg), table_method_data(df, metric, cfg, base, primary, with_note=True)]
         for item in made:
             if item is None:
                 continue
