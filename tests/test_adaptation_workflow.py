@@ -30,6 +30,10 @@ def test_toy_adaptation_plans_every_stage_and_the_adapted_source_waits_for_nada(
     cfg = load_config(["experiment=toy_adaptation", f"paths.results_dir={tmp_path}/results"])
     assert cfg.sources.nada.generator == str(Path(cfg.nada.output_dir) / "generator")
     assert cfg.eval.root == cfg.nada.target_world
+    # DreamBooth's table also scores with a StableRep encoder the study trains: the sweep names that run
+    from synrep.experiments import sweep
+
+    assert Path(cfg.dreambooth.quality.encoder).name in {spec.run_id for spec in sweep.expand(cfg)}
     # the default run plans none of it
     default = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", paths],

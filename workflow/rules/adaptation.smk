@@ -31,6 +31,8 @@ rule train_dreambooth:
 rule dreambooth_quality:
     input:
         CFG.dreambooth.quality.models,
+        # a StableRep run whose encoder also scores subject fidelity (a sweep run of the same study)
+        [str(Path(CFG.dreambooth.quality.encoder) / "metrics.json")] if CFG.dreambooth.quality.encoder else [],
         local_model_dir(CFG.dreambooth.generator),
         [q for q in [CFG.sample_quality.classifier] if q and Path(q).exists()],
     output:
