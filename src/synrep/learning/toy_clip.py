@@ -149,13 +149,49 @@ def lr_at(step: int, steps: int, warmup: int, peak: float) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
+def fit(model: torch.nn.Module, n: int, c: DictConfig, loss_of, desc: str, progress: bool = True,
+        max_grad_norm: float | None = None) -> list[float]:
+    """CLIP's training loop, shared by the toy CLIP and its noised version: ``c.epochs`` passes over
+    ``n`` items in shuffled batches of ``c.batch_size`` (``loss_of(indices, generator)``), AdamW without
+    weight decay on gains, biases, embeddings and the temperature, linear warm-up then cosine, the
+    temperature clamped at 100 as open_clip does. Returns the mean loss of each epoch."""
+    from synrep.learning.models import parameter_groups
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = n // c.batch_size
+    steps = c.epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(c.seed)
+    curve, window = [], []
+    bar = tqdm(range(steps), desc=desc, unit="step", mininterval=5, disable=not progress)
+    for step in bar:
+        if step % steps_per_epoch == 0:
+            order = torch.randperm(n, generator=gen)
+        idx = order[(step % steps_per_epoch) * c.batch_size:(step % steps_per_epoch + 1) * c.batch_size]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, c.warmup_steps, c.lr)
+        loss = loss_of(idx, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        window.append(loss.item())
+        if (step + 1) % steps_per_epoch == 0:
+            curve.append(float(np.mean(window)))
+            window = []
+            bar.set_postfix(loss=f"{curve[-1]:.3f}")
+    return curve
+
+
 def train(cfg: DictConfig, progress: bool = True) -> tuple[torch.nn.Module, list[float]]:
     """The toy CLIP trained on the train corpus; returns it (eval mode) and its loss curve."""
     from open_clip.tokenizer import SimpleTokenizer  # what open_clip.get_tokenizer gives the saved model
 
     from synrep.learning.augment import BatchAugment
     from synrep.learning.losses import clip_loss
-    from synrep.learning.models import parameter_groups
 
     c = cfg.toy_clip
     torch.manual_seed(c.seed)
@@ -167,30 +203,11 @@ def train(cfg: DictConfig, progress: bool = True) -> tuple[torch.nn.Module, list
         "augment": {"crop_scale": list(c.crop_scale), "downsample_p": 0.0}}}))
 
     model = build_model(cfg).train()
-    optimizer = torch.optim.AdamW(parameter_groups(model, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
-    steps_per_epoch = len(images) // c.batch_size
-    steps = c.epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(c.seed)
-    curve, window = [], []
-    bar = tqdm(range(steps), desc="train toy CLIP", unit="step", mininterval=5, disable=not progress)
-    for step in bar:
-        if step % steps_per_epoch == 0:
-            order = torch.randperm(len(images), generator=gen)
-        idx = order[(step % steps_per_epoch) * c.batch_size:(step % steps_per_epoch + 1) * c.batch_size]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, c.warmup_steps, c.lr)
-        x = augment(images[idx])
-        loss = clip_loss(model.encode_image(x), model.encode_text(tokens[idx]), model.logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():  # open_clip's training clamps the temperature at 100
-            model.logit_scale.clamp_(0, math.log(100))
-        window.append(loss.item())
-        if (step + 1) % steps_per_epoch == 0:
-            curve.append(float(np.mean(window)))
-            window = []
-            bar.set_postfix(loss=f"{curve[-1]:.3f}")
+
+    def loss_of(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return clip_loss(model.encode_image(augment(images[idx])), model.encode_text(tokens[idx]), model.logit_scale)
+
+    curve = fit(model, len(images), c, loss_of, "train toy CLIP", progress)
     return model.eval(), curve
 
 
@@ -286,7 +303,6 @@ def train_noised(cfg: DictConfig, progress: bool = True):
 
     from synrep.generation.noised_clip import NoisedClip, alphas_cumprod
     from synrep.learning.losses import clip_loss
-    from synrep.learning.models import parameter_groups
 
     c = cfg.toy_noised_clip
     torch.manual_seed(c.seed)
@@ -309,36 +325,16 @@ def train_noised(cfg: DictConfig, progress: bool = True):
         text = torch.cat([model.encode_text(tokens[i:i + 1024]) for i in range(0, len(tokens), 1024)])
 
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameter_groups(model, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
-    steps_per_epoch = len(x0_all) // c.batch_size
-    steps = c.epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(c.seed)
-    curve, window = [], []
-    bar = tqdm(range(steps), desc="train noised CLIP", unit="step", mininterval=5, disable=not progress)
-    for step in bar:
-        if step % steps_per_epoch == 0:
-            order = torch.randperm(len(x0_all), generator=gen)
-        idx = order[(step % steps_per_epoch) * c.batch_size:(step % steps_per_epoch + 1) * c.batch_size]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, c.warmup_steps, c.lr)
+
+    def loss_of(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x0 = x0_all[idx]
         flip = torch.rand(len(idx), generator=gen) < 0.5
         x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
         t = torch.randint(0, len(alphas), (len(idx),), generator=gen)
         x = noised_input(x0, torch.randn(x0.shape, generator=gen), t, alphas)
-        loss = clip_loss(model.encode_image(x, t), text[idx], model.logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        window.append(loss.item())
-        if (step + 1) % steps_per_epoch == 0:
-            curve.append(float(np.mean(window)))
-            window = []
-            bar.set_postfix(loss=f"{curve[-1]:.3f}")
+        return clip_loss(model.encode_image(x, t), text[idx], model.logit_scale)
+
+    curve = fit(model, len(x0_all), c, loss_of, "train noised CLIP", progress, max_grad_norm=1.0)
     return model.eval(), curve, base, tokenizer, schedule
 
 
