@@ -93,11 +93,14 @@ class ClipGuide:
         device = next(self.model.parameters()).device
         return self.model.encode_text(self.tokenizer(prompts).to(device), normalize=True)
 
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] in [0, 1] -> the image tower's input (resized, normalised), differentiable."""
+        x = F.interpolate(images.float(), size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, H, W] in [0, 1], differentiable."""
-        x = F.interpolate(images.float(), size=self.size, mode="bilinear", antialias=True, align_corners=False)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return self.model.encode_image(x, normalize=True)
+        return self.model.encode_image(self.preprocess(images), normalize=True)
 
     def similarity(self, images: torch.Tensor, text: torch.Tensor, cutouts: int = 0,
                    generator: torch.Generator | None = None) -> torch.Tensor:
@@ -125,17 +128,12 @@ class NoisedClipGuide(ClipGuide):
         super().__init__(model.clip, tokenizer)
         self.noised_model, self.info = model, info
 
-    def _encode(self, images01: torch.Tensor, t) -> torch.Tensor:
-        x = F.interpolate(images01.float(), size=self.size, mode="bilinear", antialias=True, align_corners=False)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return self.noised_model.encode_image(x, t, normalize=True)
-
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        return self._encode(images, 0)
+        return self.noised_model.encode_image(self.preprocess(images), 0)
 
     def noised_similarity(self, x_t: torch.Tensor, t, text: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of a noised pixel-space sample x_t (the [-1, 1] scale of x0) and the text."""
-        return (self._encode((x_t + 1) / 2, t) * text).sum(-1)
+        return (self.noised_model.encode_image(self.preprocess((x_t + 1) / 2), t) * text).sum(-1)
 
 
 class _Toy:

@@ -311,11 +311,10 @@ def train_noised(cfg: DictConfig, progress: bool = True):
     base, tokenizer = load_clip(c.base_clip, key="toy_noised_clip.base_clip")
     clip, _ = load_clip(c.base_clip)
     model = NoisedClip(clip)
-    model.clip.transformer.requires_grad_(False)  # the text tower stays the base CLIP's
-    for name in ("token_embedding", "ln_final"):
-        getattr(model.clip, name).requires_grad_(False)
-    model.clip.positional_embedding.requires_grad_(False)
-    model.clip.text_projection.requires_grad_(False)
+    # the image tower, its time embedding and the temperature train; the text tower stays the base CLIP's
+    model.requires_grad_(False)
+    for part in (model.clip.visual, model.timestep, model.clip.logit_scale):
+        part.requires_grad_(True)
 
     photos = toyworld.load_split(cfg, "train")
     x0_all = torch.from_numpy(photos["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
