@@ -111,8 +111,8 @@ def load_instance_images(folder: str | Path, side: int) -> np.ndarray:
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
     if not paths:
         raise FileNotFoundError(f"config key 'dreambooth.instance_data_dir': no .png/.jpg/.jpeg/.webp images in {folder}")
-    return resize_images(np.stack([np.asarray(Image.open(p).convert("RGB").resize((side, side), Image.Resampling.BILINEAR))
-                                   for p in paths]), side)
+    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((side, side), Image.Resampling.BILINEAR))
+                     for p in paths])
 
 
 def model_input(pipe, images: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:

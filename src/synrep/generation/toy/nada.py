@@ -215,11 +215,8 @@ def select_layers(unet: nn.Module, units: list[str], k: int, sample, guide, targ
     in [0, 1] from that step's noises and captions."""
     trial = copy.deepcopy(unet)
     trial_units = layer_units(trial, unit)
-    trial.requires_grad_(False)
-    params = []
-    for name in units:
-        trial_units[name].requires_grad_(True)
-        params += list(trial_units[name].parameters())
+    set_trainable(trial, trial_units, units)
+    params = [p for name in units for p in trial_units[name].parameters()]
     before = {name: [p.detach().clone() for p in trial_units[name].parameters()] for name in units}
     optimizer = torch.optim.SGD(params, lr=lr)
     for _ in range(iters):
