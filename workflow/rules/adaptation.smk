@@ -58,7 +58,9 @@ rule domain_classifier:
         directory(CFG.nada.domain_classifier),
     params:
         config=section_hash(CFG, "toyworld"),
+        # its recipe (domain_classifier.recipe): a new seed or epochs retrains it here, not in nada_quality
         epochs=CFG.nada.classifier_epochs,
+        seed=CFG.nada.seed,
     threads: CFG.threads
     resources:
         runtime=30,
