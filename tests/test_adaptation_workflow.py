@@ -1,6 +1,7 @@
 """experiment=toy_adaptation as Snakemake plans it: both DreamBooth variants, their table, NADA with
 its domain classifier and measurement, the target-domain world that StableRep is evaluated on, and
-a source that trains on the adapted generator (it waits for train_nada)."""
+a source that trains on the adapted generator (it waits for train_nada); the default run plans the
+smallest form of each stage."""
 
 from __future__ import annotations
 
@@ -34,9 +35,17 @@ def test_toy_adaptation_plans_every_stage_and_the_adapted_source_waits_for_nada(
     from synrep.experiments import sweep
 
     assert Path(cfg.dreambooth.quality.encoder).name in {spec.run_id for spec in sweep.expand(cfg)}
-    # the default run plans none of it
+    # the default run plans the smallest form of each stage (not the domain-shift study), toy_core none
     default = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", paths],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert default.returncode == 0, default.stderr[-3000:]
-    assert not re.search(r"^(train_dreambooth|train_nada|nada_quality)\s+\d+$", default.stdout, re.M)
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", default.stdout, re.M)}
+    assert {k: counts.get(k) for k in ("train_dreambooth", "dreambooth_quality", "train_nada", "nada_quality",
+                                       "nada_target_world")} == {
+        "train_dreambooth": 2, "dreambooth_quality": 1, "train_nada": 1, "nada_quality": 1, "nada_target_world": None}
+    core = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", "experiment=toy_core", paths],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert core.returncode == 0, core.stderr[-3000:]
+    assert not re.search(r"^(train_dreambooth|train_nada|nada_quality)\s+\d+$", core.stdout, re.M)

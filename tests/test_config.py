@@ -17,8 +17,9 @@ def test_defaults_load_and_resolve():
     # config/config.yaml overrides the dataclass defaults, key by key
     embedded = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert cfg.generation.steps == embedded["generation"]["steps"]
-    assert {name: s.guidance.w for name, s in cfg.sources.items()} == {
-        name: s["guidance"]["w"] for name, s in embedded["sources"].items()}
+    assert {name: s.guidance.w for name, s in cfg.sources.items() if "guidance" in embedded["sources"][name]} == {
+        name: s["guidance"]["w"] for name, s in embedded["sources"].items() if "guidance" in s}
+    assert [cfg.sources[name].captions for name in cfg.sample_quality.sources] == [32, 32, 32, 32]
     assert cfg.train.augment.crop_scale == embedded["train"]["augment"]["crop_scale"]
     assert cfg.train.augment.color_jitter == [0.4, 0.4, 0.4, 0.1]  # not in the file: the default
 
@@ -38,6 +39,8 @@ def test_defaults_load_and_resolve():
         ("sources.w2.mode=video", "sources.w2.mode"),
         ("sources.w2.sampler=magic", "sources.w2.sampler"),
         ("sources.w2.stepz=3", "sources.w2.stepz"),
+        ("sources.w2.captions=0", "sources.w2.captions"),
+        ("sample_quality.sources=[w3]", "sample_quality.sources[0]"),
         ("sources.real.guidance.w=2", "sources.real"),
         ("train.data=w5", "train.data"),
         ("toyworld.near_duplicate_rate=1.5", "toyworld.near_duplicate_rate"),

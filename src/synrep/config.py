@@ -441,6 +441,9 @@ class SourceConfig:
     steps: Optional[int] = None
     l: Optional[int] = None  # images per caption; null: generation.images_per_caption
     seed: Optional[int] = None
+    # Only the first N captions of the caption set (a small source, e.g. the default run's preview of
+    # a mode); null: every caption
+    captions: Optional[int] = None
 
 
 @dataclass
@@ -482,6 +485,9 @@ class SampleQualityConfig:
     # GLIDE's own form: rows guided by a noised CLIP on x_t (toy_noised_clip), one per scale s, at clip_w
     noised_clip: Optional[str] = "models/toy_noised_clip"
     noised_clip_scales: list[float] = field(default_factory=list)
+    # Sources judged by source_quality (so generated) although no run of the sweep trains on them: the
+    # default run's small previews of each generation mode (their rows of the generator-family table)
+    sources: list[str] = field(default_factory=list)
     seed: int = 1234
     # Part of `snakemake`'s default target (toy world only: the classifier reads toy attributes)
     enabled: bool = True
@@ -857,6 +863,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"config key '{key}': must be in [0, 1], got {value!r}")
     for name, source in cfg.sources.items():
         check_source(name, source)
+    for i, name in enumerate(cfg.sample_quality.sources):
+        check_data_source(cfg, name, f"sample_quality.sources[{i}]")
+        if name == "real":
+            raise ConfigError(f"config key 'sample_quality.sources[{i}]': 'real' is not a synthetic source")
     if cfg.toyworld.image_size % 4:
         raise ConfigError("config key 'toyworld.image_size': must be a multiple of 4")
     check_data_source(cfg, cfg.train.data, "train.data")
@@ -949,6 +959,8 @@ def check_source(name: str, source: DictConfig) -> None:
         raise ConfigError(f"config key '{key}': {name!r} cannot name a source (letters, digits, _ . + -; not 'real')")
     if source.mode not in SOURCE_MODES:
         raise ConfigError(f"config key '{key}.mode': {source.mode!r} is not one of {list(SOURCE_MODES)}")
+    if source.captions is not None and source.captions <= 0:
+        raise ConfigError(f"config key '{key}.captions': must be > 0 (null: every caption), got {source.captions!r}")
     if source.mode == "inpaint":
         if source.inpaint.region not in INPAINT_REGIONS:
             raise ConfigError(f"config key '{key}.inpaint.region': {source.inpaint.region!r} is not one of "

@@ -1,11 +1,12 @@
 # Generation: one job per (source, caption range) shard, so that a cluster runs shards as array
 # jobs, then one index job per source. A source's jobs rerun when its resolved spec changes.
 from synrep.config import digest
-from synrep.generation.sources import source_spec
+from synrep.generation.sources import source_caption_count, source_spec
 
 SHARDS = RESULTS / "shards"
-# the sources that training reads, in the order the sweep names them
-SOURCES = list(dict.fromkeys(spec.data for spec in RUNS.values() if spec.data != "real"))
+# the sources that training reads, in the order the sweep names them, then those only judged
+SOURCES = list(dict.fromkeys([spec.data for spec in RUNS.values() if spec.data != "real"]
+                             + (list(CFG.sample_quality.sources) if CFG.sample_quality.enabled else [])))
 
 
 wildcard_constraints:
@@ -19,6 +20,7 @@ def source_shards(wildcards):
 
     parquet = checkpoints.captions.get().output.captions
     n = pl.scan_parquet(parquet).select(pl.len()).collect().item()
+    n = source_caption_count(source_spec(CFG, wildcards.source), n)
     return [str(shard_path(SHARDS, s.source, s.index))
             for s in shard_ranges(n, CFG.generation.captions_per_shard, wildcards.source)]
 

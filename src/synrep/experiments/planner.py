@@ -38,26 +38,27 @@ def world_size(cfg: DictConfig) -> int:
 
 def plan_table(cfg: DictConfig) -> pl.DataFrame:
     from synrep.experiments import sweep
-    from synrep.generation.sources import referenced_sources, source_spec, w_params
+    from synrep.generation.sources import referenced_sources, source_caption_count, source_spec, w_params
     from synrep.learning.trainer import training_length
 
     n = caption_count(cfg)
-    shards = -(-n // cfg.generation.captions_per_shard)
     rows = []
     for name in referenced_sources(cfg):
         spec = source_spec(cfg, name)
-        images = n * spec["l"]
+        n_source = source_caption_count(spec, n)
+        images = n_source * spec["l"]
         w = w_params(spec)
-        rows.append({"stage": f"generate {name}", "jobs": shards,
-                     "detail": f"{n:,} captions x l={spec['l']} = {images:,} images, w={w['w_set'] or format(w['w'], 'g')}",
+        rows.append({"stage": f"generate {name}", "jobs": -(-n_source // cfg.generation.captions_per_shard),
+                     "detail": f"{n_source:,} captions x l={spec['l']} = {images:,} images, w={w['w_set'] or format(w['w'], 'g')}",
                      "gpus_per_job": 1, "gpu_hours": images * cfg.plan.seconds_per_image / 3600})
     world = world_size(cfg)
     gpus = cfg.launch.nodes * max(1, cfg.launch.gpus_per_node)
     for spec in sweep.expand(cfg):
         rcfg = sweep.run_config(cfg, spec)
-        # real-image runs see the same captions, one image each
+        # real-image runs see the same captions, one image each; a small source only its own
+        n_run = n if spec.data == "real" else source_caption_count(source_spec(cfg, spec.data), n)
         try:
-            length = training_length(rcfg, n, world_size=world)
+            length = training_length(rcfg, n_run, world_size=world)
         except ValueError as err:  # e.g. a caption set smaller than one batch
             rows.append({"stage": f"train {spec.run_id}", "jobs": 1, "detail": f"cannot run: {err}",
                          "gpus_per_job": gpus, "gpu_hours": None})

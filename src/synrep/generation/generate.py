@@ -23,7 +23,8 @@ from synrep.generation.pipelines import fingerprint, load_pipeline
 from synrep.data import toyworld
 from synrep.generation.provenance import input_record, make_record, record_mismatch
 from synrep.generation.sampling import caption_images
-from synrep.generation.sources import image_draws, needs_real_images, referenced_sources, source_spec
+from synrep.generation.sources import (image_draws, needs_real_images, referenced_sources, source_caption_count,
+                                      source_spec)
 
 
 def shards_dir(cfg: DictConfig) -> Path:
@@ -48,7 +49,8 @@ def load_captions(cfg: DictConfig) -> pl.DataFrame:
 def source_shards(cfg: DictConfig, source: str, n_captions: int | None = None) -> list[ShardSpec]:
     if n_captions is None:
         n_captions = len(load_captions(cfg))
-    return shard_ranges(n_captions, cfg.generation.captions_per_shard, source)
+    n = source_caption_count(source_spec(cfg, source), n_captions)
+    return shard_ranges(n, cfg.generation.captions_per_shard, source)
 
 
 def generate_shard(cfg: DictConfig, spec: dict, captions: pl.DataFrame, shard: ShardSpec, pipe, model: dict,
@@ -101,8 +103,9 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
         if shard is not None:
             shards = [s for s in shards if s.index == shard]
             if not shards:
-                raise ValueError(f"shard {shard} does not exist: {len(captions)} captions make "
-                                 f"{-(-len(captions) // cfg.generation.captions_per_shard)} shards per source")
+                n = source_caption_count(spec, len(captions))
+                raise ValueError(f"shard {shard} does not exist: source {name!r} generates {n} captions, "
+                                 f"{-(-n // cfg.generation.captions_per_shard)} shard(s)")
         model = model_info(cfg, spec)
         todo = []
         for s in shards:

@@ -43,6 +43,8 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         "l": source.l or g.images_per_caption,
         "seed": g.seed if source.seed is None else source.seed,
     }
+    if source.captions is not None:  # absent otherwise, so that the specs of whole sources keep their hash
+        spec["captions"] = source.captions
     settings = to_dict(g)
     spec.update({key: settings[key] for key in IMAGE_SETTINGS})
     if source.mode == "inpaint":
@@ -122,11 +124,19 @@ def w_params(spec: dict) -> dict:
     return out
 
 
+def source_caption_count(spec: dict, n_captions: int) -> int:
+    """How many captions of a caption set of ``n_captions`` the source generates: the first ones."""
+    return min(n_captions, spec["captions"]) if spec.get("captions") else n_captions
+
+
 def referenced_sources(cfg: DictConfig) -> list[str]:
-    """The sources that training reads: ``train.data`` and the sweep's data axis, in config order."""
+    """The sources that training reads (``train.data`` and the sweep's data axis, in config order),
+    then those only judged (``sample_quality.sources``, when sample quality is measured)."""
     names = [cfg.train.data]
     for grid in cfg.sweep.grids:
         names += list(grid.data or [cfg.train.data])
+    if cfg.sample_quality.enabled:
+        names += list(cfg.sample_quality.sources)
     return [n for n in dict.fromkeys(names) if n != "real"]
 
 
