@@ -20,9 +20,12 @@ def test_toy_adaptation_plans_every_stage_and_the_adapted_source_waits_for_nada(
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", done.stdout, re.M)}
     assert {k: counts.get(k) for k in ("train_dreambooth", "dreambooth_quality", "domain_classifier", "train_nada",
-                                       "nada_quality", "nada_target_world", "toyworld")} == {
+                                       "nada_quality", "nada_target_world", "toyworld", "subject_probe",
+                                       "index_source")} == {
         "train_dreambooth": 2, "dreambooth_quality": 1, "domain_classifier": 1, "train_nada": 1,
-        "nada_quality": 1, "nada_target_world": 1, "toyworld": 1}
+        "nada_quality": 1, "nada_target_world": 1, "toyworld": 1, "subject_probe": 1,
+        # w2, nada, the DreamBooth subject and its control, and their unions with w2
+        "index_source": 6}
     # source nada trains on what rule train_nada writes (so its shards wait for it and rerun after it)
     from pathlib import Path
 

@@ -40,6 +40,15 @@ def test_defaults_load_and_resolve():
         ("sources.w2.sampler=magic", "sources.w2.sampler"),
         ("sources.w2.stepz=3", "sources.w2.stepz"),
         ("sources.w2.captions=0", "sources.w2.captions"),
+        ("sources.w2.prompts=no/such/file.txt", "sources.w2.prompts"),
+        ("sources.inpaint.prompts=config/prompts/toy_class_contexts.txt", "sources.inpaint.prompts"),
+        ("sources.u.mode=union", "sources.u.union"),
+        ("sources.w2.union=[w8]", "sources.w2.union"),
+        ("sources.u.mode=union sources.u.union=[w2,w3]", "sources.u.union[1]"),
+        ("sources.u.mode=union sources.u.union=[w2,w2]", "sources.u.union[1]"),
+        ("sources.u.mode=union sources.u.union=[w2,v] sources.v.mode=union sources.v.union=[w8]", "sources.u.union[1]"),
+        ("sources.u.mode=union sources.u.union=[w2,w8] sources.w8.l=2", "sources.u.union"),
+        ("dreambooth.probe.sources=[w3]", "dreambooth.probe.sources[0]"),
         ("sample_quality.sources=[w3]", "sample_quality.sources[0]"),
         ("sources.real.guidance.w=2", "sources.real"),
         ("train.data=w5", "train.data"),
@@ -49,7 +58,7 @@ def test_defaults_load_and_resolve():
 )
 def test_bad_key_or_value_names_the_dotted_path(override, key):
     with pytest.raises(ConfigError) as err:
-        load_config([override])
+        load_config(override.split())
     assert f"'{key}'" in str(err.value)
 
 

@@ -307,3 +307,37 @@ def test_quality_step_writes_tables_with_intervals_over_seeds(make_cfg, small_wo
     table = outputs["table"].read_text().strip().splitlines()
     assert len(table) == 2 + 4 and any(line.startswith("| prior | True | ") for line in table)
     assert all("±" in line for line in table[2:])  # two seeds: an interval in every cell
+
+
+def test_subject_probe_compares_the_sweeps_runs_by_source(learning_world):
+    """DreamBooth as a source is judged by a 4-way probe (subject and its near misses) on real renders,
+    per training source and seed: each run's row is the probe on that run's encoder."""
+    from synrep.config import load_config, run_dir
+    from synrep.evaluation import subject_probe
+    from synrep.evaluation.linear_probe import linear_probe
+    from synrep.experiments import sweep, sweep_run
+
+    cfg = load_config(learning_world("sweep.grids=[{method:[stablerep],data:[w2,w4]}]", "sweep.seeds=[0,1]",
+                                     "train.epochs=1", "dreambooth.probe.sources=[w2,w4]",
+                                     "dreambooth.probe.images=24"))
+    runs = sweep.expand(cfg)
+    for spec in runs:
+        sweep_run.run_one(cfg, spec.run_id)
+    out = subject_probe.run(cfg)
+    data = json.loads(out["json"].read_text())
+    assert sorted((r["source"], r["run"]) for r in data["runs"]) == sorted((s.data, s.run_id) for s in runs)
+    images, labels = subject_probe.probe_images(cfg, 24, cfg.dreambooth.probe.seed)
+    assert [len(labels[s]) for s in subject_probe.SPLITS] == [96] * 3
+    probe = dict(n_classes=4, lrs=list(cfg.eval.probe_lrs), epochs=cfg.eval.probe_epochs,
+                 batch_size=cfg.eval.probe_batch_size, batchnorm=False, seed=cfg.dreambooth.probe.seed)
+    for row in data["runs"]:
+        features = subject_probe.encoder_features(run_dir(cfg, "runs", row["run"]), images)
+        assert row["accuracy"] == pytest.approx(linear_probe(features, labels, **probe)["test"])
+    for row in data["summary"]:
+        accs = [r["accuracy"] for r in data["runs"] if r["source"] == row["source"]]
+        assert row["n"] == 2 and row["mean"] == pytest.approx(np.mean(accs))
+    assert "| w2 | 2 |" in out["table"].read_text()
+    # the four classes are the subject and its near misses, in equal numbers, renders of their own
+    assert (labels["test"] == np.repeat(np.arange(4), 24)).all()
+    np.testing.assert_array_equal(images["test"][:24], toyworld.render_subject(
+        cfg, 24, [cfg.dreambooth.probe.seed, 2, 0], variant="subject")[0])

@@ -39,6 +39,7 @@ def gen_overrides(world, model, *extra):
         "sweep.grids=[{data: [w1, w3]}]",
         "generation.batch_size=5",
         "generation.grid_captions=2",
+        "sample_quality.sources=[]",  # the default's previews of other modes
         *extra,
     ]
 
@@ -87,7 +88,7 @@ def test_index_grids_and_mlflow(gen_cfg):
 
     from PIL import Image
 
-    from synrep.generation.toy.train import image_grid
+    from synrep.images import image_grid
 
     generate.run(gen_cfg)
     out = index.run(gen_cfg)
@@ -238,3 +239,38 @@ def test_dpmsolver_clamps_x0_like_the_ddim_config_it_comes_from(tiny_toy_pipelin
     # a latent model's config (Stable Diffusion: no clip_sample) is left as it is
     sd = {**config, "clip_sample": False}
     assert not make_scheduler("dpmsolver", sd).config.thresholding
+
+
+def test_first_captions_own_prompts_and_a_union_of_sources(make_cfg, small_world, tiny_toy_pipeline_dir, tmp_path):
+    """sources.<name>.captions takes the first N captions, .prompts a file of its own, and mode union
+    joins sources' shards into one data set (its index lists theirs; training reads them as one)."""
+    from synrep.data import stream
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a sks ring\n\na big sks ring\na sks ring on a dark background\n")
+    cfg = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "sources.w1.captions=5",
+                                  f"sources.own.prompts={prompts}", "sources.both.mode=union",
+                                  "sources.both.union=[w1,own]", "train.data=both", "sweep.grids=[]"))
+    write_captions(cfg)
+    paths = generate.run(cfg)
+    assert [p.relative_to(run_dir(cfg, "shards")).as_posix() for p in paths] == [
+        "w1/shard-000000.tar", "w1/shard-000001.tar", "own/shard-000000.tar"]
+    records = {name: [s["record"] for p in paths if p.parent.name == name for s in read_shard(p)]
+               for name in ("w1", "own")}
+    assert [r["caption"] for r in records["w1"]] == CAPTIONS[:5]
+    assert [(r["caption_id"], r["caption"]) for r in records["own"]] == [
+        (0, "a sks ring"), (1, "a big sks ring"), (2, "a sks ring on a dark background")]
+    assert records["own"][0]["source"]["prompts"]["count"] == 3
+    np.testing.assert_array_equal(regenerate(records["own"][1], 2),
+                                  list(read_shard(run_dir(cfg, "shards", "own", "shard-000000.tar")))[1]["images"][2])
+    out = index.run(cfg)
+    joined = pl.read_parquet(out["both/index"])
+    parts = [pl.read_parquet(out[f"{name}/index"]) for name in ("w1", "own")]
+    assert joined["path"].to_list() == parts[0]["path"].to_list() + parts[1]["path"].to_list()
+    assert joined["shard"].to_list() == [0, 1, 2] and joined["source"].to_list() == ["w1", "w1", "own"]
+    assert stream.count_captions(cfg, "both") == 8
+    # an edited prompts file makes the shard stale
+    prompts.write_text("a sks ring\na small sks ring\na sks ring on a dark background\n")
+    edited = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, f"sources.own.prompts={prompts}"))
+    spec = source_spec(edited, "own")
+    assert "sources.own: prompts" in generate.stale_reason(paths[2], spec, generate.model_info(edited, spec))

@@ -80,6 +80,15 @@ def test_reduced_pipeline_writes_what_a_user_opens(finished):
             assert image.format == "PNG", png
     for log in ("toyworld", "captions", "index_mix", "sample_quality", "real_shards", "baselines/s1", "report"):
         assert (results / "logs" / f"{log}.log").exists(), log
+    # the generator family's modes, judged (not trained on), in the generator-family table
+    family = (results / "ablations" / "generator_family.md").read_text()
+    for source in ("clip30", "inpaint", "unclip", "variation"):
+        assert json.loads((results / "source_quality" / f"{source}.json").read_text())["captions"] == 4
+        assert f"| {source} |" in family, family
+    # DreamBooth (both variants) and NADA in their smallest form
+    dreambooth = (results / "dreambooth_quality" / "dreambooth_quality.md").read_text()
+    assert all(f"| {model} |" in dreambooth for model in ("real", "base", "prior", "no_prior")), dreambooth
+    assert "| adapted | 2 |" in (results / "nada" / "quality" / "nada_quality.md").read_text()
 
 
 def test_a_set_of_scales_runs_end_to_end_with_the_scale_of_each_image(finished):

@@ -25,7 +25,7 @@ def test_source_quality_is_the_judge_on_the_sources_own_images(make_cfg, small_w
                    f"generation.clip_model={tiny_clip_dir}", "generation.steps=2", "generation.images_per_caption=3",
                    "generation.captions_per_shard=4", "captions.limit=6", "sample_quality.classifier_epochs=1",
                    "sources.bg.mode=inpaint", "sweep.grids=[{method:[stablerep],data:[w2,bg]}]",
-                   "sources.w2.guidance.w=2")
+                   "sources.w2.guidance.w=2", "sample_quality.sources=[]")
     captions.run(cfg)
     generate.run(cfg)
     outputs = source_quality.run(cfg)
@@ -62,6 +62,7 @@ def test_generator_family_table_joins_quality_and_stablerep(make_cfg, tmp_path):
                        quality + [tmp_path / "quality" / "absent.json"])
     table = pl.read_csv(tmp_path / "ablations" / "generator_family.csv")
     assert table["source"].to_list() == ["w2", "w4"]
+    assert table["captions"].to_list() == [10, 10]
     values = truth["stablerep-w2-l4-m4"]
     half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
     assert table["StableRep probe_shape"][0] == f"{np.mean(values):.3f} ± {half:.3f}"

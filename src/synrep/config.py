@@ -254,6 +254,20 @@ class DreamBoothQualityConfig:
 
 
 @dataclass
+class SubjectProbeConfig:
+    """Does StableRep tell the subject from other rings better once the subject's DreamBooth images are
+    in its data? (evaluation/subject_probe.py, ``python -m synrep subject_probe``): a 4-way linear probe
+    (subject, no notch, one tone, plain ring) on real renders, for the sweep's runs of ``method`` on
+    each of ``sources``."""
+
+    sources: list[str] = field(default_factory=list)  # e.g. [w2, w2_subject, w2_class]; []: no probe
+    method: str = "stablerep"
+    images: int = 64  # real renders per class and split (train, val, test)
+    seed: int = 4321
+    output_dir: str = "${paths.results_dir}/${name}/subject_probe"
+
+
+@dataclass
 class DreamBoothConfig:
     """DreamBooth (Ruiz et al. 2023; generation/dreambooth.py, ``python -m synrep train_dreambooth``):
     fine-tune a text-to-image pipeline (the toy generator or Stable Diffusion) on a few images of one
@@ -298,6 +312,7 @@ class DreamBoothConfig:
     guidance_scale: float = 4.0
     log_every: int = 50
     quality: DreamBoothQualityConfig = field(default_factory=DreamBoothQualityConfig)
+    probe: SubjectProbeConfig = field(default_factory=SubjectProbeConfig)
     # Part of `snakemake`'s default target: both fine-tunes (with and without prior preservation)
     # and their quality table (experiment toy_adaptation turns it on)
     enabled: bool = False
@@ -430,7 +445,8 @@ class UnclipSourceConfig:
 
 @dataclass
 class SourceConfig:
-    """A named synthetic data source: how its images are made. Null fields take ``generation.*``."""
+    """A named synthetic data source: how its images are made. Null fields take ``generation.*``.
+    Mode ``union`` makes nothing: it is the listed sources' shards read as one data set."""
 
     generator: Optional[str] = None  # diffusers pipeline folder or hub id; null: generation.model
     mode: str = "text2img"  # text2img | inpaint | unclip | variation
@@ -444,6 +460,11 @@ class SourceConfig:
     # Only the first N captions of the caption set (a small source, e.g. the default run's preview of
     # a mode); null: every caption
     captions: Optional[int] = None
+    # Prompts of its own instead of the caption set: a text file, one prompt per line (e.g. a
+    # DreamBooth subject in new contexts, "a sks ring on a dark background"); null: the caption set
+    prompts: Optional[str] = None
+    # Mode union: the sources whose shards this one joins (e.g. [w2, subject]); nothing is generated
+    union: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -743,6 +764,7 @@ POSITIVE: tuple[str, ...] = (
     "sample_quality.captions",
     "sample_quality.images_per_caption",
     "inpaint_quality.images",
+    "dreambooth.probe.images",
     "train.l",
     "train.m",
     "train.image_size",
@@ -863,6 +885,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"config key '{key}': must be in [0, 1], got {value!r}")
     for name, source in cfg.sources.items():
         check_source(name, source)
+    for name, source in cfg.sources.items():
+        check_union(cfg, name, source)
+    for i, name in enumerate(cfg.dreambooth.probe.sources):
+        check_data_source(cfg, name, f"dreambooth.probe.sources[{i}]")
+    if cfg.dreambooth.probe.method not in METHODS:
+        raise ConfigError(f"config key 'dreambooth.probe.method': {cfg.dreambooth.probe.method!r} is not one of "
+                          f"{list(METHODS)}")
     for i, name in enumerate(cfg.sample_quality.sources):
         check_data_source(cfg, name, f"sample_quality.sources[{i}]")
         if name == "real":
@@ -924,7 +953,7 @@ def validate(cfg: DictConfig) -> None:
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # What each source mode makes (generation/sources.py says how; sampling.py runs it)
-SOURCE_MODES = ("text2img", "inpaint", "unclip", "variation")
+SOURCE_MODES = ("text2img", "inpaint", "unclip", "variation", "union")
 INPAINT_REGIONS = ("object", "background")
 INPAINT_TRAINING_MASKS = ("object", "background", "box", "all")
 GUIDANCE_KINDS = ("cfg", "clip")
@@ -961,6 +990,15 @@ def check_source(name: str, source: DictConfig) -> None:
         raise ConfigError(f"config key '{key}.mode': {source.mode!r} is not one of {list(SOURCE_MODES)}")
     if source.captions is not None and source.captions <= 0:
         raise ConfigError(f"config key '{key}.captions': must be > 0 (null: every caption), got {source.captions!r}")
+    if source.prompts is not None:
+        if not Path(source.prompts).is_file():
+            raise ConfigError(f"config key '{key}.prompts': {source.prompts} is not a file (one prompt per line)")
+        if source.mode not in ("text2img", "unclip"):
+            raise ConfigError(f"config key '{key}.prompts': mode {source.mode} starts from each caption's real image; "
+                              "prompts of its own suit modes text2img and unclip")
+    if (source.mode == "union") != bool(source.union):
+        raise ConfigError(f"config key '{key}.union': mode union needs the sources it joins, and only mode union "
+                          f"takes them (mode {source.mode}, union {list(source.union)})")
     if source.mode == "inpaint":
         if source.inpaint.region not in INPAINT_REGIONS:
             raise ConfigError(f"config key '{key}.inpaint.region': {source.inpaint.region!r} is not one of "
@@ -1000,6 +1038,24 @@ def check_source(name: str, source: DictConfig) -> None:
         value = source[field_name]
         if value is not None and value <= 0:
             raise ConfigError(f"config key '{key}.{field_name}': must be > 0, got {value!r}")
+
+
+def check_union(cfg: DictConfig, name: str, source: DictConfig) -> None:
+    """A union joins declared, generated sources (not real images, not other unions), each once,
+    with as many images per caption each, so that a run's l means the same for every caption."""
+    ls = set()
+    for i, member in enumerate(source.union):
+        key = f"sources.{name}.union[{i}]"
+        if member not in cfg.sources or member == name:
+            raise ConfigError(f"config key '{key}': {member!r} is not another source: one of {list(cfg.sources)}")
+        if cfg.sources[member].mode == "union":
+            raise ConfigError(f"config key '{key}': {member!r} is itself a union (list its sources instead)")
+        if member in list(source.union)[:i]:
+            raise ConfigError(f"config key '{key}': {member!r} is listed twice")
+        ls.add(cfg.sources[member].l or cfg.generation.images_per_caption)
+    if len(ls) > 1:
+        raise ConfigError(f"config key 'sources.{name}.union': its sources store different numbers of images per "
+                          f"caption ({sorted(ls)}); give them one l")
 
 
 def check_data_source(cfg: DictConfig, value: str, key: str) -> None:

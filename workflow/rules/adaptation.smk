@@ -50,6 +50,30 @@ rule dreambooth_quality:
         synrep("dreambooth_quality")
 
 
+# DreamBooth as a source: the sweep's runs on the sources named in dreambooth.probe.sources, probed
+# for the subject against near-miss rings on real renders
+PROBE_RUNS = [run_id for run_id, spec in RUNS.items()
+              if spec.method == CFG.dreambooth.probe.method and spec.data in CFG.dreambooth.probe.sources]
+
+
+rule subject_probe:
+    input:
+        [RESULTS / "runs" / run_id / "metrics.json" for run_id in PROBE_RUNS],
+    output:
+        table=Path(CFG.dreambooth.probe.output_dir) / "subject_probe.md",
+        json=Path(CFG.dreambooth.probe.output_dir) / "subject_probe.json",
+    params:
+        config=section_hash(CFG, "dreambooth.probe", "eval", "toyworld"),
+    threads: CFG.threads
+    resources:
+        runtime=30,
+        mem_mb=4000,
+    log:
+        LOGS / "subject_probe.log",
+    shell:
+        synrep("subject_probe")
+
+
 rule domain_classifier:
     input:
         rules.toyworld.output.train,
@@ -130,4 +154,6 @@ rule nada_target_world:
 
 ADAPTATION_TARGETS = (
     [rules.dreambooth_quality.output.table] if CFG.dreambooth.enabled else []
-) + ([rules.nada_quality.output.table] if CFG.nada.enabled else [])
+) + ([rules.subject_probe.output.table] if CFG.dreambooth.enabled and CFG.dreambooth.probe.sources else []) + (
+    [rules.nada_quality.output.table] if CFG.nada.enabled else []
+)

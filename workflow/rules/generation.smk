@@ -4,9 +4,14 @@ from synrep.config import digest
 from synrep.generation.sources import source_caption_count, source_spec
 
 SHARDS = RESULTS / "shards"
-# the sources that training reads, in the order the sweep names them, then those only judged
-SOURCES = list(dict.fromkeys([spec.data for spec in RUNS.values() if spec.data != "real"]
-                             + (list(CFG.sample_quality.sources) if CFG.sample_quality.enabled else [])))
+# the sources that training reads, in the order the sweep names them, then those only judged; a
+# union's sources before it (it joins their shards)
+SOURCES = list(dict.fromkeys(
+    member
+    for name in [spec.data for spec in RUNS.values() if spec.data != "real"]
+    + (list(CFG.sample_quality.sources) if CFG.sample_quality.enabled else [])
+    for member in [*CFG.sources[name].union, name]
+))
 
 
 wildcard_constraints:
@@ -25,13 +30,23 @@ def source_shards(wildcards):
             for s in shard_ranges(n, CFG.generation.captions_per_shard, wildcards.source)]
 
 
-def source_model(wildcards):
-    return local_model_dir(source_spec(CFG, wildcards.source)["generator"])
+def index_input(wildcards):
+    """A source's shards; a union's, the indexes of the sources it joins."""
+    spec = source_spec(CFG, wildcards.source)
+    if spec["mode"] == "union":
+        return [str(SHARDS / member["name"] / "index.parquet") for member in spec["union"]]
+    return source_shards(wildcards)
+
+
+def shard_input(wildcards):
+    spec = source_spec(CFG, wildcards.source)
+    # a source with prompts of its own reads them (its params hash their content too)
+    return local_model_dir(spec["generator"]) + ([spec["prompts"]["path"]] if "prompts" in spec else [])
 
 
 rule generate_shard:
     input:
-        source_model,
+        shard_input,
         captions=RESULTS / "captions" / "captions.parquet",
     output:
         SHARDS / "{source}" / "shard-{index}.tar",
@@ -50,7 +65,7 @@ rule generate_shard:
 
 rule index_source:
     input:
-        source_shards,
+        index_input,
     output:
         index=SHARDS / "{source}" / "index.parquet",
         stats=SHARDS / "{source}" / "stats.json",

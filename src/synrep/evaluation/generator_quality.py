@@ -139,7 +139,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     from synrep.generation.pipelines import load_pipeline
     from synrep.generation.sampling import sample_images
     from synrep.generation.sources import image_seed
-    from synrep.generation.toy.train import image_grid
+    from synrep.images import image_grid
     from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)

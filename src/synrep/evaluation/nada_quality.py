@@ -190,7 +190,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
 
     from synrep.generation.clip_guidance import check_clip_folder, load_guide
     from synrep.generation.pipelines import load_pipeline
-    from synrep.generation.toy.train import image_grid
+    from synrep.images import image_grid
     from synrep.tracking import mlflow_run
 
     nada.check(cfg)

@@ -47,8 +47,13 @@ def read_source(cfg: DictConfig, source: str) -> tuple[list[str], list[np.ndarra
     from synrep.generation.sources import source_spec
 
     spec = source_spec(cfg, source)
-    skip = 1 if spec["mode"] == "inpaint" and spec["inpaint"]["keep_real"] else 0
     captions, groups = [], []
+    if spec["mode"] == "union":  # its sources' images, one after another
+        for member in spec["union"]:
+            more = read_source(cfg, member["name"])
+            captions, groups = captions + more[0], groups + more[1]
+        return captions, groups
+    skip = 1 if spec["mode"] == "inpaint" and spec["inpaint"]["keep_real"] else 0
     for shard in source_shards(cfg, source):
         path = shard_path(shards_dir(cfg), source, shard.index)
         if not path.exists():

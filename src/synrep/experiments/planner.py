@@ -45,6 +45,8 @@ def plan_table(cfg: DictConfig) -> pl.DataFrame:
     rows = []
     for name in referenced_sources(cfg):
         spec = source_spec(cfg, name)
+        if spec["mode"] == "union":  # joins shards that its sources' rows already count
+            continue
         n_source = source_caption_count(spec, n)
         images = n_source * spec["l"]
         w = w_params(spec)

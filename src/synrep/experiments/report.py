@@ -294,7 +294,7 @@ def family_rows(df: pl.DataFrame, metric: str, cfg: DictConfig, quality: list[di
     rows = []
     for q in quality:
         p = probe.get(q["source"])
-        row = {"source": q["source"], "mode": q["mode"], "guidance": q["guidance"]}
+        row = {"source": q["source"], "mode": q["mode"], "guidance": q["guidance"], "captions": q.get("captions")}
         # the judge's attributes in the world's order, then diversity, then the CLIPs
         matches = [f"match_{a}" for a in ("shape", "colour", "size", "background") if f"match_{a}" in q]
         for key in matches + ["diversity"] + sorted(k for k in q if k.startswith("clip_")):

@@ -24,7 +24,7 @@ from synrep.data import toyworld
 from synrep.generation.provenance import input_record, make_record, record_mismatch
 from synrep.generation.sampling import caption_images
 from synrep.generation.sources import (image_draws, needs_real_images, referenced_sources, source_caption_count,
-                                      source_spec)
+                                      source_captions, source_spec)
 
 
 def shards_dir(cfg: DictConfig) -> Path:
@@ -49,8 +49,10 @@ def load_captions(cfg: DictConfig) -> pl.DataFrame:
 def source_shards(cfg: DictConfig, source: str, n_captions: int | None = None) -> list[ShardSpec]:
     if n_captions is None:
         n_captions = len(load_captions(cfg))
-    n = source_caption_count(source_spec(cfg, source), n_captions)
-    return shard_ranges(n, cfg.generation.captions_per_shard, source)
+    spec = source_spec(cfg, source)
+    if spec["mode"] == "union":  # its shards are its sources'
+        return []
+    return shard_ranges(source_caption_count(spec, n_captions), cfg.generation.captions_per_shard, source)
 
 
 def generate_shard(cfg: DictConfig, spec: dict, captions: pl.DataFrame, shard: ShardSpec, pipe, model: dict,
@@ -99,6 +101,9 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
     out_paths = []
     for name in names:
         spec = source_spec(cfg, name)
+        if spec["mode"] == "union":
+            print(f"source {name!r} joins {[m['name'] for m in spec['union']]}: nothing to generate", flush=True)
+            continue
         shards = source_shards(cfg, name, len(captions))
         if shard is not None:
             shards = [s for s in shards if s.index == shard]
@@ -122,7 +127,7 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
             with tqdm(total=total, desc=f"generate {name}: {len(todo)} shard(s)", unit="img", mininterval=5) as bar:
                 for s in todo:
                     start = time.time()
-                    generate_shard(cfg, spec, captions, s, pipe, model, bar)
+                    generate_shard(cfg, spec, source_captions(spec, captions), s, pipe, model, bar)
                     bar.write(f"shard {name} #{s.index} ({s.stop - s.start} captions) in {time.time() - start:.1f}s")
         out_paths += [shard_path(shards_dir(cfg), name, s.index) for s in shards]
     return out_paths

@@ -13,14 +13,25 @@ embedding -> l decodings (positives of one real image). Guidance (``guidance``):
 classifier-free guidance at scale ``w``; ``w`` may be a set, from which each image draws its scale;
 ``clip``, the same plus GLIDE's CLIP guidance at ``clip_scale`` by an open_clip model (on x̂0), or by
 GLIDE's noised CLIP (on x_t) when ``clip_model`` is one (generation/noised_clip.py).
+
+What a source generates: the caption set, or its own ``prompts`` (a text file, one prompt a line:
+e.g. a DreamBooth subject in new contexts), the first ``captions`` of them when set. Mode ``union``
+generates nothing: it joins other sources' shards into one data set (``union: [w2, subject]``), which
+any run trains on by its name.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
 
 from synrep.config import guidance_scales, to_dict
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # Generation settings that change the images (and so belong to a source's identity)
 IMAGE_SETTINGS = ("eta", "guidance_rescale", "resolution", "save_size", "dtype", "batch_size", "image_format",
@@ -32,6 +43,9 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
     if name not in cfg.sources:
         raise ValueError(f"{name!r} is not a source: one of {list(cfg.sources)} (config key 'sources')")
     source, g = cfg.sources[name], cfg.generation
+    if source.mode == "union":
+        members = [source_spec(cfg, member) for member in source.union]
+        return {"name": name, "mode": "union", "union": members, "l": members[0]["l"]}
     scales = guidance_scales(source.guidance.w, f"sources.{name}.guidance.w")
     spec = {
         "name": name,
@@ -43,8 +57,11 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         "l": source.l or g.images_per_caption,
         "seed": g.seed if source.seed is None else source.seed,
     }
-    if source.captions is not None:  # absent otherwise, so that the specs of whole sources keep their hash
+    # absent when unset, so that the specs of sources without them keep their hash
+    if source.captions is not None:
         spec["captions"] = source.captions
+    if source.prompts is not None:
+        spec["prompts"] = prompts_spec(source.prompts)
     settings = to_dict(g)
     spec.update({key: settings[key] for key in IMAGE_SETTINGS})
     if source.mode == "inpaint":
@@ -113,6 +130,9 @@ def w_params(spec: dict) -> dict:
     """The source's w for tables and MLflow: a number, or the set as text and its mean. With CLIP
     guidance ``w_set`` names it too (``2+CLIP s=30``), so that tables keep such a source apart from
     a classifier-free one at the same w."""
+    if spec["mode"] == "union":  # tables keep a union apart from its sources: w_set names them
+        ws = [w_params(member)["w"] for member in spec["union"]]
+        return {"w": float(np.mean(ws)), "w_set": "+".join(member["name"] for member in spec["union"])}
     g = spec["guidance"]
     w = g["w"]
     if isinstance(w, list):
@@ -124,9 +144,38 @@ def w_params(spec: dict) -> dict:
     return out
 
 
+def prompts_spec(path: str) -> dict:
+    """A prompts file as a source's spec holds it: where, how many prompts, and its content's hash
+    (a changed file makes the source's shards stale)."""
+    import hashlib
+
+    data = Path(path).read_bytes()
+    return {"path": str(path), "count": len(read_prompts(path)), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def read_prompts(path: str) -> list[str]:
+    """The prompts of a file, one a line (blank lines are skipped)."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def source_captions(spec: dict, captions: "pl.DataFrame") -> "pl.DataFrame":
+    """The captions a source generates (caption_id, caption[, url]): the caption set's, or its own
+    prompts (ids 0, 1, ... in file order), the first ``captions`` of them when set."""
+    import polars as pl
+
+    if "prompts" in spec:
+        texts = read_prompts(spec["prompts"]["path"])
+        captions = pl.DataFrame({"caption_id": list(range(len(texts))), "caption": texts})
+    return captions.head(source_caption_count(spec, len(captions)))
+
+
 def source_caption_count(spec: dict, n_captions: int) -> int:
-    """How many captions of a caption set of ``n_captions`` the source generates: the first ones."""
-    return min(n_captions, spec["captions"]) if spec.get("captions") else n_captions
+    """How many captions the source generates, from a caption set of ``n_captions``: the first ones
+    (of its own prompts, when it has them); a union, those of its sources together."""
+    if spec["mode"] == "union":
+        return sum(source_caption_count(member, n_captions) for member in spec["union"])
+    n = spec["prompts"]["count"] if "prompts" in spec else n_captions
+    return min(n, spec["captions"]) if spec.get("captions") else n
 
 
 def referenced_sources(cfg: DictConfig) -> list[str]:
@@ -137,7 +186,9 @@ def referenced_sources(cfg: DictConfig) -> list[str]:
         names += list(grid.data or [cfg.train.data])
     if cfg.sample_quality.enabled:
         names += list(cfg.sample_quality.sources)
-    return [n for n in dict.fromkeys(names) if n != "real"]
+    # a union's sources come first: they are generated, the union only joins them
+    names = [member for n in names if n != "real" for member in [*cfg.sources[n].union, n]]
+    return list(dict.fromkeys(names))
 
 
 def _seed(*parts: int) -> int:

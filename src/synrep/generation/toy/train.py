@@ -8,7 +8,6 @@ pipeline folder (``save_pretrained``) with EMA weights, plus the resolved recipe
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -66,17 +65,6 @@ def build_pipeline(cfg: DictConfig) -> ToyGlidePipeline:
         set_alpha_to_one=True,
     )
     return ToyGlidePipeline(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
-
-
-def image_grid(images: np.ndarray, rows: int, scale: int = 4) -> np.ndarray:
-    """[N, H, W, 3] uint8 -> one grid image, each cell upscaled by ``scale`` (nearest)."""
-    n, h, w, c = images.shape
-    cols = math.ceil(n / rows)
-    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, cols)
-        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = img
-    return grid.repeat(scale, 0).repeat(scale, 1)
 
 
 def save_pipeline_atomically(pipe: ToyGlidePipeline, out: Path) -> None:
