@@ -539,10 +539,10 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     baselines = [baselines_path(cfg, seed) for seed in cfg.sweep.seeds] if cfg.sweep.baselines else None
     out = run_dir(cfg, "ablations")
     from synrep.evaluation.source_quality import quality_path
-    from synrep.experiments.sweep import expand
+    from synrep.generation.sources import referenced_sources
 
-    sources = dict.fromkeys(spec.data for spec in expand(cfg) if spec.data != "real")
-    outputs = build(cfg, paths, baselines, out, [quality_path(cfg, s) for s in sources])
+    # every source made: those trained on, and those only judged (sample_quality.sources)
+    outputs = build(cfg, paths, baselines, out, [quality_path(cfg, s) for s in referenced_sources(cfg)])
     save_resolved(cfg, out)
     client = mlflow.MlflowClient(tracking_uri(cfg))
     parent = parent_run_id(cfg)
