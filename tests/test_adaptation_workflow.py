@@ -24,8 +24,8 @@ def test_toy_adaptation_plans_every_stage_and_the_adapted_source_waits_for_nada(
                                        "index_source")} == {
         "train_dreambooth": 2, "dreambooth_quality": 1, "domain_classifier": 1, "train_nada": 1,
         "nada_quality": 1, "nada_target_world": 1, "toyworld": 1, "subject_probe": 1,
-        # w2, nada, the DreamBooth subject and its control, and their unions with w2
-        "index_source": 6}
+        # w2, nada, the DreamBooth subject (two fine-tunes) and its control, and their unions with w2
+        "index_source": 8}
     # source nada trains on what rule train_nada writes (so its shards wait for it and rerun after it)
     from pathlib import Path
 

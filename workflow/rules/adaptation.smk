@@ -8,13 +8,22 @@ DREAMBOOTH_VARIANTS = {"prior": True, "no_prior": False}
 NADA = Path(CFG.nada.output_dir)
 
 
+def recipe_hash(section, *ignored):
+    """A section's hash without the keys a rule does not read, so that changing how a result is
+    measured (or whether it is) does not train the model again."""
+    from synrep.config import digest, to_dict
+
+    recipe = {k: v for k, v in to_dict(CFG[section]).items() if k not in ignored}
+    return digest({section: recipe, "toyworld": to_dict(CFG.toyworld)})
+
+
 rule train_dreambooth:
     input:
         local_model_dir(CFG.dreambooth.generator),
     output:
         directory(DREAMBOOTH / "{variant}"),
     params:
-        config=section_hash(CFG, "dreambooth", "toyworld"),
+        config=recipe_hash("dreambooth", "quality", "probe", "enabled"),
         prior=lambda wildcards: DREAMBOOTH_VARIANTS[wildcards.variant],
     wildcard_constraints:
         variant="|".join(DREAMBOOTH_VARIANTS),
@@ -39,7 +48,7 @@ rule dreambooth_quality:
         table=Path(CFG.dreambooth.quality.output_dir) / "dreambooth_quality.md",
         json=Path(CFG.dreambooth.quality.output_dir) / "dreambooth_quality.json",
     params:
-        config=section_hash(CFG, "dreambooth", "toyworld"),
+        config=recipe_hash("dreambooth", "probe", "enabled"),
     threads: CFG.threads
     resources:
         runtime=60,
@@ -104,7 +113,8 @@ rule train_nada:
         generator=directory(NADA / "generator"),
         snapshots=directory(NADA / "snapshots"),
     params:
-        config=section_hash(CFG, "nada", "toyworld"),
+        config=recipe_hash("nada", "eval_captions", "eval_images_per_caption", "domain_classifier",
+                           "classifier_epochs", "target_world", "enabled"),
     threads: CFG.threads
     resources:
         runtime=60,
