@@ -291,7 +291,8 @@ def test_quality_step_writes_tables_with_intervals_over_seeds(make_cfg, small_wo
         db.save_model(pipe, tmp_path / name, train_cfg, summary)
     cfg = make_cfg(*common, f"dreambooth.quality.models=[{tmp_path}/p,{tmp_path}/n]",
                    f"dreambooth.quality.clip_model={tiny_clip_dir}", "dreambooth.quality.images=4",
-                   "dreambooth.quality.seeds=[0,1]", "dreambooth.quality.reference_images=6")
+                   "dreambooth.quality.seeds=[0,1]", "dreambooth.quality.reference_images=6",
+                   "dreambooth.quality.encoder=null")  # the default's names a sweep run
     outputs = dreambooth_quality.run(cfg)
     result = json.loads(outputs["json"].read_text())
     rows = result["rows"]
@@ -313,7 +314,7 @@ def test_subject_probe_compares_the_sweeps_runs_by_source(learning_world):
     """DreamBooth as a source is judged by a 4-way probe (subject and its near misses) on real renders,
     per training source and seed: each run's row is the probe on that run's encoder."""
     from synrep.config import load_config, run_dir
-    from synrep.evaluation import subject_probe
+    from synrep.experiments import subject_probe
     from synrep.evaluation.linear_probe import linear_probe
     from synrep.experiments import sweep, sweep_run
 

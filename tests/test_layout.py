@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 PACKAGE = REPO / "src" / "synrep"
-LAYERS = {"config": 0, "fileio": 0, "tracking": 0, "tables": 0, "data": 1, "generation": 2, "learning": 3, "evaluation": 4,
+LAYERS = {"config": 0, "fileio": 0, "tracking": 0, "tables": 0, "images": 0, "data": 1, "generation": 2, "learning": 3, "evaluation": 4,
           "experiments": 5, "__main__": 6, "__init__": 6}
 # The one upward import: the config validates method names against the methods table, a module
 # that imports nothing (a bad value must fail at load time, with its key).

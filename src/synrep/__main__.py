@@ -33,7 +33,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "sample_quality": ("synrep.evaluation.generator_quality", "run", "caption-match accuracy and diversity of the generator by w"),
     "source_quality": ("synrep.evaluation.source_quality", "run", "caption match, diversity and CLIP scores of each source's shards (the judge)"),
     "dreambooth_quality": ("synrep.evaluation.dreambooth_quality", "run", "DreamBooth's subject fidelity, prompt fidelity, language drift and class diversity, with and without prior preservation"),
-    "subject_probe": ("synrep.evaluation.subject_probe", "run", "DreamBooth as a source: a linear probe of the subject against near-miss rings, per training source"),
+    "subject_probe": ("synrep.experiments.subject_probe", "run", "DreamBooth as a source: a linear probe of the subject against near-miss rings, per training source"),
     "inpaint_quality": ("synrep.evaluation.inpaint_quality", "run", "edit accuracy and preservation of text-guided inpainting"),
     "attribute_classifier": ("synrep.evaluation.attribute_classifier", "run", "train the toy world's attribute classifier (the judge) into sample_quality.classifier"),
     "real_shards": ("synrep.data.stream", "real_shards_run", "write the captions' real images as shards (real-image baselines)"),

@@ -256,7 +256,7 @@ class DreamBoothQualityConfig:
 @dataclass
 class SubjectProbeConfig:
     """Does StableRep tell the subject from other rings better once the subject's DreamBooth images are
-    in its data? (evaluation/subject_probe.py, ``python -m synrep subject_probe``): a 4-way linear probe
+    in its data? (experiments/subject_probe.py, ``python -m synrep subject_probe``): a 4-way linear probe
     (subject, no notch, one tone, plain ring) on real renders, for the sweep's runs of ``method`` on
     each of ``sources``."""
 
