@@ -308,7 +308,7 @@ def test_generate_unknown_source(with_captions, tmp_path, capsys):
 
 def test_generate_shard_out_of_range(with_captions, tmp_path, capsys):
     code, err = cli(capsys, "generate", *with_captions, "--source", "w2", "--shard", "99")
-    check_failure(code, err, tmp_path, ("shard 99", "20 captions make 2 shards"), exit_code=1,
+    check_failure(code, err, tmp_path, ("shard 99", "'w2' generates 20 captions, 2 shard(s)"), exit_code=1,
                   prefix="synrep generate: error:", finals=no_shards(tmp_path))
 
 
@@ -482,7 +482,7 @@ def test_evaluate_without_model(world, tmp_path, capsys):
 
 def test_sweep_run_unknown_id(world, tmp_path, capsys):
     code, err = cli(capsys, "sweep_run", *world, "--run", "no-such-run")
-    check_failure(code, err, tmp_path, ("'no-such-run'", "stablerep-w2-l1-m2-s0"), exit_code=1,
+    check_failure(code, err, tmp_path, ("'no-such-run'", "stablerep_plus-w2-l4-m4-s0"), exit_code=1,
                   prefix="synrep sweep_run: error:", finals=(results(tmp_path, "runs", "no-such-run"),))
 
 
