@@ -1,17 +1,12 @@
 # Generation: one job per (source, caption range) shard, so that a cluster runs shards as array
 # jobs, then one index job per source. A source's jobs rerun when its resolved spec changes.
 from synrep.config import digest
-from synrep.generation.sources import source_caption_count, source_spec
+from synrep.generation.sources import made_sources, source_caption_count, source_spec
 
 SHARDS = RESULTS / "shards"
 # the sources that training reads, in the order the sweep names them, then those only judged; a
 # union's sources before it (it joins their shards)
-SOURCES = list(dict.fromkeys(
-    member
-    for name in [spec.data for spec in RUNS.values() if spec.data != "real"]
-    + (list(CFG.sample_quality.sources) if CFG.sample_quality.enabled else [])
-    for member in [*CFG.sources[name].union, name]
-))
+SOURCES = made_sources(CFG, [spec.data for spec in RUNS.values()])
 
 
 wildcard_constraints:

@@ -90,25 +90,41 @@ class Embedders:
         self.clip = load_guide(str(clip_model))
         self.encoder = None
         if encoder:
-            from synrep.learning.augment import MEAN, STD
-            from synrep.learning.trainer import load_trained
-
-            folder = Path(encoder)
-            if not (folder / "config.yaml").exists():
-                raise FileNotFoundError(f"config key 'dreambooth.quality.encoder': {folder / 'config.yaml'} not found "
-                                        "(a train run folder: model.pt and config.yaml)")
-            run_cfg = OmegaConf.load(folder / "config.yaml")
-            self.encoder = load_trained(run_cfg, folder)
-            self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-            self.std = torch.tensor(STD).view(1, 3, 1, 1)
+            if not (Path(encoder) / "config.yaml").exists():
+                raise FileNotFoundError(f"config key 'dreambooth.quality.encoder': {Path(encoder) / 'config.yaml'} not "
+                                        "found (a train run folder: model.pt and config.yaml)")
+            self.encoder = RunEncoder(encoder)
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
         out = {"clip": self.clip.image_embeddings(x)}
         if self.encoder is not None:
-            out["encoder"] = torch.nn.functional.normalize(self.encoder.features((x - self.mean) / self.std), dim=-1)
+            out["encoder"] = self.encoder.embed(x)
         return out
+
+
+class RunEncoder:
+    """A trained run's backbone (its folder: model.pt and config.yaml) as unit-norm image features,
+    with the training normalisation."""
+
+    def __init__(self, folder: str | Path):
+        from synrep.learning.augment import MEAN, STD
+        from synrep.learning.trainer import load_trained
+
+        folder = Path(folder)
+        self.model = load_trained(OmegaConf.load(folder / "config.yaml"), folder)
+        self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images [B, 3, H, W] in [0, 1] -> unit-norm features."""
+        return torch.nn.functional.normalize(self.model.features((x - self.mean) / self.std), dim=-1)
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 images [B, H, W, 3] -> unit-norm features."""
+        return self.embed(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
 
 
 def mean_pairwise_distance(e: torch.Tensor) -> float:

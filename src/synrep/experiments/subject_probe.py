@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from synrep.config import run_dir, save_resolved
 from synrep.data import toyworld
@@ -41,19 +41,12 @@ def probe_images(cfg: DictConfig, n: int, seed: int) -> tuple[dict[str, np.ndarr
     return images, labels
 
 
-@torch.no_grad()
 def encoder_features(run_folder: Path, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Unit-norm features of a trained run's backbone (the evaluation's normalisation)."""
-    from synrep.learning.augment import MEAN, STD
-    from synrep.learning.trainer import load_trained
+    from synrep.evaluation.dreambooth_quality import RunEncoder
 
-    model = load_trained(OmegaConf.load(run_folder / "config.yaml"), run_folder)
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    out = {}
-    for split, x in images.items():
-        x = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
-        out[split] = torch.nn.functional.normalize(model.features((x - mean) / std), dim=-1).numpy()
-    return out
+    encoder = RunEncoder(run_folder)
+    return {split: encoder(x).numpy() for split, x in images.items()}
 
 
 def probe_runs(cfg: DictConfig) -> dict[str, list[Path]]:

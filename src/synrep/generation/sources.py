@@ -150,12 +150,17 @@ def prompts_spec(path: str) -> dict:
     import hashlib
 
     data = Path(path).read_bytes()
-    return {"path": str(path), "count": len(read_prompts(path)), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"path": str(path), "count": len(parse_prompts(data.decode("utf-8"))),
+            "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def read_prompts(path: str) -> list[str]:
     """The prompts of a file, one a line (blank lines are skipped)."""
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return parse_prompts(Path(path).read_text(encoding="utf-8"))
+
+
+def parse_prompts(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def source_captions(spec: dict, captions: "pl.DataFrame") -> "pl.DataFrame":
@@ -184,11 +189,15 @@ def referenced_sources(cfg: DictConfig) -> list[str]:
     names = [cfg.train.data]
     for grid in cfg.sweep.grids:
         names += list(grid.data or [cfg.train.data])
-    if cfg.sample_quality.enabled:
-        names += list(cfg.sample_quality.sources)
-    # a union's sources come first: they are generated, the union only joins them
-    names = [member for n in names if n != "real" for member in [*cfg.sources[n].union, n]]
-    return list(dict.fromkeys(names))
+    return made_sources(cfg, names)
+
+
+def made_sources(cfg: DictConfig, trained: list[str]) -> list[str]:
+    """The sources generated for ``trained`` data names: those (not ``real``), the ones only judged
+    (``sample_quality.sources``, when sample quality is measured), and a union's sources before it
+    (they are generated, the union only joins them)."""
+    names = list(trained) + (list(cfg.sample_quality.sources) if cfg.sample_quality.enabled else [])
+    return list(dict.fromkeys(member for n in names if n != "real" for member in [*cfg.sources[n].union, n]))
 
 
 def _seed(*parts: int) -> int:
