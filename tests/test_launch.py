@@ -22,7 +22,7 @@ def _metrics(path):
 @pytest.mark.slow
 def test_preempted_job_requeues_and_matches_an_uninterrupted_run(learning_world, tmp_path):
     overrides = learning_world("sweep.grids=[{method:[stablerep],data:[w4]}]", "sweep.seeds=[3]", "train.epochs=60",
-                               "launch.cluster=local", f"launch.folder={tmp_path}/submitit",
+                               "train.checkpoint_seconds=0", "launch.cluster=local", f"launch.folder={tmp_path}/submitit",
                                # submitit counts a signal in the last 10 minutes of the time limit as a timeout:
                                # 30 minutes makes this one a preemption
                                "launch.timeout_min=30")

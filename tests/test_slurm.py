@@ -351,7 +351,7 @@ def test_submitit_on_slurm_requeues_and_matches_uninterrupted(slurm_cluster, lea
     # timeout_min=30: submitit counts a signal before min(80%, timeout - 10 min) of the time limit as
     # a preemption, later as a timeout; with 10 minutes every signal would read as a timeout.
     overrides = learning_world("sweep.grids=[{method:[stablerep],data:[w4]}]", "sweep.seeds=[5]", "train.epochs=60",
-                               "launch.cluster=slurm", f"launch.folder={tmp_path}/submitit", "launch.timeout_min=30",
+                               "train.checkpoint_seconds=0", "launch.cluster=slurm", f"launch.folder={tmp_path}/submitit", "launch.timeout_min=30",
                                "launch.mem_gb=2")
     cfg = load_config(overrides)
     (spec,) = sweep.expand(cfg)

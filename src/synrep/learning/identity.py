@@ -11,10 +11,11 @@ from synrep.tracking import flatten
 
 
 def training_identity(cfg: DictConfig) -> dict:
-    """What a trained model depends on: ``train.*`` (but where it is written), the captions, and
-    the resolved spec of the source it reads."""
+    """What a trained model depends on: ``train.*`` (but where and how often it is written), the
+    captions, and the resolved spec of the source it reads."""
     t = to_dict(cfg.train)
     t.pop("output_dir", None)
+    t.pop("checkpoint_seconds", None)  # how often it is saved on the way, not what it becomes
     identity = {"train": t, "source": source_spec(cfg, t["data"]) if t["data"] != "real" else None,
                 "captions": to_dict(cfg.captions)}
     return identity

@@ -288,6 +288,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
     timing = {"data": 0.0, "augment": 0.0, "compute": 0.0, "checkpoint": 0.0}
     try:
         started = time.time() - elapsed
+        last_saved = time.perf_counter()
         model.train()
         for pass_index in range(start_pass, length.passes):
             seed_pass(t.seed, pass_index, info.rank)
@@ -326,12 +327,13 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
             if active is not None:
                 mlflow.log_metric("train_loss", mean_loss, step=step)
             saving = time.perf_counter()
-            if info.is_main:
+            if info.is_main and saving - last_saved >= t.checkpoint_seconds:
                 save_checkpoint(ckpt, {
                     "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "step": step,
                     "pass": pass_index + 1, "history": history, "seconds": time.time() - started,
                 })
+                last_saved = time.perf_counter()
             distributed.barrier()
             timing["checkpoint"] += time.perf_counter() - saving
     finally:
