@@ -137,7 +137,7 @@ def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
 
 
 def test_resume_gives_the_uninterrupted_result(learning_world, tmp_path, monkeypatch):
-    overrides = learning_world("train.epochs=6")
+    overrides = learning_world("train.epochs=6", "train.checkpoint_seconds=0")  # a checkpoint every pass
     whole = load_config(overrides + [f"train.output_dir={tmp_path}/whole"])
     expected = train.train(whole, progress=False)
     assert expected["length"]["passes"] >= 3
@@ -157,13 +157,32 @@ def test_resume_gives_the_uninterrupted_result(learning_world, tmp_path, monkeyp
         train.train(parted, progress=False)
     monkeypatch.setattr(train, "save_checkpoint", real_save)
     assert not (tmp_path / "parted" / "model.pt").exists()
-    resumed = train.train(parted, progress=False)
+    # how often it checkpoints is not part of a run's identity: the run resumes under another
+    # cadence, which here saves nothing more before the end
+    ckpt = tmp_path / "parted" / "checkpoints" / "last.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    resumed = train.train(load_config(overrides + [f"train.output_dir={tmp_path}/parted", "train.checkpoint_seconds=3600"]),
+                          progress=False)
+    assert ckpt.stat().st_mtime_ns == stamp and torch.load(ckpt)["pass"] == 2
 
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in expected["history"]]
     a = torch.load(tmp_path / "whole" / "model.pt")["model"]
     b = torch.load(tmp_path / "parted" / "model.pt")["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_cached_tokens_are_open_clips(make_cfg):
+    """The training step's tokens (each caption tokenized once per process) are what open_clip's
+    tokenizer gives the whole batch: padding, truncation at the context length, repeats."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    cfg = make_cfg("train.text.context_length=12")
+    captions = ["a big red ring", "", "a small green square on a dark background in the top left corner",
+                "a big red ring", "A  Big, red RING!"]
+    for _ in range(2):  # the second time from the cache
+        tokens = tokenize(cfg, captions)
+        assert torch.equal(tokens, SimpleTokenizer(context_length=12)(captions))
 
 
 def _fixed_batch(cfg, rows: int, per_row: int):

@@ -57,11 +57,11 @@ class ProjectionHead(nn.Sequential):
 
 
 def tokenizer(cfg: DictConfig):
-    return _tokenizer(int(cfg.train.text.context_length))
+    return bpe_tokenizer(int(cfg.train.text.context_length))
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(context_length: int):
+def bpe_tokenizer(context_length: int):
     # built once per process: loading the BPE merges takes ~0.1 s, as long as a toy training step
     from open_clip.tokenizer import SimpleTokenizer
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from omegaconf import DictConfig
 
@@ -9,9 +11,17 @@ from synrep.learning import methods
 
 
 def tokenize(cfg: DictConfig, captions: list[str]) -> torch.Tensor:
-    from synrep.learning.models import tokenizer
+    """The captions' token ids, each caption tokenized once per process: a run draws the same
+    captions pass after pass, and BPE with its text clean-up was a tenth of a toy CLIP step."""
+    context_length = int(cfg.train.text.context_length)
+    return torch.stack([_caption_tokens(context_length, caption) for caption in captions])
 
-    return tokenizer(cfg)(captions)
+
+@functools.lru_cache(maxsize=1 << 17)
+def _caption_tokens(context_length: int, caption: str) -> torch.Tensor:
+    from synrep.learning.models import bpe_tokenizer
+
+    return bpe_tokenizer(context_length)([caption])[0]
 
 
 def forward_loss(cfg: DictConfig, model: torch.nn.Module, images: torch.Tensor, group_ids: torch.Tensor,
