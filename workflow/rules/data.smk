@@ -14,6 +14,7 @@ rule toyworld:
         attributes=WORLD / "attributes.json",
     params:
         config=section_hash(CFG, "toyworld"),
+    priority: TRAINING_PATH_PRIORITY
     threads: 1
     log:
         LOGS / "toyworld.log",
@@ -29,6 +30,7 @@ checkpoint captions:
         stats=RESULTS / "captions" / "stats.json",
     params:
         config=section_hash(CFG, "captions"),
+    priority: TRAINING_PATH_PRIORITY
     threads: 1
     log:
         LOGS / "captions.log",

@@ -7,6 +7,11 @@ SHARDS = RESULTS / "shards"
 # the sources that training reads, in the order the sweep names them, then those only judged; a
 # union's sources before it (it joins their shards)
 SOURCES = made_sources(CFG, [spec.data for spec in RUNS.values()])
+TRAINED_SOURCES = set(made_sources(CFG, [spec.data for spec in RUNS.values()], judged=False))
+
+
+def training_path_priority(wildcards):
+    return TRAINING_PATH_PRIORITY if wildcards.source in TRAINED_SOURCES else 0
 
 
 wildcard_constraints:
@@ -48,6 +53,7 @@ rule generate_shard:
     params:
         source=lambda wildcards: digest(source_spec(CFG, wildcards.source)),
         shard=lambda wildcards: int(wildcards.index),
+    priority: training_path_priority
     threads: GENERATION_THREADS
     resources:
         runtime=60,
@@ -67,6 +73,7 @@ rule index_source:
         grid=SHARDS / "{source}" / "grid.png",
     params:
         source=lambda wildcards: digest(source_spec(CFG, wildcards.source)),
+    priority: training_path_priority
     threads: 1
     log:
         LOGS / "index_{source}.log",

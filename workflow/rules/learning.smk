@@ -23,6 +23,7 @@ rule real_shards:
         index=Path(CFG.train.real_shards) / "index.parquet",
     params:
         config=section_hash(CFG, "captions", "generation.captions_per_shard"),
+    priority: TRAINING_PATH_PRIORITY
     threads: 1
     log:
         LOGS / "real_shards.log",
@@ -68,6 +69,7 @@ for batch, specs in job_batches(CFG, list(RUNS.values())).items():
             runs=[run_hash(spec) for spec in specs],
             # the ids as a param: `shell:` is evaluated when the job runs, after this loop has ended
             ids=" ".join(spec.run_id for spec in specs),
+        priority: TRAINING_PATH_PRIORITY
         threads: CFG.threads
         resources:
             **(RUN_RESOURCES | {"runtime": RUN_RESOURCES["runtime"] * len(specs)}),

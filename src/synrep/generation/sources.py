@@ -192,11 +192,11 @@ def referenced_sources(cfg: DictConfig) -> list[str]:
     return made_sources(cfg, names)
 
 
-def made_sources(cfg: DictConfig, trained: list[str]) -> list[str]:
+def made_sources(cfg: DictConfig, trained: list[str], judged: bool = True) -> list[str]:
     """The sources generated for ``trained`` data names: those (not ``real``), the ones only judged
-    (``sample_quality.sources``, when sample quality is measured), and a union's sources before it
-    (they are generated, the union only joins them)."""
-    names = list(trained) + (list(cfg.sample_quality.sources) if cfg.sample_quality.enabled else [])
+    (``sample_quality.sources``, when sample quality is measured, unless ``judged`` is false), and
+    a union's sources before it (they are generated, the union only joins them)."""
+    names = list(trained) + (list(cfg.sample_quality.sources) if judged and cfg.sample_quality.enabled else [])
     return list(dict.fromkeys(member for n in names if n != "real" for member in [*cfg.sources[n].union, n]))
 
 
