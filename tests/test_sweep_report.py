@@ -309,8 +309,9 @@ def test_a_clip_guided_source_keeps_its_own_column_beside_cfg_at_the_same_w(make
 
 
 def test_sources_at_the_same_w_get_a_column_each(make_cfg, tmp_path):
-    """Two sources at w = 2 (e.g. a generator and its NADA-adapted copy): the w table merges them and
-    method x data shows the best, so a table per source; each cell is the t-interval of its runs."""
+    """Two sources at w = 2 (e.g. a generator and its NADA-adapted copy): a w table would pool them and
+    method x data shows the best, so a table per source (and no w table); each cell is the
+    t-interval of its runs; the plot against w draws the second source as a named point of its own."""
     from scipy import stats
 
     cfg = make_cfg("sweep.grids=[{method:[stablerep],data:[w2,alt]}]", "sweep.seeds=[0,1,2]",
@@ -323,6 +324,12 @@ def test_sources_at_the_same_w_get_a_column_each(make_cfg, tmp_path):
         values = np.array(truth[spec.group])
         half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
         assert table[spec.data][0] == f"{round(values.mean(), 3)} ± {round(half, 3)}"
+    assert not (tmp_path / "ablations" / "probe_shape__guidance_scale_w_per_method.csv").exists()
+    fig = report.figure_accuracy_vs_w(report.load_runs(paths), "probe_shape", cfg)
+    line = fig.axes[0].lines[0]
+    assert list(line.get_xdata()) == [2.0] and line.get_ydata()[0] == pytest.approx(np.mean(truth["stablerep-w2-l4-m4"]))
+    assert [t.get_text() for t in fig.axes[0].texts] == ["alt"]
+    assert fig.axes[0].texts[0].xy[1] == pytest.approx(np.mean(truth["stablerep-alt-l4-m4"]))
     # sources with a w each keep to the w table
     other = make_cfg("sweep.grids=[{method:[stablerep],data:[w2,w8]}]", "sweep.seeds=[0,1]",
                      "sources.w8.guidance.w=8", base=tmp_path / "b")

@@ -169,9 +169,15 @@ def table_m(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
     return f"StableRep, m at a fixed batch ({data}, l = {l}; m = 1 is SimCLR)", table
 
 
+def sources_share_a_w(syn: pl.DataFrame) -> bool:
+    """Whether two synthetic sources have the same w label (e.g. a generator and its NADA copy)."""
+    return syn.group_by("w_label").agg(pl.col("data").n_unique().alias("n"))["n"].max() > 1
+
+
 def table_w(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, pl.DataFrame] | None:
+    """A column per w; none where sources share a w (it would pool them: the source table shows them)."""
     syn = default_runs(df, cfg).filter(pl.col("data") != "real")
-    if syn.select(pl.col("w_label").n_unique()).item() < 2:
+    if syn.select(pl.col("w_label").n_unique()).item() < 2 or sources_share_a_w(syn):
         return None
     cells = mean_ci(syn, ["method", "w", "w_label"], metric).sort("w", "w_label")
     table = _label(_order_methods(cells.pivot(on="w_label", index="method", values="cell")))
@@ -182,7 +188,7 @@ def table_source(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, p
     """A column per synthetic source, when some sources share a w (the w table would merge them,
     and the method x data table shows only the best): e.g. a generator and its adapted copy."""
     syn = default_runs(df, cfg).filter(pl.col("data") != "real")
-    if syn.select(pl.col("data").n_unique()).item() <= syn.select(pl.col("w_label").n_unique()).item():
+    if syn.is_empty() or not sources_share_a_w(syn):
         return None
     cells = mean_ci(syn, ["method", "data"], metric)
     order = list(dict.fromkeys(syn["data"].to_list()))
@@ -198,9 +204,11 @@ def table_zeroshot_w(df: pl.DataFrame, metric: str, cfg: DictConfig, with_note: 
     syn = runs.filter(pl.col("data") != "real")
     if syn.select(pl.col("w_label").n_unique()).item() < 2:
         return None
-    cells = mean_ci(syn, ["w", "w_label", "method"], metric).sort("w", "w_label")
+    # a row per w, or per source where sources share a w (not pooled)
+    row = pl.format("{} ({})", "data", "w_label") if sources_share_a_w(syn) else pl.col("w_label")
+    cells = mean_ci(syn.with_columns(row.alias("row")), ["w", "row", "method"], metric).sort("w", "row")
     methods = [m for m in METHOD_ORDER if m in cells["method"].to_list()]
-    table = cells.pivot(on="method", index="w_label", values="cell").rename({"w_label": "data"})
+    table = cells.pivot(on="method", index="row", values="cell").rename({"row": "data"})
     real = mean_ci(runs.filter(pl.col("data") == "real"), ["method"], metric)
     if not real.is_empty():
         reference = real.select(pl.lit("real images (reference)").alias("data"), "method", "cell")
@@ -352,12 +360,23 @@ def figure_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: p
     for method in [m for m in METHOD_ORDER if m in runs["method"].to_list()]:
         mine = runs.filter(pl.col("method") == method)
         synthetic = mine.filter(pl.col("data") != "real")
-        syn = mean_ci(synthetic.filter(pl.col("w_set").is_null()), ["w"], metric).sort("w")
+        # the line: at each w its first source (in the sweep's order); another source at the same
+        # w (e.g. the generator's NADA copy) is a marker of its own, named, never pooled into the line
+        plain = synthetic.filter(pl.col("w_set").is_null())
+        order = {name: i for i, name in enumerate(dict.fromkeys(plain["data"].to_list()))}
+        by_source = mean_ci(plain, ["w", "data"], metric).with_columns(
+            pl.col("data").replace_strict(order, return_dtype=pl.Int64).alias("_order")).sort("w", "_order")
+        syn = by_source.unique("w", keep="first", maintain_order=True)
+        others = by_source.join(syn.select("w", "data"), on=["w", "data"], how="anti")
         sets = mean_ci(synthetic.filter(pl.col("w_set").is_not_null()), ["w", "w_set"], metric)
         if syn.is_empty() and sets.is_empty():
             continue
         line = ax.errorbar(syn["w"], syn["mean"], yerr=syn["ci95"], marker="o", capsize=3,
                            label=f"{METHOD_NAMES[method]} (synthetic)")
+        for row in others.iter_rows(named=True):
+            ax.errorbar([row["w"]], [row["mean"]], yerr=[row["ci95"]], fmt="D", mfc="none", capsize=3,
+                        color=line[0].get_color())
+            ax.annotate(row["data"], (row["w"], row["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         # a set of scales: a hollow square at its mean w, named by the set
         for row in sets.iter_rows(named=True):
             ax.errorbar([row["w"]], [row["mean"]], yerr=[row["ci95"]], fmt="s", mfc="none", capsize=3,
