@@ -27,6 +27,7 @@ rule train_dreambooth:
         prior=lambda wildcards: DREAMBOOTH_VARIANTS[wildcards.variant],
     wildcard_constraints:
         variant="|".join(DREAMBOOTH_VARIANTS),
+    priority: UPSTREAM_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -94,6 +95,7 @@ rule domain_classifier:
         # its recipe (domain_classifier.recipe): a new seed or epochs retrains it here, not in nada_quality
         epochs=CFG.nada.classifier_epochs,
         seed=CFG.nada.seed,
+    priority: UPSTREAM_PRIORITY
     threads: CFG.threads
     resources:
         runtime=30,
@@ -115,6 +117,7 @@ rule train_nada:
     params:
         config=recipe_hash("nada", "eval_captions", "eval_images_per_caption", "domain_classifier",
                            "classifier_epochs", "target_world", "enabled"),
+    priority: UPSTREAM_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -155,6 +158,7 @@ rule nada_target_world:
     params:
         config=section_hash(CFG, "toyworld"),
         target=CFG.nada.target,
+    priority: UPSTREAM_PRIORITY
     threads: 1
     log:
         LOGS / "nada_target_world.log",

@@ -9,6 +9,7 @@ rule train_generator:
         directory(CFG.toy_generator.output_dir),
     params:
         config=section_hash(CFG, "toy_generator", "toyworld"),
+    priority: UPSTREAM_PRIORITY
     threads: CFG.threads
     resources:
         runtime=120,
@@ -29,6 +30,7 @@ rule train_clip:
         directory(CFG.toy_clip.output_dir),
     params:
         config=section_hash(CFG, "toy_clip", "toyworld"),
+    priority: UPSTREAM_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -49,6 +51,7 @@ rule train_noised_clip:
         directory(CFG.toy_noised_clip.output_dir),
     params:
         config=section_hash(CFG, "toy_noised_clip", "toyworld"),
+    priority: UPSTREAM_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -68,6 +71,7 @@ rule train_inpaint:
         directory(CFG.toy_inpaint.output_dir),
     params:
         config=section_hash(CFG, "toy_inpaint", "toyworld"),
+    priority: UPSTREAM_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -94,6 +98,7 @@ if CFG.sample_quality.heldout_clip and CFG.sample_quality.heldout_clip.startswit
         params:
             config=section_hash(CFG, "toy_clip", "toyworld"),
             seed=CFG.sample_quality.heldout_clip_seed,
+        priority: UPSTREAM_PRIORITY
         threads: CFG.threads
         resources:
             runtime=60,
