@@ -55,7 +55,8 @@ RUN_RESOURCES = dict(
     cpus_per_task=CFG.launch.cpus_per_task or CFG.threads,
     **({"gpu": CFG.launch.gpus_per_node} if CFG.launch.gpus_per_node else {}),
 )
-for batch, specs in job_batches(CFG, list(RUNS.values())).items():
+BATCHES = job_batches(CFG, list(RUNS.values()))
+for order, (batch, specs) in enumerate(BATCHES.items()):
 
     rule:
         name:
@@ -69,7 +70,8 @@ for batch, specs in job_batches(CFG, list(RUNS.values())).items():
             runs=[run_hash(spec) for spec in specs],
             # the ids as a param: `shell:` is evaluated when the job runs, after this loop has ended
             ids=" ".join(spec.run_id for spec in specs),
-        priority: TRAINING_PATH_PRIORITY
+        # in the sweep's order, first seed first: other stages read its runs (DreamBooth's encoder)
+        priority: TRAINING_PATH_PRIORITY + len(BATCHES) - order
         threads: CFG.threads
         resources:
             **(RUN_RESOURCES | {"runtime": RUN_RESOURCES["runtime"] * len(specs)}),
