@@ -43,7 +43,7 @@ def test_train_into_a_folder_of_another_config_refuses_naming_the_keys(learning_
 
 def test_an_interrupted_run_resumes_only_under_its_own_config(learning_world, tmp_path, capsys):
     out = tmp_path / "run"
-    base = learning_world("train.epochs=2", f"train.output_dir={out}")
+    base = learning_world("train.epochs=2", f"train.output_dir={out}", "train.checkpoint_seconds=0")
     assert _train(capsys, base)[0] == 0
     (out / "model.pt").unlink()  # as if killed after its last checkpoint
     code, err = _train(capsys, base + ["train.temperature=0.2"])
