@@ -180,7 +180,8 @@ class GroupDataset(torch.utils.data.Dataset):
         return state
 
     def __del__(self) -> None:
-        for fd in self._files.values():
+        # getattr: __init__ may have stopped (a bad shard) before the files were set up
+        for fd in getattr(self, "_files", {}).values():
             try:
                 os.close(fd)
             except OSError:
