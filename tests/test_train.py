@@ -204,7 +204,7 @@ def reference_step(cfg, batch, world):
     outputs = model(batch["images"], tokens, views=per_row)
     loss, _ = methods.get(cfg.train.method).loss(cfg, outputs, torch.arange(rows).repeat_interleave(per_row))
     loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 # A model small enough for a 2-process step in seconds (also tests/test_slurm.py's srun test)
