@@ -27,7 +27,7 @@ rule train_dreambooth:
         prior=lambda wildcards: DREAMBOOTH_VARIANTS[wildcards.variant],
     wildcard_constraints:
         variant="|".join(DREAMBOOTH_VARIANTS),
-    priority: UPSTREAM_PRIORITY
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -50,6 +50,7 @@ rule dreambooth_quality:
         json=Path(CFG.dreambooth.quality.output_dir) / "dreambooth_quality.json",
     params:
         config=recipe_hash("dreambooth", "probe", "enabled"),
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -74,6 +75,7 @@ rule subject_probe:
         json=Path(CFG.dreambooth.probe.output_dir) / "subject_probe.json",
     params:
         config=section_hash(CFG, "dreambooth.probe", "eval", "toyworld"),
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=30,
@@ -95,7 +97,7 @@ rule domain_classifier:
         # its recipe (domain_classifier.recipe): a new seed or epochs retrains it here, not in nada_quality
         epochs=CFG.nada.classifier_epochs,
         seed=CFG.nada.seed,
-    priority: UPSTREAM_PRIORITY
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=30,
@@ -117,7 +119,7 @@ rule train_nada:
     params:
         config=recipe_hash("nada", "eval_captions", "eval_images_per_caption", "domain_classifier",
                            "classifier_epochs", "target_world", "enabled"),
-    priority: UPSTREAM_PRIORITY
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -138,6 +140,7 @@ rule nada_quality:
         curve=NADA / "quality" / "nada_curve.png",
     params:
         config=section_hash(CFG, "nada", "generation", "toyworld"),
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -158,7 +161,7 @@ rule nada_target_world:
     params:
         config=section_hash(CFG, "toyworld"),
         target=CFG.nada.target,
-    priority: UPSTREAM_PRIORITY
+    priority: EARLY_PRIORITY
     threads: 1
     log:
         LOGS / "nada_target_world.log",

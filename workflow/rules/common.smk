@@ -34,10 +34,11 @@ GENERATION_THREADS = CFG.generation.threads or CFG.threads
 # Scheduling on a few cores: the jobs on the way to the sweep's training runs, and the runs, go
 # first, so that the long runs start early (the default run left a core idle for 1.5 minutes when
 # its last run started late); then the models that other jobs wait for (a generator, DreamBooth,
-# NADA, a classifier), so that no train-then-measure chain is left to run alone at the end; the
-# measurements, baselines and report (priority 0) fill the gaps.
+# NADA, a classifier: no train-then-measure chain left to run alone at the end) and the long
+# measurements (a minute each: longest first); the short jobs (index, source quality, baselines,
+# report: priority 0) fill the gaps and the end.
 TRAINING_PATH_PRIORITY = 10
-UPSTREAM_PRIORITY = 1
+EARLY_PRIORITY = 1
 
 
 def synrep(step, extra=""):

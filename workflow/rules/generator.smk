@@ -9,7 +9,7 @@ rule train_generator:
         directory(CFG.toy_generator.output_dir),
     params:
         config=section_hash(CFG, "toy_generator", "toyworld"),
-    priority: UPSTREAM_PRIORITY
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=120,
@@ -30,7 +30,7 @@ rule train_clip:
         directory(CFG.toy_clip.output_dir),
     params:
         config=section_hash(CFG, "toy_clip", "toyworld"),
-    priority: UPSTREAM_PRIORITY
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -51,7 +51,7 @@ rule train_noised_clip:
         directory(CFG.toy_noised_clip.output_dir),
     params:
         config=section_hash(CFG, "toy_noised_clip", "toyworld"),
-    priority: UPSTREAM_PRIORITY
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -71,7 +71,7 @@ rule train_inpaint:
         directory(CFG.toy_inpaint.output_dir),
     params:
         config=section_hash(CFG, "toy_inpaint", "toyworld"),
-    priority: UPSTREAM_PRIORITY
+    priority: EARLY_PRIORITY
     threads: CFG.threads
     resources:
         runtime=60,
@@ -98,7 +98,7 @@ if CFG.sample_quality.heldout_clip and CFG.sample_quality.heldout_clip.startswit
         params:
             config=section_hash(CFG, "toy_clip", "toyworld"),
             seed=CFG.sample_quality.heldout_clip_seed,
-        priority: UPSTREAM_PRIORITY
+        priority: EARLY_PRIORITY
         threads: CFG.threads
         resources:
             runtime=60,
@@ -123,6 +123,7 @@ rule sample_quality:
         plot=RESULTS / "sample_quality" / "caption_match.png",
     params:
         config=section_hash(CFG, "sample_quality", "generation", "toyworld"),
+    priority: EARLY_PRIORITY
     threads: GENERATION_THREADS
     resources:
         runtime=60,
@@ -146,6 +147,7 @@ rule inpaint_quality:
         runs=RESULTS / "inpaint_quality" / "inpaint_runs.csv",
     params:
         config=section_hash(CFG, "inpaint_quality", "generation", "toyworld"),
+    priority: EARLY_PRIORITY
     threads: GENERATION_THREADS
     resources:
         runtime=60,
