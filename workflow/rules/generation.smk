@@ -6,8 +6,10 @@ from synrep.generation.sources import made_sources, source_caption_count, source
 SHARDS = RESULTS / "shards"
 # the sources that training reads, in the order the sweep names them, then those only judged; a
 # union's sources before it (it joins their shards)
-SOURCES = made_sources(CFG, [spec.data for spec in RUNS.values()])
-TRAINED_SOURCES = set(made_sources(CFG, [spec.data for spec in RUNS.values()], judged=False))
+TRAINED_DATA = [spec.data for spec in RUNS.values()]
+SOURCES = made_sources(CFG, TRAINED_DATA)
+# generated for a training run (their jobs go first: training_path_priority)
+TRAINED_SOURCES = set(made_sources(CFG, TRAINED_DATA, judged=False))
 
 
 def training_path_priority(wildcards):

@@ -171,7 +171,8 @@ def table_m(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
 
 def sources_share_a_w(syn: pl.DataFrame) -> bool:
     """Whether two synthetic sources have the same w label (e.g. a generator and its NADA copy)."""
-    return syn.group_by("w_label").agg(pl.col("data").n_unique().alias("n"))["n"].max() > 1
+    most = syn.group_by("w_label").agg(pl.col("data").n_unique().alias("n"))["n"].max()
+    return most is not None and most > 1
 
 
 def table_w(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, pl.DataFrame] | None:
@@ -188,7 +189,7 @@ def table_source(df: pl.DataFrame, metric: str, cfg: DictConfig) -> tuple[str, p
     """A column per synthetic source, when some sources share a w (the w table would merge them,
     and the method x data table shows only the best): e.g. a generator and its adapted copy."""
     syn = default_runs(df, cfg).filter(pl.col("data") != "real")
-    if syn.is_empty() or not sources_share_a_w(syn):
+    if not sources_share_a_w(syn):
         return None
     cells = mean_ci(syn, ["method", "data"], metric)
     order = list(dict.fromkeys(syn["data"].to_list()))
