@@ -57,11 +57,25 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
+    # evaluation: the frozen encoder's features, forward only, at the evaluation batch size
+    encoder = model.backbone.eval() if hasattr(model, "backbone") else model.eval()
+    eval_batch = torch.randn(min(cfg.eval.batch_size, rows * k), 3, t.image_size, t.image_size, device=device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        encoder(eval_batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        begin = time.perf_counter()
+        for _ in range(args.steps):
+            encoder(eval_batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    per_image = (time.perf_counter() - begin) / args.steps / len(eval_batch)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{cfg.threads}"
-    print("| encoder | method | crops/step/process | device | s/step |")
-    print("|---|---|---|---|---|")
-    print(f"| {t.encoder} | {t.method} | {rows * k} | {name} | {seconds:.4f} |")
-    print(f"\npython -m synrep plan {' '.join(args.overrides)} plan.seconds_per_train_step={seconds:.4f}")
+    print("| encoder | method | crops/step/process | device | s/step | s/evaluated image |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {t.encoder} | {t.method} | {rows * k} | {name} | {seconds:.4f} | {per_image:.3g} |")
+    print(f"\npython -m synrep plan {' '.join(args.overrides)} plan.seconds_per_train_step={seconds:.4f} "
+          f"plan.seconds_per_eval_image={per_image:.3g}")
 
 
 if __name__ == "__main__":

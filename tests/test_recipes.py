@@ -99,7 +99,8 @@ def test_recipe_dry_run_and_plan(experiment, tmp_path):
     assert generation["jobs"].sum() == shards
     images = UNIQUE * sum(source_spec(cfg, s)["l"] for s in sources)
     assert generation["gpu_hours"].sum() == pytest.approx(images * cfg.plan.seconds_per_image / 3600)
-    assert table.height == len(sources) + len(runs)
+    # a row per source to generate and one to index; a row per run to train and one to evaluate
+    assert table.height == 2 * (len(sources) + len(runs))
 
 
 def test_planner_prints_the_paper_scale(capsys):
@@ -109,6 +110,21 @@ def test_planner_prints_the_paper_scale(capsys):
     # 8.3M captions x 10 images at 0.8 s = 18,444 GPU-hours of generation
     assert "83,000,000 images" in out and "18,444.4" in out
     assert "8300 |" in out  # generation jobs: one per 1000-caption shard
+
+
+def test_planner_prices_evaluation_by_the_probe_protocol():
+    """The official probe re-encodes ImageNet's train split every epoch through the frozen encoder;
+    the plain probe encodes every split once and trains on cached features."""
+    base = ["experiment=paper_cc12m", "plan.seconds_per_train_step=1.0", "plan.seconds_per_eval_image=0.001"]
+    augmented = plan.plan_table(load_config(base)).filter(pl.col("stage").str.starts_with("evaluate "))
+    cached = plan.plan_table(load_config(base + ["eval.probe_augment=false"])).filter(
+        pl.col("stage").str.starts_with("evaluate "))
+    assert augmented.height == cached.height == len(sweep.expand(load_config(base)))
+    # ImageNet-1k: 1,281,167 train images (91 passes: features once, 90 probe epochs) and 50,000 val
+    assert augmented["gpu_hours"][0] == pytest.approx((1_281_167 * 91 + 50_000) * 0.001 / 3600)
+    assert cached["gpu_hours"][0] == pytest.approx((1_281_167 + 50_000) * 0.001 / 3600)
+    unknown = plan.plan_table(load_config(base + ["plan.eval_train_images=null"]))
+    assert unknown.filter(pl.col("stage").str.starts_with("evaluate "))["gpu_hours"].null_count() == augmented.height
 
 
 # ------------------------------------------------------------------------------------------------

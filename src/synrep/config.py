@@ -699,6 +699,13 @@ class PlanConfig:
     # One training step on launch.nodes x launch.gpus_per_node GPUs; null: training not estimated
     # (measure with benchmarks/train_step.py)
     seconds_per_train_step: Optional[float] = None
+    # One image through the frozen encoder (forward only) on one GPU; null: evaluation not
+    # estimated (benchmarks/train_step.py prints it beside the training step)
+    seconds_per_eval_image: Optional[float] = None
+    # Images of the evaluation set's train split (the probe's) and of its other splits; null:
+    # evaluation not estimated (ImageNet-1k: 1,281,167 and 50,000)
+    eval_train_images: Optional[int] = None
+    eval_other_images: Optional[int] = None
 
 
 @dataclass
