@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def peak_memory() -> str:
+    """The process's peak resident memory, and its largest child's (DataLoader workers, pools): the
+    kernel's high-water marks, which a sampling profiler can miss."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return f"peak RSS {own:.0f} MB (largest child {child:.0f} MB)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from synrep.config import ConfigError, json_schema, load_config, to_yaml
@@ -109,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"synrep {args.step}: error: {err}", file=sys.stderr)
         return 1
-    print(f"synrep {args.step}: done in {time.time() - start:.1f}s", file=sys.stderr)
+    # one fixed-format line per job: benchmarks/rule_resources.py reads it from the rules' logs
+    print(f"synrep {args.step}: done in {time.time() - start:.1f}s, {peak_memory()}", file=sys.stderr)
     if isinstance(outputs, dict):
         for key, path in outputs.items():
             print(f"  {key}: {path}", file=sys.stderr)
