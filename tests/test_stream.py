@@ -134,3 +134,91 @@ def test_a_truncated_shard_is_named(tmp_path):
     with pytest.raises(ValueError, match=f"{urls[1]}: truncated or corrupt shard"):
         ds = dataset(urls)
         [ds[i] for i in range(len(ds))]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_sidecar_and_header_scan_give_the_same_samples(tmp_path):
+    from synrep.data.shards import members_path
+
+    urls, _ = build_shards(tmp_path, shards=3, l=3)
+    with_sidecar = dataset(urls, images=2, l=3)
+    assert all(members_path(u).exists() for u in urls)
+    for u in urls:
+        members_path(u).rename(str(members_path(u)) + ".away")
+    scanned = dataset(urls, images=2, l=3)
+    assert len(scanned) == len(with_sidecar)
+    for i in range(len(scanned)):
+        a, b = scanned[i], with_sidecar[i]
+        assert a[1] == b[1] and torch.equal(a[0], b[0])
+        assert scanned.read_sample(i)["__key__"] == with_sidecar.read_sample(i)["__key__"]
+
+
+def test_an_8300_shard_index_opens_and_holds_a_bounded_number_of_files(tmp_path):
+    """The index's counts place every caption: nothing is opened to build the dataset, and reading
+    captions from every shard keeps at most ``open_files`` descriptors and ``cached_shards`` tables."""
+    import shutil
+    import tracemalloc
+
+    from synrep.data.shards import members_path
+
+    urls, _ = build_shards(tmp_path, shards=1, per_shard=3)
+    many = []
+    for s in range(8300):
+        url = tmp_path / "many" / f"shard-{s:06d}.tar"
+        url.parent.mkdir(exist_ok=True)
+        os.link(urls[0], url)
+        os.link(members_path(urls[0]), members_path(url))
+        many.append(str(url))
+    before = open_fds()
+    tracemalloc.start()
+    ds = stream.GroupDataset(many, SampleSpec(images=1, views=1, use_first=None), raw, seed=0, counts=[3] * 8300,
+                             cached_shards=8, open_files=4)
+    built = tracemalloc.get_traced_memory()[0]
+    assert len(ds) == 3 * 8300 and open_fds() == before
+    peak_fds = 0
+    for i in range(0, len(ds), 3 * 8300 // 600):  # 600 captions, each from another shard
+        image, caption = ds[i]
+        assert caption == f"label0 caption {ds.locate(i)[1]}"
+        peak_fds = max(peak_fds, open_fds() - before)
+    held = tracemalloc.get_traced_memory()[0] - built
+    tracemalloc.stop()
+    assert peak_fds <= 4 and len(ds._tables) <= 8
+    # what reading left behind is a few shards' tables, not one per shard touched
+    one_table = 3 * 3 * 64
+    assert held < 8 * one_table + 64_000
+    del ds
+    assert open_fds() == before
+    shutil.rmtree(tmp_path / "many")
+
+
+def test_index_counts_that_disagree_with_a_shard_are_named(tmp_path):
+    urls, _ = build_shards(tmp_path, shards=2)
+    ds = stream.GroupDataset(urls, SampleSpec(images=1, views=1, use_first=None), raw, seed=0, counts=[16, 17])
+    with pytest.raises(ValueError, match=f"{urls[1]}: holds 16 samples; its index says 17"):
+        ds[20]
+
+
+def test_persistent_workers_see_each_pass(tmp_path):
+    """One loader for every pass: the pass travels with each index to persistent workers, and the
+    batches are those of a fresh single-process loader for that pass."""
+    urls, _ = build_shards(tmp_path, l=4)
+    ds = dataset(urls, images=2, l=4)
+
+    def batches(workers, loader=None):
+        sampler = stream.EpochIndices(stream.group_sampler(ds, seed=3, rank=0, world=1))
+        loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler, collate_fn=stream.collate_groups,
+                                             num_workers=workers, persistent_workers=workers > 0)
+        out = []
+        for epoch in (0, 1, 2):
+            sampler.set_epoch(epoch)
+            ds.set_epoch(epoch)
+            out.append(torch.cat([b["images"] for b in loader]))
+        return out
+
+    single, persistent = batches(0), batches(2)
+    assert not torch.equal(single[0], single[1])
+    for a, b in zip(single, persistent):
+        assert torch.equal(a, b)

@@ -12,8 +12,11 @@ group) is:
 - CLIP: one image and its caption.
 
 As the official code (a map-style dataset under a ``DistributedSampler``), ``GroupDataset`` gives
-random access to every caption: the tar headers of each shard are read once (never the image
-data) into a table of member offsets, and a sample is read by seeking to its members. So the
+random access to every caption: the index's per-shard sample counts map a caption to its shard, the
+shard's member offsets come from its sidecar (``shard-*.members.parquet``, else its tar headers,
+never the image data) when one of its samples is read, and a sample is read by seeking to its
+members. Memory and open files are bounded per process (a few shards' tables and descriptors), not
+by the number of shards or captions. So the
 sampler shuffles the whole caption set every pass (RedCaps files are ordered by subreddit: a shard
 order shuffle and a buffer would leave batches correlated), and a DataLoader worker reads only the
 samples it is given. Group ids belong to batch rows, as in the official code: two rows with the same
@@ -29,6 +32,7 @@ import json
 import os
 import random
 import tarfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +43,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from synrep.config import run_dir
-from synrep.data.shards import write_index, write_shard
+from synrep.data.shards import members_path, write_index, write_shard
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
@@ -117,6 +121,10 @@ def _decode(data: bytes) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def _decode_pil(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
 def _corrupt(url: str, err: BaseException) -> ValueError:
     reason = str(err.args[0] if err.args else err).splitlines()[0] if str(err) else type(err).__name__
     return ValueError(f"{url}: truncated or corrupt shard ({type(err).__name__}: {reason})")
@@ -152,52 +160,181 @@ def member_table(url: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     return list(samples.items())
 
 
+class ShardTable:
+    """One shard's samples as arrays (a few bytes a member, not Python objects): sample j's members
+    are rows ``starts[j]:starts[j + 1]`` of ``suffixes`` / ``offsets`` / ``sizes``."""
+
+    __slots__ = ("keys", "starts", "suffixes", "offsets", "sizes")
+
+    def __init__(self, keys: list[str], starts: np.ndarray, suffixes: list[str], offsets: np.ndarray,
+                 sizes: np.ndarray):
+        self.keys, self.starts, self.suffixes, self.offsets, self.sizes = keys, starts, suffixes, offsets, sizes
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def members(self, j: int) -> dict[str, tuple[int, int]]:
+        lo, hi = int(self.starts[j]), int(self.starts[j + 1])
+        return {self.suffixes[r]: (int(self.offsets[r]), int(self.sizes[r])) for r in range(lo, hi)}
+
+    @classmethod
+    def from_samples(cls, samples: list[tuple[str, dict[str, tuple[int, int]]]]) -> "ShardTable":
+        keys = [key for key, _ in samples]
+        rows = [(suffix, offset, size) for _, members in samples for suffix, (offset, size) in members.items()]
+        starts = np.cumsum([0] + [len(members) for _, members in samples], dtype=np.int64)
+        return cls(keys, starts, [r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.int64),
+                   np.array([r[2] for r in rows], dtype=np.int64))
+
+
+def read_members(url: str) -> ShardTable:
+    """A shard's member table: from its sidecar (``shards.members_path``) when there is one, else
+    from the tar headers (img2dataset shards, shards written before sidecars)."""
+    side = members_path(url)
+    if not side.exists():
+        return ShardTable.from_samples(member_table(url))
+    try:
+        frame = pl.read_parquet(side, columns=["key", "suffix", "offset", "size"])
+    except Exception as err:  # polars raises ComputeError / ColumnNotFoundError flavours
+        raise ValueError(f"{side}: not a readable member table ({str(err).splitlines()[0]})") from None
+    frame = frame.filter(pl.col("suffix") != "")  # a member without a suffix belongs to no sample (member_table)
+    try:
+        size = Path(url).stat().st_size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard not found: {url}") from None
+    end = int((frame["offset"] + frame["size"]).max() or 0)
+    if size < end:
+        raise ValueError(f"{url}: truncated or corrupt shard (the archive ends at byte {size}, inside its "
+                         f"members, which end at {end} by {side.name})")
+    key = frame["key"]
+    starts = np.flatnonzero((key != key.shift(1)).fill_null(True).to_numpy())
+    runs = key.gather(starts)
+    if runs.n_unique() != len(starts) or frame.select(pl.struct("key", "suffix").n_unique()).item() != frame.height:
+        # a sample's members apart, or a member twice: group as the header scan does (first place, last value)
+        samples: dict[str, dict[str, tuple[int, int]]] = {}
+        for k, suffix, offset, length in frame.iter_rows():
+            samples.setdefault(k, {})[suffix] = (offset, length)
+        return ShardTable.from_samples(list(samples.items()))
+    return ShardTable(runs.to_list(), np.append(starts, frame.height).astype(np.int64), frame["suffix"].to_list(),
+                      frame["offset"].to_numpy().astype(np.int64), frame["size"].to_numpy().astype(np.int64))
+
+
+class _LRU(OrderedDict):
+    """A small least-recently-used map; ``on_evict`` sees each value that leaves it."""
+
+    def __init__(self, capacity: int, on_evict: Callable | None = None):
+        super().__init__()
+        self.capacity, self.on_evict = max(1, capacity), on_evict
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            _, old = self.popitem(last=False)
+            if self.on_evict is not None:
+                self.on_evict(old)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 class GroupDataset(torch.utils.data.Dataset):
     """Item i: ``(images [k*v, 3, H, W], caption)`` of the i-th caption of the shards, in index
     order; ``max_samples`` keeps the first N captions (the l ablation at a fixed budget).
-    ``transform`` None: uint8 images, augmented by the trainer a batch at a time."""
+    ``transform`` None: uint8 images, augmented by the trainer a batch at a time. An item may also
+    be ``(epoch, i)``: the pass travels with the index, so persistent workers need no ``set_epoch``.
+
+    ``counts`` (the index's ``samples`` column) maps a caption to its shard with no file opened;
+    without it, each shard's table is read once here to count it. A shard's member table is read
+    when one of its samples is, and at most ``cached_shards`` tables and ``open_files`` descriptors
+    stay in each process (least recently used first out): memory and descriptors stay bounded
+    whatever the number of shards (the sampler draws from all of them)."""
 
     def __init__(self, urls: list[str], spec, transform: Callable | None, seed: int, max_samples: int | None = None,
-                 cache_decoded: bool = False):
+                 cache_decoded: bool = False, counts: list[int] | None = None, cached_shards: int = 64,
+                 open_files: int = 16):
         super().__init__()
         self.urls, self.spec, self.transform, self.seed = list(urls), spec, transform, seed
         # decoded images kept in memory (a toy source: a few MB), instead of decoding every draw
         self.cache_decoded = cache_decoded
-        self._decoded: dict[tuple[int, str], torch.Tensor] = {}
+        self._decoded: dict[tuple[int, str], object] = {}
         self.epoch = 0
-        self.samples: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
-        for shard, url in enumerate(self.urls):
-            self.samples += [(shard, key, members) for key, members in member_table(url)]
-            if max_samples is not None and len(self.samples) >= max_samples:
-                break
-        if max_samples is not None:
-            self.samples = self.samples[:max_samples]
-        self._files: dict[int, int] = {}
+        self.cached_shards, self.open_files = cached_shards, open_files
+        self._setup_caches()
+        if counts is None:
+            counts = []
+            for shard in range(len(self.urls)):
+                counts.append(len(self._table(shard)))
+                if max_samples is not None and sum(counts) >= max_samples:
+                    break
+        elif len(counts) != len(self.urls):
+            raise ValueError(f"{len(counts)} sample counts for {len(self.urls)} shards")
+        # first global index of each shard: an array, never a table of every caption
+        self.first = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
+        total = int(self.first[-1])
+        self.length = total if max_samples is None else min(total, max_samples)
+
+    def _setup_caches(self) -> None:
+        self._tables = _LRU(self.cached_shards)
+        self._files = _LRU(self.open_files, _close)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_files"] = {}  # open files stay with the process that opened them
+        # open files stay with the process that opened them
+        state["_files"] = state["_tables"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._setup_caches()
 
     def __del__(self) -> None:
         # getattr: __init__ may have stopped (a bad shard) before the files were set up
-        for fd in getattr(self, "_files", {}).values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        files = getattr(self, "_files", None)
+        for fd in (files or {}).values():
+            _close(fd)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return self.length
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(shard, sample within the shard) of global sample ``index``."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"sample {index} of {self.length}")
+        shard = int(np.searchsorted(self.first, index, side="right")) - 1
+        return shard, index - int(self.first[shard])
+
+    def _table(self, shard: int) -> ShardTable:
+        table = self._tables.get(shard)
+        if table is None:
+            table = read_members(self.urls[shard])
+            if hasattr(self, "first") and len(table) != self.first[shard + 1] - self.first[shard]:
+                raise ValueError(f"{self.urls[shard]}: holds {len(table)} samples; its index says "
+                                 f"{int(self.first[shard + 1] - self.first[shard])} (rerun indexing)")
+            self._tables.put(shard, table)
+        return table
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
         url = self.urls[shard]
         fd = self._files.get(shard)
         if fd is None:
-            fd = self._files[shard] = os.open(url, os.O_RDONLY)
+            try:
+                fd = os.open(url, os.O_RDONLY)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"shard not found: {url}") from None
+            self._files.put(shard, fd)
         # pread, not seek + read: forked DataLoader workers inherit the parent's descriptors, and a
         # shared file offset would let one worker read another's member
         data = os.pread(fd, size, offset)
@@ -207,12 +344,14 @@ class GroupDataset(torch.utils.data.Dataset):
 
     def read_sample(self, index: int) -> dict:
         """The raw members of sample ``index`` (as webdataset gives them: suffix -> bytes)."""
-        shard, key, members = self.samples[index]
-        sample = {suffix: self._read(shard, offset, size) for suffix, (offset, size) in members.items()}
-        sample["__key__"], sample["__url__"] = key, self.urls[shard]
+        shard, j = self.locate(index)
+        table = self._table(shard)
+        sample = {suffix: self._read(shard, offset, size) for suffix, (offset, size) in table.members(j).items()}
+        sample["__key__"], sample["__url__"] = table.keys[j], self.urls[shard]
         return sample
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, item) -> tuple[torch.Tensor, str]:
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         spec = self.spec
         sample = self.read_sample(index)
         names = _image_names(sample)
@@ -221,25 +360,53 @@ class GroupDataset(torch.utils.data.Dataset):
                 raise ValueError(f"sample {sample['__key__']} in {sample['__url__']} has {len(names)} "
                                  f"images; the run asks for l = {spec.use_first}")
             names = names[: spec.use_first]
-        draw = random.Random(f"{self.seed}-{self.epoch}-{index}")
+        draw = random.Random(f"{self.seed}-{epoch}-{index}")
         if spec.images <= len(names):
             chosen = draw.sample(names, spec.images)
         else:
             chosen = names + [draw.choice(names) for _ in range(spec.images - len(names))]
-        transform = self.transform or (lambda image: image)  # None: the trainer augments the batch
+        # an augmentation that takes the sample's draws (augment.ImageAugment): its crops depend on
+        # (seed, epoch, index) alone, whatever the worker; it reads PIL images
+        takes_draw = getattr(self.transform, "takes_draw", False)
         try:
-            crops = [transform(self._image(index, sample, name)) for name in chosen for _ in range(spec.views)]
+            if takes_draw:
+                crops = [self.transform(self._image(index, sample, name, pil=True), draw)
+                         for name in chosen for _ in range(spec.views)]
+            else:
+                transform = self.transform or (lambda image: image)  # None: the trainer augments the batch
+                crops = [transform(self._image(index, sample, name)) for name in chosen for _ in range(spec.views)]
         except (OSError, ValueError) as err:
             raise _corrupt(sample["__url__"], err) from err
+        if crops and isinstance(crops[0], tuple):  # crops and their draws for the device (augment.DeviceAugment)
+            return torch.stack([c[0] for c in crops]), _caption(sample), torch.stack([c[1] for c in crops])
         return torch.stack(crops), _caption(sample)
 
-    def _image(self, index: int, sample: dict, name: str) -> torch.Tensor:
+    def _image(self, index: int, sample: dict, name: str, pil: bool = False):
+        decode = _decode_pil if pil else _decode
         if not self.cache_decoded:
-            return _decode(sample[name])
-        key = (index, name)
+            return decode(sample[name])
+        key = (index, name, pil)
         if key not in self._decoded:
-            self._decoded[key] = _decode(sample[name])
+            self._decoded[key] = decode(sample[name])
         return self._decoded[key]
+
+
+class EpochIndices(torch.utils.data.Sampler):
+    """``(epoch, index)`` pairs of a sampler with ``set_epoch`` (``group_sampler``): the pass goes to
+    the dataset with each index, as persistent DataLoader workers keep their own dataset copy."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, int(i)) for i in self.sampler)
 
 
 def group_sampler(dataset: GroupDataset, seed: int, rank: int, world: int) -> torch.utils.data.DistributedSampler:
@@ -249,12 +416,16 @@ def group_sampler(dataset: GroupDataset, seed: int, rank: int, world: int) -> to
                                                drop_last=False)
 
 
-def collate_groups(batch: list[tuple[torch.Tensor, str]]) -> dict:
-    """n rows of k images -> images [n*k, 3, H, W], group_ids [n*k] (the batch row), captions [n]."""
+def collate_groups(batch: list[tuple]) -> dict:
+    """n rows of k images -> images [n*k, 3, H, W], group_ids [n*k] (the batch row), captions [n];
+    and draws [n*k, P] when the rows carry the device's augmentation draws."""
     images = torch.cat([b[0] for b in batch])
     per_row = batch[0][0].shape[0]
     group_ids = torch.arange(len(batch)).repeat_interleave(per_row)
-    return {"images": images, "group_ids": group_ids, "captions": [b[1] for b in batch]}
+    out = {"images": images, "group_ids": group_ids, "captions": [b[1] for b in batch]}
+    if len(batch[0]) > 2:
+        out["draws"] = torch.cat([b[2] for b in batch])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
