@@ -164,29 +164,46 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def training_data(cfg: DictConfig, length: TrainingLength):
-    """The run's captions as a map-style dataset (the shards' tar headers are read once, here)."""
+    """The run's captions as a map-style dataset: the index's sample counts place every caption,
+    a shard's member offsets are read when one of its captions is."""
     from synrep.learning import augment
     from synrep.data import stream as data
 
     t = cfg.train
     spec = methods.get(t.method).sample_spec(t.l, t.m)
-    # augmented per image in the loader, or (None) a batch at a time in the loop (augment.batch_augment)
+    # augmented per image in the loader (uint8 out), or (None) a batch at a time in the loop
+    # (augment.batch_augment); normalised on the device either way
     transform = None if augment.augments_batches(cfg) else augment.train_transform(cfg)
-    return data.GroupDataset(data.shard_urls(cfg, t.data), spec, transform, seed=t.seed,
-                             max_samples=length.n_captions, cache_decoded=t.cache_decoded)
+    index = data.shard_index(cfg, t.data)
+    return data.GroupDataset(index["path"].to_list(), spec, transform, seed=t.seed, max_samples=length.n_captions,
+                             cache_decoded=t.cache_decoded, counts=index["samples"].to_list())
 
 
-def data_loader(cfg: DictConfig, dataset, length: TrainingLength, info: distributed.DistInfo, pass_index: int):
-    """Pass ``pass_index`` of the official loader: a seeded ``DistributedSampler`` shuffling the
-    whole caption set, ``length.rows_per_rank`` captions a batch, ``drop_last``."""
+def data_loader(cfg: DictConfig, dataset, length: TrainingLength, info: distributed.DistInfo,
+                device: torch.device | None = None):
+    """The official loader for the whole run: a seeded ``DistributedSampler`` shuffling the whole
+    caption set, ``length.rows_per_rank`` captions a batch, ``drop_last``; call ``set_pass`` before
+    each pass. Workers persist across passes (the pass travels with each index), batches come as
+    uint8 (a quarter of float32's bytes through the worker queues), pinned for a GPU."""
     from synrep.data import stream as data
 
-    dataset.set_epoch(pass_index)
-    sampler = data.group_sampler(dataset, cfg.train.seed, info.rank, info.world_size)
-    sampler.set_epoch(pass_index)
+    workers = cfg.train.workers
+    sampler = data.EpochIndices(data.group_sampler(dataset, cfg.train.seed, info.rank, info.world_size))
+    # workers = 0 (the toy default): each pass's iterator draws its base seed from the global
+    # generator, as before; with workers, the loader's own generator, so that the global draws of
+    # a pass (the batched augmentation's) do not depend on whether the workers were just started
+    generator = torch.Generator().manual_seed(cfg.train.seed) if workers > 0 else None
     return torch.utils.data.DataLoader(dataset, batch_size=length.rows_per_rank, sampler=sampler,
-                                       collate_fn=data.collate_groups, num_workers=cfg.train.workers,
-                                       drop_last=True, persistent_workers=False)
+                                       collate_fn=data.collate_groups, num_workers=workers, drop_last=True,
+                                       persistent_workers=workers > 0, generator=generator,
+                                       pin_memory=device is not None and device.type == "cuda",
+                                       prefetch_factor=4 if workers > 0 else None)
+
+
+def set_pass(loader, pass_index: int) -> None:
+    """Point the run's loader (``data_loader``) at pass ``pass_index``."""
+    loader.dataset.set_epoch(pass_index)
+    loader.sampler.set_epoch(pass_index)
 
 
 class OtherRunError(ValueError):
@@ -280,6 +297,9 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
     batch_augment = augment.batch_augment(cfg)
     if batch_augment is not None:
         batch_augment = batch_augment.to(device)
+    normalize = augment.Normalize().to(device)
+    device_augment = augment.DeviceAugment(t.image_size).to(device)
+    loader = data_loader(cfg, dataset, length, info, device)
     bar = tqdm(total=length.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
                disable=not (progress and info.is_main), mininterval=2)
     # where this process's training time goes (benchmarks/sweep_run.py): waiting for the loader
@@ -296,7 +316,8 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
             losses_now: list[float] = []
             made = 0
             fetched = time.perf_counter()
-            for batch in data_loader(cfg, dataset, length, info, pass_index):
+            set_pass(loader, pass_index)
+            for batch in loader:
                 if made == steps_now:
                     break
                 computing = time.perf_counter()
@@ -307,6 +328,10 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
                     augmented = time.perf_counter()
                     timing["augment"] += augmented - computing
                     computing = augmented
+                elif "draws" in batch:  # cropped in the workers; colour, blur and normalisation here
+                    images = device_augment(images, batch["draws"])
+                else:
+                    images = normalize(images)
                 group_ids = batch["group_ids"].to(device)
                 set_lr(optimizer, lr_at(step, length))
                 loss, parts = forward_loss(cfg, model, images, group_ids, batch["captions"], amp_dtype)
