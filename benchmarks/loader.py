@@ -9,6 +9,12 @@ ViT-B/16: synthetic 256 px PNG shards (6 images a caption, as the official runs)
 the official augmentation at 224 px, 6 images a row, ``--vit-workers`` processes (default: every
 CPU), against ``vit_base_patch16_224``'s training step (forward, multi-positive loss, backward,
 AdamW) on this machine. Each line prints the ratio; the goal is >= 2x.
+
+Then the 224 px augmentation per image on one core, side by side: the official transform
+(torchvision's PIL transforms, PIL's GaussianBlur, ToTensor + Normalize in the worker), ours all on
+PIL (uint8 out), and ours as training runs it: crop + flip in the worker, colour, blur and
+normalisation batched on the device (timed here on this CPU, a batch of 64, per image). Decoding
+the 256 px PNG is a separate row: both paths pay it.
 """
 
 from __future__ import annotations
@@ -106,12 +112,77 @@ def dataset_for(cfg, urls: list[str]):
     return stream.GroupDataset(urls, spec, transform, seed=0, cache_decoded=t.cache_decoded)
 
 
+def augmentation_rows(images: int = 400) -> list[tuple[str, float]]:
+    """ms an image on one core: the official PIL transform against ours (see the module doc)."""
+    import io
+    import random
+
+    import torchvision.transforms as T
+    from PIL import Image, ImageFilter
+
+    from synrep.learning import augment
+
+    torch.set_num_threads(1)
+
+    class OfficialBlur:  # the official GaussianBlur: PIL's, sigma uniform in [0.1, 2.0]
+        def __call__(self, x):
+            return x.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+    official = T.Compose([
+        T.RandomResizedCrop(224, scale=(0.08, 1.0)),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([OfficialBlur()], p=0.5),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(augment.MEAN, augment.STD),
+    ])
+    rng = np.random.default_rng(0)
+    pngs = []
+    for _ in range(16):
+        small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        big = small.repeat(8, 0).repeat(8, 1) + rng.integers(0, 24, (256, 256, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    decoded = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    pil = augment.ImageAugment(224, on_device=False)
+    worker = augment.ImageAugment(224)
+    device = augment.DeviceAugment(224)
+
+    def per_image(fn) -> float:
+        fn(0)
+        start = time.perf_counter()
+        for i in range(images):
+            fn(i)
+        return (time.perf_counter() - start) / images * 1e3
+
+    rows = [("decode a 256 px PNG (both)", per_image(lambda i: Image.open(io.BytesIO(pngs[i % 16])).convert("RGB")))]
+    rows.append(("official: torchvision PIL transforms + ToTensor + Normalize", per_image(
+        lambda i: official(decoded[i % 16]))))
+    rows.append(("ours, all on PIL (uint8 out)", per_image(lambda i: pil(decoded[i % 16], random.Random(i)))))
+    worker_ms = per_image(lambda i: worker(decoded[i % 16], random.Random(i)))
+    rows.append(("ours in the worker: crop + flip (uint8 + draws out)", worker_ms))
+    out = [worker(decoded[i % 16], random.Random(i)) for i in range(64)]
+    crops, draws = torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+    device(crops, draws)
+    start = time.perf_counter()
+    for _ in range(3):
+        device(crops, draws)
+    rows.append(("ours on the device (here: this CPU, 1 thread), batch of 64", (time.perf_counter() - start) / 3 / 64 * 1e3))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--vit-workers", type=int, default=os.cpu_count())
+    parser.add_argument("--augment-only", action="store_true", help="only the augmentation table")
     args = parser.parse_args()
+    if args.augment_only:
+        aug_table()
+        return
 
     from synrep.config import load_config
     from synrep.data import stream
@@ -153,6 +224,21 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     for name, loader, encoder in rows:
         print(f"| {name} | {loader:,.0f} | {encoder:,.1f} | {loader / encoder:.1f}x |")
+    aug_table()
+
+
+def aug_table() -> None:
+    import datetime
+    import platform
+
+    rows = augmentation_rows()
+    official = rows[1][1]
+    print(f"\n224 px augmentation per image, one core ({platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, {datetime.date.today()}, torch {torch.__version__})\n")
+    print("| path | ms / image | official / this |")
+    print("| --- | ---: | ---: |")
+    for name, ms in rows:
+        print(f"| {name} | {ms:.2f} | {official / ms:.1f}x |")
 
 
 if __name__ == "__main__":
