@@ -465,7 +465,7 @@ def test_evaluate_truncated_model(world, tmp_path, capsys):
     model = truncated_torch_file(out / "model.pt")
     code, err = cli(capsys, "evaluate", *world, f"train.output_dir={out}")
     check_failure(code, err, tmp_path, (f"{model}: corrupt or truncated checkpoint",), exit_code=1,
-                  prefix="synrep evaluate: error:", finals=(out / "eval.json", out / "features.npz"))
+                  prefix="synrep evaluate: error:", finals=(out / "eval.json", out / "features"))
 
 
 def test_evaluate_without_model(world, tmp_path, capsys):

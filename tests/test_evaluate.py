@@ -185,17 +185,19 @@ def test_zero_shot_picks_the_class_of_the_nearest_averaged_prompt(make_cfg):
 def test_cached_features_recompute_only_for_another_key(tmp_path):
     calls = []
 
-    def compute():
-        calls.append(1)
-        return {s: np.full((2, 3), len(calls), dtype=np.float32) for s in SPLITS}
+    def compute(split):
+        calls.append(split)
+        return np.full((2, 3), len(calls), dtype=np.float32)
 
-    path = tmp_path / "features.npz"
-    first = cached_features(path, "model.pt:10:1", compute)
-    again = cached_features(path, "model.pt:10:1", compute)
-    assert len(calls) == 1 and all(np.array_equal(first[s], again[s]) for s in SPLITS)
-    changed = cached_features(path, "model.pt:10:2", compute)
-    assert len(calls) == 2 and changed["test"][0, 0] == 2.0
-    assert cached_features(path, "model.pt:10:2", compute)["test"][0, 0] == 2.0 and len(calls) == 2
+    folder = tmp_path / "features"
+    first = cached_features(folder, "model.pt:10:1", SPLITS, compute)
+    again = cached_features(folder, "model.pt:10:1", SPLITS, compute)
+    assert calls == list(SPLITS) and all(np.array_equal(first[s], again[s]) for s in SPLITS)
+    changed = cached_features(folder, "model.pt:10:2", SPLITS, compute)
+    assert len(calls) == 6 and changed["test"][0, 0] == 6.0
+    assert cached_features(folder, "model.pt:10:2", SPLITS, compute)["test"][0, 0] == 6.0 and len(calls) == 6
+    # the blocks of the old key are gone: one .npy a split
+    assert len(list(folder.glob("*.npy"))) == len(SPLITS)
 
 
 def test_baselines_sit_below_a_trained_probe_ceiling(small_world, make_cfg):

@@ -95,6 +95,7 @@ def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
 
     from synrep.data import toyworld
     from synrep.evaluation import evaluate
+    from synrep.evaluation.features import load_features
     from synrep.learning.augment import MEAN, STD
 
     data = "real" if method == "simclr" else "w2"
@@ -121,9 +122,9 @@ def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
     with torch.no_grad():
         features = {s: model.features((torch.from_numpy(d["images"]).permute(0, 3, 1, 2) / 255.0 - mean) / std).numpy()
                     for s, d in splits.items()}
-    with np.load(tmp_path / "run" / "features.npz") as used:
-        for s in splits:
-            np.testing.assert_allclose(used[s], features[s], rtol=1e-4, atol=1e-5)
+    used = load_features(tmp_path / "run" / "features")
+    for s in splits:
+        np.testing.assert_allclose(used[s], features[s], rtol=1e-4, atol=1e-5)
     labels = {s: d["shape"] for s, d in splits.items()}
     e, n_test = cfg.eval, len(labels["test"])
     probe = evaluate.linear_probe(features, labels, len(cfg.toyworld.shapes), list(e.probe_lrs), e.probe_epochs,

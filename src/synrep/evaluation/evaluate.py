@@ -5,42 +5,117 @@ epoch, chosen on the selection split and the head reported on test, unlike the o
 selects and reports on the same split), few-shot on the first target, and zero-shot where the
 encoder has a text tower. Baselines: a randomly initialised encoder of the same
 architecture, and raw pixels. The pieces: features, linear_probe, fewshot, zeroshot.
+
+Evaluation runs on the job's device (``train.device``, ``train.precision``) and, in a job of several
+ranks (torchrun, srun), on every rank: each extracts its block of the features (cached on disk per
+rank, keyed by what they depend on) and encodes its share of the augmented probe's crops; rank 0
+fits the probes and writes the results. Probes save their state every ``train.checkpoint_seconds``
+so a requeued evaluation carries on where it stopped, and a finished one (its result beside a
+``.key`` file naming what it was computed from) is returned, not redone.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import digest, run_dir, save_resolved
-from synrep.evaluation.features import SPLITS, EvalData, cached_features, extract_features, load_eval_data
+from synrep.config import digest, run_dir, save_resolved, to_dict
+from synrep.evaluation.features import (SPLITS, EvalData, cached_features, extract_features, load_eval_data,
+                                        normalise_transform)
 from synrep.evaluation.fewshot import few_shot
-from synrep.evaluation.linear_probe import linear_probe, linear_probe_augmented
+from synrep.evaluation.linear_probe import ProbeCheckpoint, linear_probe, linear_probe_augmented
 from synrep.evaluation.zeroshot import zero_shot
-from synrep.fileio import write_json
+from synrep.fileio import write_json, write_text
 
 
-def evaluate_features(features: dict[str, np.ndarray], data: EvalData, cfg: DictConfig, seed: int = 0,
-                      model=None, encode=None) -> dict:
+@dataclass(frozen=True)
+class EvalJob:
+    """Where evaluation runs: the device and autocast dtype, this process's rank among
+    ``world_size``, loader workers, and how often probes save their state."""
+
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None
+    rank: int = 0
+    world_size: int = 1
+    workers: int = 0
+    checkpoint_seconds: float = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def eval_job(cfg: DictConfig) -> EvalJob:
+    """The job's device (``train.device``: the GPU of this rank when there is one) and precision
+    (``train.precision``), joining the process group the launcher describes; loader workers
+    ``train.workers``; probe state saved every ``train.checkpoint_seconds``."""
+    from synrep.learning import distributed, trainer
+
+    info = distributed.init_distributed(trainer.resolve_device(cfg.train.device, 0).type)
+    device = trainer.resolve_device(cfg.train.device, info.local_rank)
+    return EvalJob(device, trainer.autocast_dtype(cfg.train.precision, device), info.rank, info.world_size,
+                   int(cfg.train.workers), float(cfg.train.checkpoint_seconds))
+
+
+def finished(path: Path, key: str) -> dict | None:
+    """The result at ``path`` when it was computed for ``key`` (``<path>.key`` says so), else None."""
+    import json
+
+    marker = path.with_suffix(".key")
+    if path.exists() and marker.exists() and marker.read_text(encoding="utf-8") == key:
+        return json.loads(path.read_text(encoding="utf-8"))
+    return None
+
+
+def finish(path: Path, key: str, result: dict) -> Path:
+    """Write a result, then the key that makes it final (a crash between the two redoes it)."""
+    path.with_suffix(".key").unlink(missing_ok=True)
+    write_json(path, result)
+    write_text(path.with_suffix(".key"), key)
+    return path
+
+
+def probe_key(cfg: DictConfig, target: str, seed: int) -> str:
+    """What a probe's saved state depends on besides its features: the evaluation settings."""
+    return digest({"eval": to_dict(cfg.eval), "image_size": cfg.train.image_size, "target": target, "seed": seed})
+
+
+def evaluate_features(features: dict[str, np.ndarray] | None, data: EvalData, cfg: DictConfig, seed: int = 0,
+                      model=None, encode=None, job: EvalJob | None = None, state: Path | None = None,
+                      key: str = "", on_epoch=None) -> dict | None:
     """Every evaluation of one set of features; ``model`` (with a text tower) adds zero-shot;
-    ``encode`` (the frozen encoder) trains the probe on augmented crops when ``eval.probe_augment``."""
+    ``encode`` (the frozen encoder) trains the probe on augmented crops when ``eval.probe_augment``.
+    With ``state`` (a folder) each probe saves its state there under ``key`` (the features') and
+    resumes from it. In a job of several ranks every rank calls it (``features`` only on rank 0):
+    the others encode crops for the augmented probe and return None."""
     e = cfg.eval
+    job = job or EvalJob()
     metrics: dict = {"linear_probe": {}, "few_shot": {}, "zero_shot": {}}
     clock = Clock()
     for target in data.labels:
         labels = data.labels[target]
+        checkpoint = None
+        if state is not None and job.is_main:
+            checkpoint = ProbeCheckpoint(Path(state) / f"probe_{target}.pt", f"{key}:{probe_key(cfg, target, seed)}",
+                                         job.checkpoint_seconds)
         common = dict(n_classes=len(data.class_names[target]), lrs=list(e.probe_lrs), epochs=e.probe_epochs,
                       batch_size=e.probe_batch_size, batchnorm=e.probe_batchnorm, seed=seed,
-                      eval_every=e.probe_eval_every)
+                      eval_every=e.probe_eval_every, device=job.device, checkpoint=checkpoint, on_epoch=on_epoch)
         if e.probe_augment and encode is not None:
             metrics["linear_probe"][target] = linear_probe_augmented(
-                encode, data.train_images, cfg.train.image_size, features, labels, **common)
-        else:
+                encode, data.train_images, cfg.train.image_size, features, labels, workers=job.workers,
+                amp_dtype=job.amp_dtype, normalise=normalise_transform(cfg), rank=job.rank,
+                world_size=job.world_size, **common)
+        elif job.is_main:
             metrics["linear_probe"][target] = linear_probe(features, labels, **common)
+    if not job.is_main:
+        return None
     clock.lap("probe")
     primary = next(iter(data.labels))
     metrics["few_shot"][primary] = few_shot(features["test"], data.labels[primary]["test"], e.fewshot_ways,
@@ -95,50 +170,116 @@ def feature_splits(cfg: DictConfig) -> tuple[str, ...]:
     return ("val", "test") if cfg.eval.probe_augment else SPLITS
 
 
-def features_key(cfg: DictConfig, weights: Path) -> str:
-    """What cached features depend on: the weights, the data set, its split and the evaluation crop."""
+def data_key(cfg: DictConfig, splits: tuple[str, ...], amp_dtype: torch.dtype | None = None) -> str:
+    """What features depend on besides the encoder: the data set, its split, the evaluation crop,
+    the splits extracted and the precision they were computed in."""
     e = cfg.eval
     setting = {"dataset": e.dataset, "root": str(e.root), "holdout": e.holdout, "crop_pct": e.crop_pct,
-               "image_size": cfg.train.image_size, "splits": list(feature_splits(cfg))}
-    return f"{_fingerprint(weights)}:{digest(setting)}"
+               "image_size": cfg.train.image_size, "splits": list(splits), "precision": str(amp_dtype)}
+    return digest(setting)
 
 
-def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
-    """Evaluate the trained encoder in a run folder; writes ``eval.json`` there."""
+def features_key(cfg: DictConfig, weights: Path, amp_dtype: torch.dtype | None = None) -> str:
+    """What cached features depend on: the weights, the data set, its split, the evaluation crop
+    and the precision."""
+    return f"{_fingerprint(weights)}:{data_key(cfg, feature_splits(cfg), amp_dtype)}"
+
+
+def job_features(encode, data: EvalData, cfg: DictConfig, job: EvalJob, splits: tuple[str, ...], desc: str,
+                 folder: Path | None = None, key: str = "") -> dict[str, np.ndarray] | None:
+    """Features of ``splits`` on the job's device, every rank its block; cached in ``folder`` (for
+    ``key``) when given. Rank 0 gets them all, the other ranks None."""
+    def compute(split: str) -> np.ndarray:
+        return extract_features(encode, data, cfg, desc=desc, splits=(split,), device=job.device,
+                                amp_dtype=job.amp_dtype, rank=job.rank, world_size=job.world_size,
+                                workers=job.workers)[split]
+
+    if folder is None and job.world_size == 1:
+        return {split: compute(split) for split in splits}
+    if folder is None:
+        raise ValueError("features extracted by several ranks meet in a folder: pass one")
+    return cached_features(folder, key, splits, compute, rank=job.rank, world_size=job.world_size)
+
+
+def eval_key(cfg: DictConfig, weights: Path, job: EvalJob) -> str:
+    """What a run's ``eval.json`` depends on: its features and every evaluation setting."""
+    return f"{features_key(cfg, weights, job.amp_dtype)}:{probe_key(cfg, '*', cfg.train.seed)}"
+
+
+def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None, on_epoch=None) -> dict | None:
+    """Evaluate the trained encoder in a run folder; writes ``eval.json`` there (rank 0; every rank
+    of a multi-process job calls it and the others return None). A finished evaluation of the same
+    weights and settings is returned as it is; an interrupted one resumes."""
     from synrep.learning.trainer import load_trained
 
     out = Path(output_dir or cfg.train.output_dir)
     torch.set_num_threads(cfg.threads)
     clock = Clock()
-    model = load_trained(cfg, out)
+    job = eval_job(cfg)
+    result = out / "eval.json"
+    if (out / "model.pt").exists():
+        done = finished(result, eval_key(cfg, out / "model.pt", job))
+        if done is not None:
+            return done if job.is_main else None
+    model = load_trained(cfg, out).to(job.device)
+    key = eval_key(cfg, out / "model.pt", job)
     data = load_eval_data(cfg)
     clock.lap("load")
-    features = cached_features(out / "features.npz", features_key(cfg, out / "model.pt"),
-                               lambda: extract_features(model.features, data, cfg, desc=out.name,
-                                                        splits=feature_splits(cfg)))
+    features = job_features(model.features, data, cfg, job, feature_splits(cfg), out.name, out / "features",
+                            features_key(cfg, out / "model.pt", job.amp_dtype))
     clock.lap("features")
-    metrics = evaluate_features(features, data, cfg, seed=cfg.train.seed, model=model, encode=model.features)
+    state = out / "eval_state"
+    metrics = evaluate_features(features, data, cfg, seed=cfg.train.seed, model=model, encode=model.features,
+                                job=job, state=state, key=key, on_epoch=on_epoch)
+    if not job.is_main:
+        return None
     metrics["seconds"] = clock.seconds | metrics["seconds"]
-    write_json(out / "eval.json", metrics)
+    finish(result, key, metrics)
+    shutil.rmtree(state, ignore_errors=True)
     return metrics
 
 
-def baselines(cfg: DictConfig, seed: int, data: EvalData | None = None) -> dict[str, dict]:
+def baselines(cfg: DictConfig, seed: int, data: EvalData | None = None, job: EvalJob | None = None,
+              state: Path | None = None, on_epoch=None) -> dict[str, dict] | None:
     """Random-init encoder (train.encoder, seeded) and raw pixels (pooled to ``eval.raw_pixels_size``),
-    evaluated like trained runs."""
+    evaluated like trained runs, on the job's device. With ``state`` (a folder) each baseline's
+    features, probe state and result are kept there, so a rerun resumes and skips what is done.
+    Rank 0 gets the results, the other ranks of a multi-process job None."""
     from synrep.learning.trainer import build_model
 
+    job = job or EvalJob()
     data = data or load_eval_data(cfg)
     torch.manual_seed(seed)
-    model = build_model(cfg).eval()
-    random_features = extract_features(model.features, data, cfg, desc=f"random init s{seed}",
-                                       splits=feature_splits(cfg))
-    results = {"random_init": evaluate_features(random_features, data, cfg, seed=seed, encode=model.features)}
+    model = build_model(cfg).eval().to(job.device)
+    encoders = {"random_init": (model.features, feature_splits(cfg), model.features,
+                                digest({"train": to_dict(cfg.train), "seed": int(seed)}))}
     if cfg.eval.raw_pixels_size is not None:
-        pixel_features = extract_features(lambda x: raw_pixels(x, cfg.eval.raw_pixels_size), data, cfg,
-                                          desc="raw pixels")
-        results["raw_pixels"] = evaluate_features(pixel_features, data, cfg, seed=seed)
-    return results
+        size = cfg.eval.raw_pixels_size
+        encoders["raw_pixels"] = (lambda x: raw_pixels(x, size), SPLITS, None, f"raw pixels {size}")
+    results = {}
+    for name, (encode, splits, probe_encode, encoder_key) in encoders.items():
+        folder = Path(state) / name if state is not None else None
+        features_key_ = f"{encoder_key}:{data_key(cfg, splits, job.amp_dtype)}"
+        key = f"{features_key_}:{probe_key(cfg, '*', seed)}"
+        done = finished(folder / "metrics.json", key) if folder is not None and job.is_main else None
+        if job.world_size > 1:
+            box = [done is not None]
+            torch.distributed.broadcast_object_list(box, src=0)
+            if box[0] and not job.is_main:
+                continue
+        if done is not None:
+            results[name] = done
+            continue
+        desc = f"random init s{seed}" if name == "random_init" else "raw pixels"
+        features = job_features(encode, data, cfg, job, splits, desc, folder / "features" if folder else None,
+                                features_key_)
+        metrics = evaluate_features(features, data, cfg, seed=seed, encode=probe_encode, job=job, state=folder,
+                                    key=key, on_epoch=on_epoch)
+        if job.is_main:
+            results[name] = metrics
+            if folder is not None:
+                finish(folder / "metrics.json", key, metrics)
+    return results if job.is_main else None
 
 
 def raw_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -161,12 +302,17 @@ def baselines_run(cfg: DictConfig, seed: int | None = None) -> dict[str, Path]:
     from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
+    job = eval_job(cfg)
     data = load_eval_data(cfg)
     outputs = {}
     for s in [seed] if seed is not None else list(cfg.sweep.seeds):
+        state = baselines_path(cfg, s).parent / "state"
+        if not job.is_main:  # the other ranks extract features and encode crops with rank 0
+            baselines(cfg, s, data, job, state)
+            continue
         rows = []
         with mlflow_run(cfg, "baselines", sections=("eval",), run_name=f"baselines s{int(s)}"):
-            for name, metrics in baselines(cfg, s, data).items():
+            for name, metrics in baselines(cfg, s, data, job, state).items():
                 flat = flat_metrics(metrics)
                 rows.append({"baseline": name, "seed": int(s), "encoder": cfg.train.encoder, **flat,
                              "details": metrics})
@@ -174,13 +320,18 @@ def baselines_run(cfg: DictConfig, seed: int | None = None) -> dict[str, Path]:
         path = baselines_path(cfg, s)
         save_resolved(cfg, path.parent)
         outputs[f"s{int(s)}"] = write_json(path, {"baselines": rows})
+        shutil.rmtree(state, ignore_errors=True)  # features and probe states, kept only for a rerun
     return outputs
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep evaluate``: the run in ``train.output_dir``."""
+    from synrep.learning import distributed
     from synrep.tracking import mlflow_run
 
+    if not distributed.detect().is_main:  # the other ranks of torchrun / srun help rank 0, which logs
+        evaluate_run(cfg)
+        return {}
     with mlflow_run(cfg, "evaluate", sections=("eval",), run_name=f"eval {Path(cfg.train.output_dir).name}"):
         import mlflow
 

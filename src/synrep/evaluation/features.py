@@ -226,30 +226,103 @@ def normalise_transform(cfg: DictConfig):
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
 
+def rank_rows(n: int, rank: int = 0, world_size: int = 1) -> range:
+    """The rows of a split that one rank encodes: a contiguous block (``np.array_split``'s sizes), so
+    that the blocks of ranks 0, 1, .. concatenate to the split in order."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
 @torch.no_grad()
 def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], data: EvalData, cfg: DictConfig,
-                     desc: str = "features", splits: tuple[str, ...] = SPLITS) -> dict[str, np.ndarray]:
-    """``encode`` takes normalised float images [B, 3, H, W] on the CPU (where evaluation loads the
-    trained model); returns {split: float32 [N, d]}. Images go through the evaluation transform
-    (``eval.crop_pct``, in the datasets) and the training normalisation."""
+                     desc: str = "features", splits: tuple[str, ...] = SPLITS, device: str | torch.device = "cpu",
+                     amp_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1,
+                     workers: int = 0) -> dict[str, np.ndarray]:
+    """``encode`` takes normalised float images [B, 3, H, W] on ``device`` (where the model is);
+    returns {split: float32 [N, d]}, or with ``world_size`` > 1 this rank's block of each split
+    (``rank_rows``). Images go through the evaluation transform (``eval.crop_pct``, in the datasets,
+    in ``workers`` loader processes), travel as uint8 and are normalised on the device."""
+    device = torch.device(device)
     normalise = normalise_transform(cfg)
     out = {}
     for split in splits:
-        loader = torch.utils.data.DataLoader(data.datasets[split], batch_size=cfg.eval.batch_size, shuffle=False)
-        chunks = [encode(normalise(batch)).float() for batch in
-                  tqdm(loader, desc=f"{desc} {split}", leave=False, mininterval=5)]
-        out[split] = torch.cat(chunks).numpy()
+        dataset = data.datasets[split]
+        rows = rank_rows(len(dataset), rank, world_size)
+        if len(rows) != len(dataset):
+            dataset = torch.utils.data.Subset(dataset, rows)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
+                                             num_workers=workers, pin_memory=device.type == "cuda")
+        chunks = []
+        for batch in tqdm(loader, desc=f"{desc} {split}", leave=False, mininterval=5, disable=rank != 0):
+            batch = batch.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                chunks.append(encode(normalise(batch)).float().cpu())
+        out[split] = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
     return out
 
 
-def cached_features(path: Path, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Features from ``path`` when they were made for ``key`` (the weights' fingerprint), else computed."""
-    if path.exists():
-        with np.load(path, allow_pickle=False) as cached:
-            if str(cached["key"]) == key:
-                return {s: cached[s] for s in cached.files if s != "key"}
-    features = compute()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, key=np.array(key), **features)
-    return features
+def _shard_name(split: str, rank: int, world_size: int, tag: str) -> str:
+    return f"{split}.{rank:04d}-of-{world_size:04d}.{tag}.npy"
+
+
+def load_features(folder: Path, key: str | None = None) -> dict[str, np.ndarray] | None:
+    """The features a finished ``cached_features`` folder holds ({split: [N, d]}), or None when it is
+    unfinished or (with ``key``) made for another key."""
+    import json
+
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.exists():
+        return None
+    made = json.loads(manifest.read_text())
+    if key is not None and made["key"] != key:
+        return None
+    out = {}
+    for split, shards in made["shards"].items():
+        parts = [np.load(Path(folder) / name, allow_pickle=False) for name in shards]
+        out[split] = np.concatenate([p for p in parts if len(p)]) if any(len(p) for p in parts) else parts[0]
+    return out
+
+
+def cached_features(folder: Path, key: str, splits: tuple[str, ...], compute: Callable[[str], np.ndarray],
+                    rank: int = 0, world_size: int = 1) -> dict[str, np.ndarray] | None:
+    """Features from ``folder`` when they were made for ``key`` (what they depend on: the weights,
+    the data, the crop, the precision), else computed and stored. Every rank computes and writes
+    only its own block of each split (``compute(split)``, one ``.npy`` a split and rank, atomically),
+    so a rank holds one block, never the data set, and a requeued extraction keeps the blocks
+    already written; rank 0 then writes ``manifest.json`` (the finished marker), removes blocks of
+    other keys and reads the whole. Returns the features on rank 0 and None on the other ranks."""
+    import hashlib
+
+    from synrep.fileio import write_json
+    from synrep.learning import distributed
+
+    folder = Path(folder)
+    found = load_features(folder, key) if rank == 0 else None
+    if found is not None and world_size == 1:
+        return found
+    if world_size > 1:  # every rank learns whether rank 0 found them
+        done = [found is not None]
+        torch.distributed.broadcast_object_list(done, src=0)
+        if done[0]:
+            return found
+    tag = hashlib.sha256(key.encode()).hexdigest()[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        shard = folder / _shard_name(split, rank, world_size, tag)
+        if shard.exists():
+            continue
+        features = np.ascontiguousarray(compute(split), dtype=np.float32)
+        with atomic_path(shard) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, features)
+    distributed.barrier()
+    if rank != 0:
+        return None
+    shards = {s: [_shard_name(s, r, world_size, tag) for r in range(world_size)] for s in splits}
+    write_json(folder / "manifest.json", {"key": key, "world_size": world_size, "shards": shards})
+    keep = {name for names in shards.values() for name in names}
+    for stale in folder.glob("*.npy"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+    return load_features(folder, key)

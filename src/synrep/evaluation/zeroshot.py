@@ -15,10 +15,13 @@ def zero_shot(model, cfg: DictConfig, image_features: np.ndarray, labels: np.nda
     from synrep.learning.step import tokenize
 
     model.eval()
+    # the job's device, where evaluation put the model
+    weight = next(iter(model.parameters()), None)
+    device = weight.device if weight is not None else torch.device("cpu")
     class_embeddings = []
     for class_prompts in prompts:
-        emb = nn.functional.normalize(model.embed_text(tokenize(cfg, class_prompts)), dim=1).mean(0)
+        emb = nn.functional.normalize(model.embed_text(tokenize(cfg, class_prompts).to(device)), dim=1).mean(0)
         class_embeddings.append(nn.functional.normalize(emb, dim=0))
     text = torch.stack(class_embeddings)
-    img = nn.functional.normalize(model.embed_image(torch.from_numpy(image_features)), dim=1)
-    return float(((img @ text.T).argmax(1).numpy() == labels).mean())
+    img = nn.functional.normalize(model.embed_image(torch.from_numpy(image_features).to(device)), dim=1)
+    return float(((img @ text.T).argmax(1).cpu().numpy() == labels).mean())

@@ -63,8 +63,10 @@ def run_one(cfg: DictConfig, run_id: str) -> dict[str, Path]:
     rcfg = run_config(cfg, spec)
     out = Path(rcfg.train.output_dir)
     if not distributed.detect().is_main:
-        # other ranks of a multi-process run only train; rank 0 evaluates and logs
+        # other ranks of a multi-process run train, then extract features and encode probe crops
+        # with rank 0, which fits the probes and logs
         trainer.train(rcfg, restart_other=True)
+        evaluate.evaluate_run(rcfg)
         return {}
     # where the run's time goes, in this process (benchmarks/sweep_run.py adds the process start)
     seconds = {"mlflow": 0.0}
