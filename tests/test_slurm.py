@@ -218,7 +218,9 @@ def test_concurrent_sweep_runs_log_to_one_mlflow_store(slurm_cluster, tmp_path, 
     assert uri.startswith("sqlite:////"), uri  # absolute: jobs run in other working directories
     # As launch.submit does: the sweep's parent run before the fan-out (jobs race on creating it).
     parent = sweep_run.parent_run_id(cfg)
-    config_file = save_resolved(cfg, tmp_path)
+    # the overrides as Snakemake's --configfile (a mapping over config/config.yaml, as --config)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(OmegaConf.to_container(OmegaConf.from_dotlist(overrides))))
 
     script = tmp_path / "sweep_run_job.py"
     script.write_text(MLFLOW_JOB)
@@ -444,3 +446,118 @@ def test_launch_reports_a_killed_job_instead_of_waiting_forever(slurm_cluster, l
     assert time.monotonic() - t0 < 150, scontrol_job(job.job_id)
     assert len(failed) == 1 and spec.run_id in failed[0] and "left the SLURM queue" in failed[0], failed
     assert not job.paths.result_pickle.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Training through `snakemake --profile slurm` with the recipe's world size (launch.nodes x
+# launch.tasks_per_node): the sweep_run rule runs its ranks under srun
+# ------------------------------------------------------------------------------------------------
+
+def ranks_in_one_process(cfg, world: int):
+    """What ``world`` DDP ranks of ``trainer.train`` compute, in one process: every rank's batches
+    drawn as the rank draws them (its sampler shard, its per-pass seeds), then each step taken on
+    the ranks' batches put together (synchronised BatchNorm and a mean over all anchors make that
+    the DDP step). Returns the per-pass mean losses."""
+    import numpy as np
+    import torch
+
+    from synrep.data import stream as data
+    from synrep.learning import augment, trainer
+    from synrep.learning.distributed import DistInfo
+    from synrep.learning.step import forward_loss, optimizer_step
+
+    t = cfg.train
+    torch.set_num_threads(cfg.threads)
+    length = trainer.training_length(cfg, data.count_captions(cfg, t.data), world)
+    torch.manual_seed(t.seed)
+    model = trainer.build_model(cfg).to(memory_format=torch.channels_last)
+    optimizer = trainer.build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    dataset = trainer.training_data(cfg, length)
+    batch_augment = augment.batch_augment(cfg)
+    assert batch_augment is not None, "the toy's augmentation: crops and flips a batch at a time"
+    model.train()
+    step, losses = 0, []
+    for pass_index in range(length.passes):
+        steps_now = min(length.steps_per_pass, length.steps - step)
+        per_rank = []
+        for rank in range(world):
+            trainer.seed_pass(t.seed, pass_index, rank)
+            loader = trainer.data_loader(cfg, dataset, length, DistInfo(rank, world))
+            trainer.set_pass(loader, pass_index)
+            batches = []
+            for batch in loader:
+                if len(batches) == steps_now:
+                    break
+                images = batch["images"].contiguous(memory_format=torch.channels_last)
+                batches.append((batch_augment(images), batch["captions"]))
+            per_rank.append(batches)
+        now = []
+        for i in range(steps_now):
+            images = torch.cat([per_rank[r][i][0] for r in range(world)])
+            captions = [c for r in range(world) for c in per_rank[r][i][1]]
+            group_ids = torch.arange(len(captions)).repeat_interleave(images.shape[0] // len(captions))
+            trainer.set_lr(optimizer, trainer.lr_at(step, length))
+            loss, _ = forward_loss(cfg, model, images, group_ids, captions, None)
+            optimizer_step(loss, optimizer, scaler)
+            step += 1
+            now.append(float(loss.detach()))
+        losses.append(float(np.mean(now)))
+    return losses
+
+
+@pytest.mark.timeout(600)
+def test_snakemake_sweep_run_on_slurm_trains_with_the_recipes_world_size(slurm_cluster, learning_world, tmp_path):
+    import json
+
+    from omegaconf import OmegaConf
+
+    from synrep.config import load_config
+    from synrep.experiments import sweep
+
+    assert slurm_cluster.cpus >= 2, f"the node has {slurm_cluster.cpus} CPUs, the job needs 2 tasks x 1 CPU"
+    # seed 9: a run folder of its own in the shared learning world; 2 tasks on the one node
+    overrides = learning_world("sweep.grids=[{method:[stablerep],data:[w4]}]", "sweep.seeds=[9]",
+                               "sweep.baselines=false", "launch.nodes=1", "launch.tasks_per_node=2",
+                               "launch.cpus_per_task=1", "launch.mem_gb=2", "launch.timeout_min=10")
+    cfg = load_config(overrides)
+    (spec,) = sweep.expand(cfg)
+    out = sweep.run_output_dir(cfg, spec)
+    shutil.rmtree(out, ignore_errors=True)
+    # the overrides as Snakemake's --configfile (a mapping over config/config.yaml, as --config)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(OmegaConf.to_container(OmegaConf.from_dotlist(overrides))))
+
+    repo = tmp_path / "repo"
+    for part in ("workflow", "config", "slurm"):
+        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    target = out / "metrics.json"
+    cmd = [*SNAKEMAKE, "--configfile", str(config_file), "--profile", "slurm",
+           "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+           "--slurm-keep-successful-logs", "--retries", "0", str(target)]
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=480)
+    seconds = time.monotonic() - t0
+    log = done.stdout + done.stderr
+    job_logs = "\n".join(p.read_text() for p in (repo / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert done.returncode == 0, log[-4000:] + job_logs[-4000:]
+
+    # one SLURM job of 2 tasks (2 CPUs), the only job Snakemake submitted
+    submitted = slurm_submissions(log)
+    rules = {rule for rule, _ in jobs_by_rule(log).values()}
+    assert rules == {f"sweep_run_{next(iter(sweep.job_batches(cfg, [spec])))}"}, log[-3000:]
+    (slurm_id,) = submitted.values()
+    assert all_jobs()[slurm_id]["cpus"] == 2, all_jobs()[slurm_id]
+    # both ranks joined: the run trained on a world of 2, with the length that world gives
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["world_size"] == 2, summary
+    assert json.loads(target.read_text())["steps"] == summary["length"]["steps"]
+
+    # DDP = one process on the ranks' batches put together
+    rcfg = sweep.run_config(cfg, spec)
+    losses = ranks_in_one_process(rcfg, world=2)
+    # (the same sums in another order: equal to rounding, step after step; a rank's own half-batch
+    # as the step, or another world's batches, is off by several percent)
+    got = [h["loss"] for h in summary["history"]]
+    assert got == pytest.approx(losses, rel=1e-5), (got, losses)
+    print(f"snakemake --profile slurm, sweep_run on 2 tasks: {seconds:.0f} s; losses {got} vs one process {losses}")

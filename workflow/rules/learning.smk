@@ -55,6 +55,34 @@ RUN_RESOURCES = dict(
     cpus_per_task=CFG.launch.cpus_per_task or CFG.threads,
     **({"gpu": CFG.launch.gpus_per_node} if CFG.launch.gpus_per_node else {}),
 )
+# The recipe's world size, launch.nodes x launch.tasks_per_node, as on submitit's path. A job of
+# several tasks runs its training under `srun` from the rule's own shell, one task per rank
+# (synrep.learning.distributed reads SLURM's environment). That way, not by handing the runs to
+# `python -m synrep launch`, Snakemake keeps the job, its log, its retries and its outputs, and no
+# job sits on its allocation waiting for another. The `mpi` resource is the SLURM plugin's sign for
+# such jobs: it submits them with --nodes / --ntasks(-per-node) and runs their shell as it is
+# instead of wrapping it in `srun -n1` (which makes one rank). Outside a SLURM job (`--cores`) the
+# shell runs the step as one process, as before.
+TRAIN_TASKS = CFG.launch.nodes * CFG.launch.tasks_per_node
+TRAIN_LAUNCH = ""
+if TRAIN_TASKS > 1:
+    # the plugin turns `tasks` into --ntasks-per-gpu on a GPU job: tasks_per_node where there are
+    # several a node, and the GPUs per node as gres (`gpu` would be the whole job's count)
+    RUN_RESOURCES |= dict(
+        mpi="srun",
+        nodes=CFG.launch.nodes,
+        **({"tasks_per_node": CFG.launch.tasks_per_node} if CFG.launch.tasks_per_node > 1
+           else {"tasks": TRAIN_TASKS, "tasks_per_gpu": 0}),
+    )
+    if CFG.launch.gpus_per_node and CFG.launch.nodes > 1:
+        del RUN_RESOURCES["gpu"]
+        RUN_RESOURCES["gres"] = f"gpu:{CFG.launch.gpus_per_node}"
+    # the job step's own SLURM_* variables are gone (the plugin clears them): every count explicit
+    TRAIN_LAUNCH = (
+        'if [ -n "${{SLURM_JOB_ID:-}}" ]; then LAUNCH="{resources.mpi} --kill-on-bad-exit=1 --nodes={resources.nodes} '
+        f'--ntasks={TRAIN_TASKS} --ntasks-per-node={CFG.launch.tasks_per_node} '
+        '--cpus-per-task={resources.cpus_per_task}"; else LAUNCH=""; fi; $LAUNCH '
+    )
 BATCHES = job_batches(CFG, list(RUNS.values()))
 for order, (batch, specs) in enumerate(BATCHES.items()):
 
@@ -78,7 +106,7 @@ for order, (batch, specs) in enumerate(BATCHES.items()):
         log:
             LOGS / "runs" / f"{batch}.log",
         shell:
-            synrep("sweep_run", "--run {params.ids}")
+            TRAIN_LAUNCH + synrep("sweep_run", "--run {params.ids}")
 
 
 rule baselines:

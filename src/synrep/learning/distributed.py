@@ -55,6 +55,21 @@ def detect() -> DistInfo:
     return DistInfo()
 
 
+def cuda_index(local_rank: int) -> int:
+    """The CUDA device of the task with ``local_rank`` on its node. Under ``--gpus-per-task=1`` (or
+    any binding that leaves one GPU in CUDA_VISIBLE_DEVICES) every task sees its own GPU as device
+    0; otherwise (torchrun, ``srun`` steps that get all of the node's GPUs) the tasks of a node share
+    the visible list and take one each by local rank."""
+    count = torch.cuda.device_count()
+    if count == 1:
+        return 0
+    if local_rank >= count:
+        raise ValueError(f"local rank {local_rank} has no GPU of its own: this task sees {count} GPU(s) "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); ask for "
+                         "one GPU per task or as many GPUs per node as tasks per node")
+    return local_rank
+
+
 def init_distributed(device_type: str = "cpu") -> DistInfo:
     """Join the process group the environment describes (no-op for a single process)."""
     info = detect()
@@ -65,7 +80,7 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
         os.environ.setdefault("MASTER_PORT", str(15000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        torch.cuda.set_device(info.local_rank)
+        torch.cuda.set_device(cuda_index(info.local_rank))
     dist.init_process_group(backend=backend, init_method="env://", rank=info.rank, world_size=info.world_size)
     return info
 
@@ -87,6 +102,16 @@ def all_reduce_mean(value: float) -> float:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_flag(value: bool) -> bool:
+    """Rank 0's ``value`` on every rank (``value`` itself in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
@@ -157,4 +182,4 @@ def wrap_model(model: torch.nn.Module, device: torch.device, info: DistInfo) -> 
         return model
     model = sync_batchnorm(model, device.type)
     return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[info.local_rank] if device.type == "cuda" else None)
+        model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -112,7 +112,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("config key 'train.device': cuda requested but no GPU is visible")
-        return torch.device("cuda", local_rank)
+        return torch.device("cuda", distributed.cuda_index(local_rank))
     return torch.device("cpu")
 
 
@@ -248,22 +248,29 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
     t = cfg.train
     out = Path(t.output_dir)
     final = out / "model.pt"
-    try:
-        check_output_dir(cfg, out)
-    except OtherRunError as err:
-        if not restart_other:
-            raise
-        print(f"starting afresh: {err}", flush=True)
-        import shutil
-
-        shutil.rmtree(out)
-    if final.exists() and (out / "train.json").exists():
-        return json.loads((out / "train.json").read_text())
-
     torch.set_num_threads(cfg.threads)
     device = resolve_device(t.device, 0)
     info = distributed.init_distributed(device.type)
     device = resolve_device(t.device, info.local_rank)
+    # Rank 0 alone judges and clears the folder (ranks removing one tree at once trip over each
+    # other's deletions); the others wait for its verdict, so that every rank sees the same folder.
+    refused = None
+    if info.is_main:
+        try:
+            check_output_dir(cfg, out)
+        except OtherRunError as err:
+            if not restart_other:
+                refused = err
+            else:
+                print(f"starting afresh: {err}", flush=True)
+                import shutil
+
+                shutil.rmtree(out)
+    if distributed.broadcast_flag(refused is not None):
+        raise refused or OtherRunError(f"{out}: rank 0 refused the folder (another config's run; see its log)")
+    if distributed.broadcast_flag(final.exists() and (out / "train.json").exists()):
+        return json.loads((out / "train.json").read_text())
+
     amp_dtype = autocast_dtype(t.precision, device)
 
     n_captions = data.count_captions(cfg, t.data)
@@ -276,7 +283,8 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
 
     step, start_pass, history, elapsed = 0, 0, [], 0.0
     ckpt = checkpoint_path(out)
-    if ckpt.exists():
+    # rank 0's view, so that ranks on other nodes (a file system's caches) resume alike
+    if distributed.broadcast_flag(ckpt.exists()):
         state = load_state(ckpt, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -394,8 +402,13 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep train``: the single run that ``train.*`` describes."""
     from synrep.tracking import mlflow_run
 
+    import contextlib
+
     cfg = method_train(cfg)
-    with mlflow_run(cfg, "train", sections=("train",), run_name=Path(cfg.train.output_dir).name):
+    # under torchrun or srun only rank 0 logs: one writer for the MLflow store
+    tracked = distributed.detect().is_main
+    with (mlflow_run(cfg, "train", sections=("train",), run_name=Path(cfg.train.output_dir).name) if tracked
+          else contextlib.nullcontext()):
         train(cfg)
     out = Path(cfg.train.output_dir)
     return {"model": out / "model.pt", "summary": out / "train.json"}
