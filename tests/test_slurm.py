@@ -218,9 +218,7 @@ def test_concurrent_sweep_runs_log_to_one_mlflow_store(slurm_cluster, tmp_path, 
     assert uri.startswith("sqlite:////"), uri  # absolute: jobs run in other working directories
     # As launch.submit does: the sweep's parent run before the fan-out (jobs race on creating it).
     parent = sweep_run.parent_run_id(cfg)
-    # the overrides as Snakemake's --configfile (a mapping over config/config.yaml, as --config)
-    config_file = tmp_path / "config.yaml"
-    config_file.write_text(yaml.safe_dump(OmegaConf.to_container(OmegaConf.from_dotlist(overrides))))
+    config_file = save_resolved(cfg, tmp_path)
 
     script = tmp_path / "sweep_run_job.py"
     script.write_text(MLFLOW_JOB)
