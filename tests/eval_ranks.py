@@ -3,6 +3,8 @@
 Run by ``torchrun --nproc_per_node 2``: every rank extracts its block of a random encoder's features
 into OUT/features and encodes its share of the augmented probe's crops (the mean colour of each crop,
 a feature no batch changes); rank 0 saves the features and the probe's result to OUT/ranks.pt.
+Then every rank evaluates the run in OUT/run (its model.pt) with the augmented probe, twice: the
+second call finds it finished (rank 0 returns it, the others None).
 
     python tests/eval_ranks.py OUT key=value ...
 """
@@ -41,10 +43,15 @@ def main(out: str, overrides: list[str]) -> None:
                                    len(data.class_names[target]), list(e.probe_lrs), e.probe_epochs,
                                    e.probe_batch_size, e.probe_batchnorm, seed=3, eval_every=e.probe_eval_every,
                                    rank=job.rank, world_size=job.world_size)
+    augmented = cfg.copy()
+    augmented.eval.probe_augment = True
+    first = evaluate.evaluate_run(augmented, Path(out) / "run")
+    again = evaluate.evaluate_run(augmented, Path(out) / "run")
     if job.is_main:
+        assert again == first
         torch.save({"features": features, "probe": probe, "world_size": job.world_size}, Path(out) / "ranks.pt")
     else:
-        assert features is None and probe is None
+        assert features is None and probe is None and first is None and again is None
 
 
 if __name__ == "__main__":

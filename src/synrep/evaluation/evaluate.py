@@ -217,10 +217,16 @@ def evaluate_run(cfg: DictConfig, output_dir: str | Path | None = None, on_epoch
     clock = Clock()
     job = eval_job(cfg)
     result = out / "eval.json"
-    if (out / "model.pt").exists():
+    done = None
+    if job.is_main and (out / "model.pt").exists():
         done = finished(result, eval_key(cfg, out / "model.pt", job))
-        if done is not None:
-            return done if job.is_main else None
+    if job.world_size > 1:  # rank 0's view: every rank goes on, or none
+        box = [done is not None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if box[0] and not job.is_main:
+            return None
+    if done is not None:
+        return done
     model = load_trained(cfg, out).to(job.device)
     key = eval_key(cfg, out / "model.pt", job)
     data = load_eval_data(cfg)
