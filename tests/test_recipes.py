@@ -63,7 +63,7 @@ def test_recipe_dry_run_and_plan(experiment, tmp_path):
     # papers.md's generation recipe
     g = recipe.generation
     assert (g.model, g.sampler, g.steps, g.resolution, g.save_size, g.eta) == (
-        "runwayml/stable-diffusion-v1-5", "ddim", 50, 512, 256, 0.0)
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", "ddim", 50, 512, 256, 0.0)
     assert (recipe.train.encoder, recipe.train.temperature, list(recipe.train.betas)) == (
         "vit_base_patch16_224", 0.1, [0.9, 0.98])
 
@@ -88,6 +88,7 @@ def test_recipe_dry_run_and_plan(experiment, tmp_path):
     shards = math.ceil(UNIQUE / 2) * len(sources)
     runs = sweep.expand(cfg)
     assert counts.get("generate_shard") == shards, done.stdout
+    assert counts.get("download_weights") == 1, done.stdout  # the hub's weights, fetched once for every shard
     # a cluster recipe trains one run per job (sweep.runs_per_job = 1), each job named by its run
     assert sorted(k for k in counts if k.startswith("sweep_run_")) == sorted(
         "sweep_run_" + re.sub(r"\W", "_", spec.run_id) for spec in runs), done.stdout

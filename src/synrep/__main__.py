@@ -28,6 +28,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "domain_classifier": ("synrep.evaluation.domain_classifier", "run", "train the photo / other-domain classifier into nada.domain_classifier"),
     "nada_quality": ("synrep.evaluation.nada_quality", "run", "target-domain fraction, content kept and diversity of the NADA-adapted generator per step"),
     "train_dreambooth": ("synrep.generation.dreambooth", "run", "DreamBooth: fine-tune the generator on the toy subject (the notched two-tone ring), with prior preservation or not"),
+    "download_weights": ("synrep.generation.pipelines", "download_run", "fetch generation.model (a hub id) into the Hugging Face cache once, only the files its pipeline loads, and store its weights' hash"),
     "generate": ("synrep.generation.generate", "run", "generate l images per caption of each source into shards"),
     "index": ("synrep.generation.index", "run", "index each source's shards, draw its sample grid, log to MLflow"),
     "sample_quality": ("synrep.evaluation.generator_quality", "run", "caption-match accuracy and diversity of the generator by w"),

@@ -1,6 +1,7 @@
 # Generation: one job per (source, caption range) shard, so that a cluster runs shards as array
 # jobs, then one index job per source. A source's jobs rerun when its resolved spec changes.
 from synrep.config import digest
+from synrep.generation.pipelines import is_hub_id
 from synrep.generation.sources import made_sources, source_caption_count, source_spec
 
 SHARDS = RESULTS / "shards"
@@ -40,10 +41,38 @@ def index_input(wildcards):
     return source_shards(wildcards)
 
 
+def weights_input(model):
+    """A local pipeline folder, or for a hub id the record of download_weights, which fetched it."""
+    local = local_model_dir(model)
+    if local or not is_hub_id(model):
+        return local
+    return [str(RESULTS / "weights" / f"{model.replace('/', '--')}.json")]
+
+
 def shard_input(wildcards):
     spec = source_spec(CFG, wildcards.source)
     # a source with prompts of its own reads them (its params hash their content too)
-    return local_model_dir(spec["generator"]) + ([spec["prompts"]["path"]] if "prompts" in spec else [])
+    return weights_input(spec["generator"]) + ([spec["prompts"]["path"]] if "prompts" in spec else [])
+
+
+# A hub id's pipeline, fetched once into the Hugging Face cache (only the files loading reads)
+# with its weights' hash beside it; generation jobs then read both from the cache, never the hub.
+# On the submitting host: compute nodes often have no route to the internet.
+localrules:
+    download_weights,
+
+
+rule download_weights:
+    output:
+        RESULTS / "weights" / "{repo}.json",
+    params:
+        model=lambda wildcards: wildcards.repo.replace("--", "/", 1),
+    wildcard_constraints:
+        repo=r"[\w.-]+--[\w.-]+",
+    log:
+        LOGS / "download_weights" / "{repo}.log",
+    shell:
+        synrep("download_weights", "generation.model={params.model}")
 
 
 rule generate_shard:
