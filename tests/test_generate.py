@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -274,3 +275,99 @@ def test_first_captions_own_prompts_and_a_union_of_sources(make_cfg, small_world
     edited = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, f"sources.own.prompts={prompts}"))
     spec = source_spec(edited, "own")
     assert "sources.own: prompts" in generate.stale_reason(paths[2], spec, generate.model_info(edited, spec))
+
+
+def serial_shard(cfg, source, index_):
+    """A shard made the plain way, for reference: the whole shard's images in one sampling call,
+    resized there, then encoded and written one after another."""
+    from synrep.data.shards import sample_key, shard_ranges, write_shard
+    from synrep.generation.pipelines import load_pipeline
+    from synrep.generation.provenance import make_record
+    from synrep.generation.sampling import caption_images
+
+    spec = source_spec(cfg, source)
+    model = generate.model_info(cfg, spec)
+    captions = generate.load_captions(cfg)
+    shard = shard_ranges(len(captions), cfg.generation.captions_per_shard, source)[index_]
+    rows = captions.slice(shard.start, shard.stop - shard.start)
+    pipe = load_pipeline(spec["generator"], spec["sampler"], spec["dtype"], cfg.generation.device)
+    draws = [image_draws(spec, cid) for cid in rows["caption_id"]]
+    images = caption_images(pipe, spec, rows["caption"].to_list(), draws)
+    samples = [{"key": sample_key(cid), "images": list(images[k]),
+                "record": make_record(spec, model, pipe, text, cid, draws[k][0], draws[k][1], images.shape[2])}
+               for k, (cid, text) in enumerate(zip(rows["caption_id"], rows["caption"]))]
+    return write_shard(run_dir(cfg, "reference") / "shard.tar", samples, spec["image_format"])
+
+
+def test_a_killed_shard_job_resumes_at_its_last_part_with_the_same_bytes(make_cfg, small_world, tiny_toy_pipeline_dir,
+                                                                         monkeypatch):
+    """Parts of 2 captions (resume_images = 6 images of l = 3; batches of 3 images = 1 caption);
+    images saved at 8 px of 16, resized in the encoding threads: the same shard as made serially."""
+    from synrep.generation import sampling
+
+    cfg = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "generation.captions_per_shard=10",
+                                  "generation.batch_size=3", "generation.resume_images=6", "generation.save_size=8",
+                                  "train.data=w1", "sweep.grids=[]"))
+    write_captions(cfg)
+    path = shard_path(run_dir(cfg, "shards"), "w1", 0)
+    parts = generate.parts_dir(path)
+    calls = []
+
+    def sample_until(limit):
+        def caption_images(pipe, spec, captions, *args, **kwargs):
+            if len(calls) == limit:
+                raise KeyboardInterrupt  # the job is killed while sampling caption `limit`
+            calls.append(captions)
+            assert len(captions) == 1 and spec["save_size"] is None
+            return sampling.caption_images(pipe, spec, captions, *args, **kwargs)
+        return caption_images
+
+    monkeypatch.setattr(generate, "caption_images", sample_until(7))
+    with pytest.raises(KeyboardInterrupt):
+        generate.run(cfg, source="w1")
+    assert not path.exists()
+    saved = sorted(p.name for p in parts.glob("*/part-*.tar"))
+    # parts 0-2 and 2-4 at least (one part may still wait on its encoding), never the one being sampled
+    assert saved[:2] == ["part-000000-000002.tar", "part-000002-000004.tar"] and len(saved) <= 3, saved
+    calls.clear()
+    monkeypatch.setattr(generate, "caption_images", sample_until(None))
+    generate.run(cfg, source="w1")
+    resumed = [c for (c,) in calls]
+    assert resumed == CAPTIONS[2 * len(saved):]  # the saved parts are not sampled again
+    assert not parts.exists()
+    assert path.read_bytes() == serial_shard(cfg, "w1", 0).read_bytes()
+    assert [s["images"][0].shape for s in read_shard(path)] == [(8, 8, 3)] * 10
+
+
+def test_parts_of_other_settings_are_not_reused(make_cfg, small_world, tiny_toy_pipeline_dir):
+    over = ["generation.captions_per_shard=10", "generation.batch_size=3", "generation.resume_images=6",
+            "train.data=w1", "sweep.grids=[]"]
+    cfg = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, *over))
+    write_captions(cfg)
+    path = shard_path(run_dir(cfg, "shards"), "w1", 0)
+    stale = generate.parts_dir(path) / "0123456789abcdef" / "part-000000-000002.tar"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"not a part of these settings")
+    generate.run(cfg, source="w1")
+    assert not generate.parts_dir(path).exists()
+    assert path.read_bytes() == serial_shard(cfg, "w1", 0).read_bytes()
+
+
+def test_jpeg_shards_per_source(make_cfg, small_world, tiny_toy_pipeline_dir):
+    from synrep.config import ConfigError
+    from synrep.data.shards import shard_record
+
+    cfg = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "sources.w3.image_format=jpg"))
+    write_captions(cfg, CAPTIONS[:4])
+    generate.run(cfg)
+    for source, fmt in (("w1", "png"), ("w3", "jpg")):
+        path = shard_path(run_dir(cfg, "shards"), source, 0)
+        with tarfile.open(path) as tar:
+            names = [m.name for m in tar]
+        assert names[:4] == [f"c000000100.{i}.{fmt}" for i in range(3)] + ["c000000100.json"]
+        first = next(read_shard(path))
+        assert first["record"]["source"]["image_format"] == fmt and shard_record(path)["image_format"] == fmt
+        assert first["images"][0].shape == (16, 16, 3)
+    assert source_spec(cfg, "w1") == source_spec(make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir)), "w1")
+    with pytest.raises(ConfigError, match="sources.w3.image_format"):
+        make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "sources.w3.image_format=gif"))

@@ -392,6 +392,10 @@ class GenerationConfig:
     dtype: str = "float32"  # float32 | float16 | bfloat16
     device: str = "auto"  # auto | cpu | cuda
     image_format: str = "png"  # png | jpg
+    # A shard job saves its finished captions every this many images (rounded up to whole sampling
+    # batches) as part files, so that a killed or requeued job resumes there; smaller shards are
+    # written in one go. The images are the same either way.
+    resume_images: int = 512
     # Images in the per-w sample grid logged to MLflow
     grid_captions: int = 8
 
@@ -465,6 +469,7 @@ class SourceConfig:
     prompts: Optional[str] = None
     # Mode union: the sources whose shards this one joins (e.g. [w2, subject]); nothing is generated
     union: list[str] = field(default_factory=list)
+    image_format: Optional[str] = None  # png | jpg (JPEG quality 95); null: generation.image_format
 
 
 @dataclass
@@ -772,6 +777,7 @@ POSITIVE: tuple[str, ...] = (
     "sweep.runs_per_job",
     "generation.threads",
     "generation.batch_size",
+    "generation.resume_images",
     "sample_quality.captions",
     "sample_quality.images_per_caption",
     "inpaint_quality.images",
@@ -1047,6 +1053,9 @@ def check_source(name: str, source: DictConfig) -> None:
         raise ConfigError(f"config key '{key}.guidance.clip_scale': CLIP guidance settings need guidance.kind: clip")
     if source.sampler is not None and source.sampler not in CHOICES["generation.sampler"]:
         raise ConfigError(f"config key '{key}.sampler': {source.sampler!r} is not one of {list(CHOICES['generation.sampler'])}")
+    formats = CHOICES["generation.image_format"]
+    if source.image_format is not None and source.image_format not in formats:
+        raise ConfigError(f"config key '{key}.image_format': {source.image_format!r} is not one of {list(formats)}")
     for field_name in ("steps", "l"):
         value = source[field_name]
         if value is not None and value <= 0:

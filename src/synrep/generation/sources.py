@@ -64,6 +64,8 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         spec["prompts"] = prompts_spec(source.prompts)
     settings = to_dict(g)
     spec.update({key: settings[key] for key in IMAGE_SETTINGS})
+    if source.image_format is not None:  # a source's own format (e.g. JPEG for a large one)
+        spec["image_format"] = source.image_format
     if source.mode == "inpaint":
         spec["inpaint"] = to_dict(source.inpaint)
     if source.mode in ("unclip", "variation"):
