@@ -273,6 +273,10 @@ def test_changed_weights_are_hashed_again_and_concurrent_jobs_agree(hub, monkeyp
     assert len(hashing) == calls + 1
 
 
+def unreachable(model):
+    raise ConnectionError("Name or service not known\n(more lines of the client's trace)")
+
+
 def test_missing_or_partial_snapshot_is_one_clear_error(hub, monkeypatch, make_cfg):
     with pytest.raises(FileNotFoundError) as err:
         pipelines.model_folder("org/tiny-sd", "sources.w2.generator")
@@ -284,8 +288,16 @@ def test_missing_or_partial_snapshot_is_one_clear_error(hub, monkeypatch, make_c
     with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache"):
         pipelines.download_run(make_cfg("generation.model=org/tiny-sd"))
     monkeypatch.setattr(pipelines, "hub_offline", lambda: False)
+    with monkeypatch.context() as m:  # no route to the hub, or a deleted repo: one line too
+        m.setattr(pipelines, "hub_listing", unreachable)
+        with pytest.raises(FileNotFoundError, match=r"^config key 'generation.model': cannot fetch org/tiny-sd "
+                                                    r"from the hub \(ConnectionError: Name or service not known\)$"):
+            pipelines.download_weights("org/tiny-sd")
     snapshot = pipelines.download_weights("org/tiny-sd")
-    shutil.rmtree(snapshot / "unet")  # a download killed half way
-    with pytest.raises(FileNotFoundError, match=r"lacks unet \(an interrupted download\)"):
+    # downloads killed half way: a component without its weights, a component not yet begun
+    for weights in (snapshot / "unet").glob("*.safetensors"):
+        weights.unlink()
+    shutil.rmtree(snapshot / "vae")
+    with pytest.raises(FileNotFoundError, match=r"lacks unet, vae \(an interrupted download\)"):
         pipelines.model_folder("org/tiny-sd")
     assert not run_dir(make_cfg(), "weights").exists()

@@ -93,19 +93,24 @@ def pipeline_components(index: dict) -> list[str]:
                   and entry[0] is not None and entry[1] is not None and name not in UNLOADED_COMPONENTS)
 
 
-def cached_snapshot(model: str, key: str = "generation.model") -> Path:
+FETCH_HINT = ("fetch it once with `python -m synrep download_weights generation.model={model}` (what Snakemake's "
+              "download_weights rule runs before generation); steps that compute never call the hub")
+
+
+def cached_snapshot(model: str, key: str = "generation.model", fetch: str = FETCH_HINT) -> Path:
     """The cached snapshot (``refs/main``) of hub id ``model``, with every component folder it needs;
-    one line naming the key and the command that fetches it when it is missing."""
+    one line naming the key and how to fetch it when it is missing."""
     from huggingface_hub import try_to_load_from_cache
 
-    fetch = f"fetch it once with `python -m synrep download_weights generation.model={model}` (what Snakemake's " \
-            "download_weights rule runs before generation); steps that compute never call the hub"
+    fetch = fetch.format(model=model)
     found = try_to_load_from_cache(model, "model_index.json", cache_dir=hub_cache())
     if not isinstance(found, str):
         raise FileNotFoundError(f"config key '{key}': {model} is not in the Hugging Face cache ({hub_cache()}): {fetch}")
     folder = Path(found).parent
     index = json.loads(Path(found).read_text())
-    missing = [name for name in pipeline_components(index) if not (folder / name).is_dir()]
+    # a download killed half way: a component's folder absent, or a model's (config.json) without weights
+    missing = [name for name in pipeline_components(index) if not (folder / name).is_dir()
+               or ((folder / name / "config.json").exists() and not weight_files(folder / name))]
     if missing:
         raise FileNotFoundError(f"config key '{key}': the cached snapshot {folder} of {model} lacks "
                                 f"{', '.join(missing)} (an interrupted download): {fetch}")
@@ -182,15 +187,24 @@ def download_weights(model: str, key: str = "generation.model", variant: str | N
     """The pipeline folder of ``model``, fetched into the hub cache when it is a hub id: model_index.json
     first, then ``pipeline_files``. Offline (HF_HUB_OFFLINE=1, e.g. after ``hf download`` on a host
     with the network) the cache must already hold it."""
-    if Path(model).exists() or hub_offline():
+    if Path(model).exists():
         return model_folder(model, key)
     check_hub_id(model, key)
+    if hub_offline():
+        return cached_snapshot(model, key, "HF_HUB_OFFLINE is set: fetch it on a host with the network, into the "
+                                           "same cache folder")
     from huggingface_hub import snapshot_download
 
-    listing = hub_listing(model)
-    first = Path(snapshot_download(model, allow_patterns=["model_index.json"], cache_dir=hub_cache()))
-    files = pipeline_files(listing, json.loads((first / "model_index.json").read_text()), variant)
-    snapshot_download(model, allow_patterns=files, cache_dir=hub_cache())
+    try:
+        listing = hub_listing(model)
+        first = Path(snapshot_download(model, allow_patterns=["model_index.json"], cache_dir=hub_cache()))
+        files = pipeline_files(listing, json.loads((first / "model_index.json").read_text()), variant)
+        snapshot_download(model, allow_patterns=files, cache_dir=hub_cache())
+    except ValueError:
+        raise
+    except Exception as err:  # huggingface_hub's and httpx's errors: no repo, no network, no access
+        raise FileNotFoundError(f"config key '{key}': cannot fetch {model} from the hub "
+                                f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
     return cached_snapshot(model, key)
 
 
