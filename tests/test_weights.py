@@ -301,3 +301,29 @@ def test_missing_or_partial_snapshot_is_one_clear_error(hub, monkeypatch, make_c
     with pytest.raises(FileNotFoundError, match=r"lacks unet, vae \(an interrupted download\)"):
         pipelines.model_folder("org/tiny-sd")
     assert not run_dir(make_cfg(), "weights").exists()
+
+
+def test_snakemake_rule_records_a_predownloaded_snapshot_offline(hub, monkeypatch, tmp_path, tiny_sd_pipeline_dir):
+    """The rule's output is the step's record; with HF_HUB_OFFLINE=1 (weights fetched elsewhere into
+    the shared cache) it only checks the snapshot and hashes it, in the cache the jobs read."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    monkeypatch.setattr(pipelines, "hub_offline", lambda: False)
+    pipelines.download_weights("org/tiny-sd")
+    from synrep.config import load_config
+
+    target = run_dir(load_config([f"paths.results_dir={tmp_path}/results"]), "weights", "org--tiny-sd.json")
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", str(target), "--config",
+         f"paths={{data_dir: {tmp_path}/data, results_dir: {tmp_path}/results}}", "generation={model: org/tiny-sd}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_CACHE": str(hub.cache), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    record = json.loads(target.read_text())
+    assert record["weights_sha256"] == pipelines.weights_sha256(tiny_sd_pipeline_dir)
+    snapshot = Path(record["folder"])
+    assert json.loads(pipelines.snapshot_record(snapshot).read_text())["weights_sha256"] == record["weights_sha256"]
