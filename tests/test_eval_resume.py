@@ -259,3 +259,26 @@ def test_two_ranks_extract_features_and_probe_as_one_process(small_world, make_c
             assert ranks["linear_probe"][target][split] == pytest.approx(single["linear_probe"][target][split],
                                                                          abs=2.5 / n)
     assert ranks["few_shot"].keys() == single["few_shot"].keys()
+
+
+def test_probe_batches_share_every_batch_among_ranks_in_order():
+    """Each rank gets its block of every batch of the epoch's shuffle, in rank order, and a step
+    for every batch even where a batch is smaller than the world (a stand-in row, dropped)."""
+    from synrep.evaluation.linear_probe import _ProbeBatches
+
+    n, batch, world = 21, 10, 3  # the last batch holds one image: two ranks have none of it
+    samplers = [_ProbeBatches(n, batch, seed=5, rank=r, world_size=world) for r in range(world)]
+    for epoch in (1, 2):
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+        shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(5 * 1_000_003 + epoch)).tolist()
+        per_rank = [list(s) for s in samplers]
+        assert all(len(steps) == 3 for steps in per_rank)
+        for step, start in enumerate(range(0, n, batch)):
+            want = shuffle[start:start + batch]
+            got = []
+            for r in range(world):
+                rows = per_rank[r][step]
+                assert all(e == epoch for e, _ in rows)
+                got += [i for _, i in rows][:len(rank_rows(len(want), r, world))]
+            assert got == want

@@ -216,11 +216,14 @@ class _ProbeBatches(torch.utils.data.Sampler):
 
         for batch in self.global_batches():
             mine = rank_rows(len(batch), self.rank, self.world_size)
-            yield [(self.epoch, int(i)) for i in batch[mine.start:mine.stop]]
+            # a batch smaller than the world leaves some ranks no rows: they encode a stand-in,
+            # which the gather drops, so that every rank takes part in every step
+            rows = batch[mine.start:mine.stop] if len(mine) else batch[:1]
+            yield [(self.epoch, int(i)) for i in rows]
 
 
 def _gather_to_main(local: torch.Tensor, sizes: list[int], rank: int, world_size: int) -> torch.Tensor | None:
-    """Rank 0: the rows of every rank, in rank order (each rank holds ``sizes[rank]`` rows)."""
+    """Rank 0: the rows of every rank, in rank order (the first ``sizes[rank]`` rows of each)."""
     if world_size == 1:
         return local
     import torch.distributed as dist
