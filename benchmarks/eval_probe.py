@@ -10,9 +10,10 @@ rates, 768 dims, 1,000 classes); the size and save time of a probe checkpoint (w
 resumes from). Then the paper's evaluation (ImageNet: 1,281,167 train images, 90 epochs of crops,
 50,000 + 10,000 centre crops) in CPU-core-hours of cropping, the memory of the cached features and
 the checkpoint, and the hours of one baselines job (one GPU, ``--cpus`` workers) where the loader is
-the limit. The GPU's encoder rate is not measured here (no GPU): ``--gpu-rate`` (images/s of
-ViT-B/16 bf16 inference, default a conservative A100 figure) stands for it until benchmarks/gpu.py
-measures it.
+the limit. On a GPU it also measures the encoder's rate as evaluation runs it (the paper config's
+ViT-B/16 from ``build_model``, uint8 batches normalised on the device, ``train.precision``
+autocast, ``eval.batch_size``) and uses it; without one, ``--gpu-rate`` (images/s, default a
+conservative A100 figure for ViT-B/16 fp16 inference) stands for it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,32 @@ def per_image(fn, items, repeat: int) -> float:
             fn(item)
         best = min(best, (time.perf_counter() - start) / len(items))
     return best
+
+
+def encoder_rate(steps: int = 20) -> float:
+    """Images/s of the paper config's encoder as ``extract_features`` runs it on this GPU."""
+    from synrep.config import load_config
+    from synrep.evaluation.features import normalise_transform
+    from synrep.learning.trainer import autocast_dtype, build_model
+
+    cfg = load_config(["experiment=paper_cc12m"])
+    device = torch.device("cuda")
+    model = build_model(cfg).eval().to(device, memory_format=torch.channels_last)
+    normalise, amp = normalise_transform(cfg), autocast_dtype(cfg.train.precision, device)
+    batch = torch.randint(0, 256, (cfg.eval.batch_size, 3, 224, 224), dtype=torch.uint8).pin_memory()
+
+    def step():
+        with torch.no_grad(), torch.autocast("cuda", dtype=amp, enabled=amp is not None):
+            return model.features(normalise(batch.to(device, non_blocking=True))).float().cpu()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return steps * len(batch) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -102,6 +129,12 @@ def main() -> None:
         size = os.path.getsize(checkpoint.path)
     rows.append(("probe checkpoint save", t_save, "s", f"{size / 1e6:.0f} MB"))
 
+    gpu_measured = None
+    if torch.cuda.is_available():
+        gpu_measured = encoder_rate()
+        rows.append((f"ViT-B/16 evaluation forward on {torch.cuda.get_device_name()}", gpu_measured, "img/s", "-"))
+        args.gpu_rate = gpu_measured
+
     crops = EPOCHS * (TRAIN - HELD_OUT)
     centre = HELD_OUT + VAL
     core_hours = (crops * t_now + centre * t_decode) / 3600
@@ -122,7 +155,7 @@ def main() -> None:
     print(f"| crops over 90 epochs | {crops / 1e6:.1f} M |")
     print(f"| cropping, CPU core-hours | {core_hours:.0f} |")
     print(f"| loader rate with {args.cpus} workers | {loader_rate:.0f} img/s |")
-    print(f"| GPU rate assumed (--gpu-rate, not measured here) | {args.gpu_rate:.0f} img/s |")
+    print(f"| GPU rate {'measured' if gpu_measured else 'assumed (--gpu-rate, no GPU here)'} | {args.gpu_rate:.0f} img/s |")
     print(f"| one baselines job, random-init probe (1 GPU, {args.cpus} workers) | {baseline_hours:.1f} h |")
     print(f"| the same on a 32-GPU run (sweep_run: every rank encodes) | {baseline_hours * 60 / 32:.0f} min |")
     print(f"| cached train features if the probe does not augment (raw pixels: 768 dims) | {features_gb:.1f} GB |")
