@@ -371,3 +371,17 @@ def test_jpeg_shards_per_source(make_cfg, small_world, tiny_toy_pipeline_dir):
     assert source_spec(cfg, "w1") == source_spec(make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir)), "w1")
     with pytest.raises(ConfigError, match="sources.w3.image_format"):
         make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "sources.w3.image_format=gif"))
+
+
+def test_a_shard_job_reads_only_its_captions(gen_cfg, monkeypatch):
+    loaded = []
+    load = generate.load_captions
+
+    def counting(cfg, *args, **kwargs):
+        loaded.append(load(cfg, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(generate, "load_captions", counting)
+    (path,) = generate.run(gen_cfg, source="w1", shard=1)
+    assert [frame["caption"].to_list() for frame in loaded] == [CAPTIONS[4:8]]
+    assert [s["record"]["caption"] for s in read_shard(path)] == CAPTIONS[4:8]

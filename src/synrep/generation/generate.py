@@ -54,18 +54,36 @@ def model_info(cfg: DictConfig, spec: dict) -> dict:
     return fingerprint(spec["generator"], shards_dir(cfg) / ".fingerprints", key)
 
 
-def load_captions(cfg: DictConfig) -> pl.DataFrame:
+def captions_path(cfg: DictConfig) -> Path:
     path = run_dir(cfg, "captions", "captions.parquet")
     if not path.exists():
         raise FileNotFoundError(f"deduplicated captions not found at {path}; run `python -m synrep captions` first")
+    return path
+
+
+def load_captions(cfg: DictConfig, start: int = 0, length: int | None = None) -> pl.DataFrame:
+    """The deduplicated captions, or rows ``start`` .. ``start + length`` of them (one shard's: a
+    shard job reads its rows, not the 8.3M of CC12M)."""
+    path = captions_path(cfg)
     # url: where a caption's real image is, for the modes that start from one
     columns = [c for c in ("caption_id", "caption", "url") if c in pl.read_parquet_schema(path)]
-    return pl.read_parquet(path, columns=columns)
+    return pl.scan_parquet(path).select(columns).slice(start, length).collect()
+
+
+def caption_count(cfg: DictConfig) -> int:
+    return pl.scan_parquet(captions_path(cfg)).select(pl.len()).collect().item()
+
+
+def shard_captions(cfg: DictConfig, spec: dict, shard: ShardSpec) -> pl.DataFrame:
+    """The captions of one shard of a source (of its own prompts, when it has them)."""
+    if "prompts" in spec:
+        return source_captions(spec, pl.DataFrame()).slice(shard.start, shard.stop - shard.start)
+    return load_captions(cfg, shard.start, shard.stop - shard.start)
 
 
 def source_shards(cfg: DictConfig, source: str, n_captions: int | None = None) -> list[ShardSpec]:
     if n_captions is None:
-        n_captions = len(load_captions(cfg))
+        n_captions = caption_count(cfg)
     spec = source_spec(cfg, source)
     if spec["mode"] == "union":  # its shards are its sources'
         return []
@@ -100,9 +118,9 @@ def encode_images(images: np.ndarray, image_format: str, size: int | None) -> tu
     return out, (size or images.shape[1])
 
 
-def generate_shard(cfg: DictConfig, spec: dict, captions: pl.DataFrame, shard: ShardSpec, pipe, model: dict,
+def generate_shard(cfg: DictConfig, spec: dict, rows: pl.DataFrame, shard: ShardSpec, pipe, model: dict,
                    progress: tqdm | None = None) -> Path:
-    rows = captions.slice(shard.start, shard.stop - shard.start)
+    """Make one shard from its captions ``rows`` (``shard_captions``)."""
     ids = rows["caption_id"].to_list()
     texts = rows["caption"].to_list()
     draws = [image_draws(spec, cid) for cid in ids]
@@ -202,7 +220,7 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
     """Generate the shards that are missing or stale: every source that training reads, or one
     ``source`` (and one ``shard`` of it)."""
     torch.set_num_threads(cfg.threads)
-    captions = load_captions(cfg)
+    n_captions = caption_count(cfg)
     names = [source] if source is not None else referenced_sources(cfg)
     out_paths = []
     for name in names:
@@ -210,11 +228,11 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
         if spec["mode"] == "union":
             print(f"source {name!r} joins {[m['name'] for m in spec['union']]}: nothing to generate", flush=True)
             continue
-        shards = source_shards(cfg, name, len(captions))
+        shards = source_shards(cfg, name, n_captions)
         if shard is not None:
             shards = [s for s in shards if s.index == shard]
             if not shards:
-                n = source_caption_count(spec, len(captions))
+                n = source_caption_count(spec, n_captions)
                 raise ValueError(f"shard {shard} does not exist: source {name!r} generates {n} captions, "
                                  f"{-(-n // cfg.generation.captions_per_shard)} shard(s)")
         model = model_info(cfg, spec)
@@ -235,7 +253,7 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
             with tqdm(total=total, desc=f"generate {name}: {len(todo)} shard(s)", unit="img", mininterval=5) as bar:
                 for s in todo:
                     start = time.time()
-                    generate_shard(cfg, spec, source_captions(spec, captions), s, pipe, model, bar)
+                    generate_shard(cfg, spec, shard_captions(cfg, spec, s), s, pipe, model, bar)
                     bar.write(f"shard {name} #{s.index} ({s.stop - s.start} captions) in {time.time() - start:.1f}s")
         out_paths += [shard_path(shards_dir(cfg), name, s.index) for s in shards]
     return out_paths
