@@ -1,6 +1,9 @@
 """Caption files in their published formats, read into usable rows and bad rows.
 
-``load_captions(path, fmt)`` reads one of (``captions.format``):
+``CaptionStream(path, fmt)`` reads one of (``captions.format``) block by block, so that memory
+stays that of one block whatever the file's size (a RedCaps JSON file, one JSON document, is
+parsed whole: those files are per subreddit and year); ``load_captions(path, fmt)`` collects the
+whole file (tests, small files):
 
     cc3m     CC3M TSV: caption <TAB> url, no header, no quoting
     cc12m    CC12M TSV: url <TAB> caption, no header, no quoting
@@ -45,17 +48,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
+import numpy as np
 import polars as pl
 
 from synrep.data.dedup import normalize_series
 
-__all__ = ["BAD_KINDS", "FORMATS", "CaptionFormatError", "LoadedCaptions", "load_captions", "table_kind"]
+__all__ = ["BAD_KINDS", "FORMATS", "CaptionBlock", "CaptionFormatError", "CaptionStream", "LoadedCaptions",
+           "load_captions", "table_kind"]
 
 BAD_KINDS = ("undecodable", "fields", "nul", "empty", "too_long")
 FORMATS = ("cc3m", "cc12m", "redcaps", "laion", "table")
 
 # Bytes read at a time from text files (line-aligned blocks are processed with polars).
 BLOCK_BYTES = 8 << 20
+# Rows handed on at a time by the readers that go row by row (CSV, JSONL, RedCaps, parquet)
+CHUNK_ROWS = 100_000
 # Longest line accepted in a text file
 MAX_LINE_BYTES = 64 << 20
 # A text file where more than this fraction of rows are bad in one structural way is malformed.
@@ -104,37 +111,45 @@ def _show(value: str | bytes) -> str:
 
 
 class _BadRows:
+    """Bad rows counted by kind, with the first of each kind for messages. The rows themselves
+    are held only until :meth:`take`, so that a file's bad rows never pile up in memory."""
+
     def __init__(self, unit: str = "line") -> None:
         self.unit = unit
         self.lines: list[int] = []
         self.kinds: list[str] = []
         self.texts: list[str] = []
         self.counts: collections.Counter[str] = collections.Counter()
+        self._first: dict[str, tuple[int, str]] = {}
 
     def add(self, line: int, kind: str, value: str | bytes) -> None:
+        text = _show(value)
         self.lines.append(line)
         self.kinds.append(kind)
-        self.texts.append(_show(value))
+        self.texts.append(text)
         self.counts[kind] += 1
+        self._first.setdefault(kind, (line, text))
 
-    def extend(self, frame: pl.DataFrame) -> None:
-        """Add already-formatted bad rows (source_line, kind, text)."""
-        self.lines.extend(frame["source_line"].to_list())
-        self.kinds.extend(frame["kind"].to_list())
-        self.texts.extend(frame["text"].to_list())
-        self.counts.update(frame["kind"].to_list())
+    def note(self, frame: pl.DataFrame) -> None:
+        """Count already-formatted bad rows (source_line, kind, text, in order) without keeping them."""
+        for src, kind, text in frame.iter_rows():
+            self.counts[kind] += 1
+            self._first.setdefault(kind, (src, text))
 
     def count(self, kind: str) -> int:
         return self.counts[kind]
 
     def first(self, kind: str) -> str:
-        i = self.kinds.index(kind)
-        return f"{self.unit} {self.lines[i]}: {self.texts[i]}"
+        line, text = self._first[kind]
+        return f"{self.unit} {line}: {text}"
 
-    def frame(self) -> pl.DataFrame:
-        return pl.DataFrame(
+    def take(self) -> pl.DataFrame:
+        """The rows added since the last call, as a frame."""
+        frame = pl.DataFrame(
             {"source_line": self.lines, "kind": self.kinds, "text": self.texts}, schema=_BAD_SCHEMA
         )
+        self.lines, self.kinds, self.texts = [], [], []
+        return frame
 
 
 @contextlib.contextmanager
@@ -242,7 +257,19 @@ def _too_many(path: Path, bad: _BadRows, rows_in: int, final: bool, what: str) -
         )
 
 
-def _read_tsv(path: Path, fmt: str, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
+class _Tally:
+    """What a reader has seen so far: data rows and bad rows."""
+
+    def __init__(self, unit: str = "line") -> None:
+        self.rows_in = 0
+        self.bad = _BadRows(unit)
+
+
+def _frame(lines: list[int], captions: list[str], urls: list[str | None]) -> pl.DataFrame:
+    return pl.DataFrame({"source_line": lines, "caption": captions, "url": urls}, schema=_ROW_SCHEMA)
+
+
+def _read_tsv(path: Path, fmt: str, column: str, tally: _Tally) -> Iterator[pl.DataFrame]:
     """cc3m / cc12m / a table .tsv (header line): tab-separated, no quoting, one row per line."""
     if fmt == "cc3m":
         n_fields, cap_i, url_i = 2, 0, 1
@@ -253,9 +280,8 @@ def _read_tsv(path: Path, fmt: str, column: str) -> tuple[pl.DataFrame, _BadRows
     else:  # table: from the header
         n_fields = cap_i = url_i = None
         layout = "tab-separated with a header line"
-    bad = _BadRows()
-    parts: list[pl.DataFrame] = []
-    rows_in = 0
+    bad = tally.bad
+    n_rows = n_url = 0  # usable rows, and those whose caption is a URL (swapped columns?)
     with _open_binary(path) as handle, _read_errors(path):
         for first_line, block in _line_blocks(handle, path):
             if n_fields is None:
@@ -276,7 +302,7 @@ def _read_tsv(path: Path, fmt: str, column: str) -> tuple[pl.DataFrame, _BadRows
                 if not sep:
                     continue
             lines, raw_bad = _decode_lines(block)
-            rows_in += len(lines)
+            tally.rows_in += len(lines)
             frame = pl.DataFrame({"line": pl.Series(lines, dtype=pl.String)}).with_columns(
                 source_line=pl.int_range(first_line, first_line + len(lines), dtype=pl.Int64),
                 line=pl.col("line").str.strip_suffix("\r"),
@@ -293,27 +319,26 @@ def _read_tsv(path: Path, fmt: str, column: str) -> tuple[pl.DataFrame, _BadRows
             for src, k, text in flagged.iter_rows():
                 bad.add(src, k, raw_bad[src - first_line] if k == "undecodable" else text)
             fields = pl.col("line").str.split_exact("\t", n_fields - 1)
-            parts.append(
-                frame.filter(pl.col("kind").is_null()).select(
-                    "source_line",
-                    caption=fields.struct.field(f"field_{cap_i}"),
-                    url=fields.struct.field(f"field_{url_i}") if url_i is not None
-                    else pl.lit(None, dtype=pl.String),
-                )
+            rows = frame.filter(pl.col("kind").is_null()).select(
+                "source_line",
+                caption=fields.struct.field(f"field_{cap_i}"),
+                url=fields.struct.field(f"field_{url_i}") if url_i is not None
+                else pl.lit(None, dtype=pl.String),
             )
-            _too_many(path, bad, rows_in, False, f"do not have {n_fields} tab-separated fields ({layout})")
+            del frame
+            n_rows += rows.height
+            if fmt in ("cc3m", "cc12m") and rows.height:
+                n_url += rows.select(pl.col("caption").str.contains(_URL_LIKE).sum()).item()
+            _too_many(path, bad, tally.rows_in, False, f"do not have {n_fields} tab-separated fields ({layout})")
+            yield rows
     if n_fields is None:
         raise CaptionFormatError(f"{path}: empty file (no header line)")
-    _too_many(path, bad, rows_in, True, f"do not have {n_fields} tab-separated fields ({layout})")
-    rows = pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=_ROW_SCHEMA)
-    if fmt in ("cc3m", "cc12m") and rows.height:
-        n_url = rows.select(pl.col("caption").str.contains(_URL_LIKE).sum()).item()
-        if n_url > MAJORITY * rows.height:
-            raise CaptionFormatError(
-                f"{path}: the caption field of {n_url} of {rows.height} rows is a URL; the columns "
-                f"are swapped? ({fmt} is {layout}; cc3m is caption<TAB>url, cc12m is url<TAB>caption)"
-            )
-    return rows, bad, rows_in
+    _too_many(path, bad, tally.rows_in, True, f"do not have {n_fields} tab-separated fields ({layout})")
+    if n_url > MAJORITY * n_rows:
+        raise CaptionFormatError(
+            f"{path}: the caption field of {n_url} of {n_rows} rows is a URL; the columns "
+            f"are swapped? ({fmt} is {layout}; cc3m is caption<TAB>url, cc12m is url<TAB>caption)"
+        )
 
 
 def _text_or_bad(value: object) -> tuple[str | None, str | None]:
@@ -333,13 +358,12 @@ def _clean_url(value: object) -> str | None:
     return None
 
 
-def _read_csv(path: Path, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
+def _read_csv(path: Path, column: str, tally: _Tally) -> Iterator[pl.DataFrame]:
     """A table .csv with a header line, RFC 4180 quoting (records may span lines)."""
-    bad = _BadRows()
+    bad = tally.bad
     lines: list[int] = []
     captions: list[str] = []
     urls: list[str | None] = []
-    rows_in = 0
     with _open_binary(path) as handle, _read_errors(path):
         # Bytes that are not UTF-8 become lone surrogates, found per record below.
         stream = (line.decode("utf-8", "surrogateescape") + "\n" for _, line in _lines(handle, path))
@@ -356,7 +380,7 @@ def _read_csv(path: Path, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
             start = reader.line_num + 1
             for row in reader:
                 line, start = start, reader.line_num + 1
-                rows_in += 1
+                tally.rows_in += 1
                 joined = ",".join(row)
                 if _SURROGATE.search(joined):
                     bad.add(line, "undecodable", joined.encode("utf-8", "surrogateescape"))
@@ -368,26 +392,30 @@ def _read_csv(path: Path, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
                     lines.append(line)
                     captions.append(row[cap_i])
                     urls.append(row[url_i] if url_i is not None else None)
-                if rows_in % 100_000 == 0:
-                    _too_many(path, bad, rows_in, False, f"do not have {n_fields} comma-separated fields")
+                if tally.rows_in % CHUNK_ROWS == 0:
+                    _too_many(path, bad, tally.rows_in, False, f"do not have {n_fields} comma-separated fields")
+                    yield _frame(lines, captions, urls)
+                    lines, captions, urls = [], [], []
         except csv.Error as err:
             raise CaptionFormatError(f"{path}: line {reader.line_num}: {err} (unbalanced quote?)") from err
-    _too_many(path, bad, rows_in, True, f"do not have {n_fields} comma-separated fields")
-    rows = pl.DataFrame({"source_line": lines, "caption": captions, "url": urls}, schema=_ROW_SCHEMA)
-    return rows, bad, rows_in
+    yield _frame(lines, captions, urls)
+    _too_many(path, bad, tally.rows_in, True, f"do not have {n_fields} comma-separated fields")
 
 
-def _read_jsonl(path: Path, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
+def _read_jsonl(path: Path, column: str, tally: _Tally) -> Iterator[pl.DataFrame]:
     """A table .jsonl: one JSON object per line."""
-    bad = _BadRows()
+    bad = tally.bad
     lines: list[int] = []
     captions: list[str] = []
     urls: list[str | None] = []
-    rows_in = 0
     seen_column = False
     with _open_binary(path) as handle, _read_errors(path):
         for line_no, raw in _lines(handle, path):
-            rows_in += 1
+            if tally.rows_in and tally.rows_in % CHUNK_ROWS == 0:  # the rows so far, before this one
+                _too_many(path, bad, tally.rows_in, False, f"are not JSON objects with a {column!r} key")
+                yield _frame(lines, captions, urls)
+                lines, captions, urls = [], [], []
+            tally.rows_in += 1
             raw = raw.removesuffix(b"\r")
             try:
                 text = raw.decode("utf-8")
@@ -412,18 +440,16 @@ def _read_jsonl(path: Path, column: str) -> tuple[pl.DataFrame, _BadRows, int]:
             lines.append(line_no)
             captions.append(caption)
             urls.append(_clean_url(obj.get("url", obj.get("URL"))))
-            if rows_in % 100_000 == 0:
-                _too_many(path, bad, rows_in, False, f"are not JSON objects with a {column!r} key")
-    if rows_in and not seen_column and bad.count("fields"):
+    yield _frame(lines, captions, urls)
+    if tally.rows_in and not seen_column and bad.count("fields"):
         raise CaptionFormatError(f"{path}: no line is a JSON object with the column {column!r}, "
                                  f"e.g. {bad.first('fields')}")
-    _too_many(path, bad, rows_in, True, f"are not JSON objects with a {column!r} key")
-    rows = pl.DataFrame({"source_line": lines, "caption": captions, "url": urls}, schema=_ROW_SCHEMA)
-    return rows, bad, rows_in
+    _too_many(path, bad, tally.rows_in, True, f"are not JSON objects with a {column!r} key")
 
 
-def _read_redcaps(path: Path) -> tuple[pl.DataFrame, _BadRows, int]:
-    """RedCaps annotation JSON; ``source_line`` is the 0-based index in ``annotations``."""
+def _read_redcaps(path: Path, tally: _Tally) -> Iterator[pl.DataFrame]:
+    """RedCaps annotation JSON; ``source_line`` is the 0-based index in ``annotations``. The file
+    is one JSON document, parsed whole (RedCaps ships one per subreddit and year)."""
     with _open_binary(path) as handle, _read_errors(path):
         data = handle.read()
     if data.startswith(b"\xef\xbb\xbf"):
@@ -432,16 +458,21 @@ def _read_redcaps(path: Path) -> tuple[pl.DataFrame, _BadRows, int]:
         doc = json.loads(data.decode("utf-8", "surrogateescape"))
     except json.JSONDecodeError as err:
         raise CaptionFormatError(f"{path}: invalid JSON ({err})") from None
+    del data
     annotations = doc.get("annotations") if isinstance(doc, dict) else None
     if not isinstance(annotations, list):
         raise CaptionFormatError(
             f"{path}: not a RedCaps annotation file (expected a JSON object with an 'annotations' list)"
         )
-    bad = _BadRows("row")
+    bad = tally.bad
+    tally.rows_in = len(annotations)
     lines: list[int] = []
     captions: list[str] = []
     urls: list[str | None] = []
     for i, item in enumerate(annotations):
+        if i and i % CHUNK_ROWS == 0:
+            yield _frame(lines, captions, urls)
+            lines, captions, urls = [], [], []
         if not isinstance(item, dict) or "caption" not in item:
             bad.add(i, "fields", json.dumps(item)[:SHOW_CHARS])
             continue
@@ -452,14 +483,15 @@ def _read_redcaps(path: Path) -> tuple[pl.DataFrame, _BadRows, int]:
         lines.append(i)
         captions.append(caption)
         urls.append(_clean_url(item.get("url")))
+    yield _frame(lines, captions, urls)
     if annotations and bad.count("fields") == len(annotations):
         raise CaptionFormatError(f"{path}: no annotation has a 'caption', e.g. {bad.first('fields')}")
-    rows = pl.DataFrame({"source_line": lines, "caption": captions, "url": urls}, schema=_ROW_SCHEMA)
-    return rows, bad, len(annotations)
 
 
-def _read_parquet(path: Path, column: str, url_column: str | None) -> tuple[pl.DataFrame, _BadRows, int]:
-    """A parquet file; ``source_line`` is the 0-based row index."""
+def _read_parquet(path: Path, column: str, url_column: str | None, tally: _Tally) -> Iterator[pl.DataFrame]:
+    """A parquet file, read a batch at a time; ``source_line`` is the 0-based row index."""
+    import pyarrow.parquet as pq
+
     if not path.exists():
         raise CaptionFormatError(f"{path}: no such file")
     try:
@@ -475,15 +507,20 @@ def _read_parquet(path: Path, column: str, url_column: str | None) -> tuple[pl.D
         url_column = next((c for c in schema if c.lower() == "url"), None)
     cols = [column] + ([url_column] if url_column in schema and url_column != column else [])
     try:
-        df = pl.read_parquet(path, columns=cols)
+        with pq.ParquetFile(path) as file:
+            for batch in file.iter_batches(batch_size=CHUNK_ROWS, columns=cols):
+                df = pl.from_arrow(batch)
+                start = tally.rows_in
+                tally.rows_in += df.height
+                yield df.select(
+                    source_line=pl.int_range(start, start + df.height, dtype=pl.Int64),
+                    caption=pl.col(column).cast(pl.String),
+                    url=pl.col(cols[1]).cast(pl.String) if len(cols) > 1 else pl.lit(None, dtype=pl.String),
+                )
+    except CaptionFormatError:
+        raise
     except Exception as err:
         raise CaptionFormatError(f"{path}: cannot read parquet ({err})") from None
-    rows = df.select(
-        source_line=pl.int_range(pl.len(), dtype=pl.Int64),
-        caption=pl.col(column).cast(pl.String),
-        url=pl.col(cols[1]).cast(pl.String) if len(cols) > 1 else pl.lit(None, dtype=pl.String),
-    )
-    return rows, _BadRows("row"), df.height
 
 
 def table_kind(path: str | Path) -> str:
@@ -532,45 +569,97 @@ def _check_content(
     return good, good_norm, bad
 
 
+@dataclass
+class CaptionBlock:
+    """Consecutive rows of a caption file."""
+
+    rows: pl.DataFrame  # the usable rows: source_line int64, caption str, url str (null where none)
+    norm: pl.Series  # normalize_caption of rows["caption"]
+    bad: pl.DataFrame  # the bad rows among the same rows: source_line int64, kind str, text str, by source_line
+
+
+class CaptionStream:
+    """A caption file in ``fmt``, read a block at a time: iterating yields :class:`CaptionBlock`
+    objects in file order (every row in exactly one block, usable or bad), and the counts below
+    are complete once iteration has ended.
+
+    ``column`` is the caption column for ``fmt="table"`` (cc3m/cc12m/redcaps/laion have fixed
+    layouts). A malformed file raises :class:`CaptionFormatError`: the checks that need the whole
+    file (most rows bad in one way, swapped columns, no rows) are made when the last block has
+    been handed out, so a consumer must not publish anything before iteration ends.
+    """
+
+    def __init__(self, path: str | Path, fmt: str = "cc3m", *, column: str = "caption",
+                 max_length: int = 500) -> None:
+        self.path = Path(path)
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown caption format {fmt!r}; expected one of {list(FORMATS)}")
+        self.format = fmt
+        self.column = column
+        self.max_length = max_length
+        self._kind = table_kind(self.path) if fmt == "table" else None
+        # What source_line counts: "line" (1-based line number) or "row" (0-based row index)
+        self.position = "row" if fmt in ("redcaps", "laion") or self._kind == "parquet" else "line"
+        self.rows_in = 0  # data rows in the file (lines, less the header, for text files)
+        self.rows_usable = 0
+        self.head_bad: list[tuple[int, str, str]] = []  # the first 3 bad rows (source_line, kind, text)
+        self._bad = _BadRows(self.position)
+
+    @property
+    def bad_total(self) -> int:
+        return sum(self._bad.counts.values())
+
+    def bad_counts(self) -> dict[str, int]:
+        return {kind: self._bad.count(kind) for kind in BAD_KINDS}
+
+    def _reader(self, tally: _Tally) -> Iterator[pl.DataFrame]:
+        path, fmt, column = self.path, self.format, self.column
+        if fmt in ("cc3m", "cc12m"):
+            return _read_tsv(path, fmt, column, tally)
+        if fmt == "redcaps":
+            return _read_redcaps(path, tally)
+        if fmt == "laion":
+            return _read_parquet(path, "TEXT", "URL", tally)
+        if self._kind == "tsv":
+            return _read_tsv(path, "table", column, tally)
+        if self._kind == "csv":
+            return _read_csv(path, column, tally)
+        if self._kind == "jsonl":
+            return _read_jsonl(path, column, tally)
+        return _read_parquet(path, column, None, tally)
+
+    def _block(self, rows: pl.DataFrame, tally: _Tally) -> CaptionBlock:
+        rows, norm, content_bad = _check_content(rows, self.max_length)
+        bad = pl.concat([tally.bad.take(), content_bad]).sort("source_line", maintain_order=True)
+        self._bad.note(bad)
+        self.rows_in = tally.rows_in
+        self.rows_usable += rows.height
+        if len(self.head_bad) < 3:
+            self.head_bad.extend(bad.head(3 - len(self.head_bad)).iter_rows())
+        return CaptionBlock(rows, norm, bad)
+
+    def __iter__(self) -> Iterator[CaptionBlock]:
+        tally = _Tally(self.position)
+        for rows in self._reader(tally):
+            yield self._block(rows, tally)
+        if tally.bad.lines:  # bad rows after the last block of usable rows
+            yield self._block(pl.DataFrame(schema=_ROW_SCHEMA), tally)
+        self.rows_in = tally.rows_in
+        if self.rows_in == 0:
+            raise CaptionFormatError(f"{self.path}: no caption rows (empty file)")
+        # NUL captions found only by the content check count towards the "not a text file" rule.
+        _too_many(self.path, self._bad, self.rows_in, True, "have the wrong structure")
+
+
 def load_captions(
     path: str | Path, fmt: str = "cc3m", *, column: str = "caption", max_length: int = 500
 ) -> LoadedCaptions:
-    """Read a caption file in ``fmt``; sort its rows into usable rows and bad rows.
-
-    ``column`` is the caption column for ``fmt="table"`` (cc3m/cc12m/redcaps/laion have fixed
-    layouts). Raises :class:`CaptionFormatError` for a malformed file.
-    """
-    path = Path(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown caption format {fmt!r}; expected one of {list(FORMATS)}")
-    position = "line"
-    if fmt in ("cc3m", "cc12m"):
-        rows, bad, rows_in = _read_tsv(path, fmt, column)
-    elif fmt == "redcaps":
-        rows, bad, rows_in = _read_redcaps(path)
-        position = "row"
-    elif fmt == "laion":
-        rows, bad, rows_in = _read_parquet(path, "TEXT", "URL")
-        position = "row"
-    else:
-        kind = table_kind(path)
-        if kind == "tsv":
-            rows, bad, rows_in = _read_tsv(path, "table", column)
-        elif kind == "csv":
-            rows, bad, rows_in = _read_csv(path, column)
-        elif kind == "jsonl":
-            rows, bad, rows_in = _read_jsonl(path, column)
-        else:
-            rows, bad, rows_in = _read_parquet(path, column, None)
-            position = "row"
-    if rows_in == 0:
-        raise CaptionFormatError(f"{path}: no caption rows (empty file)")
-    rows, norm, content_bad = _check_content(rows, max_length)
-    all_bad = pl.concat([bad.frame(), content_bad]).sort("source_line", maintain_order=True)
-    # NUL captions found only now count towards the "not a text file" rule.
-    merged = _BadRows(position)
-    merged.extend(all_bad)
-    _too_many(path, merged, rows_in, True, "have the wrong structure")
-    return LoadedCaptions(
-        path=path, format=fmt, rows_in=rows_in, rows=rows, bad=all_bad, position=position, norm=norm
-    )
+    """Read a whole caption file in ``fmt`` into memory (a :class:`CaptionStream`, collected):
+    its usable rows and its bad rows. Raises :class:`CaptionFormatError` for a malformed file."""
+    stream = CaptionStream(path, fmt, column=column, max_length=max_length)
+    blocks = list(stream)
+    rows = pl.concat([b.rows for b in blocks], rechunk=False) if blocks else pl.DataFrame(schema=_ROW_SCHEMA)
+    norm = pl.concat([b.norm for b in blocks]) if blocks else pl.Series("caption", [], dtype=pl.String)
+    bad = pl.concat([b.bad for b in blocks]) if blocks else pl.DataFrame(schema=_BAD_SCHEMA)
+    return LoadedCaptions(path=stream.path, format=fmt, rows_in=stream.rows_in, rows=rows, bad=bad,
+                          position=stream.position, norm=norm)

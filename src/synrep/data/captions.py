@@ -5,33 +5,44 @@ Reading and bad rows are :mod:`synrep.data.caption_readers`; the dedup is :mod:`
 Outputs, under ``<results_dir>/<name>/captions/``: ``captions.parquet`` (caption_id int64,
 caption, url, source_line int64), ``bad_rows.csv`` (source_line, kind, text: a truncated repr),
 ``stats.json`` and the resolved ``config.yaml``. Stats also go to MLflow (metrics and artifact).
+
+The file is streamed a block at a time: kept rows go to the parquet file and bad rows to the csv
+as they come (in scratch files beside the step's folder, renamed into place only once the whole
+file has been read and checked), and the dedup keeps 16 bytes a distinct caption in memory, the
+texts themselves in a scratch file. Peak memory is therefore about that of one block plus
+~30 bytes a distinct caption, whatever the file's size (benchmarks/captions_memory.py).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 from omegaconf import DictConfig
 
 from synrep.config import run_dir, save_resolved
-from synrep.data.caption_readers import LoadedCaptions, load_captions
-from synrep.data.dedup import deduplicate
-from synrep.fileio import atomic_path, write_json, write_parquet
+from synrep.data.caption_readers import CaptionStream
+from synrep.data.dedup import StreamingDedup, StringStore, normalize_series
+from synrep.fileio import atomic_path, remove_dead_temporaries, write_json
 
 __all__ = ["run"]
 
 
-def _summary(stats: dict, loaded: LoadedCaptions, out: Path) -> str:
+def _summary(stats: dict, stream: CaptionStream, out: Path) -> str:
     bad = stats["bad_rows"]
     kinds = ", ".join(f"{k} {n}" for k, n in bad.items() if n)
-    lines = [f"captions: {stats['rows_in']} rows in {loaded.path} ({loaded.format})"]
+    lines = [f"captions: {stats['rows_in']} rows in {stream.path} ({stream.format})"]
     if stats["bad_rows_total"]:
         lines.append(f"  bad rows: {stats['bad_rows_total']} ({kinds}), skipped; "
                      f"report: {out / 'bad_rows.csv'}")
-        for src, kind, text in loaded.bad.head(3).iter_rows():
-            lines.append(f"    {loaded.position} {src}: {kind} {text[:80]}")
+        for src, kind, text in stream.head_bad:
+            lines.append(f"    {stream.position} {src}: {kind} {text[:80]}")
     else:
         lines.append("  bad rows: 0")
     lines.append(f"  duplicates removed: {stats['duplicates_removed']} "
@@ -42,12 +53,101 @@ def _summary(stats: dict, loaded: LoadedCaptions, out: Path) -> str:
     return "\n".join(lines)
 
 
-def _check_not_empty(loaded: LoadedCaptions) -> None:
+def _check_not_empty(stream: CaptionStream) -> None:
     """No usable row is an error here: later steps would fail on it, further from the cause."""
-    if loaded.rows.height:
+    if stream.rows_usable:
         return
-    kinds = ", ".join(f"{k}: {n}" for k, n in loaded.bad_counts().items() if n)
-    raise ValueError(f"{loaded.path}: no usable captions: 0 of {loaded.rows_in} rows kept ({kinds})")
+    kinds = ", ".join(f"{k}: {n}" for k, n in stream.bad_counts().items() if n)
+    raise ValueError(f"{stream.path}: no usable captions: 0 of {stream.rows_in} rows kept ({kinds})")
+
+
+_TABLE_SCHEMA = {"caption_id": pl.Int64, "caption": pl.String, "url": pl.String, "source_line": pl.Int64}
+
+
+def _scratch_file(folder: Path, what: str) -> Path:
+    """A scratch file named as fileio names its temporaries, so that a killed run's are removed
+    by the next run on this host."""
+    remove_dead_temporaries(folder / what)
+    fd, name = tempfile.mkstemp(prefix=f".{what}.{socket.gethostname()}.{os.getpid()}.", suffix=".tmp",
+                                dir=folder)
+    os.close(fd)
+    return Path(name)
+
+
+def _kept_captions(wanted: np.ndarray, read: list[tuple[np.ndarray, pl.Series]], new_ids: np.ndarray,
+                   new_text: pl.Series, store: StringStore) -> pl.Series:
+    """The kept captions numbered ``wanted``: from this block's new ones and what the dedup has
+    just read back (a duplicate's first occurrence is one or the other, unless the dedup went row
+    by row), the rest from ``store``."""
+    ids = np.concatenate([new_ids, *(i for i, _ in read)])
+    text = pl.concat([new_text, *(t for _, t in read)])
+    order = np.argsort(ids, kind="stable")
+    pos = order[np.minimum(np.searchsorted(ids, wanted, sorter=order), len(ids) - 1)] if len(ids) else None
+    if pos is None or not (ids[pos] == wanted).all():
+        return store.get(wanted)
+    return text.gather(pos)
+
+
+def _stream_dedup(stream: CaptionStream, scratch: dict[str, Path], limit: int | None) -> dict[str, int]:
+    """Read ``stream`` to its end: kept rows (their first ``limit``) to ``scratch["captions"]``,
+    bad rows to ``scratch["bad_rows"]``. Returns the dedup's counts.
+
+    A row is kept when its normalised caption is new (ids in order kept). A removed row counts as
+    identical text when its caption occurred before: it then equals either the kept caption it
+    duplicates or an earlier duplicate's text of the same kept caption (a second, small dedup on
+    (kept id, text) of the duplicates whose text differs from their kept caption)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kept_text = StringStore(scratch["kept_text"])  # kept captions by id, to verify hash matches
+    read: list[tuple[np.ndarray, pl.Series]] = []  # what the dedup read back in this block
+
+    def normalised_kept(ids: np.ndarray) -> pl.Series:
+        text = kept_text.get(ids)
+        read.append((ids, text))
+        return normalize_series(text)
+
+    by_norm = StreamingDedup(normalised_kept)
+    variants = StreamingDedup(store_path=scratch["variants"])
+    schema = pl.DataFrame(schema=_TABLE_SCHEMA).to_arrow().schema
+    n_identical = written = 0
+    try:
+        # no dictionary pages: captions and urls are nearly all distinct (and it halves the time)
+        with pq.ParquetWriter(scratch["captions"], schema, compression="zstd", use_dictionary=False) as writer, \
+                open(scratch["bad_rows"], "wb") as bad_file:
+            header = True
+            for block in stream:
+                if header or block.bad.height:
+                    block.bad.write_csv(bad_file, include_header=header)
+                    header = False
+                read.clear()
+                first, ids = by_norm.add(block.norm)
+                captions = block.rows["caption"]
+                kept_text.append(captions.filter(first))
+                dup = np.flatnonzero(~first)
+                if len(dup):
+                    text, dup_ids = captions.gather(dup), ids[dup]
+                    same = (text == _kept_captions(dup_ids, read, ids[first], captions.filter(first),
+                                                   kept_text)).to_numpy()
+                    n_identical += int(same.sum())
+                    if not same.all():
+                        other = ~same
+                        keys = pl.DataFrame({"id": dup_ids[other], "text": text.filter(other)}).select(
+                            pl.concat_str(pl.col("id").cast(pl.String), pl.lit("\x00"), pl.col("text"))
+                        ).to_series()
+                        new_variant, _ = variants.add(keys)
+                        n_identical += int((~new_variant).sum())
+                room = block.rows.height if limit is None else max(0, limit - written)
+                if room:
+                    kept = block.rows.filter(first).head(room)
+                    table = kept.select(pl.Series("caption_id", ids[first][: kept.height]),
+                                        "caption", "url", "source_line")
+                    writer.write_table(table.to_arrow().cast(schema))
+                    written += kept.height
+    finally:
+        kept_text.close()
+        variants.close()
+    return {"rows_deduplicated": by_norm.n, "duplicates_identical_text": n_identical, "rows_out": written}
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
@@ -73,46 +173,49 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         "stats": out / "stats.json",
         "config": out / "config.yaml",
     }
-    # A malformed or empty file fails here, before anything is written or an MLflow run is opened.
     start = time.time()
-    loaded = load_captions(ccfg.path, ccfg.format, column=ccfg.column, max_length=ccfg.max_length)
-    _check_not_empty(loaded)
-    rows = loaded.rows
-    kept = deduplicate(rows, norm=loaded.norm)
-    n_identical = rows.height - rows["caption"].n_unique()
-    n_dedup = kept.height
-    if ccfg.limit is not None:
-        kept = kept.head(ccfg.limit)
-    table = kept.select("caption_id", "caption", "url", "source_line")
-    bad_counts = loaded.bad_counts()
-    stats = {
-        "source": str(loaded.path),
-        "format": loaded.format,
-        "source_line": "1-based line number" if loaded.position == "line" else "0-based row index",
-        "rows_in": loaded.rows_in,
-        "bad_rows": bad_counts,
-        "bad_rows_total": loaded.bad.height,
-        "duplicates_removed": rows.height - n_dedup,
-        "duplicates_identical_text": n_identical,
-        "duplicates_normalised_only": rows.height - n_dedup - n_identical,
-        "rows_deduplicated": n_dedup,
-        "limit": ccfg.limit,
-        "rows_out": table.height,
-        "seconds": round(time.time() - start, 2),
-    }
-    with mlflow_run(cfg, "captions", sections=("captions",)) as mlrun:
-        stats["mlflow_run_id"] = mlrun.info.run_id
-        write_parquet(paths["captions"], table)
-        with atomic_path(paths["bad_rows"]) as tmp:
-            loaded.bad.write_csv(tmp)
-        write_json(paths["stats"], stats)
-        save_resolved(cfg, out)
-        metrics = {k: v for k, v in stats.items() if isinstance(v, int) and k != "limit"}
-        metrics.update({f"bad_rows_{k}": n for k, n in bad_counts.items()})
-        metrics["seconds"] = stats["seconds"]
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(paths["stats"]))
-        if paths["bad_rows"].stat().st_size <= 5 << 20:
-            mlflow.log_artifact(str(paths["bad_rows"]))
-    print(_summary(stats, loaded, out), file=sys.stdout, flush=True)
+    stream = CaptionStream(ccfg.path, ccfg.format, column=ccfg.column, max_length=ccfg.max_length)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch: dict[str, Path] = {}
+    try:
+        for what in ("captions", "bad_rows", "kept_text", "variants"):
+            scratch[what] = _scratch_file(out.parent, f"captions-{what}")
+        # A malformed or empty file fails here, before anything is published or an MLflow run is opened.
+        counts = _stream_dedup(stream, scratch, ccfg.limit)
+        _check_not_empty(stream)
+        rows, n_dedup, n_identical = stream.rows_usable, counts["rows_deduplicated"], counts["duplicates_identical_text"]
+        bad_counts = stream.bad_counts()
+        stats = {
+            "source": str(stream.path),
+            "format": stream.format,
+            "source_line": "1-based line number" if stream.position == "line" else "0-based row index",
+            "rows_in": stream.rows_in,
+            "bad_rows": bad_counts,
+            "bad_rows_total": stream.bad_total,
+            "duplicates_removed": rows - n_dedup,
+            "duplicates_identical_text": n_identical,
+            "duplicates_normalised_only": rows - n_dedup - n_identical,
+            "rows_deduplicated": n_dedup,
+            "limit": ccfg.limit,
+            "rows_out": counts["rows_out"],
+            "seconds": round(time.time() - start, 2),
+        }
+        with mlflow_run(cfg, "captions", sections=("captions",)) as mlrun:
+            stats["mlflow_run_id"] = mlrun.info.run_id
+            for what in ("captions", "bad_rows"):
+                with atomic_path(paths[what]) as tmp:
+                    os.replace(scratch[what], tmp)
+            write_json(paths["stats"], stats)
+            save_resolved(cfg, out)
+            metrics = {k: v for k, v in stats.items() if isinstance(v, int) and k != "limit"}
+            metrics.update({f"bad_rows_{k}": n for k, n in bad_counts.items()})
+            metrics["seconds"] = stats["seconds"]
+            mlflow.log_metrics(metrics)
+            mlflow.log_artifact(str(paths["stats"]))
+            if paths["bad_rows"].stat().st_size <= 5 << 20:
+                mlflow.log_artifact(str(paths["bad_rows"]))
+    finally:
+        for path in scratch.values():
+            path.unlink(missing_ok=True)
+    print(_summary(stats, stream, out), file=sys.stdout, flush=True)
     return paths
