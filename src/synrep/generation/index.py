@@ -1,4 +1,8 @@
-"""Index a source's shards in parquet, draw its sample grid, and log both to MLflow."""
+"""Index a source's shards in parquet, draw its sample grid, and log both to MLflow.
+
+The index rows come from the summaries saved beside each shard when it was written
+(``shards.shard_record``): no image is decoded and no tar hashed, except for shards written before
+sidecars (scanned). The grid decodes the first few samples of shard 0."""
 
 from __future__ import annotations
 
