@@ -32,7 +32,7 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dedup import messy_variant, near_variant, new_caption  # noqa: E402  (the sibling benchmark)
+from dedup import iter_captions  # noqa: E402  (the sibling benchmark)
 
 REPO = Path(__file__).resolve().parents[1]
 # Repeats are drawn from the last POOL captions, so the generator itself stays small.
@@ -42,25 +42,10 @@ POOL = 200_000
 def write_tsv(path: Path, rows: int, seed: int) -> None:
     """A CC12M-like ``url<TAB>caption`` file; captions average about 100 characters, urls about 75."""
     rng = random.Random(seed)
-    pool: list[str] = []
     with open(path, "wb") as out:
         lines: list[bytes] = []
-        for i in range(rows):
-            r = rng.random()
-            if pool and r < 0.15:
-                text = pool[rng.randrange(len(pool))]
-            elif pool and r < 0.20:
-                text = near_variant(pool[rng.randrange(len(pool))], rng)
-            else:
-                text = new_caption(rng)
-                if rng.random() < 0.6:  # CC12M captions are longer than one template
-                    text += ", " + new_caption(rng)
-            if rng.random() < 0.3:
-                text = messy_variant(text, rng)
-            if len(pool) < POOL:
-                pool.append(text)
-            else:
-                pool[rng.randrange(POOL)] = text
+        # CC12M captions are longer than one template: 60 % of the new ones are two
+        for i, text in enumerate(iter_captions(rows, rng, messy=0.3, pool=POOL, longer=0.6)):
             text = text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
             url = f"https://img{i % 97}.example.com/{rng.getrandbits(64):016x}/{i}/photo-{rng.randrange(10**6)}.jpg"
             bad = rng.random()

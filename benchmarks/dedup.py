@@ -15,6 +15,7 @@ import argparse
 import random
 import sys
 import time
+from typing import Iterator
 
 import polars as pl
 
@@ -111,9 +112,11 @@ def messy_variant(text: str, rng: random.Random) -> str:
     return rng.choice(["  ", " ", "\t"]) + text + rng.choice(["", " ", "\n", "  "])
 
 
-def make_captions(n: int, seed: int, messy: float = 0.0) -> list[str]:
-    """``messy``: the share of captions that need a case or whitespace change."""
-    rng = random.Random(seed)
+def iter_captions(n: int, rng: random.Random, messy: float = 0.0, pool: int | None = None,
+                  longer: float = 0.0) -> Iterator[str]:
+    """``messy``: the share of captions that need a case or whitespace change. Repeats are drawn
+    from every earlier caption, or (``pool``) from that many, one replaced at random once full, so
+    that a long stream stays small. ``longer``: the share of new captions made of two templates."""
     out: list[str] = []
     for _ in range(n):
         r = rng.random()
@@ -123,10 +126,20 @@ def make_captions(n: int, seed: int, messy: float = 0.0) -> list[str]:
             text = near_variant(out[rng.randrange(len(out))], rng)
         else:
             text = new_caption(rng)
+            if longer and rng.random() < longer:
+                text += ", " + new_caption(rng)
         if rng.random() < messy:
             text = messy_variant(text, rng)
-        out.append(text)
-    return out
+        if pool is None or len(out) < pool:
+            out.append(text)
+        else:
+            out[rng.randrange(pool)] = text
+        yield text
+
+
+def make_captions(n: int, seed: int, messy: float = 0.0) -> list[str]:
+    """``messy``: the share of captions that need a case or whitespace change."""
+    return list(iter_captions(n, random.Random(seed), messy))
 
 
 def python_pass(captions: list[str]) -> list[int]:

@@ -1,7 +1,7 @@
 """Exact caption deduplication: :func:`normalize_caption` (NFKC, lower case, whitespace stripped
 and collapsed) and a vectorised first-occurrence dedup on it that keeps the original text, for a
-table in memory (:func:`deduplicate`) or a stream of blocks (:class:`StreamingDedup`, memory of
-about 16 bytes a distinct string)."""
+table in memory (:func:`deduplicate`) or a stream of blocks (:class:`StreamingDedup`, 16 bytes of memory a
+distinct string, the strings on disk)."""
 
 from __future__ import annotations
 
