@@ -76,7 +76,7 @@ def new_caption(rng: random.Random) -> str:
     if rng.random() < 0.01:
         text += " " + rng.choice(NON_ASCII_WORDS)
     # already normalised (as CC3M's lower-cased captions are): the changes that normalising has to
-    # make come from the near repeats and, in the web mix, the messy third, as the issue defines it
+    # make come from the near repeats and, in the web mix, the messy third of web captions
     return text.lower()
 
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each pass (best is shown)")
     parser.add_argument("--mix", choices=["web", "clean"], default="web",
                         help="web: about a third of the captions need a case or whitespace change "
-                             "(the issue's mix); clean: only the near repeats do")
+                             "(as web captions); clean: only the near repeats do")
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()

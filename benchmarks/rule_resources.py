@@ -36,7 +36,7 @@ DONE = re.compile(r"^synrep (\w+): done in ([\d.]+)s, peak RSS (\d+) MB \(larges
 WORDS = ("red green blue small large dog cat house tree river car bird boat street city field flower "
          "mountain beach chair table window light night morning old new wooden stone glass photo").split()
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475")
-# Work per job at paper scale (experiment=paper_cc12m; papers.md): CC12M's 12.4M rows read once;
+# Work per job at paper scale (experiment=paper_cc12m): CC12M's 12.4M rows read once;
 # 1,000-caption shards of l = 10 images; 8,300 shards per source; one run's optimizer steps.
 PAPER = {"captions": ("caption rows", 12_423_374), "generate": ("images a shard", 10_000),
          "index": ("shards", 8_300)}

@@ -1,4 +1,4 @@
-"""A catalogue of bad inputs (issue #8), each through the real command line.
+"""A catalogue of bad inputs, each through the real command line.
 
 The project rule: bad input gets one clear line that names the file, line or config key, a
 non-zero exit, and nothing half-written. Every case below runs ``synrep.__main__.main`` in-process

@@ -1,4 +1,4 @@
-"""The evaluation protocol (issue #9): nothing is chosen on the reported split (ImageNet's val is
+"""The evaluation protocol: nothing is chosen on the reported split (ImageNet's val is
 reported, a stratified hold-out of train selects), the official linear probe's options (lr and epoch
 chosen every probe_eval_every epochs, RandomResizedCrop + flip through the frozen encoder,
 Resize/CenterCrop by crop_pct, BatchNorm without affine, eps 1e-6), zero-shot with ImageNet's class

@@ -60,7 +60,7 @@ def test_recipe_dry_run_and_plan(experiment, tmp_path):
     fmt = RECIPES[experiment]
     recipe = load_config([f"experiment={experiment}"])
     assert recipe.captions.format == fmt
-    # papers.md's generation recipe
+    # the paper's generation recipe
     g = recipe.generation
     assert (g.model, g.sampler, g.steps, g.resolution, g.save_size, g.eta) == (
         "stable-diffusion-v1-5/stable-diffusion-v1-5", "ddim", 50, 512, 256, 0.0)

@@ -521,7 +521,7 @@ class SampleQualityConfig:
 
 @dataclass
 class AugmentConfig:
-    """SimCLR / StableRep augmentation (papers.md), scaled to the image size in synrep.learning.augment."""
+    """SimCLR / StableRep augmentation (the papers' values as defaults), scaled to the image size in synrep.learning.augment."""
 
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
@@ -698,7 +698,7 @@ class PlanConfig:
 
     # Deduplicated captions; null: counted from the captions step's output
     captions: Optional[int] = None
-    # One generated image on one GPU (papers.md: SD v1.5, 50 DDIM steps, 512 px: 0.8 s on an A100,
+    # One generated image on one GPU (StableRep reports, for SD v1.5, 50 DDIM steps, 512 px: 0.8 s on an A100,
     # 2.2 s on a V100); measure yours with benchmarks/generation_speed.py
     seconds_per_image: float = 0.8
     # One training step on launch.nodes x launch.gpus_per_node GPUs; null: training not estimated

@@ -1,4 +1,4 @@
-# Adapting the generator itself (issue #12): DreamBooth (a subject from a few images, with and
+# Adapting the generator itself: DreamBooth (a subject from a few images, with and
 # without prior preservation) and StyleGAN-NADA (a new domain from text alone). Each is in the
 # default target when its `enabled` is true (experiment toy_adaptation). NADA's adapted generator is
 # an ordinary pipeline folder: a source names it as its `generator:` and the sweeps train on it.
