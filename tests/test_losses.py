@@ -16,7 +16,7 @@ from synrep.learning.losses import (clip_loss, image_text_multi_positive_loss, m
 
 
 def reference_multi_positive(features, group_ids, temperature):
-    """The loss as StableRep defines it (docs/training-and-evaluation.md), anchor by anchor with Python loops, in float64."""
+    """The loss as StableRep defines it (docs/paper-facts.md), anchor by anchor with Python loops, in float64."""
     z = [f / math.sqrt(sum(float(v) ** 2 for v in f)) for f in features.double()]
     n = len(z)
     total, anchors = 0.0, 0
