@@ -176,7 +176,7 @@ def test_dvc_metrics_show_reads_the_reports_metrics(tmp_path):
     cells = dict(zip(header[1:], map(float, row[1:]), strict=True))
     assert cells == {f"{g}.{m}": pytest.approx(v, abs=5.1e-5) for g, by_metric in expected.items() for m, v in by_metric.items()}
 
-    # the project's settings: no analytics, a cache that copies (see README, DVC)
+    # the project's settings: no analytics, a cache that copies (docs/cluster.md, "Versioning data with DVC")
     settings = dvc("config", "--project", "--list", cwd=root, env=env).stdout.split()
     assert "core.analytics=false" in settings
     (cache_type,) = [s for s in settings if s.startswith("cache.type=")]

@@ -1,5 +1,5 @@
 # The toy generator. Its trained weights ship in models/toy_generator, which the default run
-# uses; this rule retrains them (see README: "Retraining the toy generator").
+# uses; this rule retrains them (docs/models.md, "The toy generator").
 
 
 rule train_generator:
@@ -21,7 +21,7 @@ rule train_generator:
 
 
 # The toy CLIP (open_clip, local-dir format). Its weights ship in models/toy_clip; this rule
-# retrains them (README: "The toy CLIP").
+# retrains them (docs/models.md, "The toy CLIP").
 rule train_clip:
     input:
         train=rules.toyworld.output.train,
