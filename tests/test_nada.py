@@ -157,6 +157,9 @@ def test_train_nada_saves_a_pipeline_that_load_pipeline_samples_and_the_curve_is
     assert (folder / "recipe.yaml").exists()
     summary = json.loads((folder / "training.json").read_text())
     assert len(summary["curve"]) == 3 and len(summary["chosen"]) == 2
+    # the switch between the frozen and the adapted UNet travels with the folder
+    assert json.loads((folder / "model_index.json").read_text())["adapted_from"] == summary["adapted_from"]
+    assert (folder / "source_unet").is_dir()
     assert sorted(nada.snapshot_files(outputs["snapshots"])) == [0, 2, 3]
     pipe = load_pipeline(str(folder), "dpmsolver")
     images = pipe(["a red circle"], num_inference_steps=2, output_type="np",
@@ -175,7 +178,7 @@ def test_train_nada_saves_a_pipeline_that_load_pipeline_samples_and_the_curve_is
     assert adapted[0]["clip_direction"] == 0.0
     for row in rows:
         assert 0.0 <= row["target_fraction"] <= 1.0
-        assert sum(row[f"domain_{d}"] for d in ("photo", "drawing", "negative", "pixelated")) == pytest.approx(1.0)
+        assert sum(row[f"domain_{d}"] for d in ("photo", "drawing", "negative", "pixelated", "none")) == pytest.approx(1.0)
     assert "| kind" in result["table"].read_text()
 
 
@@ -204,3 +207,87 @@ def test_the_target_world_is_real_images_of_the_target_domain_only(make_cfg, sma
     assert len(data.labels["shape"]["test"]) == 200
     with pytest.raises(ValueError, match=r"nada.target.*paintng"):
         toyworld.target_world_run(make_cfg("nada.target=paintng", f"nada.target_world={tmp_path}/bad", base=small_world))
+
+
+def test_the_adapted_unet_takes_exactly_the_steps_where_alpha_bar_reaches_the_threshold(trained):
+    """Training starts the trained chain where x̂0 is defined: the frozen UNet takes the DDIM steps
+    whose ᾱ_t (here from the cosine schedule's formula, not the scheduler) is below nada.min_alpha_bar."""
+    import math
+
+    from synrep.generation.toy import nada
+
+    cfg, pipe, _, _, summary, _ = trained
+    config = pipe.scheduler.config
+    assert config.beta_schedule == "squaredcos_cap_v2"
+    f = [math.cos((i / config.num_train_timesteps + 0.008) / 1.008 * math.pi / 2) ** 2
+         for i in range(config.num_train_timesteps + 1)]
+    alpha_bar = np.cumprod([1 - min(1 - f[i + 1] / f[i], 0.999) for i in range(config.num_train_timesteps)])
+    steps = [int(t) for t in nada.ddim_scheduler(pipe, cfg.nada.ddim_steps).timesteps]
+    assert summary["frozen_timesteps"] == [t for t in steps if alpha_bar[t] < cfg.nada.min_alpha_bar] == [999]
+    assert summary["trained_timesteps"] == [t for t in steps if alpha_bar[t] >= cfg.nada.min_alpha_bar]
+    assert summary["adapted_from"] == max(t for t in range(1000) if alpha_bar[t] >= cfg.nada.min_alpha_bar)
+
+
+def test_the_saved_adapted_pipeline_samples_as_training_did(trained, tmp_path):
+    """Any sampler of the saved pipeline uses the frozen UNet above adapted_from and the adapted one
+    at and below: its DDIM sampling is the training chain, and its switch is that of two plain
+    pipelines (all-frozen and all-adapted) glued at adapted_from, after a save and load."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from synrep.generation.pipelines import load_pipeline
+    from synrep.generation.toy import nada
+    from synrep.generation.toy.pipeline import ToyGlidePipeline
+
+    cfg, pipe, _, unet, summary, _ = trained
+    t0, w, prompts, seeds = summary["adapted_from"], 2.0, ["a red circle", "a blue ring"], (1, 2)
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    def make(adapted_from):
+        p = nada.ToyGlideAdaptedPipeline(unet=unet, scheduler=nada.ddim_scheduler(pipe, 4), text_encoder=pipe.text_encoder,
+                                         tokenizer=pipe.tokenizer, source_unet=pipe.unet, adapted_from=adapted_from)
+        p.set_progress_bar_config(disable=True)
+        return p
+
+    adapted = make(t0)
+    made = adapted(prompts, num_inference_steps=4, guidance_scale=w, output_type="pt", generator=gens()).images
+    noise = randn_tensor((2, 3, 16, 16), generator=gens())
+    cond, uncond = pipe.encode_batch(prompts, 1, True)
+    with torch.no_grad():
+        chain = nada.ddim_chain(unet, nada.ddim_scheduler(pipe, 4), noise, cond, uncond, w, source=pipe.unet,
+                                adapted_from_t=t0)
+    assert torch.allclose(made, chain, atol=1e-5)
+    # the switch matters: all-adapted and all-frozen sampling differ from it and from each other,
+    # and the two extremes are the plain pipelines of each UNet
+    plain = {}
+    for name, u in (("frozen", pipe.unet), ("adapted", unet)):
+        p = ToyGlidePipeline(unet=u, scheduler=nada.ddim_scheduler(pipe, 4), text_encoder=pipe.text_encoder,
+                             tokenizer=pipe.tokenizer)
+        p.set_progress_bar_config(disable=True)
+        plain[name] = p(prompts, num_inference_steps=4, guidance_scale=w, output_type="pt", generator=gens()).images
+    assert torch.equal(make(-1)(prompts, num_inference_steps=4, guidance_scale=w, output_type="pt",
+                                generator=gens()).images, plain["frozen"])
+    assert torch.equal(make(999)(prompts, num_inference_steps=4, guidance_scale=w, output_type="pt",
+                                 generator=gens()).images, plain["adapted"])
+    assert not torch.allclose(made, plain["adapted"]) and not torch.allclose(made, plain["frozen"])
+    # saved and loaded as a source loads a generator: the same images under another sampler too
+    adapted.save_pretrained(tmp_path / "g", safe_serialization=True)
+    assert json.loads((tmp_path / "g" / "model_index.json").read_text())["adapted_from"] == t0
+    for sampler in ("ddim", "dpmsolver"):
+        loaded = load_pipeline(str(tmp_path / "g"), sampler)
+        assert type(loaded) is nada.ToyGlideAdaptedPipeline and loaded.config.adapted_from == t0
+        adapted.scheduler = loaded.scheduler
+        ref = adapted(prompts, num_inference_steps=4, guidance_scale=w, output_type="pt", generator=gens()).images
+        got = loaded(prompts, num_inference_steps=4, guidance_scale=w, output_type="pt", generator=gens()).images
+        assert torch.equal(got, ref), sampler
+
+
+def test_bad_loss_and_threshold_name_their_key(small_world):
+    from synrep.config import load_config
+    from synrep.generation.toy import nada
+
+    with pytest.raises(ValueError, match=r"config key 'nada.loss': 'clip'"):
+        nada.check(load_config(tmp_overrides(small_world, "nada.loss=clip")))
+    with pytest.raises(ValueError, match=r"config key 'nada.min_alpha_bar'"):
+        nada.check(load_config(tmp_overrides(small_world, "nada.min_alpha_bar=1.5")))

@@ -342,7 +342,12 @@ class NadaConfig:
     batch_size: int = 4  # noises (and captions) per step
     lr: float = 2e-4  # Adam, betas (0, 0.99) as NADA's generator
     guidance_scale: float = 2.0  # classifier-free guidance in the chain (as a w2 source samples)
-    ddim_steps: int = 4  # deterministic DDIM steps of the chain; gradients flow through all of them
+    ddim_steps: int = 4  # deterministic DDIM steps of the chain (999, 749, 499, 249 at 4)
+    # The adapted UNet takes the steps where alpha_bar_t >= this, the frozen one the steps above
+    # without gradient (training, and every sampler of the saved pipeline). At t = 999 alpha_bar is
+    # 2.4e-9 and x0-hat undefined; 0.078 is DiffusionCLIP's t0 = 500 on its linear schedule (toy t 818)
+    min_alpha_bar: float = 0.078
+    loss: str = "directional"  # directional (NADA) | global: 1 - cos(E_I(G), E_T(target)), its ablation
     l1_weight: float = 0.0  # DiffusionCLIP's content term: L1 of trained vs frozen images (0: off)
     # NADA's adaptive layer choice: units of the UNet ranked by how far they move under select_iters
     # SGD steps of the global CLIP loss toward the target text; the top k are trained, all else frozen

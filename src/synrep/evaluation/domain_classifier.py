@@ -9,6 +9,12 @@ and the ``domains_train`` split; held out: as many test photos as ``toyworld.n_d
 ``domains_test``. The attribute classifier's training function reads the photo split and its four
 attributes and takes no other data, so the short loop is written here.
 
+A last class, ``none`` ("none of these"), is trained on generated negatives (``negatives``): pixel
+noise (white and smoothed), blanks (one flat colour, plain or with faint noise) and mixtures of two
+real images of different domains (a blend with weight 0.3 to 0.7, or the halves of two images side
+by side), as many as there are photos. Without it every image is some domain, and noise that an
+adaptation drifts into can count as the target domain.
+
 Saved in ``nada.domain_classifier`` (``model.pt``, ``recipe.json`` with the held-out accuracy);
 ``load_or_train(cfg)`` loads it when its recipe is this config's and trains a new one otherwise.
 """
@@ -34,20 +40,70 @@ RECIPE = "recipe.json"
 BATCH = 128
 
 
+REJECT = "none"
+NEGATIVE_KINDS = ("noise", "smooth_noise", "blank", "blank_noise", "blend", "halves")
+
+
 def domain_names(cfg: DictConfig) -> list[str]:
-    """The classes, in label order: photo, then ``toyworld.domains``."""
-    return ["photo", *cfg.toyworld.domains]
+    """The classes, in label order: photo, then ``toyworld.domains``, then ``none`` (the reject class)."""
+    return ["photo", *cfg.toyworld.domains, REJECT]
+
+
+def negatives(images: np.ndarray, labels: np.ndarray, n: int, seed: int,
+              kinds: tuple[str, ...] = NEGATIVE_KINDS) -> np.ndarray:
+    """``n`` uint8 images [n, H, W, 3] that are no domain, the kinds in turn (``NEGATIVE_KINDS``):
+    uniform pixel noise; Gaussian noise blurred at 1-3 px; one flat colour; a flat colour with
+    faint noise (sd 4 to 16 of 255); a blend, weight 0.3-0.7, of two of ``images`` of different
+    ``labels``; the left half of one and the right half of another of a different label."""
+    rng = np.random.default_rng(seed)
+    h, w = images.shape[1:3]
+    out = np.empty((n, h, w, 3), np.uint8)
+
+    def other_pair():
+        i = rng.integers(len(images))
+        j = rng.choice(np.flatnonzero(labels != labels[i]))
+        return images[i].astype(np.float32), images[j].astype(np.float32)
+
+    for k in range(n):
+        kind = kinds[k % len(kinds)]
+        if kind == "noise":
+            img = rng.uniform(0, 255, (h, w, 3))
+        elif kind == "smooth_noise":
+            from scipy.ndimage import gaussian_filter
+
+            sigma = rng.uniform(1, 3)
+            field = gaussian_filter(rng.normal(size=(h, w, 3)), (sigma, sigma, 0), mode="wrap")
+            img = 127.5 + 127.5 * field / max(float(np.abs(field).max()), 1e-6)
+        elif kind == "blank":
+            img = np.broadcast_to(rng.uniform(0, 255, 3), (h, w, 3))
+        elif kind == "blank_noise":
+            img = rng.uniform(0, 255, 3) + rng.normal(0, rng.uniform(4, 16), (h, w, 3))
+        elif kind == "blend":
+            a, b = other_pair()
+            t = rng.uniform(0.3, 0.7)
+            img = t * a + (1 - t) * b
+        elif kind == "halves":
+            a, b = other_pair()
+            img = np.concatenate([a[:, : w // 2], b[:, w // 2:]], axis=1)
+        else:
+            raise ValueError(f"unknown negative kind {kind!r}; known: {', '.join(NEGATIVE_KINDS)}")
+        out[k] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return out
 
 
 def domain_data(cfg: DictConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images [N, H, W, 3], domain labels [N]) of a split (train | test): the first
-    ``n_domain_<split>`` photos and every image of ``domains_<split>``."""
+    """(uint8 images [N, H, W, 3], class labels [N]) of a split (train | test): the first
+    ``n_domain_<split>`` photos, every image of ``domains_<split>``, and as many negatives as photos
+    (``negatives``, made from this split's images, seeded by ``nada.seed`` and the split)."""
     photos = toyworld.load_split(cfg, split)
     others = toyworld.load_split(cfg, f"domains_{split}")
-    n = int(cfg.toyworld[f"n_domain_{split}"])
+    n = min(int(cfg.toyworld[f"n_domain_{split}"]), len(photos["images"]))
     images = np.concatenate([photos["images"][:n], others["images"]])
-    labels = np.concatenate([np.zeros(min(n, len(photos["images"])), np.int64), others["domain"] + 1])
-    return images, labels
+    labels = np.concatenate([np.zeros(n, np.int64), others["domain"] + 1])
+    rejects = negatives(images, labels, n, seed=int(np.random.SeedSequence([cfg.nada.seed, 3, split == "test"])
+                                                    .generate_state(1)[0]))
+    reject = len(domain_names(cfg)) - 1
+    return np.concatenate([images, rejects]), np.concatenate([labels, np.full(n, reject, np.int64)])
 
 
 @torch.no_grad()
@@ -98,7 +154,7 @@ def recipe(cfg: DictConfig) -> dict:
     digest.update(np.ascontiguousarray(labels).tobytes())
     n = cfg.nada
     return {"train_sha256": digest.hexdigest(), "epochs": int(n.classifier_epochs), "seed": int(n.seed),
-            "trunk": "toy_cnn_wide", "classes": domain_names(cfg)}
+            "trunk": "toy_cnn_wide", "classes": domain_names(cfg), "negatives": list(NEGATIVE_KINDS)}
 
 
 def save(model: AttributeClassifier, cfg: DictConfig, folder: Path, held_out: dict[str, float]) -> None:

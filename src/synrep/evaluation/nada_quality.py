@@ -31,6 +31,7 @@ Outputs under ``<nada.output_dir>/quality/``: ``nada_quality.json``, ``nada_qual
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -91,12 +92,12 @@ def scores(cfg: DictConfig, images: np.ndarray, frozen: dict, classifiers, guide
     return out
 
 
-def measure(cfg: DictConfig, frozen_pipe, snapshots: dict[int, Path], classifiers, guide,
+def measure(cfg: DictConfig, frozen_pipe, snapshots: dict[int, Path], classifiers, guide, adapted_from: int,
             progress: bool = True) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """One row per snapshot step, the baseline and real target-domain images; and the sample rows
-    (frozen, baseline, last step) for a grid."""
+    (frozen, baseline, last step) for a grid. Each snapshot samples as the saved generator does:
+    its UNet at t <= ``adapted_from``, the frozen one above."""
     from synrep.generation.sampling import sample_images
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
 
     n = cfg.nada
     k = n.eval_images_per_caption
@@ -125,8 +126,9 @@ def measure(cfg: DictConfig, frozen_pipe, snapshots: dict[int, Path], classifier
     for step, path in tqdm([(s, p) for s, p in snapshots.items() if s > 0], desc="NADA snapshots", unit="snapshot",
                            disable=not progress):
         unet = nada.load_snapshot(copy.deepcopy(frozen_pipe.unet), path)
-        pipe = ToyGlidePipeline(unet=unet, scheduler=frozen_pipe.scheduler, text_encoder=frozen_pipe.text_encoder,
-                                tokenizer=frozen_pipe.tokenizer)
+        pipe = nada.ToyGlideAdaptedPipeline(unet=unet, scheduler=frozen_pipe.scheduler,
+                                            text_encoder=frozen_pipe.text_encoder, tokenizer=frozen_pipe.tokenizer,
+                                            source_unet=frozen_pipe.unet, adapted_from=adapted_from)
         pipe.set_progress_bar_config(disable=True)
         last = sample(pipe, captions)
         rows.append({"kind": "adapted", "step": step,
@@ -212,7 +214,9 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     g = cfg.generation
     frozen_pipe = load_pipeline(str(n.generator), g.sampler, g.dtype, "cpu")
     guide = load_guide(str(check_clip_folder(n.clip_model, "nada.clip_model")))
-    rows, examples = measure(cfg, frozen_pipe, snapshots, (domains, attributes), guide)
+    # as training switched UNets (recorded in the saved generator), so does every snapshot here
+    adapted_from = json.loads((Path(n.output_dir) / "generator" / "model_index.json").read_text())["adapted_from"]
+    rows, examples = measure(cfg, frozen_pipe, snapshots, (domains, attributes), guide, adapted_from)
     outputs = {"json": out / "nada_quality.json", "table": out / "nada_quality.md", "curve": out / "nada_curve.png",
                "samples": out / "samples.png"}
     write_json(outputs["json"], {"rows": rows.to_dicts(), "domain_classifier_test": held_out,

@@ -63,6 +63,7 @@ from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise
 # The world's photo captions' wording ("a photo of a red circle", TEMPLATES_PLAIN), with {x} the object
 PHOTO_TEMPLATES = ["a photo of {x}", "a picture of {x}", "an image showing {x}"]
 LAYER_UNITS = ("module", "block")
+LOSSES = ("directional", "global")
 SNAPSHOT = "step_{:05d}.safetensors"
 
 
@@ -85,6 +86,10 @@ def check(cfg: DictConfig) -> None:
                 "eval_images_per_caption"):
         if n[key] <= 0:
             raise ValueError(f"config key 'nada.{key}': must be > 0, got {n[key]!r}")
+    if n.loss not in LOSSES:
+        raise ValueError(f"config key 'nada.loss': {n.loss!r} is not one of {list(LOSSES)}")
+    if not 0 <= n.min_alpha_bar < 1:
+        raise ValueError(f"config key 'nada.min_alpha_bar': must be in [0, 1), got {n.min_alpha_bar!r}")
     for key in ("reselect_every", "l1_weight"):
         if n[key] < 0:
             raise ValueError(f"config key 'nada.{key}': must be >= 0, got {n[key]!r}")
@@ -189,22 +194,70 @@ def ddim_scheduler(pipe: ToyGlidePipeline, steps: int):
     return scheduler
 
 
-def ddim_chain(unet: nn.Module, scheduler, noise: torch.Tensor, cond, uncond, w: float) -> torch.Tensor:
-    """Images [N, 3, H, W] in [0, 1] from ``noise`` through the deterministic DDIM chain (eta 0) of
-    ``unet``, classifier-free guided at ``w`` (``uncond`` None: w = 1); differentiable in ``unet``.
-    ``cond`` / ``uncond``: (states, pooled) per image, as ``ToyGlidePipeline.encode_batch`` gives."""
-    x = noise
+def adapted_from(scheduler, min_alpha_bar: float) -> int:
+    """The largest training timestep t with ᾱ_t ≥ ``min_alpha_bar``: the adapted UNet predicts at
+    t ≤ this, the frozen one above (``min_alpha_bar`` 0: every step is the adapted UNet's)."""
+    alphas = scheduler.alphas_cumprod
+    return int(torch.nonzero(alphas >= min_alpha_bar).max()) if min_alpha_bar > 0 else len(alphas) - 1
+
+
+def ddim_steps(unet: nn.Module, scheduler, x: torch.Tensor, cond, uncond, w: float, timesteps) -> torch.Tensor:
+    """``x`` after the deterministic DDIM steps (eta 0) at ``timesteps`` of ``unet``, classifier-free
+    guided at ``w`` (``uncond`` None: w = 1); differentiable in ``unet``."""
     if uncond is not None:
         states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
     else:
         states, pooled = cond
-    for t in scheduler.timesteps:
+    for t in timesteps:
         model_in = torch.cat([x, x]) if uncond is not None else x
         eps = unet(model_in, t, encoder_hidden_states=states, class_labels=pooled).sample
         if uncond is not None:
             eps = guided_noise(*eps.chunk(2), w)
         x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
+    return x
+
+
+def ddim_chain(unet: nn.Module, scheduler, noise: torch.Tensor, cond, uncond, w: float,
+               source: nn.Module | None = None, adapted_from_t: int | None = None) -> torch.Tensor:
+    """Images [N, 3, H, W] in [0, 1] from ``noise`` through the DDIM chain of ``scheduler``:
+    ``source`` (without gradient) takes the steps at t > ``adapted_from_t``, ``unet`` the rest
+    (``source`` None: ``unet`` every step). ``cond`` / ``uncond``: (states, pooled) per image, as
+    ``ToyGlidePipeline.encode_batch`` gives."""
+    above, below = split_timesteps(scheduler, adapted_from_t if source is not None else None)
+    x = noise
+    if above:
+        with torch.no_grad():
+            x = ddim_steps(source, scheduler, x, cond, uncond, w, above)
+    return to_unit(ddim_steps(unet, scheduler, x, cond, uncond, w, below))
+
+
+def split_timesteps(scheduler, adapted_from_t: int | None) -> tuple[list, list]:
+    """The scheduler's timesteps above ``adapted_from_t`` (the frozen UNet's) and at or below it."""
+    steps = list(scheduler.timesteps)
+    if adapted_from_t is None:
+        return [], steps
+    return [t for t in steps if t > adapted_from_t], [t for t in steps if t <= adapted_from_t]
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(-1, 1) + 1) / 2
+
+
+class ToyGlideAdaptedPipeline(ToyGlidePipeline):
+    """The adapted toy generator as it was trained: ``source_unet`` (the frozen generator's UNet)
+    predicts the noise at timesteps above ``adapted_from``, ``unet`` (the adapted copy) at and
+    below, whatever the sampler and its number of steps. Saved as an ordinary pipeline folder
+    (model_index.json records ``adapted_from``; ``source_unet/`` the frozen weights), so that any
+    consumer that loads it, e.g. a source's ``generator:``, samples as training did."""
+
+    def __init__(self, unet, scheduler, text_encoder, tokenizer, source_unet, adapted_from: int = 999):
+        super().__init__(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_modules(source_unet=source_unet)
+        self.register_to_config(adapted_from=int(adapted_from))
+
+    def predict_noise(self, x: torch.Tensor, t, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        unet = self.unet if float(t) <= self.config.adapted_from else self.source_unet
+        return unet(x, t, encoder_hidden_states=states, class_labels=pooled).sample
 
 
 def select_layers(unet: nn.Module, units: list[str], k: int, sample, guide, target: torch.Tensor,
@@ -273,6 +326,11 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], s
         raise ValueError(f"config key 'nada.k': {n.k} units asked, the UNet has {len(names)} "
                          f"({n.layer_unit} units: {', '.join(names)})")
     scheduler = ddim_scheduler(pipe, n.ddim_steps)
+    t0 = adapted_from(scheduler, n.min_alpha_bar)
+    above, below = split_timesteps(scheduler, t0)
+    if not below:
+        raise ValueError(f"config key 'nada.min_alpha_bar': {n.min_alpha_bar} leaves none of the {n.ddim_steps} "
+                         f"DDIM steps (t = {[int(t) for t in above]}) to the adapted UNet (t <= {t0})")
     source_prompts, target_prompts = prompts(templates(cfg, "source"), objects(cfg)), prompts(templates(cfg, "target"), objects(cfg))
     direction = text_direction(guide, source_prompts, target_prompts)
     target = text_embedding(guide, target_prompts)
@@ -280,13 +338,20 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], s
     shape = (n.batch_size, frozen.config.in_channels, frozen.config.sample_size, frozen.config.sample_size)
 
     def draw():
+        """A step's captions and x at the first adapted timestep: the frozen UNet's DDIM steps above
+        it from fresh noise, without gradient (x̂0 is undefined at t = 999: see the module doc)."""
         batch = [captions[i] for i in rng.integers(0, len(captions), n.batch_size)]
         cond, uncond = pipe.encode_batch(batch, 1, use_cfg)
-        return torch.randn(shape, generator=gen), cond, uncond
+        with torch.no_grad():
+            x = ddim_steps(frozen, scheduler, torch.randn(shape, generator=gen), cond, uncond, n.guidance_scale, above)
+        return x, cond, uncond
+
+    def finish(u: nn.Module, x, cond, uncond) -> torch.Tensor:
+        return to_unit(ddim_steps(u, scheduler, x, cond, uncond, n.guidance_scale, below))
 
     def choose(step: int) -> tuple[list[str], dict[str, float]]:
-        noise, cond, uncond = draw()
-        return select_layers(unet, names, n.k, lambda u: ddim_chain(u, scheduler, noise, cond, uncond, n.guidance_scale),
+        x, cond, uncond = draw()
+        return select_layers(unet, names, n.k, lambda u: finish(u, x, cond, uncond),
                              guide, target, n.select_iters, n.select_lr, n.layer_unit)
 
     chosen, scores = choose(0)
@@ -306,20 +371,22 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], s
             selections.append({"step": step, "chosen": chosen, "scores": scores})
             set_trainable(unet, units, chosen)
             ever |= set(chosen)
-        noise, cond, uncond = draw()
+        x, cond, uncond = draw()
         with torch.no_grad():
-            frozen_images = ddim_chain(frozen, scheduler, noise, cond, uncond, n.guidance_scale)
+            frozen_images = finish(frozen, x, cond, uncond)
             frozen_emb = guide.image_embeddings(frozen_images)
-        images = ddim_chain(unet, scheduler, noise, cond, uncond, n.guidance_scale)
+        images = finish(unet, x, cond, uncond)
         emb = guide.image_embeddings(images)
         loss_dir = directional_loss(emb, frozen_emb, direction)
+        loss_clip = global_loss(emb, target) if n.loss == "global" else loss_dir
         loss_l1 = F.l1_loss(images, frozen_images)
-        loss = loss_dir + n.l1_weight * loss_l1 if n.l1_weight else loss_dir
+        loss = loss_clip + n.l1_weight * loss_l1 if n.l1_weight else loss_clip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             curve.append({"step": step, "loss": loss.item(), "directional": loss_dir.item(), "l1": loss_l1.item(),
+                          "global": float(global_loss(emb.detach(), target)),
                           "clip_target": float((emb @ target).mean()),
                           "clip_target_frozen": float((frozen_emb @ target).mean())})
         bar.set_postfix(loss=f"{curve[-1]['directional']:.3f}")
@@ -327,6 +394,8 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], s
             snapshot(step, trained_state(unet, units, sorted(ever)))
     unet.requires_grad_(False)
     summary = {"units": names, "layer_unit": n.layer_unit, "chosen": chosen, "scores": scores,
+               "adapted_from": t0, "frozen_timesteps": [int(t) for t in above],
+               "trained_timesteps": [int(t) for t in below], "loss": n.loss,
                "trained_units": sorted(ever), "selections": selections,
                "source_templates": templates(cfg, "source"), "target_templates": templates(cfg, "target"),
                "curve": curve}
@@ -388,8 +457,9 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         summary.update({"steps": n.steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / n.steps, 3),
                         "source": n.source, "target": n.target, "generator": str(n.generator),
                         "clip_model": str(n.clip_model), "mlflow_run_id": run_info.info.run_id})
-        adapted = ToyGlidePipeline(unet=unet, scheduler=pipe.scheduler, text_encoder=pipe.text_encoder,
-                                   tokenizer=pipe.tokenizer)
+        adapted = ToyGlideAdaptedPipeline(unet=unet, scheduler=pipe.scheduler, text_encoder=pipe.text_encoder,
+                                          tokenizer=pipe.tokenizer, source_unet=pipe.unet,
+                                          adapted_from=summary["adapted_from"])
         # pipeline, recipe and curve swapped in together: a killed job leaves no folder without them
         with atomic_dir(out / "generator") as tmp:
             adapted.save_pretrained(tmp, safe_serialization=True)
