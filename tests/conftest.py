@@ -181,3 +181,28 @@ def learning_world(tmp_path_factory, small_world, tiny_toy_pipeline_dir):
         index.run(cfg, source=source)
     data.real_shards_run(cfg)
     return overrides
+
+
+REDUCED_CONFIG = REPO / ".test" / "config" / "config.yaml"
+
+
+def reduced_snakemake(root: Path, *args: str, config: str | tuple[str, ...] = "",
+                      timeout: float = 900):
+    """`snakemake --cores 2` on the reduced config (.test/config/config.yaml), writing under ``root``."""
+    import subprocess
+    import sys
+
+    extra = [config] if isinstance(config, str) and config else list(config or [])
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(REDUCED_CONFIG), "--config",
+           f"paths={{results_dir: {root}/results, data_dir: {root}/data}}", *extra, *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def reduced_run(tmp_path_factory) -> Path:
+    """The reduced pipeline run once to the end, shared by the end-to-end tests that only read it;
+    returns its root (results/ and data/ below)."""
+    root = tmp_path_factory.mktemp("reduced")
+    done = reduced_snakemake(root)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return root

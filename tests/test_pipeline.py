@@ -58,12 +58,10 @@ def planned_jobs(done: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """The reduced pipeline run once to the end; returns its root (results/ and data/ below)."""
-    root = tmp_path_factory.mktemp("reduced")
-    done = snakemake(root)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return root
+def finished(reduced_run) -> Path:
+    """The reduced pipeline run once to the end (shared with tests/test_mlflow_ui.py); returns its
+    root (results/ and data/ below)."""
+    return reduced_run
 
 
 def test_reduced_pipeline_writes_what_a_user_opens(finished):

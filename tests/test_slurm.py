@@ -257,7 +257,7 @@ def test_concurrent_sweep_runs_log_to_one_mlflow_store(slurm_cluster, tmp_path, 
     # ... agrees with the metrics files the jobs wrote, and each child run logged its own config.
     files = report.load_runs(report.run_paths(cfg)).sort("seed")
     assert files["probe_shape"].to_list() == runs["probe_shape"].to_list()
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    children = client.search_runs([experiment.experiment_id], f"tags.`synrep.sweep_parent` = '{parent}'")
     assert len(children) == N_JOBS
     for child in children:
         record = json.loads((sweep.run_output_dir(cfg, sweep.find(cfg, child.info.run_name)) / "metrics.json").read_text())

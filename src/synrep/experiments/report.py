@@ -513,7 +513,7 @@ def runs_from_mlflow(cfg: DictConfig) -> pl.DataFrame:
     if not parents:
         raise ValueError(f"no sweep run for this config in experiment {cfg.name!r} at {tracking_uri(cfg)}")
     children = client.search_runs([experiment.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' and attributes.status = 'FINISHED'",
+                                  f"tags.`synrep.sweep_parent` = '{parents[0].info.run_id}' and attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=10000)
     rows, seen = [], set()
     for child in children:

@@ -1,6 +1,8 @@
-"""One run of the sweep (train + evaluate + ``metrics.json``) as an MLflow child run of the
-sweep's parent run, which is created once, before the runs fan out (parallel jobs race on
-creating it in SQLite)."""
+"""One run of the sweep (train + evaluate + ``metrics.json``) as an MLflow run of the sweep, tagged
+with the sweep's parent run (``synrep.sweep_parent``), which is created once, before the runs fan
+out (parallel jobs race on creating it in SQLite). The sweep's runs stay at the experiment's top
+level, not nested: MLflow's runs page folds nested runs under their parent and hides them from a
+search."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def parent_run_id(cfg: DictConfig) -> str:
     """The sweep's MLflow parent run: found by its tag, created once."""
     import mlflow
 
-    from synrep.tracking import ensure_experiment, tracking_uri
+    from synrep.tracking import ensure_experiment, runs_page, set_sweep_view, tracking_uri
 
     experiment_id = ensure_experiment(cfg)
     client = mlflow.MlflowClient(tracking_uri(cfg))
@@ -35,6 +37,9 @@ def parent_run_id(cfg: DictConfig) -> str:
     run = client.create_run(experiment_id, run_name=f"sweep {cfg.name}",
                             tags={"synrep.sweep": key, "synrep.step": "sweep", "synrep.config_name": cfg.name})
     client.log_param(run.info.run_id, "runs", len(expand(cfg)))
+    set_sweep_view(cfg, experiment_id)
+    print(f"MLflow: the sweep's runs at {runs_page(experiment_id)} under "
+          f"`mlflow ui --backend-store-uri {tracking_uri(cfg)}`", flush=True)
     return run.info.run_id
 
 
@@ -70,12 +75,13 @@ def run_one(cfg: DictConfig, run_id: str) -> dict[str, Path]:
         return {}
     # where the run's time goes, in this process (benchmarks/sweep_run.py adds the process start)
     seconds = {"mlflow": 0.0}
-    started = time.perf_counter()
+    started, started_ms = time.perf_counter(), int(time.time() * 1000)
     parent = parent_run_id(cfg)
     params = run_params(cfg, spec)
-    tags = {"synrep.run": spec.run_id, "synrep.group": spec.group, **{f"synrep.{k}": str(v) for k, v in asdict(spec).items()}}
-    with mlflow_run(rcfg, "sweep_run", sections=("train", "eval"), run_name=spec.run_id, parent_run_id=parent,
-                    tags=tags):
+    tags = {"synrep.run": spec.run_id, "synrep.group": spec.group, "synrep.sweep_parent": parent,
+            **{f"synrep.{k}": str(v) for k, v in asdict(spec).items()}}
+    with mlflow_run(rcfg, "sweep_run", sections=("train", "eval"), run_name=spec.run_id, top_level=True,
+                    tags=tags, start_ms=started_ms):
         mlflow.log_params(params)
         seconds["mlflow"] += time.perf_counter() - started
         summary = trainer.train(rcfg, restart_other=True)
