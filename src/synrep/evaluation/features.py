@@ -18,9 +18,9 @@ from typing import Callable
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from synrep.fileio import atomic_path
+from synrep.tracking import progress as progress_bar
 
 SPLITS = ("train", "val", "test")
 
@@ -254,7 +254,7 @@ def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], data: EvalD
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
                                              num_workers=workers, pin_memory=device.type == "cuda")
         chunks = []
-        for batch in tqdm(loader, desc=f"{desc} {split}", leave=False, mininterval=5, disable=rank != 0):
+        for batch in progress_bar(loader, desc=f"{desc} {split}", leave=False, disable=rank != 0):
             batch = batch.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 chunks.append(encode(normalise(batch)).float().cpu())

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from synrep.evaluation.features import SPLITS
+from synrep.tracking import progress as progress_bar
 
 
 class ProbeHeads(nn.Module):
@@ -163,7 +164,9 @@ def linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                        eval_every).to(device)
     gen = torch.Generator().manual_seed(seed)
     checkpoints = _checkpoints(epochs, eval_every)
-    for epoch in range(_resume(checkpoint, probe, gen) + 1, epochs + 1):
+    start = _resume(checkpoint, probe, gen)
+    for epoch in progress_bar(range(start + 1, epochs + 1), desc="linear probe", unit="epoch", total=epochs,
+                              initial=start):
         order = torch.randperm(n, generator=gen).to(device)
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
@@ -282,7 +285,8 @@ def linear_probe_augmented(encode: Callable[[torch.Tensor], torch.Tensor], train
         torch.distributed.broadcast_object_list(box, src=0)
         start = box[0]
     checkpoints = _checkpoints(epochs, eval_every)
-    for epoch in range(start + 1, epochs + 1):
+    for epoch in progress_bar(range(start + 1, epochs + 1), desc="linear probe (augmented)", unit="epoch", total=epochs,
+                              initial=start, disable=not main):
         sampler.set_epoch(epoch)
         sizes = [[len(rank_rows(len(b), r, world_size)) for r in range(world_size)] for b in sampler.global_batches()]
         for step, (images, index) in enumerate(loader):

@@ -36,6 +36,7 @@ from synrep.config import run_dir, save_resolved
 from synrep.data.shards import (ShardSpec, encode_image, first_record, read_raw, remove_stale_temporaries,
                                 sample_key, shard_path, shard_ranges, write_shard, write_tar)
 from synrep.fileio import atomic_path
+from synrep.tracking import progress as progress_bar
 from synrep.generation.pipelines import fingerprint, load_pipeline
 from synrep.data import toyworld
 from synrep.generation.provenance import input_record, make_record, record_mismatch
@@ -250,7 +251,7 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
         if todo:
             pipe = load_pipeline(spec["generator"], spec["sampler"], spec["dtype"], cfg.generation.device)
             total = sum((s.stop - s.start) * spec["l"] for s in todo)
-            with tqdm(total=total, desc=f"generate {name}: {len(todo)} shard(s)", unit="img", mininterval=5) as bar:
+            with progress_bar(total=total, desc=f"generate {name}: {len(todo)} shard(s)", unit="img") as bar:
                 for s in todo:
                     start = time.time()
                     generate_shard(cfg, spec, shard_captions(cfg, spec, s), s, pipe, model, bar)

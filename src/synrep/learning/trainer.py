@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from synrep.learning import distributed, methods
 from synrep.learning.identity import identity_diff, training_identity
 from synrep.learning.step import forward_loss, optimizer_step
 from synrep.config import method_train, save_resolved
 from synrep.fileio import atomic_path, write_json
+from synrep.tracking import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -308,8 +308,8 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
     normalize = augment.Normalize().to(device)
     device_augment = augment.DeviceAugment(t.image_size).to(device)
     loader = data_loader(cfg, dataset, length, info, device)
-    bar = tqdm(total=length.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
-               disable=not (progress and info.is_main), mininterval=2)
+    bar = progress_bar(total=length.steps, initial=step, desc=f"train {t.method} {t.data}", unit="step",
+                       disable=not (progress and info.is_main), interval=2)
     # where this process's training time goes (benchmarks/sweep_run.py): waiting for the loader
     # (reading, decoding, augmenting with workers = 0), the batched augmentation, and forward +
     # backward + optimizer
