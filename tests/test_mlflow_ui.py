@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from synrep.experiments import report, sweep, sweep_run
 from synrep.tracking import AXES, KIND, KIND_TAG, SWEEP_VIEW, VIEW_TAG, mlflow_run, progress, runs_page, tracking_uri
@@ -145,6 +146,10 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log():
     assert len(lines) > 2
     # a log interval longer than the loop: the first and the last line only
     assert len(loop(io.StringIO(), log_interval=60).splitlines()) == 2
+    # a transient bar: nothing in a log when shorter than an interval, else its lines and its last
+    assert loop(io.StringIO(), log_interval=60, leave=False) == ""
+    transient = loop(io.StringIO(), log_interval=0.05, leave=False).splitlines()
+    assert len(transient) > 1 and "30/30" in transient[-1]
     # a terminal redraws one line
     assert "\r" in loop(_Terminal(), interval=0.05)
     assert loop(io.StringIO(), disable=True) == ""
@@ -197,46 +202,70 @@ def mlflow_server(reduced_run):
         server.wait(timeout=30)
 
 
+def table_cells(page) -> dict[str, dict[str, str]]:
+    """The runs table as shown: run name -> {column key: text}. The grid draws a row in parts (the
+    pinned name, the scrolled columns), joined here by their row index; cells name their column."""
+    parts: dict[str, dict[str, str]] = {}
+    rows = page.locator(".ag-row")
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        cells = row.locator("[role=gridcell]")
+        part = parts.setdefault(row.get_attribute("row-index"), {})
+        for j in range(cells.count()):
+            part[cells.nth(j).get_attribute("col-id")] = cells.nth(j).inner_text().strip()
+    return {part["attributes.`Run Name`"].splitlines()[-1]: part for part in parts.values()
+            if "attributes.`Run Name`" in part}
+
+
 @pytest.mark.slow
-def test_the_runs_page_shows_the_sweeps_runs_with_their_axes_and_probes(mlflow_server, tmp_path):
+def test_the_runs_page_shows_the_sweeps_runs_with_their_axes_and_probes(reduced_run, mlflow_server, tmp_path):
     browser_path = chromium()
     required = bool(os.environ.get("SYNREP_REQUIRE_BROWSER"))
     if browser_path is None:
         if required:
-            pytest.fail("SYNREP_REQUIRE_BROWSER is set but no Chromium was found (apt-get install chromium, "
+            pytest.fail("SYNREP_REQUIRE_BROWSER is set but no Chromium was found (scripts/chromium_install.sh, "
                         "or set SYNREP_CHROMIUM)")
-        pytest.skip("no Chromium on this machine (apt-get install chromium); SYNREP_REQUIRE_BROWSER unset")
+        pytest.skip("no Chromium on this machine (scripts/chromium_install.sh); SYNREP_REQUIRE_BROWSER unset")
     if required:
         from playwright.sync_api import sync_playwright
     else:
         sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
     base, experiment_id = mlflow_server
-    url = runs_page(experiment_id, base)
     screenshot = tmp_path / "mlflow_runs.png"
+    method_cells = ".ag-row [col-id='params.`method`']"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
         try:
-            # wide enough that the table renders every column (the grid draws only what is in view)
+            # wide enough that the grid draws every column (it draws only those in view)
             page = browser.new_page(viewport={"width": 2600, "height": 1100})
-            page.goto(url)
-            for run in RUNS:
-                page.get_by_text(run, exact=True).first.wait_for(timeout=60_000)
-            page.wait_for_timeout(1000)
+            page.goto(runs_page(experiment_id, base))
+            page.locator(method_cells).nth(len(RUNS) - 1).wait_for(timeout=90_000)
+            page.wait_for_timeout(1000)  # the last rows' values
             page.screenshot(path=str(screenshot), full_page=True)
-            headers = [h.strip() for h in page.locator(".ag-header-cell-text").all_inner_texts()]
-            rows = [r for r in page.locator(".ag-row").all_inner_texts() if r.strip()]
-            text = page.inner_text("body")
+            headers = {h.strip() for h in page.locator("[role=columnheader]").all_inner_texts()}
+            shown = table_cells(page)
+            text, landed = page.inner_text("body"), page.url
         finally:
             browser.close()
     if os.environ.get("SYNREP_TEST_ARTIFACTS"):
         keep = Path(os.environ["SYNREP_TEST_ARTIFACTS"])
         keep.mkdir(parents=True, exist_ok=True)
         shutil.copy(screenshot, keep / screenshot.name)
-    # the model-training view, not the GenAI overview
+
+    # the model-training runs page, not the GenAI overview (its usage charts say "No data available")
+    assert f"/experiments/{experiment_id}/runs?" in landed and "workflowType=machine_learning" in landed, landed
     assert "No data available" not in text
-    assert all(column in headers for column in COLUMNS), headers
-    # the sweep's runs and nothing else: no step runs, not the sweep's own run
-    shown = sorted(run for run in RUNS if any(run in row for row in rows))
-    assert shown == sorted(RUNS), rows
-    assert not any(name in text for name in ("generate w2", "steps toytest", "sweep toytest")), rows
+    with Image.open(screenshot) as image:
+        assert image.format == "PNG" and image.width >= 2600
+    assert set(COLUMNS) <= headers, headers
+    # the sweep's runs and nothing else: not the steps, not the sweep's own run
+    assert sorted(shown) == sorted(RUNS), sorted(shown)
+    # each row shows what its job wrote to its metrics.json
+    for run, cells in shown.items():
+        record = json.loads((reduced_run / "results" / "toytest" / "runs" / run / "metrics.json").read_text())
+        axes = {a: cells[f"params.`{a}`"] for a in ("method", "source", "l", "m", "seed")}
+        assert axes == {a: str(record[a]) for a in axes}, (run, cells)
+        assert cells["params.`w`"] == ("-" if record["w"] is None else str(float(record["w"]))), (run, cells)
+        for target in ("shape", "size"):
+            assert float(cells[f"metrics.`probe_{target}`"]) == pytest.approx(record[f"probe_{target}"], rel=1e-6)

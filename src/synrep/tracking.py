@@ -93,10 +93,11 @@ def steps_run_id(cfg: DictConfig, experiment_id: str) -> str:
 
 def sweep_view(probe_metrics: list[str]) -> dict:
     """The runs table as the sweep is read: only the sweep's runs, their axes and probe metrics as
-    columns."""
+    columns, in that order (the UI's column keys: ``params.`name```, ``metrics.`name```)."""
+    columns = [f"params.`{axis}`" for axis in AXES] + [f"metrics.`{m}`" for m in probe_metrics]
     return {"searchFilter": "tags.`synrep.step` = 'sweep_run'",
             "orderByKey": "attributes.start_time", "orderByAsc": False,
-            "selectedColumns": [f"params.`{axis}`" for axis in AXES] + [f"metrics.`{m}`" for m in probe_metrics]}
+            "selectedColumns": columns, "columnOrder": columns}
 
 
 def set_sweep_view(cfg: DictConfig, experiment_id: str) -> None:
@@ -205,7 +206,9 @@ class _Lines:
 def progress(iterable=None, *, interval: float = 5.0, log_interval: float = LOG_INTERVAL, disable: bool = False,
              stream=None, **kwargs):
     """tqdm for a long loop: a bar redrawn every ``interval`` seconds on a terminal; elsewhere (a
-    job's log) one line every ``log_interval`` seconds, plus the first and the last."""
+    job's log) one line every ``log_interval`` seconds, plus the first and the last. A transient
+    bar (``leave=False``) shows in a log only once it has lasted an interval, and then keeps its
+    last line."""
     from tqdm.auto import tqdm
 
     stream = stream if stream is not None else sys.stderr
@@ -213,4 +216,6 @@ def progress(iterable=None, *, interval: float = 5.0, log_interval: float = LOG_
         return tqdm(iterable, disable=True, **kwargs)
     if stream.isatty():
         return tqdm(iterable, mininterval=interval, file=stream, disable=False, **kwargs)
+    if kwargs.get("leave") is False:
+        kwargs.update(leave=True, delay=log_interval)
     return tqdm(iterable, mininterval=log_interval, file=_Lines(stream), ascii=True, disable=False, **kwargs)
