@@ -481,7 +481,8 @@ def test_run_end_to_end(tmp_path, capsys):
     assert resolved.captions.path == str(raw)
     assert "bad rows: 2" in capsys.readouterr().out
 
-    runs = mlflow.search_runs(experiment_names=["toy"], output_format="list")
+    runs = mlflow.search_runs(experiment_names=["toy"], filter_string="tags.`synrep.step` = 'captions'",
+                              output_format="list")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     metrics = runs[0].data.metrics
     assert metrics["rows_out"] == 5 and metrics["bad_rows_fields"] == 1 and metrics["duplicates_removed"] == 6
