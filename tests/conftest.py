@@ -206,3 +206,46 @@ def reduced_run(tmp_path_factory) -> Path:
     done = reduced_snakemake(root)
     assert done.returncode == 0, done.stderr[-4000:]
     return root
+
+
+@pytest.fixture
+def reduced_mlflow_server(reduced_run):
+    """`mlflow server` on the reduced run's store: yields its address and the experiment's id."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = reduced_run / "results" / "mlflow.db"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    name = yaml_name(REDUCED_CONFIG)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                experiment = json.loads(urllib.request.urlopen(
+                    f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}", timeout=5).read())
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
+                time.sleep(1)
+        yield base, experiment["experiment"]["experiment_id"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def yaml_name(config_file: Path) -> str:
+    import yaml
+
+    return yaml.safe_load(config_file.read_text())["name"]

@@ -9,13 +9,10 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -171,37 +168,6 @@ def chromium() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(reduced_run):
-    port = _free_port()
-    db = reduced_run / "results" / "mlflow.db"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                experiment = json.loads(urllib.request.urlopen(
-                    f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=toytest", timeout=5).read())
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
-                time.sleep(1)
-        yield base, experiment["experiment"]["experiment_id"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
 def table_cells(page) -> dict[str, dict[str, str]]:
     """The runs table as shown: run name -> {column key: text}. The grid draws a row in parts (the
     pinned name, the scrolled columns), joined here by their row index; cells name their column."""
@@ -218,7 +184,8 @@ def table_cells(page) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_the_runs_page_shows_the_sweeps_runs_with_their_axes_and_probes(reduced_run, mlflow_server, tmp_path):
+def test_the_runs_page_shows_the_sweeps_runs_with_their_axes_and_probes(reduced_run, reduced_mlflow_server,
+                                                                        tmp_path):
     browser_path = chromium()
     required = bool(os.environ.get("SYNREP_REQUIRE_BROWSER"))
     if browser_path is None:
@@ -231,7 +198,7 @@ def test_the_runs_page_shows_the_sweeps_runs_with_their_axes_and_probes(reduced_
     else:
         sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
-    base, experiment_id = mlflow_server
+    base, experiment_id = reduced_mlflow_server
     screenshot = tmp_path / "mlflow_runs.png"
     method_cells = ".ag-row [col-id='params.`method`']"
     with sync_playwright() as p:

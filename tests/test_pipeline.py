@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -106,42 +105,17 @@ def test_a_set_of_scales_runs_end_to_end_with_the_scale_of_each_image(finished):
     assert stats["images"] == 48 * 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
-def test_mlflow_server_shows_each_runs_axes_as_params(finished, tmp_path):
+def test_mlflow_server_shows_each_runs_axes_as_params(reduced_mlflow_server):
     """Through the REST API of a started `mlflow server`, as the UI's compare view reads them."""
-    port = _free_port()
-    db = finished / "results" / "mlflow.db"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                experiment = json.loads(urllib.request.urlopen(
-                    f"{base}/experiments/get-by-name?experiment_name={NAME}", timeout=5).read())["experiment"]
-                break
-            except OSError:
-                assert time.time() < deadline, "mlflow server did not start"
-                time.sleep(1)
-        found = _post(f"{base}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000,
-                                              "filter": "tags.`synrep.step` = 'sweep_run'"})["runs"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    base, experiment_id = reduced_mlflow_server
+    found = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id], "max_results": 1000,
+                                                         "filter": "tags.`synrep.step` = 'sweep_run'"})["runs"]
     params = {}
     for run in found:
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
