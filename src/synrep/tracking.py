@@ -64,16 +64,16 @@ def ensure_experiment(cfg: DictConfig) -> str:
     artifacts = (Path(cfg.paths.results_dir).resolve() / "mlartifacts" / cfg.name).as_uri()
     for attempt in range(10):
         experiment = client.get_experiment_by_name(cfg.name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            experiment_id = client.create_experiment(cfg.name, artifact_location=artifacts, tags={KIND_TAG: KIND})
-        except Exception:  # another job created it first, or SQLite was locked
-            time.sleep(0.2 * (attempt + 1))
+        if experiment is None:
+            try:
+                client.create_experiment(cfg.name, artifact_location=artifacts, tags={KIND_TAG: KIND})
+            except Exception:  # another job created it first, or SQLite was locked
+                time.sleep(0.2 * (attempt + 1))
             continue
-        # made by the one job that created the experiment, before any step runs
-        steps_run_id(cfg, experiment_id)
-        return experiment_id
+        # Snakemake's onstart and `launch` call this before the jobs fan out, so that the jobs
+        # find the steps run rather than race on making it
+        steps_run_id(cfg, experiment.experiment_id)
+        return experiment.experiment_id
     raise RuntimeError(f"could not create MLflow experiment {cfg.name!r} at {tracking_uri(cfg)}")
 
 
@@ -82,13 +82,19 @@ def steps_run_id(cfg: DictConfig, experiment_id: str) -> str:
     created."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri(cfg))
-    found = client.search_runs([experiment_id], filter_string="tags.`synrep.step` = 'steps'",
-                               order_by=["attributes.start_time ASC"], max_results=1)
-    if found:
-        return found[0].info.run_id
-    return client.create_run(experiment_id, run_name=f"steps {cfg.name}", start_time=_process_start_ms(),
-                             tags={"synrep.step": "steps", "synrep.config_name": cfg.name}).info.run_id
+    key = (tracking_uri(cfg), experiment_id)
+    if key not in _steps_runs:
+        client = mlflow.MlflowClient(key[0])
+        found = client.search_runs([experiment_id], filter_string="tags.`synrep.step` = 'steps'",
+                                   order_by=["attributes.start_time ASC"], max_results=1)
+        _steps_runs[key] = found[0].info.run_id if found else client.create_run(
+            experiment_id, run_name=f"steps {cfg.name}", start_time=_process_start_ms(),
+            tags={"synrep.step": "steps", "synrep.config_name": cfg.name}).info.run_id
+    return _steps_runs[key]
+
+
+# (tracking URI, experiment id) -> the steps run, looked up once per process
+_steps_runs: dict[tuple[str, str], str] = {}
 
 
 def sweep_view(probe_metrics: list[str]) -> dict:
