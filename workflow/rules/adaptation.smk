@@ -133,6 +133,8 @@ rule train_nada:
 rule nada_quality:
     input:
         rules.train_nada.output.snapshots,
+        # its model_index.json: where the adapted UNet takes over from the frozen one
+        rules.train_nada.output.generator,
         rules.domain_classifier.output,
         [q for q in [CFG.sample_quality.classifier] if q and Path(q).exists()],
     output:

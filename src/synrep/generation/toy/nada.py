@@ -2,15 +2,32 @@
 generator, in DiffusionCLIP's form (Kim et al., CVPR 2022). Step ``train_nada``.
 
 Two copies of the toy generator's UNet: G_frozen (never changes) and G_train. Each step draws
-``nada.batch_size`` noises and captions from the world's caption set; both copies sample from the
-same noise and caption through a short deterministic DDIM chain (``nada.ddim_steps``, eta 0, with
-classifier-free guidance at ``nada.guidance_scale``), and the toy CLIP scores the change:
+``nada.batch_size`` noises and captions from the world's caption set; the frozen UNet takes the
+DDIM steps (``nada.ddim_steps``, eta 0, classifier-free guidance at ``nada.guidance_scale``) where
+ᾱ_t < ``nada.min_alpha_bar``, without gradient; from that x_t0 both copies finish the chain, and
+the toy CLIP scores the change:
 
     ΔT = normalise(mean over templates and objects of E_T(target text) − E_T(source text))
-    ΔI = E_I(G_train(z, c)) − E_I(G_frozen(z, c))           (unit embeddings, per sample)
+    ΔI = E_I(G_train(x_t0, c)) − E_I(G_frozen(x_t0, c))     (unit embeddings, per sample)
     L  = mean over the batch of 1 − cos(ΔI, ΔT)   [+ l1_weight · |G_train − G_frozen|₁]
 
-(|ΔI| counts as at least ``DELTA_FLOOR`` in the cosine: the copies start equal, ΔI = 0.)
+(|ΔI| counts as at least ``DELTA_FLOOR`` in the cosine: the copies start equal, ΔI = 0;
+``nada.loss: global`` trains 1 − cos(E_I(G_train), E_T(target)) instead, the paper's ablation.)
+
+Why no gradient at the first steps: the toy scheduler (squaredcos_cap_v2, trailing) starts every
+sampler at t = 999, where ᾱ = 2.4e-9: x̂0 = (x − √(1−ᾱ) ε)/√ᾱ multiplies the noise prediction's
+error by 2e4 and the scheduler clamps nearly all its pixels (``scripts/nada_checks.py``). A
+gradient through that step is chaotic (a relative 1e-3 change of one unit's weights moves the
+chain's output 5 to 50 times more than with that step frozen) and says nothing about the image. DiffusionCLIP never
+differentiates there: its trained chain starts at t0 = 500 of a linear schedule, ᾱ = 0.078; the
+same ᾱ here is t = 817, so the default trains the steps at 749, 499 and 249 and the frozen UNet
+takes t = 999. Not DDIM-inverted real photos as DiffusionCLIP: NADA is text-only, and a sampler of
+the adapted generator starts from noise. Not a zero-terminal-SNR v-prediction scheduler: that is a
+new base generator, and the default run's images must stay those of the shipped one.
+
+The saved generator samples the same way: ``ToyGlideAdaptedPipeline`` carries both UNets and
+``adapted_from`` (the largest t with ᾱ_t ≥ ``nada.min_alpha_bar``) and uses the frozen UNet above
+it under any sampler, so a source naming it as its ``generator:`` samples as training did.
 
 What it follows:
 
@@ -20,11 +37,14 @@ What it follows:
   templates are the world's own wording of each domain (``toyworld.DOMAIN_TEMPLATES``, the photo
   captions' "a photo of ..."), around every colour × shape, so that the toy CLIP knows the words;
 - fine-tuning the denoiser: DiffusionCLIP's ``clip_finetune``: the generative DDIM chain of the
-  fine-tuned model with gradients through every step of it (no truncation and no gradient
-  checkpointing: at 16 px a 4-step chain's activations are small), Adam on the trained weights, an
-  optional L1 content term (its ``l1_loss_w``; its face-identity loss has no toy counterpart).
-  Unlike DiffusionCLIP, nothing is inverted: text-only, the chain starts from Gaussian noise, as
-  NADA samples z, and the frozen copy's image from that noise is the source image;
+  fine-tuned model from x_t0 with gradients through every step of it (no truncation and no
+  gradient checkpointing: at 16 px a 3-step chain's activations are small), Adam on the trained
+  weights, an optional L1 content term (its ``l1_loss_w``, 1 against its CLIP weight 3; its
+  face-identity loss has no toy counterpart). Its lr 8e-6 is 0.08 of its ADM base models'
+  training lr (1e-4) and 0.4 of DDPM's (2e-5); the toy generator trained at 2e-3, so 1.6e-4 to
+  8e-4: ``nada.lr`` 2e-4. Unlike DiffusionCLIP, nothing is inverted: text-only, x_t0 comes from
+  Gaussian noise through the frozen UNet, as NADA samples z, and the frozen copy's image from the
+  same x_t0 is the source image;
 - adaptive layer choice: NADA's ``ZSSGAN.determine_opt_layers``, adapted to a UNet. NADA moves
   per-layer W+ codes a few SGD steps under the *global* loss 1 − cos(E_I(G), E_T(target)) and trains
   the k layers whose codes moved most. A UNet has no per-layer codes, so a throw-away copy of
@@ -139,7 +159,7 @@ def text_embedding(guide, target: list[list[str]]) -> torch.Tensor:
 
 
 # |ΔI| below this counts as this in the cosine's denominator (unit embeddings; a real photo ->
-# drawing change is |ΔI| ~ 0.5). Both copies start equal, ΔI = 0, where the cosine's gradient is
+# drawing pair differs by |ΔI| 1.02 ± 0.21, scripts/nada_checks.py). Both copies start equal, ΔI = 0, where the cosine's gradient is
 # ΔT / |ΔI|: unbounded, and one such first step fills Adam's second moment so that the next hundreds
 # of steps barely move (seen: weights moved by lr once, then ~0). NADA's StyleGAN2 never meets
 # ΔI = 0 (its noise injections differ between the copies); here the loss is linear along ΔT until

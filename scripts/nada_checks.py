@@ -1,0 +1,158 @@
+"""The numbers docs/nada.md states about the models behind StyleGAN-NADA on the toy world, computed.
+
+    python scripts/nada_checks.py [config overrides...]   (e.g. experiment=toy_adaptation paths.data_dir=...)
+
+Prints markdown tables (with date and machine):
+
+1. the frozen generator's DDIM chain of ``nada.ddim_steps`` steps at ``nada.guidance_scale``, per
+   timestep: ᾱ_t, the gain 1/√ᾱ_t of x̂0 = (x − √(1−ᾱ) ε)/√ᾱ, the median |x̂0| before the
+   scheduler's clamp to [−1, 1] and the share of its pixels clamped; which UNet takes the step
+   under ``nada.min_alpha_bar``;
+2. the chain's sensitivity: the RMS change of its output images when one unit's weights change by a
+   relative 1e-3 (random signs), with every step by the changed UNet and with the steps above the
+   switch by the frozen one (as ``train_nada`` trains);
+3. the toy CLIP on real photo / drawing pairs (the same attributes and jitter, rendered in both
+   domains): the mean cos(ΔI, ΔT) under NADA's text direction and the mean |ΔI| (unit embeddings);
+4. with ``--classifier``: the domain classifier in ``nada.domain_classifier`` on held-out images:
+   the share of each negative kind put in the reject class, and of each real domain's test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from synrep.config import load_config  # noqa: E402
+from synrep.data import toyworld  # noqa: E402
+from synrep.generation.clip_guidance import load_guide  # noqa: E402
+from synrep.generation.toy import nada  # noqa: E402
+from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise  # noqa: E402
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def chain_table(cfg, pipe, captions, n: int) -> str:
+    scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
+    t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((n, 3, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=gen)
+    cond, uncond = pipe.encode_batch(captions[:n], 1, True)
+    states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
+    rows = []
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = guided_noise(*pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=states,
+                                          class_labels=pooled).sample.chunk(2), cfg.nada.guidance_scale)
+            a = scheduler.alphas_cumprod[int(t)]
+            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            rows.append([int(t), f"{float(a):.3g}", f"{float(a.rsqrt()):.3g}", f"{float(x0.abs().median()):.3g}",
+                         f"{float((x0.abs() > 1).float().mean()):.3f}", "frozen" if int(t) > t0 else "adapted"])
+            x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
+    return (f"DDIM chain, {cfg.nada.ddim_steps} steps, w = {cfg.nada.guidance_scale:g}, {n} train captions; "
+            f"nada.min_alpha_bar = {cfg.nada.min_alpha_bar:g}: the adapted UNet at t <= {t0}\n\n"
+            + table(["t", "ᾱ_t", "1/√ᾱ_t", "median abs(x̂0) before clamping", "share clamped", "UNet"], rows))
+
+
+def sensitivity_table(cfg, pipe, captions, n: int, seeds: int = 3) -> str:
+    import copy
+
+    scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
+    t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
+    units = nada.layer_units(pipe.unet, cfg.nada.layer_unit)
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn((n, 3, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=gen)
+    cond, uncond = pipe.encode_batch(captions[:n], 1, True)
+    w = cfg.nada.guidance_scale
+    rows = []
+    with torch.no_grad():
+        base_all = nada.ddim_chain(pipe.unet, scheduler, noise, cond, uncond, w)
+        base_split = nada.ddim_chain(pipe.unet, scheduler, noise, cond, uncond, w, source=pipe.unet, adapted_from_t=t0)
+        for name in list(units)[:: max(1, len(units) // 6)]:
+            changes = {"all": [], "split": []}
+            for s in range(seeds):
+                moved = copy.deepcopy(pipe.unet)
+                g = torch.Generator().manual_seed(100 + s)
+                for p in nada.layer_units(moved, cfg.nada.layer_unit)[name].parameters():
+                    p.mul_(1 + 1e-3 * (torch.randint(0, 2, p.shape, generator=g) * 2 - 1))
+                out_all = nada.ddim_chain(moved, scheduler, noise, cond, uncond, w)
+                out_split = nada.ddim_chain(moved, scheduler, noise, cond, uncond, w, source=pipe.unet, adapted_from_t=t0)
+                changes["all"].append(float((out_all - base_all).pow(2).mean().sqrt()))
+                changes["split"].append(float((out_split - base_split).pow(2).mean().sqrt()))
+            rows.append([name, f"{np.mean(changes['all']):.2g}", f"{np.mean(changes['split']):.2g}"])
+    return (f"RMS change of the chain's images ([0, 1]) when one unit's weights change by a relative 1e-3, "
+            f"{n} noises, mean of {seeds} draws\n\n"
+            + table(["unit", "every step by the changed UNet", f"steps above t = {t0} frozen"], rows))
+
+
+def clip_pairs_table(cfg, guide, n: int) -> str:
+    rng = np.random.default_rng([cfg.nada.seed, 7])
+    attrs = toyworld.sample_attributes(cfg, n, rng)
+    seeds = rng.integers(0, 2**63, n)
+    photos, drawings = (np.stack([toyworld.to_uint8(toyworld.render(a, cfg, np.random.default_rng(int(s)), d))
+                                  for a, s in zip(attrs, seeds)]) for d in (cfg.nada.source, cfg.nada.target))
+    objects = nada.objects(cfg)
+    direction = nada.text_direction(guide, nada.prompts(nada.templates(cfg, "source"), objects),
+                                    nada.prompts(nada.templates(cfg, "target"), objects))
+    with torch.no_grad():
+        emb = [guide.image_embeddings(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0) for x in (photos, drawings)]
+    delta = emb[1] - emb[0]
+    cos = (delta @ direction) / delta.norm(dim=-1)
+    return (f"The toy CLIP on {n} real {cfg.nada.source} / {cfg.nada.target} pairs (same attributes and jitter)\n\n"
+            + table(["mean cos(ΔI, ΔT)", "sd", "mean abs(ΔI) (unit embeddings)", "sd"],
+                    [[f"{float(cos.mean()):.3f}", f"{float(cos.std()):.3f}", f"{float(delta.norm(dim=-1).mean()):.3f}",
+                      f"{float(delta.norm(dim=-1).std()):.3f}"]]))
+
+
+def classifier_table(cfg, n: int) -> str:
+    from synrep.evaluation import domain_classifier as dc
+
+    model, held_out, origin = dc.load_or_train(cfg)
+    names = dc.domain_names(cfg)
+    reject = names.index(dc.REJECT)
+    images, labels = dc.domain_data(cfg, "test")
+    real = labels != reject
+    rows = []
+    for kind in dc.NEGATIVE_KINDS:
+        made = dc.negatives(images[real], labels[real], n, seed=99, kinds=(kind,))
+        rows.append([f"negative: {kind}", n, f"{float((dc.predict(model, made) == reject).mean()):.3f}"])
+    predicted = dc.predict(model, images[real])
+    for i, name in enumerate(names[:-1]):
+        chosen = labels[real] == i
+        rows.append([f"real {name} (test)", int(chosen.sum()), f"{float((predicted[chosen] == reject).mean()):.3f}"])
+    return (f"The domain classifier ({origin}; held-out accuracy {held_out['accuracy']:.3f}): share put in "
+            f"'{dc.REJECT}', held-out negatives of seed 99\n\n" + table(["images", "n", "rejected"], rows))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--classifier", action="store_true", help="also the domain classifier (trains it if absent)")
+    parser.add_argument("--n", type=int, default=64)
+    args, overrides = parser.parse_known_args(argv)
+    cfg = load_config(overrides)
+    torch.set_num_threads(cfg.threads)
+    pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)
+    pipe.unet.eval()
+    captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    print(f"# scripts/nada_checks.py, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} thread(s)\n")
+    print(chain_table(cfg, pipe, captions, args.n), end="\n\n")
+    print(sensitivity_table(cfg, pipe, captions, min(args.n, 16)), end="\n\n")
+    print(clip_pairs_table(cfg, load_guide(str(cfg.nada.clip_model)), 256), end="\n\n")
+    if args.classifier:
+        print(classifier_table(cfg, 120))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
