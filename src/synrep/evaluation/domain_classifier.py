@@ -1,10 +1,10 @@
-"""A domain classifier for the toy world: is an image a photo or one of the world's other domains
-(``toyworld.domains``: line drawing, colour negative, pixelated)? It judges whether a generator
+"""A domain classifier for the toy world: is an image a photo, one of the world's other domains
+(``toyworld.domains``: line drawing, colour negative, pixelated), or none of these? It judges whether a generator
 adapted by StyleGAN-NADA (generation/toy/nada.py) makes images of the target domain.
 
 The attribute classifier's network (``AttributeClassifier``: the ``toy_cnn_wide`` trunk, here with one
 ``domain`` head) and recipe (AdamW, one-cycle, batches of 128 with flips), trained on real images
-only: as many train photos as there are images of each other domain (``toyworld.n_domain_train``)
+and the negatives below: as many train photos as there are images of each other domain (``toyworld.n_domain_train``)
 and the ``domains_train`` split; held out: as many test photos as ``toyworld.n_domain_test`` and
 ``domains_test``. The attribute classifier's training function reads the photo split and its four
 attributes and takes no other data, so the short loop is written here.
