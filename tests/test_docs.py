@@ -130,6 +130,24 @@ def repo_text_files() -> list[Path]:
 # "#" followed by digits counts only where it starts a word, so hex colours and anchors do not.
 OUTSIDE = re.compile(r"\bissues?\s+#?\d+|(?<![\w#&/])#\d{1,5}\b|papers\.md|\.\./shared/|benchmarks/README",
                      re.IGNORECASE)
+# A CSS value (`color: #555;`) is a colour, not an issue: a "property:" before it and a ";" or "}" after.
+CSS_VALUE = re.compile(r"[\w-]+\s*:[^:;{}]*$")
+
+
+def cites_outside(line: str) -> bool:
+    for match in OUTSIDE.finditer(line):
+        before, after = line[:match.start()], line[match.end():]
+        if match.group().startswith("#") and CSS_VALUE.search(before) and re.match(r"[^;{}]*[;}]", after):
+            continue
+        return True
+    return False
+
+
+def test_what_counts_as_a_citation():
+    for line in ["as issue #11 asked", "(issues #11 and #12)", "see issue 23", "fixed in #12; later", "papers.md"]:
+        assert cites_outside(line), line
+    for line in ["th { border: 1px solid #333; }", "color: #555;", "anchor.md#12", "x = a#3", "#1f77b4"]:
+        assert not cites_outside(line), line
 
 
 def test_no_file_points_outside_the_repository():
@@ -139,7 +157,7 @@ def test_no_file_points_outside_the_repository():
         if path.resolve() == this:
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if OUTSIDE.search(line):
+            if cites_outside(line):
                 hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:100]}")
     assert not hits, "cite no issue number or file outside the repository; restate the fact:\n" + "\n".join(hits)
 
