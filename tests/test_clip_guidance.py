@@ -82,3 +82,38 @@ def test_a_clip_guided_source_generates_shards_that_regenerate_exactly(make_cfg,
     # CLIP settings on a source that does not use CLIP guidance are refused, naming the key
     with pytest.raises(ConfigError, match=r"sources.clip3.guidance.clip_scale"):
         make_cfg(*overrides, "sources.clip3.guidance.kind=cfg")
+
+
+def test_steps_below_min_alpha_bar_are_not_guided(tiny_toy_pipeline_dir, tiny_clip_dir):
+    """Guidance skips exactly the steps whose ᾱ_t (read from the scheduler) is below the floor: above
+    every step's ᾱ it is the pipeline's own sampling whatever the scale; 0 guides every step."""
+    pipe = load_pipeline(str(tiny_toy_pipeline_dir), "dpmsolver", device="cpu")
+    guide = load_guide(str(tiny_clip_dir))
+    plain = _pipeline_images(pipe, 2.0)
+    pipe.scheduler.set_timesteps(3)
+    alphas = [float(pipe.scheduler.alphas_cumprod[t]) for t in pipe.scheduler.timesteps]
+    above_all = clip_guided(pipe, guide, PROMPTS, _generators(4), 3, 2.0, clip_scale=200.0, num_images_per_prompt=2,
+                            min_alpha_bar=min(1.0, max(alphas) * 1.01))
+    np.testing.assert_array_equal(above_all, plain)
+    floor = sorted(alphas)[1]  # the noisiest step falls below it
+    for min_alpha_bar in (0.0, floor):
+        trace: list = []
+        clip_guided(pipe, guide, PROMPTS, _generators(4), 3, 2.0, clip_scale=200.0, num_images_per_prompt=2,
+                    min_alpha_bar=min_alpha_bar, trace=trace)
+        assert [s["guided"] for s in trace] == [a >= min_alpha_bar for a in alphas]
+        assert [s["alpha_bar"] for s in trace] == pytest.approx(alphas)
+        # (a guided step's kick may be 0 where the clamp of x̂0 cuts every pixel's gradient)
+        assert all(float(s["kick"].abs().max()) == 0 for s in trace if not s["guided"])
+        assert any(float(s["kick"].abs().max()) > 0 for s in trace if s["guided"])
+
+
+def test_min_alpha_bar_is_part_of_a_plain_clip_sources_identity(make_cfg, tiny_clip_dir):
+    from synrep.config import ConfigError
+    from synrep.generation.sources import source_spec
+
+    base = [f"generation.clip_model={tiny_clip_dir}", "sources.c.guidance.kind=clip", "sources.c.guidance.clip_scale=30"]
+    default = source_spec(make_cfg(*base), "c")["guidance"]
+    every = source_spec(make_cfg(*base, "sources.c.guidance.min_alpha_bar=0"), "c")["guidance"]
+    assert default["min_alpha_bar"] == 1e-3 and every["min_alpha_bar"] == 0.0
+    with pytest.raises(ConfigError, match=r"sources.c.guidance.min_alpha_bar"):
+        make_cfg(*base, "sources.c.guidance.min_alpha_bar=1.5")

@@ -420,6 +420,9 @@ class GuidanceConfig:
     clip_scale: float = 0.0
     clip_model: Optional[str] = None
     cutouts: int = 0
+    # kind clip with a plain CLIP (on x̂0): steps with alpha_bar_t below this are not CLIP-guided
+    # (x̂0 is undefined there; benchmarks/clip_guidance_steps.py); 0: guide every step
+    min_alpha_bar: float = 1.0e-3
 
 
 @dataclass
@@ -446,6 +449,8 @@ class UnclipSourceConfig:
     clip_model: Optional[str] = None
     prior_steps: int = 25
     prior_w: float = 1.0  # the prior's classifier-free guidance scale
+    # unclip: prior samples drawn per image, the one with the highest z_i . z_t kept (DALL-E 2 draws 2)
+    prior_samples: int = 1
     # unclip: false decodes the caption's CLIP *text* embedding, no prior (DALL-E 2's ablation)
     use_prior: bool = True
     # variation: the decoder also sees the caption (DALL-E 2's variations see none)
@@ -509,6 +514,8 @@ class SampleQualityConfig:
     clip_scales: list[float] = field(default_factory=list)
     clip_w: float = 1.0
     cutouts: int = 0
+    # The CLIP rows' guidance.min_alpha_bar, one set of rows each (e.g. [0, 1e-3]: without and with the skip)
+    clip_min_alpha_bars: list[float] = field(default_factory=lambda: [1.0e-3])
     # A second CLIP (another training seed) that scores every row and guides none: GLIDE's test of
     # whether CLIP guidance raises its own CLIP's score more than what a held-out judge sees
     heldout_clip: Optional[str] = None
@@ -918,6 +925,9 @@ def validate(cfg: DictConfig) -> None:
         check_data_source(cfg, name, f"sample_quality.sources[{i}]")
         if name == "real":
             raise ConfigError(f"config key 'sample_quality.sources[{i}]': 'real' is not a synthetic source")
+    for i, value in enumerate(cfg.sample_quality.clip_min_alpha_bars):
+        if not 0 <= value < 1:
+            raise ConfigError(f"config key 'sample_quality.clip_min_alpha_bars[{i}]': must be in [0, 1), got {value!r}")
     if cfg.train.checkpoint_seconds < 0:
         raise ConfigError(f"config key 'train.checkpoint_seconds': must be >= 0, got {cfg.train.checkpoint_seconds!r}")
     if cfg.toyworld.image_size % 4:
@@ -1037,6 +1047,8 @@ def check_source(name: str, source: DictConfig) -> None:
         if source.guidance.kind != "cfg":
             raise ConfigError(f"config key '{key}.guidance.kind': mode {source.mode} guides its decoder by "
                               "classifier-free guidance only")
+        if source.unclip.prior_samples < 1:
+            raise ConfigError(f"config key '{key}.unclip.prior_samples': must be >= 1, got {source.unclip.prior_samples}")
         if source.unclip.prior_steps <= 0 or source.unclip.prior_w < 1:
             raise ConfigError(f"config key '{key}.unclip': prior_steps must be > 0 and prior_w >= 1, got "
                               f"{source.unclip.prior_steps} and {source.unclip.prior_w}")
@@ -1051,10 +1063,12 @@ def check_source(name: str, source: DictConfig) -> None:
             raise ConfigError(f"config key '{key}.guidance.clip_scale': must be > 0 with guidance.kind clip, got {g.clip_scale!r}")
         if g.cutouts < 0:
             raise ConfigError(f"config key '{key}.guidance.cutouts': must be >= 0, got {g.cutouts!r}")
+        if not 0 <= g.min_alpha_bar < 1:
+            raise ConfigError(f"config key '{key}.guidance.min_alpha_bar': must be in [0, 1), got {g.min_alpha_bar!r}")
         sampler = source.sampler
         if sampler in ("euler",):
             raise ConfigError(f"config key '{key}.sampler': CLIP guidance steps on alpha_t; use ddim, ddpm, dpmsolver or pndm")
-    elif g.clip_scale or g.clip_model is not None or g.cutouts:
+    elif g.clip_scale or g.clip_model is not None or g.cutouts or g.min_alpha_bar != GuidanceConfig.min_alpha_bar:
         raise ConfigError(f"config key '{key}.guidance.clip_scale': CLIP guidance settings need guidance.kind: clip")
     if source.sampler is not None and source.sampler not in CHOICES["generation.sampler"]:
         raise ConfigError(f"config key '{key}.sampler': {source.sampler!r} is not one of {list(CHOICES['generation.sampler'])}")

@@ -20,6 +20,13 @@ gradient is taken on x_t directly, with no pass through the denoiser:
 
 GLIDE scales the dot product by CLIP's temperature; here that factor is part of s.
 
+Steps with ᾱ_t < ``min_alpha_bar`` are not CLIP-guided (the form on x̂0 only). There x̂0 divides by
+sqrt(ᾱ_t), so the gradient reaching x_t carries a gain of about 1/sqrt(ᾱ_t): on the toy scheduler
+(cosine, trailing) the first step sits at t = 999, ᾱ = 2.4e-9, a gain of 2e4, where nearly every
+pixel of x̂0 is clamped and its gradient is a random kick rather than guidance
+(benchmarks/clip_guidance_steps.py measures the kick per step). A noised CLIP reads x_t itself,
+with no such gain, and guides every step.
+
 No library ships CLIP guidance for a diffusers pipeline in a form that takes any CLIP and any
 UNet, so the sampling loop is written here; ``clip_scale = 0`` gives exactly the pipeline's own
 images (tested), so only the guidance term is new.
@@ -198,9 +205,12 @@ def adapter(pipe):
 def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[torch.Generator],
                 num_inference_steps: int, guidance_scale: float, clip_scale: float, eta: float = 0.0,
                 num_images_per_prompt: int = 1, cutouts: int = 0, height: int | None = None,
-                width: int | None = None, guidance_rescale: float = 0.0) -> np.ndarray:
+                width: int | None = None, guidance_rescale: float = 0.0, min_alpha_bar: float = 0.0,
+                trace: list | None = None) -> np.ndarray:
     """Images (float [N, H, W, 3] in [0, 1], as a pipeline's ``output_type="np"``) sampled with
-    classifier-free guidance at ``guidance_scale`` (1: none) and CLIP guidance at ``clip_scale``."""
+    classifier-free guidance at ``guidance_scale`` (1: none) and CLIP guidance at ``clip_scale``,
+    on the steps with ᾱ_t >= ``min_alpha_bar`` (every step for a noised CLIP). ``trace``: a list
+    that gets, per step, t, ᾱ_t, whether it was guided and the change the guidance made to ε."""
     from diffusers.utils.torch_utils import randn_tensor
 
     from synrep.generation.toy.pipeline import guided_noise, step_kwargs
@@ -239,8 +249,9 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
             eps = model.eps(model_in, t, context)
             if use_cfg:
                 eps = guided_noise(*eps.chunk(2), guidance_scale, guidance_rescale)
-        if clip_scale > 0:
-            alpha = alphas[t]
+        alpha = alphas[t]
+        guided = clip_scale > 0 and (noised or float(alpha) >= min_alpha_bar)
+        if guided:
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
                 if noised:  # GLIDE: the gradient of the noised CLIP's score on x_t itself
@@ -251,7 +262,11 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
                     image = (model.decode(x0).clamp(-1, 1) + 1) / 2
                     score = guide.similarity(image, text, cutouts, cut_rng).sum()
                 grad = torch.autograd.grad(score, x_in)[0]
-            eps = eps - clip_scale * (1 - alpha).sqrt() * grad
+            kick = clip_scale * (1 - alpha).sqrt() * grad
+            eps = eps - kick
+        if trace is not None:
+            trace.append({"t": int(t), "alpha_bar": float(alpha), "guided": guided,
+                          "kick": kick.detach().cpu() if guided else torch.zeros(x.shape)})
         x = scheduler.step(eps, t, x, **extra, return_dict=False)[0]
 
     with torch.no_grad():

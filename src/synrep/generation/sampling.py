@@ -59,7 +59,7 @@ def unclip_mode_images(pipe, settings: Mapping, prompts: list[str], generators: 
     per_image = [p for p in prompts for _ in range(n)]
     if settings["mode"] == "unclip":
         return unclip_images(pipe, clip, per_image, generators, w, settings["steps"], prior_steps=u["prior_steps"],
-                             prior_w=u["prior_w"], use_prior=u["use_prior"])
+                             prior_w=u["prior_w"], use_prior=u["use_prior"], prior_samples=u.get("prior_samples", 1))
     return variation_images(pipe, clip, np.repeat(images, n, axis=0), generators, w, settings["steps"],
                             prompts=per_image if u["caption"] else None)
 
@@ -123,7 +123,8 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings
                                  settings["steps"], float(w), guidance["clip_scale"], eta=settings["eta"],
                                  num_images_per_prompt=n, cutouts=guidance["cutouts"],
                                  height=kwargs.get("height"), width=kwargs.get("width"),
-                                 guidance_rescale=settings["guidance_rescale"])
+                                 guidance_rescale=settings["guidance_rescale"],
+                                 min_alpha_bar=guidance.get("min_alpha_bar", 0.0))
         else:
             images = pipe(**kwargs).images
         images = (np.clip(np.asarray(images, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)

@@ -81,8 +81,10 @@ def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator
     out = to_dict(source.unclip)
     if source.mode == "unclip":
         out.pop("caption")
+        if out["prior_samples"] == 1:  # absent at its default, so that earlier unclip sources keep their hash
+            out.pop("prior_samples")
     else:
-        for key in ("prior_steps", "prior_w", "use_prior"):
+        for key in ("prior_steps", "prior_w", "use_prior", "prior_samples"):
             out.pop(key)
     folder = model_folder(generator, f"sources.{name}.generator")
     if '"ToyUnCLIPPipeline"' in (folder / "model_index.json").read_text():
@@ -120,6 +122,8 @@ def guidance_spec(guidance: DictConfig, scales: list[float], generation: DictCon
                               "cut-outs are for a plain CLIP on x̂0")
         spec.update(clip_scale=float(guidance.clip_scale), cutouts=int(guidance.cutouts), clip_model=model,
                     clip_sha256=weights_sha256(folder))
+        if not is_noised_clip_folder(folder):  # a noised CLIP guides every step (clip_guidance)
+            spec["min_alpha_bar"] = float(guidance.min_alpha_bar)
     return spec
 
 
