@@ -131,6 +131,26 @@ def test_seeds_decide_the_images_and_the_prior_matters(toy, clip):
     assert np.abs(_unclip(toy, clip, prior_w=1.0) - a).max() > 1e-3
 
 
+def test_the_priors_rerank_keeps_the_draw_nearer_the_caption_and_the_decoders_noise(toy, clip):
+    """DALL-E 2's rerank: of two prior draws per image (the first the one-sample draw, the second
+    from a generator seeded off the image's), the one with the higher z_i . z_t is decoded, with the
+    decoder noise of one-sample sampling."""
+    text, empty = U.clip_text(clip, PROMPTS), U.clip_text(clip, [""])
+    first = toy.sample_prior(text, empty, _generators(3), 3, 2.0)
+    second = toy.sample_prior(text, empty, U.rerank_generators(_generators(3), 1), 3, 2.0)
+    assert (first - second).abs().max() > 0  # (the tiny untrained prior's draws lie close together)
+    keep_second = (second * text.embeds).sum(-1) > (first * text.embeds).sum(-1)
+    wanted = torch.where(keep_second[:, None], second, first)
+    torch.testing.assert_close(toy.sample_prior(text, empty, _generators(3), 3, 2.0, samples=2), wanted)
+    # the decoder gets the kept embedding and the generators' state after one prior draw
+    generators = _generators(3)
+    toy.sample_prior(text, empty, generators, 3, 2.0)
+    decoded = toy(PROMPTS, image_embeddings=wanted, num_inference_steps=3, guidance_scale=3.0,
+                  generator=generators).images
+    np.testing.assert_allclose(_unclip(toy, clip, prior_samples=2), decoded, atol=1e-5)
+    np.testing.assert_array_equal(_unclip(toy, clip, prior_samples=1), _unclip(toy, clip))
+
+
 def test_variations_are_conditioned_on_the_image_and_guided_against_the_null_embedding(toy, clip):
     images = _images(3)
     a = U.variation_images(toy, clip, images, _generators(3), w=3.0, steps=3)

@@ -165,9 +165,29 @@ class ToyUnCLIPPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def sample_prior(self, text: ClipText, negative_text: ClipText | None, generator, num_inference_steps: int,
-                     guidance_scale: float) -> torch.Tensor:
+                     guidance_scale: float, samples: int = 1) -> torch.Tensor:
         """CLIP image embeddings [B, D] (L2-normalised, as the decoder was trained on) for the captions'
-        CLIP text outputs; ``negative_text``: the empty caption's, for guidance scale != 1."""
+        CLIP text outputs; ``negative_text``: the empty caption's, for guidance scale != 1.
+
+        ``samples`` > 1: DALL-E 2's rerank, that many draws per caption, keeping the one with the
+        highest dot product with the caption's text embedding z_t. The first draw comes from
+        ``generator`` as with one sample; the others from generators seeded off it (``rerank_generators``),
+        so that ``generator`` ends where one sample leaves it and the decoder's noise is unchanged."""
+        best = self._sample_prior(text, negative_text, generator, num_inference_steps, guidance_scale)
+        if samples > 1:
+            z_t = F.normalize(text.embeds.to(best.device, best.dtype), dim=-1)
+            best_score = (best * z_t).sum(-1)
+            for j in range(1, samples):
+                other = self._sample_prior(text, negative_text, rerank_generators(generator, j), num_inference_steps,
+                                           guidance_scale)
+                score = (other * z_t).sum(-1)
+                better = score > best_score
+                best = torch.where(better[:, None], other, best)
+                best_score = torch.where(better, score, best_score)
+        return best
+
+    def _sample_prior(self, text: ClipText, negative_text: ClipText | None, generator, num_inference_steps: int,
+                      guidance_scale: float) -> torch.Tensor:
         if num_inference_steps < 2:
             raise ValueError(f"prior steps must be >= 2 (UnCLIPScheduler), got {num_inference_steps}")
         batch = len(text.embeds)
@@ -206,6 +226,7 @@ class ToyUnCLIPPipeline(DiffusionPipeline):
         guidance_scale: float = 2.0,
         prior_num_inference_steps: int = 25,
         prior_guidance_scale: float = 1.0,
+        prior_samples: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
@@ -221,7 +242,7 @@ class ToyUnCLIPPipeline(DiffusionPipeline):
                 raise ValueError("ToyUnCLIPPipeline needs image_embeddings or text_model_output (the prompts' CLIP "
                                  "text outputs: unclip.clip_text(clip, prompts))")
             image_embeddings = self.sample_prior(text_model_output, negative_text_model_output, generator,
-                                                 prior_num_inference_steps, prior_guidance_scale)
+                                                 prior_num_inference_steps, prior_guidance_scale, prior_samples)
         if len(image_embeddings) != batch:
             raise ValueError(f"{len(image_embeddings)} image embeddings for {batch} prompts")
         device, dtype = self.device, self.unet.dtype
@@ -370,6 +391,20 @@ def _decode_diffusers(pipe, generators, w: float, steps: int, captions: list[str
                    decoder_guidance_scale=float(w), output_type="np", **inputs).images
 
 
+def rerank_generators(generator, draw: int):
+    """Generators for the prior's extra draw ``draw`` (>= 1) of the rerank: each seeded from its
+    image's generator seed and the draw, leaving that generator untouched."""
+    def fork(g: torch.Generator) -> torch.Generator:
+        seed = np.random.SeedSequence([g.initial_seed(), draw]).generate_state(1, np.uint64)[0]
+        return torch.Generator(device=g.device).manual_seed(int(seed))
+
+    if isinstance(generator, list):
+        return [fork(g) for g in generator]
+    if generator is None:
+        raise ValueError("the prior's rerank needs seeded generators (one per image)")
+    return fork(generator)
+
+
 def _check_batch(what: str, n: int, generators: list, prompts: list[str] | None = None) -> None:
     if len(generators) != n:
         raise ValueError(f"{len(generators)} generators for {n} {what}: one generator per image")
@@ -383,10 +418,12 @@ def _check_batch(what: str, n: int, generators: list, prompts: list[str] | None 
 
 
 def unclip_images(pipe, clip, prompts: list[str], generators: list[torch.Generator], w: float, steps: int,
-                  prior_steps: int = 25, prior_w: float = 1.0, use_prior: bool = True) -> np.ndarray:
+                  prior_steps: int = 25, prior_w: float = 1.0, use_prior: bool = True,
+                  prior_samples: int = 1) -> np.ndarray:
     """Caption -> (prior -> CLIP image embedding) -> decoder: float [N, H, W, 3] in [0, 1], image i
     from ``generators[i]``. ``w``: the decoder's guidance scale; ``prior_w``: the prior's.
     ``use_prior=False`` decodes from the caption's CLIP *text* embedding instead (DALL-E 2's ablation).
+    ``prior_samples`` > 1: DALL-E 2's rerank of prior draws by z_i . z_t (toy unCLIP only).
 
     ``pipe``: a ``ToyUnCLIPPipeline`` (``clip``: the toy CLIP's ``ClipGuide``), or diffusers'
     ``UnCLIPPipeline`` / ``UnCLIPImageVariationPipeline`` (their own CLIP; ``clip`` unused; the
@@ -404,13 +441,17 @@ def unclip_images(pipe, clip, prompts: list[str], generators: list[torch.Generat
         negative = clip_text(clip, [""]) if prior_w != 1.0 else None
         return pipe(prompts, text_model_output=text, negative_text_model_output=negative, num_inference_steps=steps,
                     guidance_scale=float(w), prior_num_inference_steps=prior_steps,
-                    prior_guidance_scale=float(prior_w), generator=generators).images
+                    prior_guidance_scale=float(prior_w), prior_samples=prior_samples, generator=generators).images
     if isinstance(pipe, (UnCLIPPipeline, UnCLIPImageVariationPipeline)):
         if not use_prior:
             return _decode_diffusers(pipe, generators, w, steps, prompts,
                                      image_embeddings=_diffusers_text_embeddings(pipe, prompts))
         if not isinstance(pipe, UnCLIPPipeline):
             raise TypeError("UnCLIPImageVariationPipeline has no prior: use UnCLIPPipeline, or use_prior=False")
+        if prior_samples != 1:
+            # diffusers' UnCLIPPipeline samples its prior inside __call__, with no hook to rerank it
+            raise ValueError(f"unclip.prior_samples {prior_samples}: the prior's rerank runs on the toy unCLIP only; "
+                             "set it to 1 for diffusers' UnCLIPPipeline")
         return pipe(prompt=prompts, generator=generators, prior_num_inference_steps=prior_steps,
                     decoder_num_inference_steps=steps, super_res_num_inference_steps=SUPER_RES_STEPS,
                     prior_guidance_scale=float(prior_w), decoder_guidance_scale=float(w), output_type="np").images
