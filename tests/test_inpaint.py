@@ -180,3 +180,41 @@ def test_edit_measure_reads_the_asked_attribute(small_world, make_cfg):
     assert psnr(a, b, keep)[0] == pytest.approx(10 * np.log10(16 * 3 / 3))
     keep[0, 0, 0] = False
     assert psnr(a, b, keep)[0] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("inpainting_model", [False, True])
+def test_the_models_own_image_before_the_replacement_is_its_last_clean_prediction(inpainting_model,
+                                                                                  tiny_toy_pipeline_dir, small_world):
+    """With one step, the image before the kept region is copied in is x̂0 = (x_T - sqrt(1 - ᾱ) ε) / sqrt(ᾱ)
+    from the UNet's ε on the initial noise, computed here by hand; the recording pipeline samples
+    exactly the images that sample_images gives a source."""
+    from synrep.generation.toy.inpaint import RecordingInpaintPipeline, as_image_tensor
+
+    images, objects = _world_inputs(small_world)
+    masks = region_masks(objects, "object")
+    base = _inpainting_toy(tiny_toy_pipeline_dir) if inpainting_model else load_pipeline(
+        str(tiny_toy_pipeline_dir), "ddim", device="cpu")
+    recording = RecordingInpaintPipeline.sharing(base)
+    settings = {**SETTINGS, "steps": 1}
+    inputs = {"images": images, "masks": masks}
+    out = sample_images(recording, PROMPTS, [1, 2, 3], 1.0, settings, inputs=inputs)
+    np.testing.assert_array_equal(out, sample_images(base, PROMPTS, [1, 2, 3], 1.0, settings, inputs=inputs))
+    [unreplaced] = recording.unreplaced
+    scheduler = recording.scheduler
+    scheduler.set_timesteps(1)
+    t = scheduler.timesteps[0]
+    x = torch.cat([torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)])
+    model_in = x
+    if inpainting_model:
+        mask = torch.from_numpy(masks)[:, None].float()
+        model_in = torch.cat([x, mask, as_image_tensor(images, "cpu", torch.float32) * (1 - mask)], 1)
+    states, pooled = recording.encode_batch(PROMPTS, 1, False)[0]
+    with torch.no_grad():
+        eps = recording.unet(model_in, t, encoder_hidden_states=states, class_labels=pooled).sample
+    alpha = scheduler.alphas_cumprod[t]
+    x0 = ((x - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1, 1)
+    np.testing.assert_allclose(unreplaced, ((x0 + 1) / 2).permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    # the output's kept region is the original; the model's own is not
+    assert np.abs(out[~masks].astype(int) - images[~masks]).max() <= 1
+    kept = np.abs((np.clip(unreplaced, 0, 1) * 255).round()[~masks] - images[~masks])
+    assert kept.mean() > 1

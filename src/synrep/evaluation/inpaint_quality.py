@@ -10,8 +10,11 @@ For ``inpaint_quality.images`` real test images and each edit:
 Per model (``inpaint_quality.models``: an inpainting model, and a text-to-image one, which
 inpaints by replacement), guidance scale w and sampling seed: *edit accuracy* (the judge reads the
 attribute the caption asks for), *kept accuracy* (it still reads the original's shape, and the
-attribute the edit did not touch) and *PSNR* of the kept region against the original (dB; inf
-would be an exact copy). Cells are the mean ± 95% t-interval over the sampling seeds.
+attribute the edit did not touch) and two PSNRs of the kept region against the original (dB):
+``psnr_kept_model``, of the model's own image before the kept region is copied in (the x̂0 it
+predicts at the last step: how much of the original it would have kept), and ``psnr_kept_output``,
+of the output, which both samplers copy the original into (exact by construction: 100 dB, the cap,
+unless the sampler is broken). Cells are the mean ± 95% t-interval over the sampling seeds.
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ def psnr(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float [N, H, W, 3] in [0, 1] as sampling.sample_images saves images."""
+    return (np.clip(np.asarray(images, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+
+
 def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """One row per (model, edit, w, seed); and a few results per (model, edit) for a grid."""
     from synrep.generation.sampling import sample_images
@@ -72,6 +80,8 @@ def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.D
     test = toyworld.load_split(cfg, "test")
     test = {k: v[: q.images] for k, v in test.items()}
     settings = {**to_dict(cfg.generation), "mode": "inpaint"}
+    if settings["save_size"] and settings["save_size"] != test["images"].shape[1]:
+        raise ValueError("config key 'generation.save_size': inpaint_quality compares images at the world's own size")
     rows, examples = [], {}
     # each edit's captions, asked values and masks: the same for every model, w and seed
     asked = {e: (*edit_captions(cfg, test, e, np.random.default_rng([q.seed, list(EDITS).index(e)])),
@@ -80,8 +90,10 @@ def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.D
     for model, edit, w, seed in tqdm(jobs, desc="inpainting edits", unit="setting"):
         captions, wanted, masks = asked[edit]
         seeds = [int(s) for s in np.random.SeedSequence([q.seed, seed]).generate_state(len(captions))]
-        images = sample_images(pipes[model], captions, seeds, w, settings,
-                               inputs={"images": test["images"], "masks": masks})
+        pipe = pipes[model]
+        pipe.unreplaced.clear()
+        images = sample_images(pipe, captions, seeds, w, settings, inputs={"images": test["images"], "masks": masks})
+        unreplaced = to_uint8(np.concatenate(pipe.unreplaced))
         pred = predict(classifier, images)
         untouched = "colour" if edit == "background" else "background"
         rows.append({
@@ -89,7 +101,8 @@ def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.D
             "edit_accuracy": float((pred["background" if edit == "background" else "colour"] == wanted).mean()),
             "kept_shape": float((pred["shape"] == test["shape"]).mean()),
             f"kept_{untouched}": float((pred[untouched] == test[untouched]).mean()),
-            "psnr_kept": float(np.mean(psnr(images, test["images"], ~masks))),
+            "psnr_kept_model": float(np.mean(psnr(unreplaced, test["images"], ~masks))),
+            "psnr_kept_output": float(np.mean(psnr(images, test["images"], ~masks))),
         })
         if seed == q.seeds[0] and w == float(q.guidance_scales[-1]):
             examples[f"{model}_{edit}"] = np.concatenate([test["images"][:8], images[:8]])
@@ -112,6 +125,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     from PIL import Image
 
     from synrep.generation.pipelines import load_pipeline
+    from synrep.generation.toy.inpaint import RecordingInpaintPipeline
     from synrep.images import image_grid
     from synrep.tracking import mlflow_run
 
@@ -122,7 +136,8 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     classifier, _, origin = judge(cfg)
     print(f"attribute classifier: {origin}", flush=True)
     g = cfg.generation
-    pipes = {Path(m).name: load_pipeline(m, g.sampler, g.dtype, g.device) for m in q.models}
+    pipes = {Path(m).name: RecordingInpaintPipeline.sharing(load_pipeline(m, g.sampler, g.dtype, g.device))
+             for m in q.models}
     rows, examples = measure(cfg, classifier, pipes)
     table = summary_table(rows)
     outputs = {"runs": out / "inpaint_runs.csv", "table": out / "inpaint_edits.md", "json": out / "inpaint_edits.json"}

@@ -18,16 +18,24 @@ replacement, as diffusers' pipeline does for a 4-channel SD UNet: after every st
 region is reset to the original, noised to the next timestep.
 The pixel-space loop is written here because diffusers' inpainting pipelines are latent ones.
 
+Both paths copy the original into the kept region, so the output's kept pixels say nothing about
+the model. ``return_unreplaced=True`` also returns the model's own image before that copy: the
+clean image x̂0 it predicts at the last step from its (guided) noise prediction, before GLIDE's
+substitution (inpainting UNet) or the reset to the original (replacement). Its kept region against
+the original is what the model would have kept (evaluation/inpaint_quality.py: ``psnr_kept_model``).
+
 Retrain the shipped model: ``python -m synrep train_inpaint toy_inpaint.output_dir=models/toy_inpaint``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from omegaconf import DictConfig
 
@@ -81,6 +89,7 @@ class ToyGlideInpaintPipeline(ToyGlidePipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         guidance_rescale: float = 0.0,
+        return_unreplaced: bool = False,
         **unused,
     ):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -125,6 +134,8 @@ class ToyGlideInpaintPipeline(ToyGlidePipeline):
             eps = self.predict_noise(model_in, t, states, pooled)
             if use_cfg:
                 eps = guided_noise(*eps.chunk(2), guidance_scale, guidance_rescale)
+            if return_unreplaced and i == len(timesteps) - 1:
+                unreplaced = self._predicted_x0(eps, x, t)
             if in_channels != 3:
                 eps = known_x0_noise(eps, x, original, mask, alphas[t])
             x = self.scheduler.step(eps, t, x, **extra, return_dict=False)[0]
@@ -134,7 +145,47 @@ class ToyGlideInpaintPipeline(ToyGlidePipeline):
                     known = self.scheduler.add_noise(original, noise, timesteps[i + 1:i + 2])
                 x = (1 - mask) * known + mask * x
 
-        return pixel_output(self, x, output_type, return_dict)
+        output = pixel_output(self, x, output_type, return_dict)
+        if not return_unreplaced:
+            return output
+        unreplaced = pixel_output(self, unreplaced, output_type, False)[0]
+        if return_dict:
+            return InpaintPipelineOutput(images=output.images, unreplaced=unreplaced)
+        return (*output, unreplaced)
+
+    def _predicted_x0(self, eps: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
+        """x̂0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t) at step t (the sampler's ᾱ_t)."""
+        if not hasattr(self.scheduler, "alphas_cumprod") or self.scheduler.init_noise_sigma != 1:
+            raise ValueError("return_unreplaced needs a sampler that steps on alpha_t (ddim, ddpm, dpmsolver, pndm)")
+        alpha = self.scheduler.alphas_cumprod.to(device=x.device, dtype=x.dtype)[t]
+        return (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+
+
+class RecordingInpaintPipeline(ToyGlideInpaintPipeline):
+    """Samples as ``ToyGlideInpaintPipeline`` and keeps each call's images before the replacement
+    (``unreplaced``: a list of float [N, H, W, 3] in [0, 1], one per call), so that a caller that
+    samples through sampling.sample_images gets the very images a source gets, and these too."""
+
+    @classmethod
+    def sharing(cls, pipe) -> "RecordingInpaintPipeline":
+        recording = cls(**pipe.components)
+        recording.set_progress_bar_config(disable=True)
+        recording.unreplaced = []
+        return recording
+
+    def __call__(self, *args, **kwargs):
+        out = super().__call__(*args, **kwargs, return_unreplaced=True)
+        self.unreplaced.append(np.asarray(out.unreplaced))
+        return out
+
+
+@dataclass
+class InpaintPipelineOutput(BaseOutput):
+    """The inpainted images and, with ``return_unreplaced``, the model's own images before the kept
+    region is copied in (same type and layout as ``images``)."""
+
+    images: object
+    unreplaced: object
 
 
 def inpainting_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
