@@ -342,3 +342,31 @@ def test_subject_probe_compares_the_sweeps_runs_by_source(learning_world):
     assert (labels["test"] == np.repeat(np.arange(4), 24)).all()
     np.testing.assert_array_equal(images["test"][:24], toyworld.render_subject(
         cfg, 24, [cfg.dreambooth.probe.seed, 2, 0], variant="subject")[0])
+
+
+def test_subject_diversity_is_measured_on_the_instance_prompts_samples(monkeypatch):
+    """The paper's DIV: pairwise distances among samples of one subject under one prompt (the
+    instance group), not among class-prompt samples; checked against explicit pair loops."""
+    from synrep.evaluation import dreambooth_quality as dq
+
+    rng = np.random.default_rng(0)
+    images = {g: rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8) for g in dq.GROUPS}
+    images["class"][:] = images["class"][0]  # identical class samples: class diversity 0, instance not
+    wanted = {g: np.zeros(4, np.int64) for g in ("background", "size")}
+    monkeypatch.setattr(dq, "predict", lambda classifier, x: {a: np.zeros(len(x), np.int64)
+                                                              for a in ("shape", "colour", "size", "background")})
+
+    def embed(x):  # a stand-in image tower: the flattened pixels, unit norm
+        e = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32))
+        return {"clip": torch.nn.functional.normalize(e, dim=-1)}
+
+    refs = {"subject": embed(images["instance"][:2]), "near_miss": embed(images["class"][:2])}
+    row = dq.score(images, wanted, None, embed, refs, ring=0)
+    pixels = images["instance"].reshape(4, -1).astype(np.float64) / 255
+    pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)]
+    rms = np.mean([np.sqrt(np.mean((pixels[a] - pixels[b]) ** 2)) for a, b in pairs])
+    unit = pixels / np.linalg.norm(pixels, axis=1, keepdims=True)
+    cos = np.mean([1 - unit[a] @ unit[b] for a, b in pairs])
+    assert row["instance_diversity"] == pytest.approx(rms)
+    assert row["instance_diversity_clip"] == pytest.approx(cos, abs=1e-6)
+    assert row["class_diversity"] == 0 and row["instance_diversity"] > 0

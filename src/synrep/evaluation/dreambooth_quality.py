@@ -8,7 +8,10 @@ Per model and sampling seed, four prompt sets of ``quality.images`` samples each
   the toy CLIP's image tower, and under a StableRep encoder when ``quality.encoder`` names a run;
   *subject margin*: that similarity minus the one to the subject's near misses (ordinary rings,
   rings without the notch, rings in one tone): positive when samples are nearer the subject than
-  near misses are (a fine-grained probe, as the paper prefers DINO to CLIP for it).
+  near misses are (a fine-grained probe, as the paper prefers DINO to CLIP for it). *Subject
+  diversity* (the paper's DIV: how different samples of one subject under one prompt are): mean
+  pairwise RMS pixel distance and mean pairwise toy-CLIP distance (1 - cos) among these samples;
+  what prior preservation claims to keep, where the class-prompt diversity below measures drift.
 - ``background`` / ``size``: "<instance_prompt> on a dark|light background", "<instance_prompt>,
   small|big". *Prompt fidelity*: the judge (the attribute classifier) reads the asked background
   and size.
@@ -144,6 +147,8 @@ def score(images: dict[str, np.ndarray], wanted: dict[str, np.ndarray], classifi
         near = float((e @ references["near_miss"][name].T).mean())
         row[f"fidelity_{name}"] = subject
         row[f"margin_{name}"] = subject - near
+    row["instance_diversity"] = diversity([images["instance"]])
+    row["instance_diversity_clip"] = mean_pairwise_distance(inst["clip"])
     for group, attr in (("background", "background"), ("size", "size")):
         row[f"prompt_{attr}"] = float((predict(classifier, images[group])[attr] == wanted[group]).mean())
     cls = images["class"]
