@@ -4,6 +4,7 @@ classifier and by CLIPs."""
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 
 def test_clip_guided_rows_raise_the_guiding_clips_score(make_cfg, small_world, tiny_toy_pipeline_dir, tiny_clip_dir,
@@ -14,17 +15,20 @@ def test_clip_guided_rows_raise_the_guiding_clips_score(make_cfg, small_world, t
                    f"generation.clip_model={tiny_clip_dir}", "generation.steps=3",
                    "sample_quality.guidance_scales=[1,3]", "sample_quality.clip_scales=[300]",
                    "sample_quality.noised_clip_scales=[300]", f"sample_quality.noised_clip={tiny_noised_clip_dir}",
+                   "sample_quality.clip_min_alpha_bars=[0,1e-3]",
                    f"sample_quality.heldout_clip={tiny_clip_dir}", "sample_quality.captions=6",
                    "sample_quality.images_per_caption=2", "sample_quality.classifier_epochs=1")
     outputs = generator_quality.run(cfg)
     table = pl.read_csv(outputs["csv"])
-    assert table.select("source", "kind", "w", "clip_scale").rows() == [
-        ("real", None, None, None), ("generated", "cfg", 1.0, None), ("generated", "cfg", 3.0, None),
-        ("generated", "clip", 1.0, 300.0), ("generated", "clip_noised", 1.0, 300.0)]
+    assert table.select("source", "kind", "w", "clip_scale", "min_alpha_bar").rows() == [
+        ("real", None, None, None, None), ("generated", "cfg", 1.0, None, None), ("generated", "cfg", 3.0, None, None),
+        ("generated", "clip", 1.0, 300.0, 0.0), ("generated", "clip", 1.0, 300.0, 1e-3),
+        ("generated", "clip_noised", 1.0, 300.0, None)]
     generated = table.filter(pl.col("source") == "generated")
     assert generated["clip_guiding"].null_count() == 0
     # the same noise as the w = 1 row, plus the CLIP's gradient: its score goes up
     plain, guided = (generated.filter((pl.col("kind") == k) & (pl.col("w") == 1.0)) for k in ("cfg", "clip"))
+    guided = guided.filter(pl.col("min_alpha_bar") == 1e-3)
     assert guided["clip_guiding"][0] > plain["clip_guiding"][0]
     # GLIDE's own form: the noised CLIP's gradient on x_t raises its score on the final images
     noised = generated.filter(pl.col("kind") == "clip_noised")
@@ -32,6 +36,8 @@ def test_clip_guided_rows_raise_the_guiding_clips_score(make_cfg, small_world, t
     # here the held-out CLIP is the guiding one: both columns agree
     assert generated["clip_heldout"].to_list() == generated["clip_guiding"].to_list()
     assert outputs["grid_clip_s300_w1"].exists() and outputs["grid_noised_s300_w1"].exists()
+    assert outputs["grid_clip_s300_w1_ab0"].exists()  # every step guided: not the default, so named
+    assert table.filter(pl.col("source") == "real")["diversity_matched"][0] > 0
     assert outputs["plot"].stat().st_size > 0
 
 
@@ -61,3 +67,37 @@ def test_the_judge_is_loaded_only_for_the_world_it_learnt(make_cfg, small_world,
     _, _, origin = ac.judge(make_cfg(f"paths.data_dir={small_world}/data", "sample_quality.classifier_epochs=2",
                                      f"sample_quality.classifier={folder}"))
     assert origin == "trained here"
+
+
+def test_real_diversity_matches_each_captions_named_attributes(make_cfg, small_world):
+    """Per caption: k real images of its domain agreeing on the attributes it names, their mean
+    pairwise RMS (explicit pair loop here); with k the whole matching set the draw is the set itself."""
+    import itertools
+
+    import numpy as np
+
+    from synrep.data import toyworld
+    from synrep.evaluation.generator_quality import matched_real_diversity
+
+    cfg = make_cfg(f"paths.data_dir={small_world}/data")
+    test = toyworld.load_split(cfg, "test")
+    named = {"shape": int(test["shape"][0]), "colour": int(test["colour"][0]), "size": None, "background": None}
+    members = np.flatnonzero((test["shape"] == named["shape"]) & (test["colour"] == named["colour"]))
+    k = len(members)
+    assert k >= 2
+    flat = test["images"][members].reshape(k, -1).astype(np.float64) / 255
+    expected = np.mean([np.sqrt(np.mean((flat[a] - flat[b]) ** 2)) for a, b in itertools.combinations(range(k), 2)])
+    got, too_few = matched_real_diversity(cfg, [named, named], k, seed=0)[0], matched_real_diversity(
+        cfg, [named], k + 1, seed=0)[0]
+    assert got == pytest.approx(expected) and too_few is None
+    # another domain's images: its own split, and a drawing's background is not matched (it has none)
+    domains = toyworld.load_split(cfg, "domains_test")
+    drawing = list(cfg.toyworld.domains).index("drawing")
+    d = domains["domain"] == drawing
+    named_bg = {"shape": int(domains["shape"][d][0]), "colour": None, "size": None, "background": 0}
+    pool = np.flatnonzero(d & (domains["shape"] == named_bg["shape"]))
+    flat = domains["images"][pool].reshape(len(pool), -1).astype(np.float64) / 255
+    expected = np.mean([np.sqrt(np.mean((flat[a] - flat[b]) ** 2))
+                        for a, b in itertools.combinations(range(len(pool)), 2)])
+    got = matched_real_diversity(cfg, [named_bg], len(pool), seed=0, domain="drawing")[0]
+    assert got == pytest.approx(expected)

@@ -6,7 +6,11 @@ the world's templates, the generator makes ``images_per_caption`` images at each
 an image matches on an attribute when the classifier reads the value the caption names
 (attributes a caption does not name are not scored). Diversity is the mean pairwise RMS pixel
 distance (in [0, 1] units) among the images of one caption. A ``real`` row gives the classifier's
-accuracy on real test images (the ceiling) and the diversity of real images with equal attributes.
+accuracy on real test images (the ceiling), the diversity of real images with all four attributes
+equal (``diversity``), and ``diversity_matched``: that of real images chosen per evaluation caption
+as a generated row's are, agreeing on the attributes the caption names and free in the others
+(``matched_real_diversity``). Pixel RMS depends on the domain (a line drawing of one shape and colour
+is mostly blank page), so a source is compared with real images of its own domain, never across.
 
 With ``sample_quality.clip_scales``, rows of GLIDE's CLIP guidance (kind ``clip``, scale s) join the
 classifier-free rows (kind ``cfg``, scale w). Every row is also scored by CLIPs: ``clip_guiding``,
@@ -68,6 +72,31 @@ def real_diversity(cfg: DictConfig, group_size: int, seed: int) -> float:
     return diversity(groups)
 
 
+def matched_real_diversity(cfg: DictConfig, named: list[dict], k: int, seed: int, domain: str = "photo"
+                           ) -> list[float | None]:
+    """Per caption (its ``parse_caption`` attributes), the diversity of k real test images of
+    ``domain`` ("photo" or one of toyworld.domains) that agree with every attribute the caption
+    names, drawn at random: what a generator that draws the domain's real variety would score on
+    that caption. None where fewer than k such images exist."""
+    if domain == "photo":
+        test = toyworld.load_split(cfg, "test")
+    else:
+        test = toyworld.load_split(cfg, "domains_test")
+        keep = test["domain"] == list(cfg.toyworld.domains).index(domain)
+        test = {key: value[keep] for key, value in test.items() if len(value) == len(keep)}
+    rng = np.random.default_rng(seed)
+    out = []
+    for attrs in named:
+        ok = np.ones(len(test["images"]), bool)
+        for attr, value in attrs.items():
+            # a drawing has no background (toyworld.render): its captions name none
+            if value is not None and attr in test and not (attr == "background" and domain == "drawing"):
+                ok &= test[attr] == value
+        members = np.flatnonzero(ok)
+        out.append(diversity([test["images"][rng.choice(members, k, replace=False)]]) if len(members) >= k else None)
+    return out
+
+
 def clip_scores(guides: dict, images: np.ndarray, captions: list[str], k: int) -> dict[str, float]:
     """Mean cosine similarity of each image and its caption under each CLIP (``clip_<name>``)."""
     out = {}
@@ -79,11 +108,17 @@ def clip_scores(guides: dict, images: np.ndarray, captions: list[str], k: int) -
     return out
 
 
-def variant_name(kind: str, w: float, s: float | None) -> str:
-    """w2, clip_s30_w1, noised_s30_w1: a row's name in grids and MLflow metrics."""
+def variant_name(kind: str, w: float, s: float | None, min_alpha_bar: float | None = None) -> str:
+    """w2, clip_s30_w1, noised_s30_w1: a row's name in grids and MLflow metrics; a plain-CLIP row
+    whose min_alpha_bar is not guidance.min_alpha_bar's default adds it (clip_s30_w1_ab0)."""
+    from synrep.config import GuidanceConfig
+
     if kind == "cfg":
         return f"w{w:g}"
-    return f"{'clip' if kind == 'clip' else 'noised'}_s{s:g}_w{w:g}"
+    name = f"{'clip' if kind == 'clip' else 'noised'}_s{s:g}_w{w:g}"
+    if kind == "clip" and min_alpha_bar is not None and min_alpha_bar != GuidanceConfig.min_alpha_bar:
+        name += f"_ab{min_alpha_bar:g}"
+    return name
 
 
 def plot(table: pl.DataFrame, path: Path) -> None:
@@ -93,7 +128,7 @@ def plot(table: pl.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     gen = table.filter((pl.col("source") == "generated") & (pl.col("kind") == "cfg")).sort("w")
-    clip = table.filter(pl.col("kind") == "clip").sort("clip_scale")
+    clip = table.filter(pl.col("kind") == "clip").sort("min_alpha_bar", "clip_scale")
     noised = table.filter(pl.col("kind") == "clip_noised").sort("clip_scale")
     real = table.filter(pl.col("source") == "real")
     scored = "clip_guiding" in table.columns
@@ -112,8 +147,10 @@ def plot(table: pl.DataFrame, path: Path) -> None:
     if scored:
         ax3 = axes[2]
         match = [f"match_{a}" for a in ATTRIBUTES]
-        families = (("classifier-free (w)", gen, "o", "clip_guiding"), ("CLIP guidance (s)", clip, "s", "clip_guiding"),
-                    ("noised-CLIP guidance (s)", noised, "^", "clip_noised"))
+        families = [("classifier-free (w)", gen, "o", "clip_guiding")]
+        for (floor,), rows in clip.group_by("min_alpha_bar", maintain_order=True):
+            families.append((f"CLIP guidance (s, steps with ᾱ ≥ {floor:g})", rows, "s", "clip_guiding"))
+        families.append(("noised-CLIP guidance (s)", noised, "^", "clip_noised"))
         for family, rows, marker, guiding in families:
             if rows.height == 0:
                 continue
@@ -170,23 +207,25 @@ def run(cfg: DictConfig) -> dict[str, Path]:
                                     "folder (`python -m synrep train_noised_clip`)")
         guides["noised"] = load_guide(q.noised_clip)
 
-    rows = [{"source": "real", "kind": None, "w": None, "clip_scale": None,
-             **{f"match_{a}": ceiling[a] for a in ATTRIBUTES}, "diversity": real_diversity(cfg, k, q.seed)}]
+    matched = [v for v in matched_real_diversity(cfg, named, k, q.seed) if v is not None]
+    rows = [{"source": "real", "kind": None, "w": None, "clip_scale": None, "min_alpha_bar": None,
+             **{f"match_{a}": ceiling[a] for a in ATTRIBUTES}, "diversity": real_diversity(cfg, k, q.seed),
+             "diversity_matched": float(np.mean(matched)) if matched else None}]
     settings = {**to_dict(cfg.generation), "guidance": {}}
-    # (kind, w, s): classifier-free rows by w, then CLIP-guided rows by s
-    variants = [("cfg", float(w), None) for w in q.guidance_scales]
-    variants += [("clip", float(q.clip_w), float(s)) for s in q.clip_scales]
-    variants += [("clip_noised", float(q.clip_w), float(s)) for s in q.noised_clip_scales]
+    # (kind, w, s, min ᾱ): classifier-free rows by w, then CLIP-guided rows by min ᾱ and s
+    variants = [("cfg", float(w), None, None) for w in q.guidance_scales]
+    variants += [("clip", float(q.clip_w), float(s), float(a)) for a in q.clip_min_alpha_bars for s in q.clip_scales]
+    variants += [("clip_noised", float(q.clip_w), float(s), None) for s in q.noised_clip_scales]
     grids = {}
-    for kind, w, s in tqdm(variants, desc="sample quality by guidance", unit="setting"):
+    for kind, w, s, floor in tqdm(variants, desc="sample quality by guidance", unit="setting"):
         if kind == "clip":
             settings["guidance"] = {"kind": "clip", "clip_model": cfg.generation.clip_model, "clip_scale": s,
-                                    "cutouts": q.cutouts}
+                                    "cutouts": q.cutouts, "min_alpha_bar": floor}
         elif kind == "clip_noised":
             settings["guidance"] = {"kind": "clip", "clip_model": q.noised_clip, "clip_scale": s, "cutouts": 0}
         images = sample_images(pipe, prompts, seeds, w, settings)
         pred = predict(classifier, images)
-        row: dict = {"source": "generated", "kind": kind, "w": w, "clip_scale": s}
+        row: dict = {"source": "generated", "kind": kind, "w": w, "clip_scale": s, "min_alpha_bar": floor}
         for attr in ATTRIBUTES:
             wanted = np.array([n[attr] if n[attr] is not None else -1 for n in named for _ in range(k)])
             scored = wanted >= 0
@@ -194,7 +233,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         row["diversity"] = diversity([images[i * k:(i + 1) * k] for i in range(len(captions))])
         row.update(clip_scores(guides, images, captions, k))
         rows.append(row)
-        grids[variant_name(kind, w, s)] = image_grid(images[: 8 * k], rows=8, scale=4)
+        grids[variant_name(kind, w, s, floor)] = image_grid(images[: 8 * k], rows=8, scale=4)
 
     table = pl.DataFrame(rows)
     outputs = {"csv": out / "caption_match.csv", "markdown": out / "caption_match.md",
@@ -213,9 +252,10 @@ def run(cfg: DictConfig) -> dict[str, Path]:
 
     with mlflow_run(cfg, "sample_quality", sections=("sample_quality", "generation")):
         for row in rows:
-            prefix = "real" if row["source"] == "real" else variant_name(row["kind"], row["w"], row["clip_scale"])
+            prefix = "real" if row["source"] == "real" else variant_name(row["kind"], row["w"], row["clip_scale"],
+                                                                         row["min_alpha_bar"])
             mlflow.log_metrics({f"{prefix}.{key}": v for key, v in row.items()
-                                if key not in ("source", "kind", "w", "clip_scale") and v is not None})
+                                if key not in ("source", "kind", "w", "clip_scale", "min_alpha_bar") and v is not None})
         for key, path in outputs.items():
             mlflow.log_artifact(str(path), artifact_path="grids" if key.startswith("grid_") else None)
     return outputs

@@ -3,7 +3,11 @@
 For every caption of the source, the judge (the attribute classifier, trained on real photos only)
 reads each generated image; an image matches on an attribute when it reads the value the caption
 names (attributes a caption does not name are not scored). Diversity is the mean pairwise RMS
-pixel distance between a caption's images. CLIP scores: the mean cosine similarity of image and
+pixel distance between a caption's images; ``diversity_real`` is the same for k real test photos
+per caption that agree with every attribute it names (generator_quality.matched_real_diversity):
+the variety a source would have if it drew what the world draws. Every source measured here draws
+photos, so the reference is the world's photos (pixel RMS is not comparable across domains: a line
+drawing is mostly blank page). CLIP scores: the mean cosine similarity of image and
 caption under the guiding CLIP (``generation.clip_model``) and the held-out one
 (``sample_quality.heldout_clip``), when they exist. Each value is a mean over captions with its 95%
 t-interval over captions (captions are independent draws; a caption's images are not).
@@ -24,7 +28,7 @@ from synrep.config import run_dir
 from synrep.data import toyworld
 from synrep.data.shards import read_shard, shard_path
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge, predict
-from synrep.evaluation.generator_quality import diversity
+from synrep.evaluation.generator_quality import diversity, matched_real_diversity
 from synrep.fileio import write_json
 from synrep.tables import t_halfwidth
 
@@ -81,6 +85,8 @@ def measure(cfg: DictConfig, source: str, classifier, guides: dict) -> dict:
             per_caption.append(None if wanted is None else float((pred[attr][c * k:(c + 1) * k] == wanted).mean()))
         row[f"match_{attr}"] = _mean_ci(per_caption)
     row["diversity"] = _mean_ci([diversity([g]) for g in groups] if k > 1 else [])
+    if k > 1:
+        row["diversity_real"] = _mean_ci(matched_real_diversity(cfg, named, k, cfg.sample_quality.seed))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     for name, guide in guides.items():
         text = guide.text_embeddings(captions).repeat_interleave(k, 0)

@@ -306,7 +306,9 @@ def family_rows(df: pl.DataFrame, metric: str, cfg: DictConfig, quality: list[di
         row = {"source": q["source"], "mode": q["mode"], "guidance": q["guidance"], "captions": q.get("captions")}
         # the judge's attributes in the world's order, then diversity, then the CLIPs
         matches = [f"match_{a}" for a in ("shape", "colour", "size", "background") if f"match_{a}" in q]
-        for key in matches + ["diversity"] + sorted(k for k in q if k.startswith("clip_")):
+        # diversity_real: real images of the source's own domain with its captions' attributes
+        diversities = [k for k in ("diversity", "diversity_real") if k in q]
+        for key in matches + diversities + sorted(k for k in q if k.startswith("clip_")):
             row[key] = q[key]
         row["stablerep"] = None if p is None else {"mean": p["mean"], "ci95": None if p["n"] < 2 else p["ci95"],
                                                    "n": p["n"]}
