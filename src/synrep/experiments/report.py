@@ -20,11 +20,15 @@ Reads every run's ``metrics.json`` and the baselines, and writes under
 
   Runs at a fixed generation budget appear in the budget table only;
 - ``accuracy_vs_w.png``, ``zeroshot_vs_w.png`` (where a text tower ran on synthetic images) and
-  ``lm_heatmap.png`` (budget runs left out);
+  ``lm_heatmap.png`` (budget runs left out), each only where its axis has two values or more (the
+  default's one w and one (l, m) are table cells, not plots);
+- ``plots.json``: each plot's file and the question it answers, or why it waits (the report page
+  shows both);
 - ``metrics.json``: group means, for ``dvc metrics show``;
 - with per-source quality (``evaluation/source_quality.py``, toy world): ``generator_family.md`` /
   ``.csv``, each source's caption match, diversity and CLIP scores (95% intervals over captions)
-  beside StableRep's linear probe on it (95% interval over seeds), and ``generator_family.png``.
+  beside StableRep's linear probe on it (95% interval over seeds), and ``generator_family.png``
+  where StableRep trained on two sources or more.
 
 All of it is also logged to the sweep's MLflow parent run.
 """
@@ -114,14 +118,24 @@ def _label(df: pl.DataFrame, column: str = "method") -> pl.DataFrame:
     return df.with_columns(pl.col(column).replace_strict(METHOD_NAMES, default=pl.col(column)))
 
 
+def lm_source(sr: pl.DataFrame) -> str:
+    """The source of StableRep's runs (``sr``, no budget runs) with the most (l, m) pairs."""
+    counts = sr.group_by("data").agg(pl.struct("l", "m").n_unique().alias("k"))
+    return counts.sort(["k", "data"], descending=[True, False])["data"][0]  # a tie: the first by name
+
+
+def lm_pairs(sr: pl.DataFrame) -> int:
+    """How many (l, m) pairs StableRep ran on that source: below two, l x m is one cell."""
+    return sr.filter(pl.col("data") == lm_source(sr)).select(pl.struct("l", "m").n_unique()).item()
+
+
 def table_lm(df: pl.DataFrame, metric: str) -> tuple[str, pl.DataFrame] | None:
     """l x m for StableRep on the data source with the most (l, m) pairs."""
     sr = without_budget(df).filter(pl.col("method") == "stablerep")
     if sr.is_empty():
         return None
-    counts = sr.group_by("data").agg(pl.struct("l", "m").n_unique().alias("k")).sort("k", descending=True)
-    data = counts["data"][0]
-    if counts["k"][0] < 2:
+    data = lm_source(sr)
+    if lm_pairs(sr) < 2:
         return None
     cells = mean_ci(sr.filter(pl.col("data") == data), ["l", "m"], metric)
     table = cells.sort("m").pivot(on="m", index="l", values="cell").sort("l")
@@ -339,9 +353,9 @@ def figure_family(rows: list[dict], metric: str):
             ax.errorbar([x], [y], yerr=[yerr], fmt="o", capsize=3)
             ax.annotate(f"{row['source']} ({row['mode']})", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     axes[0].set(xlabel="caption match (judge, mean over named attributes)", ylabel=f"StableRep {metric}",
-                title="Fidelity of a source vs what StableRep learns from it")
+                title="Fidelity: does a source that matches its\ncaptions better teach StableRep more?")
     axes[1].set(xlabel="diversity (mean pairwise RMS distance within a caption)", ylabel=f"StableRep {metric}",
-                title="Diversity of a source vs what StableRep learns from it")
+                title="Diversity: does a more varied source\nteach StableRep more?")
     fig.tight_layout()
     return fig
 
@@ -394,7 +408,8 @@ def figure_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: p
             b = base.filter(pl.col("baseline") == name)
             if not b.is_empty() and metric in b.columns:
                 ax.axhline(b[metric].mean(), color="grey", ls=style, lw=1, label=METHOD_NAMES[name])
-    ax.set(xlabel="guidance scale w", ylabel=metric.replace("_", " "), title=f"{cfg.name}: {metric} against w")
+    ax.set(xlabel="guidance scale w", ylabel=metric.replace("_", " "),
+           title=f"{metric} against guidance scale w: which w suits each method,\nand do synthetic images match real ones?")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -402,14 +417,14 @@ def figure_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: p
 
 
 def figure_lm_heatmap(df: pl.DataFrame, metric: str):
-    """StableRep's accuracy over l x m, on the data source with the most runs."""
+    """StableRep's accuracy over l x m, on the source the l x m table reports."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     sr = without_budget(df).filter(pl.col("method") == "stablerep")
-    fig, ax = plt.subplots(figsize=(4.5, 3.8))
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
     if not sr.is_empty():
-        data = sr.group_by("data").len().sort("len", descending=True)["data"][0]
+        data = lm_source(sr)
         cells = mean_ci(sr.filter(pl.col("data") == data), ["l", "m"], metric)
         ls, ms = sorted(cells["l"].unique().to_list()), sorted(cells["m"].unique().to_list())
         grid = np.full((len(ls), len(ms)), np.nan)
@@ -422,7 +437,7 @@ def figure_lm_heatmap(df: pl.DataFrame, metric: str):
                     ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w", fontsize=9)
         ax.set(xticks=range(len(ms)), xticklabels=ms, yticks=range(len(ls)), yticklabels=ls,
                xlabel="m (images per caption in a batch)", ylabel="l (images per caption)",
-               title=f"StableRep {metric} ({data})")
+               title=f"StableRep {metric} over l x m ({data}):\ndo more images per caption (l, m) help?")
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
     return fig
@@ -473,19 +488,9 @@ def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path]
             sections.append(f"## {metric}: {title}\n\n{markdown_table(table)}" + (f"\n{note}\n" if note else ""))
     write_text(out / "tables.md", "\n".join(sections))
     outputs["tables"] = out / "tables.md"
-    outputs["accuracy_vs_w"] = out / "accuracy_vs_w.png"
-    import matplotlib
-
-    matplotlib.use("Agg")
-    _save(figure_accuracy_vs_w(df, metrics[0], cfg, base), outputs["accuracy_vs_w"])
-    zeroshot = f"zeroshot_{primary}"
-    if zeroshot in df.columns and df.filter(pl.col(zeroshot).is_not_null() & (pl.col("data") != "real")).height:
-        outputs["zeroshot_vs_w"] = out / "zeroshot_vs_w.png"
-        _save(figure_accuracy_vs_w(df.filter(pl.col(zeroshot).is_not_null()), zeroshot, cfg), outputs["zeroshot_vs_w"])
-    outputs["lm_heatmap"] = out / "lm_heatmap.png"
-    _save(figure_lm_heatmap(df, metrics[0]), outputs["lm_heatmap"])
     outputs["metrics"] = write_json(out / "metrics.json", dvc_metrics(df, base, metrics))
     quality = [json.loads(Path(p).read_text()) for p in source_quality or [] if Path(p).exists()]
+    rows = None
     if quality:
         rows = family_rows(df, metrics[0], cfg, quality)
         title, table = table_family(rows, metrics[0])
@@ -495,8 +500,92 @@ def build(cfg: DictConfig, run_metrics: list[Path], baseline_metrics: list[Path]
             f"# {title}\n\nCaption match, diversity and CLIP scores: the judge and CLIPs on each source's own "
             f"shards, mean ± 95% CI over captions. StableRep: {metrics[0]} at l = {cfg.train.l}, m = {cfg.train.m}, "
             f"mean ± 95% CI over seeds.\n\n{markdown_table(table)}")
-        outputs["generator_family_plot"] = out / "generator_family.png"
-        _save(figure_family(rows, metrics[0]), outputs["generator_family_plot"])
+    outputs.update(draw_plots(df, metrics[0], f"zeroshot_{primary}", cfg, base, rows, out))
+    return outputs
+
+
+# Every plot the report may draw: file stem -> what it answers (the report page's caption). A plot
+# whose axis has one value is not drawn: one point says nothing a table cell does not.
+PLOTS = {
+    "accuracy_vs_w": "Which guidance scale w suits each method, and how far are synthetic images from real ones?",
+    "zeroshot_vs_w": "How does zero-shot accuracy of the text-tower methods change with w, against real images?",
+    "lm_heatmap": "Does StableRep gain from more images per caption (l) and more of them in a batch (m)?",
+    "generator_family_plot": "Does a source whose images match their captions better, or vary more, teach StableRep more?",
+}
+PLOT_FILES = {"accuracy_vs_w": "accuracy_vs_w.png", "zeroshot_vs_w": "zeroshot_vs_w.png",
+              "lm_heatmap": "lm_heatmap.png", "generator_family_plot": "generator_family.png"}
+
+
+def w_values(df: pl.DataFrame, metric: str, cfg: DictConfig) -> list[float]:
+    """The guidance scales (a set at its mean) of the synthetic runs a plot against w draws."""
+    if metric not in df.columns:
+        return []
+    runs = default_runs(df, cfg).filter((pl.col("data") != "real") & pl.col(metric).is_not_null() & pl.col("w").is_not_null())
+    return sorted(runs["w"].unique().to_list())
+
+
+def family_points(rows: list[dict] | None) -> list[str]:
+    """The sources the generator-family plot would draw: those StableRep trained on."""
+    return [row["source"] for row in rows or [] if row["stablerep"] is not None]
+
+
+def plot_plan(df: pl.DataFrame, metric: str, zeroshot: str, cfg: DictConfig,
+              family: list[dict] | None) -> dict[str, str | None]:
+    """Each plot's fate: None where it is drawn, else why it waits (the axis it lacks). A plot
+    never drawn for this kind of run (no text tower, no per-source quality) is left out."""
+    plan: dict[str, str | None] = {}
+    ws = w_values(df, metric, cfg)
+    plan["accuracy_vs_w"] = None if len(ws) > 1 else (
+        f"waits for a second guidance scale: every synthetic run is at w = {ws[0]:g} "
+        "(the method x data table has its numbers)" if ws else "waits for a run on synthetic images")
+    if zeroshot in df.columns and df.filter(pl.col(zeroshot).is_not_null() & (pl.col("data") != "real")).height:
+        zs = w_values(df.filter(pl.col(zeroshot).is_not_null()), zeroshot, cfg)
+        plan["zeroshot_vs_w"] = None if len(zs) > 1 else (
+            f"waits for a second guidance scale: every text-tower run on synthetic images is at w = {zs[0]:g} "
+            "(the zero-shot method x data table has its numbers)" if zs else "waits for a text-tower run on synthetic images")
+    sr = without_budget(df).filter(pl.col("method") == "stablerep")
+    pairs = lm_pairs(sr) if not sr.is_empty() else 0
+    if pairs > 1:
+        plan["lm_heatmap"] = None
+    elif pairs == 1:
+        one = sr.filter(pl.col("data") == lm_source(sr)).row(0, named=True)
+        plan["lm_heatmap"] = (f"waits for the l x m axes: StableRep ran at one (l, m) = ({one['l']}, {one['m']}) "
+                              "per source (the method x data table has its numbers)")
+    else:
+        plan["lm_heatmap"] = "waits for StableRep runs on all captions"
+    if family is not None:
+        sources = family_points(family)
+        plan["generator_family_plot"] = None if len(sources) > 1 else (
+            f"waits for StableRep trained on a second source: it trained on {', '.join(sources) or 'none'} "
+            "(the generator family table has every source's scores)")
+    return plan
+
+
+def draw_plots(df: pl.DataFrame, metric: str, zeroshot: str, cfg: DictConfig, base: pl.DataFrame | None,
+               family: list[dict] | None, out: Path) -> dict[str, Path]:
+    """The plots with two or more values on their axis, and ``plots.json``: each plot's file and
+    question, or why it waits. A waiting plot's file from an earlier run is removed (it would show
+    results this run no longer has)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figures = {"accuracy_vs_w": lambda: figure_accuracy_vs_w(df, metric, cfg, base),
+               "zeroshot_vs_w": lambda: figure_accuracy_vs_w(df.filter(pl.col(zeroshot).is_not_null()), zeroshot, cfg),
+               "lm_heatmap": lambda: figure_lm_heatmap(df, metric),
+               "generator_family_plot": lambda: figure_family(family, metric)}
+    outputs, record = {}, []
+    plan = plot_plan(df, metric, zeroshot, cfg, family)
+    for name, file in PLOT_FILES.items():
+        path = out / file
+        if name in plan and plan[name] is None:
+            _save(figures[name](), path)
+            outputs[name] = path
+        else:
+            path.unlink(missing_ok=True)
+        if name in plan:
+            record.append({"name": name, "file": file if plan[name] is None else None, "question": PLOTS[name],
+                           "waits": plan[name]})
+    outputs["plots"] = write_json(out / "plots.json", {"plots": record})
     return outputs
 
 
