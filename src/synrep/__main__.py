@@ -44,6 +44,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "sweep": ("synrep.experiments.sweep", "list_runs", "list the runs the sweep expands to"),
     "sweep_run": ("synrep.experiments.sweep_run", "run_many", "train and evaluate runs of the sweep (--run RUN_ID ...)"),
     "report": ("synrep.experiments.report", "run", "ablation tables and plots of the sweep"),
+    "page": ("synrep.experiments.page", "run", "results/<name>/report.html: every table and plot of the run on one page"),
     "plan": ("synrep.experiments.planner", "run", "print the jobs and GPU-hours a config will cost"),
     "launch": ("synrep.experiments.launch", "run", "submit the sweep's runs with submitit (SLURM job array or local)"),
 }
