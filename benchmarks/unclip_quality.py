@@ -11,9 +11,10 @@ Same evaluation captions and noise seeds as ``sample_quality`` (32 captions x 4 
 diversity is the mean pairwise RMS pixel distance between the images of one caption (of one source
 photo for variations). Also the prior's own check (Ramesh et al. 2022): on held-out test photos
 with captions written from their attributes, the cosine of the prior's embedding with the photo's
-CLIP image embedding, beside that of the caption's text embedding.
+CLIP image embedding, beside that of the caption's text embedding, and of DALL-E 2's reranked
+prior (two draws, the one with the higher z_i . z_t kept).
 
-    python benchmarks/unclip_quality.py [--model models/toy_unclip] [--captions 32] [--per-caption 4]
+    python benchmarks/unclip_quality.py [--model models/toy_unclip] [--captions 32] [--per-caption 4] [--prior-only]
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, default=25)
     parser.add_argument("--prior-w", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--prior-only", action="store_true", help="only the prior's check on held-out photos")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.data_dir=/tmp/data")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -64,7 +67,7 @@ def main() -> None:
     from synrep.generation.toy import unclip as U
 
     start = time.time()
-    cfg = load_config(["threads=1"])
+    cfg = load_config(["threads=1", *args.overrides])
     judge, ceiling, origin = load_judge(cfg)
     clip = load_guide(args.clip)
     pipe = U.load_toy_unclip(args.model, "dpmsolver")
@@ -83,15 +86,16 @@ def main() -> None:
         return [images[i * k:(i + 1) * k] for i in range(len(images) // k)]
 
     rows = [("real test photos (judge's ceiling)", "", ceiling, None)]
-    for w in (1.0, 2.0, 4.0):
+    scales = () if args.prior_only else (1.0, 2.0, 4.0)
+    for w in scales:
         images = glide(prompts, num_inference_steps=args.steps, guidance_scale=w, generator=generators(),
                        output_type="np").images
         rows.append(("toy generator (GLIDE)", w, match(judge, images, wanted), diversity(groups(images))))
-    for w in (1.0, 2.0, 4.0):
+    for w in scales:
         images = U.unclip_images(pipe, clip, prompts, generators(), w, args.steps, args.prior_steps, args.prior_w)
         rows.append((f"unCLIP, prior (prior w={args.prior_w:g})", w, match(judge, images, wanted),
                      diversity(groups(images))))
-    for w in (1.0, 2.0, 4.0):
+    for w in scales:
         images = U.unclip_images(pipe, clip, prompts, generators(), w, args.steps, use_prior=False)
         rows.append(("unCLIP, no prior (text embedding)", w, match(judge, images, wanted), diversity(groups(images))))
 
@@ -99,7 +103,7 @@ def main() -> None:
     sources = np.random.default_rng(args.seed).choice(len(test["images"]), args.captions, replace=False)
     photos = np.repeat(test["images"][sources], k, axis=0)
     truth = {a: np.repeat(test[a][sources], k) for a in ATTRIBUTES}
-    for w in (1.0, 2.0, 4.0):
+    for w in scales:
         images = U.variation_images(pipe, clip, photos, generators(), w, args.steps)
         rows.append(("variations of test photos", w, match(judge, images, truth), diversity(groups(images))))
 
@@ -120,12 +124,18 @@ def main() -> None:
     text = U.clip_text(clip, held_captions)
     prior = pipe.sample_prior(text, U.clip_text(clip, [""]), [torch.Generator().manual_seed(i) for i in range(256)],
                               args.prior_steps, args.prior_w)
+    # DALL-E 2's rerank: two draws per caption, the one with the higher z_i . z_t kept
+    reranked = pipe.sample_prior(text, U.clip_text(clip, [""]), [torch.Generator().manual_seed(i) for i in range(256)],
+                                 args.prior_steps, args.prior_w, samples=2)
     shuffled = truth_embeds[torch.randperm(256, generator=torch.Generator().manual_seed(0))]
     print("\ncosine with the held-out photo's CLIP image embedding (256 test photos):")
     print(f"  prior sample {(prior * truth_embeds).sum(-1).mean():.3f}, caption's text embedding "
           f"{(text.embeds * truth_embeds).sum(-1).mean():.3f}, another photo's image embedding "
           f"{(shuffled * truth_embeds).sum(-1).mean():.3f}, prior sample vs another photo "
           f"{(prior * shuffled).sum(-1).mean():.3f}")
+    print(f"  reranked prior sample (2 draws, higher z_i . z_t kept) {(reranked * truth_embeds).sum(-1).mean():.3f}; "
+          f"z_i . z_t one draw {(prior * text.embeds).sum(-1).mean():.3f}, reranked "
+          f"{(reranked * text.embeds).sum(-1).mean():.3f}")
     print(f"\n{time.time() - start:.0f} s")
 
 
