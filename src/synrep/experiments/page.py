@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 from pathlib import Path
 
@@ -33,8 +34,8 @@ SECTIONS = {
     "shards": "Samples of each synthetic source (a row per caption)",
 }
 # Not results a reader compares: logs, per-run folders (their numbers are in the ablation tables),
-# model checkpoints and caption files.
-SKIPPED = {"logs", "runs", "captions", "mlartifacts"}
+# caption files, and DreamBooth's models and class images (its results are dreambooth_quality/).
+SKIPPED = {"logs", "runs", "captions", "mlartifacts", "dreambooth"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -73,11 +74,13 @@ def _link(path: Path, root: Path) -> str:
 def result_files(root: Path) -> dict[str, list[Path]]:
     """The run's tables and plots by folder (relative to ``root``), in the page's order."""
     found: dict[str, list[Path]] = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if not path.is_file() or path.suffix not in (".md", ".png", ".csv") or rel.parts[0] in SKIPPED:
-            continue
-        found.setdefault(rel.parent.as_posix(), []).append(path)
+    for folder, subfolders, files in os.walk(root):
+        here = Path(folder)
+        if here == root:
+            subfolders[:] = [d for d in subfolders if d not in SKIPPED]  # not walked at all (a run's many files)
+        for name in sorted(files):
+            if Path(name).suffix in (".md", ".png", ".csv"):
+                found.setdefault(here.relative_to(root).as_posix(), []).append(here / name)
 
     def order(folder: str) -> tuple[int, str]:
         known = [i for i, name in enumerate(SECTIONS) if folder == name or folder.startswith(name + "/")]
