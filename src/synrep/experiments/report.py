@@ -409,7 +409,7 @@ def figure_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: p
             if not b.is_empty() and metric in b.columns:
                 ax.axhline(b[metric].mean(), color="grey", ls=style, lw=1, label=METHOD_NAMES[name])
     ax.set(xlabel="guidance scale w", ylabel=metric.replace("_", " "),
-           title=f"{metric} against guidance scale w: which w suits each method,\nand do synthetic images match real ones?")
+           title=f"Which guidance scale w suits each method?\n({metric}; dashed: the method on real images)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
