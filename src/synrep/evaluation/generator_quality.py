@@ -138,11 +138,12 @@ def plot(table: pl.DataFrame, path: Path) -> None:
         line = ax1.plot(gen["w"], gen[f"match_{attr}"], marker="o", label=attr)[0]
         ax1.axhline(real[f"match_{attr}"][0], color=line.get_color(), ls=":", lw=1)
     ax1.set(xlabel="guidance scale w", ylabel="caption-match accuracy", ylim=(0, 1.02),
-            title="Samples follow their captions (dotted: real-image ceiling)")
+            title="Does a larger w make samples follow their captions?\n(dotted: the real images, the ceiling)")
     ax1.legend()
     ax2.plot(gen["w"], gen["diversity"], marker="o", color="k")
     ax2.axhline(real["diversity"][0], color="k", ls=":", lw=1, label="real images, same attributes")
-    ax2.set(xlabel="guidance scale w", ylabel="mean pairwise RMS distance", title="Diversity per caption")
+    ax2.set(xlabel="guidance scale w", ylabel="mean pairwise RMS distance",
+            title="What does a larger w cost in diversity per caption?")
     ax2.legend()
     if scored:
         ax3 = axes[2]
@@ -160,7 +161,7 @@ def plot(table: pl.DataFrame, path: Path) -> None:
                     ax3.plot(rows[col], mean_match, style, marker=marker,
                              label=f"{family}, {'held-out' if col == 'clip_heldout' else 'guiding'} CLIP")
         ax3.set(xlabel="CLIP score (cosine, image vs caption)", ylabel="caption match, mean of attributes",
-                title="Caption match against CLIP score")
+                title="Does a higher CLIP score mean samples that\nmatch their captions? (per guidance family)")
         ax3.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -174,11 +174,12 @@ def plot(rows: pl.DataFrame, path: Path, target: str) -> None:
         if metric != "clip_direction" and real[metric][0] is not None:
             ax1.axhline(real[metric][0], color=line.get_color(), ls=":", lw=1)
     ax1.set(xlabel="NADA step", ylabel="fraction / cosine", ylim=(-0.3, 1.05),
-            title="Adapted generator (dashed: frozen + domain words; dotted: real)")
+            title="Does NADA reach the target domain and keep the content?\n(dashed: frozen + domain words; dotted: real)")
     ax1.legend(fontsize=7)
     ax2.plot(adapted["step"], adapted["diversity"], marker="o", color="k", label="adapted")
     ax2.axhline(baseline["diversity"][0], color="k", ls="--", lw=1, label="frozen + domain words")
-    ax2.set(xlabel="NADA step", ylabel="mean pairwise RMS distance", title="Diversity per caption")
+    ax2.set(xlabel="NADA step", ylabel="mean pairwise RMS distance",
+            title="Does adapting cost diversity per caption?")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
