@@ -33,6 +33,16 @@ SECTIONS = {
     "nada/quality": "StyleGAN-NADA: the generator adapted to another domain from text alone",
     "shards": "Samples of each synthetic source (a row per caption)",
 }
+# What to read from the steps' sample grids (file name pattern -> caption; the steps that draw them
+# say the same of their rows)
+GRIDS = [
+    (r"shards/.*/grid\.png", "Does this source draw what its captions say? A row per caption, its l images"),
+    (r"sample_quality/samples_w(.*)\.png", "What the generator draws at w = {0}: a row per caption"),
+    (r"dreambooth_quality/samples_(.*)\.png",
+     "Is the subject kept across prompts ({0})? Rows: the instance, a new background, a new size, the class"),
+    (r"nada/quality/samples\.png", "Did the domain change and the content stay? Rows: frozen, frozen + domain words, adapted"),
+    (r"inpaint_quality/edits_(.*)\.png", "Does the edit ({0}) change only the masked region? Top: originals; bottom: edited"),
+]
 # Not results a reader compares: logs, per-run folders (their numbers are in the ablation tables),
 # caption files, and DreamBooth's models and class images (its results are dreambooth_quality/).
 SKIPPED = {"logs", "runs", "captions", "mlartifacts", "dreambooth"}
@@ -69,6 +79,14 @@ def _image(path: Path, caption: str) -> str:
 def _link(path: Path, root: Path) -> str:
     rel = path.relative_to(root).as_posix()
     return f'<a href="{html.escape(rel)}">{html.escape(rel)}</a>'
+
+
+def grid_caption(rel: str) -> str | None:
+    for pattern, caption in GRIDS:
+        match = re.fullmatch(pattern, rel)
+        if match:
+            return caption.format(*match.groups())
+    return None
 
 
 def result_files(root: Path) -> dict[str, list[Path]]:
@@ -119,7 +137,7 @@ def _folder_html(folder: str, files: list[Path], root: Path) -> str:
     for path in sorted((p for p in files if p.suffix == ".md"), key=lambda p: (p.name != "tables.md", p.name)):
         parts.append(f'<p class="file">{_link(path, root)}</p>{_markdown(path.read_text())}')
     for path in [p for p in files if p.suffix == ".png"]:
-        question = plots.get(path.name, {}).get("question")
+        question = plots.get(path.name, {}).get("question") or grid_caption(path.relative_to(root).as_posix())
         caption = f"{question} ({path.relative_to(root).as_posix()})" if question else path.relative_to(root).as_posix()
         parts.append(_image(path, caption))
     csvs = [p for p in files if p.suffix == ".csv"]
