@@ -100,6 +100,10 @@ def _fake_step_output(root: Path) -> None:
     ax.plot([1, 2], [0.5, 0.7])
     fig.savefig(folder / "caption_match.png")
     plt.close(fig)
+    (root / "shards" / "w2").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(root / "shards" / "w2" / "grid.png")
 
 
 def escaped(text: str) -> str:
@@ -144,7 +148,8 @@ def test_the_page_shows_every_table_and_plot(make_cfg, tmp_path):
     _fake_step_output(root)
     text = page.build(cfg, root).read_text()
     check_page(root, text)
-    assert text.index("ablations/tables.md") < text.index("sample_quality/caption_match.md")
+    assert text.index("ablations/tables.md") < text.index("sample_quality/caption_match.md") < text.index("shards/w2/grid.png")
+    assert page.grid_caption("shards/w2/grid.png") in text  # a sample grid says what to read from it
     assert "<pre>" in text and f"name: {cfg.name}" in text  # the resolved config
 
 
