@@ -426,23 +426,27 @@ def test_launch_reports_a_killed_job_instead_of_waiting_forever(slurm_cluster, l
     from synrep.experiments import sweep, sweep_run
     from synrep.config import load_config
 
-    # 600 epochs: a run that cannot finish before the kill lands
-    overrides = learning_world("sweep.grids=[{method:[simclr],data:[w4]}]", "sweep.seeds=[6]", "train.epochs=600",
+    # 20,000 epochs (minutes): a run that cannot finish before the kill lands, however fast the machine
+    overrides = learning_world("sweep.grids=[{method:[simclr],data:[w4]}]", "sweep.seeds=[6]", "train.epochs=20000",
                                "launch.cluster=slurm", f"launch.folder={tmp_path}/submitit", "launch.mem_gb=2")
     cfg = load_config(overrides)
     (spec,) = sweep.expand(cfg)
     shutil.rmtree(sweep.run_output_dir(cfg, spec), ignore_errors=True)
     specs, jobs = launch.submit(cfg)
     (job,) = jobs
-    wait_for(lambda: scontrol_job(job.job_id).get("JobState") == "RUNNING", "the job's start", 120)
-    # SIGKILL to every step, batch script included, as the OOM killer would: nothing for submitit to catch
-    # (a plain scancel sends SIGTERM, which submitit ignores, and a short run may then still finish)
-    subprocess.run(["scancel", "--full", "--signal=KILL", job.job_id], check=True)
+    try:
+        wait_for(lambda: scontrol_job(job.job_id).get("JobState") == "RUNNING", "the job's start", 120)
+        # SIGKILL to every step, batch script included, as the OOM killer would: nothing for submitit to catch
+        # (a plain scancel sends SIGTERM, which submitit ignores, and a short run may then still finish)
+        subprocess.run(["scancel", "--full", "--signal=KILL", job.job_id], check=True)
 
-    t0 = time.monotonic()
-    failed = launch.wait_for(specs, jobs, poll_s=1.0, vanished_grace_s=3.0)
-    assert time.monotonic() - t0 < 150, scontrol_job(job.job_id)
-    assert len(failed) == 1 and spec.run_id in failed[0] and "left the SLURM queue" in failed[0], failed
+        t0 = time.monotonic()
+        failed = launch.wait_for(specs, jobs, poll_s=1.0, vanished_grace_s=3.0)
+        assert time.monotonic() - t0 < 150, scontrol_job(job.job_id)
+        log = job.paths.stderr.read_text()[-2000:] if job.paths.stderr.exists() else "(no stderr)"
+        assert len(failed) == 1 and spec.run_id in failed[0] and "left the SLURM queue" in failed[0], (failed, log)
+    finally:  # a kill that missed must not leave a long job on the node for the next tests
+        subprocess.run(["scancel", job.job_id], check=False)
     assert not job.paths.result_pickle.exists()
 
 

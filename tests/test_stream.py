@@ -222,3 +222,4 @@ def test_persistent_workers_see_each_pass(tmp_path):
     assert not torch.equal(single[0], single[1])
     for a, b in zip(single, persistent):
         assert torch.equal(a, b)
+

@@ -277,3 +277,16 @@ def test_batched_augmentation_cuts_as_torchvision_does():
     mirrored = (out - expected.flip(-1)).abs().amax((1, 2, 3)) < 1e-4
     assert bool((same | mirrored).all()) and 4 < int(same.sum()) < 28
     assert augment.batch_augment(load_config(["train.augment.color_jitter_p=0.8"])) is None
+
+
+@pytest.mark.timeout(300)
+def test_loader_workers_train_as_one_another(learning_world, tmp_path):
+    """Forked DataLoader workers (the real runs' loader) get through training, and the batches do
+    not depend on how many there are: each index carries its own draws. (A worker once hung at its
+    first batch: polars' thread pool, busy in the parent, is not usable in a forked child.)"""
+    losses = []
+    for workers in (1, 2):
+        cfg = load_config(learning_world(f"train.workers={workers}",
+                                         f"train.output_dir={tmp_path}/w{workers}"))
+        losses.append([h["loss"] for h in train.train(cfg, progress=False)["history"]])
+    assert len(losses[0]) > 1 and losses[0] == losses[1], losses

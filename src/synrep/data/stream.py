@@ -38,6 +38,7 @@ from typing import Callable
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig
 from PIL import Image
@@ -192,30 +193,36 @@ def read_members(url: str) -> ShardTable:
     side = members_path(url)
     if not side.exists():
         return ShardTable.from_samples(member_table(url))
+    # pyarrow on one thread, not polars: DataLoader workers are forked, and polars' thread pool,
+    # started in the parent, deadlocks a forked child's first query
     try:
-        frame = pl.read_parquet(side, columns=["key", "suffix", "offset", "size"])
-    except Exception as err:  # polars raises ComputeError / ColumnNotFoundError flavours
+        table = pq.read_table(side, columns=["key", "suffix", "offset", "size"], use_threads=False)
+    except Exception as err:  # ArrowInvalid, a missing column, a file that is not parquet
         raise ValueError(f"{side}: not a readable member table ({str(err).splitlines()[0]})") from None
-    frame = frame.filter(pl.col("suffix") != "")  # a member without a suffix belongs to no sample (member_table)
+    suffixes = table["suffix"].to_pylist()
+    kept = [i for i, suffix in enumerate(suffixes) if suffix]  # a member without a suffix belongs to no sample (member_table)
+    keys = table["key"].to_pylist()
+    keys = [keys[i] for i in kept]
+    suffixes = [suffixes[i] for i in kept]
+    offsets = table["offset"].to_numpy().astype(np.int64)[kept]
+    sizes = table["size"].to_numpy().astype(np.int64)[kept]
     try:
         size = Path(url).stat().st_size
     except FileNotFoundError:
         raise FileNotFoundError(f"shard not found: {url}") from None
-    end = int((frame["offset"] + frame["size"]).max() or 0)
+    end = int((offsets + sizes).max()) if len(kept) else 0
     if size < end:
         raise ValueError(f"{url}: truncated or corrupt shard (the archive ends at byte {size}, inside its "
                          f"members, which end at {end} by {side.name})")
-    key = frame["key"]
-    starts = np.flatnonzero((key != key.shift(1)).fill_null(True).to_numpy())
-    runs = key.gather(starts)
-    if runs.n_unique() != len(starts) or frame.select(pl.struct("key", "suffix").n_unique()).item() != frame.height:
+    starts = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
+    runs = [keys[i] for i in starts]
+    if len(set(runs)) != len(runs) or len(set(zip(keys, suffixes))) != len(keys):
         # a sample's members apart, or a member twice: group as the header scan does (first place, last value)
         samples: dict[str, dict[str, tuple[int, int]]] = {}
-        for k, suffix, offset, length in frame.iter_rows():
+        for k, suffix, offset, length in zip(keys, suffixes, offsets.tolist(), sizes.tolist()):
             samples.setdefault(k, {})[suffix] = (offset, length)
         return ShardTable.from_samples(list(samples.items()))
-    return ShardTable(runs.to_list(), np.append(starts, frame.height).astype(np.int64), frame["suffix"].to_list(),
-                      frame["offset"].to_numpy().astype(np.int64), frame["size"].to_numpy().astype(np.int64))
+    return ShardTable(runs, np.array(starts + [len(keys)], dtype=np.int64), suffixes, offsets, sizes)
 
 
 class _LRU(OrderedDict):
