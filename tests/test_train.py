@@ -90,7 +90,7 @@ def test_lr_schedule_is_the_official_one(make_cfg):
 
 
 @pytest.mark.parametrize("method", ["stablerep", "simclr", "clip", "stablerep_plus"])
-def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
+def test_every_method_trains_and_evaluates(learning_world, tmp_path, method, monkeypatch):
     import numpy as np
 
     from synrep.data import toyworld
@@ -101,9 +101,29 @@ def test_every_method_trains_and_evaluates(learning_world, tmp_path, method):
     data = "real" if method == "simclr" else "w2"
     cfg = load_config(learning_world(f"train.method={method}", f"train.data={data}", "train.epochs=1",
                                      f"train.l={1 if data == 'real' else 4}", f"train.output_dir={tmp_path}/run"))
+    # the lr each optimizer step is taken at, as the optimizer holds it
+    taken = []
+    step_as_trained = train.optimizer_step
+
+    def recording_step(loss, optimizer, scaler):
+        taken.append([group["lr"] for group in optimizer.param_groups])
+        step_as_trained(loss, optimizer, scaler)
+
+    monkeypatch.setattr(train, "optimizer_step", recording_step)
+    torch.manual_seed(cfg.train.seed)  # the trainer's seed before it builds the model: its initial weights
+    initial = train.build_model(cfg).state_dict()
     summary = train.train(cfg, progress=False)
     plan = summary["length"]
     assert summary["history"][-1]["step"] == plan["steps"] > 0
+    length = train.TrainingLength(**plan)
+    assert len(taken) == plan["steps"]
+    for step, lrs in enumerate(taken):  # every parameter group gets the schedule's lr at that step
+        assert lrs == pytest.approx([train.lr_at(step, length)] * len(lrs))
+    trained = torch.load(tmp_path / "run" / "model.pt")["model"]
+    assert trained.keys() == initial.keys()
+    moved = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, trained[k])]
+    weights = [k for k, v in initial.items() if v.is_floating_point() and k.endswith("weight")]
+    assert set(weights) <= set(moved), sorted(set(weights) - set(moved))  # every layer's weights trained
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in summary["history"])
     assert json.loads((tmp_path / "run" / "train.json").read_text()) == summary
     assert load_config(config_file=tmp_path / "run" / "config.yaml").train.method == method
