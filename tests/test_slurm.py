@@ -435,7 +435,11 @@ def test_launch_reports_a_killed_job_instead_of_waiting_forever(slurm_cluster, l
     specs, jobs = launch.submit(cfg)
     (job,) = jobs
     try:
-        wait_for(lambda: scontrol_job(job.job_id).get("JobState") == "RUNNING", "the job's start", 120)
+        # RUNNING comes before the job's step exists, and a signal sent then may reach no process:
+        # wait until training has started (it writes the run's identity first)
+        started = sweep.run_output_dir(cfg, spec) / "identity.json"
+        wait_for(lambda: scontrol_job(job.job_id).get("JobState") == "RUNNING" and started.exists(),
+                 "the job's training start", 180, diagnose=lambda: scontrol_job(job.job_id))
         # SIGKILL to every step, batch script included, as the OOM killer would: nothing for submitit to catch
         # (a plain scancel sends SIGTERM, which submitit ignores, and a short run may then still finish)
         subprocess.run(["scancel", "--full", "--signal=KILL", job.job_id], check=True)
