@@ -71,6 +71,18 @@ def test_reduced_pipeline_writes_what_a_user_opens(finished):
         logs = [p for p in (results / "logs" / "runs").glob("*.log") if f"run {run}: " in p.read_text()]
         assert record["run"] == run and len(logs) == 1
     tables = (results / "ablations" / "tables.md").read_text()
+    # a cell is the runs' own numbers: mean and Student-t 95 % half-width over seeds, from metrics.json
+    from scipy import stats
+
+    for run in ("stablerep-w2-l4-m4", "simclr-real-l1"):
+        values = [json.loads((results / "runs" / f"{run}-s{seed}" / "metrics.json").read_text())["probe_shape"]
+                  for seed in (0, 1)]
+        mean = sum(values) / 2
+        half = stats.t.ppf(0.975, 1) * stats.tstd(values) / 2 ** 0.5
+        row = next(line for line in tables.splitlines()
+                   if line.startswith(f"| {'StableRep' if run.startswith('stablerep') else 'SimCLR'} |"))
+        cells = [tuple(map(float, c.split(" ± "))) for c in row.split("|") if " ± " in c]
+        assert any(abs(m - mean) < 6e-4 and abs(c - half) < 6e-4 for m, c in cells), (run, values, row)
     assert "| method | w=2.0 | w=3.0 {2,4} |" not in tables  # a set is named by its set, not its mean
     assert "| method | w=2.0 | w={2,4} | w=4.0 |" in tables and "random init" in tables
     # no lm_heatmap.png: one (l, m) is a table cell (tests/test_report_page.py checks each plot's axis)
