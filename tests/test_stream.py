@@ -12,7 +12,7 @@ import torch
 
 from synrep.data import stream
 from synrep.data.shards import write_shard
-from synrep.learning.methods import SampleSpec
+from synrep.training_methods import SampleSpec
 
 
 def build_shards(folder, shards=8, per_shard=16, l=2, size=4):

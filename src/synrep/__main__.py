@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from synrep.config import ConfigError, json_schema, load_config, to_yaml
+
 # step -> (module, function, help); modules are imported lazily so that --help stays fast
 STEPS: dict[str, tuple[str, str, str]] = {
     "toyworld": ("synrep.data.toyworld", "run", "render the embedded toy world (captions and real splits)"),
@@ -86,7 +88,6 @@ def peak_memory() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from synrep.config import ConfigError, json_schema, load_config, to_yaml
 
     if args.step == "schema":
         print(json.dumps(json_schema(), indent=2))

@@ -19,6 +19,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from synrep.fileio import write_text
+from synrep.training_methods import METHODS
 
 
 def config_dir() -> Path:
@@ -896,8 +898,6 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise _describe(err, "config") from None
-    from synrep.learning.methods import METHODS
-
     if cfg.train.method not in METHODS:
         raise ConfigError(f"config key 'train.method': {cfg.train.method!r} is not one of {list(METHODS)}")
     for key, allowed in CHOICES.items():
@@ -1226,8 +1226,6 @@ def digest(data: Any) -> str:
 
 def save_resolved(cfg: DictConfig, directory: str | os.PathLike, filename: str = "config.yaml") -> Path:
     """Write the resolved config beside a step's outputs."""
-    from synrep.fileio import write_text
-
     return write_text(Path(directory) / filename, to_yaml(cfg))
 
 

@@ -31,6 +31,7 @@ from synrep.config import run_dir, save_resolved
 from synrep.data.caption_readers import CaptionStream
 from synrep.data.dedup import StreamingDedup, StringStore, normalize_series
 from synrep.fileio import atomic_path, remove_dead_temporaries, write_json
+from synrep.tracking import mlflow_run
 
 __all__ = ["run"]
 
@@ -158,8 +159,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     Raises ValueError (nothing written) for a malformed file (CaptionFormatError), a file with
     no usable caption, or a limit or max_length below 1."""
     import mlflow
-
-    from synrep.tracking import mlflow_run
 
     ccfg = cfg.captions
     # limit=0 would write an empty caption set, which later steps cannot use

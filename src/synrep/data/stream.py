@@ -43,7 +43,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from synrep.config import run_dir
+from synrep.config import run_dir, save_resolved
 from synrep.data.shards import members_path, write_index, write_shard
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -444,7 +444,6 @@ def real_shards_run(cfg: DictConfig) -> dict[str, Path]:
     """Write the real image of every kept caption into shards (one image per caption), so that
     real-image baselines read the same format as synthetic ones."""
     from synrep.data import toyworld
-    from synrep.config import save_resolved
     from synrep.data.shards import shard_ranges, shard_summary
 
     captions_path = run_dir(cfg, "captions", "captions.parquet")

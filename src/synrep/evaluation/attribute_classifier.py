@@ -24,8 +24,9 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-import synrep.learning.encoders  # noqa: F401  (registers toy_cnn with timm)
 from synrep.data import toyworld
+from synrep.fileio import atomic_dir, write_json
+import synrep.learning.encoders  # noqa: F401  (registers toy_cnn with timm)
 
 ATTRIBUTES = ("shape", "colour", "size", "background")
 
@@ -112,8 +113,6 @@ def recipe(cfg: DictConfig) -> dict:
 
 
 def save(model: AttributeClassifier, cfg: DictConfig, folder: Path, accuracy: dict[str, float]) -> None:
-    from synrep.fileio import atomic_dir, write_json
-
     with atomic_dir(folder) as tmp:
         torch.save(model.state_dict(), tmp / WEIGHTS)
         write_json(tmp / RECIPE, {**recipe(cfg), "test_accuracy": accuracy})

@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 
 from synrep.data import toyworld
 from synrep.evaluation.attribute_classifier import AttributeClassifier, to_tensor
+from synrep.fileio import atomic_dir, write_json
+from synrep.tracking import mlflow_run
 
 HEAD = "domain"
 WEIGHTS = "model.pt"
@@ -158,8 +160,6 @@ def recipe(cfg: DictConfig) -> dict:
 
 
 def save(model: AttributeClassifier, cfg: DictConfig, folder: Path, held_out: dict[str, float]) -> None:
-    from synrep.fileio import atomic_dir, write_json
-
     with atomic_dir(folder) as tmp:
         torch.save(model.state_dict(), tmp / WEIGHTS)
         write_json(tmp / RECIPE, {**recipe(cfg), "test_accuracy": held_out})
@@ -184,8 +184,6 @@ def load_or_train(cfg: DictConfig) -> tuple[AttributeClassifier, dict[str, float
 def run(cfg: DictConfig) -> dict[str, Path]:
     """Train the domain classifier and save it into ``nada.domain_classifier``."""
     import mlflow
-
-    from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
     folder = Path(cfg.nada.domain_classifier)

@@ -40,6 +40,7 @@ from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.evaluation.generator_quality import diversity
 from synrep.fileio import atomic_path, write_json, write_text
 from synrep.tables import markdown_table, mean_ci
+from synrep.tracking import mlflow_run
 
 GROUPS = ("instance", "background", "size", "class")
 SIZE_PROMPT_WORDS = ("small", "big")  # toyworld.SIZE_WORDS of small and large
@@ -226,7 +227,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
 
     from synrep.generation.pipelines import load_pipeline
     from synrep.images import image_grid
-    from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
     d, q = cfg.dreambooth, cfg.dreambooth.quality

@@ -32,6 +32,7 @@ from synrep.evaluation.fewshot import few_shot
 from synrep.evaluation.linear_probe import ProbeCheckpoint, linear_probe, linear_probe_augmented
 from synrep.evaluation.zeroshot import zero_shot
 from synrep.fileio import write_json, write_text
+from synrep.tracking import mlflow_run
 
 
 @dataclass(frozen=True)
@@ -305,8 +306,6 @@ def baselines_run(cfg: DictConfig, seed: int | None = None) -> dict[str, Path]:
     one file per seed, so that adding a seed to the sweep computes only its own."""
     import mlflow
 
-    from synrep.tracking import mlflow_run
-
     torch.set_num_threads(cfg.threads)
     job = eval_job(cfg)
     data = load_eval_data(cfg)
@@ -333,7 +332,6 @@ def baselines_run(cfg: DictConfig, seed: int | None = None) -> dict[str, Path]:
 def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep evaluate``: the run in ``train.output_dir``."""
     from synrep.learning import distributed
-    from synrep.tracking import mlflow_run
 
     if not distributed.detect().is_main:  # the other ranks of torchrun / srun help rank 0, which logs
         evaluate_run(cfg)

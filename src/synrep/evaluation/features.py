@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.fileio import atomic_path
+from synrep.fileio import atomic_path, write_json
 from synrep.tracking import progress as progress_bar
 
 SPLITS = ("train", "val", "test")
@@ -294,7 +294,6 @@ def cached_features(folder: Path, key: str, splits: tuple[str, ...], compute: Ca
     other keys and reads the whole. Returns the features on rank 0 and None on the other ranks."""
     import hashlib
 
-    from synrep.fileio import write_json
     from synrep.learning import distributed
 
     folder = Path(folder)

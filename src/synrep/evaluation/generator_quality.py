@@ -33,11 +33,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import run_dir, save_resolved, to_dict
+from synrep.config import GuidanceConfig, run_dir, save_resolved, to_dict
 from synrep.data import toyworld
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge, predict
 from synrep.fileio import atomic_path, write_json, write_text
 from synrep.tables import markdown_table
+from synrep.tracking import mlflow_run
 
 
 def diversity(groups: list[np.ndarray]) -> float:
@@ -111,8 +112,6 @@ def clip_scores(guides: dict, images: np.ndarray, captions: list[str], k: int) -
 def variant_name(kind: str, w: float, s: float | None, min_alpha_bar: float | None = None) -> str:
     """w2, clip_s30_w1, noised_s30_w1: a row's name in grids and MLflow metrics; a plain-CLIP row
     whose min_alpha_bar is not guidance.min_alpha_bar's default adds it (clip_s30_w1_ab0)."""
-    from synrep.config import GuidanceConfig
-
     if kind == "cfg":
         return f"w{w:g}"
     name = f"{'clip' if kind == 'clip' else 'noised'}_s{s:g}_w{w:g}"
@@ -173,12 +172,12 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
     from PIL import Image
 
-    from synrep.generation.clip_guidance import check_clip_folder, is_clip_folder, load_guide
+    from synrep.generation.clip_guidance import load_guide
+    from synrep.generation.clip_model import check_clip_folder, is_clip_folder
     from synrep.generation.pipelines import load_pipeline
     from synrep.generation.sampling import sample_images
     from synrep.generation.sources import image_seed
     from synrep.images import image_grid
-    from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
     q = cfg.sample_quality

@@ -32,6 +32,7 @@ from synrep.data import toyworld
 from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.fileio import atomic_path, write_json, write_text
 from synrep.tables import markdown_table, mean_ci
+from synrep.tracking import mlflow_run
 
 EDITS = {"background": "background", "colour": "object"}  # edit -> region regenerated
 
@@ -127,7 +128,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     from synrep.generation.pipelines import load_pipeline
     from synrep.generation.toy.inpaint import RecordingInpaintPipeline
     from synrep.images import image_grid
-    from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
     q = cfg.inpaint_quality

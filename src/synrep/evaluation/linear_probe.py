@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from synrep.evaluation.features import SPLITS
+from synrep.fileio import atomic_path
 from synrep.tracking import progress as progress_bar
 
 
@@ -123,8 +124,6 @@ class ProbeCheckpoint:
         return epoch < epochs and time.perf_counter() - self._saved >= self.seconds
 
     def save(self, state: dict) -> None:
-        from synrep.fileio import atomic_path
-
         with atomic_path(self.path) as tmp:
             torch.save({"key": self.key, **state}, tmp)
         self._saved = time.perf_counter()

@@ -48,6 +48,7 @@ from synrep.evaluation.generator_quality import diversity
 from synrep.fileio import atomic_path, write_json, write_text
 from synrep.generation.toy import nada
 from synrep.tables import markdown_table
+from synrep.tracking import mlflow_run
 
 METRICS = ("target_fraction", "kept_shape", "kept_colour", "diversity", "clip_direction")
 
@@ -191,10 +192,10 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
     from PIL import Image
 
-    from synrep.generation.clip_guidance import check_clip_folder, load_guide
+    from synrep.generation.clip_guidance import load_guide
+    from synrep.generation.clip_model import check_clip_folder
     from synrep.generation.pipelines import load_pipeline
     from synrep.images import image_grid
-    from synrep.tracking import mlflow_run
 
     nada.check(cfg)
     n = cfg.nada

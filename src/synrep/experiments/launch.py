@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from synrep.config import load_config, to_yaml
 from synrep.experiments import sweep, sweep_run
 
 
@@ -26,8 +27,6 @@ class SweepRunJob:
         self.cfg_yaml, self.run_id = cfg_yaml, run_id
 
     def __call__(self) -> str:
-        from synrep.config import load_config
-
         cfg = load_config(base=OmegaConf.to_container(OmegaConf.create(self.cfg_yaml)))
         outputs = sweep_run.run_one(cfg, self.run_id)
         return str(outputs.get("metrics", ""))
@@ -62,8 +61,6 @@ def make_executor(cfg: DictConfig, folder: str | Path | None = None):
 
 def submit(cfg: DictConfig, run_ids: list[str] | None = None):
     """Submit the runs (default: every run of the sweep without metrics) as one job array."""
-    from synrep.config import to_yaml
-
     specs = sweep.expand(cfg)
     if run_ids is not None:
         specs = [sweep.find(cfg, r) for r in run_ids]

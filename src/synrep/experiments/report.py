@@ -43,8 +43,9 @@ from omegaconf import DictConfig
 
 from synrep.config import run_dir, save_resolved
 from synrep.fileio import atomic_path, write_json, write_text
-from synrep.tables import markdown_table, mean_ci
 from synrep.learning.methods import METHODS
+from synrep.tables import markdown_table, mean_ci
+from synrep.tracking import tracking_uri
 
 METHOD_ORDER = list(METHODS)
 METHOD_NAMES = {**{m.name: m.label for m in METHODS.values()}, "random_init": "random init", "raw_pixels": "raw pixels"}
@@ -594,7 +595,6 @@ def runs_from_mlflow(cfg: DictConfig) -> pl.DataFrame:
     import mlflow
 
     from synrep.experiments.sweep_run import sweep_key
-    from synrep.tracking import tracking_uri
 
     client = mlflow.MlflowClient(tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.name)
@@ -639,7 +639,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
 
     from synrep.experiments.sweep_run import parent_run_id
-    from synrep.tracking import tracking_uri
 
     paths = run_paths(cfg)
     missing = [str(p) for p in paths if not p.exists()]

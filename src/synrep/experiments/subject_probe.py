@@ -26,6 +26,7 @@ from synrep.config import run_dir, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import write_json, write_text
 from synrep.tables import markdown_table, mean_ci
+from synrep.tracking import mlflow_run
 
 SPLITS = ("train", "val", "test")
 
@@ -85,8 +86,6 @@ def measure(cfg: DictConfig) -> pl.DataFrame:
 def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep subject_probe``: the table and per-run rows into ``dreambooth.probe.output_dir``."""
     import mlflow
-
-    from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
     p = cfg.dreambooth.probe

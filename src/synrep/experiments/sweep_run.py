@@ -14,7 +14,9 @@ from omegaconf import DictConfig
 
 from synrep.config import save_resolved, section_hash
 from synrep.experiments.sweep import RunSpec, expand, find, run_config
+from synrep.fileio import write_json
 from synrep.generation.sources import source_spec, w_params
+from synrep.tracking import ensure_experiment, mlflow_run, runs_page, set_sweep_view, tracking_uri
 
 
 def sweep_key(cfg: DictConfig) -> str:
@@ -24,8 +26,6 @@ def sweep_key(cfg: DictConfig) -> str:
 def parent_run_id(cfg: DictConfig) -> str:
     """The sweep's MLflow parent run: found by its tag, created once."""
     import mlflow
-
-    from synrep.tracking import ensure_experiment, runs_page, set_sweep_view, tracking_uri
 
     experiment_id = ensure_experiment(cfg)
     client = mlflow.MlflowClient(tracking_uri(cfg))
@@ -60,9 +60,7 @@ def run_one(cfg: DictConfig, run_id: str) -> dict[str, Path]:
     import mlflow
 
     from synrep.evaluation import evaluate
-    from synrep.fileio import write_json
     from synrep.learning import distributed, trainer
-    from synrep.tracking import mlflow_run
 
     spec = find(cfg, run_id)
     rcfg = run_config(cfg, spec)

@@ -35,46 +35,19 @@ images (tested), so only the guidance term is new.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synrep.generation import noised_clip
+from synrep.generation.clip_model import load_clip
+
 ALPHA_SAMPLERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler")
-# What makes a folder an open_clip local-dir model (open_clip.factory reads it)
-CLIP_CONFIG = "open_clip_config.json"
-
-
-def is_clip_folder(path: str | Path) -> bool:
-    return (Path(path) / CLIP_CONFIG).exists()
-
-
-def check_clip_folder(path: str | Path, key: str | None = None) -> Path:
-    """``path`` as a Path when it is an open_clip local-dir folder; else one line naming the config
-    key (when given) and the missing file."""
-    folder = Path(path)
-    if not is_clip_folder(folder):
-        where = f"config key '{key}': " if key else ""
-        raise FileNotFoundError(f"{where}{folder / CLIP_CONFIG} not found: not an open_clip local-dir model "
-                                "(models/toy_clip, or `python -m synrep train_clip`)")
-    return folder
-
-
-def load_clip(path: str | Path, device: str | torch.device = "cpu", key: str | None = None):
-    """(model in eval mode, tokenizer) of an open_clip local-dir folder, through open_clip alone."""
-    import open_clip
-
-    name = f"local-dir:{check_clip_folder(path, key)}"
-    return open_clip.create_model(name, device=device).eval(), open_clip.get_tokenizer(name)
-
-
 @functools.lru_cache(maxsize=4)
 def load_guide(path: str, device: str = "cpu") -> "ClipGuide":
     """The CLIP of an open_clip ``local-dir:`` folder (e.g. ``models/toy_clip``), frozen, loaded once
     per process: a ``NoisedClipGuide`` for a noised CLIP (generation/noised_clip.py)."""
-    from synrep.generation import noised_clip
-
     if noised_clip.is_noised_clip_folder(path):
         model, tokenizer, info = noised_clip.load(path, device)
         model.requires_grad_(False)
@@ -222,12 +195,10 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     model = adapter(pipe)
     noised = getattr(guide, "noised", False)
     if noised:
-        from synrep.generation.noised_clip import check_schedule
-
         if not isinstance(model, _Toy):
             raise ValueError("a noised CLIP reads pixel-space x_t; Stable Diffusion's x_t are latents: "
                              "guide it with a plain CLIP (on the decoded x̂0)")
-        check_schedule(guide.info, scheduler)
+        noised_clip.check_schedule(guide.info, scheduler)
     n = num_images_per_prompt
     batch = len(prompts) * n
     use_cfg = guidance_scale != 1.0

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from synrep.fileio import atomic_dir, atomic_path, write_json
+from synrep.config import digest, save_resolved
+from synrep.tracking import mlflow_run
 
 # diffusers.optimization.get_scheduler's names, as train_dreambooth.py's --lr_scheduler takes them
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -201,7 +203,6 @@ def class_images(pipe, opts: Mapping, class_data_dir: str | Path, settings: Mapp
     They live in ``class_data_dir/<hash of the provenance>/`` (images.npz, provenance.json: prompt,
     seed, model fingerprint, sampler, steps, w and each image's noise seed); a later call with the
     same provenance reuses them and generates only what is missing."""
-    from synrep.config import digest
     from synrep.generation.sampling import sample_images
 
     fingerprint = fingerprint or weights_fingerprint(pipe)
@@ -359,8 +360,6 @@ def train_dreambooth(pipe, instance_images: np.ndarray, opts: Mapping, class_dat
 def save_model(pipe, out: str | Path, cfg=None, summary: dict | None = None) -> Path:
     """Save the fine-tuned pipeline (``save_pretrained``), its resolved config (config.yaml) and the
     training summary (dreambooth.json) into ``out`` at once (a killed job leaves no half folder)."""
-    from synrep.config import save_resolved
-
     out = Path(out)
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -379,7 +378,6 @@ def run(cfg) -> dict[str, Path]:
     from synrep.data import toyworld
     from synrep.generation.pipelines import fingerprint as model_fingerprint
     from synrep.generation.pipelines import load_pipeline, model_folder
-    from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
     d = cfg.dreambooth

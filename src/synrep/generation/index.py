@@ -16,6 +16,7 @@ from synrep.data.shards import read_shard, shard_path, shard_summary, write_inde
 from synrep.fileio import atomic_path, write_json
 from synrep.generation.generate import model_info, source_shards, shards_dir
 from synrep.generation.sources import referenced_sources, source_spec, w_params
+from synrep.tracking import mlflow_run
 
 
 def sample_grid(shard: Path, n_captions: int) -> np.ndarray:
@@ -33,8 +34,6 @@ def sample_grid(shard: Path, n_captions: int) -> np.ndarray:
 
 def index_source(cfg: DictConfig, source: str) -> dict[str, Path]:
     import mlflow
-
-    from synrep.tracking import mlflow_run
 
     spec = source_spec(cfg, source)
     folder = shards_dir(cfg) / source

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from synrep.fileio import write_json
+from synrep.generation.clip_model import CLIP_CONFIG, load_clip
+
 NOISED_CONFIG = "noised_clip.json"
 TIMESTEP_WEIGHTS = "timestep_embedding.safetensors"
 
@@ -86,9 +89,6 @@ def save(model: NoisedClip, folder: Path, clip_config: dict, noise_schedule: dic
     """``folder``: the CLIP as an open_clip local-dir model, the timestep embedding and noised_clip.json."""
     from safetensors.torch import save_file
 
-    from synrep.fileio import write_json
-    from synrep.generation.clip_guidance import CLIP_CONFIG
-
     write_json(folder / CLIP_CONFIG, clip_config)
     save_file({k: v.contiguous() for k, v in model.clip.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     save_file({k: v.contiguous() for k, v in model.timestep.state_dict().items()}, str(folder / TIMESTEP_WEIGHTS))
@@ -101,8 +101,6 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     import json
 
     from safetensors.torch import load_file
-
-    from synrep.generation.clip_guidance import load_clip
 
     folder = Path(path)
     if not is_noised_clip_folder(folder):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig
 
-from synrep.config import guidance_scales, to_dict
+from synrep.config import ConfigError, guidance_scales, to_dict
 
 if TYPE_CHECKING:
     import polars as pl
@@ -88,7 +88,7 @@ def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator
             out.pop(key)
     folder = model_folder(generator, f"sources.{name}.generator")
     if '"ToyUnCLIPPipeline"' in (folder / "model_index.json").read_text():
-        from synrep.generation.clip_guidance import check_clip_folder
+        from synrep.generation.clip_model import check_clip_folder
         from synrep.generation.pipelines import weights_sha256
 
         key = f"sources.{name}.unclip.clip_model" if source.unclip.clip_model else "generation.clip_model"
@@ -109,8 +109,7 @@ def guidance_spec(guidance: DictConfig, scales: list[float], generation: DictCon
     hash (a retrained CLIP makes the source's shards stale)."""
     spec = {"kind": guidance.kind, "w": scales if isinstance(to_dict(guidance)["w"], list) else scales[0]}
     if guidance.kind == "clip":
-        from synrep.config import ConfigError
-        from synrep.generation.clip_guidance import check_clip_folder
+        from synrep.generation.clip_model import check_clip_folder
         from synrep.generation.noised_clip import is_noised_clip_folder
         from synrep.generation.pipelines import weights_sha256
 

@@ -1,52 +1,16 @@
-"""The training methods, each declared once: what a batch row holds, which heads it needs, its loss.
-
-| method | a batch row | loss |
-| --- | --- | --- |
-| ``stablerep`` | m of the caption's first l images, one crop each (m = 1: two crops, = SimCLR) | multi-positive contrastive |
-| ``simclr`` | one image, two crops | InfoNCE (the same loss with two crops of one image) |
-| ``clip`` | one image and its caption | CLIP's symmetric image-text loss, learnt temperature |
-| ``stablerep_plus`` | as ``stablerep``, plus the caption | multi-positive + text_loss_weight x image-text |
-
-No torch import at the top: the config checks method names against this table when it loads.
-"""
+"""Each training method's loss, on the table of synrep/training_methods.py (where a method is declared,
+with what a batch row holds and which heads it needs; the config reads that table when it loads)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """How one batch row is drawn from a caption's stored images."""
-
-    images: int  # distinct source images per row (m for StableRep, 1 for SimCLR / CLIP)
-    views: int  # augmented crops per source image (2 for SimCLR)
-    use_first: int | None  # l: only the first l stored images are used (None: all)
+from synrep import training_methods
+from synrep.training_methods import Method
 
 
 @dataclass(frozen=True)
-class Method:
-    name: str
-    label: str  # in tables and plots
-    multi_positive: bool  # a row holds m images of one caption (so m is a sweep axis)
-    views: int  # crops per source image
-    image_loss: bool  # the image-image contrastive loss on the projection head
-    text: bool  # the caption goes through the text tower (image-text loss, zero-shot)
-
-    def images_per_row(self, m: int) -> int:
-        return int(m) if self.multi_positive else 1
-
-    def crops_per_image(self, m: int) -> int:
-        """The official --num_crop: one crop per image, except that a row of one image needs two
-        crops to hold a positive pair (StableRep at m = 1 is SimCLR, as in the paper's m ablation)."""
-        return 2 if self.multi_positive and int(m) == 1 else self.views
-
-    def crops_per_row(self, m: int) -> int:
-        return self.images_per_row(m) * self.crops_per_image(m)
-
-    def sample_spec(self, l: int | None, m: int) -> SampleSpec:
-        return SampleSpec(images=self.images_per_row(m), views=self.crops_per_image(m), use_first=l)
-
+class TrainingMethod(Method):
     def loss(self, cfg, out: dict, group_ids) -> tuple:
         """The loss of one step from the model's outputs (group ids: local batch rows), and its parts."""
         from synrep.learning import losses
@@ -65,15 +29,9 @@ class Method:
         return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("stablerep", "StableRep", multi_positive=True, views=1, image_loss=True, text=False),
-    Method("stablerep_plus", "StableRep+", multi_positive=True, views=1, image_loss=True, text=True),
-    Method("simclr", "SimCLR", multi_positive=False, views=2, image_loss=True, text=False),
-    Method("clip", "CLIP", multi_positive=False, views=1, image_loss=False, text=True),
-)}
+METHODS: dict[str, TrainingMethod] = {name: TrainingMethod(**vars(m)) for name, m in training_methods.METHODS.items()}
 
 
-def get(name: str) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; one of {list(METHODS)}")
+def get(name: str) -> TrainingMethod:
+    training_methods.get(name)  # its error for an unknown name
     return METHODS[name]

@@ -27,9 +27,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from synrep.config import save_resolved
 from synrep.data import toyworld
-from synrep.generation.clip_guidance import CLIP_CONFIG, load_clip
+from synrep.fileio import atomic_dir, write_json
+from synrep.generation.clip_model import CLIP_CONFIG, load_clip
 from synrep.learning.augment import MEAN, STD
+from synrep.tracking import mlflow_run
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
 
@@ -55,8 +58,6 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
 def save(model: torch.nn.Module, cfg: DictConfig, out: Path) -> None:
     """``out``: an open_clip local-dir model (config with preprocessing, safetensors weights)."""
     from safetensors.torch import save_file
-
-    from synrep.fileio import write_json
 
     write_json(out / CLIP_CONFIG, {
         "model_cfg": model_config(cfg),
@@ -214,10 +215,6 @@ def train(cfg: DictConfig, progress: bool = True) -> tuple[torch.nn.Module, list
 def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
 
-    from synrep.config import save_resolved
-    from synrep.fileio import atomic_dir, write_json
-    from synrep.tracking import mlflow_run
-
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.toy_clip.output_dir)
     start = time.time()
@@ -340,13 +337,10 @@ def train_noised(cfg: DictConfig, progress: bool = True):
 def run_noised(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
 
-    from synrep.config import save_resolved
     import json
 
-    from synrep.fileio import atomic_dir, write_json
     from synrep.generation import noised_clip
     from synrep.generation.pipelines import weights_sha256
-    from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
     c = cfg.toy_noised_clip

@@ -33,11 +33,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from synrep.config import method_train, save_resolved
+from synrep.fileio import atomic_path, write_json
 from synrep.learning import distributed, methods
 from synrep.learning.identity import identity_diff, training_identity
 from synrep.learning.step import forward_loss, optimizer_step
-from synrep.config import method_train, save_resolved
-from synrep.fileio import atomic_path, write_json
+from synrep.tracking import mlflow_run
 from synrep.tracking import progress as progress_bar
 
 
@@ -400,8 +401,6 @@ def load_trained(cfg: DictConfig, output_dir: str | Path | None = None, device: 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep train``: the single run that ``train.*`` describes."""
-    from synrep.tracking import mlflow_run
-
     import contextlib
 
     cfg = method_train(cfg)

@@ -77,8 +77,11 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
+from synrep.config import save_resolved
 from synrep.data import toyworld
+from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise
+from synrep.tracking import mlflow_run
 
 # The world's photo captions' wording ("a photo of a red circle", TEMPLATES_PLAIN), with {x} the object
 PHOTO_TEMPLATES = ["a photo of {x}", "a picture of {x}", "an image showing {x}"]
@@ -446,11 +449,9 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
     from safetensors.torch import save_file
 
-    from synrep.config import save_resolved
-    from synrep.fileio import atomic_dir, atomic_path, write_json
-    from synrep.generation.clip_guidance import check_clip_folder, load_guide
+    from synrep.generation.clip_guidance import load_guide
+    from synrep.generation.clip_model import check_clip_folder
     from synrep.generation.pipelines import model_folder
-    from synrep.tracking import mlflow_run
 
     check(cfg)
     torch.set_num_threads(cfg.threads)

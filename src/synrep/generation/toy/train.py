@@ -20,11 +20,12 @@ from diffusers.training_utils import EMAModel, compute_snr
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.data import toyworld
 from synrep.config import save_resolved
+from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
 from synrep.generation.toy.pipeline import ToyGlidePipeline
 from synrep.generation.toy.text import build_text_encoder, build_tokenizer, tokenize
+from synrep.tracking import mlflow_run
 
 
 def build_unet(model_cfg: DictConfig, in_channels: int = 3) -> UNet2DConditionModel:
@@ -120,8 +121,6 @@ def fit(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split: dict[str, 
     the noisy image as diffusers' inpainting UNets take them.
     """
     import mlflow
-
-    from synrep.tracking import mlflow_run
 
     gcfg = cfg[section]
     out = Path(gcfg.output_dir)

@@ -49,6 +49,7 @@ from synrep.generation.toy.unclip import (ClipText, ToyUnCLIPPipeline, build_toy
                                           clip_text, image_embeddings)
 from synrep.generation.toy.text import tokenize
 from synrep.generation.toy.train import noise_loss, update
+from synrep.tracking import mlflow_run
 
 POSITIVE_KEYS = ("prior_layers", "prior_heads", "prior_head_dim", "prior_steps", "prior_batch_size", "prior_lr",
                  "decoder_steps", "decoder_batch_size", "decoder_lr", "extra_context_tokens", "log_every")
@@ -69,7 +70,8 @@ def check_config(cfg: DictConfig) -> None:
 
 def load_parts(cfg: DictConfig):
     """(the toy generator the decoder starts from, the toy CLIP), each named by its config key when missing."""
-    from synrep.generation.clip_guidance import load_guide, check_clip_folder
+    from synrep.generation.clip_guidance import load_guide
+    from synrep.generation.clip_model import check_clip_folder
     from synrep.generation.pipelines import check_weight_files, model_folder
     from synrep.generation.toy.pipeline import ToyGlidePipeline
 
@@ -179,8 +181,6 @@ def train_decoder(pipe: ToyUnCLIPPipeline, data: dict, u: DictConfig, rng: np.ra
 
 def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
-
-    from synrep.tracking import mlflow_run
 
     torch.set_num_threads(cfg.threads)
     check_config(cfg)
