@@ -20,6 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from synrep.fileio import write_text
+from synrep.source_modes import MODES as SOURCE_MODES
+from synrep.source_modes import owners
 from synrep.training_methods import METHODS
 
 
@@ -465,7 +467,7 @@ class SourceConfig:
     Mode ``union`` makes nothing: it is the listed sources' shards read as one data set."""
 
     generator: Optional[str] = None  # diffusers pipeline folder or hub id; null: generation.model
-    mode: str = "text2img"  # text2img | inpaint | unclip | variation
+    mode: str = "text2img"  # text2img | inpaint | unclip | variation | union (synrep/source_modes.py)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     inpaint: InpaintSourceConfig = field(default_factory=InpaintSourceConfig)  # mode inpaint
     unclip: UnclipSourceConfig = field(default_factory=UnclipSourceConfig)  # modes unclip and variation
@@ -986,9 +988,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-# What each source mode makes (generation/sources.py says how; sampling.py runs it)
-SOURCE_MODES = ("text2img", "inpaint", "unclip", "variation", "union")
-INPAINT_REGIONS = ("object", "background")
+# Each mode's settings section: its dataclass (another mode's must stay at its defaults), its name in messages
+MODE_SETTINGS = {"inpaint": ("inpainting", InpaintSourceConfig), "unclip": ("unCLIP", UnclipSourceConfig)}
 INPAINT_TRAINING_MASKS = ("object", "background", "box", "all")
 GUIDANCE_KINDS = ("cfg", "clip")
 
@@ -1022,38 +1023,24 @@ def check_source(name: str, source: DictConfig) -> None:
         raise ConfigError(f"config key '{key}': {name!r} cannot name a source (letters, digits, _ . + -; not 'real')")
     if source.mode not in SOURCE_MODES:
         raise ConfigError(f"config key '{key}.mode': {source.mode!r} is not one of {list(SOURCE_MODES)}")
+    mode = SOURCE_MODES[source.mode]
     if source.captions is not None and source.captions <= 0:
         raise ConfigError(f"config key '{key}.captions': must be > 0 (null: every caption), got {source.captions!r}")
     if source.prompts is not None:
         if not Path(source.prompts).is_file():
             raise ConfigError(f"config key '{key}.prompts': {source.prompts} is not a file (one prompt per line)")
-        if source.mode not in ("text2img", "unclip"):
+        if not mode.own_prompts:
+            suit = " and ".join(m.name for m in SOURCE_MODES.values() if m.own_prompts)
             raise ConfigError(f"config key '{key}.prompts': mode {source.mode} starts from each caption's real image; "
-                              "prompts of its own suit modes text2img and unclip")
-    if (source.mode == "union") != bool(source.union):
+                              f"prompts of its own suit modes {suit}")
+    if (not mode.generates) != bool(source.union):
         raise ConfigError(f"config key '{key}.union': mode union needs the sources it joins, and only mode union "
                           f"takes them (mode {source.mode}, union {list(source.union)})")
-    if source.mode == "inpaint":
-        if source.inpaint.region not in INPAINT_REGIONS:
-            raise ConfigError(f"config key '{key}.inpaint.region': {source.inpaint.region!r} is not one of "
-                              f"{list(INPAINT_REGIONS)}")
-        if source.inpaint.dilate < 0:
-            raise ConfigError(f"config key '{key}.inpaint.dilate': must be >= 0, got {source.inpaint.dilate!r}")
-        if source.guidance.kind != "cfg":
-            raise ConfigError(f"config key '{key}.guidance.kind': mode inpaint guides by classifier-free guidance only")
-    elif source.inpaint != OmegaConf.structured(InpaintSourceConfig):
-        raise ConfigError(f"config key '{key}.inpaint': inpainting settings need mode: inpaint")
-    if source.mode in ("unclip", "variation"):
-        if source.guidance.kind != "cfg":
-            raise ConfigError(f"config key '{key}.guidance.kind': mode {source.mode} guides its decoder by "
-                              "classifier-free guidance only")
-        if source.unclip.prior_samples < 1:
-            raise ConfigError(f"config key '{key}.unclip.prior_samples': must be >= 1, got {source.unclip.prior_samples}")
-        if source.unclip.prior_steps <= 0 or source.unclip.prior_w < 1:
-            raise ConfigError(f"config key '{key}.unclip': prior_steps must be > 0 and prior_w >= 1, got "
-                              f"{source.unclip.prior_steps} and {source.unclip.prior_w}")
-    elif source.unclip != OmegaConf.structured(UnclipSourceConfig):
-        raise ConfigError(f"config key '{key}.unclip': unCLIP settings need mode: unclip or variation")
+    for where, message in mode.checks(source):
+        raise ConfigError(f"config key '{key}.{where}': {message}")
+    for section, (label, defaults) in MODE_SETTINGS.items():
+        if section not in mode.settings and source[section] != OmegaConf.structured(defaults):
+            raise ConfigError(f"config key '{key}.{section}': {label} settings need mode: {' or '.join(owners(section))}")
     if source.guidance.kind not in GUIDANCE_KINDS:
         raise ConfigError(f"config key '{key}.guidance.kind': {source.guidance.kind!r} is not one of {list(GUIDANCE_KINDS)}")
     guidance_scales(source.guidance.w, f"{key}.guidance.w")
@@ -1089,7 +1076,7 @@ def check_union(cfg: DictConfig, name: str, source: DictConfig) -> None:
         key = f"sources.{name}.union[{i}]"
         if member not in cfg.sources or member == name:
             raise ConfigError(f"config key '{key}': {member!r} is not another source: one of {list(cfg.sources)}")
-        if cfg.sources[member].mode == "union":
+        if not SOURCE_MODES[cfg.sources[member].mode].generates:
             raise ConfigError(f"config key '{key}': {member!r} is itself a union (list its sources instead)")
         if member in list(source.union)[:i]:
             raise ConfigError(f"config key '{key}': {member!r} is listed twice")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from synrep import source_modes
 from synrep.config import run_dir
 from synrep.data import toyworld
 from synrep.data.shards import read_shard, shard_path
@@ -52,12 +53,12 @@ def read_source(cfg: DictConfig, source: str) -> tuple[list[str], list[np.ndarra
 
     spec = source_spec(cfg, source)
     captions, groups = [], []
-    if spec["mode"] == "union":  # its sources' images, one after another
+    if not source_modes.get(spec["mode"]).generates:  # a union: its sources' images, one after another
         for member in spec["union"]:
             more = read_source(cfg, member["name"])
             captions, groups = captions + more[0], groups + more[1]
         return captions, groups
-    skip = 1 if spec["mode"] == "inpaint" and spec["inpaint"]["keep_real"] else 0
+    skip = 1 if source_modes.get(spec["mode"]).first_is_real(spec) else 0
     for shard in source_shards(cfg, source):
         path = shard_path(shards_dir(cfg), source, shard.index)
         if not path.exists():

@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig
 
+from synrep import source_modes
 from synrep.config import run_dir
 from synrep.tables import markdown_table
 
@@ -65,7 +66,7 @@ def plan_table(cfg: DictConfig) -> pl.DataFrame:
     rows = []
     for name in referenced_sources(cfg):
         spec = source_spec(cfg, name)
-        if spec["mode"] == "union":  # joins shards that its sources' rows already count
+        if not source_modes.get(spec["mode"]).generates:  # a union joins shards that its sources' rows already count
             continue
         n_source = source_caption_count(spec, n)
         images = n_source * spec["l"]

@@ -32,6 +32,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from synrep import source_modes
 from synrep.config import run_dir, save_resolved
 from synrep.data.shards import (ShardSpec, encode_image, first_record, read_raw, remove_stale_temporaries,
                                 sample_key, shard_path, shard_ranges, write_shard, write_tar)
@@ -86,14 +87,14 @@ def source_shards(cfg: DictConfig, source: str, n_captions: int | None = None) -
     if n_captions is None:
         n_captions = caption_count(cfg)
     spec = source_spec(cfg, source)
-    if spec["mode"] == "union":  # its shards are its sources'
+    if not source_modes.get(spec["mode"]).generates:  # a union: its shards are its sources'
         return []
     return shard_ranges(source_caption_count(spec, n_captions), cfg.generation.captions_per_shard, source)
 
 
 def keeps_real(spec: dict) -> bool:
     """Whether image 0 of each caption is its real image (mode inpaint with keep_real): not sampled."""
-    return spec["mode"] == "inpaint" and spec["inpaint"]["keep_real"]
+    return source_modes.get(spec["mode"]).first_is_real(spec)
 
 
 def step_captions(spec: dict) -> int:
@@ -226,7 +227,7 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
     out_paths = []
     for name in names:
         spec = source_spec(cfg, name)
-        if spec["mode"] == "union":
+        if not source_modes.get(spec["mode"]).generates:
             print(f"source {name!r} joins {[m['name'] for m in spec['union']]}: nothing to generate", flush=True)
             continue
         shards = source_shards(cfg, name, n_captions)

@@ -12,6 +12,7 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
+from synrep import source_modes
 from synrep.data.shards import read_shard, shard_path, shard_summary, write_index
 from synrep.fileio import atomic_path, write_json
 from synrep.generation.generate import model_info, source_shards, shards_dir
@@ -37,7 +38,7 @@ def index_source(cfg: DictConfig, source: str) -> dict[str, Path]:
 
     spec = source_spec(cfg, source)
     folder = shards_dir(cfg) / source
-    if spec["mode"] == "union":
+    if not source_modes.get(spec["mode"]).generates:
         rows = union_rows(cfg, spec)
         # a few captions of each source, one under the other
         per_source = max(1, cfg.generation.grid_captions // len(spec["union"]))

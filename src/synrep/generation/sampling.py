@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from synrep import source_modes
+
 
 def inpainting_pipeline(pipe):
     """The inpainting form of a text-to-image pipeline, sharing its modules: the toy generator's
@@ -57,7 +59,7 @@ def unclip_mode_images(pipe, settings: Mapping, prompts: list[str], generators: 
     u = settings["unclip"]
     clip = load_guide(u["clip_model"], str(pipe.device)) if u.get("clip_model") else None
     per_image = [p for p in prompts for _ in range(n)]
-    if settings["mode"] == "unclip":
+    if not source_modes.get(settings["mode"]).real_image:  # the caption's embedding, through the prior
         return unclip_images(pipe, clip, per_image, generators, w, settings["steps"], prior_steps=u["prior_steps"],
                              prior_w=u["prior_w"], use_prior=u["use_prior"], prior_samples=u.get("prior_samples", 1))
     return variation_images(pipe, clip, np.repeat(images, n, axis=0), generators, w, settings["steps"],
@@ -78,8 +80,8 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings
     if len(seeds) != len(prompts) * n:
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts x {n} images")
     guidance = settings.get("guidance") or {}
-    mode = settings.get("mode", "text2img")
-    if mode == "inpaint":
+    mode = source_modes.get(settings.get("mode", "text2img"))
+    if mode.mask:
         from synrep.generation.toy.inpaint import ToyGlideInpaintPipeline
 
         pipe = inpainting_pipeline(pipe)
@@ -111,9 +113,9 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings
             kwargs["guidance_rescale"] = settings["guidance_rescale"]
         if settings["resolution"]:
             kwargs.update(height=settings["resolution"], width=settings["resolution"])
-        if mode == "inpaint":
+        if mode.mask:
             kwargs.update(inpaint_inputs(pipe, inputs["images"][chunk], inputs["masks"][chunk]))
-        if mode in ("unclip", "variation"):
+        if mode.embedding:
             images = unclip_mode_images(pipe, settings, prompts[chunk], generators, w, n,
                                         None if inputs is None else inputs["images"][chunk])
         elif guidance.get("kind") == "clip":
@@ -186,19 +188,19 @@ def caption_images(pipe, spec: Mapping, captions: list[str], draws: list[tuple[l
     from synrep.generation.toy.inpaint import region_masks
 
     l = spec["l"]
-    inpaint = spec["mode"] == "inpaint"
-    first = 1 if inpaint and spec["inpaint"]["keep_real"] else 0
+    mode = source_modes.get(spec["mode"])
+    first = 1 if mode.first_is_real(spec) else 0
     jobs = [(k, i) for k in range(len(captions)) for i in range(first, l)]
     prompts = [captions[k] for k, _ in jobs]
     seeds = [draws[k][0][i] for k, i in jobs]
     scales = [draws[k][1][i] for k, i in jobs]
     inputs = None
     owner = np.asarray([k for k, _ in jobs], dtype=np.int64)
-    if inpaint:
-        masks = region_masks(real["object_mask"], spec["inpaint"]["region"], spec["inpaint"]["dilate"])
-        inputs = {"images": real["images"][owner], "masks": masks[owner]}
-    elif spec["mode"] == "variation":
+    if mode.real_image:
         inputs = {"images": real["images"][owner]}
+    if mode.mask:
+        masks = region_masks(real["object_mask"], spec["inpaint"]["region"], spec["inpaint"]["dilate"])
+        inputs["masks"] = masks[owner]
     made = []
     for start in range(0, len(prompts), spec["batch_size"]):
         part = slice(start, start + spec["batch_size"])

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig
 
+from synrep import source_modes
 from synrep.config import ConfigError, guidance_scales, to_dict
 
 if TYPE_CHECKING:
@@ -43,9 +44,10 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
     if name not in cfg.sources:
         raise ValueError(f"{name!r} is not a source: one of {list(cfg.sources)} (config key 'sources')")
     source, g = cfg.sources[name], cfg.generation
-    if source.mode == "union":
+    mode = source_modes.get(source.mode)
+    if not mode.generates:
         members = [source_spec(cfg, member) for member in source.union]
-        return {"name": name, "mode": "union", "union": members, "l": members[0]["l"]}
+        return {"name": name, "mode": mode.name, "union": members, "l": members[0]["l"]}
     scales = guidance_scales(source.guidance.w, f"sources.{name}.guidance.w")
     spec = {
         "name": name,
@@ -66,10 +68,9 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
     spec.update({key: settings[key] for key in IMAGE_SETTINGS})
     if source.image_format is not None:  # a source's own format (e.g. JPEG for a large one)
         spec["image_format"] = source.image_format
-    if source.mode == "inpaint":
-        spec["inpaint"] = to_dict(source.inpaint)
-    if source.mode in ("unclip", "variation"):
-        spec["unclip"] = unclip_spec(source, g, name, spec["generator"])
+    # the mode's own settings: the unCLIP ones resolved with the CLIP they work in
+    for section in mode.settings:
+        spec[section] = unclip_spec(source, g, name, spec["generator"]) if section == "unclip" else to_dict(source[section])
     return spec
 
 
@@ -79,13 +80,10 @@ def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator
     from synrep.generation.pipelines import model_folder
 
     out = to_dict(source.unclip)
-    if source.mode == "unclip":
-        out.pop("caption")
-        if out["prior_samples"] == 1:  # absent at its default, so that earlier unclip sources keep their hash
-            out.pop("prior_samples")
-    else:
-        for key in ("prior_steps", "prior_w", "use_prior", "prior_samples"):
-            out.pop(key)
+    for key in source_modes.get(source.mode).record_omits:
+        out.pop(key)
+    if out.get("prior_samples") == 1:  # absent at its default, so that earlier unclip sources keep their hash
+        out.pop("prior_samples")
     folder = model_folder(generator, f"sources.{name}.generator")
     if '"ToyUnCLIPPipeline"' in (folder / "model_index.json").read_text():
         from synrep.generation.clip_model import check_clip_folder
@@ -101,7 +99,7 @@ def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator
 
 def needs_real_images(spec: dict) -> bool:
     """Whether the mode starts from each caption's real image (and its object mask)."""
-    return spec["mode"] in ("inpaint", "variation")
+    return source_modes.get(spec["mode"]).real_image
 
 
 def guidance_spec(guidance: DictConfig, scales: list[float], generation: DictConfig, key: str) -> dict:
@@ -135,7 +133,7 @@ def w_params(spec: dict) -> dict:
     """The source's w for tables and MLflow: a number, or the set as text and its mean. With CLIP
     guidance ``w_set`` names it too (``2+CLIP s=30``), so that tables keep such a source apart from
     a classifier-free one at the same w."""
-    if spec["mode"] == "union":  # tables keep a union apart from its sources: w_set names them
+    if not source_modes.get(spec["mode"]).generates:  # a union: tables keep a union apart from its sources: w_set names them
         ws = [w_params(member)["w"] for member in spec["union"]]
         return {"w": float(np.mean(ws)), "w_set": "+".join(member["name"] for member in spec["union"])}
     g = spec["guidance"]
@@ -182,7 +180,7 @@ def source_captions(spec: dict, captions: "pl.DataFrame") -> "pl.DataFrame":
 def source_caption_count(spec: dict, n_captions: int) -> int:
     """How many captions the source generates, from a caption set of ``n_captions``: the first ones
     (of its own prompts, when it has them); a union, those of its sources together."""
-    if spec["mode"] == "union":
+    if not source_modes.get(spec["mode"]).generates:
         return sum(source_caption_count(member, n_captions) for member in spec["union"])
     n = spec["prompts"]["count"] if "prompts" in spec else n_captions
     return min(n, spec["captions"]) if spec.get("captions") else n
