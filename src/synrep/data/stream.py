@@ -196,7 +196,9 @@ def read_members(url: str) -> ShardTable:
     # pyarrow on one thread, not polars: DataLoader workers are forked, and polars' thread pool,
     # started in the parent, deadlocks a forked child's first query
     try:
-        table = pq.read_table(side, columns=["key", "suffix", "offset", "size"], use_threads=False)
+        # opened here, so that it is closed on return (pyarrow's own handle waits for the collector)
+        with open(side, "rb") as handle:
+            table = pq.read_table(handle, columns=["key", "suffix", "offset", "size"], use_threads=False)
     except Exception as err:  # ArrowInvalid, a missing column, a file that is not parquet
         raise ValueError(f"{side}: not a readable member table ({str(err).splitlines()[0]})") from None
     suffixes = table["suffix"].to_pylist()
