@@ -31,6 +31,7 @@ import polars as pl
 import pytest
 
 from synrep.__main__ import main
+from synrep.config import ConfigError, InputError
 from tests.conftest import REPO, TINY_TRAINING, tmp_overrides
 
 # A tqdm progress bar, e.g. "train stablerep w2:   8%|8         | 1/12 [00:00<00:01, 6.39step/s, loss=5.363]"
@@ -522,3 +523,55 @@ def test_process_truncated_model(world, tmp_path):
     proc = python_m_synrep(tmp_path, "evaluate", *world, f"train.output_dir={out}")
     check_failure(proc.returncode, proc.stderr, tmp_path, (f"{model}: corrupt or truncated checkpoint",),
                   exit_code=1, prefix="synrep evaluate: error:", finals=(out / "eval.json",))
+
+
+# --------------------------------------------------------------------------------------------
+# Only input errors become one line: a bug keeps its traceback
+# --------------------------------------------------------------------------------------------
+
+
+def _raising(error: Exception):
+    def run(cfg):
+        raise error
+    return run
+
+
+@pytest.mark.parametrize("error", [InputError("plan: the shard index names 3 shards, found 2"),
+                                   ConfigError("config key 'sources.w2.l': needs 4"),
+                                   FileNotFoundError("captions.tsv: no such file")],
+                         ids=["input", "config", "missing file"])
+def test_an_input_error_inside_a_step_is_one_line(world, tmp_path, capsys, monkeypatch, error):
+    from synrep.experiments import planner
+
+    monkeypatch.setattr(planner, "run", _raising(error))
+    code, err = cli(capsys, "plan", *world)
+    check_failure(code, err, tmp_path, (str(error),), exit_code=1, prefix="synrep plan: error:")
+
+
+@pytest.mark.parametrize("error", [ValueError("operands could not be broadcast together"),
+                                   TypeError("unsupported operand type(s)"), KeyError("w2")],
+                         ids=["ValueError", "TypeError", "KeyError"])
+def test_a_bug_inside_a_step_keeps_its_traceback(world, capsys, monkeypatch, error):
+    """A plain ValueError is no input error: it propagates out of main, so the interpreter prints
+    its traceback (and exits 1), instead of a line that hides where it came from."""
+    from synrep.experiments import planner
+
+    monkeypatch.setattr(planner, "run", _raising(error))
+    with pytest.raises(type(error)) as raised:
+        main(["plan", *world])
+    assert raised.value is error
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_process_bug_prints_its_traceback(world, tmp_path):
+    """The real process: a bug's traceback names where it was raised."""
+    (tmp_path / "bug.py").write_text(
+        "import sys\nfrom synrep.__main__ import main\nfrom synrep.experiments import planner\n"
+        "def run(cfg):\n    raise ValueError('a bug, not an input')\n"
+        "planner.run = run\nsys.exit(main(sys.argv[1:]))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SYNREP_DEBUG", "SYNREP_CONFIG_DIR")}
+    proc = subprocess.run([sys.executable, str(tmp_path / "bug.py"), "plan", *world], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "bug.py\", line 5, in run" in proc.stderr
+    assert proc.stderr.rstrip().endswith("ValueError: a bug, not an input")

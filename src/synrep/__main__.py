@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from synrep.config import ConfigError, json_schema, load_config, to_yaml
+from synrep.config import ConfigError, InputError, json_schema, load_config, to_yaml
 
 # step -> (module, function, help); modules are imported lazily so that --help stays fast
 STEPS: dict[str, tuple[str, str, str]] = {
@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
         outputs = fn(cfg, **kwargs)
-    except (FileNotFoundError, ValueError) as err:
-        # user-facing problems (a missing input, a malformed file, a bad value) as one clear line;
-        # SYNREP_DEBUG=1 shows the traceback
+    except (FileNotFoundError, InputError) as err:
+        # what the user gave (a missing input, a malformed file, a config value a step checks) as one
+        # clear line, SYNREP_DEBUG=1 shows its traceback; any other exception, a ValueError included,
+        # is a bug and keeps its traceback
         if os.environ.get("SYNREP_DEBUG"):
             raise
         print(f"synrep {args.step}: error: {err}", file=sys.stderr)

@@ -34,7 +34,13 @@ def config_dir() -> Path:
     return Path(os.environ.get("SYNREP_CONFIG_DIR") or Path.cwd() / "config")
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """What the user gave cannot be used: an input file malformed, truncated or of another run, a
+    model or data set that does not fit the config. The command line prints it as one line; any
+    other exception is a bug and keeps its traceback."""
+
+
+class ConfigError(InputError):
     """A configuration key is unknown, has the wrong type or a value outside its allowed set."""
 
 

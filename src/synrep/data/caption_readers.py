@@ -51,6 +51,7 @@ from typing import IO, Iterator
 import numpy as np
 import polars as pl
 
+from synrep.config import InputError
 from synrep.data.dedup import normalize_series
 
 __all__ = ["BAD_KINDS", "FORMATS", "CaptionBlock", "CaptionFormatError", "CaptionStream", "LoadedCaptions",
@@ -74,7 +75,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _URL_LIKE = r"^[A-Za-z][A-Za-z0-9+.\-]*://\S*$"
 
 
-class CaptionFormatError(ValueError):
+class CaptionFormatError(InputError):
     """A caption file cannot be read as the configured format (names the file and the problem)."""
 
 

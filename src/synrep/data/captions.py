@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.config import run_dir, save_resolved
+from synrep.config import ConfigError, InputError, run_dir, save_resolved
 from synrep.data.caption_readers import CaptionStream
 from synrep.data.dedup import StreamingDedup, StringStore, normalize_series
 from synrep.fileio import atomic_path, remove_dead_temporaries, write_json
@@ -60,7 +60,7 @@ def _check_not_empty(stream: CaptionStream) -> None:
     if stream.rows_usable:
         return
     kinds = ", ".join(f"{k}: {n}" for k, n in stream.bad_counts().items() if n)
-    raise ValueError(f"{stream.path}: no usable captions: 0 of {stream.rows_in} rows kept ({kinds})")
+    raise InputError(f"{stream.path}: no usable captions: 0 of {stream.rows_in} rows kept ({kinds})")
 
 
 _TABLE_SCHEMA = {"caption_id": pl.Int64, "caption": pl.String, "url": pl.String, "source_line": pl.Int64}
@@ -163,9 +163,9 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     ccfg = cfg.captions
     # limit=0 would write an empty caption set, which later steps cannot use
     if ccfg.limit is not None and ccfg.limit < 1:
-        raise ValueError(f"config key 'captions.limit': must be >= 1 or null (keep all), got {ccfg.limit}")
+        raise ConfigError(f"config key 'captions.limit': must be >= 1 or null (keep all), got {ccfg.limit}")
     if ccfg.max_length <= 0:
-        raise ValueError(f"config key 'captions.max_length': must be > 0, got {ccfg.max_length}")
+        raise ConfigError(f"config key 'captions.max_length': must be > 0, got {ccfg.max_length}")
     out = run_dir(cfg, "captions")
     paths = {
         "captions": out / "captions.parquet",

@@ -43,7 +43,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from synrep.config import run_dir, save_resolved
+from synrep.config import InputError, run_dir, save_resolved
 from synrep.data.shards import members_path, write_index, write_shard
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -65,7 +65,7 @@ def shard_index(cfg: DictConfig, source: str) -> pl.DataFrame:
         index = pl.read_parquet(index_path).sort("shard")
         paths = index["path"].to_list()
     except Exception as err:  # polars raises ComputeError / ColumnNotFoundError flavours
-        raise ValueError(f"{index_path}: not a readable shard index ({str(err).splitlines()[0]})") from None
+        raise InputError(f"{index_path}: not a readable shard index ({str(err).splitlines()[0]})") from None
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{index_path} lists {len(missing)} shard(s) that do not exist, e.g. {missing[0]}; "
@@ -86,7 +86,7 @@ def external_shard_index(folder: Path) -> pl.DataFrame:
                     samples = len({m.name.split(".", 1)[0] for m in handle if m.isfile()})
             except (tarfile.TarError, EOFError) as err:
                 reason = str(err).splitlines()[0].rstrip(":")
-                raise ValueError(f"{tar}: truncated or corrupt shard ({reason})") from None
+                raise InputError(f"{tar}: truncated or corrupt shard ({reason})") from None
         rows.append({"path": str(tar), "shard": i, "samples": samples})
     if not rows:
         raise FileNotFoundError(f"no .tar shards in {folder} (config key 'train.real_shards')")
@@ -156,7 +156,7 @@ def member_table(url: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
         raise _corrupt(url, err) from err
     # tarfile stops quietly at a cut header: a whole archive ends with two zero blocks after its data
     if size < end + 1024:
-        raise ValueError(f"{url}: truncated or corrupt shard (the archive ends at byte {size}, inside its "
+        raise InputError(f"{url}: truncated or corrupt shard (the archive ends at byte {size}, inside its "
                          f"members or before its end-of-archive blocks at {end})")
     return list(samples.items())
 
@@ -200,7 +200,7 @@ def read_members(url: str) -> ShardTable:
         with open(side, "rb") as handle:
             table = pq.read_table(handle, columns=["key", "suffix", "offset", "size"], use_threads=False)
     except Exception as err:  # ArrowInvalid, a missing column, a file that is not parquet
-        raise ValueError(f"{side}: not a readable member table ({str(err).splitlines()[0]})") from None
+        raise InputError(f"{side}: not a readable member table ({str(err).splitlines()[0]})") from None
     suffixes = table["suffix"].to_pylist()
     kept = [i for i, suffix in enumerate(suffixes) if suffix]  # a member without a suffix belongs to no sample (member_table)
     keys = table["key"].to_pylist()
@@ -214,7 +214,7 @@ def read_members(url: str) -> ShardTable:
         raise FileNotFoundError(f"shard not found: {url}") from None
     end = int((offsets + sizes).max()) if len(kept) else 0
     if size < end:
-        raise ValueError(f"{url}: truncated or corrupt shard (the archive ends at byte {size}, inside its "
+        raise InputError(f"{url}: truncated or corrupt shard (the archive ends at byte {size}, inside its "
                          f"members, which end at {end} by {side.name})")
     starts = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
     runs = [keys[i] for i in starts]
@@ -330,7 +330,7 @@ class GroupDataset(torch.utils.data.Dataset):
         if table is None:
             table = read_members(self.urls[shard])
             if hasattr(self, "first") and len(table) != self.first[shard + 1] - self.first[shard]:
-                raise ValueError(f"{self.urls[shard]}: holds {len(table)} samples; its index says "
+                raise InputError(f"{self.urls[shard]}: holds {len(table)} samples; its index says "
                                  f"{int(self.first[shard + 1] - self.first[shard])} (rerun indexing)")
             self._tables.put(shard, table)
         return table
@@ -348,7 +348,7 @@ class GroupDataset(torch.utils.data.Dataset):
         # shared file offset would let one worker read another's member
         data = os.pread(fd, size, offset)
         if len(data) != size:
-            raise ValueError(f"{url}: truncated or corrupt shard (a member ends after {len(data)} of {size} bytes)")
+            raise InputError(f"{url}: truncated or corrupt shard (a member ends after {len(data)} of {size} bytes)")
         return data
 
     def read_sample(self, index: int) -> dict:
@@ -366,7 +366,7 @@ class GroupDataset(torch.utils.data.Dataset):
         names = _image_names(sample)
         if spec.use_first is not None:
             if len(names) < spec.use_first:
-                raise ValueError(f"sample {sample['__key__']} in {sample['__url__']} has {len(names)} "
+                raise InputError(f"sample {sample['__key__']} in {sample['__url__']} has {len(names)} "
                                  f"images; the run asks for l = {spec.use_first}")
             names = names[: spec.use_first]
         draw = random.Random(f"{self.seed}-{epoch}-{index}")

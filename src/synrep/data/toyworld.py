@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import save_resolved, to_dict
+from synrep.config import ConfigError, InputError, save_resolved, to_dict
 from synrep.fileio import atomic_path, write_json, write_text
 
 COLOUR_RGB = {
@@ -114,17 +114,17 @@ def attribute_names(cfg: DictConfig) -> dict[str, list[str]]:
 def _check_vocab(cfg: DictConfig) -> None:
     for i, shape in enumerate(cfg.toyworld.shapes):
         if shape not in SHAPE_WORDS:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'toyworld.shapes[{i}]': unknown shape {shape!r}; known: {sorted(SHAPE_WORDS)}"
             )
     for i, colour in enumerate(cfg.toyworld.colours):
         if colour not in COLOUR_RGB:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'toyworld.colours[{i}]': unknown colour {colour!r}; known: {sorted(COLOUR_RGB)}"
             )
     for i, domain in enumerate(cfg.toyworld.domains):
         if domain not in DOMAIN_TEMPLATES:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'toyworld.domains[{i}]': unknown domain {domain!r}; known: {sorted(DOMAIN_TEMPLATES)}"
             )
 
@@ -320,10 +320,10 @@ def _attribute_index(value, names: tuple[str, ...] | list[str], key: str) -> int
         return None
     if isinstance(value, str):
         if value not in names:
-            raise ValueError(f"{key} {value!r} is not one of {list(names)}")
+            raise InputError(f"{key} {value!r} is not one of {list(names)}")
         return list(names).index(value)
     if not 0 <= int(value) < len(names):
-        raise ValueError(f"{key} {value!r} is not an index of {list(names)}")
+        raise InputError(f"{key} {value!r} is not an index of {list(names)}")
     return int(value)
 
 
@@ -338,9 +338,9 @@ def render_subject(cfg: DictConfig, n: int, seed, background=None, size=None, va
     or None to draw each image's at random, as the world does."""
     tw = cfg.toyworld
     if "ring" not in tw.shapes:
-        raise ValueError(f"config key 'toyworld.shapes': the subject is a ring, but the world has none ({list(tw.shapes)})")
+        raise ConfigError(f"config key 'toyworld.shapes': the subject is a ring, but the world has none ({list(tw.shapes)})")
     if variant not in RING_VARIANTS:
-        raise ValueError(f"unknown ring variant {variant!r}; one of {list(RING_VARIANTS)}")
+        raise InputError(f"unknown ring variant {variant!r}; one of {list(RING_VARIANTS)}")
     fixed_bg = _attribute_index(background, BACKGROUNDS, "background")
     fixed_size = _attribute_index(size, SIZES, "size")
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
@@ -572,7 +572,7 @@ TRAIN_URL = "toy://train/"
 def train_index(url: str, what: str = "this step") -> int:
     """The train-split row of a caption's url (``toy://train/<i>``, as the caption file names it)."""
     if not url.startswith(TRAIN_URL):
-        raise ValueError(f"caption url {url!r} is not a toy world image: {what} reads real images from the toy "
+        raise InputError(f"caption url {url!r} is not a toy world image: {what} reads real images from the toy "
                          "world only")
     return int(url[len(TRAIN_URL):])
 
@@ -595,7 +595,7 @@ def target_world_run(cfg: DictConfig) -> dict[str, Path]:
     domain = cfg.nada.target
     names = ["photo", *cfg.toyworld.domains]
     if domain not in names:
-        raise ValueError(f"config key 'nada.target': unknown domain {domain!r}; known: {', '.join(names)}")
+        raise ConfigError(f"config key 'nada.target': unknown domain {domain!r}; known: {', '.join(names)}")
     out = Path(cfg.nada.target_world)
     # spawn key (6, domain): apart from the world's own streams (0-4) and its domain splits (5)
     seqs = np.random.SeedSequence(cfg.toyworld.seed, spawn_key=(6, names.index(domain))).spawn(3)

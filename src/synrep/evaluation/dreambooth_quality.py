@@ -34,7 +34,7 @@ import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import save_resolved, to_dict
+from synrep.config import ConfigError, save_resolved, to_dict
 from synrep.data import toyworld
 from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.evaluation.generator_quality import diversity
@@ -234,8 +234,8 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     infos = [model_info(m) for m in q.models]
     for info in infos:
         if info["subject_seed"] != d.subject_seed:
-            raise ValueError(f"config key 'dreambooth.subject_seed': {d.subject_seed}, but {info['folder']} learnt the "
-                             f"subject of seed {info['subject_seed']} (its held-out renders would differ)")
+            raise ConfigError(f"config key 'dreambooth.subject_seed': {d.subject_seed}, but {info['folder']} learnt the "
+                              f"subject of seed {info['subject_seed']} (its held-out renders would differ)")
     classifier, _, origin = judge(cfg)
     print(f"attribute classifier: {origin}", flush=True)
     embed = Embedders(q.clip_model, q.encoder)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from synrep.config import ConfigError, InputError
 from synrep.fileio import atomic_path, write_json
 from synrep.tracking import progress as progress_bar
 
@@ -83,8 +84,8 @@ def stratified_holdout(labels: np.ndarray, holdout: float, seed: int = 0) -> tup
     n = len(labels)
     count = int(round(holdout * n)) if holdout < 1 else int(holdout)
     if not 0 < count < n:
-        raise ValueError(f"config key 'eval.holdout': {holdout:g} holds out {count} of {n} training images; "
-                         "need at least 1 and fewer than all")
+        raise ConfigError(f"config key 'eval.holdout': {holdout:g} holds out {count} of {n} training images; "
+                          "need at least 1 and fewer than all")
     classes, sizes = np.unique(labels, return_counts=True)
     share = sizes * count / n
     take = np.floor(share).astype(int)
@@ -92,7 +93,7 @@ def stratified_holdout(labels: np.ndarray, holdout: float, seed: int = 0) -> tup
     take[np.argsort(-(share - take), kind="stable")[:rest]] += 1
     if np.any(take >= sizes):
         bad = classes[np.argmax(take >= sizes)]
-        raise ValueError(f"config key 'eval.holdout': {holdout:g} would leave class {bad} no training image")
+        raise ConfigError(f"config key 'eval.holdout': {holdout:g} would leave class {bad} no training image")
     rng = np.random.default_rng(seed)
     held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)])
     held = np.sort(held)
@@ -127,7 +128,7 @@ def wnid_names(classes: list[str]) -> list[str] | None:
     known = set(info.label_names())
     unknown = [c for c in classes if c not in known]
     if unknown:
-        raise ValueError(f"class folders {unknown[:3]} look like WordNet ids but are not ImageNet synsets: "
+        raise InputError(f"class folders {unknown[:3]} look like WordNet ids but are not ImageNet synsets: "
                          "name the classes with config key 'eval.class_names'")
     return [info.label_name_to_description(c).split(",")[0].strip() for c in classes]
 
@@ -143,7 +144,7 @@ def class_prompts(cfg: DictConfig, classes: list[str]) -> list[list[str]]:
         path = Path(cfg.eval.class_names)
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if len(names) != len(classes):
-            raise ValueError(f"{path}: {len(names)} class names for {len(classes)} class folders "
+            raise InputError(f"{path}: {len(names)} class names for {len(classes)} class folders "
                              "(config key 'eval.class_names')")
     else:
         names = wnid_names(classes) or [c.replace("_", " ") for c in classes]
@@ -162,8 +163,8 @@ def load_eval_data(cfg: DictConfig) -> EvalData:
         names = toyworld.attribute_names(cfg)
         for i, target in enumerate(e.targets):
             if target not in names:
-                raise ValueError(f"config key 'eval.targets[{i}]': {target!r} is not a toy world attribute "
-                                 f"({sorted(names)})")
+                raise ConfigError(f"config key 'eval.targets[{i}]': {target!r} is not a toy world attribute "
+                                  f"({sorted(names)})")
         return EvalData(
             train_images=ArrayImages(splits["train"]["images"]),
             datasets={s: ArrayImages(splits[s]["images"], eval_transform(cfg)) for s in SPLITS},
@@ -189,8 +190,8 @@ def load_eval_data(cfg: DictConfig) -> EvalData:
             parts["test"] = parts.pop("val")
     else:
         if not hasattr(torchvision.datasets, e.dataset):
-            raise ValueError(f"config key 'eval.dataset': {e.dataset!r} is neither toyworld, imagefolder nor a "
-                             "torchvision dataset class")
+            raise ConfigError(f"config key 'eval.dataset': {e.dataset!r} is neither toyworld, imagefolder nor a "
+                              "torchvision dataset class")
         cls = getattr(torchvision.datasets, e.dataset)
         try:
             train_set, test_set = cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)

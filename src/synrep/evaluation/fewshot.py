@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from synrep.config import InputError
+
 
 def _logistic(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
@@ -107,7 +109,7 @@ def few_shot(features: np.ndarray, labels: np.ndarray, ways: int, shots: int, qu
     classes = [c for c in np.unique(labels) if (labels == c).sum() >= shots + queries]
     ways = min(ways, len(classes))
     if ways < 2:
-        raise ValueError(f"few-shot needs 2 classes with {shots + queries} images each; found {len(classes)}")
+        raise InputError(f"few-shot needs 2 classes with {shots + queries} images each; found {len(classes)}")
     fit = CLASSIFIERS[classifier]
     z = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     by_class = {c: np.flatnonzero(labels == c) for c in classes}

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import run_dir, save_resolved, to_dict
+from synrep.config import ConfigError, run_dir, save_resolved, to_dict
 from synrep.data import toyworld
 from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.fileio import atomic_path, write_json, write_text
@@ -82,7 +82,7 @@ def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.D
     test = {k: v[: q.images] for k, v in test.items()}
     settings = {**to_dict(cfg.generation), "mode": "inpaint"}
     if settings["save_size"] and settings["save_size"] != test["images"].shape[1]:
-        raise ValueError("config key 'generation.save_size': inpaint_quality compares images at the world's own size")
+        raise ConfigError("config key 'generation.save_size': inpaint_quality compares images at the world's own size")
     rows, examples = [], {}
     # each edit's captions, asked values and masks: the same for every model, w and seed
     asked = {e: (*edit_captions(cfg, test, e, np.random.default_rng([q.seed, list(EDITS).index(e)])),

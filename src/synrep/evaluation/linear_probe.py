@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from synrep.config import InputError
 from synrep.evaluation.features import SPLITS
 from synrep.fileio import atomic_path
 from synrep.tracking import progress as progress_bar
@@ -116,7 +117,7 @@ class ProbeCheckpoint:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as err:  # truncated zip, unpickling errors
-            raise ValueError(f"{self.path}: corrupt or truncated probe checkpoint "
+            raise InputError(f"{self.path}: corrupt or truncated probe checkpoint "
                              f"({str(err).splitlines()[0]}); delete it to start the probe over") from None
         return state if state.get("key") == self.key else None
 

@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import save_resolved, to_dict
+from synrep.config import ConfigError, save_resolved, to_dict
 from synrep.data import toyworld
 from synrep.evaluation import domain_classifier
 from synrep.evaluation.attribute_classifier import judge, predict
@@ -200,8 +200,8 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     nada.check(cfg)
     n = cfg.nada
     if n.target not in cfg.toyworld.domains:
-        raise ValueError(f"config key 'nada.target': the domain classifier knows toyworld.domains "
-                         f"{list(cfg.toyworld.domains)}, not {n.target!r}")
+        raise ConfigError(f"config key 'nada.target': the domain classifier knows toyworld.domains "
+                          f"{list(cfg.toyworld.domains)}, not {n.target!r}")
     torch.set_num_threads(cfg.threads)
     snapshots = nada.snapshot_files(Path(n.output_dir) / "snapshots")
     if not snapshots:

@@ -20,7 +20,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from synrep import source_modes
-from synrep.config import run_dir
+from synrep.config import InputError, run_dir
 from synrep.tables import markdown_table
 
 
@@ -85,7 +85,7 @@ def plan_table(cfg: DictConfig) -> pl.DataFrame:
         n_run = n if spec.data == "real" else source_caption_count(source_spec(cfg, spec.data), n)
         try:
             length = training_length(rcfg, n_run, world_size=world)
-        except ValueError as err:  # e.g. a caption set smaller than one batch
+        except InputError as err:  # e.g. a caption set smaller than one batch
             rows.append({"stage": f"train {spec.run_id}", "jobs": 1, "detail": f"cannot run: {err}",
                          "gpus_per_job": gpus, "gpu_hours": None})
             continue

@@ -41,7 +41,7 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.config import run_dir, save_resolved
+from synrep.config import InputError, run_dir, save_resolved
 from synrep.fileio import atomic_path, write_json, write_text
 from synrep.learning.methods import METHODS
 from synrep.tables import markdown_table, mean_ci
@@ -59,7 +59,7 @@ def load_runs(paths: list[Path]) -> pl.DataFrame:
         record.pop("seconds", None)  # the run's time split (benchmarks/sweep_run.py), not a table column
         rows.append(record)
     if not rows:
-        raise ValueError("no run metrics to report")
+        raise InputError("no run metrics to report")
     return with_w_labels(pl.DataFrame(rows, infer_schema_length=None))
 
 
@@ -599,10 +599,10 @@ def runs_from_mlflow(cfg: DictConfig) -> pl.DataFrame:
     client = mlflow.MlflowClient(tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.name)
     if experiment is None:
-        raise ValueError(f"no MLflow experiment {cfg.name!r} at {tracking_uri(cfg)}")
+        raise InputError(f"no MLflow experiment {cfg.name!r} at {tracking_uri(cfg)}")
     parents = client.search_runs([experiment.experiment_id], f"tags.`synrep.sweep` = '{sweep_key(cfg)}'")
     if not parents:
-        raise ValueError(f"no sweep run for this config in experiment {cfg.name!r} at {tracking_uri(cfg)}")
+        raise InputError(f"no sweep run for this config in experiment {cfg.name!r} at {tracking_uri(cfg)}")
     children = client.search_runs([experiment.experiment_id],
                                   f"tags.`synrep.sweep_parent` = '{parents[0].info.run_id}' and attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=10000)
@@ -620,7 +620,7 @@ def runs_from_mlflow(cfg: DictConfig) -> pl.DataFrame:
                      "w": float(params["w"]) if "w" in params else None, "w_set": params.get("w_set"),
                      **child.data.metrics})
     if not rows:
-        raise ValueError(f"the sweep in experiment {cfg.name!r} has no finished runs yet")
+        raise InputError(f"the sweep in experiment {cfg.name!r} has no finished runs yet")
     return with_w_labels(pl.DataFrame(rows, infer_schema_length=None)).sort(["method", "data", "l", "m", "seed"])
 
 

@@ -22,7 +22,7 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import run_dir, save_resolved
+from synrep.config import ConfigError, run_dir, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import write_json, write_text
 from synrep.tables import markdown_table, mean_ci
@@ -61,7 +61,7 @@ def probe_runs(cfg: DictConfig) -> dict[str, list[Path]]:
             runs[spec.data].append(run_dir(cfg, "runs", spec.run_id))
     missing = [source for source, folders in runs.items() if not folders]
     if missing:
-        raise ValueError(f"config key 'dreambooth.probe.sources': no {p.method} run of the sweep trains on {missing}")
+        raise ConfigError(f"config key 'dreambooth.probe.sources': no {p.method} run of the sweep trains on {missing}")
     return runs
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import method_train, run_dir, to_dict
+from synrep.config import ConfigError, InputError, method_train, run_dir, to_dict
 from synrep.generation.sources import source_spec
 from synrep.learning import methods
 from synrep.learning.identity import training_identity
@@ -94,14 +94,14 @@ def check_sources(cfg: DictConfig, specs: list[RunSpec]) -> None:
             continue
         stored = source_spec(cfg, spec.data)["l"]
         if spec.l > stored:
-            raise ValueError(f"run {spec.run_id} uses l = {spec.l} images per caption but source {spec.data!r} "
-                             f"stores {stored} (config key 'sources.{spec.data}.l' or 'generation.images_per_caption')")
+            raise ConfigError(f"run {spec.run_id} uses l = {spec.l} images per caption but source {spec.data!r} "
+                              f"stores {stored} (config key 'sources.{spec.data}.l' or 'generation.images_per_caption')")
 
 
 def find(cfg: DictConfig, run_id: str) -> RunSpec:
     specs = {s.run_id: s for s in expand(cfg)}
     if run_id not in specs:
-        raise ValueError(f"run {run_id!r} is not in the sweep; runs: {', '.join(specs)}")
+        raise InputError(f"run {run_id!r} is not in the sweep; runs: {', '.join(specs)}")
     return specs[run_id]
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synrep.config import InputError
 from synrep.generation import noised_clip
 from synrep.generation.clip_model import load_clip
 
@@ -190,13 +191,13 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
 
     scheduler = pipe.scheduler
     if type(scheduler).__name__ not in ALPHA_SAMPLERS:
-        raise ValueError(f"CLIP guidance needs a sampler that steps on alpha_t (ddim, ddpm, dpmsolver, pndm), "
+        raise InputError(f"CLIP guidance needs a sampler that steps on alpha_t (ddim, ddpm, dpmsolver, pndm), "
                          f"not {type(scheduler).__name__}")
     model = adapter(pipe)
     noised = getattr(guide, "noised", False)
     if noised:
         if not isinstance(model, _Toy):
-            raise ValueError("a noised CLIP reads pixel-space x_t; Stable Diffusion's x_t are latents: "
+            raise InputError("a noised CLIP reads pixel-space x_t; Stable Diffusion's x_t are latents: "
                              "guide it with a plain CLIP (on the decoded x̂0)")
         noised_clip.check_schedule(guide.info, scheduler)
     n = num_images_per_prompt

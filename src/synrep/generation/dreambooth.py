@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from synrep.fileio import atomic_dir, atomic_path, write_json
-from synrep.config import digest, save_resolved
+from synrep.config import ConfigError, InputError, digest, save_resolved
 from synrep.tracking import mlflow_run
 
 # diffusers.optimization.get_scheduler's names, as train_dreambooth.py's --lr_scheduler takes them
@@ -56,7 +56,7 @@ def reference_seed(subject_seed: int, quality_seed: int) -> list[int]:
 def check_options(opts: Mapping, key: str = "dreambooth") -> None:
     """Raise ValueError naming the config key of the first option with a bad value."""
     def bad(name: str, why: str):
-        raise ValueError(f"config key '{key}.{name}': {why}, got {opts[name]!r}")
+        raise ConfigError(f"config key '{key}.{name}': {why}, got {opts[name]!r}")
 
     for name in ("learning_rate", "max_train_steps", "train_batch_size", "sample_batch_size",
                  "num_instance_images", "log_every"):
@@ -272,7 +272,7 @@ def train_dreambooth(pipe, instance_images: np.ndarray, opts: Mapping, class_dat
     prior = bool(opts["with_prior_preservation"])
     if pipe.unet.dtype != torch.float32:
         # as train_dreambooth.py: trained weights must be float32 (mixed precision aside)
-        raise ValueError(f"the UNet is {pipe.unet.dtype}: DreamBooth trains float32 weights "
+        raise InputError(f"the UNet is {pipe.unet.dtype}: DreamBooth trains float32 weights "
                          "(load the pipeline with dtype float32)")
     side = model_resolution(pipe)
     instance = resize_images(np.asarray(instance_images, np.uint8), side)
@@ -280,8 +280,8 @@ def train_dreambooth(pipe, instance_images: np.ndarray, opts: Mapping, class_dat
     class_info = None
     if prior:
         if class_data_dir is None:
-            raise ValueError("config key 'dreambooth.class_data_dir': with_prior_preservation needs a folder for "
-                             "the class images")
+            raise ConfigError("config key 'dreambooth.class_data_dir': with_prior_preservation needs a folder for "
+                              "the class images")
         # before any update: the class images are the frozen model's
         class_set, class_info = class_images(pipe, opts, class_data_dir, settings, fingerprint)
         class_set = resize_images(class_set, side)
@@ -331,7 +331,7 @@ def train_dreambooth(pipe, instance_images: np.ndarray, opts: Mapping, class_dat
         elif prediction == "v_prediction":
             target = noise_scheduler.get_velocity(x0, noise, t)
         else:
-            raise ValueError(f"DreamBooth: unsupported prediction_type {prediction!r} (epsilon or v_prediction)")
+            raise InputError(f"DreamBooth: unsupported prediction_type {prediction!r} (epsilon or v_prediction)")
         loss, instance_loss, prior_loss = dreambooth_loss(pred, target, prior, float(opts["prior_loss_weight"]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

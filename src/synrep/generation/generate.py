@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep import source_modes
-from synrep.config import run_dir, save_resolved
+from synrep.config import InputError, run_dir, save_resolved
 from synrep.data.shards import (ShardSpec, encode_image, first_record, read_raw, remove_stale_temporaries,
                                 sample_key, shard_path, shard_ranges, write_shard, write_tar)
 from synrep.fileio import atomic_path
@@ -129,7 +129,7 @@ def generate_shard(cfg: DictConfig, spec: dict, rows: pl.DataFrame, shard: Shard
     real = inputs = None
     if needs_real_images(spec):
         if "url" not in rows.columns:
-            raise ValueError(f"source {spec['name']!r} (mode {spec['mode']}) needs each caption's image url, and the "
+            raise InputError(f"source {spec['name']!r} (mode {spec['mode']}) needs each caption's image url, and the "
                              "captions file has no url column")
         urls = rows["url"].to_list()
         real = toyworld.train_images_for(cfg, urls, f"source {spec['name']!r} (mode {spec['mode']})")
@@ -235,7 +235,7 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
             shards = [s for s in shards if s.index == shard]
             if not shards:
                 n = source_caption_count(spec, n_captions)
-                raise ValueError(f"shard {shard} does not exist: source {name!r} generates {n} captions, "
+                raise InputError(f"shard {shard} does not exist: source {name!r} generates {n} captions, "
                                  f"{-(-n // cfg.generation.captions_per_shard)} shard(s)")
         model = model_info(cfg, spec)
         todo = []

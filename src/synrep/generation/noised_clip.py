@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from synrep.config import InputError
 from synrep.fileio import write_json
 from synrep.generation.clip_model import CLIP_CONFIG, load_clip
 
@@ -126,5 +127,5 @@ def check_schedule(info: dict, scheduler, what: str = "the pipeline") -> None:
     mine = alphas_cumprod(info["noise_schedule"])
     theirs = scheduler.alphas_cumprod.cpu()
     if mine.shape != theirs.shape or not torch.allclose(mine, theirs.float(), atol=1e-5):
-        raise ValueError(f"the noised CLIP was trained on another noise schedule than {what}'s "
+        raise InputError(f"the noised CLIP was trained on another noise schedule than {what}'s "
                          f"({info['noise_schedule'].get('beta_schedule')}, {len(mine)} steps)")

@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from synrep.config import run_dir, save_resolved
+from synrep.config import ConfigError, InputError, run_dir, save_resolved
 from synrep.fileio import sha256_file, write_json
 
 # torch is imported where it is used: the Snakefile imports this module (is_hub_id) on every parse
@@ -49,7 +49,7 @@ def resolve_device(name: str):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config key 'generation.device' is 'cuda' but no CUDA device is available")
+        raise ConfigError("config key 'generation.device' is 'cuda' but no CUDA device is available")
     return torch.device(name)
 
 
@@ -144,7 +144,7 @@ def pipeline_files(filenames: list[str], index: dict, variant: str | None = None
     SD v1.5's repo holds over 20 GB, its pipeline about 4 GB in float32.
     """
     if "model_index.json" not in filenames:
-        raise ValueError("the repo has no model_index.json (not a diffusers pipeline)")
+        raise InputError("the repo has no model_index.json (not a diffusers pipeline)")
     chosen = ["model_index.json"]
     for component in pipeline_components(index):
         files = sorted(f.split("/", 1)[1] for f in filenames
@@ -168,7 +168,7 @@ def component_weights(component: str, files: list[str], variant: str | None) -> 
             return by_variant[variant]
         if None in by_variant:
             return by_variant[None]
-    raise ValueError(f"component {component!r} has no safetensors or .bin weights ({', '.join(files)})")
+    raise InputError(f"component {component!r} has no safetensors or .bin weights ({', '.join(files)})")
 
 
 def hub_listing(model: str) -> list[str]:
@@ -238,7 +238,7 @@ def check_weight_files(folder: Path) -> None:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"{path}: corrupt or truncated weights file ({str(err).splitlines()[0]})") from None
+            raise InputError(f"{path}: corrupt or truncated weights file ({str(err).splitlines()[0]})") from None
 
 
 def make_scheduler(sampler: str, config: dict):

@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 
 import synrep
+from synrep.config import InputError
 from synrep.generation.pipelines import load_pipeline
 from synrep.generation.sampling import caption_images
 
@@ -77,7 +78,7 @@ def regenerate(record: dict, image_index: int, device: str = "auto") -> np.ndarr
         source = record["input"]
         real = toyworld.train_images_for(source["world"], [source["url"]], "regeneration")
         if input_sha256(real["images"][0], real["object_mask"][0]) != source["sha256"]:
-            raise ValueError(f"the real image {source['url']} in {source['world']} is not the one this image was "
+            raise InputError(f"the real image {source['url']} in {source['world']} is not the one this image was "
                              "made from (its sha256 differs): the toy world changed")
     pipe = load_pipeline(spec["generator"], spec["sampler"], spec["dtype"], device)
     # Re-run the caption's images as the shard job ran them (grouped by scale, in the same order),

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from synrep import source_modes
+from synrep.config import ConfigError
 
 
 def inpainting_pipeline(pipe):
@@ -92,8 +93,8 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings
             inputs = {k: np.repeat(v, n, axis=0) for k, v in inputs.items()}
             n = 1
             if settings["guidance_rescale"]:
-                raise ValueError("diffusers' StableDiffusionInpaintPipeline has no guidance_rescale: set "
-                                 "generation.guidance_rescale to 0 for a mode inpaint source")
+                raise ConfigError("diffusers' StableDiffusionInpaintPipeline has no guidance_rescale: set "
+                                  "generation.guidance_rescale to 0 for a mode inpaint source")
     out = []
     device = pipe.device
     per_call = max(1, settings["batch_size"] // n)  # prompts per call

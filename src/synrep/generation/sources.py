@@ -42,7 +42,7 @@ IMAGE_SETTINGS = ("eta", "guidance_rescale", "resolution", "save_size", "dtype",
 def source_spec(cfg: DictConfig, name: str) -> dict:
     """The resolved spec of source ``name``: plain data, with every default filled in."""
     if name not in cfg.sources:
-        raise ValueError(f"{name!r} is not a source: one of {list(cfg.sources)} (config key 'sources')")
+        raise ConfigError(f"{name!r} is not a source: one of {list(cfg.sources)} (config key 'sources')")
     source, g = cfg.sources[name], cfg.generation
     mode = source_modes.get(source.mode)
     if not mode.generates:

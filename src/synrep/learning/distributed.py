@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from synrep.config import InputError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -64,7 +66,7 @@ def cuda_index(local_rank: int) -> int:
     if count == 1:
         return 0
     if local_rank >= count:
-        raise ValueError(f"local rank {local_rank} has no GPU of its own: this task sees {count} GPU(s) "
+        raise InputError(f"local rank {local_rank} has no GPU of its own: this task sees {count} GPU(s) "
                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); ask for "
                          "one GPU per task or as many GPUs per node as tasks per node")
     return local_rank

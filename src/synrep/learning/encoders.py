@@ -11,6 +11,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
+from synrep.config import InputError
+
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
@@ -63,12 +65,12 @@ class ToyCNN(nn.Module):
 @register_model
 def toy_cnn(pretrained: bool = False, **kwargs) -> ToyCNN:
     if pretrained:
-        raise ValueError("toy_cnn has no pretrained weights")
+        raise InputError("toy_cnn has no pretrained weights")
     return ToyCNN(**kwargs)
 
 
 @register_model
 def toy_cnn_wide(pretrained: bool = False, **kwargs) -> ToyCNN:
     if pretrained:
-        raise ValueError("toy_cnn_wide has no pretrained weights")
+        raise InputError("toy_cnn_wide has no pretrained weights")
     return ToyCNN(width=64, **kwargs)

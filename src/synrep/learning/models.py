@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from synrep.config import ConfigError
 import synrep.learning.encoders  # noqa: F401  (registers the toy encoders with timm)
 
 
@@ -31,7 +32,7 @@ def create_backbone(cfg: DictConfig) -> nn.Module:
         return timm.create_model(t.encoder, pretrained=False, num_classes=0, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
-            raise ValueError(f"config key 'train.encoder': timm has no model {t.encoder!r}") from None
+            raise ConfigError(f"config key 'train.encoder': timm has no model {t.encoder!r}") from None
         raise
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import method_train, save_resolved
+from synrep.config import ConfigError, InputError, method_train, save_resolved
 from synrep.fileio import atomic_path, write_json
 from synrep.learning import distributed, methods
 from synrep.learning.identity import identity_diff, training_identity
@@ -72,16 +72,16 @@ def training_length(cfg: DictConfig, n_captions: int, world_size: int = 1) -> Tr
     k = method.crops_per_row(t.m)
     rows_per_rank = t.batch_images // (k * world_size)
     if rows_per_rank * world_size < 2:
-        raise ValueError(f"config key 'train.batch_images': {t.batch_images} crops hold fewer than 2 rows of {k} "
-                         f"crops over {world_size} process(es)")
+        raise ConfigError(f"config key 'train.batch_images': {t.batch_images} crops hold fewer than 2 rows of {k} "
+                          f"crops over {world_size} process(es)")
     rows = rows_per_rank * world_size
     used = n_captions
     if t.image_budget is not None:
         used = min(n_captions, t.image_budget // t.l)
     per_pass = steps_per_pass(used, world_size, rows_per_rank)
     if per_pass == 0:
-        raise ValueError(f"config key 'train.batch_images': one step needs {rows} captions but the data "
-                         f"source {t.data!r} gives the run {used}")
+        raise ConfigError(f"config key 'train.batch_images': one step needs {rows} captions but the data "
+                          f"source {t.data!r} gives the run {used}")
     # the length is counted on every caption of the source, so that a run on T // l of them
     # (the l ablation at a fixed budget) trains as long as the others
     if t.epoch_unit == "pass":
@@ -112,7 +112,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("config key 'train.device': cuda requested but no GPU is visible")
+            raise ConfigError("config key 'train.device': cuda requested but no GPU is visible")
         return torch.device("cuda", distributed.cuda_index(local_rank))
     return torch.device("cpu")
 
@@ -207,7 +207,7 @@ def set_pass(loader, pass_index: int) -> None:
     loader.sampler.set_epoch(pass_index)
 
 
-class OtherRunError(ValueError):
+class OtherRunError(InputError):
     """The output folder holds a run (finished or not) made with another config."""
 
 
@@ -231,7 +231,7 @@ def load_state(path: Path, device) -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # truncated zip, unpickling errors
-        raise ValueError(f"{path}: corrupt or truncated checkpoint ({str(err).splitlines()[0]})") from None
+        raise InputError(f"{path}: corrupt or truncated checkpoint ({str(err).splitlines()[0]})") from None
 
 
 def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -> dict:
@@ -353,7 +353,7 @@ def train(cfg: DictConfig, progress: bool = True, restart_other: bool = False) -
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses_now[-1]:.3f}", refresh=False)
             if made < steps_now:
-                raise ValueError(f"data source {t.data!r} ran out after {made} of {steps_now} steps in pass "
+                raise InputError(f"data source {t.data!r} ran out after {made} of {steps_now} steps in pass "
                                    f"{pass_index}; the shards hold fewer captions than the index says")
             mean_loss = distributed.all_reduce_mean(float(np.mean(losses_now)))
             history.append({"pass": pass_index + 1, "step": step, "loss": mean_loss,

@@ -39,6 +39,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from omegaconf import DictConfig
 
+from synrep.config import InputError
 from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise, pixel_output, step_kwargs
 
 # Extra input channels of an inpainting UNet: the mask and the masked image
@@ -104,7 +105,7 @@ class ToyGlideInpaintPipeline(ToyGlidePipeline):
                              f"and {len(mask) // n}")
         in_channels = self.unet.config.in_channels
         if in_channels not in (3, 3 + EXTRA_CHANNELS):
-            raise ValueError(f"the UNet takes {in_channels} channels: 3 (inpainting by replacement) or "
+            raise InputError(f"the UNet takes {in_channels} channels: 3 (inpainting by replacement) or "
                              f"{3 + EXTRA_CHANNELS} (an inpainting model: image, mask, masked image)")
         use_cfg = guidance_scale != 1.0
         (states, pooled), uncond = self.encode_batch(prompts, n, use_cfg)
@@ -122,7 +123,7 @@ class ToyGlideInpaintPipeline(ToyGlidePipeline):
         timesteps = self.scheduler.timesteps
         sigma_based = not hasattr(self.scheduler, "alphas_cumprod") or self.scheduler.init_noise_sigma != 1
         if in_channels != 3 and sigma_based:
-            raise ValueError("inpainting with an inpainting UNet needs a sampler that steps on alpha_t "
+            raise InputError("inpainting with an inpainting UNet needs a sampler that steps on alpha_t "
                              "(ddim, ddpm, dpmsolver, pndm)")
         alphas = None if sigma_based else self.scheduler.alphas_cumprod.to(device=device, dtype=dtype)
         extra = step_kwargs(self.scheduler, eta, generator)
@@ -258,7 +259,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     torch.manual_seed(icfg.seed)
     split = toyworld.load_split(cfg, "train")
     if "object_mask" not in split:
-        raise ValueError(f"{toyworld.world_dir(cfg)}/real/train.npz has no object masks: render the world again "
+        raise InputError(f"{toyworld.world_dir(cfg)}/real/train.npz has no object masks: render the world again "
                          "(`python -m synrep toyworld`)")
     base = ToyGlidePipeline.from_pretrained(icfg.base)
     pipe = ToyGlideInpaintPipeline(unet=inpainting_unet(base.unet), scheduler=base.scheduler,

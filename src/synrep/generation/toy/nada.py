@@ -77,7 +77,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from synrep.config import save_resolved
+from synrep.config import ConfigError, InputError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise
@@ -100,28 +100,28 @@ def check(cfg: DictConfig) -> None:
     known = ["photo", *toyworld.DOMAIN_TEMPLATES]
     for key in ("source", "target"):
         if n[key] not in known:
-            raise ValueError(f"config key 'nada.{key}': unknown domain {n[key]!r}; known: {', '.join(known)}")
+            raise ConfigError(f"config key 'nada.{key}': unknown domain {n[key]!r}; known: {', '.join(known)}")
     if n.source == n.target:
-        raise ValueError(f"config key 'nada.target': the same domain as nada.source ({n.target!r})")
+        raise ConfigError(f"config key 'nada.target': the same domain as nada.source ({n.target!r})")
     if n.layer_unit not in LAYER_UNITS:
-        raise ValueError(f"config key 'nada.layer_unit': {n.layer_unit!r} is not one of {list(LAYER_UNITS)}")
+        raise ConfigError(f"config key 'nada.layer_unit': {n.layer_unit!r} is not one of {list(LAYER_UNITS)}")
     for key in ("steps", "batch_size", "ddim_steps", "k", "select_iters", "eval_every", "eval_captions",
                 "eval_images_per_caption"):
         if n[key] <= 0:
-            raise ValueError(f"config key 'nada.{key}': must be > 0, got {n[key]!r}")
+            raise ConfigError(f"config key 'nada.{key}': must be > 0, got {n[key]!r}")
     if n.loss not in LOSSES:
-        raise ValueError(f"config key 'nada.loss': {n.loss!r} is not one of {list(LOSSES)}")
+        raise ConfigError(f"config key 'nada.loss': {n.loss!r} is not one of {list(LOSSES)}")
     if not 0 <= n.min_alpha_bar < 1:
-        raise ValueError(f"config key 'nada.min_alpha_bar': must be in [0, 1), got {n.min_alpha_bar!r}")
+        raise ConfigError(f"config key 'nada.min_alpha_bar': must be in [0, 1), got {n.min_alpha_bar!r}")
     for key in ("reselect_every", "l1_weight"):
         if n[key] < 0:
-            raise ValueError(f"config key 'nada.{key}': must be >= 0, got {n[key]!r}")
+            raise ConfigError(f"config key 'nada.{key}': must be >= 0, got {n[key]!r}")
     if n.guidance_scale < 1:
-        raise ValueError(f"config key 'nada.guidance_scale': must be >= 1, got {n.guidance_scale!r}")
+        raise ConfigError(f"config key 'nada.guidance_scale': must be >= 1, got {n.guidance_scale!r}")
     for key in ("source_templates", "target_templates"):
         for i, template in enumerate(n[key] or []):
             if "{x}" not in template:
-                raise ValueError(f"config key 'nada.{key}[{i}]': {template!r} has no {{x}} for the object")
+                raise ConfigError(f"config key 'nada.{key}[{i}]': {template!r} has no {{x}} for the object")
 
 
 def templates(cfg: DictConfig, which: str) -> list[str]:
@@ -199,7 +199,7 @@ def layer_units(unet: nn.Module, unit: str = "module") -> dict[str, nn.Module]:
     if unit == "block":
         return blocks
     if unit != "module":
-        raise ValueError(f"config key 'nada.layer_unit': {unit!r} is not one of {list(LAYER_UNITS)}")
+        raise ConfigError(f"config key 'nada.layer_unit': {unit!r} is not one of {list(LAYER_UNITS)}")
     out = {}
     for name, block in blocks.items():
         for part in ("resnets", "attentions", "downsamplers", "upsamplers"):
@@ -346,14 +346,14 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], s
     units = layer_units(unet, n.layer_unit)
     names = list(units)
     if n.k > len(names):
-        raise ValueError(f"config key 'nada.k': {n.k} units asked, the UNet has {len(names)} "
-                         f"({n.layer_unit} units: {', '.join(names)})")
+        raise ConfigError(f"config key 'nada.k': {n.k} units asked, the UNet has {len(names)} "
+                          f"({n.layer_unit} units: {', '.join(names)})")
     scheduler = ddim_scheduler(pipe, n.ddim_steps)
     t0 = adapted_from(scheduler, n.min_alpha_bar)
     above, below = split_timesteps(scheduler, t0)
     if not below:
-        raise ValueError(f"config key 'nada.min_alpha_bar': {n.min_alpha_bar} leaves none of the {n.ddim_steps} "
-                         f"DDIM steps (t = {[int(t) for t in above]}) to the adapted UNet (t <= {t0})")
+        raise ConfigError(f"config key 'nada.min_alpha_bar': {n.min_alpha_bar} leaves none of the {n.ddim_steps} "
+                          f"DDIM steps (t = {[int(t) for t in above]}) to the adapted UNet (t <= {t0})")
     source_prompts, target_prompts = prompts(templates(cfg, "source"), objects(cfg)), prompts(templates(cfg, "target"), objects(cfg))
     direction = text_direction(guide, source_prompts, target_prompts)
     target = text_embedding(guide, target_prompts)
@@ -433,7 +433,7 @@ def load_snapshot(unet: nn.Module, path: Path) -> nn.Module:
     own = unet.state_dict()
     missing = sorted(set(state) - set(own))
     if missing:
-        raise ValueError(f"{path}: weights {missing[:3]} are not the UNet's")
+        raise InputError(f"{path}: weights {missing[:3]} are not the UNet's")
     unet.load_state_dict(state, strict=False)
     return unet
 
@@ -461,7 +461,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     folder = model_folder(n.generator, "nada.generator")
     kind = json.loads((folder / "model_index.json").read_text()).get("_class_name")
     if kind != "ToyGlidePipeline":
-        raise ValueError(f"config key 'nada.generator': {folder} is a {kind}, not a ToyGlidePipeline (the toy generator)")
+        raise ConfigError(f"config key 'nada.generator': {folder} is a {kind}, not a ToyGlidePipeline (the toy generator)")
     pipe = ToyGlidePipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     guide = load_guide(str(check_clip_folder(n.clip_model, "nada.clip_model")))

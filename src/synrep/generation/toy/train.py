@@ -20,7 +20,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import save_resolved
+from synrep.config import ConfigError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
 from synrep.generation.toy.pipeline import ToyGlidePipeline
@@ -79,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     gcfg = cfg.toy_generator
     split = toyworld.load_split(cfg, "train")
     if split["images"].shape[1] != gcfg.model.sample_size:
-        raise ValueError(
+        raise ConfigError(
             f"config key 'toy_generator.model.sample_size' is {gcfg.model.sample_size} but the toy world's "
             f"images are {split['images'].shape[1]} px (toyworld.image_size)"
         )

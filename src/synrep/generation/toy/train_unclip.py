@@ -42,7 +42,7 @@ from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import save_resolved
+from synrep.config import ConfigError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
 from synrep.generation.toy.unclip import (ClipText, ToyUnCLIPPipeline, build_toy_unclip, caption_features,
@@ -60,12 +60,12 @@ def check_config(cfg: DictConfig) -> None:
     u = cfg.toy_unclip
     for key in POSITIVE_KEYS:
         if u[key] <= 0:
-            raise ValueError(f"config key 'toy_unclip.{key}': must be > 0, got {u[key]!r}")
+            raise ConfigError(f"config key 'toy_unclip.{key}': must be > 0, got {u[key]!r}")
     for key in FRACTION_KEYS:
         if not 0.0 <= u[key] <= 1.0:
-            raise ValueError(f"config key 'toy_unclip.{key}': must be in [0, 1], got {u[key]!r}")
+            raise ConfigError(f"config key 'toy_unclip.{key}': must be in [0, 1], got {u[key]!r}")
     if u.warmup_steps < 0:
-        raise ValueError(f"config key 'toy_unclip.warmup_steps': must be >= 0, got {u.warmup_steps!r}")
+        raise ConfigError(f"config key 'toy_unclip.warmup_steps': must be >= 0, got {u.warmup_steps!r}")
 
 
 def load_parts(cfg: DictConfig):
@@ -190,8 +190,8 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     rng = np.random.default_rng(u.seed)
     glide, clip = load_parts(cfg)
     if glide.unet.config.sample_size != cfg.toyworld.image_size:
-        raise ValueError(f"config key 'toy_unclip.generator': {u.generator} makes {glide.unet.config.sample_size} px "
-                         f"images but the toy world's are {cfg.toyworld.image_size} px (toyworld.image_size)")
+        raise ConfigError(f"config key 'toy_unclip.generator': {u.generator} makes {glide.unet.config.sample_size} px "
+                          f"images but the toy world's are {cfg.toyworld.image_size} px (toyworld.image_size)")
 
     start = time.time()
     with mlflow_run(cfg, "train_unclip", sections=("toy_unclip", "toyworld")) as run_info:

@@ -70,6 +70,7 @@ from diffusers import (DiffusionPipeline, PriorTransformer, UnCLIPImageVariation
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from synrep.config import InputError
 from synrep.generation.toy.pipeline import guided_noise, pixel_output, step_kwargs
 from synrep.generation.toy.text import tokenize
 
@@ -189,7 +190,7 @@ class ToyUnCLIPPipeline(DiffusionPipeline):
     def _sample_prior(self, text: ClipText, negative_text: ClipText | None, generator, num_inference_steps: int,
                       guidance_scale: float) -> torch.Tensor:
         if num_inference_steps < 2:
-            raise ValueError(f"prior steps must be >= 2 (UnCLIPScheduler), got {num_inference_steps}")
+            raise InputError(f"prior steps must be >= 2 (UnCLIPScheduler), got {num_inference_steps}")
         batch = len(text.embeds)
         use_cfg = guidance_scale != 1.0
         if use_cfg:
@@ -281,12 +282,12 @@ def build_toy_unclip(glide, clip_embed_dim: int, clip_context_length: int, prior
     unet, text_encoder = glide.unet, glide.text_encoder
     hidden = text_encoder.config.hidden_size
     if unet.config.class_embed_type != "projection" or unet.config.projection_class_embeddings_input_dim != hidden:
-        raise ValueError("the toy unCLIP's decoder needs a toy generator whose UNet projects the pooled caption "
+        raise InputError("the toy unCLIP's decoder needs a toy generator whose UNet projects the pooled caption "
                          "(class_embed_type 'projection'); this one does not")
     if hidden != clip_embed_dim:
         # UnCLIPTextProjModel takes the image embedding, the pooled caption and the caption's tokens in
         # one width (in unCLIP all three are CLIP's)
-        raise ValueError(f"the toy generator's text width ({hidden}, toy_generator.model.text_hidden_size) must equal "
+        raise InputError(f"the toy generator's text width ({hidden}, toy_generator.model.text_hidden_size) must equal "
                          f"the CLIP embedding width ({clip_embed_dim}, toy_clip.model.embed_dim)")
     text_proj = UnCLIPTextProjModel(clip_extra_context_tokens=extra_context_tokens, clip_embeddings_dim=hidden,
                                     time_embed_dim=hidden, cross_attention_dim=unet.config.cross_attention_dim)
@@ -450,7 +451,7 @@ def unclip_images(pipe, clip, prompts: list[str], generators: list[torch.Generat
             raise TypeError("UnCLIPImageVariationPipeline has no prior: use UnCLIPPipeline, or use_prior=False")
         if prior_samples != 1:
             # diffusers' UnCLIPPipeline samples its prior inside __call__, with no hook to rerank it
-            raise ValueError(f"unclip.prior_samples {prior_samples}: the prior's rerank runs on the toy unCLIP only; "
+            raise InputError(f"unclip.prior_samples {prior_samples}: the prior's rerank runs on the toy unCLIP only; "
                              "set it to 1 for diffusers' UnCLIPPipeline")
         return pipe(prompt=prompts, generator=generators, prior_num_inference_steps=prior_steps,
                     decoder_num_inference_steps=steps, super_res_num_inference_steps=SUPER_RES_STEPS,
