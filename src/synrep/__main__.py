@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", dest="config_file", help="config file to use instead of config/config.yaml")
         if name in ("generate", "index", "source_quality"):
             p.add_argument("--source", help="only this source (default: every source that training reads)")
+        if name == "captions":
+            p.add_argument("--source", help="the caption set of this source (sources.<name>.caption_set), not the run's")
         if name == "generate":
             p.add_argument("--shard", type=int, help="only this shard index (with --source)")
         if name == "baselines":
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {}
     if args.step == "generate":
         kwargs = {"source": args.source, "shard": args.shard}
-    elif args.step in ("index", "source_quality"):
+    elif args.step in ("index", "source_quality", "captions"):
         kwargs = {"source": args.source}
     elif args.step == "baselines":
         kwargs = {"seed": args.seed}

@@ -85,15 +85,33 @@ class ToyWorldConfig:
 
 
 @dataclass
+class ConceptsConfig:
+    """``captions.format: concepts``: captions synthesised by templates from a concept list
+    (SynCLR's route; data/concepts.py), deduplicated like any caption file."""
+
+    # A YAML file: `concepts: {slot: [concept, ...]}` (a concept: a word, or a list of its
+    # paraphrases) and `templates: ["a photo of a {slot} ...", ...]`; null: the toy world's own
+    # concepts (shapes, colours, sizes, backgrounds) in its caption templates
+    file: Optional[str] = None
+    # Distinct captions to make; null: as many as the run's caption set (the `captions` step's)
+    count: Optional[int] = None
+    seed: int = 0
+    # Toy world only: add its other domains (toyworld.domains) as a concept slot. Off by default:
+    # the toy generator learnt photo captions only, and reads a domain's words as unknown tokens
+    domains: bool = False
+
+
+@dataclass
 class CaptionsConfig:
     # toyworld files are written in the cc3m format
-    format: str = "cc3m"  # cc3m | cc12m | redcaps | laion | table
+    format: str = "cc3m"  # cc3m | cc12m | redcaps | laion | table | concepts
     path: str = "${paths.data_dir}/toyworld/captions_raw.tsv"
     # Column holding the caption, for format=table (csv/tsv/parquet/jsonl)
     column: str = "caption"
     max_length: int = 500
     # Keep only the first N deduplicated captions (null keeps all)
     limit: Optional[int] = None
+    concepts: ConceptsConfig = field(default_factory=ConceptsConfig)  # format concepts
 
 
 @dataclass
@@ -490,6 +508,9 @@ class SourceConfig:
     # Mode union: the sources whose shards this one joins (e.g. [w2, subject]); nothing is generated
     union: list[str] = field(default_factory=list)
     image_format: Optional[str] = None  # png | jpg (JPEG quality 95); null: generation.image_format
+    # A caption set of its own instead of the run's (a `captions` section, e.g. {format: concepts}),
+    # made by the captions step into <run>/source_captions/<name>; null: the run's caption set
+    caption_set: Optional[CaptionsConfig] = None
 
 
 @dataclass
@@ -767,7 +788,7 @@ class Config:
 
 # Values outside these sets fail at load time.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "captions.format": ("cc3m", "cc12m", "redcaps", "laion", "table"),
+    "captions.format": ("cc3m", "cc12m", "redcaps", "laion", "table", "concepts"),
     "generation.sampler": ("ddim", "ddpm", "dpmsolver", "euler", "pndm"),
     "generation.dtype": ("float32", "float16", "bfloat16"),
     "generation.device": ("auto", "cpu", "cuda"),
@@ -989,8 +1010,21 @@ def validate(cfg: DictConfig) -> None:
     if unknown or any(v < 0 for v in mix.values()) or abs(sum(mix.values()) - 1) > 1e-6:
         raise ConfigError(f"config key 'toy_inpaint.mask_mix': shares of {list(INPAINT_TRAINING_MASKS)} that sum to "
                           f"1, got {dict(mix)}")
-    if cfg.captions.format == "table" and not cfg.captions.column:
-        raise ConfigError("config key 'captions.column': required when captions.format=table")
+    check_caption_set(cfg.captions, "captions")
+
+
+def check_caption_set(captions: DictConfig, key: str) -> None:
+    """A `captions` section: the run's, or a source's own (sources.<name>.caption_set)."""
+    if captions.format not in CHOICES["captions.format"]:
+        raise ConfigError(f"config key '{key}.format': {captions.format!r} is not one of {list(CHOICES['captions.format'])}")
+    if captions.format == "table" and not captions.column:
+        raise ConfigError(f"config key '{key}.column': required when {key}.format=table")
+    concepts = captions.concepts
+    if concepts.count is not None and concepts.count < 1:
+        raise ConfigError(f"config key '{key}.concepts.count': must be >= 1 or null (the run's caption count), "
+                          f"got {concepts.count}")
+    if concepts.file is not None and not Path(concepts.file).is_file():
+        raise ConfigError(f"config key '{key}.concepts.file': {concepts.file} is not a file")
 
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -1032,6 +1066,11 @@ def check_source(name: str, source: DictConfig) -> None:
     mode = SOURCE_MODES[source.mode]
     if source.captions is not None and source.captions <= 0:
         raise ConfigError(f"config key '{key}.captions': must be > 0 (null: every caption), got {source.captions!r}")
+    if source.caption_set is not None:
+        check_caption_set(source.caption_set, f"{key}.caption_set")
+        if source.prompts is not None or mode.real_image or not mode.generates:
+            raise ConfigError(f"config key '{key}.caption_set': a caption set of its own suits a mode that generates "
+                              f"from captions alone, without prompts of its own (mode {source.mode})")
     if source.prompts is not None:
         if not Path(source.prompts).is_file():
             raise ConfigError(f"config key '{key}.prompts': {source.prompts} is not a file (one prompt per line)")

@@ -36,3 +36,22 @@ checkpoint captions:
         LOGS / "captions.log",
     shell:
         synrep("captions")
+
+
+# A source's caption set of its own (sources.<name>.caption_set, e.g. captions drawn from a concept
+# list); after the run's, whose count it takes by default.
+checkpoint source_captions:
+    input:
+        RESULTS / "captions" / "stats.json",
+        lambda wildcards: [f for f in [CFG.sources[wildcards.source].caption_set.concepts.file] if f],
+    output:
+        captions=RESULTS / "source_captions" / "{source}" / "captions.parquet",
+        stats=RESULTS / "source_captions" / "{source}" / "stats.json",
+    params:
+        config=lambda wildcards: digest(source_spec(CFG, wildcards.source)["caption_set"]),
+    priority: TRAINING_PATH_PRIORITY
+    threads: 1
+    log:
+        LOGS / "captions_{source}.log",
+    shell:
+        synrep("captions", "--source {wildcards.source}")

@@ -22,11 +22,21 @@ wildcard_constraints:
     index=r"[0-9]{6}",
 
 
+def source_captions_input(wildcards):
+    """The captions a source generates from: its own caption set, or the run's."""
+    if CFG.sources[wildcards.source].caption_set is not None:
+        return RESULTS / "source_captions" / wildcards.source / "captions.parquet"
+    return RESULTS / "captions" / "captions.parquet"
+
+
 def source_shards(wildcards):
     """Every shard of a source; the number of captions is known once dedup has run."""
     import polars as pl
 
-    parquet = checkpoints.captions.get().output.captions
+    if CFG.sources[wildcards.source].caption_set is not None:
+        parquet = checkpoints.source_captions.get(source=wildcards.source).output.captions
+    else:
+        parquet = checkpoints.captions.get().output.captions
     n = pl.scan_parquet(parquet).select(pl.len()).collect().item()
     n = source_caption_count(source_spec(CFG, wildcards.source), n)
     return [str(shard_path(SHARDS, s.source, s.index))
@@ -78,7 +88,7 @@ rule download_weights:
 rule generate_shard:
     input:
         shard_input,
-        captions=RESULTS / "captions" / "captions.parquet",
+        captions=source_captions_input,
     output:
         SHARDS / "{source}" / "shard-{index}.tar",
     params:

@@ -16,6 +16,7 @@ for 12M rows where the whole table in memory took 6.6 GB (benchmarks/captions_me
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -29,11 +30,12 @@ from omegaconf import DictConfig
 
 from synrep.config import ConfigError, InputError, run_dir, save_resolved
 from synrep.data.caption_readers import CaptionStream
+from synrep.data.concepts import ConceptStream
 from synrep.data.dedup import StreamingDedup, StringStore, normalize_series
 from synrep.fileio import atomic_path, remove_dead_temporaries, write_json
 from synrep.tracking import mlflow_run
 
-__all__ = ["run"]
+__all__ = ["run", "source_captions_dir"]
 
 
 def _summary(stats: dict, stream: CaptionStream, out: Path) -> str:
@@ -152,21 +154,46 @@ def _stream_dedup(stream: CaptionStream, scratch: dict[str, Path], limit: int | 
     return {"rows_deduplicated": by_norm.n, "duplicates_identical_text": n_identical, "rows_out": written}
 
 
-def run(cfg: DictConfig) -> dict[str, Path]:
-    """Read ``captions.path`` in ``captions.format``, report bad rows, dedup, apply the limit,
-    and write ``captions.parquet``, ``bad_rows.csv``, ``stats.json`` and ``config.yaml``.
+def source_captions_dir(cfg: DictConfig, source: str) -> Path:
+    """Where the captions step writes a source's own caption set (``sources.<name>.caption_set``)."""
+    return run_dir(cfg, "source_captions", source)
+
+
+def _stream(cfg: DictConfig, ccfg: DictConfig, key: str) -> CaptionStream:
+    """The caption file to read, or for format concepts the captions drawn from the concept list:
+    ``concepts.count`` of them, by default as many as the run's caption set has."""
+    if ccfg.format != "concepts":
+        return CaptionStream(ccfg.path, ccfg.format, column=ccfg.column, max_length=ccfg.max_length)
+    count = ccfg.concepts.count
+    if count is None:
+        stats = run_dir(cfg, "captions", "stats.json")
+        if key == "captions" or not stats.exists():
+            raise ConfigError(f"config key '{key}.concepts.count': needed (null counts the run's caption set, "
+                              f"{'which this is' if key == 'captions' else f'not made yet: {stats}'})")
+        count = json.loads(stats.read_text())["rows_out"]
+    return ConceptStream(cfg, ccfg, count, max_length=ccfg.max_length)
+
+
+def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
+    """Read ``captions.path`` in ``captions.format`` (or draw the captions of a concept list),
+    report bad rows, dedup, apply the limit, and write ``captions.parquet``, ``bad_rows.csv``,
+    ``stats.json`` and ``config.yaml``. With ``source``, that source's own caption set
+    (``sources.<source>.caption_set``) into ``source_captions/<source>``.
 
     Raises ValueError (nothing written) for a malformed file (CaptionFormatError), a file with
     no usable caption, or a limit or max_length below 1."""
     import mlflow
 
-    ccfg = cfg.captions
+    key = "captions" if source is None else f"sources.{source}.caption_set"
+    ccfg = cfg.captions if source is None else cfg.sources[source].caption_set
+    if ccfg is None:
+        raise ConfigError(f"config key '{key}': source {source!r} has no caption set of its own")
     # limit=0 would write an empty caption set, which later steps cannot use
     if ccfg.limit is not None and ccfg.limit < 1:
-        raise ConfigError(f"config key 'captions.limit': must be >= 1 or null (keep all), got {ccfg.limit}")
+        raise ConfigError(f"config key '{key}.limit': must be >= 1 or null (keep all), got {ccfg.limit}")
     if ccfg.max_length <= 0:
-        raise ConfigError(f"config key 'captions.max_length': must be > 0, got {ccfg.max_length}")
-    out = run_dir(cfg, "captions")
+        raise ConfigError(f"config key '{key}.max_length': must be > 0, got {ccfg.max_length}")
+    out = run_dir(cfg, "captions") if source is None else source_captions_dir(cfg, source)
     paths = {
         "captions": out / "captions.parquet",
         "bad_rows": out / "bad_rows.csv",
@@ -174,7 +201,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         "config": out / "config.yaml",
     }
     start = time.time()
-    stream = CaptionStream(ccfg.path, ccfg.format, column=ccfg.column, max_length=ccfg.max_length)
+    stream = _stream(cfg, ccfg, key)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch: dict[str, Path] = {}
     try:
@@ -200,7 +227,12 @@ def run(cfg: DictConfig) -> dict[str, Path]:
             "rows_out": counts["rows_out"],
             "seconds": round(time.time() - start, 2),
         }
-        with mlflow_run(cfg, "captions", sections=("captions",)) as mlrun:
+        if ccfg.format == "concepts":  # the concept list, seed and draws, and each concept's captions
+            stats["concepts"] = stream.record
+        if source is not None:
+            stats["for_source"] = source
+        with mlflow_run(cfg, "captions", sections=("captions",) if source is None else ("sources",),
+                        run_name=None if source is None else f"captions-{source}") as mlrun:
             stats["mlflow_run_id"] = mlrun.info.run_id
             for what in ("captions", "bad_rows"):
                 with atomic_path(paths[what]) as tmp:

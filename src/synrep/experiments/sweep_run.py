@@ -6,13 +6,14 @@ search."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from synrep.config import save_resolved, section_hash
+from synrep.config import run_dir, save_resolved, section_hash
 from synrep.experiments.sweep import RunSpec, expand, find, run_config
 from synrep.fileio import write_json
 from synrep.generation.sources import source_spec, w_params
@@ -52,6 +53,11 @@ def run_params(cfg: DictConfig, spec: RunSpec) -> dict:
               "budget": spec.budget}
     if w["w_set"]:
         params["w_set"] = w["w_set"]
+    if spec.data != "real" and "caption_set" in (source := source_spec(cfg, spec.data)):
+        # the axis of a source with captions of its own: their format (e.g. concepts) and count
+        stats = json.loads(run_dir(cfg, "source_captions", spec.data, "stats.json").read_text())
+        params["captions"] = source["caption_set"]["format"]
+        params["captions_count"] = stats["rows_out"]
     return {k: v for k, v in params.items() if v is not None}
 
 

@@ -56,31 +56,33 @@ def model_info(cfg: DictConfig, spec: dict) -> dict:
     return fingerprint(spec["generator"], shards_dir(cfg) / ".fingerprints", key)
 
 
-def captions_path(cfg: DictConfig) -> Path:
-    path = run_dir(cfg, "captions", "captions.parquet")
+def captions_path(cfg: DictConfig, spec: dict | None = None) -> Path:
+    """The run's deduplicated captions, or those of a source with a caption set of its own."""
+    own = spec is not None and "caption_set" in spec
+    path = run_dir(cfg, *(("source_captions", spec["name"]) if own else ("captions",)), "captions.parquet")
     if not path.exists():
         raise FileNotFoundError(f"deduplicated captions not found at {path}; run `python -m synrep captions` first")
     return path
 
 
-def load_captions(cfg: DictConfig, start: int = 0, length: int | None = None) -> pl.DataFrame:
-    """The deduplicated captions, or rows ``start`` .. ``start + length`` of them (one shard's: a
-    shard job reads its rows, not the 8.3M of CC12M)."""
-    path = captions_path(cfg)
+def load_captions(cfg: DictConfig, start: int = 0, length: int | None = None, spec: dict | None = None) -> pl.DataFrame:
+    """The deduplicated captions (``spec``'s own, when it has a caption set), or rows ``start`` ..
+    ``start + length`` of them (one shard's: a shard job reads its rows, not the 8.3M of CC12M)."""
+    path = captions_path(cfg, spec)
     # url: where a caption's real image is, for the modes that start from one
     columns = [c for c in ("caption_id", "caption", "url") if c in pl.read_parquet_schema(path)]
     return pl.scan_parquet(path).select(columns).slice(start, length).collect()
 
 
-def caption_count(cfg: DictConfig) -> int:
-    return pl.scan_parquet(captions_path(cfg)).select(pl.len()).collect().item()
+def caption_count(cfg: DictConfig, spec: dict | None = None) -> int:
+    return pl.scan_parquet(captions_path(cfg, spec)).select(pl.len()).collect().item()
 
 
 def shard_captions(cfg: DictConfig, spec: dict, shard: ShardSpec) -> pl.DataFrame:
     """The captions of one shard of a source (of its own prompts, when it has them)."""
     if "prompts" in spec:
         return source_captions(spec, pl.DataFrame()).slice(shard.start, shard.stop - shard.start)
-    return load_captions(cfg, shard.start, shard.stop - shard.start)
+    return load_captions(cfg, shard.start, shard.stop - shard.start, spec)
 
 
 def source_shards(cfg: DictConfig, source: str, n_captions: int | None = None) -> list[ShardSpec]:
@@ -89,6 +91,8 @@ def source_shards(cfg: DictConfig, source: str, n_captions: int | None = None) -
     spec = source_spec(cfg, source)
     if not source_modes.get(spec["mode"]).generates:  # a union: its shards are its sources'
         return []
+    if "caption_set" in spec:
+        n_captions = caption_count(cfg, spec)
     return shard_ranges(source_caption_count(spec, n_captions), cfg.generation.captions_per_shard, source)
 
 
@@ -234,7 +238,7 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
         if shard is not None:
             shards = [s for s in shards if s.index == shard]
             if not shards:
-                n = source_caption_count(spec, n_captions)
+                n = source_caption_count(spec, caption_count(cfg, spec) if "caption_set" in spec else n_captions)
                 raise InputError(f"shard {shard} does not exist: source {name!r} generates {n} captions, "
                                  f"{-(-n // cfg.generation.captions_per_shard)} shard(s)")
         model = model_info(cfg, spec)

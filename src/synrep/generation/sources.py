@@ -64,6 +64,8 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         spec["captions"] = source.captions
     if source.prompts is not None:
         spec["prompts"] = prompts_spec(source.prompts)
+    if source.caption_set is not None:  # its own caption set (the captions step's source_captions/<name>)
+        spec["caption_set"] = to_dict(source.caption_set)
     settings = to_dict(g)
     spec.update({key: settings[key] for key in IMAGE_SETTINGS})
     if source.image_format is not None:  # a source's own format (e.g. JPEG for a large one)
