@@ -45,14 +45,16 @@ def test_toy_concepts_count_distinct_and_every_concept(count):
     # the world's own caption parser reads back what each caption names
     parsed = [toyworld.parse_caption(t, cfg) for t in texts]
     names = toyworld.attribute_names(cfg)
-    for slot, attribute in (("shape", "shape"), ("colour", "colour"), ("size", "size"), ("background", "background")):
-        seen = Counter(p[attribute] for p in parsed if p[attribute] is not None)
-        counted = record["concept_counts"][slot]
-        assert [seen[i] for i in range(len(names[attribute]))] == list(counted.values())
-        if count >= 500:  # each slot used far more often than it has concepts
-            assert all(seen[i] > 0 for i in range(len(names[attribute])))
+    missing = []
+    for slot in ("shape", "colour", "size", "background"):
+        seen = Counter(p[slot] for p in parsed if p[slot] is not None)
+        assert [seen[i] for i in range(len(names[slot]))] == list(record["concept_counts"][slot].values())
+        assert list(record["concept_counts"][slot]) == names[slot]
+        missing += [f"{slot}:{name}" for i, name in enumerate(names[slot]) if not seen[i]]
+        if count >= 500:  # each slot used far more often than it has concepts: every concept appears
+            assert all(seen[i] > 0 for i in range(len(names[slot])))
     assert all(p["shape"] is not None and p["colour"] is not None for p in parsed)
-    assert record["concepts_missing"] == ([] if count >= 500 else record["concepts_missing"])
+    assert record["concepts_missing"] == missing
 
 
 def test_toy_domains_appear_when_asked():
@@ -186,3 +188,19 @@ def test_caption_set_needs_a_mode_that_generates_from_captions(tmp_path):
         _cfg(tmp_path, "sources.c={caption_set: {format: concepts, concepts: {count: 0}}}")
     with pytest.raises(ConfigError, match=r"captions\.concepts\.count': needed"):
         captions.run(_cfg(tmp_path, "captions.format=concepts"))
+
+
+def test_sweep_runs_on_a_concept_source_carry_its_captions(tmp_path):
+    from synrep.experiments import sweep_run
+    from synrep.experiments.sweep import expand
+
+    _raw(tmp_path)
+    cfg = _cfg(tmp_path, "sources.c={caption_set: {format: concepts, concepts: {count: 7}}}",
+               "sweep.grids=[{method: [stablerep], data: [w2, c]}]", "sweep.seeds=[0]")
+    captions.run(cfg)
+    captions.run(cfg, source="c")
+    params = {spec.data: sweep_run.run_params(cfg, spec) for spec in expand(cfg)}
+    assert params["c"]["captions"] == "concepts"
+    assert params["c"]["captions_count"] == pl.read_parquet(
+        tmp_path / "results" / "toy" / "source_captions" / "c" / "captions.parquet").height == 7
+    assert "captions" not in params["w2"] and "captions_count" not in params["w2"]

@@ -1,0 +1,122 @@
+"""Real captions against captions from a concept list (experiment toy_concept_captions): per source,
+its captions (format, count), the judge's caption match and diversity on its images, and the sweep's
+probe accuracies, mean ± 95 % t-interval over seeds; and a plot of probe accuracy against the number
+of captions, concept captions as a line, the real captions as a point of their own.
+
+    python scripts/concept_captions_summary.py RUN_DIR [--plot PNG]
+
+RUN_DIR is ``<results_dir>/<name>`` (e.g. /tmp/h7/results/toy_concept_captions). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from synrep.tables import markdown_table, mean_ci  # noqa: E402
+
+PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background")
+
+
+def _captions(run_dir: Path, source: str) -> tuple[str, int]:
+    """A source's captions: its own caption set (format, count), or the run's (real)."""
+    own = run_dir / "source_captions" / source / "stats.json"
+    if own.exists():
+        stats = json.loads(own.read_text())
+        return stats["format"], stats["rows_out"]
+    return "real", json.loads((run_dir / "captions" / "stats.json").read_text())["rows_out"]
+
+
+def runs(run_dir: Path) -> pl.DataFrame:
+    rows = []
+    for path in sorted((run_dir / "runs").glob("*/metrics.json")):
+        record = json.loads(path.read_text())
+        captions, count = _captions(run_dir, record["source"])
+        rows.append({"source": record["source"], "captions": captions, "count": count, "seed": record["seed"],
+                     "steps": record["steps"], **{p: record.get(p) for p in PROBES}})
+    if not rows:
+        raise SystemExit(f"{run_dir}: no runs/*/metrics.json")
+    return pl.DataFrame(rows)
+
+
+def judged(run_dir: Path, source: str) -> dict:
+    """The judge's caption match (shape, colour) and diversity on the source's images, where measured."""
+    path = run_dir / "source_quality" / f"{source}.json"
+    if not path.exists():
+        return {}
+    row = json.loads(path.read_text())
+    row = row.get("row", row)
+
+    def cell(value) -> str | None:
+        if isinstance(value, dict):
+            if value.get("mean") is None:
+                return None
+            return f"{value['mean']:.3f} ± {value['ci95']:.3f}" if value.get("ci95") is not None else f"{value['mean']:.3f}"
+        return None if value is None else f"{value:.3f}"
+
+    return {"match shape": cell(row.get("match_shape")), "match colour": cell(row.get("match_colour")),
+            "diversity": cell(row.get("diversity"))}
+
+
+def table(df: pl.DataFrame, run_dir: Path) -> pl.DataFrame:
+    keys = ["source", "captions", "count", "steps"]
+    out = df.select(keys).unique(maintain_order=True)
+    for probe in [p for p in PROBES if df[p].is_not_null().any()]:
+        cells = mean_ci(df, keys, probe).select(*keys, pl.col("cell").alias(probe.replace("probe_", "probe ")))
+        out = out.join(cells, on=keys, how="left", maintain_order="left")
+    extra = pl.DataFrame([{"source": s, **judged(run_dir, s)} for s in out["source"]])
+    if extra.width > 1:
+        out = out.join(extra, on="source", how="left", maintain_order="left")
+    seeds = df.group_by(keys).agg(pl.col("seed").n_unique().alias("seeds"))
+    return out.join(seeds, on=keys, how="left", maintain_order="left")
+
+
+def plot(df: pl.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probes = [p for p in PROBES if df[p].is_not_null().any()]
+    fig, axes = plt.subplots(1, len(probes), figsize=(3.2 * len(probes), 3.2), squeeze=False)
+    for ax, probe in zip(axes[0], probes):
+        stats = mean_ci(df, ["captions", "count"], probe).sort("count")
+        for kind, style in (("concepts", dict(fmt="o-", color="C1", label="concept captions")),
+                            ("real", dict(fmt="s", color="C0", label="real captions", markersize=8))):
+            part = stats.filter(pl.col("captions") == kind)
+            if part.height:
+                ax.errorbar(part["count"].to_list(), part["mean"].to_list(),
+                            yerr=[0 if v != v else v for v in part["ci95"].to_list()], capsize=3, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("captions (images: 4 each)")
+        ax.set_title(f"{probe.replace('probe_', '')} probe: do concept captions\nmatch real ones, and does more help?",
+                     fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("linear-probe accuracy (test, mean ± 95% CI)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--plot", type=Path, help="write the plot here (PNG)")
+    args = parser.parse_args()
+    df = runs(args.run_dir)
+    print(markdown_table(table(df, args.run_dir)), end="")
+    if args.plot:
+        plot(df, args.plot)
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
