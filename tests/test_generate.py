@@ -18,7 +18,7 @@ from synrep.generation.sources import image_draws, image_seed, source_spec
 from synrep.config import run_dir
 from synrep.fileio import write_parquet
 from synrep.data.shards import read_shard, shard_path
-from tests.conftest import REPO, tmp_overrides
+from tests.conftest import assert_regenerated, REPO, tmp_overrides
 
 CAPTIONS = [
     "a red circle", "a big blue cross", "a photo of a small green ring", "yellow triangle, tiny",
@@ -115,7 +115,7 @@ def test_any_image_regenerates_exactly_from_its_record(gen_cfg):
     samples = list(read_shard(shard_path(run_dir(gen_cfg, "shards"), "w3", 1)))
     sample = samples[2]
     for i in range(3):
-        np.testing.assert_array_equal(regenerate(sample["record"], i), sample["images"][i])
+        assert_regenerated(regenerate(sample["record"], i), sample["images"][i])
 
 
 def test_a_set_of_scales_draws_w_per_image_and_regenerates(make_cfg, small_world, tiny_toy_pipeline_dir):
@@ -136,7 +136,7 @@ def test_a_set_of_scales_draws_w_per_image_and_regenerates(make_cfg, small_world
         assert all(seed != image_seed(0, r["caption_id"], i) for i, seed in enumerate(r["seeds"]))
     sample = samples[3]
     for i in range(6):
-        np.testing.assert_array_equal(regenerate(sample["record"], i), sample["images"][i])
+        assert_regenerated(regenerate(sample["record"], i), sample["images"][i])
 
 
 def test_finished_shards_are_reused_only_with_matching_provenance(gen_cfg, make_cfg, small_world,
@@ -178,7 +178,7 @@ def test_stable_diffusion_branch(make_cfg, small_world, tiny_sd_pipeline_dir):
     r = samples[0]["record"]
     assert r["pipeline"] == "StableDiffusionPipeline" and r["resolution"] == 16 and r["saved_size"] == 8
     assert samples[0]["images"][0].shape == (8, 8, 3)
-    np.testing.assert_array_equal(regenerate(r, 1), samples[0]["images"][1])
+    assert_regenerated(regenerate(r, 1), samples[0]["images"][1])
 
 
 def _cli(overrides):
@@ -262,7 +262,7 @@ def test_first_captions_own_prompts_and_a_union_of_sources(make_cfg, small_world
     assert [(r["caption_id"], r["caption"]) for r in records["own"]] == [
         (0, "a sks ring"), (1, "a big sks ring"), (2, "a sks ring on a dark background")]
     assert records["own"][0]["source"]["prompts"]["count"] == 3
-    np.testing.assert_array_equal(regenerate(records["own"][1], 2),
+    assert_regenerated(regenerate(records["own"][1], 2),
                                   list(read_shard(run_dir(cfg, "shards", "own", "shard-000000.tar")))[1]["images"][2])
     out = index.run(cfg)
     joined = pl.read_parquet(out["both/index"])
