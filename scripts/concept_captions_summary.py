@@ -39,8 +39,10 @@ def runs(run_dir: Path) -> pl.DataFrame:
     for path in sorted((run_dir / "runs").glob("*/metrics.json")):
         record = json.loads(path.read_text())
         captions, count = _captions(run_dir, record["source"])
+        if record.get("budget"):  # a generation budget: the first T // l captions, trained as long as all
+            count = min(count, record["budget"] // record["l"])
         rows.append({"source": record["source"], "captions": captions, "count": count, "seed": record["seed"],
-                     "steps": record["steps"], **{p: record.get(p) for p in PROBES}})
+                     "budget": record.get("budget"), "steps": record["steps"], **{p: record.get(p) for p in PROBES}})
     if not rows:
         raise SystemExit(f"{run_dir}: no runs/*/metrics.json")
     return pl.DataFrame(rows)
@@ -66,16 +68,16 @@ def judged(run_dir: Path, source: str) -> dict:
 
 
 def table(df: pl.DataFrame, run_dir: Path) -> pl.DataFrame:
-    keys = ["source", "captions", "count", "steps"]
+    keys = ["source", "captions", "count", "steps", "budget"]
     out = df.select(keys).unique(maintain_order=True)
     for probe in [p for p in PROBES if df[p].is_not_null().any()]:
         cells = mean_ci(df, keys, probe).select(*keys, pl.col("cell").alias(probe.replace("probe_", "probe ")))
-        out = out.join(cells, on=keys, how="left", maintain_order="left")
+        out = out.join(cells, on=keys, how="left", maintain_order="left", nulls_equal=True)
     extra = pl.DataFrame([{"source": s, **judged(run_dir, s)} for s in out["source"]])
     if extra.width > 1:
         out = out.join(extra, on="source", how="left", maintain_order="left")
     seeds = df.group_by(keys).agg(pl.col("seed").n_unique().alias("seeds"))
-    return out.join(seeds, on=keys, how="left", maintain_order="left")
+    return out.join(seeds, on=keys, how="left", maintain_order="left", nulls_equal=True)
 
 
 def plot(df: pl.DataFrame, path: Path) -> None:
@@ -87,10 +89,18 @@ def plot(df: pl.DataFrame, path: Path) -> None:
     probes = [p for p in PROBES if df[p].is_not_null().any()]
     fig, axes = plt.subplots(1, len(probes), figsize=(3.2 * len(probes), 3.2), squeeze=False)
     for ax, probe in zip(axes[0], probes):
-        stats = mean_ci(df, ["captions", "count"], probe).sort("count")
-        for kind, style in (("concepts", dict(fmt="o-", color="C1", label="concept captions")),
-                            ("real", dict(fmt="s", color="C0", label="real captions", markersize=8))):
-            part = stats.filter(pl.col("captions") == kind)
+        stats = mean_ci(df, ["captions", "count", "steps", "budget"], probe).sort("count")
+        # a budget run trains on part of its source's captions as long as on all of them: its line
+        # joins the source's own run, at the same steps
+        budgeted = stats.filter(pl.col("budget").is_not_null())
+        same_steps = stats.filter(pl.col("steps").is_in(budgeted["steps"].implode()))
+        steps = f"{budgeted['steps'][0]} steps" if budgeted.height else ""
+        for part, style in (
+                (stats.filter((pl.col("captions") == "concepts") & pl.col("budget").is_null()),
+                 dict(fmt="o-", color="C1", label="concept captions, steps as the data")),
+                (same_steps, dict(fmt="^--", color="C2", label=f"concept captions, all at {steps}")),
+                (stats.filter(pl.col("captions") == "real"),
+                 dict(fmt="s", color="C0", label="real captions", markersize=8))):
             if part.height:
                 ax.errorbar(part["count"].to_list(), part["mean"].to_list(),
                             yerr=[0 if v != v else v for v in part["ci95"].to_list()], capsize=3, **style)

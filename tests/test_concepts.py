@@ -204,3 +204,40 @@ def test_sweep_runs_on_a_concept_source_carry_its_captions(tmp_path):
     assert params["c"]["captions_count"] == pl.read_parquet(
         tmp_path / "results" / "toy" / "source_captions" / "c" / "captions.parquet").height == 7
     assert "captions" not in params["w2"] and "captions_count" not in params["w2"]
+
+
+def test_summary_script_table_and_plot(tmp_path):
+    """scripts/concept_captions_summary.py: each cell the mean and Student-t half-width of its runs,
+    a budget run counted on the captions it trained on, and the plot written."""
+    import importlib.util
+
+    import numpy as np
+    from scipy import stats as sps
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("summary", REPO / "scripts" / "concept_captions_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    run = tmp_path / "run"
+    (run / "captions").mkdir(parents=True)
+    (run / "captions" / "stats.json").write_text(json.dumps({"rows_out": 8}))
+    (run / "source_captions" / "c").mkdir(parents=True)
+    (run / "source_captions" / "c" / "stats.json").write_text(json.dumps({"format": "concepts", "rows_out": 32}))
+    values = {("w2", None): [0.4, 0.5, 0.45], ("c", None): [0.6, 0.62, 0.7], ("c", 32): [0.5, 0.55, 0.52]}
+    for (source, budget), accs in values.items():
+        for seed, acc in enumerate(accs):
+            folder = run / "runs" / f"{source}-{budget}-s{seed}"
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"source": source, "seed": seed, "budget": budget, "l": 4,
+                                                             "steps": 40, "probe_shape": acc}))
+    df = summary.runs(run)
+    table = summary.table(df, run)
+    for (source, budget), accs in values.items():
+        row = table.filter((pl.col("source") == source) & (pl.col("budget").eq_missing(budget))).row(0, named=True)
+        half = sps.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
+        assert row["probe shape"] == f"{round(np.mean(accs), 3)} ± {round(half, 3)}"
+        assert row["count"] == {"w2": 8, "c": 32 if budget is None else 8}[source]
+        assert row["captions"] == ("real" if source == "w2" else "concepts") and row["seeds"] == 3
+    summary.plot(df, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
