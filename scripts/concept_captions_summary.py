@@ -73,7 +73,7 @@ def table(df: pl.DataFrame, run_dir: Path) -> pl.DataFrame:
     for probe in [p for p in PROBES if df[p].is_not_null().any()]:
         cells = mean_ci(df, keys, probe).select(*keys, pl.col("cell").alias(probe.replace("probe_", "probe ")))
         out = out.join(cells, on=keys, how="left", maintain_order="left", nulls_equal=True)
-    extra = pl.DataFrame([{"source": s, **judged(run_dir, s)} for s in out["source"]])
+    extra = pl.DataFrame([{"source": s, **judged(run_dir, s)} for s in out["source"].unique(maintain_order=True)])
     if extra.width > 1:
         out = out.join(extra, on="source", how="left", maintain_order="left")
     seeds = df.group_by(keys).agg(pl.col("seed").n_unique().alias("seeds"))
