@@ -165,7 +165,7 @@ def main(argv: list[str]) -> None:
         captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
         print(chain_table(cfg, pipe, captions, args.n), end="\n\n")
         print(sensitivity_table(cfg, pipe, captions, min(args.n, 16)), end="\n\n")
-    print(clip_pairs_table(cfg, load_guide(str(cfg.nada.clip_model)), 256), end="\n\n")
+    print(clip_pairs_table(cfg, load_guide(str(cfg.nada.clip_models[0])), 256), end="\n\n")
     if args.classifier and not args.clip_only:
         print(classifier_table(cfg, 120))
 

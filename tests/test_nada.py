@@ -18,7 +18,7 @@ TINY_NADA = ["nada.steps=3", "nada.batch_size=2", "nada.ddim_steps=2", "nada.k=2
 
 
 def nada_overrides(root, pipeline, clip, *extra):
-    return tmp_overrides(root, f"nada.generator={pipeline}", f"nada.clip_model={clip}",
+    return tmp_overrides(root, f"nada.generator={pipeline}", f"nada.clip_models=[{clip}]",
                          f"nada.output_dir={root}/results/nada", *TINY_NADA, *extra)
 
 
@@ -94,7 +94,7 @@ def trained(small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
     snapshots = {}
-    unet, summary = nada.train(cfg, pipe, load_guide(str(tiny_clip_dir)), captions,
+    unet, summary = nada.train(cfg, pipe, [load_guide(str(tiny_clip_dir))], captions,
                                lambda step, state: snapshots.__setitem__(step, state), progress=False)
     return cfg, pipe, before, unet, summary, snapshots
 

@@ -358,7 +358,11 @@ class NadaConfig:
     # layers every eval_every steps) and quality/ (the measurement)
     output_dir: str = "${paths.results_dir}/${name}/nada"
     generator: str = "models/toy_generator"  # the ToyGlidePipeline folder adapted (both copies start from it)
-    clip_model: str = "models/toy_clip"  # the CLIP of the directional loss (an open_clip local-dir folder)
+    # The CLIPs of the loss (open_clip local-dir folders) and their weights, as NADA's --clip_models and
+    # --clip_model_weights: the loss and the layer choice sum each CLIP's, weighted. The first also
+    # measures cos(dI, dT) in nada_quality
+    clip_models: list[str] = field(default_factory=lambda: ["models/toy_clip"])
+    clip_model_weights: list[float] = field(default_factory=lambda: [1.0])
     # Domains: photo or one of toyworld.domains' names (drawing | negative | pixelated); the text
     # direction uses the world's own wording for each, which the toy CLIP learnt
     source: str = "photo"

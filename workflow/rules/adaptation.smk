@@ -111,7 +111,7 @@ rule domain_classifier:
 rule train_nada:
     input:
         local_model_dir(CFG.nada.generator),
-        CFG.nada.clip_model,
+        CFG.nada.clip_models,
         train=rules.toyworld.output.train,
     output:
         generator=directory(NADA / "generator"),

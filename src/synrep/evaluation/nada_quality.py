@@ -215,7 +215,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
           flush=True)
     g = cfg.generation
     frozen_pipe = load_pipeline(str(n.generator), g.sampler, g.dtype, "cpu")
-    guide = load_guide(str(check_clip_folder(n.clip_model, "nada.clip_model")))
+    guide = load_guide(str(check_clip_folder(n.clip_models[0], "nada.clip_models[0]")))  # the measuring CLIP
     # as training switched UNets (recorded in the saved generator), so does every snapshot here
     adapted_from = json.loads((Path(n.output_dir) / "generator" / "model_index.json").read_text())["adapted_from"]
     rows, examples = measure(cfg, frozen_pipe, snapshots, (domains, attributes), guide, adapted_from)

@@ -118,6 +118,12 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"config key 'nada.{key}': must be >= 0, got {n[key]!r}")
     if n.guidance_scale < 1:
         raise ConfigError(f"config key 'nada.guidance_scale': must be >= 1, got {n.guidance_scale!r}")
+    if not n.clip_models or len(n.clip_models) != len(n.clip_model_weights):
+        raise ConfigError(f"config key 'nada.clip_model_weights': one weight per CLIP of nada.clip_models "
+                          f"({len(n.clip_models)} CLIPs, {len(n.clip_model_weights)} weights)")
+    for i, weight in enumerate(n.clip_model_weights):
+        if weight <= 0:
+            raise ConfigError(f"config key 'nada.clip_model_weights[{i}]': must be > 0, got {weight!r}")
     for key in ("source_templates", "target_templates"):
         for i, template in enumerate(n[key] or []):
             if "{x}" not in template:
@@ -283,12 +289,13 @@ class ToyGlideAdaptedPipeline(ToyGlidePipeline):
         return unet(x, t, encoder_hidden_states=states, class_labels=pooled).sample
 
 
-def select_layers(unet: nn.Module, units: list[str], k: int, sample, guide, target: torch.Tensor,
-                  iters: int, lr: float, unit: str = "module") -> tuple[list[str], dict[str, float]]:
+def select_layers(unet: nn.Module, units: list[str], k: int, sample, guides: list[tuple], iters: int,
+                  lr: float, unit: str = "module") -> tuple[list[str], dict[str, float]]:
     """(the k chosen unit names, best first; every unit's score): NADA's ``determine_opt_layers`` on
-    a UNet. A copy of ``unet`` takes ``iters`` SGD steps of the global loss toward ``target`` on all
-    its units' weights; a unit's score is its relative movement ‖Δθ‖ / ‖θ‖. ``sample(unet)``: images
-    in [0, 1] from that step's noises and captions."""
+    a UNet. A copy of ``unet`` takes ``iters`` SGD steps of the global loss toward the target text
+    (summed over ``guides``: (CLIP, weight, its unit target text embedding)) on all its units'
+    weights; a unit's score is its relative movement ‖Δθ‖ / ‖θ‖. ``sample(unet)``: images in [0, 1]
+    from that step's noises and captions."""
     trial = copy.deepcopy(unet)
     trial_units = layer_units(trial, unit)
     set_trainable(trial, trial_units, units)
@@ -296,7 +303,9 @@ def select_layers(unet: nn.Module, units: list[str], k: int, sample, guide, targ
     before = {name: [p.detach().clone() for p in trial_units[name].parameters()] for name in units}
     optimizer = torch.optim.SGD(params, lr=lr)
     for _ in range(iters):
-        loss = global_loss(guide.image_embeddings(sample(trial)), target)
+        images = sample(trial)
+        loss = weighted_sum([(weight, global_loss(guide.image_embeddings(images), target))
+                             for guide, weight, target in guides])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -307,6 +316,14 @@ def select_layers(unet: nn.Module, units: list[str], k: int, sample, guide, targ
         scores[name] = (moved / max(size, 1e-12)) ** 0.5
     chosen = sorted(units, key=lambda name: -scores[name])[:k]
     return chosen, scores
+
+
+def weighted_sum(terms: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """Σ weight · term over NADA's CLIPs (``nada.clip_model_weights``)."""
+    total = terms[0][0] * terms[0][1]
+    for weight, term in terms[1:]:
+        total = total + weight * term
+    return total
 
 
 def set_trainable(unet: nn.Module, units: dict[str, nn.Module], chosen: list[str]) -> None:
@@ -330,10 +347,11 @@ def trained_state(unet: nn.Module, units: dict[str, nn.Module], names: list[str]
 # ------------------------------------------------------------------------------------------
 
 
-def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], snapshot=None,
+def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[str], snapshot=None,
           progress: bool = True) -> tuple[nn.Module, dict]:
-    """Adapt a copy of ``pipe.unet`` (which stays frozen) with the directional loss; returns the
-    trained UNet and a summary (chosen units, scores, loss curve). ``snapshot(step, state)``, when
+    """Adapt a copy of ``pipe.unet`` (which stays frozen) with the directional loss of the CLIPs
+    ``guides`` (one per ``nada.clip_models``, weighted by ``nada.clip_model_weights``); returns the
+    trained UNet and a summary (chosen units, scores, loss curve; its CLIP columns are the first CLIP's). ``snapshot(step, state)``, when
     given, receives the trained units' weights at step 0 and every ``nada.eval_every`` steps and at
     the end (``state``: as ``trained_state``)."""
     n = cfg.nada
@@ -355,8 +373,11 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], s
         raise ConfigError(f"config key 'nada.min_alpha_bar': {n.min_alpha_bar} leaves none of the {n.ddim_steps} "
                           f"DDIM steps (t = {[int(t) for t in above]}) to the adapted UNet (t <= {t0})")
     source_prompts, target_prompts = prompts(templates(cfg, "source"), objects(cfg)), prompts(templates(cfg, "target"), objects(cfg))
-    direction = text_direction(guide, source_prompts, target_prompts)
-    target = text_embedding(guide, target_prompts)
+    if len(guides) != len(n.clip_model_weights):
+        raise ValueError(f"{len(guides)} CLIPs given for {len(n.clip_model_weights)} weights")
+    # (CLIP, weight, its text direction, its target text) for each of NADA's CLIPs
+    losses = [(guide, float(weight), text_direction(guide, source_prompts, target_prompts),
+               text_embedding(guide, target_prompts)) for guide, weight in zip(guides, n.clip_model_weights)]
     use_cfg = n.guidance_scale != 1.0
     shape = (n.batch_size, frozen.config.in_channels, frozen.config.sample_size, frozen.config.sample_size)
 
@@ -375,7 +396,7 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], s
     def choose(step: int) -> tuple[list[str], dict[str, float]]:
         x, cond, uncond = draw()
         return select_layers(unet, names, n.k, lambda u: finish(u, x, cond, uncond),
-                             guide, target, n.select_iters, n.select_lr, n.layer_unit)
+                             [(g, w, tgt) for g, w, _, tgt in losses], n.select_iters, n.select_lr, n.layer_unit)
 
     chosen, scores = choose(0)
     selections = [{"step": 0, "chosen": chosen, "scores": scores}]
@@ -397,19 +418,22 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guide, captions: list[str], s
         x, cond, uncond = draw()
         with torch.no_grad():
             frozen_images = finish(frozen, x, cond, uncond)
-            frozen_emb = guide.image_embeddings(frozen_images)
+            frozen_embs = [guide.image_embeddings(frozen_images) for guide, *_ in losses]
         images = finish(unet, x, cond, uncond)
-        emb = guide.image_embeddings(images)
-        loss_dir = directional_loss(emb, frozen_emb, direction)
-        loss_clip = global_loss(emb, target) if n.loss == "global" else loss_dir
+        embs = [guide.image_embeddings(images) for guide, *_ in losses]
+        loss_dir = weighted_sum([(w, directional_loss(emb, frozen_emb, direction))
+                                 for (_, w, direction, _), emb, frozen_emb in zip(losses, embs, frozen_embs)])
+        loss_global = weighted_sum([(w, global_loss(emb, target)) for (_, w, _, target), emb in zip(losses, embs)])
+        loss_clip = loss_global if n.loss == "global" else loss_dir
         loss_l1 = F.l1_loss(images, frozen_images)
         loss = loss_clip + n.l1_weight * loss_l1 if n.l1_weight else loss_clip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
+            target, emb, frozen_emb = losses[0][3], embs[0].detach(), frozen_embs[0]
             curve.append({"step": step, "loss": loss.item(), "directional": loss_dir.item(), "l1": loss_l1.item(),
-                          "global": float(global_loss(emb.detach(), target)),
+                          "global": loss_global.item(),
                           "clip_target": float((emb @ target).mean()),
                           "clip_target_frozen": float((frozen_emb @ target).mean())})
         bar.set_postfix(loss=f"{curve[-1]['directional']:.3f}")
@@ -464,7 +488,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         raise ConfigError(f"config key 'nada.generator': {folder} is a {kind}, not a ToyGlidePipeline (the toy generator)")
     pipe = ToyGlidePipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    guide = load_guide(str(check_clip_folder(n.clip_model, "nada.clip_model")))
+    guides = [load_guide(str(check_clip_folder(path, f"nada.clip_models[{i}]"))) for i, path in enumerate(n.clip_models)]
     captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
     start = time.time()
     with mlflow_run(cfg, "train_nada", sections=("nada",)) as run_info:
@@ -473,11 +497,12 @@ def run(cfg: DictConfig) -> dict[str, Path]:
                 with atomic_path(snaps / SNAPSHOT.format(step)) as tmp:
                     save_file(state, str(tmp))
 
-            unet, summary = train(cfg, pipe, guide, captions, snapshot)
+            unet, summary = train(cfg, pipe, guides, captions, snapshot)
         seconds = time.time() - start
         summary.update({"steps": n.steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / n.steps, 3),
                         "source": n.source, "target": n.target, "generator": str(n.generator),
-                        "clip_model": str(n.clip_model), "mlflow_run_id": run_info.info.run_id})
+                        "clip_models": [str(c) for c in n.clip_models],
+                        "clip_model_weights": [float(w) for w in n.clip_model_weights], "mlflow_run_id": run_info.info.run_id})
         adapted = ToyGlideAdaptedPipeline(unet=unet, scheduler=pipe.scheduler, text_encoder=pipe.text_encoder,
                                           tokenizer=pipe.tokenizer, source_unet=pipe.unet,
                                           adapted_from=summary["adapted_from"])
