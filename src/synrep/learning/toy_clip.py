@@ -32,6 +32,7 @@ from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
 from synrep.generation.clip_model import CLIP_CONFIG, load_clip
 from synrep.learning.augment import MEAN, STD
+from synrep.learning.lr_schedule import warmup_cosine_lr
 from synrep.tracking import mlflow_run
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -144,12 +145,6 @@ def zero_shot(cfg: DictConfig, model, tokenizer, data: dict[str, np.ndarray]) ->
 # ------------------------------------------------------------------------------------------
 
 
-def lr_at(step: int, steps: int, warmup: int, peak: float) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 def fit(model: torch.nn.Module, n: int, c: DictConfig, loss_of, desc: str, progress: bool = True,
         max_grad_norm: float | None = None) -> list[float]:
     """CLIP's training loop, shared by the toy CLIP and its noised version: ``c.epochs`` passes over
@@ -170,7 +165,7 @@ def fit(model: torch.nn.Module, n: int, c: DictConfig, loss_of, desc: str, progr
             order = torch.randperm(n, generator=gen)
         idx = order[(step % steps_per_epoch) * c.batch_size:(step % steps_per_epoch + 1) * c.batch_size]
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, c.warmup_steps, c.lr)
+            group["lr"] = warmup_cosine_lr(step, steps, c.warmup_steps, c.lr, count_current_step=True)
         loss = loss_of(idx, gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -37,6 +37,7 @@ from synrep.config import ConfigError, InputError, method_train, save_resolved
 from synrep.fileio import atomic_path, write_json
 from synrep.learning import distributed, methods
 from synrep.learning.identity import identity_diff, training_identity
+from synrep.learning.lr_schedule import warmup_cosine_lr
 from synrep.learning.step import forward_loss, optimizer_step
 from synrep.tracking import mlflow_run
 from synrep.tracking import progress as progress_bar
@@ -99,12 +100,7 @@ def training_length(cfg: DictConfig, n_captions: int, world_size: int = 1) -> Tr
 def lr_at(step: int, length: TrainingLength) -> float:
     """The official ``adjust_learning_rate`` at ``step`` optimizer steps done: linear warm-up from
     0, then half-cycle cosine from the peak to 0 at the last step."""
-    peak, warm, total = length.peak_lr, length.warmup_steps, length.steps
-    if step < warm:
-        return peak * step / warm
-    if total <= warm:
-        return peak
-    return peak * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / (total - warm)))
+    return warmup_cosine_lr(step, length.steps, length.warmup_steps, length.peak_lr)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
