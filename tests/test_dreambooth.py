@@ -90,7 +90,8 @@ def test_prior_preservation_loss_is_instance_mse_plus_weighted_class_mse(tiny_to
     x0 = torch.rand(4, 3, 16, 16, generator=gen) * 2 - 1  # 2 instance images, then 2 class images
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.tensor([10, 500, 900, 250])
-    xt = DDPMScheduler.from_config(pipe.scheduler.config).add_noise(x0, noise, t)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    xt = scheduler.add_noise(x0, noise, t)
     ids, mask = db.tokenize(pipe, ["a sks ring"] * 2 + ["a ring"] * 2)
     with torch.no_grad():
         states, pooled = db.encode_text(pipe, ids, mask)
@@ -101,10 +102,10 @@ def test_prior_preservation_loss_is_instance_mse_plus_weighted_class_mse(tiny_to
     mse_inst = ((inst - noise[:2]) ** 2).mean()
     mse_cls = ((cls - noise[2:]) ** 2).mean()
     for weight in (1.0, 0.3):
-        loss, instance, prior = db.dreambooth_loss(pred, noise, True, weight)
+        loss, instance, prior = db.dreambooth_loss(pred, noise, x0, t, scheduler, True, weight)
         assert torch.allclose(instance, mse_inst, atol=1e-6) and torch.allclose(prior, mse_cls, atol=1e-6)
         assert torch.allclose(loss, mse_inst + weight * mse_cls, atol=1e-6)
-    loss, instance, prior = db.dreambooth_loss(pred, noise, False, 1.0)
+    loss, instance, prior = db.dreambooth_loss(pred, noise, x0, t, scheduler, False, 1.0)
     assert prior is None and torch.allclose(loss, ((pred - noise) ** 2).mean(), atol=1e-6)
 
 

@@ -31,10 +31,10 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.config import ConfigError, InputError, digest, save_resolved
+from synrep.generation.diffusion_training import denoising_loss
 from synrep.tracking import mlflow_run
 
 # diffusers.optimization.get_scheduler's names, as train_dreambooth.py's --lr_scheduler takes them
@@ -239,18 +239,18 @@ def class_images(pipe, opts: Mapping, class_data_dir: str | Path, settings: Mapp
 # --------------------------------------------------------------------------------------------
 
 
-def dreambooth_loss(model_pred: torch.Tensor, target: torch.Tensor, with_prior_preservation: bool,
+def dreambooth_loss(model_pred: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
+                    noise_scheduler, with_prior_preservation: bool,
                     prior_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(loss, instance loss, prior loss or None). With prior preservation the batch is the instance
-    half followed by the class half (one UNet call, as train_dreambooth.py), and
-    loss = MSE(instance) + prior_loss_weight * MSE(class)."""
+    """(loss, instance loss, prior loss or None): the denoising loss. With prior preservation the
+    batch is the instance half followed by the class half (one UNet call, as train_dreambooth.py),
+    and loss = instance half's + prior_loss_weight * class half's."""
     if not with_prior_preservation:
-        instance = F.mse_loss(model_pred.float(), target.float())
+        instance = denoising_loss(model_pred, noise, x0, t, noise_scheduler)
         return instance, instance, None
-    pred, pred_prior = torch.chunk(model_pred, 2, dim=0)
-    tgt, tgt_prior = torch.chunk(target, 2, dim=0)
-    instance = F.mse_loss(pred.float(), tgt.float())
-    prior = F.mse_loss(pred_prior.float(), tgt_prior.float())
+    instance_half, class_half = zip(*(torch.chunk(a, 2, dim=0) for a in (model_pred, noise, x0, t)))
+    instance = denoising_loss(*instance_half, noise_scheduler)
+    prior = denoising_loss(*class_half, noise_scheduler)
     return instance + prior_loss_weight * prior, instance, prior
 
 
@@ -298,6 +298,8 @@ def train_dreambooth(pipe, instance_images: np.ndarray, opts: Mapping, class_dat
         pipe.vae.requires_grad_(False).eval()
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction = noise_scheduler.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):  # as train_dreambooth.py
+        raise InputError(f"DreamBooth: unsupported prediction_type {prediction!r} (epsilon or v_prediction)")
 
     bsz = int(opts["train_batch_size"])
     prompts = [str(opts["instance_prompt"])] * bsz + ([str(opts["class_prompt"])] * bsz if prior else [])
@@ -326,13 +328,8 @@ def train_dreambooth(pipe, instance_images: np.ndarray, opts: Mapping, class_dat
         xt = noise_scheduler.add_noise(x0, noise, t)
         states, labels = encode_text(pipe, ids, mask) if train_te else frozen
         pred = unet(xt, t, encoder_hidden_states=states, class_labels=labels).sample
-        if prediction == "epsilon":
-            target = noise
-        elif prediction == "v_prediction":
-            target = noise_scheduler.get_velocity(x0, noise, t)
-        else:
-            raise InputError(f"DreamBooth: unsupported prediction_type {prediction!r} (epsilon or v_prediction)")
-        loss, instance_loss, prior_loss = dreambooth_loss(pred, target, prior, float(opts["prior_loss_weight"]))
+        loss, instance_loss, prior_loss = dreambooth_loss(pred, noise, x0, t, noise_scheduler, prior,
+                                                          float(opts["prior_loss_weight"]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, float(opts["max_grad_norm"]))

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, compute_snr
+from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep.config import ConfigError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
+from synrep.generation.diffusion_training import denoising_loss
 from synrep.generation.toy.pipeline import ToyGlidePipeline
 from synrep.generation.toy.text import build_text_encoder, build_tokenizer, tokenize
 from synrep.tracking import mlflow_run
@@ -85,19 +85,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         )
     torch.manual_seed(gcfg.seed)  # the initial weights; fit's noise continues this stream
     return fit(cfg, "toy_generator", build_pipeline(cfg), split)
-
-
-def noise_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, noise_scheduler,
-               snr_gamma: float | None) -> torch.Tensor:
-    """GLIDE's L_simple, or with min-SNR-gamma weighting (Hang et al. 2023) when ``snr_gamma`` is set:
-    min(SNR, gamma) / SNR for eps-prediction tames the easy low-noise steps, so that more of the
-    gradient goes where the caption decides the shape."""
-    if snr_gamma is None:
-        return F.mse_loss(pred, noise)
-    snr = compute_snr(noise_scheduler, t)
-    weight = torch.clamp(snr, max=snr_gamma) / snr
-    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * weight).mean()
 
 
 def update(loss: torch.Tensor, params: list, optimizer, lr_schedule, ema) -> None:
@@ -168,7 +155,7 @@ def fit(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split: dict[str, 
             text = text_encoder(input_ids=batch_ids, attention_mask=batch_mask)
             pred = unet(xt, t, encoder_hidden_states=text.last_hidden_state,
                         class_labels=text.pooler_output).sample
-            loss = noise_loss(pred, noise, t, noise_scheduler, gcfg.snr_gamma)
+            loss = denoising_loss(pred, noise, x0, t, noise_scheduler, gcfg.snr_gamma)
             update(loss, params, optimizer, lr_schedule, ema)
 
             window.append(loss.item())
