@@ -145,9 +145,17 @@ def test_an_unknown_prediction_type_is_an_input_error():
 
 def test_the_toy_generators_training_run_is_unchanged(make_cfg, small_world, tmp_path, monkeypatch):
     """The loss curve and the saved (EMA) weights of a toy generator run with min-SNR-γ are those of
-    the same run with the loss as the loop wrote it before."""
+    the same run with the loss and the update as the loop wrote them before."""
     from synrep.generation.toy import train
     from synrep.generation.toy.pipeline import ToyGlidePipeline
+
+    def old_update(loss, params, optimizer, lr_schedule, max_grad_norm, ema):  # clipped at 1 whatever it is told
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        ema.step(params)
 
     def trained(name):
         cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "toy_generator.snr_gamma=5.0",
@@ -159,6 +167,7 @@ def test_the_toy_generators_training_run_is_unchanged(make_cfg, small_world, tmp
     curve, weights = trained("now")
     monkeypatch.setattr(train, "denoising_loss",
                         lambda pred, noise, x0, t, scheduler, gamma: old_noise_loss(pred, noise, t, scheduler, gamma))
+    monkeypatch.setattr(train, "update_weights", old_update)
     old_curve, old_weights = trained("before")
     assert len(curve) == 2 and curve == old_curve
     assert weights.keys() == old_weights.keys() and all(torch.equal(v, old_weights[k]) for k, v in weights.items())

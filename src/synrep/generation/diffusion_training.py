@@ -1,5 +1,5 @@
 """What every diffusion fine-tune here shares (the toy generator and its inpainting model, the toy
-unCLIP's prior and decoder, DreamBooth): the denoising loss.
+unCLIP's prior and decoder, DreamBooth): the denoising loss and the weight update.
 
 diffusers ships the models, schedulers and EMA but no training loop; its example scripts
 (train_text_to_image.py, train_dreambooth.py) write this loss inline, and so did each loop here.
@@ -49,3 +49,15 @@ def denoising_loss(pred: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor, t:
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.dim())))
     return (per_sample * weight).mean()
 
+
+def update_weights(loss: torch.Tensor, params: list, optimizer, lr_schedule, *, max_grad_norm: float,
+                   ema=None) -> None:
+    """One optimizer step: gradients clipped at norm ``max_grad_norm``, then the lr schedule's step
+    and, when an EMA of the weights is kept, the EMA's."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    lr_schedule.step()
+    if ema is not None:
+        ema.step(params)

@@ -34,7 +34,7 @@ import torch
 
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.config import ConfigError, InputError, digest, save_resolved
-from synrep.generation.diffusion_training import denoising_loss
+from synrep.generation.diffusion_training import denoising_loss, update_weights
 from synrep.tracking import mlflow_run
 
 # diffusers.optimization.get_scheduler's names, as train_dreambooth.py's --lr_scheduler takes them
@@ -330,11 +330,7 @@ def train_dreambooth(pipe, instance_images: np.ndarray, opts: Mapping, class_dat
         pred = unet(xt, t, encoder_hidden_states=states, class_labels=labels).sample
         loss, instance_loss, prior_loss = dreambooth_loss(pred, noise, x0, t, noise_scheduler, prior,
                                                           float(opts["prior_loss_weight"]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, float(opts["max_grad_norm"]))
-        optimizer.step()
-        lr_schedule.step()
+        update_weights(loss, params, optimizer, lr_schedule, max_grad_norm=float(opts["max_grad_norm"]))
 
         window["loss"].append(loss.item())
         window["instance_loss"].append(instance_loss.item())

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from synrep.config import ConfigError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
-from synrep.generation.diffusion_training import denoising_loss
+from synrep.generation.diffusion_training import denoising_loss, update_weights
 from synrep.generation.toy.pipeline import ToyGlidePipeline
 from synrep.generation.toy.text import build_text_encoder, build_tokenizer, tokenize
 from synrep.tracking import mlflow_run
@@ -87,16 +87,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     return fit(cfg, "toy_generator", build_pipeline(cfg), split)
 
 
-def update(loss: torch.Tensor, params: list, optimizer, lr_schedule, ema) -> None:
-    """One optimizer step of a toy diffusion model: gradient clipped at norm 1, lr schedule, EMA."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    lr_schedule.step()
-    ema.step(params)
-
-
 def fit(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split: dict[str, np.ndarray],
         conditioning=None) -> dict[str, Path]:
     """Train ``pipe``'s UNet and text encoder on the split's images and captions with the recipe in
@@ -156,7 +146,7 @@ def fit(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split: dict[str, 
             pred = unet(xt, t, encoder_hidden_states=text.last_hidden_state,
                         class_labels=text.pooler_output).sample
             loss = denoising_loss(pred, noise, x0, t, noise_scheduler, gcfg.snr_gamma)
-            update(loss, params, optimizer, lr_schedule, ema)
+            update_weights(loss, params, optimizer, lr_schedule, max_grad_norm=1.0, ema=ema)
 
             window.append(loss.item())
             if (step + 1) % gcfg.log_every == 0 or step + 1 == gcfg.steps:

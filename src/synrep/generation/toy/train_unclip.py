@@ -44,11 +44,10 @@ from tqdm.auto import tqdm
 from synrep.config import ConfigError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
-from synrep.generation.diffusion_training import denoising_loss
+from synrep.generation.diffusion_training import denoising_loss, update_weights
 from synrep.generation.toy.unclip import (ClipText, ToyUnCLIPPipeline, build_toy_unclip, caption_features,
                                           clip_text, image_embeddings)
 from synrep.generation.toy.text import tokenize
-from synrep.generation.toy.train import update
 from synrep.tracking import mlflow_run
 
 POSITIVE_KEYS = ("prior_layers", "prior_heads", "prior_head_dim", "prior_steps", "prior_batch_size", "prior_lr",
@@ -124,11 +123,7 @@ def train_prior(pipe: ToyUnCLIPPipeline, data: dict, u: DictConfig, rng: np.rand
         predicted = prior(scheduler.add_noise(x0, noise, t), timestep=t, proj_embedding=cond.embeds,
                           encoder_hidden_states=cond.states, attention_mask=cond.mask).predicted_image_embedding
         loss = denoising_loss(predicted, noise, x0, t, scheduler)  # the scheduler predicts the sample: MSE on x0
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
+        update_weights(loss, params, optimizer, schedule, max_grad_norm=1.0)
         window.append(loss.item())
         if (step + 1) % u.log_every == 0 or step + 1 == u.prior_steps:
             curve.append(float(np.mean(window)))
@@ -167,7 +162,7 @@ def train_decoder(pipe: ToyUnCLIPPipeline, data: dict, u: DictConfig, rng: np.ra
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,))
         predicted = pipe.predict_noise(noise_scheduler.add_noise(x0, noise, t), t, context, added)
         loss = denoising_loss(predicted, noise, x0, t, noise_scheduler, u.snr_gamma)
-        update(loss, params, optimizer, schedule, ema)
+        update_weights(loss, params, optimizer, schedule, max_grad_norm=1.0, ema=ema)
         window.append(loss.item())
         if (step + 1) % u.log_every == 0 or step + 1 == u.decoder_steps:
             curve.append(float(np.mean(window)))
