@@ -28,7 +28,8 @@ from synrep import source_modes
 from synrep.config import run_dir
 from synrep.data import toyworld
 from synrep.data.shards import read_shard, shard_path
-from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge, predict
+from synrep.evaluation import study
+from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
 from synrep.evaluation.generator_quality import diversity, matched_real_diversity
 from synrep.fileio import write_json
 from synrep.tables import t_halfwidth
@@ -103,9 +104,7 @@ def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
     from synrep.generation.clip_model import is_clip_folder
     from synrep.generation.sources import referenced_sources
 
-    torch.set_num_threads(cfg.threads)
-    classifier, _, origin = judge(cfg)
-    print(f"attribute classifier: {origin}", flush=True)
+    classifier, _, _ = study.load_judge(cfg)
     guides = {}
     if is_clip_folder(cfg.generation.clip_model):
         guides["guiding"] = load_guide(cfg.generation.clip_model)
