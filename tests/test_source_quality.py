@@ -75,3 +75,19 @@ def test_generator_family_table_joins_quality_and_stablerep(make_cfg, tmp_path):
     assert table["match_colour"][0] == "1.000 (n = 1)"
     with Image.open(out["generator_family_plot"]) as image:
         assert image.format == "PNG" and image.size[0] > 600
+
+
+def test_per_caption_summaries_are_tables_mean_ci_of_the_numbers():
+    """Mean, t-interval and count over the values that are numbers (None and NaN left out), as scipy
+    gives them; one value has no interval, none has no mean."""
+    from scipy import stats
+
+    from synrep.evaluation.source_quality import over_captions
+
+    values = [0.25, None, 0.5, float("nan"), 1.0, 0.75]
+    kept = [0.25, 0.5, 1.0, 0.75]
+    got = over_captions(values)
+    half = stats.t.ppf(0.975, len(kept) - 1) * np.std(kept, ddof=1) / math.sqrt(len(kept))
+    assert got["n"] == 4 and math.isclose(got["mean"], np.mean(kept)) and math.isclose(got["ci95"], half)
+    assert over_captions([None, 0.5]) == {"mean": 0.5, "ci95": None, "n": 1}
+    assert over_captions([]) == over_captions([None, float("nan")]) == {"mean": None, "ci95": None, "n": 0}

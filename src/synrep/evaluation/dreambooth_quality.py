@@ -34,13 +34,13 @@ import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import ConfigError, save_resolved, to_dict
+from synrep.config import ConfigError, to_dict
 from synrep.data import toyworld
-from synrep.evaluation.attribute_classifier import judge, predict
+from synrep.evaluation import study
+from synrep.evaluation.attribute_classifier import predict
 from synrep.evaluation.generator_quality import diversity
-from synrep.fileio import atomic_path, write_json, write_text
+from synrep.images import image_grid
 from synrep.tables import markdown_table, mean_ci
-from synrep.tracking import mlflow_run
 
 GROUPS = ("instance", "background", "size", "class")
 SIZE_PROMPT_WORDS = ("small", "big")  # toyworld.SIZE_WORDS of small and large
@@ -220,24 +220,33 @@ def summary_table(rows: pl.DataFrame) -> pl.DataFrame:
     return table
 
 
+def summary(rows: pl.DataFrame, examples: dict[str, np.ndarray], infos: list[dict], origin: str
+            ) -> tuple[dict[str, tuple[str, study.Content]], list[tuple[dict[str, float], None]]]:
+    """The files (per-run csv, the summary table as markdown and json, a grid per model: rows
+    instance, background, size, class) and each model's MLflow metrics, the mean over seeds."""
+    table = summary_table(rows)
+    files = {"runs": ("dreambooth_runs.csv", rows), "table": ("dreambooth_quality.md", markdown_table(table)),
+             "json": ("dreambooth_quality.json", {"rows": rows.to_dicts(), "summary": table.to_dicts(),
+                                                  "models": infos, "classifier": origin}),
+             **{f"grid_{label}": (f"samples_{label}.png", image_grid(images, rows=len(GROUPS), scale=4))
+                for label, images in examples.items()}}
+    means = rows.group_by("model").agg(pl.exclude("seed", "prior").mean())
+    metrics = [({f"{row['model']}.{k}": v for k, v in row.items() if k != "model" and v is not None}, None)
+               for row in means.iter_rows(named=True)]
+    return files, metrics
+
+
 def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep dreambooth_quality``: the base generator and ``dreambooth.quality.models``."""
-    import mlflow
-    from PIL import Image
-
     from synrep.generation.pipelines import load_pipeline
-    from synrep.images import image_grid
 
-    torch.set_num_threads(cfg.threads)
     d, q = cfg.dreambooth, cfg.dreambooth.quality
-    out = Path(q.output_dir)
     infos = [model_info(m) for m in q.models]
     for info in infos:
         if info["subject_seed"] != d.subject_seed:
             raise ConfigError(f"config key 'dreambooth.subject_seed': {d.subject_seed}, but {info['folder']} learnt the "
                               f"subject of seed {info['subject_seed']} (its held-out renders would differ)")
-    classifier, _, origin = judge(cfg)
-    print(f"attribute classifier: {origin}", flush=True)
+    classifier, _, origin = study.load_judge(cfg)
     embed = Embedders(q.clip_model, q.encoder)
     g = cfg.generation
     sampler = d.sampler or g.sampler
@@ -250,25 +259,5 @@ def run(cfg: DictConfig) -> dict[str, Path]:
             label = Path(info["folder"]).name
         pipes[label] = (load_pipeline(info["folder"], sampler, g.dtype, g.device), info)
     rows, examples = measure(cfg, pipes, classifier, embed)
-    table = summary_table(rows)
-    outputs = {"runs": out / "dreambooth_runs.csv", "table": out / "dreambooth_quality.md",
-               "json": out / "dreambooth_quality.json"}
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(outputs["runs"]) as tmp:
-        rows.write_csv(tmp)
-    write_text(outputs["table"], markdown_table(table))
-    write_json(outputs["json"], {"rows": rows.to_dicts(), "summary": table.to_dicts(), "models": infos,
-                                 "classifier": origin})
-    for label, images in examples.items():
-        path = out / f"samples_{label}.png"  # rows: instance, background, size, class
-        with atomic_path(path) as tmp:
-            Image.fromarray(image_grid(images, rows=len(GROUPS), scale=4)).save(tmp, format="PNG")
-        outputs[f"grid_{label}"] = path
-    save_resolved(cfg, out)
-    with mlflow_run(cfg, "dreambooth_quality", sections=("dreambooth",)):
-        means = rows.group_by("model").agg(pl.exclude("seed", "prior").mean())
-        for row in means.iter_rows(named=True):
-            mlflow.log_metrics({f"{row['model']}.{k}": v for k, v in row.items() if k != "model" and v is not None})
-        for path in outputs.values():
-            mlflow.log_artifact(str(path))
-    return outputs
+    files, metrics = summary(rows, examples, infos, origin)
+    return study.report(cfg, Path(q.output_dir), files, "dreambooth_quality", ("dreambooth",), metrics)

@@ -33,12 +33,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import GuidanceConfig, run_dir, save_resolved, to_dict
+from synrep.config import GuidanceConfig, run_dir, to_dict
 from synrep.data import toyworld
-from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge, predict
-from synrep.fileio import atomic_path, write_json, write_text
+from synrep.evaluation import study
+from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
+from synrep.fileio import atomic_path
+from synrep.images import image_grid
 from synrep.tables import markdown_table
-from synrep.tracking import mlflow_run
 
 
 def diversity(groups: list[np.ndarray]) -> float:
@@ -169,29 +170,16 @@ def plot(table: pl.DataFrame, path: Path) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
-    import mlflow
-    from PIL import Image
-
     from synrep.generation.clip_guidance import load_guide
     from synrep.generation.clip_model import check_clip_folder, is_clip_folder
     from synrep.generation.pipelines import load_pipeline
-    from synrep.generation.sampling import sample_images
-    from synrep.generation.sources import image_seed
-    from synrep.images import image_grid
 
-    torch.set_num_threads(cfg.threads)
     q = cfg.sample_quality
     out = run_dir(cfg, "sample_quality")
+    classifier, ceiling, _ = study.load_judge(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    classifier, ceiling, origin = judge(cfg)
-    print(f"attribute classifier: {origin}", flush=True)
     with atomic_path(out / "attribute_classifier.pt") as tmp:
         torch.save(classifier.state_dict(), tmp)
-
-    captions, named = evaluation_captions(cfg, q.captions, q.seed)
-    k = q.images_per_caption
-    prompts = [c for c in captions for _ in range(k)]
-    seeds = [image_seed(q.seed, ci, i) for ci in range(len(captions)) for i in range(k)]
     pipe = load_pipeline(cfg.generation.model, cfg.generation.sampler, cfg.generation.dtype, cfg.generation.device)
     guides = {}
     # the guiding CLIP scores every row when it exists, and must exist when rows are CLIP-guided
@@ -206,7 +194,24 @@ def run(cfg: DictConfig) -> dict[str, Path]:
             raise FileNotFoundError(f"config key 'sample_quality.noised_clip': {q.noised_clip!r} is not a noised CLIP "
                                     "folder (`python -m synrep train_noised_clip`)")
         guides["noised"] = load_guide(q.noised_clip)
+    rows, captions, grids = measure(cfg, classifier, ceiling, pipe, guides)
+    files, metrics = summary(rows, captions, grids)
+    return study.report(cfg, out, files, "sample_quality", ("sample_quality", "generation"), metrics,
+                        artifact_folders={key: "grids" for key in files if key.startswith("grid_")})
 
+
+def measure(cfg: DictConfig, classifier, ceiling: dict[str, float], pipe, guides: dict
+            ) -> tuple[list[dict], list[str], dict[str, np.ndarray]]:
+    """The ``real`` row and one row per guidance setting; the evaluation captions; a grid of each
+    setting's first images by its ``variant_name``."""
+    from synrep.generation.sampling import sample_images
+    from synrep.generation.sources import image_seed
+
+    q = cfg.sample_quality
+    captions, named = evaluation_captions(cfg, q.captions, q.seed)
+    k = q.images_per_caption
+    prompts = [c for c in captions for _ in range(k)]
+    seeds = [image_seed(q.seed, ci, i) for ci in range(len(captions)) for i in range(k)]
     matched = [v for v in matched_real_diversity(cfg, named, k, q.seed) if v is not None]
     rows = [{"source": "real", "kind": None, "w": None, "clip_scale": None, "min_alpha_bar": None,
              **{f"match_{a}": ceiling[a] for a in ATTRIBUTES}, "diversity": real_diversity(cfg, k, q.seed),
@@ -234,28 +239,22 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         row.update(clip_scores(guides, images, captions, k))
         rows.append(row)
         grids[variant_name(kind, w, s, floor)] = image_grid(images[: 8 * k], rows=8, scale=4)
+    return rows, captions, grids
 
+
+def summary(rows: list[dict], captions: list[str], grids: dict[str, np.ndarray]
+            ) -> tuple[dict[str, tuple[str, study.Content]], list[tuple[dict[str, float], None]]]:
+    """The files (caption_match csv, markdown, json and plot; the grids) and the MLflow metrics of
+    the rows, each named by its row's ``variant_name`` (``real`` for the real row)."""
     table = pl.DataFrame(rows)
-    outputs = {"csv": out / "caption_match.csv", "markdown": out / "caption_match.md",
-               "json": out / "caption_match.json", "plot": out / "caption_match.png"}
-    with atomic_path(outputs["csv"]) as tmp:
-        table.write_csv(tmp)
-    write_text(outputs["markdown"], markdown_table(table))
-    write_json(outputs["json"], {"rows": table.to_dicts(), "captions": captions})
-    plot(table, outputs["plot"])
-    for name, grid in grids.items():
-        path = out / f"samples_{name}.png"
-        with atomic_path(path) as tmp:
-            Image.fromarray(grid).save(tmp, format="PNG")
-        outputs[f"grid_{name}"] = path
-    save_resolved(cfg, out)
-
-    with mlflow_run(cfg, "sample_quality", sections=("sample_quality", "generation")):
-        for row in rows:
-            prefix = "real" if row["source"] == "real" else variant_name(row["kind"], row["w"], row["clip_scale"],
-                                                                         row["min_alpha_bar"])
-            mlflow.log_metrics({f"{prefix}.{key}": v for key, v in row.items()
-                                if key not in ("source", "kind", "w", "clip_scale", "min_alpha_bar") and v is not None})
-        for key, path in outputs.items():
-            mlflow.log_artifact(str(path), artifact_path="grids" if key.startswith("grid_") else None)
-    return outputs
+    files = {"csv": ("caption_match.csv", table), "markdown": ("caption_match.md", markdown_table(table)),
+             "json": ("caption_match.json", {"rows": table.to_dicts(), "captions": captions}),
+             "plot": ("caption_match.png", lambda path: plot(table, path)),
+             **{f"grid_{name}": (f"samples_{name}.png", grid) for name, grid in grids.items()}}
+    metrics = []
+    for row in rows:
+        prefix = "real" if row["source"] == "real" else variant_name(row["kind"], row["w"], row["clip_scale"],
+                                                                     row["min_alpha_bar"])
+        metrics.append(({f"{prefix}.{key}": v for key, v in row.items()
+                         if key not in ("source", "kind", "w", "clip_scale", "min_alpha_bar") and v is not None}, None))
+    return files, metrics

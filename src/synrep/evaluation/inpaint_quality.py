@@ -23,16 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import ConfigError, run_dir, save_resolved, to_dict
+from synrep.config import ConfigError, run_dir, to_dict
 from synrep.data import toyworld
-from synrep.evaluation.attribute_classifier import judge, predict
-from synrep.fileio import atomic_path, write_json, write_text
+from synrep.evaluation import study
+from synrep.evaluation.attribute_classifier import predict
+from synrep.images import image_grid
 from synrep.tables import markdown_table, mean_ci
-from synrep.tracking import mlflow_run
 
 EDITS = {"background": "background", "colour": "object"}  # edit -> region regenerated
 
@@ -121,42 +120,31 @@ def summary_table(rows: pl.DataFrame) -> pl.DataFrame:
     return table
 
 
-def run(cfg: DictConfig) -> dict[str, Path]:
-    import mlflow
-    from PIL import Image
+def summary(rows: pl.DataFrame, examples: dict[str, np.ndarray]
+            ) -> tuple[dict[str, tuple[str, study.Content]], list[tuple[dict[str, float], None]]]:
+    """The files (per-run csv, the summary table as markdown and json, a grid per model and edit:
+    originals on top, edited below) and the MLflow metrics: means over seeds per model, edit and w."""
+    table = summary_table(rows)
+    files = {"runs": ("inpaint_runs.csv", rows), "table": ("inpaint_edits.md", markdown_table(table)),
+             "json": ("inpaint_edits.json", {"rows": rows.to_dicts(), "summary": table.to_dicts()}),
+             **{f"grid_{name}": (f"edits_{name}.png", image_grid(images, rows=2, scale=4))
+                for name, images in examples.items()}}
+    means = rows.group_by("model", "edit", "w").agg(pl.exclude("seed").mean())
+    metrics = [({f"{row['model']}.{row['edit']}.w{row['w']:g}.{k}": v for k, v in row.items()
+                 if k not in ("model", "edit", "w") and v is not None}, None) for row in means.iter_rows(named=True)]
+    return files, metrics
 
+
+def run(cfg: DictConfig) -> dict[str, Path]:
     from synrep.generation.pipelines import load_pipeline
     from synrep.generation.toy.inpaint import RecordingInpaintPipeline
-    from synrep.images import image_grid
 
-    torch.set_num_threads(cfg.threads)
     q = cfg.inpaint_quality
     out = run_dir(cfg, "inpaint_quality")
-    out.mkdir(parents=True, exist_ok=True)
-    classifier, _, origin = judge(cfg)
-    print(f"attribute classifier: {origin}", flush=True)
+    classifier, _, _ = study.load_judge(cfg)
     g = cfg.generation
     pipes = {Path(m).name: RecordingInpaintPipeline.sharing(load_pipeline(m, g.sampler, g.dtype, g.device))
              for m in q.models}
     rows, examples = measure(cfg, classifier, pipes)
-    table = summary_table(rows)
-    outputs = {"runs": out / "inpaint_runs.csv", "table": out / "inpaint_edits.md", "json": out / "inpaint_edits.json"}
-    with atomic_path(outputs["runs"]) as tmp:
-        rows.write_csv(tmp)
-    write_text(outputs["table"], markdown_table(table))
-    write_json(outputs["json"], {"rows": rows.to_dicts(), "summary": table.to_dicts()})
-    for name, images in examples.items():
-        path = out / f"edits_{name}.png"  # top row: originals; bottom row: edited
-        with atomic_path(path) as tmp:
-            Image.fromarray(image_grid(images, rows=2, scale=4)).save(tmp, format="PNG")
-        outputs[f"grid_{name}"] = path
-    save_resolved(cfg, out)
-    with mlflow_run(cfg, "inpaint_quality", sections=("inpaint_quality", "generation")):
-        means = rows.group_by("model", "edit", "w").agg(pl.exclude("seed").mean())
-        for row in means.iter_rows(named=True):
-            prefix = f"{row['model']}.{row['edit']}.w{row['w']:g}"
-            mlflow.log_metrics({f"{prefix}.{k}": v for k, v in row.items()
-                                if k not in ("model", "edit", "w") and v is not None})
-        for path in outputs.values():
-            mlflow.log_artifact(str(path))
-    return outputs
+    files, metrics = summary(rows, examples)
+    return study.report(cfg, out, files, "inpaint_quality", ("inpaint_quality", "generation"), metrics)

@@ -40,15 +40,15 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import ConfigError, save_resolved, to_dict
+from synrep.config import ConfigError, to_dict
 from synrep.data import toyworld
-from synrep.evaluation import domain_classifier
+from synrep.evaluation import domain_classifier, study
 from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.evaluation.generator_quality import diversity
-from synrep.fileio import atomic_path, write_json, write_text
+from synrep.fileio import atomic_path
 from synrep.generation.toy import nada
+from synrep.images import image_grid
 from synrep.tables import markdown_table
-from synrep.tracking import mlflow_run
 
 METRICS = ("target_fraction", "kept_shape", "kept_colour", "diversity", "clip_direction")
 
@@ -189,13 +189,9 @@ def plot(rows: pl.DataFrame, path: Path, target: str) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
-    import mlflow
-    from PIL import Image
-
     from synrep.generation.clip_guidance import load_guide
     from synrep.generation.clip_model import check_clip_folder
     from synrep.generation.pipelines import load_pipeline
-    from synrep.images import image_grid
 
     nada.check(cfg)
     n = cfg.nada
@@ -208,7 +204,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         raise FileNotFoundError(f"no NADA snapshots in {Path(n.output_dir) / 'snapshots'}: run "
                                 "`python -m synrep train_nada` first")
     out = Path(n.output_dir) / "quality"
-    out.mkdir(parents=True, exist_ok=True)
     domains, held_out, origin = domain_classifier.load_or_train(cfg)
     attributes, _, judge_origin = judge(cfg)
     print(f"domain classifier: {origin} (held-out accuracy {held_out['accuracy']:.3f}); judge: {judge_origin}",
@@ -219,26 +214,31 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     # as training switched UNets (recorded in the saved generator), so does every snapshot here
     adapted_from = json.loads((Path(n.output_dir) / "generator" / "model_index.json").read_text())["adapted_from"]
     rows, examples = measure(cfg, frozen_pipe, snapshots, (domains, attributes), guide, adapted_from)
-    outputs = {"json": out / "nada_quality.json", "table": out / "nada_quality.md", "curve": out / "nada_curve.png",
-               "samples": out / "samples.png"}
-    write_json(outputs["json"], {"rows": rows.to_dicts(), "domain_classifier_test": held_out,
-                                 "source": n.source, "target": n.target, "guidance_scale": n.guidance_scale,
-                                 "sampler": g.sampler, "sampling_steps": g.steps})
+    files, metrics = summary(cfg, rows, examples, held_out)
+    return study.report(cfg, out, files, "nada_quality", ("nada", "generation"), metrics)
+
+
+def summary(cfg: DictConfig, rows: pl.DataFrame, examples: dict[str, np.ndarray], held_out: dict[str, float]
+            ) -> tuple[dict[str, tuple[str, study.Content]], list[tuple[dict[str, float], int | None]]]:
+    """The files (json, the table as markdown, the curve, the samples grid: rows frozen, baseline
+    with domain words, adapted) and the MLflow metrics: the adapted rows' at their NADA step, the
+    others' prefixed by their kind."""
+    n, g = cfg.nada, cfg.generation
     shown = rows.select("kind", "step", *METRICS, *[f"domain_{d}" for d in domain_classifier.domain_names(cfg)])
-    write_text(outputs["table"], f"NADA {n.source} -> {n.target}, w = {n.guidance_scale:g}, {g.sampler} "
-               f"{g.steps} steps, {n.eval_captions} captions x {n.eval_images_per_caption} images\n\n"
-               + markdown_table(shown) + "\n")
-    plot(rows, outputs["curve"], n.target)
-    with atomic_path(outputs["samples"]) as tmp:  # rows: frozen, baseline (domain words), adapted
-        Image.fromarray(image_grid(np.concatenate(list(examples.values())), rows=3, scale=4)).save(tmp, format="PNG")
-    save_resolved(cfg, out)
-    with mlflow_run(cfg, "nada_quality", sections=("nada", "generation")):
-        for row in rows.iter_rows(named=True):
-            values = {k: v for k, v in row.items() if k not in ("kind", "step") and v is not None}
-            if row["kind"] == "adapted":
-                mlflow.log_metrics(values, step=row["step"])
-            else:
-                mlflow.log_metrics({f"{row['kind']}.{k}": v for k, v in values.items()})
-        for path in outputs.values():
-            mlflow.log_artifact(str(path))
-    return outputs
+    files = {"json": ("nada_quality.json", {"rows": rows.to_dicts(), "domain_classifier_test": held_out,
+                                            "source": n.source, "target": n.target,
+                                            "guidance_scale": n.guidance_scale, "sampler": g.sampler,
+                                            "sampling_steps": g.steps}),
+             "table": ("nada_quality.md", f"NADA {n.source} -> {n.target}, w = {n.guidance_scale:g}, {g.sampler} "
+                       f"{g.steps} steps, {n.eval_captions} captions x {n.eval_images_per_caption} images\n\n"
+                       + markdown_table(shown) + "\n"),
+             "curve": ("nada_curve.png", lambda path: plot(rows, path, n.target)),
+             "samples": ("samples.png", image_grid(np.concatenate(list(examples.values())), rows=3, scale=4))}
+    metrics = []
+    for row in rows.iter_rows(named=True):
+        values = {k: v for k, v in row.items() if k not in ("kind", "step") and v is not None}
+        if row["kind"] == "adapted":
+            metrics.append((values, row["step"]))
+        else:
+            metrics.append(({f"{row['kind']}.{k}": v for k, v in values.items()}, None))
+    return files, metrics

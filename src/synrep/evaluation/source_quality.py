@@ -18,9 +18,11 @@ The report joins these rows with StableRep's linear probe per source: the genera
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 from omegaconf import DictConfig
 
@@ -28,22 +30,26 @@ from synrep import source_modes
 from synrep.config import run_dir
 from synrep.data import toyworld
 from synrep.data.shards import read_shard, shard_path
-from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge, predict
+from synrep.evaluation import study
+from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
 from synrep.evaluation.generator_quality import diversity, matched_real_diversity
 from synrep.fileio import write_json
-from synrep.tables import t_halfwidth
+from synrep.tables import mean_ci
 
 
 def quality_path(cfg: DictConfig, source: str) -> Path:
     return run_dir(cfg, "source_quality", f"{source}.json")
 
 
-def _mean_ci(values: list[float]) -> dict[str, float | int | None]:
-    values = [v for v in values if v is not None and not np.isnan(v)]
-    if not values:
+def over_captions(values: list[float | None]) -> dict[str, float | int | None]:
+    """Mean, 95% t-interval half-width (None for one value) and count of the per-caption values
+    that are numbers (tables.mean_ci)."""
+    values = pl.DataFrame({"value": pl.Series(values, dtype=pl.Float64).fill_nan(None)})
+    cells = mean_ci(values.with_columns(all=pl.lit(0)), ["all"], "value")
+    if cells.height == 0:
         return {"mean": None, "ci95": None, "n": 0}
-    ci = t_halfwidth(float(np.std(values, ddof=1)) if len(values) > 1 else None, len(values))
-    return {"mean": float(np.mean(values)), "ci95": None if np.isnan(ci) else ci, "n": len(values)}
+    cell = cells.row(0, named=True)
+    return {"mean": cell["mean"], "ci95": None if math.isnan(cell["ci95"]) else cell["ci95"], "n": cell["n"]}
 
 
 def read_source(cfg: DictConfig, source: str) -> tuple[list[str], list[np.ndarray]]:
@@ -84,16 +90,16 @@ def measure(cfg: DictConfig, source: str, classifier, guides: dict) -> dict:
         per_caption = []
         for c, wanted in enumerate(n[attr] for n in named):
             per_caption.append(None if wanted is None else float((pred[attr][c * k:(c + 1) * k] == wanted).mean()))
-        row[f"match_{attr}"] = _mean_ci(per_caption)
-    row["diversity"] = _mean_ci([diversity([g]) for g in groups] if k > 1 else [])
+        row[f"match_{attr}"] = over_captions(per_caption)
+    row["diversity"] = over_captions([diversity([g]) for g in groups] if k > 1 else [])
     if k > 1:
-        row["diversity_real"] = _mean_ci(matched_real_diversity(cfg, named, k, cfg.sample_quality.seed))
+        row["diversity_real"] = over_captions(matched_real_diversity(cfg, named, k, cfg.sample_quality.seed))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     for name, guide in guides.items():
         text = guide.text_embeddings(captions).repeat_interleave(k, 0)
         with torch.no_grad():
             score = guide.similarity(x, text).view(len(captions), k).mean(1)
-        row[f"clip_{name}"] = _mean_ci(score.tolist())
+        row[f"clip_{name}"] = over_captions(score.tolist())
     return row
 
 
@@ -103,9 +109,7 @@ def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
     from synrep.generation.clip_model import is_clip_folder
     from synrep.generation.sources import referenced_sources
 
-    torch.set_num_threads(cfg.threads)
-    classifier, _, origin = judge(cfg)
-    print(f"attribute classifier: {origin}", flush=True)
+    classifier, _, _ = study.load_judge(cfg)
     guides = {}
     if is_clip_folder(cfg.generation.clip_model):
         guides["guiding"] = load_guide(cfg.generation.clip_model)
