@@ -38,7 +38,7 @@ def main() -> None:
 
     from synrep.config import load_config
     from synrep.data import toyworld
-    from synrep.evaluation.generator_quality import evaluation_captions
+    from synrep.evaluation.sample_quality import evaluation_captions
     from synrep.generation.clip_guidance import clip_guided, load_guide
     from synrep.generation.pipelines import load_pipeline
     from synrep.generation.sources import image_seed

@@ -107,7 +107,7 @@ def main() -> None:
     import torch
 
     from synrep.config import load_config
-    from synrep.evaluation.generator_quality import evaluation_captions
+    from synrep.evaluation.sample_quality import evaluation_captions
     from synrep.generation.random_sd import random_sd_pipeline
 
     cfg = load_config(args.overrides)

@@ -60,7 +60,7 @@ def main() -> None:
     from synrep.config import load_config
     from synrep.data import toyworld
     from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge as load_judge
-    from synrep.evaluation.generator_quality import diversity, evaluation_captions
+    from synrep.evaluation.sample_quality import diversity, evaluation_captions
     from synrep.generation.clip_guidance import load_guide
     from synrep.generation.pipelines import load_pipeline
     from synrep.generation.sources import image_seed

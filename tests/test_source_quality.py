@@ -43,7 +43,7 @@ def test_source_quality_is_the_judge_on_the_sources_own_images(make_cfg, small_w
         assert math.isclose(row["match_colour"]["mean"], np.mean(per_caption), abs_tol=1e-9)
         assert row["match_colour"]["n"] == 6 and row["clip_guiding"]["n"] == 6
         # the reference variety: real photos with each caption's attributes, as many as the source's
-        from synrep.evaluation.generator_quality import matched_real_diversity
+        from synrep.evaluation.sample_quality import matched_real_diversity
         named = [toyworld.parse_caption(s["record"]["caption"], cfg) for s in samples]
         real = matched_real_diversity(cfg, named, 3 - skip, cfg.sample_quality.seed)
         assert math.isclose(row["diversity_real"]["mean"], np.mean([v for v in real if v is not None]), abs_tol=1e-9)

@@ -33,7 +33,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "download_weights": ("synrep.generation.pipelines", "download_run", "fetch generation.model (a hub id) into the Hugging Face cache once, only the files its pipeline loads, and store its weights' hash"),
     "generate": ("synrep.generation.generate", "run", "generate l images per caption of each source into shards"),
     "index": ("synrep.generation.index", "run", "index each source's shards, draw its sample grid, log to MLflow"),
-    "sample_quality": ("synrep.evaluation.generator_quality", "run", "caption-match accuracy and diversity of the generator by w"),
+    "sample_quality": ("synrep.evaluation.sample_quality", "run", "caption-match accuracy and diversity of the generator by w"),
     "source_quality": ("synrep.evaluation.source_quality", "run", "caption match, diversity and CLIP scores of each source's shards (the judge)"),
     "dreambooth_quality": ("synrep.evaluation.dreambooth_quality", "run", "DreamBooth's subject fidelity, prompt fidelity, language drift and class diversity, with and without prior preservation"),
     "subject_probe": ("synrep.experiments.subject_probe", "run", "DreamBooth as a source: a linear probe of the subject against near-miss rings, per training source"),

@@ -17,7 +17,7 @@ Per model and sampling seed, four prompt sets of ``quality.images`` samples each
   and size.
 - ``class``: "<class_prompt>" ("a ring"). *Language drift*: the judge's ring accuracy on them, and
   their similarity to the subject (does "a ring" now draw the subject?); *class diversity*: mean
-  pairwise RMS pixel distance (generator_quality.diversity) and mean pairwise CLIP distance (1 - cos).
+  pairwise RMS pixel distance (sample_quality.diversity) and mean pairwise CLIP distance (1 - cos).
 
 A ``real`` row scores real renders in place of samples (other held-out subject renders, the subject
 on the asked background and size, ordinary rings): the ceiling of each measure. Cells are the
@@ -38,7 +38,7 @@ from synrep.config import ConfigError, to_dict
 from synrep.data import toyworld
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import predict
-from synrep.evaluation.generator_quality import diversity
+from synrep.evaluation.sample_quality import diversity
 from synrep.images import image_grid
 from synrep.tables import markdown_table, mean_ci
 

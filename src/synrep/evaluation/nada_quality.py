@@ -13,7 +13,7 @@ guidance at ``nada.guidance_scale``). Per row:
   (the judge, trained on real photos) reads as it reads the frozen generator's image from the same
   noise and caption (content kept);
 - ``diversity``: the mean pairwise RMS pixel distance among the images of one caption
-  (generator_quality's measure; NADA's global loss collapses it, its directional loss should not);
+  (sample_quality's measure; NADA's global loss collapses it, its directional loss should not);
 - ``clip_direction``: the mean cosine of ΔI (adapted minus frozen image embedding) with ΔT under
   the CLIP that trained it (the training objective, on the fixed set).
 
@@ -44,7 +44,7 @@ from synrep.config import ConfigError, to_dict
 from synrep.data import toyworld
 from synrep.evaluation import domain_classifier, study
 from synrep.evaluation.attribute_classifier import judge, predict
-from synrep.evaluation.generator_quality import diversity
+from synrep.evaluation.sample_quality import diversity
 from synrep.fileio import atomic_path
 from synrep.generation.toy import nada
 from synrep.images import image_grid

@@ -4,7 +4,7 @@ For every caption of the source, the judge (the attribute classifier, trained on
 reads each generated image; an image matches on an attribute when it reads the value the caption
 names (attributes a caption does not name are not scored). Diversity is the mean pairwise RMS
 pixel distance between a caption's images; ``diversity_real`` is the same for k real test photos
-per caption that agree with every attribute it names (generator_quality.matched_real_diversity):
+per caption that agree with every attribute it names (sample_quality.matched_real_diversity):
 the variety a source would have if it drew what the world draws. Every source measured here draws
 photos, so the reference is the world's photos (pixel RMS is not comparable across domains: a line
 drawing is mostly blank page). CLIP scores: the mean cosine similarity of image and
@@ -32,7 +32,7 @@ from synrep.data import toyworld
 from synrep.data.shards import read_shard, shard_path
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
-from synrep.evaluation.generator_quality import diversity, matched_real_diversity
+from synrep.evaluation.sample_quality import diversity, matched_real_diversity
 from synrep.fileio import write_json
 from synrep.tables import mean_ci
 

@@ -24,7 +24,7 @@ def heldout_clip(out, small_world):
 
 def test_clip_guided_rows_raise_the_guiding_clips_score(make_cfg, small_world, tiny_toy_pipeline_dir, tiny_clip_dir,
                                                         tiny_noised_clip_dir, tmp_path):
-    from synrep.evaluation import generator_quality
+    from synrep.evaluation import sample_quality
 
     cfg = make_cfg(f"paths.data_dir={small_world}/data", f"generation.model={tiny_toy_pipeline_dir}",
                    f"generation.clip_model={tiny_clip_dir}", "generation.steps=3",
@@ -33,7 +33,7 @@ def test_clip_guided_rows_raise_the_guiding_clips_score(make_cfg, small_world, t
                    "sample_quality.clip_min_alpha_bars=[0,1e-3]",
                    f"sample_quality.heldout_clip={heldout_clip(tmp_path / 'heldout', small_world)}", "sample_quality.captions=6",
                    "sample_quality.images_per_caption=2", "sample_quality.classifier_epochs=1")
-    outputs = generator_quality.run(cfg)
+    outputs = sample_quality.run(cfg)
     table = pl.read_csv(outputs["csv"])
     assert table.select("source", "kind", "w", "clip_scale", "min_alpha_bar").rows() == [
         ("real", None, None, None, None), ("generated", "cfg", 1.0, None, None), ("generated", "cfg", 3.0, None, None),
@@ -93,7 +93,7 @@ def test_real_diversity_matches_each_captions_named_attributes(make_cfg, small_w
     import numpy as np
 
     from synrep.data import toyworld
-    from synrep.evaluation.generator_quality import matched_real_diversity
+    from synrep.evaluation.sample_quality import matched_real_diversity
 
     cfg = make_cfg(f"paths.data_dir={small_world}/data")
     test = toyworld.load_split(cfg, "test")
