@@ -83,7 +83,9 @@ def plot_curves(curves: pl.DataFrame, path: Path) -> None:
             line, = ax.plot(steps, mean, label=f"{variant} ({n} run{'s' if n > 1 else ''})")
             if n > 1:
                 half = stats.t.ppf(0.975, n - 1) * per_step["sd"].to_numpy() / n ** 0.5
-                ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+                # a share lies in [0, 1]; the t-interval of 3 runs can reach past it
+                ax.fill_between(steps, (mean - half).clip(0, 1), (mean + half).clip(0, 1), color=line.get_color(),
+                                alpha=0.2)
         ax.axhline(0.5 if metric == "target_fraction" else 0.8, color="grey", linestyle=":", linewidth=1)
         ax.set_title(titles[metric], fontsize=10)
         ax.set_xlabel("NADA step")
