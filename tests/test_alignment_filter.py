@@ -156,3 +156,12 @@ def test_bad_filter_values_fail_at_load_in_one_line(make_cfg, value, key):
 def test_a_union_of_a_filtered_source_is_refused(make_cfg):
     with pytest.raises(ConfigError, match=r"sources.both.union\[0\]"):
         make_cfg("sources.w2.filter={keep_fraction: 0.5}", "sources.both={mode: union, union: [w2, w8]}")
+
+
+def test_a_run_asking_for_more_images_than_kept_is_refused(make_cfg, tiny_clip_dir):
+    from synrep.experiments.sweep import expand
+
+    keep = f"sources.w2.filter={{clip_model: {tiny_clip_dir}, keep_fraction: 0.5}}"
+    assert {s.l for s in expand(make_cfg(keep, "sweep.grids=[{data: [w2], l: [2]}]"))} == {2}
+    with pytest.raises(ConfigError, match=r"keeps 2 of its 4 \(config key 'sources.w2.filter'\)"):
+        expand(make_cfg(keep, "sweep.grids=[{data: [w2], l: [4]}]"))

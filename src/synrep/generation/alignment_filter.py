@@ -107,13 +107,17 @@ def kept_images(scores: np.ndarray, f: dict) -> list[int]:
     them (rounded up), or those scoring at least ``min_score``; never fewer than ``min_images``
     (the best ones), nor more than there are. Ties go to the earlier image."""
     n = len(scores)
-    if "keep_fraction" in f:
-        k = math.ceil(round(f["keep_fraction"] * n, 9))
-    else:
-        k = int((scores >= f["min_score"]).sum())
-    k = min(n, max(k, f["min_images"]))
+    k = fewest_kept(n, f) if "keep_fraction" in f else min(n, max(int((scores >= f["min_score"]).sum()),
+                                                                   f["min_images"]))
     best = np.argsort(-scores, kind="stable")[:k]
     return sorted(int(i) for i in best)
+
+
+def fewest_kept(n: int, f: dict) -> int:
+    """The fewest images the filter keeps of a caption's ``n``: with ``keep_fraction`` the count
+    every caption keeps; with ``min_score`` the floor, ``min_images``."""
+    k = math.ceil(round(f["keep_fraction"] * n, 9)) if "keep_fraction" in f else 0
+    return min(n, max(k, f["min_images"]))
 
 
 def kept_path(folder: Path, shard: int) -> Path:
