@@ -165,3 +165,15 @@ def test_a_run_asking_for_more_images_than_kept_is_refused(make_cfg, tiny_clip_d
     assert {s.l for s in expand(make_cfg(keep, "sweep.grids=[{data: [w2], l: [2]}]"))} == {2}
     with pytest.raises(ConfigError, match=r"keeps 2 of its 4 \(config key 'sources.w2.filter'\)"):
         expand(make_cfg(keep, "sweep.grids=[{data: [w2], l: [4]}]"))
+
+
+def test_sweep_runs_on_a_filtered_source_carry_the_kept_fraction(make_cfg, tiny_clip_dir):
+    from synrep.experiments import sweep_run
+    from synrep.experiments.sweep import expand
+
+    cfg = make_cfg(f"sources.keep50={{mode: union, union: [w2], filter: {{clip_model: {tiny_clip_dir}, "
+                   "keep_fraction: 0.5}}", "sweep.grids=[{method: [stablerep], data: [w2, keep50], l: [2]}]",
+                   "sweep.seeds=[0]")
+    params = {spec.data: sweep_run.run_params(cfg, spec) for spec in expand(cfg)}
+    assert params["keep50"]["keep_fraction"] == 0.5 and params["keep50"]["filter_clip"] == str(tiny_clip_dir)
+    assert "min_score" not in params["keep50"] and "keep_fraction" not in params["w2"]
