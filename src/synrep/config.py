@@ -470,6 +470,21 @@ class InpaintSourceConfig:
 
 
 @dataclass
+class AlignmentFilterConfig:
+    """The alignment filter of a source (generation/alignment_filter.py): each image scored against
+    its caption by a CLIP (CLIPScore, 100 * max(cos, 0)); the index keeps each caption's best."""
+
+    clip_model: str = "models/toy_clip"  # an open_clip local-dir folder (e.g. models/toy_clip)
+    # Keep this fraction of each caption's images, the best by score (rounded up); or, instead,
+    # every image scoring at least min_score (0 to 100). Exactly one of the two is set
+    keep_fraction: Optional[float] = None
+    min_score: Optional[float] = None
+    # At least this many images of each caption are kept (the best), whatever their scores: the
+    # multi-positive loss needs two or more images per caption
+    min_images: int = 2
+
+
+@dataclass
 class UnclipSourceConfig:
     """Modes ``unclip`` (caption -> prior -> CLIP image embedding -> decoder) and ``variation`` (a
     caption's real image -> its CLIP image embedding -> l decodings), DALL-E 2's
@@ -515,6 +530,9 @@ class SourceConfig:
     # A caption set of its own instead of the run's (a `captions` section, e.g. {format: concepts}),
     # made by the captions step into <run>/source_captions/<name>; null: the run's caption set
     caption_set: Optional[CaptionsConfig] = None
+    # Keep only the images that match their caption best, by a CLIP's score (a change re-indexes
+    # the shards, it regenerates nothing); null: every image
+    filter: Optional[AlignmentFilterConfig] = None
 
 
 @dataclass
@@ -1115,6 +1133,24 @@ def check_source(name: str, source: DictConfig) -> None:
         value = source[field_name]
         if value is not None and value <= 0:
             raise ConfigError(f"config key '{key}.{field_name}': must be > 0, got {value!r}")
+    if source.filter is not None:
+        check_alignment_filter(source.filter, f"{key}.filter")
+
+
+def check_alignment_filter(f: DictConfig, key: str) -> None:
+    """A source's ``filter``: one rule (a fraction kept or a minimum score), at least two images kept."""
+    if (f.keep_fraction is None) == (f.min_score is None):
+        raise ConfigError(f"config key '{key}': set one of keep_fraction and min_score, got keep_fraction "
+                          f"{f.keep_fraction!r} and min_score {f.min_score!r}")
+    if f.keep_fraction is not None and not 0 < f.keep_fraction <= 1:
+        raise ConfigError(f"config key '{key}.keep_fraction': must be in (0, 1], got {f.keep_fraction!r}")
+    if f.min_score is not None and not 0 <= f.min_score <= 100:
+        raise ConfigError(f"config key '{key}.min_score': must be in [0, 100] (CLIPScore), got {f.min_score!r}")
+    if f.min_images < 2:
+        raise ConfigError(f"config key '{key}.min_images': must be >= 2 (the multi-positive loss needs two images "
+                          f"of a caption), got {f.min_images!r}")
+    if not f.clip_model:
+        raise ConfigError(f"config key '{key}.clip_model': an open_clip local-dir folder is needed (e.g. models/toy_clip)")
 
 
 def check_union(cfg: DictConfig, name: str, source: DictConfig) -> None:
@@ -1127,6 +1163,9 @@ def check_union(cfg: DictConfig, name: str, source: DictConfig) -> None:
             raise ConfigError(f"config key '{key}': {member!r} is not another source: one of {list(cfg.sources)}")
         if not SOURCE_MODES[cfg.sources[member].mode].generates:
             raise ConfigError(f"config key '{key}': {member!r} is itself a union (list its sources instead)")
+        if cfg.sources[member].filter is not None:
+            raise ConfigError(f"config key '{key}': {member!r} is filtered; a union joins whole sources "
+                              f"(give the union the filter: sources.{name}.filter)")
         if member in list(source.union)[:i]:
             raise ConfigError(f"config key '{key}': {member!r} is listed twice")
         ls.add(cfg.sources[member].l or cfg.generation.images_per_caption)

@@ -1,6 +1,7 @@
 # Generation: one job per (source, caption range) shard, so that a cluster runs shards as array
 # jobs, then one index job per source. A source's jobs rerun when its resolved spec changes.
 from synrep.config import digest
+from synrep.generation.alignment_filter import index_spec
 from synrep.generation.pipelines import is_hub_id
 from synrep.generation.sources import made_sources, source_caption_count, source_spec
 
@@ -113,7 +114,8 @@ rule index_source:
         stats=SHARDS / "{source}" / "stats.json",
         grid=SHARDS / "{source}" / "grid.png",
     params:
-        source=lambda wildcards: digest(source_spec(CFG, wildcards.source)),
+        # with the filter: a changed filter re-indexes (its shards stay)
+        source=lambda wildcards: digest(index_spec(CFG, wildcards.source)),
     priority: training_path_priority
     threads: 1
     log:

@@ -227,6 +227,19 @@ def read_members(url: str) -> ShardTable:
     return ShardTable(runs, np.array(starts + [len(keys)], dtype=np.int64), suffixes, offsets, sizes)
 
 
+def read_kept(path: str) -> dict[str, frozenset[int]]:
+    """A filtered shard's kept images (generation/alignment_filter.py): sample key -> image numbers."""
+    try:
+        with open(path, "rb") as handle:  # pyarrow on one thread, as read_members (forked workers)
+            table = pq.read_table(handle, columns=["key", "image"], use_threads=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"kept images not found: {path}; rerun indexing") from None
+    kept: dict[str, set[int]] = {}
+    for key, image in zip(table["key"].to_pylist(), table["image"].to_pylist()):
+        kept.setdefault(key, set()).add(image)
+    return {key: frozenset(images) for key, images in kept.items()}
+
+
 class _LRU(OrderedDict):
     """A small least-recently-used map; ``on_evict`` sees each value that leaves it."""
 
@@ -270,9 +283,11 @@ class GroupDataset(torch.utils.data.Dataset):
 
     def __init__(self, urls: list[str], spec, transform: Callable | None, seed: int, max_samples: int | None = None,
                  cache_decoded: bool = False, counts: list[int] | None = None, cached_shards: int = 64,
-                 open_files: int = 16):
+                 open_files: int = 16, kept: list[str] | None = None):
         super().__init__()
         self.urls, self.spec, self.transform, self.seed = list(urls), spec, transform, seed
+        # a filtered source (the index's ``kept`` column): each shard's file of the images kept
+        self.kept = None if kept is None else list(kept)
         # decoded images kept in memory (a toy source: a few MB), instead of decoding every draw
         self.cache_decoded = cache_decoded
         self._decoded: dict[tuple[int, str], object] = {}
@@ -294,12 +309,13 @@ class GroupDataset(torch.utils.data.Dataset):
 
     def _setup_caches(self) -> None:
         self._tables = _LRU(self.cached_shards)
+        self._kept = _LRU(self.cached_shards)
         self._files = _LRU(self.open_files, _close)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         # open files stay with the process that opened them
-        state["_files"] = state["_tables"] = None
+        state["_files"] = state["_tables"] = state["_kept"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -335,6 +351,13 @@ class GroupDataset(torch.utils.data.Dataset):
             self._tables.put(shard, table)
         return table
 
+    def _kept_images(self, shard: int) -> dict[str, frozenset[int]]:
+        kept = self._kept.get(shard)
+        if kept is None:
+            kept = read_kept(self.kept[shard])
+            self._kept.put(shard, kept)
+        return kept
+
     def _read(self, shard: int, offset: int, size: int) -> bytes:
         url = self.urls[shard]
         fd = self._files.get(shard)
@@ -364,6 +387,9 @@ class GroupDataset(torch.utils.data.Dataset):
         spec = self.spec
         sample = self.read_sample(index)
         names = _image_names(sample)
+        if self.kept is not None:  # l counts the kept images, in stored order
+            kept = self._kept_images(self.locate(index)[0]).get(sample["__key__"], frozenset())
+            names = [name for name in names if int(name.split(".")[0]) in kept]
         if spec.use_first is not None:
             if len(names) < spec.use_first:
                 raise InputError(f"sample {sample['__key__']} in {sample['__url__']} has {len(names)} "

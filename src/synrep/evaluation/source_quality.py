@@ -30,9 +30,11 @@ from synrep import source_modes
 from synrep.config import run_dir
 from synrep.data import toyworld
 from synrep.data.shards import read_shard, shard_path
+from synrep.data.stream import read_kept
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
 from synrep.evaluation.sample_quality import diversity, matched_real_diversity
+from synrep.generation.alignment_filter import check_index
 from synrep.fileio import write_json
 from synrep.tables import mean_ci
 
@@ -57,6 +59,8 @@ def read_source(cfg: DictConfig, source: str) -> tuple[list[str], list[np.ndarra
     from synrep.generation.generate import shards_dir, source_shards
     from synrep.generation.sources import source_spec
 
+    if cfg.sources[source].filter is not None:
+        return read_kept_source(cfg, source)
     spec = source_spec(cfg, source)
     captions, groups = [], []
     if not source_modes.get(spec["mode"]).generates:  # a union: its sources' images, one after another
@@ -75,31 +79,54 @@ def read_source(cfg: DictConfig, source: str) -> tuple[list[str], list[np.ndarra
     return captions, groups
 
 
+def read_kept_source(cfg: DictConfig, source: str) -> tuple[list[str], list[np.ndarray]]:
+    """A filtered source's captions and the images its index keeps of each (what training reads)."""
+    path = run_dir(cfg, "shards", source, "index.parquet")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run `python -m synrep index --source {source}` first")
+    index = pl.read_parquet(path).sort("shard")
+    check_index(cfg, source, index, str(path))
+    captions, groups = [], []
+    for row in index.iter_rows(named=True):
+        kept = read_kept(row["kept"])
+        for sample in read_shard(row["path"]):
+            captions.append(sample["record"]["caption"])
+            groups.append(np.stack([sample["images"][i] for i in sorted(kept[sample["key"]])]))
+    return captions, groups
+
+
 def measure(cfg: DictConfig, source: str, classifier, guides: dict) -> dict:
     from synrep.generation.sources import source_spec, w_params
 
     captions, groups = read_source(cfg, source)
     spec = source_spec(cfg, source)
-    k = len(groups[0])
+    # images per caption: one count, but a filter by min_score keeps each caption's own number
+    ks = [len(g) for g in groups]
+    k = ks[0] if len(set(ks)) == 1 else None
+    ends = np.cumsum(ks)
     images = np.concatenate(groups)
     pred = predict(classifier, images)
     named = [toyworld.parse_caption(c, cfg) for c in captions]
     row: dict = {"source": source, "mode": spec["mode"], "guidance": w_params(spec)["w_set"] or f"w={w_params(spec)['w']:g}",
-                 "captions": len(captions), "images_per_caption": k}
+                 "captions": len(captions), "images_per_caption": k or float(np.mean(ks))}
     for attr in ATTRIBUTES:
         per_caption = []
         for c, wanted in enumerate(n[attr] for n in named):
-            per_caption.append(None if wanted is None else float((pred[attr][c * k:(c + 1) * k] == wanted).mean()))
+            mine = pred[attr][ends[c] - ks[c]:ends[c]]
+            per_caption.append(None if wanted is None else float((mine == wanted).mean()))
         row[f"match_{attr}"] = over_captions(per_caption)
-    row["diversity"] = over_captions([diversity([g]) for g in groups] if k > 1 else [])
-    if k > 1:
+    row["diversity"] = over_captions([diversity([g]) for g in groups if len(g) > 1])
+    if k is not None and k > 1:  # real photos as many as each caption's images
         row["diversity_real"] = over_captions(matched_real_diversity(cfg, named, k, cfg.sample_quality.seed))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     for name, guide in guides.items():
-        text = guide.text_embeddings(captions).repeat_interleave(k, 0)
+        text = guide.text_embeddings(captions).repeat_interleave(torch.tensor(ks), 0)
         with torch.no_grad():
-            score = guide.similarity(x, text).view(len(captions), k).mean(1)
-        row[f"clip_{name}"] = over_captions(score.tolist())
+            similarity = guide.similarity(x, text)
+        # one count: the mean of each row of a view (as before); else of each caption's slice
+        score = (similarity.view(len(captions), k).mean(1).tolist() if k is not None
+                 else [float(part.mean()) for part in similarity.split(ks)])
+        row[f"clip_{name}"] = over_captions(score)
     return row
 
 

@@ -58,6 +58,9 @@ def run_params(cfg: DictConfig, spec: RunSpec) -> dict:
         stats = json.loads(run_dir(cfg, "source_captions", spec.data, "stats.json").read_text())
         params["captions"] = source["caption_set"]["format"]
         params["captions_count"] = stats["rows_out"]
+    if spec.data != "real" and (f := cfg.sources[spec.data].filter) is not None:
+        # the axis of the alignment filter: what it keeps of each caption's images, by which CLIP
+        params.update(keep_fraction=f.keep_fraction, min_score=f.min_score, filter_clip=f.clip_model)
     return {k: v for k, v in params.items() if v is not None}
 
 

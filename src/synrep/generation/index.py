@@ -15,8 +15,9 @@ from PIL import Image
 from synrep import source_modes
 from synrep.data.shards import read_shard, shard_path, shard_summary, write_index
 from synrep.fileio import atomic_path, write_json
+from synrep.generation.alignment_filter import filter_rows, index_spec
 from synrep.generation.generate import model_info, source_shards, shards_dir
-from synrep.generation.sources import referenced_sources, source_spec, w_params
+from synrep.generation.sources import referenced_sources, w_params
 from synrep.tracking import mlflow_run
 
 
@@ -36,7 +37,7 @@ def sample_grid(shard: Path, n_captions: int) -> np.ndarray:
 def index_source(cfg: DictConfig, source: str) -> dict[str, Path]:
     import mlflow
 
-    spec = source_spec(cfg, source)
+    spec = index_spec(cfg, source)
     folder = shards_dir(cfg) / source
     if not source_modes.get(spec["mode"]).generates:
         rows = union_rows(cfg, spec)
@@ -55,6 +56,8 @@ def index_source(cfg: DictConfig, source: str) -> dict[str, Path]:
         rows = [shard_summary(path, s) for path, s in zip(paths, shards)]
         grid = sample_grid(paths[0], cfg.generation.grid_captions)
         model = model_info(cfg, spec)
+    if "filter" in spec:  # the kept images of each caption (the grid still shows them all)
+        rows = filter_rows(rows, spec["filter"], folder)
     outputs = {"index": write_index(folder / "index.parquet", rows)}
     outputs["grid"] = folder / "grid.png"
     with atomic_path(outputs["grid"]) as tmp:

@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 
 from synrep.config import ConfigError, InputError, method_train, save_resolved
 from synrep.fileio import atomic_path, write_json
+from synrep.generation.alignment_filter import check_index
 from synrep.learning import distributed, methods
 from synrep.learning.identity import identity_diff, training_identity
 from synrep.learning.lr_schedule import warmup_cosine_lr
@@ -172,8 +173,11 @@ def training_data(cfg: DictConfig, length: TrainingLength):
     # (augment.batch_augment); normalised on the device either way
     transform = None if augment.augments_batches(cfg) else augment.train_transform(cfg)
     index = data.shard_index(cfg, t.data)
+    if t.data != "real":
+        check_index(cfg, t.data, index, f"the shard index of source {t.data!r}")
     return data.GroupDataset(index["path"].to_list(), spec, transform, seed=t.seed, max_samples=length.n_captions,
-                             cache_decoded=t.cache_decoded, counts=index["samples"].to_list())
+                             cache_decoded=t.cache_decoded, counts=index["samples"].to_list(),
+                             kept=index["kept"].to_list() if "kept" in index.columns else None)
 
 
 def data_loader(cfg: DictConfig, dataset, length: TrainingLength, info: distributed.DistInfo,
