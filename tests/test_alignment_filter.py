@@ -177,3 +177,48 @@ def test_sweep_runs_on_a_filtered_source_carry_the_kept_fraction(make_cfg, tiny_
     params = {spec.data: sweep_run.run_params(cfg, spec) for spec in expand(cfg)}
     assert params["keep50"]["keep_fraction"] == 0.5 and params["keep50"]["filter_clip"] == str(tiny_clip_dir)
     assert "min_score" not in params["keep50"] and "keep_fraction" not in params["w2"]
+
+
+def test_summary_script_table_and_plot(tmp_path):
+    """scripts/alignment_filter_summary.py: each source's kept fraction read from the run's config,
+    probe cells the mean and Student-t half-width over seeds, the judge's cells from source_quality,
+    and the plot written."""
+    import importlib.util
+    import json
+
+    import numpy as np
+    import polars as pl
+    from omegaconf import OmegaConf
+    from scipy import stats as sps
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("af_summary", REPO / "scripts" / "alignment_filter_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    run = tmp_path / "run"
+    (run / "source_quality").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"sources": {
+        "w2": {"filter": None},
+        "half": {"filter": {"clip_model": "c", "keep_fraction": 0.5}}}}), run / "config.yaml")
+    probes = {"w2": [0.4, 0.5, 0.45], "half": [0.6, 0.62, 0.7]}
+    for source, accs in probes.items():
+        (run / "source_quality" / f"{source}.json").write_text(json.dumps(
+            {"match_shape": {"mean": 0.75, "ci95": 0.02}, "clip_guiding": {"mean": 0.7 if source == "w2" else 0.8,
+                                                                          "ci95": 0.01}}))
+        for seed, acc in enumerate(accs):
+            folder = run / "runs" / f"{source}-s{seed}"
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"source": source, "seed": seed, "l": 4, "m": 4,
+                                                             "steps": 40, "probe_shape": acc}))
+    df = summary.runs(run)
+    table = summary.table(df, run)
+    assert table["source"].to_list() == ["w2", "half"]  # most kept first
+    for source, accs in probes.items():
+        row = table.filter(pl.col("source") == source).row(0, named=True)
+        half = sps.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
+        assert row["probe shape"] == f"{round(np.mean(accs), 3)} ± {round(half, 3)}"
+        assert row["keep"] == {"w2": 1.0, "half": 0.5}[source] and row["seeds"] == 3
+        assert row["CLIP cos(image, caption)"] == ("0.7 ± 0.01" if source == "w2" else "0.8 ± 0.01")
+    summary.plot(df, run, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
