@@ -712,10 +712,11 @@ class EvalConfig:
     raw_pixels_size: Optional[int] = 16
     # Worst-group accuracy of the first target's probe (toyworld only): its test predictions split
     # by each grouping of toy world attributes, e.g. [[shape, background], [shape, colour]]; per
-    # grouping the worst group's accuracy, the mean over groups and a table of every group. Groups
-    # with fewer than group_min_images test images are listed with their count but left out of the
-    # worst and the mean. [] (off): no new metric
+    # grouping the worst group's accuracy, the mean over groups and a table of every group
+    # (eval.json); [] (off): no new metric
     groups: list[list[str]] = field(default_factory=list)
+    # Groups with fewer test images than this are listed with their count but left out of the worst
+    # and the mean (a handful of images says little)
     group_min_images: int = 5
 
 
