@@ -710,6 +710,14 @@ class EvalConfig:
     # The raw-pixel baseline pools images to at most this side first (224 px ImageNet would be a
     # 150,528-dim x 1.28M matrix; 16 px gives 768 dims); null leaves the baseline out
     raw_pixels_size: Optional[int] = 16
+    # Worst-group accuracy of the first target's probe (toyworld only): its test predictions split
+    # by each grouping of toy world attributes, e.g. [[shape, background], [shape, colour]]; per
+    # grouping the worst group's accuracy, the mean over groups and a table of every group
+    # (eval.json); [] (off): no new metric
+    groups: list[list[str]] = field(default_factory=list)
+    # Groups with fewer test images than this are listed with their count but left out of the worst
+    # and the mean (a handful of images says little)
+    group_min_images: int = 5
 
 
 @dataclass
@@ -866,6 +874,7 @@ POSITIVE: tuple[str, ...] = (
     "eval.holdout",
     "eval.probe_eval_every",
     "eval.crop_pct",
+    "eval.group_min_images",
     "launch.timeout_min",
     "launch.nodes",
     "launch.tasks_per_node",
@@ -1032,7 +1041,27 @@ def validate(cfg: DictConfig) -> None:
     if unknown or any(v < 0 for v in mix.values()) or abs(sum(mix.values()) - 1) > 1e-6:
         raise ConfigError(f"config key 'toy_inpaint.mask_mix': shares of {list(INPAINT_TRAINING_MASKS)} that sum to "
                           f"1, got {dict(mix)}")
+    check_eval_groups(cfg.eval)
     check_caption_set(cfg.captions, "captions")
+
+
+# The toy world's attributes, the labels of every real image (data.toyworld names their values)
+TOY_ATTRIBUTES = ("shape", "colour", "size", "background")
+
+
+def check_eval_groups(e: DictConfig) -> None:
+    for i, grouping in enumerate(e.groups):
+        if e.dataset != "toyworld":
+            raise ConfigError(f"config key 'eval.groups[{i}]': groups are toy world attributes; "
+                              f"eval.dataset is {e.dataset!r}")
+        if not grouping:
+            raise ConfigError(f"config key 'eval.groups[{i}]': an empty grouping (name one or more attributes)")
+        for j, name in enumerate(grouping):
+            if name not in TOY_ATTRIBUTES:
+                raise ConfigError(f"config key 'eval.groups[{i}][{j}]': {name!r} is not a toy world attribute "
+                                  f"({list(TOY_ATTRIBUTES)})")
+            if name in grouping[:j]:
+                raise ConfigError(f"config key 'eval.groups[{i}][{j}]': {name!r} is listed twice")
 
 
 def check_caption_set(captions: DictConfig, key: str) -> None:

@@ -30,6 +30,7 @@ from synrep.evaluation.features import (SPLITS, EvalData, cached_features, extra
                                         normalise_transform)
 from synrep.evaluation.fewshot import few_shot
 from synrep.evaluation.linear_probe import ProbeCheckpoint, linear_probe, linear_probe_augmented
+from synrep.evaluation.worst_group import probe_worst_groups
 from synrep.evaluation.zeroshot import zero_shot
 from synrep.fileio import write_json, write_text
 from synrep.tracking import mlflow_run
@@ -99,6 +100,7 @@ def evaluate_features(features: dict[str, np.ndarray] | None, data: EvalData, cf
     job = job or EvalJob()
     metrics: dict = {"linear_probe": {}, "few_shot": {}, "zero_shot": {}}
     clock = Clock()
+    primary = next(iter(data.labels))
     for target in data.labels:
         labels = data.labels[target]
         checkpoint = None
@@ -107,7 +109,8 @@ def evaluate_features(features: dict[str, np.ndarray] | None, data: EvalData, cf
                                          job.checkpoint_seconds)
         common = dict(n_classes=len(data.class_names[target]), lrs=list(e.probe_lrs), epochs=e.probe_epochs,
                       batch_size=e.probe_batch_size, batchnorm=e.probe_batchnorm, seed=seed,
-                      eval_every=e.probe_eval_every, device=job.device, checkpoint=checkpoint, on_epoch=on_epoch)
+                      eval_every=e.probe_eval_every, device=job.device, checkpoint=checkpoint, on_epoch=on_epoch,
+                      keep_test_predictions=bool(e.groups) and target == primary)
         if e.probe_augment and encode is not None:
             metrics["linear_probe"][target] = linear_probe_augmented(
                 encode, data.train_images, cfg.train.image_size, features, labels, workers=job.workers,
@@ -117,8 +120,11 @@ def evaluate_features(features: dict[str, np.ndarray] | None, data: EvalData, cf
             metrics["linear_probe"][target] = linear_probe(features, labels, **common)
     if not job.is_main:
         return None
+    if e.groups:
+        metrics["worst_group"] = {primary: probe_worst_groups(metrics["linear_probe"][primary],
+                                                              data.labels[primary]["test"], data, e.groups,
+                                                              e.group_min_images)}
     clock.lap("probe")
-    primary = next(iter(data.labels))
     metrics["few_shot"][primary] = few_shot(features["test"], data.labels[primary]["test"], e.fewshot_ways,
                                             e.fewshot_shots, e.fewshot_queries, e.fewshot_episodes, seed=seed,
                                             classifier=e.fewshot_classifier)
@@ -145,13 +151,19 @@ class Clock:
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
-    """{"probe_shape": .., "fewshot_shape": .., "fewshot_shape_ci95": .., "zeroshot_shape": ..}"""
+    """{"probe_shape": .., "fewshot_shape": .., "fewshot_shape_ci95": .., "zeroshot_shape": ..}, and
+    with eval.groups "probe_shape_worst_shape_background", "probe_shape_groupmean_shape_background" .."""
     flat = {}
     for target, r in metrics["linear_probe"].items():
         flat[f"probe_{target}"] = r["test"]
         flat[f"probe_{target}_val"] = r["val"]
         if r.get("eval_every") or r.get("epochs_compared", 1) > 1:  # eval.probe_eval_every: the epoch was chosen too
             flat[f"probe_{target}_epoch"] = r["epoch"]
+    for target, by_grouping in metrics.get("worst_group", {}).items():  # eval.groups
+        for name, r in by_grouping.items():
+            if r["worst"] is not None:  # every group below eval.group_min_images: nothing to log
+                flat[f"probe_{target}_worst_{name}"] = r["worst"]
+                flat[f"probe_{target}_groupmean_{name}"] = r["mean"]
     for target, r in metrics["few_shot"].items():
         flat[f"fewshot_{target}"] = r["mean"]
         flat[f"fewshot_{target}_ci95"] = r["ci95"]

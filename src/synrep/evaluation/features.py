@@ -37,6 +37,9 @@ class EvalData:
     prompts: dict[str, list[list[str]]] = field(default_factory=dict)  # target -> per class prompts
     # uncropped training images, for a probe trained on augmented crops (eval.probe_augment)
     train_images: torch.utils.data.Dataset | None = None
+    # the toy world's attributes of each test image and their value names (eval.groups); empty elsewhere
+    test_attributes: dict[str, np.ndarray] = field(default_factory=dict)
+    attribute_names: dict[str, list[str]] = field(default_factory=dict)
 
 
 class ArrayImages(torch.utils.data.Dataset):
@@ -171,6 +174,8 @@ def load_eval_data(cfg: DictConfig) -> EvalData:
             labels={t: {s: splits[s][t] for s in SPLITS} for t in e.targets},
             class_names={t: names[t] for t in e.targets},
             prompts={t: toyworld.zero_shot_prompts(cfg, t) for t in e.targets if toyworld.zero_shot_prompts(cfg, t)},
+            test_attributes={a: splits["test"][a] for a in names},
+            attribute_names=names,
         )
     if not root.exists():
         raise FileNotFoundError(f"evaluation dataset {e.dataset!r} not found: looked for {root} (config key "

@@ -38,16 +38,17 @@ class ProbeHeads(nn.Module):
     checkpoints where they are evaluated."""
 
     def __init__(self, dim: int, n_classes: int, lrs: list[float], total_steps: int, batchnorm: bool,
-                 eval_every: int | None = None):
+                 eval_every: int | None = None, keep_test_predictions: bool = False):
         super().__init__()
-        self.lrs, self.eval_every = list(lrs), eval_every
+        self.lrs, self.eval_every, self.keep_test_predictions = list(lrs), eval_every, keep_test_predictions
         self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if batchnorm else nn.Identity()
         self.heads = nn.ModuleList(nn.Linear(dim, n_classes) for _ in lrs)
         self.optimizer = torch.optim.SGD([{"params": h.parameters(), "lr": lr} for h, lr in zip(self.heads, lrs)],
                                          momentum=0.9, weight_decay=0.0)
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, total_steps))
         self.loss_fn = nn.CrossEntropyLoss()
-        self.history: list[dict] = []  # {"epoch", "val": [per lr], "test": [...], "train": [...]}
+        # {"epoch", "val": [per lr], "test": [...], "train": [...], "test_predictions": [...] if kept}
+        self.history: list[dict] = []
 
     def step(self, z: torch.Tensor, y: torch.Tensor) -> None:
         self.norm.train()
@@ -61,8 +62,13 @@ class ProbeHeads(nn.Module):
     @torch.no_grad()
     def evaluate(self, epoch: int, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> None:
         self.norm.eval()
-        self.history.append({"epoch": epoch, **{s: [float((head(self.norm(x[s])).argmax(1) == y[s]).float().mean())
-                                                     for head in self.heads] for s in x}})
+        record = {"epoch": epoch}
+        for s in x:
+            predictions = [head(self.norm(x[s])).argmax(1) for head in self.heads]
+            record[s] = [float((p == y[s]).float().mean()) for p in predictions]
+            if s == "test" and self.keep_test_predictions:
+                record["test_predictions"] = [p.cpu() for p in predictions]
+        self.history.append(record)
 
     def state(self) -> dict:
         return {"modules": self.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -87,6 +93,8 @@ class ProbeHeads(nn.Module):
                "val_by_lr": dict(zip(map(str, self.lrs), self.history[-1]["val"]))}
         if "train" in record:
             out["train"] = record["train"][i]
+        if "test_predictions" in record:  # the chosen head's, for worst-group accuracy (not written out)
+            out["test_predictions"] = record["test_predictions"][i].numpy()
         return out
 
 
@@ -153,15 +161,17 @@ def _save(checkpoint: ProbeCheckpoint | None, probe: ProbeHeads, gen: torch.Gene
 def linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], n_classes: int,
                  lrs: list[float], epochs: int, batch_size: int, batchnorm: bool, seed: int = 0,
                  eval_every: int | None = None, device: str | torch.device = "cpu",
-                 checkpoint: ProbeCheckpoint | None = None, on_epoch: Callable[[int], None] | None = None) -> dict:
+                 checkpoint: ProbeCheckpoint | None = None, on_epoch: Callable[[int], None] | None = None,
+                 keep_test_predictions: bool = False) -> dict:
     """The probe on cached features ({train, val, test}); choose on val, report on test.
-    ``on_epoch(epoch)`` is called after each epoch (and its checkpoint)."""
+    ``on_epoch(epoch)`` is called after each epoch (and its checkpoint). ``keep_test_predictions``:
+    the result also holds the chosen head's test predictions (``test_predictions``)."""
     torch.manual_seed(seed)
     x = {s: torch.from_numpy(features[s]).float().to(device) for s in SPLITS}
     y = {s: torch.from_numpy(labels[s]).long().to(device) for s in SPLITS}
     n = len(x["train"])
     probe = ProbeHeads(x["train"].shape[1], n_classes, lrs, epochs * math.ceil(n / batch_size), batchnorm,
-                       eval_every).to(device)
+                       eval_every, keep_test_predictions).to(device)
     gen = torch.Generator().manual_seed(seed)
     checkpoints = _checkpoints(epochs, eval_every)
     start = _resume(checkpoint, probe, gen)
@@ -245,7 +255,8 @@ def linear_probe_augmented(encode: Callable[[torch.Tensor], torch.Tensor], train
                            progress: Iterable | None = None, device: str | torch.device = "cpu",
                            amp_dtype: torch.dtype | None = None, normalise: Callable | None = None,
                            rank: int = 0, world_size: int = 1, checkpoint: ProbeCheckpoint | None = None,
-                           on_epoch: Callable[[int], None] | None = None) -> dict | None:
+                           on_epoch: Callable[[int], None] | None = None,
+                           keep_test_predictions: bool = False) -> dict | None:
     """The official probe: every epoch, RandomResizedCrop(image_size) + flip of each training image
     through the frozen ``encode`` (normalised float images on ``device`` in, features out);
     ``features`` holds the val and test features (centre crops, extracted once).
@@ -254,7 +265,7 @@ def linear_probe_augmented(encode: Callable[[torch.Tensor], torch.Tensor], train
     ``normalise`` (default: the training mean and std) runs on the device. With ``world_size`` > 1
     (every rank calls it) each rank encodes its share of each batch and rank 0, which alone needs
     ``features`` and ``checkpoint``, steps the heads on the gathered features and returns the
-    result; the other ranks return None."""
+    result; the other ranks return None. ``keep_test_predictions`` as ``linear_probe``."""
     from torchvision.transforms import v2
 
     from synrep.evaluation.features import rank_rows
@@ -278,7 +289,7 @@ def linear_probe_augmented(encode: Callable[[torch.Tensor], torch.Tensor], train
         x = {s: torch.from_numpy(features[s]).float().to(device) for s in ("val", "test")}
         y = {s: torch.from_numpy(labels[s]).long().to(device) for s in ("val", "test")}
         probe = ProbeHeads(x["val"].shape[1], n_classes, lrs, epochs * math.ceil(n / batch_size), batchnorm,
-                           eval_every).to(device)
+                           eval_every, keep_test_predictions).to(device)
         start = _resume(checkpoint, probe, None)
     if world_size > 1:  # every rank starts where rank 0's checkpoint says
         box = [start]
