@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-import numpy as np
 import polars as pl
 
 from synrep.config import InputError
