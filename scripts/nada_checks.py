@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "src"))
 from synrep.config import load_config  # noqa: E402
 from synrep.data import toyworld  # noqa: E402
 from synrep.generation.clip_guidance import load_guide  # noqa: E402
-from synrep.generation.toy import nada  # noqa: E402
+from synrep.generation.toy import nada, nada_loss  # noqa: E402
 from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise  # noqa: E402
 
 
@@ -105,7 +105,7 @@ def clip_pairs_table(cfg, guide, n: int) -> str:
     attrs = toyworld.sample_attributes(cfg, n, rng)
     seeds = rng.integers(0, 2**63, n)
     objects = nada.objects(cfg)
-    direction = nada.text_direction(guide, nada.prompts(nada.templates(cfg, "source"), objects),
+    direction = nada_loss.text_direction(guide, nada.prompts(nada.templates(cfg, "source"), objects),
                                     nada.prompts(nada.templates(cfg, "target"), objects))
 
     def embed(domain: str) -> torch.Tensor:

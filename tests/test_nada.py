@@ -23,7 +23,7 @@ def nada_overrides(root, pipeline, clip, *extra):
 
 
 def test_directional_loss_is_one_minus_cosine_by_hand():
-    from synrep.generation.toy.nada import directional_loss
+    from synrep.generation.toy.nada_loss import directional_loss
 
     rng = np.random.default_rng(0)
     train, frozen = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
@@ -40,7 +40,7 @@ def test_directional_loss_is_one_minus_cosine_by_hand():
 
 
 def test_directional_loss_at_no_change_is_one_with_a_bounded_gradient_along_the_text_direction():
-    from synrep.generation.toy.nada import DELTA_FLOOR, directional_loss
+    from synrep.generation.toy.nada_loss import DELTA_FLOOR, directional_loss
 
     direction = torch.tensor([0.6, 0.8, 0.0])
     frozen = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
@@ -53,7 +53,7 @@ def test_directional_loss_at_no_change_is_one_with_a_bounded_gradient_along_the_
 
 
 def test_text_direction_is_the_normalised_mean_template_difference():
-    from synrep.generation.toy.nada import text_direction
+    from synrep.generation.toy.nada_loss import text_direction
 
     table = {"src a": [1.0, 0.0, 0.0], "src b": [0.0, 1.0, 0.0], "tgt a": [0.0, 0.0, 1.0], "tgt b": [0.6, 0.0, 0.8]}
 

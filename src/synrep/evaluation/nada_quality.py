@@ -46,7 +46,7 @@ from synrep.evaluation import domain_classifier, study
 from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.evaluation.sample_quality import diversity
 from synrep.fileio import atomic_path
-from synrep.generation.toy import nada
+from synrep.generation.toy import nada, nada_loss
 from synrep.images import image_grid
 from synrep.tables import markdown_table
 
@@ -108,7 +108,7 @@ def measure(cfg: DictConfig, frozen_pipe, snapshots: dict[int, Path], classifier
     settings = to_dict(cfg.generation)
     w = float(n.guidance_scale)
     objects = nada.objects(cfg)
-    direction = nada.text_direction(guide, nada.prompts(nada.templates(cfg, "source"), objects),
+    direction = nada_loss.text_direction(guide, nada.prompts(nada.templates(cfg, "source"), objects),
                                     nada.prompts(nada.templates(cfg, "target"), objects))
 
     def sample(pipe, prompts):
