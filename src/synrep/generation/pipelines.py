@@ -328,13 +328,22 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 
+# weights_sha256 by (folder, weights_stamp): a config's specs name the same CLIP or pipeline once per
+# source, run and job, and a real model's weights take seconds to hash each time
+_WEIGHT_HASHES: dict[tuple[str, str], str] = {}
+
+
 def weights_sha256(folder: Path) -> str:
-    """One digest over the pipeline's weight files (names and contents)."""
-    digest = hashlib.sha256()
-    for path in weight_files(folder):
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(sha256_file(path.resolve()).encode())
-    return digest.hexdigest()
+    """One digest over the pipeline's weight files (names and contents); computed once per process
+    while the files' names, sizes and modification times stay the same."""
+    key = (str(Path(folder).resolve()), json.dumps(weights_stamp(folder)))
+    if key not in _WEIGHT_HASHES:
+        digest = hashlib.sha256()
+        for path in weight_files(folder):
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(sha256_file(path.resolve()).encode())
+        _WEIGHT_HASHES[key] = digest.hexdigest()
+    return _WEIGHT_HASHES[key]
 
 
 def weights_stamp(folder: Path) -> list:
