@@ -26,19 +26,6 @@ from synrep.tables import markdown_table, mean_ci  # noqa: E402
 METRICS = ("target_fraction", "kept_shape", "kept_colour", "diversity", "clip_direction", "domain_none")
 
 
-def last_rows(pairs: list[str]) -> pl.DataFrame:
-    rows = []
-    for pair in pairs:
-        variant, folder = pair.split("=", 1)
-        data = json.loads((Path(folder) / "quality" / "nada_quality.json").read_text())
-        adapted = [r for r in data["rows"] if r["kind"] == "adapted"]
-        last = max(adapted, key=lambda r: r["step"])
-        base = next(r for r in adapted if r["step"] == 0)
-        rows.append({"variant": variant, "run": Path(folder).name, "step": last["step"],
-                     **{m: last.get(m) for m in METRICS}, "diversity_step0": base["diversity"]})
-    return pl.DataFrame(rows)
-
-
 def curve_rows(pairs: list[str]) -> pl.DataFrame:
     """Every measured step of every run: variant, run, step and the metrics."""
     rows = []
@@ -50,17 +37,30 @@ def curve_rows(pairs: list[str]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def last_rows(curves: pl.DataFrame) -> pl.DataFrame:
+    """Each run's last measured step, with its diversity at step 0 beside it."""
+    runs = ["variant", "run"]
+    last = curves.filter(pl.col("step") == pl.col("step").max().over(runs))
+    start = curves.filter(pl.col("step") == 0).select(*runs, pl.col("diversity").alias("diversity_step0"))
+    return last.join(start, on=runs, how="left", maintain_order="left")
+
+
+def cells(df: pl.DataFrame, keys: list[str], metrics: tuple[str, ...]) -> pl.DataFrame:
+    """Per ``keys``: the run count and each metric's mean ± 95 % t-interval over runs (tables.mean_ci)."""
+    out = None
+    for metric in metrics:
+        table = mean_ci(df, keys, metric).select(*keys, "n", pl.col("cell").alias(metric))
+        out = table if out is None else out.join(table.drop("n"), on=keys, maintain_order="left")
+    return out
+
+
 CURVE = ("target_fraction", "kept_colour")
 
 
 def curve_table(curves: pl.DataFrame, every: int) -> pl.DataFrame:
     """Per variant and step (multiples of ``every``): mean and interval of each CURVE metric over runs."""
     picked = curves.filter(pl.col("step") % every == 0)
-    cells = None
-    for metric in CURVE:
-        table = mean_ci(picked, ["variant", "step"], metric).select("variant", "step", "n", pl.col("cell").alias(metric))
-        cells = table if cells is None else cells.join(table.drop("n"), on=["variant", "step"], maintain_order="left")
-    return cells.sort("variant", "step", maintain_order=True)
+    return cells(picked, ["variant", "step"], CURVE).sort("variant", "step", maintain_order=True)
 
 
 def plot_curves(curves: pl.DataFrame, path: Path) -> None:
@@ -101,16 +101,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--plot", type=Path, help="the curves as a PNG (95 %% bands over runs)")
     parser.add_argument("pairs", nargs="+", metavar="VARIANT=RUN_DIR")
     args = parser.parse_args(argv)
-    pairs = args.pairs
-    runs = last_rows(pairs)
+    curves = curve_rows(args.pairs)
+    runs = last_rows(curves)
     print(markdown_table(runs.with_columns(pl.col(pl.Float64).round(3))), end="\n\n")
-    cells = None
-    for metric in METRICS:
-        table = mean_ci(runs, ["variant"], metric).select("variant", "n", pl.col("cell").alias(metric))
-        cells = table if cells is None else cells.join(table.drop("n"), on="variant", maintain_order="left")
-    print(markdown_table(cells))
+    print(markdown_table(cells(runs, ["variant"], METRICS)))
     if args.every or args.plot:
-        curves = curve_rows(pairs)
         if args.every:
             print("\n" + markdown_table(curve_table(curves, args.every)))
         if args.plot:
