@@ -100,7 +100,6 @@ def _stream_dedup(stream: CaptionStream, scratch: dict[str, Path], limit: int | 
     identical text when its caption occurred before: it then equals either the kept caption it
     duplicates or an earlier duplicate's text of the same kept caption (a second, small dedup on
     (kept id, text) of the duplicates whose text differs from their kept caption)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     kept_text = StringStore(scratch["kept_text"])  # kept captions by id, to verify hash matches
