@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from synrep.experiments.ablation_tables import (METHOD_NAMES, METHOD_ORDER, default_runs, lm_pairs, lm_source,
                                                 without_budget)
-from synrep.fileio import atomic_path, write_json
+from synrep.fileio import write_figure, write_json
 from synrep.tables import mean_ci
 
 def figure_family(rows: list[dict], metric: str):
@@ -36,14 +36,6 @@ def figure_family(rows: list[dict], metric: str):
                 title="Diversity: does a more varied source\nteach StableRep more?")
     fig.tight_layout()
     return fig
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def figure_accuracy_vs_w(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.DataFrame | None = None):
@@ -196,7 +188,7 @@ def draw_plots(df: pl.DataFrame, metric: str, zeroshot: str, cfg: DictConfig, ba
     for name, file in PLOT_FILES.items():
         path = out / file
         if name in plan and plan[name] is None:
-            _save(figures[name](), path)
+            write_figure(path, figures[name]())
             outputs[name] = path
         else:
             path.unlink(missing_ok=True)
