@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 PACKAGE = REPO / "src" / "synrep"
-LAYERS = {"config": 0, "training_methods": 0, "source_modes": 0, "fileio": 0, "tracking": 0, "tables": 0, "images": 0,
+LAYERS = {"config": 0, "settings": 0, "training_methods": 0, "source_modes": 0, "fileio": 0, "tracking": 0, "tables": 0, "images": 0,
           "data": 1, "generation": 2, "learning": 3, "evaluation": 4, "experiments": 5, "__main__": 6, "__init__": 6}
 # Imports inside functions hide cycles and the order of layers from a reader of a module's top; most
 # left are lazy imports of heavy steps (torch, diffusers) that keep the command line quick. The

@@ -7,8 +7,6 @@ values outside their allowed set fail at load time with the key's dotted path.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,29 +17,20 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from synrep.fileio import write_text
 from synrep.source_modes import MODES as SOURCE_MODES
 from synrep.source_modes import owners
+from synrep.settings import (  # noqa: F401  (re-exported: the command line, workflow and tests import them here)
+    ConfigError,
+    InputError,
+    config_dir,
+    digest,
+    run_dir,
+    save_resolved,
+    section_hash,
+    to_dict,
+    to_yaml,
+)
 from synrep.training_methods import METHODS
-
-
-def config_dir() -> Path:
-    """``config/`` of the working tree synrep runs in (``SYNREP_CONFIG_DIR`` overrides it).
-
-    Read from the current directory, not from where the package was installed: a non-editable
-    install and a venv shared by two clones each read the config of the clone they run in.
-    """
-    return Path(os.environ.get("SYNREP_CONFIG_DIR") or Path.cwd() / "config")
-
-
-class InputError(ValueError):
-    """What the user gave cannot be used: an input file malformed, truncated or of another run, a
-    model or data set that does not fit the config. The command line prints it as one line; any
-    other exception is a bug and keeps its traceback."""
-
-
-class ConfigError(InputError):
-    """A configuration key is unknown, has the wrong type or a value outside its allowed set."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1304,38 +1293,6 @@ def method_train(cfg: DictConfig) -> DictConfig:
         for key, value in own.items():
             cfg.train[key] = value
     return cfg
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def to_dict(cfg: DictConfig | ListConfig) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def section_hash(cfg: DictConfig, *keys: str) -> str:
-    """A short hash of some config sections: Snakemake params, so a rule reruns when they change."""
-    payload = {}
-    for key in keys:
-        value = OmegaConf.select(cfg, key)
-        payload[key] = to_dict(value) if isinstance(value, (DictConfig, ListConfig)) else value
-    return digest(payload)
-
-
-def digest(data: Any) -> str:
-    """A short hash of plain data (JSON with sorted keys): Snakemake params, source specs, run identities."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def save_resolved(cfg: DictConfig, directory: str | os.PathLike, filename: str = "config.yaml") -> Path:
-    """Write the resolved config beside a step's outputs."""
-    return write_text(Path(directory) / filename, to_yaml(cfg))
-
-
-def run_dir(cfg: DictConfig, *parts: str) -> Path:
-    """``<results_dir>/<name>/<parts...>``"""
-    return Path(cfg.paths.results_dir, cfg.name, *parts)
 
 
 def json_schema() -> dict:

@@ -50,7 +50,7 @@ from typing import IO, Iterator
 
 import polars as pl
 
-from synrep.config import InputError
+from synrep.settings import InputError
 from synrep.data.dedup import normalize_series
 
 __all__ = ["BAD_KINDS", "FORMATS", "CaptionBlock", "CaptionFormatError", "CaptionStream", "LoadedCaptions",

@@ -41,7 +41,7 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.config import InputError, run_dir, save_resolved
+from synrep.settings import InputError, run_dir, save_resolved
 from synrep.fileio import atomic_path, write_json, write_text
 from synrep.learning.methods import METHODS
 from synrep.tables import markdown_table, mean_ci

@@ -77,7 +77,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from synrep.config import ConfigError, InputError, save_resolved
+from synrep.settings import ConfigError, InputError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.generation.toy.nada_loss import directional_loss, global_loss, text_direction, text_embedding, weighted_sum
