@@ -4,8 +4,8 @@
     python scripts/config_reference.py --check   # exit 1 when the page is out of date
 
 The reference is every key of ``synrep.config.Config`` with its type, its dataclass default, its
-value in the default run (``config/config.yaml``), its allowed values and the comments the
-dataclass gives it. Only the text between the two markers is generated; the prose above stays.
+value in the default run (``config/config.yaml``), its allowed values and its description (the
+field's metadata, ``synrep.settings.setting``). Only the text between the two markers is generated; the prose above stays.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import re
 import sys
 import typing
 from pathlib import Path
@@ -26,24 +25,6 @@ PAGE = REPO / "docs" / "configuration.md"
 BEGIN = "<!-- BEGIN GENERATED: python scripts/config_reference.py -->"
 END = "<!-- END GENERATED -->"
 WIDTH = 80  # a longer default is cut, so that a table row stays readable
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """Each field's comments in the class body: the comment lines just above it and its own."""
-    comments: dict[str, str] = {}
-    above: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        stripped = line.strip()
-        match = re.match(r"    (\w+): [^=]+(=.*)?$", line)
-        if line.startswith("    #"):
-            above.append(stripped.lstrip("#").strip())
-        elif match and not line.startswith("     "):
-            own = line.split("  # ", 1)[1].strip() if "  # " in line else ""
-            comments[match.group(1)] = " ".join(above + ([own] if own else []))
-            above = []
-        elif not stripped or not line.startswith("     "):
-            above = []
-    return comments
 
 
 def type_name(tp: Any) -> str:
@@ -95,10 +76,9 @@ def escape(text: str) -> str:
 
 def sections(cls: type, prefix: str, run: dict, out: list[str], title: str | None = None) -> None:
     """A table of the plain keys of one dataclass, then a section for each nested one."""
-    from synrep.config import CHOICES
+    from synrep.settings import bound_text
 
     hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
     nested: list[tuple[str, type, str]] = []
     rows: list[str] = []
     for f in dataclasses.fields(cls):
@@ -123,9 +103,9 @@ def sections(cls: type, prefix: str, run: dict, out: list[str], title: str | Non
             run_text = show(in_run)
         else:  # a map or list of sections: what the default run names, its sections follow
             run_text = show(list(in_run)) if isinstance(in_run, dict) else f"{len(in_run)} blocks"
-        allowed = ", ".join(f"`{c}`" for c in CHOICES.get(key, ()))
+        allowed = ", ".join(f"`{c}`" for c in f.metadata.get("choices", ())) or bound_text(f.metadata)
         rows.append(f"| `{key}` | {type_name(tp)} | {show(default) if plain else '(below)'} | {run_text} "
-                    f"| {allowed} | {escape(comments.get(f.name, ''))} |")
+                    f"| {escape(allowed)} | {escape(f.metadata['description'])} |")
     heading = title or prefix.rstrip(".")
     doc = inspect.getdoc(cls) if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
     if rows:
@@ -153,7 +133,7 @@ def render() -> str:
     out = [
         BEGIN,
         "",
-        "Generated from `src/synrep/config.py` and `config/config.yaml` by `python scripts/config_reference.py`",
+        "Generated from the config sections (`src/synrep/config.py` composes them) and `config/config.yaml` by `python scripts/config_reference.py`",
         "(`tests/test_docs.py` fails when it is out of date). *default* is the dataclass default;",
         "*default run* the value `config/config.yaml` sets, where it differs; *allowed* the values the",
         "loader accepts. A default longer than a table cell is cut with …; `python -m synrep config` prints",

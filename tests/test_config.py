@@ -143,7 +143,7 @@ def test_no_config_folder_is_one_clear_line(tmp_path):
 def test_schedule_extends_and_method_settings(tmp_path, monkeypatch):
     """A named schedule sits above its experiment file and below the command line; ``extends``
     loads the parent experiment first; ``train.by_method`` reaches only its method's runs."""
-    from synrep.config import method_train
+    from synrep.learning.settings import method_train
 
     folder = tmp_path / "config"
     (folder / "experiment").mkdir(parents=True)

@@ -103,6 +103,15 @@ def value_problem(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
     return f"must be {bound_text(meta)}{note}, got {value!r}"
 
 
+@dataclasses.dataclass
+class PathsConfig:
+    """Where data and results live."""
+
+    data_dir: str = setting("data", "Folder of the data sets (the toy world's files)")
+    results_dir: str = setting("results", "Every step's outputs, under <results_dir>/<name>/")
+    mlflow_uri: str = setting("", "MLflow tracking URI; empty means sqlite:///<absolute results_dir>/mlflow.db")
+
+
 # --------------------------------------------------------------------------------------------
 # The validator
 # --------------------------------------------------------------------------------------------
