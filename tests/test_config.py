@@ -14,7 +14,7 @@ def test_defaults_load_and_resolve():
     cfg = load_config()
     assert cfg.name == "toy"
     assert cfg.captions.path == "data/toyworld/captions_raw.tsv"  # interpolation resolved
-    # config/config.yaml overrides the dataclass defaults, key by key
+    # config/config.yaml gives the dataclass defaults' values, key by key
     embedded = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert cfg.generation.steps == embedded["generation"]["steps"]
     assert {name: s.guidance.w for name, s in cfg.sources.items() if "guidance" in embedded["sources"][name]} == {
@@ -22,6 +22,36 @@ def test_defaults_load_and_resolve():
     assert [cfg.sources[name].captions for name in cfg.sample_quality.sources] == [32, 32, 32, 32]
     assert cfg.train.augment.crop_scale == embedded["train"]["augment"]["crop_scale"]
     assert cfg.train.augment.color_jitter == [0.4, 0.4, 0.4, 0.1]  # not in the file: the default
+
+
+def leaves(tree, prefix=""):
+    """Every leaf of a nested mapping as (dotted key, value); lists are leaves."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from leaves(value, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix, tree
+
+
+def test_dataclass_defaults_are_the_shipped_config():
+    """The sections' defaults and config/config.yaml say the same, so that a reader of either (or of
+    config/README.md, made from the defaults) sees what the default run does."""
+    from omegaconf import OmegaConf
+
+    from synrep.config import Config
+
+    defaults = dict(leaves(OmegaConf.to_container(OmegaConf.structured(Config))))
+    shipped = dict(leaves(OmegaConf.to_container(load_config())))
+    assert len(defaults) > 300
+    differ = {key: (defaults.get(key, "missing"), shipped.get(key, "missing"))
+              for key in defaults.keys() | shipped.keys()
+              if key not in defaults or key not in shipped or defaults[key] != shipped[key]
+              or type(defaults[key]) is not type(shipped[key])}
+    assert differ == {}, "dataclass default vs config/config.yaml"
+    # and the file sets each value it names to something a reader can check against the dataclass
+    embedded = dict(leaves(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
+    assert embedded["generation.sampler"] == defaults["generation.sampler"] == "dpmsolver"
+    assert embedded["threads"] == defaults["threads"] == 1
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from synrep.data.settings import CaptionsConfig, ToyWorldConfig
 from synrep.evaluation.settings import EvalConfig, InpaintQualityConfig, SampleQualityConfig
 from synrep.experiments.settings import LaunchConfig, PlanConfig, SweepConfig
 from synrep.generation.dreambooth_settings import DreamBoothConfig
-from synrep.generation.settings import GenerationConfig, SourceConfig
+from synrep.generation.settings import DEFAULT_SOURCES, GenerationConfig, SourceConfig
 from synrep.generation.toy.settings import NadaConfig, ToyGeneratorConfig, ToyInpaintConfig, ToyUnclipConfig
 from synrep.learning.settings import ToyClipConfig, ToyNoisedClipConfig, TrainConfig
 from synrep.settings import (  # noqa: F401  (re-exported: the command line, workflow and tests import them here)
@@ -53,10 +53,11 @@ class Config:
     """Every section of synrep's config; ``config/config.yaml`` gives the same values, with comments."""
 
     name: str = setting("toy", "The run's name: its results go to <paths.results_dir>/<name>/")
-    threads: int = setting(2, "CPU threads for torch in each step (Snakemake rules pass theirs)", gt=0)
+    threads: int = setting(1, "CPU threads for torch in each step (Snakemake rules pass theirs)", gt=0)
     paths: PathsConfig = setting(PathsConfig, "Where data and results live")
     toyworld: ToyWorldConfig = setting(ToyWorldConfig, "The embedded toy world")
-    captions: CaptionsConfig = setting(CaptionsConfig, "The run's caption set")
+    captions: CaptionsConfig = setting(CaptionsConfig(limit=256),
+                                       "The run's caption set (the first 256 of the toy world's 3661 captions)")
     toy_generator: ToyGeneratorConfig = setting(ToyGeneratorConfig, "The toy generator's training recipe")
     toy_clip: ToyClipConfig = setting(ToyClipConfig, "The toy CLIP's training recipe")
     toy_noised_clip: ToyNoisedClipConfig = setting(ToyNoisedClipConfig, "The noised CLIP's training recipe")
@@ -66,7 +67,7 @@ class Config:
     dreambooth: DreamBoothConfig = setting(DreamBoothConfig, "DreamBooth's fine-tune and its studies")
     generation: GenerationConfig = setting(GenerationConfig, "Defaults of every source and how generation runs")
     sources: dict[str, SourceConfig] = setting(
-        {}, "Named synthetic data sources; `train.data` and the sweep's `data` axis name them")
+        DEFAULT_SOURCES, "Named synthetic data sources; `train.data` and the sweep's `data` axis name them")
     sample_quality: SampleQualityConfig = setting(SampleQualityConfig, "The generator's caption match and diversity")
     inpaint_quality: InpaintQualityConfig = setting(InpaintQualityConfig, "The inpainting measurement")
     train: TrainConfig = setting(TrainConfig, "One training run")

@@ -38,11 +38,16 @@ def check_grid(grid: DictConfig, key: str, cfg: DictConfig) -> None:
 class SweepConfig:
     """The ablation grid: every run of every block, for each seed."""
 
-    seeds: list[int] = setting([0, 1], "Training seeds: each run is trained once per seed")
-    grids: list[SweepGrid] = setting([], "The blocks of runs")
+    seeds: list[int] = setting([0, 1, 2], "Training seeds: each run is trained once per seed")
+    grids: list[SweepGrid] = setting(
+        [SweepGrid(method=["stablerep", "stablerep_plus"], data=["w2"]),  # l = 4, m = 4
+         SweepGrid(method=["simclr", "clip"], data=["w2"], l=[1]),  # one image per caption, as the paper
+         SweepGrid(method=["simclr", "clip"], data=["real"])],  # real vs synthetic
+        "The blocks of runs; the default: StableRep against SimCLR and CLIP on the same synthetic images and on "
+        "real ones, and with language (StableRep+)")
     baselines: bool = setting(True, "Also evaluate a randomly initialised encoder and raw pixels (no training)")
     runs_per_job: int = setting(
-        1, "Sweep runs trained one after another in one process (one Snakemake job), per seed: a toy run takes "
+        6, "Sweep runs trained one after another in one process (one Snakemake job), per seed: a toy run takes "
         "seconds, and a new process pays several of them to import torch, timm and MLflow. Each run keeps its own "
         "folder, metrics.json and MLflow run; 1 (a job per run) suits a cluster", gt=0)
 

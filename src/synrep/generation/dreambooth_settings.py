@@ -29,11 +29,11 @@ class DreamBoothQualityConfig:
         "Fine-tuned models (train_dreambooth output folders); each is labelled by its own saved config "
         "(with_prior_preservation), so the ablation is these two runs")
     seeds: list[int] = setting([0, 1, 2], "Sampling seeds: the 95% intervals")
-    images: int = setting(32, "Samples per prompt set (instance, background, size, class) and seed")
-    reference_images: int = setting(64, "Held-out real subject images, and as many near-miss rings")
+    images: int = setting(8, "Samples per prompt set (instance, background, size, class) and seed")
+    reference_images: int = setting(32, "Held-out real subject images, and as many near-miss rings")
     clip_model: str = setting("models/toy_clip", "The image tower that scores subject fidelity")
     encoder: Optional[str] = setting(
-        None, "A StableRep run folder (model.pt + config.yaml) whose encoder also scores subject fidelity; null: none")
+        "${paths.results_dir}/${name}/runs/stablerep-w2-l4-m4-s0", "A StableRep run folder (model.pt + config.yaml) whose encoder also scores subject fidelity; null: none")
     seed: int = setting(1234, "Seed of the measurement")
 
 
@@ -77,10 +77,10 @@ class DreamBoothConfig:
     class_prompt: str = setting("a ring", "The prompt of the class images")
     with_prior_preservation: bool = setting(True, "diffusers' default is false; the paper's method is true")
     prior_loss_weight: float = setting(1.0, "lambda: weight of the prior-preservation loss")
-    num_class_images: int = setting(100, "At least this many class images (the cache is topped up)")
+    num_class_images: int = setting(24, "At least this many class images (the cache is topped up)")
     learning_rate: float = setting(1e-4, "diffusers: 5e-6 for SD's 860M-parameter UNet; the toy UNet (a few M) "
                                    "needs a larger step")
-    max_train_steps: int = setting(400, "Optimiser steps")
+    max_train_steps: int = setting(100, "Optimiser steps")
     train_batch_size: int = setting(4, "Instance images per step (as many class images join them)")
     train_text_encoder: bool = setting(False, "Fine-tune the text encoder too")
     sample_batch_size: int = setting(50, "Class images per sampling call (diffusers: 4, sized for a GPU)")
@@ -104,5 +104,5 @@ class DreamBoothConfig:
     quality: DreamBoothQualityConfig = setting(DreamBoothQualityConfig, "The quality measurement")
     probe: SubjectProbeConfig = setting(SubjectProbeConfig, "The subject probe")
     enabled: bool = setting(
-        False, "Part of `snakemake`'s default target: both fine-tunes (with and without prior preservation) and "
+        True, "Part of `snakemake`'s default target: both fine-tunes (with and without prior preservation) and "
         "their quality table (experiment toy_adaptation turns it on)")

@@ -28,8 +28,8 @@ class GenerationConfig:
     model: str = setting("models/toy_generator", "A diffusers pipeline folder, a hub id, or the shipped toy generator")
     clip_model: str = setting("models/toy_clip", "The CLIP that guides sources of guidance.kind clip (an open_clip "
                               "local-dir folder)")
-    sampler: str = setting("ddim", "The diffusers scheduler", choices=SAMPLERS)
-    steps: int = setting(20, "Sampling steps", gt=0)
+    sampler: str = setting("dpmsolver", "The diffusers scheduler", choices=SAMPLERS)
+    steps: int = setting(10, "Sampling steps", gt=0)
     eta: float = setting(0.0, "The sampler's eta (diffusers' argument; 0 for DDIM: deterministic)")
     guidance_rescale: float = setting(0.0, "diffusers' guidance_rescale of classifier-free guidance (0: off)",
                                       ge=0, le=1)
@@ -37,7 +37,7 @@ class GenerationConfig:
     resolution: Optional[int] = setting(None, "Generation resolution (null: the model's native size)")
     save_size: Optional[int] = setting(None, "The size images are saved at (null: as generated)")
     seed: int = setting(0, "Seed of the sampling noise")
-    captions_per_shard: int = setting(64, "Captions per shard (one generation job each)", gt=0)
+    captions_per_shard: int = setting(128, "Captions per shard (one generation job each)", gt=0)
     threads: Optional[int] = setting(
         None, "torch threads of a generation (and sample-quality) job; null: `threads`. On a 2-core CPU the toy "
         "generator makes 1.3x the images/s as two 1-thread jobs side by side, with identical images", gt=0)
@@ -162,6 +162,18 @@ class SourceConfig:
     filter: Optional[AlignmentFilterConfig] = setting(
         None, "Keep only the images that match their caption best, by a CLIP's score (a change re-indexes the "
         "shards, it regenerates nothing); null: every image")
+
+
+# The default run's sources: a source per w, and each generation mode in its smallest form on the first
+# 32 captions (judged by source_quality for the generator-family table, trained on by no default run)
+DEFAULT_SOURCES = {
+    "w2": SourceConfig(guidance=GuidanceConfig(kind="cfg", w=2)),  # the small w StableRep prefers
+    "w8": SourceConfig(guidance=GuidanceConfig(kind="cfg", w=8)),  # the large w SimCLR prefers
+    "clip30": SourceConfig(captions=32, guidance=GuidanceConfig(kind="clip", w=1, clip_scale=30)),  # GLIDE: CLIP guidance
+    "inpaint": SourceConfig(captions=32, generator="models/toy_inpaint", mode="inpaint"),  # GLIDE: inpainting
+    "unclip": SourceConfig(captions=32, generator="models/toy_unclip", mode="unclip"),  # DALL-E 2: prior + decoder
+    "variation": SourceConfig(captions=32, generator="models/toy_unclip", mode="variation"),  # DALL-E 2: variations
+}
 
 
 def guidance_scales(w: Any, key: str) -> list[float]:

@@ -145,7 +145,7 @@ class NadaConfig:
     source_templates: Optional[list[str]] = setting(
         None, "Prompt templates with {x} for the object (\"a red circle\"); null: the world's wording of the domain")
     target_templates: Optional[list[str]] = setting(None, "The same for the target domain")
-    steps: int = setting(280, "Optimiser steps (about 7 minutes on one CPU thread)")
+    steps: int = setting(40, "Optimiser steps (280: about 7 minutes on one CPU thread)")
     batch_size: int = setting(4, "Noises (and captions) per step")
     lr: float = setting(2e-4, "Adam's learning rate, betas (0, 0.99) as NADA's generator")
     guidance_scale: float = setting(2.0, "Classifier-free guidance in the chain (as a w2 source samples)")
@@ -166,18 +166,18 @@ class NadaConfig:
     select_lr: float = setting(0.01, "SGD step of the layer choice, as NADA's latent-code step")
     reselect_every: int = setting(0, "Choose the layers again every N steps (NADA: every step, 1); 0: once")
     eval_every: int = setting(20, "Snapshot of the trained layers every N steps (the measured curve)")
-    eval_captions: int = setting(16, "The measurement's fixed captions, sampled with generation.sampler and "
+    eval_captions: int = setting(8, "The measurement's fixed captions, sampled with generation.sampler and "
                                  "generation.steps")
     eval_images_per_caption: int = setting(4, "The measurement's fixed noises per caption")
     domain_classifier: str = setting(
         "${paths.results_dir}/${name}/domain_classifier", "Photo vs other-domain classifier "
         "(evaluation/domain_classifier.py): loaded from this folder when its recipe matches, else trained and "
         "saved there")
-    classifier_epochs: int = setting(6, "Training epochs of the domain classifier")
+    classifier_epochs: int = setting(2, "Training epochs of the domain classifier")
     target_world: str = setting(
         "${paths.results_dir}/${name}/nada/target_world", "The target domain rendered as a toy world of real images "
         "(train / val / test): StableRep's evaluation set for the domain-shift gain (eval.root: "
         "${nada.target_world} in toy_adaptation)")
     seed: int = setting(0, "Seed of the adaptation")
-    enabled: bool = setting(False, "Part of `snakemake`'s default target: adaptation, measurement (experiment "
+    enabled: bool = setting(True, "Part of `snakemake`'s default target: adaptation, measurement (experiment "
                             "toy_adaptation turns it on)")
