@@ -12,6 +12,9 @@ from synrep.settings import ConfigError, section_check, setting
 
 # Regions the inpainting fine-tune regenerates in training (toy_inpaint.mask_mix)
 INPAINT_TRAINING_MASKS = ("object", "background", "box", "all")
+# NADA's units of the UNet the layer choice ranks, and its losses
+LAYER_UNITS = ("module", "block")
+LOSSES = ("directional", "global")
 
 
 @dataclass
@@ -98,28 +101,29 @@ class ToyUnclipConfig:
                              "starts from")
     clip_model: str = setting("models/toy_clip", "The CLIP (open_clip local-dir folder) whose embeddings it works in")
     prior_layers: int = setting(4, "The prior, a PriorTransformer predicting the clean (normalised) image "
-                                "embedding: its layers")
-    prior_heads: int = setting(2, "The prior's attention heads")
-    prior_head_dim: int = setting(32, "The prior's attention head width")
-    prior_steps: int = setting(1500, "The prior's optimiser steps")
-    prior_batch_size: int = setting(128, "The prior's captions per step")
-    prior_lr: float = setting(1e-3, "The prior's learning rate")
-    prior_caption_dropout: float = setting(0.1, "The empty caption instead, for the prior's guidance")
+                                "embedding: its layers", gt=0)
+    prior_heads: int = setting(2, "The prior's attention heads", gt=0)
+    prior_head_dim: int = setting(32, "The prior's attention head width", gt=0)
+    prior_steps: int = setting(1500, "The prior's optimiser steps", gt=0)
+    prior_batch_size: int = setting(128, "The prior's captions per step", gt=0)
+    prior_lr: float = setting(1e-3, "The prior's learning rate", gt=0)
+    prior_caption_dropout: float = setting(0.1, "The empty caption instead, for the prior's guidance", ge=0, le=1)
     decoder_steps: int = setting(
         1500, "The decoder (the toy generator plus unCLIP's text_proj: image embedding -> extra context tokens "
-        "and an additive embedding, fine-tuned together): its optimiser steps")
-    decoder_batch_size: int = setting(32, "The decoder's images per step")
-    decoder_lr: float = setting(5e-4, "The decoder's learning rate")
-    decoder_ema_decay: float = setting(0.995, "Decay of the decoder weights' exponential moving average")
-    extra_context_tokens: int = setting(4, "Context tokens the image embedding becomes")
+        "and an additive embedding, fine-tuned together): its optimiser steps", gt=0)
+    decoder_batch_size: int = setting(32, "The decoder's images per step", gt=0)
+    decoder_lr: float = setting(5e-4, "The decoder's learning rate", gt=0)
+    decoder_ema_decay: float = setting(0.995, "Decay of the decoder weights' exponential moving average",
+                                       ge=0, le=1)
+    extra_context_tokens: int = setting(4, "Context tokens the image embedding becomes", gt=0)
     embedding_dropout: float = setting(
         0.1, "unCLIP drops the image embedding 10% (the null embedding instead) and the caption 50% (the empty "
-        "caption instead), independently: guidance and variations work by dropping them")
-    caption_dropout: float = setting(0.5, "The decoder's share of examples with the empty caption")
+        "caption instead), independently: guidance and variations work by dropping them", ge=0, le=1)
+    caption_dropout: float = setting(0.5, "The decoder's share of examples with the empty caption", ge=0, le=1)
     snr_gamma: Optional[float] = setting(5.0, "Min-SNR-gamma weighting of the decoder's loss, as the toy generator's")
-    warmup_steps: int = setting(50, "Steps of linear warm-up")
+    warmup_steps: int = setting(50, "Steps of linear warm-up", ge=0)
     seed: int = setting(0, "Seed of initialisation and training")
-    log_every: int = setting(50, "Steps between two logged losses")
+    log_every: int = setting(50, "Steps between two logged losses", gt=0)
 
 
 @dataclass
@@ -137,7 +141,7 @@ class NadaConfig:
     clip_models: list[str] = setting(
         ["models/toy_clip"], "The CLIPs of the loss (open_clip local-dir folders), as NADA's --clip_models: the loss "
         "and the layer choice sum each CLIP's, weighted. The first also measures cos(dI, dT) in nada_quality")
-    clip_model_weights: list[float] = setting([1.0], "Their weights, as NADA's --clip_model_weights")
+    clip_model_weights: list[float] = setting([1.0], "Their weights, as NADA's --clip_model_weights", gt=0)
     source: str = setting(
         "photo", "Source domain: photo or one of toyworld.domains' names (drawing | negative | pixelated); the text "
         "direction uses the world's own wording for each, which the toy CLIP learnt")
@@ -145,30 +149,31 @@ class NadaConfig:
     source_templates: Optional[list[str]] = setting(
         None, "Prompt templates with {x} for the object (\"a red circle\"); null: the world's wording of the domain")
     target_templates: Optional[list[str]] = setting(None, "The same for the target domain")
-    steps: int = setting(40, "Optimiser steps (280: about 7 minutes on one CPU thread)")
-    batch_size: int = setting(4, "Noises (and captions) per step")
+    steps: int = setting(40, "Optimiser steps (280: about 7 minutes on one CPU thread)", gt=0)
+    batch_size: int = setting(4, "Noises (and captions) per step", gt=0)
     lr: float = setting(2e-4, "Adam's learning rate, betas (0, 0.99) as NADA's generator")
-    guidance_scale: float = setting(2.0, "Classifier-free guidance in the chain (as a w2 source samples)")
-    ddim_steps: int = setting(4, "Deterministic DDIM steps of the chain (999, 749, 499, 249 at 4)")
+    guidance_scale: float = setting(2.0, "Classifier-free guidance in the chain (as a w2 source samples)", ge=1)
+    ddim_steps: int = setting(4, "Deterministic DDIM steps of the chain (999, 749, 499, 249 at 4)", gt=0)
     min_alpha_bar: float = setting(
         0.078, "The adapted UNet takes the steps where alpha_bar_t >= this, the frozen one the steps above without "
         "gradient (training, and every sampler of the saved pipeline). At t = 999 alpha_bar is 2.4e-9 and x0-hat "
-        "undefined; 0.078 is DiffusionCLIP's t0 = 500 on its linear schedule (toy t 818)")
-    loss: str = setting("directional", "directional (NADA) | global: 1 - cos(E_I(G), E_T(target)), its ablation")
-    l1_weight: float = setting(0.0, "DiffusionCLIP's content term: L1 of trained vs frozen images (0: off)")
+        "undefined; 0.078 is DiffusionCLIP's t0 = 500 on its linear schedule (toy t 818)", ge=0, lt=1)
+    loss: str = setting("directional", "directional (NADA) | global: 1 - cos(E_I(G), E_T(target)), its ablation",
+                        choices=LOSSES)
+    l1_weight: float = setting(0.0, "DiffusionCLIP's content term: L1 of trained vs frozen images (0: off)", ge=0)
     layer_unit: str = setting(
         "module", "NADA's adaptive layer choice, by units of the UNet: module (each resnet / attention / resampler) "
-        "| block (down, mid, up blocks)")
+        "| block (down, mid, up blocks)", choices=LAYER_UNITS)
     k: int = setting(
         6, "Units trained, all else frozen: the top k by how far they move under select_iters SGD steps of the "
-        "global CLIP loss toward the target text")
-    select_iters: int = setting(1, "NADA's auto_layer_iters")
+        "global CLIP loss toward the target text", gt=0)
+    select_iters: int = setting(1, "NADA's auto_layer_iters", gt=0)
     select_lr: float = setting(0.01, "SGD step of the layer choice, as NADA's latent-code step")
-    reselect_every: int = setting(0, "Choose the layers again every N steps (NADA: every step, 1); 0: once")
-    eval_every: int = setting(20, "Snapshot of the trained layers every N steps (the measured curve)")
+    reselect_every: int = setting(0, "Choose the layers again every N steps (NADA: every step, 1); 0: once", ge=0)
+    eval_every: int = setting(20, "Snapshot of the trained layers every N steps (the measured curve)", gt=0)
     eval_captions: int = setting(8, "The measurement's fixed captions, sampled with generation.sampler and "
-                                 "generation.steps")
-    eval_images_per_caption: int = setting(4, "The measurement's fixed noises per caption")
+                                 "generation.steps", gt=0)
+    eval_images_per_caption: int = setting(4, "The measurement's fixed noises per caption", gt=0)
     domain_classifier: str = setting(
         "${paths.results_dir}/${name}/domain_classifier", "Photo vs other-domain classifier "
         "(evaluation/domain_classifier.py): loaded from this folder when its recipe matches, else trained and "
