@@ -92,6 +92,83 @@ def test_bad_key_or_value_names_the_dotted_path(override, key):
     assert f"'{key}'" in str(err.value)
 
 
+def just_outside(meta, tp):
+    """A value the field's metadata rules out, or None when it declares no constraint."""
+    if "choices" in meta:
+        return "not_a_choice"
+    step = 1 if tp is int else 0.5
+    for name, value in (("gt", lambda b: b), ("ge", lambda b: b - step), ("lt", lambda b: b), ("le", lambda b: b + step)):
+        if name in meta:
+            return value(meta[name])
+    return None
+
+
+def declared_constraints():
+    """(dotted key, value just outside) for every field with bounds or choices, entries of a map or
+    list of sections reached through the default run's first entry."""
+    import dataclasses
+    import typing
+
+    from synrep.config import Config
+    from synrep.settings import inner_type
+
+    found = []
+
+    def visit(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = inner_type(hints[f.name])
+            args = typing.get_args(tp)
+            if dataclasses.is_dataclass(tp):
+                visit(tp, f"{prefix}{f.name}.")
+            elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(args[1]):
+                visit(args[1], f"{prefix}{f.name}.w2.")
+            elif typing.get_origin(tp) is list and dataclasses.is_dataclass(args[0]):
+                visit(args[0], f"{prefix}{f.name}[0].")
+            else:
+                listed = typing.get_origin(tp) is list
+                bad = just_outside(f.metadata, args[0] if listed else tp)
+                if bad is not None:
+                    found.append((f"{prefix}{f.name}", [bad] if listed else bad))
+
+    visit(Config, "")
+    return found
+
+
+def test_every_declared_bound_and_choice_is_enforced():
+    """One validator reads the metadata: a value just outside any field's bounds or choices fails
+    with that key, a value on the bound passes."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from synrep.config import Config
+    from synrep.settings import check_tree
+
+    cfg = load_config()
+    cases = declared_constraints()
+    assert len(cases) > 80
+    not_enforced = []
+    for key, bad in cases:
+        if "[" in key:  # inside a list of sections: from_dotlist cannot say it
+            trial = copy.deepcopy(cfg)
+            OmegaConf.update(trial, key, bad, merge=False)
+        else:
+            trial = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={bad}".replace("'", "")]))
+        try:
+            check_tree(trial, Config)
+        except ConfigError as err:
+            where = f"'{key}[0]'" if isinstance(bad, list) else f"'{key}'"
+            if where not in str(err):
+                not_enforced.append((key, str(err)))
+        else:
+            not_enforced.append((key, "loaded"))
+    assert not_enforced == []
+    # on the bound itself: allowed where the bound is inclusive
+    check_tree(OmegaConf.merge(cfg, OmegaConf.from_dotlist(["toyworld.near_duplicate_rate=1", "train.checkpoint_seconds=0",
+                                                            "sources.w2.filter.min_score=100"])), Config)
+
+
 def test_bad_key_in_experiment_file_names_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("generation:\n  stepz: 3\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -138,6 +139,13 @@ def inner_type(tp: Any) -> Any:
     return tp
 
 
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """A section's field types (``Optional`` unwrapped), once per class."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: inner_type(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
 def child_key(key: str, name: str) -> str:
     return f"{key}.{name}" if key else name
 
@@ -146,17 +154,16 @@ def sections(node: DictConfig, cls: type, key: str = "") -> Iterator[tuple[DictC
     """Each section of a loaded config with its dataclass and dotted key, a parent before its
     children: nested sections, the entries of a map of sections, the items of a list of them."""
     yield node, cls, key
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, value, sub = inner_type(hints[f.name]), node[f.name], child_key(key, f.name)
+    for name, tp in field_types(cls).items():
+        value, sub = node[name], child_key(key, name)
         if value is None:
             continue
         args = typing.get_args(tp)
         if dataclasses.is_dataclass(tp):
             yield from sections(value, tp, sub)
         elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(args[1]):
-            for name, entry in value.items():
-                yield from sections(entry, args[1], f"{sub}.{name}")
+            for entry_name, entry in value.items():
+                yield from sections(entry, args[1], f"{sub}.{entry_name}")
         elif typing.get_origin(tp) is list and dataclasses.is_dataclass(args[0]):
             for i, item in enumerate(value):
                 yield from sections(item, args[0], f"{sub}[{i}]")
