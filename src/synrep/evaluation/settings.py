@@ -89,8 +89,8 @@ class SampleQualityConfig:
     """Caption-match accuracy and diversity of a generator, measured by an attribute classifier."""
 
     guidance_scales: list[float] = setting([1.0, 2.0, 4.0, 8.0], "The guidance scales w measured")
-    captions: int = setting(32, "Captions sampled per setting", gt=0)
-    images_per_caption: int = setting(4, "Images per caption and setting", gt=0)
+    captions: int = setting(32, "Captions measured", gt=0)
+    images_per_caption: int = setting(4, "Images generated per caption at each setting", gt=0)
     classifier_epochs: int = setting(12, "Training epochs of the judge")
     classifier: Optional[str] = setting(
         "models/attribute_classifier", "The judge: loaded from this folder when it was trained on this world with "
@@ -113,7 +113,8 @@ class SampleQualityConfig:
         "scale in noised_clip_scales, at clip_w")
     noised_clip_scales: list[float] = setting([], "The noised CLIP rows' scales s")
     sources: list[str] = setting(
-        ["clip30", "inpaint", "unclip", "variation"], "Sources judged by source_quality (so generated) although no run of the sweep trains on them: the default "
+        ["clip30", "inpaint", "unclip", "variation"],
+        "Sources judged by source_quality (so generated) although no run of the sweep trains on them: the default "
         "run's small previews of each generation mode (their rows of the generator-family table)")
     seed: int = setting(1234, "Seed of the measurement")
     enabled: bool = setting(True, "Part of `snakemake`'s default target (toy world only: the classifier reads toy "

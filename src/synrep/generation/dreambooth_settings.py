@@ -33,7 +33,8 @@ class DreamBoothQualityConfig:
     reference_images: int = setting(32, "Held-out real subject images, and as many near-miss rings")
     clip_model: str = setting("models/toy_clip", "The image tower that scores subject fidelity")
     encoder: Optional[str] = setting(
-        "${paths.results_dir}/${name}/runs/stablerep-w2-l4-m4-s0", "A StableRep run folder (model.pt + config.yaml) whose encoder also scores subject fidelity; null: none")
+        "${paths.results_dir}/${name}/runs/stablerep-w2-l4-m4-s0",
+        "A StableRep run folder (model.pt + config.yaml) whose encoder also scores subject fidelity; null: none")
     seed: int = setting(1234, "Seed of the measurement")
 
 
