@@ -16,7 +16,7 @@ from typing import IO, Iterator
 
 import polars as pl
 
-from synrep.config import InputError
+from synrep.settings import InputError
 
 BAD_KINDS = ("undecodable", "fields", "nul", "empty", "too_long")
 

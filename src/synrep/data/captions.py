@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.config import ConfigError, InputError, run_dir, save_resolved
+from synrep.settings import ConfigError, InputError, run_dir, save_resolved
 from synrep.data.caption_readers import CaptionStream
 from synrep.data.concepts import ConceptStream
 from synrep.data.dedup import StreamingDedup, StringStore, normalize_series

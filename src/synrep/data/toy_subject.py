@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import DictConfig
 
-from synrep.config import ConfigError, InputError
+from synrep.settings import ConfigError, InputError
 from synrep.data.toyworld import (BACKGROUNDS, COLOUR_RGB, SIZES, Attributes, draw_canvas, finish_image, render,
                                   shape_mask, to_uint8)
 

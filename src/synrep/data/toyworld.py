@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import ConfigError, InputError, save_resolved, to_dict
+from synrep.settings import ConfigError, InputError, save_resolved, to_dict
 from synrep.fileio import atomic_path, write_json, write_text
 
 COLOUR_RGB = {

@@ -34,7 +34,7 @@ import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import ConfigError, to_dict
+from synrep.settings import ConfigError, to_dict
 from synrep.data import toy_subject, toyworld
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import predict

@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import ConfigError, to_dict
+from synrep.settings import ConfigError, to_dict
 from synrep.data import toyworld
 from synrep.evaluation import domain_classifier, study
 from synrep.evaluation.attribute_classifier import judge, predict

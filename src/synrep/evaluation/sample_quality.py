@@ -33,7 +33,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import GuidanceConfig, run_dir, to_dict
+from synrep.generation.settings import GuidanceConfig
+from synrep.settings import run_dir, to_dict
 from synrep.data import toyworld
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict

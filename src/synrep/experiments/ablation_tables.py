@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.config import InputError
+from synrep.settings import InputError
 from synrep.learning.methods import METHODS
 from synrep.tables import mean_ci
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.config import InputError, run_dir, save_resolved
+from synrep.settings import InputError, run_dir, save_resolved
 from synrep.experiments.ablation_tables import (family_rows, load_baselines, load_runs, table_budget, table_family,
                                                 table_lm, table_m, table_method_data, table_source, table_w,
                                                 table_zeroshot_w, with_w_labels)

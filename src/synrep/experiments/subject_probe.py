@@ -22,7 +22,7 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import ConfigError, run_dir, save_resolved
+from synrep.settings import ConfigError, run_dir, save_resolved
 from synrep.data import toy_subject
 from synrep.fileio import write_json, write_text
 from synrep.tables import markdown_table, mean_ci

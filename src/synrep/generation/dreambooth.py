@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from synrep.fileio import atomic_dir, atomic_path, write_json
-from synrep.config import ConfigError, InputError, digest, save_resolved
+from synrep.settings import ConfigError, InputError, digest, save_resolved
 from synrep.generation.diffusion_training import denoising_loss, update_weights
 from synrep.tracking import mlflow_run
 
