@@ -55,7 +55,7 @@ class GenerationConfig:
 @dataclass
 class GuidanceConfig:
     """How a source guides its sampler. ``cfg``: classifier-free guidance at scale ``w``.
-    ``clip``: the same, plus GLIDE's CLIP guidance at ``clip_scale`` (generation/clip_guidance.py)."""
+    ``clip``: the same, plus GLIDE's CLIP guidance at ``clip_scale`` (diffusion/clip_guidance.py)."""
 
     kind: str = setting("cfg", "cfg: classifier-free guidance; clip: plus GLIDE's CLIP guidance", choices=GUIDANCE_KINDS)
     w: Any = setting(2.0, "A number (e.g. 2), or a set such as [2, 3]: each image then draws its scale from the "
@@ -73,7 +73,7 @@ class GuidanceConfig:
 @dataclass
 class InpaintSourceConfig:
     """Mode ``inpaint``: each caption's real image with a region regenerated under the caption
-    (GLIDE's text-guided inpainting; generation/toy/inpaint.py)."""
+    (GLIDE's text-guided inpainting; diffusion/toy/inpaint.py)."""
 
     region: str = setting("background", "object | background: what is regenerated (the rest is kept)")
     dilate: int = setting(1, "Pixels the object's mask grows by")
@@ -113,7 +113,7 @@ def check_alignment_filter(f: DictConfig, key: str, cfg: DictConfig) -> None:
 class UnclipSourceConfig:
     """Modes ``unclip`` (caption -> prior -> CLIP image embedding -> decoder) and ``variation`` (a
     caption's real image -> its CLIP image embedding -> l decodings), DALL-E 2's
-    (generation/toy/unclip.py). The source's ``generator`` is an unCLIP pipeline (models/toy_unclip,
+    (diffusion/toy/unclip.py). The source's ``generator`` is an unCLIP pipeline (models/toy_unclip,
     or diffusers' UnCLIPPipeline / UnCLIPImageVariationPipeline folders)."""
 
     clip_model: Optional[str] = setting(

@@ -12,7 +12,7 @@ variants (the first the real image itself with ``inpaint.keep_real``); ``unclip`
 embedding -> l decodings (positives of one real image). Guidance (``guidance``): ``cfg``,
 classifier-free guidance at scale ``w``; ``w`` may be a set, from which each image draws its scale;
 ``clip``, the same plus GLIDE's CLIP guidance at ``clip_scale`` by an open_clip model (on x̂0), or by
-GLIDE's noised CLIP (on x_t) when ``clip_model`` is one (generation/noised_clip.py).
+GLIDE's noised CLIP (on x_t) when ``clip_model`` is one (diffusion/noised_clip.py).
 
 What a source generates: the caption set, or its own ``prompts`` (a text file, one prompt a line:
 e.g. a DreamBooth subject in new contexts), the first ``captions`` of them when set. Mode ``union``
@@ -80,7 +80,7 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
 def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator: str) -> dict:
     """The unCLIP settings of the mode, and for the toy unCLIP the CLIP it works in with its weights'
     hash (diffusers' unCLIP pipelines carry their own CLIP, hashed with their weights)."""
-    from synrep.generation.pipelines import model_folder
+    from synrep.diffusion.pipelines import model_folder
 
     out = to_dict(source.unclip)
     for key in source_modes.get(source.mode).record_omits:
@@ -89,8 +89,8 @@ def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator
         out.pop("prior_samples")
     folder = model_folder(generator, f"sources.{name}.generator")
     if '"ToyUnCLIPPipeline"' in (folder / "model_index.json").read_text():
-        from synrep.generation.clip_model import check_clip_folder
-        from synrep.generation.pipelines import weights_sha256
+        from synrep.diffusion.clip_model import check_clip_folder
+        from synrep.diffusion.pipelines import weights_sha256
 
         key = f"sources.{name}.unclip.clip_model" if source.unclip.clip_model else "generation.clip_model"
         out["clip_model"] = source.unclip.clip_model or generation.clip_model
@@ -110,9 +110,9 @@ def guidance_spec(guidance: DictConfig, scales: list[float], generation: DictCon
     hash (a retrained CLIP makes the source's shards stale)."""
     spec = {"kind": guidance.kind, "w": scales if isinstance(to_dict(guidance)["w"], list) else scales[0]}
     if guidance.kind == "clip":
-        from synrep.generation.clip_model import check_clip_folder
-        from synrep.generation.noised_clip import is_noised_clip_folder
-        from synrep.generation.pipelines import weights_sha256
+        from synrep.diffusion.clip_model import check_clip_folder
+        from synrep.diffusion.noised_clip import is_noised_clip_folder
+        from synrep.diffusion.pipelines import weights_sha256
 
         model = guidance.clip_model or generation.clip_model
         where = f"{key}.clip_model" if guidance.clip_model else "generation.clip_model"
