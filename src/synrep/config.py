@@ -485,6 +485,16 @@ class AlignmentFilterConfig:
 
 
 @dataclass
+class RefreshConfig:
+    """Fresh images during training: a source generates ``rounds`` rounds of its l images per caption,
+    each round with its own noise seeds, and training reads round floor(pass / every) mod rounds of
+    each caption, so every ``every`` passes it sees new images of the same captions."""
+
+    every: int = 1  # passes over the captions per round
+    rounds: int = 2  # rounds generated (at least 2; after the last, training begins again at round 0)
+
+
+@dataclass
 class UnclipSourceConfig:
     """Modes ``unclip`` (caption -> prior -> CLIP image embedding -> decoder) and ``variation`` (a
     caption's real image -> its CLIP image embedding -> l decodings), DALL-E 2's
@@ -533,6 +543,10 @@ class SourceConfig:
     # Keep only the images that match their caption best, by a CLIP's score (a change re-indexes
     # the shards, it regenerates nothing); null: every image
     filter: Optional[AlignmentFilterConfig] = None
+    # Fresh images during training: rounds of l images per caption, one round read every `every`
+    # passes (l x rounds stored per caption; a union of this source reads them all as one set);
+    # null: one set of l images, read every pass
+    refresh: Optional[RefreshConfig] = None
 
 
 @dataclass
@@ -1164,6 +1178,29 @@ def check_source(name: str, source: DictConfig) -> None:
             raise ConfigError(f"config key '{key}.{field_name}': must be > 0, got {value!r}")
     if source.filter is not None:
         check_alignment_filter(source.filter, f"{key}.filter")
+    if source.refresh is not None:
+        check_refresh(source, key)
+
+
+def check_refresh(source: DictConfig, key: str) -> None:
+    """A source's ``refresh``: at least one pass a round, two rounds or more, on a source that
+    generates its images (not a union, not filtered, no real image standing first in every round)."""
+    r = source.refresh
+    if r.every < 1:
+        raise ConfigError(f"config key '{key}.refresh.every': must be >= 1 (passes over the captions per round), "
+                          f"got {r.every!r}")
+    if r.rounds < 2:
+        raise ConfigError(f"config key '{key}.refresh.rounds': must be >= 2 (one round is no refresh: "
+                          f"refresh: null), got {r.rounds!r}")
+    if not SOURCE_MODES[source.mode].generates:
+        raise ConfigError(f"config key '{key}.refresh': a union reads its sources' images as one set; give the "
+                          "refresh to the source that generates them")
+    if source.filter is not None:
+        raise ConfigError(f"config key '{key}.refresh': a filtered source cannot refresh (the filter keeps images "
+                          "across rounds); use one of refresh and filter")
+    if source.mode == "inpaint" and source.inpaint.keep_real:
+        raise ConfigError(f"config key '{key}.refresh': with inpaint.keep_real every caption's image 0 is its real "
+                          "image, which no round can renew; set inpaint.keep_real: false")
 
 
 def check_alignment_filter(f: DictConfig, key: str) -> None:
@@ -1197,7 +1234,8 @@ def check_union(cfg: DictConfig, name: str, source: DictConfig) -> None:
                               f"(give the union the filter: sources.{name}.filter)")
         if member in list(source.union)[:i]:
             raise ConfigError(f"config key '{key}': {member!r} is listed twice")
-        ls.add(cfg.sources[member].l or cfg.generation.images_per_caption)
+        refresh = cfg.sources[member].refresh  # a refreshing source stores l images per round
+        ls.add((cfg.sources[member].l or cfg.generation.images_per_caption) * (refresh.rounds if refresh else 1))
     if len(ls) > 1:
         raise ConfigError(f"config key 'sources.{name}.union': its sources store different numbers of images per "
                           f"caption ({sorted(ls)}); give them one l")
