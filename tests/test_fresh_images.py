@@ -3,6 +3,7 @@ own seeds, the round a pass reads, one round per caption in a batch, the same ro
 every rank, and clear config errors."""
 
 import numpy as np
+import polars as pl
 import pytest
 from omegaconf import OmegaConf
 
@@ -165,3 +166,53 @@ def test_a_run_asking_for_more_images_than_a_round_holds_is_refused(make_cfg):
     # a union of it reads the 3 rounds as one set of 6
     union = "sources.all={mode: union, union: [fr]}"
     assert {s.l for s in expand(make_cfg(REFRESH, union, "sweep.grids=[{data: [all], l: [6]}]"))} == {6}
+
+
+def test_summary_script_table_and_plot(tmp_path):
+    """scripts/fresh_images_summary.py: each arm's images generated (captions x the rounds its passes
+    read x l), its generation seconds (the source's shard jobs' seconds per image, from their logs,
+    times those images), and the probe cells the mean and Student-t half-width over seeds."""
+    import importlib.util
+    import json
+
+    from scipy import stats as sps
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("fresh_summary", REPO / "scripts" / "fresh_images_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    run = tmp_path / "run"
+    run.mkdir()
+    OmegaConf.save(OmegaConf.create({"sources": {
+        "fresh": {"l": 4, "refresh": {"every": 3, "rounds": 4}, "union": []},
+        "fixed": {"union": ["fresh"], "refresh": None}}}), run / "config.yaml")
+    (run / "shards" / "fresh").mkdir(parents=True)
+    (run / "shards" / "fresh" / "stats.json").write_text(json.dumps({"images": 10 * 16}))
+    (run / "logs" / "generate").mkdir(parents=True)
+    for i, seconds in enumerate((30.0, 50.0)):  # 80 s for 160 images: 0.5 s an image
+        (run / "logs" / "generate" / f"fresh-00000{i}.log").write_text(
+            f"generate fresh\nshard fresh #{i} (5 captions) in {seconds:.1f}s\n")
+    probes = {("fresh", 4): [0.5, 0.55, 0.6], ("fixed", 4): [0.4, 0.42, 0.47], ("fixed", 16): [0.5, 0.5, 0.58]}
+    for (source, l), accs in probes.items():
+        for seed, acc in enumerate(accs):
+            folder = run / "runs" / f"{source}-l{l}-s{seed}"
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"source": source, "seed": seed, "l": l, "m": 4,
+                                                             "steps": 70, "probe_shape": acc,
+                                                             "train_seconds": 10.0 + seed}))
+            # 7 passes at every 3: rounds 0, 0, 0, 1, 1, 1, 2: three rounds read
+            (folder / "train.json").write_text(json.dumps({"length": {"passes": 7, "n_captions": 10}}))
+    df = summary.runs(run)
+    table = summary.table(df)
+    # fewest images first: the fresh run's 7 passes read 3 of its 4 rounds
+    assert table["arm"].to_list() == ["fixed, l = 4", "fresh every 3 passes, 4 rounds of l = 4", "fixed, l = 16"]
+    assert table["images generated"].to_list() == [40, 120, 160]
+    assert table["generation s"].to_list() == [20.0, 60.0, 80.0]
+    assert table["rounds read"].to_list() == [1, 3, 1]
+    for (source, l), accs in probes.items():
+        row = table.filter((pl.col("source") == source) & (pl.col("l") == l)).row(0, named=True)
+        half = sps.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
+        assert row["probe shape"] == f"{round(np.mean(accs), 3)} ± {round(half, 3)}" and row["seeds"] == 3
+    summary.plot(df, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0

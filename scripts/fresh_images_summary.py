@@ -1,0 +1,137 @@
+"""Fresh images during training (experiment toy_fresh_images): per arm (a refreshing source, or a
+fixed set at l images per caption), the images generated for what it reads, the generation time
+they cost, the training wall time and the probe accuracies, mean ± 95 % t-interval over seeds; and
+a plot of the probes per arm.
+
+    python scripts/fresh_images_summary.py RUN_DIR [--plot PNG]
+
+RUN_DIR is ``<results_dir>/<name>`` (e.g. results/toy_fresh_images). Prints a markdown table.
+Generation time is that of the shard jobs (their logs' ``shard <source> #i (...) in Xs`` lines),
+summed over jobs; an arm is charged the seconds per image of the source whose shards it reads times
+the images it reads (a fixed set at l = 4 of a 16-image source reads round 0 alone: what a source of
+4 images would generate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import polars as pl
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from synrep.data.rounds import Refresh, round_of_pass  # noqa: E402
+from synrep.tables import markdown_table, mean_ci  # noqa: E402
+
+PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background")
+SHARD_LINE = re.compile(r"shard (?P<source>\S+) #(?P<index>\d+) \((?P<captions>\d+) captions\) in (?P<seconds>[0-9.]+)s")
+
+
+def generating_source(cfg, name: str) -> str:
+    """The source whose shards ``name`` reads: itself, or a union's one source."""
+    union = list(cfg.sources[name].get("union") or [])
+    if len(union) > 1:
+        raise SystemExit(f"source {name!r} joins {union}: one generating source per arm")
+    return union[0] if union else name
+
+
+def generation_seconds(run_dir: Path, source: str) -> float | None:
+    """The source's shard jobs' seconds, summed (None when its logs are gone)."""
+    seconds = [float(m["seconds"]) for path in sorted((run_dir / "logs" / "generate").glob(f"{source}-*.log"))
+               for m in SHARD_LINE.finditer(path.read_text()) if m["source"] == source]
+    return sum(seconds) if seconds else None
+
+
+def arm(cfg, name: str, l: int, passes: int) -> dict:
+    """What a run on source ``name`` at ``l`` reads: rounds, images per caption over the run, and
+    how the arm is named."""
+    refresh = cfg.sources[name].get("refresh")
+    if refresh is None:
+        return {"arm": f"fixed, l = {l}", "every": None, "rounds read": 1, "images per caption": l}
+    reading = Refresh(int(refresh.every), int(refresh.rounds), l)
+    read = len({round_of_pass(p, reading) for p in range(passes)})
+    return {"arm": f"fresh every {reading.every} passes, {reading.rounds} rounds of l = {l}", "every": reading.every,
+            "rounds read": read, "images per caption": l * read}
+
+
+def runs(run_dir: Path) -> pl.DataFrame:
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    rows = []
+    for path in sorted((run_dir / "runs").glob("*/metrics.json")):
+        record = json.loads(path.read_text())
+        length = json.loads((path.parent / "train.json").read_text())["length"]
+        source = generating_source(cfg, record["source"])
+        stats = json.loads((run_dir / "shards" / source / "stats.json").read_text())
+        made = generation_seconds(run_dir, source)
+        a = arm(cfg, record["source"], record["l"], length["passes"])
+        images = length["n_captions"] * a["images per caption"]
+        rows.append({**a, "source": record["source"], "l": record["l"], "m": record["m"], "steps": record["steps"],
+                     "passes": length["passes"], "images generated": images,
+                     "generation s": None if made is None else round(made / stats["images"] * images, 1),
+                     "seed": record["seed"], "train s": record["train_seconds"],
+                     **{p: record.get(p) for p in PROBES}})
+    if not rows:
+        raise SystemExit(f"{run_dir}: no runs/*/metrics.json")
+    return pl.DataFrame(rows)
+
+
+def table(df: pl.DataFrame) -> pl.DataFrame:
+    keys = ["arm", "source", "l", "m", "steps", "passes", "rounds read", "images generated", "generation s"]
+    out = df.select(keys).unique(maintain_order=True).sort("images generated", "arm")
+    for metric in ["train s", *[p for p in PROBES if df[p].is_not_null().any()]]:
+        cells = mean_ci(df, keys, metric).select(*keys, pl.col("cell").alias(metric.replace("probe_", "probe ")))
+        out = out.join(cells, on=keys, how="left", maintain_order="left")
+    seeds = df.group_by(keys).agg(pl.col("seed").n_unique().alias("seeds"))
+    return out.join(seeds, on=keys, maintain_order="left")
+
+
+def plot(df: pl.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = table(df)["arm"].to_list()
+    probes = [p for p in ("probe_shape", "probe_size") if df[p].is_not_null().any()]
+    panels = [(p, f"{p.removeprefix('probe_')} probe: linear-probe accuracy (test)") for p in probes]
+    panels.append(("train s", "training wall time (s)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], panels):
+        stats = mean_ci(df, ["arm"], metric)
+        stats = pl.DataFrame({"arm": arms}).join(stats, on="arm", how="left", maintain_order="left")
+        ax.errorbar(range(len(arms)), stats["mean"].to_list(),
+                    yerr=[0 if v is None or v != v else v for v in stats["ci95"].to_list()], fmt="o", capsize=4)
+        for seed_row in df.select("arm", metric).iter_rows():  # each seed, faint
+            ax.plot(arms.index(seed_row[0]) + 0.12, seed_row[1], ".", color="grey", alpha=0.6)
+        ax.set_xticks(range(len(arms)), [a.replace(", ", ",\n").replace(" passes", "\npasses") for a in arms],
+                      fontsize=7)
+        ax.set_xlim(-0.5, len(arms) - 0.5)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("fresh images every k passes against fixed sets (mean ± 95 % CI over seeds; grey: each seed)",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--plot", type=Path, help="write the plot here (PNG)")
+    args = parser.parse_args()
+    df = runs(args.run_dir)
+    print(markdown_table(table(df)))
+    if args.plot:
+        plot(df, args.plot)
+        print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
