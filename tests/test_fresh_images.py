@@ -216,3 +216,14 @@ def test_summary_script_table_and_plot(tmp_path):
         assert row["probe shape"] == f"{round(np.mean(accs), 3)} ± {round(half, 3)}" and row["seeds"] == 3
     summary.plot(df, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_sweep_runs_on_a_refreshing_source_carry_its_settings(make_cfg):
+    from synrep.experiments import sweep_run
+    from synrep.experiments.sweep import expand
+
+    cfg = make_cfg(REFRESH, "sources.all={mode: union, union: [fr]}", "sweep.seeds=[0]",
+                   "sweep.grids=[{method: [stablerep], data: [fr, all, w2], l: [2]}]")
+    params = {spec.data: sweep_run.run_params(cfg, spec) for spec in expand(cfg)}
+    assert (params["fr"]["refresh_every"], params["fr"]["refresh_rounds"]) == (2, 3)
+    assert "refresh_every" not in params["all"] and "refresh_every" not in params["w2"]
