@@ -1,7 +1,8 @@
 """Fresh images during training (experiment toy_fresh_images): per arm (a refreshing source, or a
 fixed set at l images per caption), the images generated for what it reads, the generation time
 they cost, the training wall time and the probe accuracies, mean ± 95 % t-interval over seeds; and
-a plot of the probes per arm.
+a plot of the shape probes per arm and of the training loss by pass (where a new round begins, the
+fresh run meets images it has not seen).
 
     python scripts/fresh_images_summary.py RUN_DIR [--plot PNG]
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(REPO / "src"))
 from synrep.data.rounds import Refresh, round_of_pass  # noqa: E402
 from synrep.tables import markdown_table, mean_ci  # noqa: E402
 
-PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background")
+PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background", "fewshot_shape")
 SHARD_LINE = re.compile(r"shard (?P<source>\S+) #(?P<index>\d+) \((?P<captions>\d+) captions\) in (?P<seconds>[0-9.]+)s")
 
 
@@ -65,13 +66,15 @@ def runs(run_dir: Path) -> pl.DataFrame:
     rows = []
     for path in sorted((run_dir / "runs").glob("*/metrics.json")):
         record = json.loads(path.read_text())
-        length = json.loads((path.parent / "train.json").read_text())["length"]
+        train = json.loads((path.parent / "train.json").read_text())
+        length = train["length"]
         source = generating_source(cfg, record["source"])
         stats = json.loads((run_dir / "shards" / source / "stats.json").read_text())
         made = generation_seconds(run_dir, source)
         a = arm(cfg, record["source"], record["l"], length["passes"])
         images = length["n_captions"] * a["images per caption"]
         rows.append({**a, "source": record["source"], "l": record["l"], "m": record["m"], "steps": record["steps"],
+                     "losses": [h["loss"] for h in train["history"]],
                      "passes": length["passes"], "images generated": images,
                      "generation s": None if made is None else round(made / stats["images"] * images, 1),
                      "seed": record["seed"], "train s": record["train_seconds"],
@@ -85,7 +88,8 @@ def table(df: pl.DataFrame) -> pl.DataFrame:
     keys = ["arm", "source", "l", "m", "steps", "passes", "rounds read", "images generated", "generation s"]
     out = df.select(keys).unique(maintain_order=True).sort("images generated", "arm")
     for metric in ["train s", *[p for p in PROBES if df[p].is_not_null().any()]]:
-        cells = mean_ci(df, keys, metric).select(*keys, pl.col("cell").alias(metric.replace("probe_", "probe ")))
+        name = metric.replace("probe_", "probe ").replace("fewshot_", "few-shot ")
+        cells = mean_ci(df, keys, metric).select(*keys, pl.col("cell").alias(name))
         out = out.join(cells, on=keys, how="left", maintain_order="left")
     seeds = df.group_by(keys).agg(pl.col("seed").n_unique().alias("seeds"))
     return out.join(seeds, on=keys, maintain_order="left")
@@ -96,26 +100,37 @@ def plot(df: pl.DataFrame, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     arms = table(df)["arm"].to_list()
-    probes = [p for p in ("probe_shape", "probe_size") if df[p].is_not_null().any()]
-    panels = [(p, f"{p.removeprefix('probe_')} probe: linear-probe accuracy (test)") for p in probes]
-    panels.append(("train s", "training wall time (s)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
-    for ax, (metric, label) in zip(axes[0], panels):
+    metrics = [(p, f"{p.replace('probe_', 'probe: ').replace('fewshot_', 'few-shot: ')} accuracy (test)")
+               for p in ("probe_shape", "fewshot_shape") if df[p].is_not_null().any()]
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(3.8 * (len(metrics) + 1), 3.8), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], metrics):
         stats = mean_ci(df, ["arm"], metric)
         stats = pl.DataFrame({"arm": arms}).join(stats, on="arm", how="left", maintain_order="left")
         ax.errorbar(range(len(arms)), stats["mean"].to_list(),
                     yerr=[0 if v is None or v != v else v for v in stats["ci95"].to_list()], fmt="o", capsize=4)
-        for seed_row in df.select("arm", metric).iter_rows():  # each seed, faint
-            ax.plot(arms.index(seed_row[0]) + 0.12, seed_row[1], ".", color="grey", alpha=0.6)
+        for arm_name, value in df.select("arm", metric).iter_rows():  # each seed, faint
+            ax.plot(arms.index(arm_name) + 0.12, value, ".", color="grey", alpha=0.6)
         ax.set_xticks(range(len(arms)), [a.replace(", ", ",\n").replace(" passes", "\npasses") for a in arms],
                       fontsize=7)
         ax.set_xlim(-0.5, len(arms) - 0.5)
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("fresh images every k passes against fixed sets (mean ± 95 % CI over seeds; grey: each seed)",
-                 fontsize=9)
+    ax = axes[0][-1]
+    for arm_name in arms:  # the training loss of each pass, mean over seeds
+        losses = np.mean(df.filter(pl.col("arm") == arm_name)["losses"].to_list(), axis=0)
+        ax.plot(range(1, len(losses) + 1), losses, "-", label=arm_name.replace(" passes", ""), lw=1.2)
+    for row in df.filter(pl.col("every").is_not_null()).select("every", "passes").unique().iter_rows():
+        for start in range(row[0], row[1], row[0]):  # where the fresh run's rounds begin
+            ax.axvline(start + 0.5, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("pass over the captions")
+    ax.set_ylabel("training loss (mean of the pass)", fontsize=8)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.suptitle("fresh images every k passes against fixed sets (mean ± 95 % CI over seeds; grey: each seed;"
+                 " dotted: a new round)", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

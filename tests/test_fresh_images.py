@@ -22,14 +22,16 @@ REFRESH = "sources.fr={guidance: {w: 2}, l: 2, refresh: {every: 2, rounds: 3}}"
 
 @pytest.fixture
 def fresh_cfg(make_cfg, small_world, tiny_toy_pipeline_dir):
-    """Source fr (3 rounds of 2 images) and w6 (one set of 6, the same seed) generated and indexed."""
+    """Source fr (3 rounds of 2 images), w6 (one set of 6) and w2 (one set of 2), the same seed,
+    generated and indexed."""
     cfg = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, REFRESH, "sources.w6={guidance: {w: 2}, l: 6}",
+                                  "sources.w2={guidance: {w: 2}, l: 2}",
                                   "sources.all={mode: union, union: [fr]}", "train.data=fr", "train.l=2",
                                   "train.m=2", "train.batch_images=8", "sweep.grids=[]"))
     write_captions(cfg)
-    for name in ("fr", "w6"):
+    for name in ("fr", "w6", "w2"):
         generate.run(cfg, source=name)
-    for name in ("fr", "w6", "all"):
+    for name in ("fr", "w6", "w2", "all"):
         index.run(cfg, source=name)
     return cfg
 
@@ -53,7 +55,8 @@ def test_rounds_carry_their_own_seeds_and_together_are_one_larger_set(fresh_cfg)
     assert spec["l"] == 6 and spec["refresh"] == {"rounds": 3, "images_per_round": 2}
     stored = [s for path in stream.shard_urls(fresh_cfg, "fr") for s in read_shard(path)]
     plain = [s for path in stream.shard_urls(fresh_cfg, "w6") for s in read_shard(path)]
-    for sample, other in zip(stored, plain, strict=True):
+    small = [s for path in stream.shard_urls(fresh_cfg, "w2") for s in read_shard(path)]
+    for sample, other, first in zip(stored, plain, small, strict=True):
         record = sample["record"]
         assert record["rounds"] == [0, 0, 1, 1, 2, 2]
         assert record["seeds"] == [image_seed(0, record["caption_id"], i) for i in range(6)]
@@ -62,6 +65,8 @@ def test_rounds_carry_their_own_seeds_and_together_are_one_larger_set(fresh_cfg)
         assert not (by_round[0] & by_round[1]) and not (by_round[1] & by_round[2]) and not (by_round[0] & by_round[2])
         # the rounds one after another are the images of a source of l x rounds with the same seed
         assert all(np.array_equal(a, b) for a, b in zip(sample["images"], other["images"], strict=True))
+        # and round 0 is the source of l alone: a fixed set at equal steps reads the same images
+        assert all(np.array_equal(a, b) for a, b in zip(sample["images"][:2], first["images"], strict=True))
 
 
 def training_loader(cfg, rank: int = 0, world: int = 1):
@@ -202,7 +207,8 @@ def test_summary_script_table_and_plot(tmp_path):
                                                              "steps": 70, "probe_shape": acc,
                                                              "train_seconds": 10.0 + seed}))
             # 7 passes at every 3: rounds 0, 0, 0, 1, 1, 1, 2: three rounds read
-            (folder / "train.json").write_text(json.dumps({"length": {"passes": 7, "n_captions": 10}}))
+            (folder / "train.json").write_text(json.dumps({"length": {"passes": 7, "n_captions": 10},
+                                                           "history": [{"loss": 3.0 - 0.1 * p} for p in range(7)]}))
     df = summary.runs(run)
     table = summary.table(df)
     # fewest images first: the fresh run's 7 passes read 3 of its 4 rounds
