@@ -95,6 +95,24 @@ def table(df: pl.DataFrame) -> pl.DataFrame:
     return out.join(seeds, on=keys, maintain_order="left")
 
 
+def paired(df: pl.DataFrame) -> pl.DataFrame:
+    """Each fresh arm minus each fixed arm, seed by seed (a seed is the same initialisation, and the
+    same first round, in every arm), mean ± 95 % t-interval of the differences."""
+    rows = []
+    metrics = [p for p in ("probe_shape", "fewshot_shape") if df[p].is_not_null().any()]
+    for fresh in df.filter(pl.col("every").is_not_null())["arm"].unique(maintain_order=True):
+        for fixed in df.filter(pl.col("every").is_null())["arm"].unique(maintain_order=True):
+            both = (df.filter(pl.col("arm") == fresh).select("seed", *metrics)
+                    .join(df.filter(pl.col("arm") == fixed).select("seed", *metrics), on="seed", suffix="_fixed"))
+            diffs = both.select("seed", *[(pl.col(m) - pl.col(f"{m}_fixed")).alias(m) for m in metrics])
+            row = {"fresh": fresh, "minus": fixed, "seeds": len(diffs)}
+            for m in metrics:
+                row[f"{m.replace('probe_', 'probe ').replace('fewshot_', 'few-shot ')} difference"] = (
+                    mean_ci(diffs.with_columns(pl.lit(0).alias("all")), ["all"], m)["cell"][0])
+            rows.append(row)
+    return pl.DataFrame(rows)
+
+
 def plot(df: pl.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -143,6 +161,10 @@ def main() -> None:
     args = parser.parse_args()
     df = runs(args.run_dir)
     print(markdown_table(table(df)))
+    differences = paired(df)
+    if len(differences):
+        print("\nPaired by seed:\n")
+        print(markdown_table(differences))
     if args.plot:
         plot(df, args.plot)
         print(f"\nplot: {args.plot}")

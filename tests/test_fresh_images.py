@@ -220,6 +220,10 @@ def test_summary_script_table_and_plot(tmp_path):
         row = table.filter((pl.col("source") == source) & (pl.col("l") == l)).row(0, named=True)
         half = sps.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
         assert row["probe shape"] == f"{round(np.mean(accs), 3)} ± {round(half, 3)}" and row["seeds"] == 3
+    differences = summary.paired(df).filter(pl.col("minus") == "fixed, l = 4").row(0, named=True)
+    diffs = np.subtract(probes[("fresh", 4)], probes[("fixed", 4)])
+    half = sps.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / np.sqrt(3)
+    assert differences["probe shape difference"] == f"{round(np.mean(diffs), 3)} ± {round(half, 3)}"
     summary.plot(df, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
 
