@@ -237,3 +237,46 @@ def test_sweep_runs_on_a_refreshing_source_carry_its_settings(make_cfg):
     params = {spec.data: sweep_run.run_params(cfg, spec) for spec in expand(cfg)}
     assert (params["fr"]["refresh_every"], params["fr"]["refresh_rounds"]) == (2, 3)
     assert "refresh_every" not in params["all"] and "refresh_every" not in params["w2"]
+
+
+def test_a_run_killed_and_resumed_reads_the_rounds_of_an_uninterrupted_run(learning_world, tmp_path, monkeypatch):
+    """The trainer itself: a run on a source of 2 rounds (a new one every pass), killed after its
+    second checkpoint and resumed, ends with the uninterrupted run's losses and weights; a run on
+    round 0 alone (the same images at pass 0) parts from it at pass 1, where round 1 begins."""
+    import torch
+
+    from synrep.config import load_config
+
+    overrides = learning_world("sources.fr={guidance: {w: 2}, l: 2, refresh: {every: 1, rounds: 2}}",
+                               "sources.fr0={mode: union, union: [fr]}", "train.data=fr", "train.l=2",
+                               "train.m=2", "train.epochs=6", "train.checkpoint_seconds=0")
+    cfg = load_config(overrides)
+    generate.run(cfg, source="fr")
+    for name in ("fr", "fr0"):
+        index.run(cfg, source=name)
+    whole = trainer.train(load_config(overrides + [f"train.output_dir={tmp_path}/whole"]), progress=False)
+    assert whole["length"]["passes"] >= 3
+    round0 = trainer.train(load_config(overrides + ["train.data=fr0", f"train.output_dir={tmp_path}/round0"]),
+                           progress=False)
+    assert whole["history"][0]["loss"] == round0["history"][0]["loss"]
+    assert whole["history"][1]["loss"] != round0["history"][1]["loss"]
+
+    real_save, saves = trainer.save_checkpoint, []
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves.append(state["pass"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt("preempted")
+
+    parted = load_config(overrides + [f"train.output_dir={tmp_path}/parted"])
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(parted, progress=False)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    resumed = trainer.train(parted, progress=False)  # from pass 2: round 0 again, then round 1
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    a = torch.load(tmp_path / "whole" / "model.pt")["model"]
+    b = torch.load(tmp_path / "parted" / "model.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
