@@ -54,6 +54,8 @@ def make_record(spec: dict, model: dict, pipe, caption: str, caption_id: int, se
     }
     if inputs is not None:
         record["input"] = inputs
+    if "refresh" in spec:  # the round of each image (a refreshing source's rounds, one after another)
+        record["rounds"] = [i // spec["refresh"]["images_per_round"] for i in range(len(seeds))]
     return record
 
 

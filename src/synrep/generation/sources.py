@@ -60,6 +60,9 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         "l": source.l or g.images_per_caption,
         "seed": g.seed if source.seed is None else source.seed,
     }
+    if source.refresh is not None:  # rounds of l images, stored one after another: l x rounds per caption
+        spec["refresh"] = {"rounds": int(source.refresh.rounds), "images_per_round": spec["l"]}
+        spec["l"] *= spec["refresh"]["rounds"]
     # absent when unset, so that the specs of sources without them keep their hash
     if source.captions is not None:
         spec["captions"] = source.captions
@@ -98,6 +101,16 @@ def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator
     else:
         out.pop("clip_model")
     return out
+
+
+def refresh_reading(cfg: DictConfig, name: str) -> tuple[int, int, int] | None:
+    """How training reads a refreshing source: (passes per round, rounds, images per round); None
+    for real images, a union (it reads every round as one set) or a source without ``refresh``.
+    ``every`` is not part of the source's spec (it changes no image): the training identity has it."""
+    if name == "real" or cfg.sources[name].refresh is None:
+        return None
+    spec = source_spec(cfg, name)["refresh"]
+    return int(cfg.sources[name].refresh.every), spec["rounds"], spec["images_per_round"]
 
 
 def needs_real_images(spec: dict) -> bool:
@@ -218,7 +231,9 @@ def image_seed(base_seed: int, caption_id: int, image_index: int) -> int:
 
 
 def image_draws(spec: dict, caption_id: int) -> tuple[list[int], list[float]]:
-    """Noise seed and guidance scale of each of the caption's l images.
+    """Noise seed and guidance scale of each of the caption's l images (l x rounds for a refreshing
+    source: image i of round r is image r x l + i, so that the rounds together are the images of a
+    source with l x rounds, and each round has its own seeds).
 
     With a set of scales, image i draws its scale from the set (seeded by the source's seed, the
     caption and i), and its noise seed includes the drawn scale, so that images pooled from
