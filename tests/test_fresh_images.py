@@ -70,7 +70,7 @@ def test_rounds_carry_their_own_seeds_and_together_are_one_larger_set(fresh_cfg)
 
 
 def training_loader(cfg, rank: int = 0, world: int = 1):
-    from synrep.config import method_train
+    from synrep.learning.settings import method_train
     from synrep.learning.distributed import DistInfo
 
     cfg = method_train(cfg)
