@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from synrep.experiments import report
+from synrep.experiments import ablation_tables, report, report_plots
 from synrep.experiments import sweep, sweep_run
 from synrep.config import ConfigError, load_config
 from synrep.fileio import write_json
@@ -243,9 +243,9 @@ def test_budget_runs_stay_out_of_the_other_tables(make_cfg, tmp_path):
     assert md.filter(pl.col("method") == "StableRep")["probe_shape"].to_list()[0].startswith("0.54")
     runs = pl.read_csv(folder / "runs.csv")
     assert runs.filter(pl.col("budget").is_not_null())["run"].str.contains("-T64-").all()
-    df = report.load_runs(paths)
-    assert report.without_budget(df).filter(pl.col("budget").is_not_null()).is_empty()
-    assert report.default_runs(df, cfg).filter(pl.col("run").str.contains("-T")).is_empty()
+    df = ablation_tables.load_runs(paths)
+    assert ablation_tables.without_budget(df).filter(pl.col("budget").is_not_null()).is_empty()
+    assert ablation_tables.default_runs(df, cfg).filter(pl.col("run").str.contains("-T")).is_empty()
 
 
 def test_budget_table_has_a_column_per_budget_and_its_captions(make_cfg, tmp_path):
@@ -269,15 +269,15 @@ def test_best_source_follows_the_selection_metric_not_the_reported_one():
             rows.append({"run": f"simclr-{data}-l1-s{seed}", "group": f"simclr-{data}-l1", "method": "simclr",
                          "data": data, "l": 1, "m": 1, "seed": seed, "w": w, "probe_c": reported + 0.01 * seed,
                          "probe_c_val": selection + (0.5 if (data, seed) == ("w4", 0) else 0.0)})
-    df = report.with_w_labels(pl.DataFrame(rows))
-    best = report.best_sources(df, "probe_c_val")
+    df = ablation_tables.with_w_labels(pl.DataFrame(rows))
+    best = ablation_tables.best_sources(df, "probe_c_val")
     # means of the selection accuracy: w2 0.1, w8 0.8, w4 (1.0 + 0.5 + 0.5) / 3 = 0.667
     assert best["simclr"]["data"] == "w8" and best["simclr"]["w_label"] == "w=8.0"
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"train": cfg_train, "eval": {"targets": ["c"]}})
-    title, table, note = report.table_method_data(df, "probe_c", cfg, None, "c", with_note=True)
-    assert report.table_method_data(df, "probe_c", cfg, None, "c")[1].equals(table)  # (title, table) as before
+    title, table, note = ablation_tables.table_method_data(df, "probe_c", cfg, None, "c", with_note=True)
+    assert ablation_tables.table_method_data(df, "probe_c", cfg, None, "c")[1].equals(table)  # (title, table) as before
     assert table.rows() == [("SimCLR", "synthetic (best: w=8.0, chosen on the held-out split)", "0.21 ± 0.025")]
     assert "probe_c_val" in note and "never the reported probe_c" in note
 
@@ -325,7 +325,7 @@ def test_sources_at_the_same_w_get_a_column_each(make_cfg, tmp_path):
         half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
         assert table[spec.data][0] == f"{round(values.mean(), 3)} ± {round(half, 3)}"
     assert not (tmp_path / "ablations" / "probe_shape__guidance_scale_w_per_method.csv").exists()
-    fig = report.figure_accuracy_vs_w(report.load_runs(paths), "probe_shape", cfg)
+    fig = report_plots.figure_accuracy_vs_w(ablation_tables.load_runs(paths), "probe_shape", cfg)
     line = fig.axes[0].lines[0]
     assert list(line.get_xdata()) == [2.0] and line.get_ydata()[0] == pytest.approx(np.mean(truth["stablerep-w2-l4-m4"]))
     assert [t.get_text() for t in fig.axes[0].texts] == ["alt"]
