@@ -102,6 +102,17 @@ class ConceptsConfig:
 
 
 @dataclass
+class CaptionSkewRule:
+    """One rule of a skewed caption set (``captions.skew``): of the captions it matches, keep a fraction."""
+
+    # What a caption must be to match (every entry): a toy world attribute (shape, colour, size,
+    # background) and a value or list of values, read from the caption's own image (its toy://
+    # url); or `caption`: a regular expression searched in the caption's text (any caption file)
+    match: dict[str, Any] = field(default_factory=dict)
+    keep: float = 1.0  # the fraction of the matching captions kept, in [0, 1]
+
+
+@dataclass
 class CaptionsConfig:
     # toyworld files are written in the cc3m format
     format: str = "cc3m"  # cc3m | cc12m | redcaps | laion | table | concepts
@@ -112,6 +123,15 @@ class CaptionsConfig:
     # Keep only the first N deduplicated captions (null keeps all)
     limit: Optional[int] = None
     concepts: ConceptsConfig = field(default_factory=ConceptsConfig)  # format concepts
+    # A deliberately skewed caption set: rules applied after the dedup and before the limit, e.g.
+    # [{match: {shape: ring, background: light}, keep: 0.1}] (rings mostly on dark backgrounds).
+    # A caption several rules match is kept with the product of their fractions; [] (off): all kept
+    skew: list[CaptionSkewRule] = field(default_factory=list)
+    skew_seed: int = 0  # which captions a fraction keeps (one uniform draw per caption)
+    # Attribute pairs no training caption may show together (toy world), e.g. [{colour: red, shape:
+    # ring}]: every caption whose image has both is removed, and runs with a text tower report
+    # zero-shot accuracy on the test images of these pairs against the seen ones; [] (off)
+    held_out: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -1043,10 +1063,66 @@ def validate(cfg: DictConfig) -> None:
                           f"1, got {dict(mix)}")
     check_eval_groups(cfg.eval)
     check_caption_set(cfg.captions, "captions")
+    check_caption_selection(cfg.captions, "captions", cfg.toyworld)
+    for name, source in cfg.sources.items():
+        if source.caption_set is not None:
+            check_caption_selection(source.caption_set, f"sources.{name}.caption_set", cfg.toyworld)
+    if cfg.captions.held_out and cfg.eval.dataset != "toyworld":
+        raise ConfigError(f"config key 'captions.held_out': the seen / held-out zero-shot needs test images labelled "
+                          f"with both attributes (eval.dataset toyworld, not {cfg.eval.dataset!r}); on other "
+                          "captions remove pairs with captions.skew rules on the caption text, keep 0")
 
 
 # The toy world's attributes, the labels of every real image (data.toyworld names their values)
 TOY_ATTRIBUTES = ("shape", "colour", "size", "background")
+# The values of the attributes that toyworld.* does not list (data.toyworld reads them here)
+TOY_SIZES = ("small", "large")
+TOY_BACKGROUNDS = ("dark", "light")
+
+
+def toy_attribute_values(toyworld: DictConfig) -> dict[str, list[str]]:
+    """Each toy world attribute's value names, in index order."""
+    return {"shape": list(toyworld.shapes), "colour": list(toyworld.colours), "size": list(TOY_SIZES),
+            "background": list(TOY_BACKGROUNDS)}
+
+
+def check_caption_selection(captions: DictConfig, key: str, toyworld: DictConfig) -> None:
+    """``skew`` rules and ``held_out`` pairs of a captions section: known attributes and values, a
+    fraction in [0, 1], a regular expression that compiles, two distinct attributes a pair."""
+    values = toy_attribute_values(toyworld)
+
+    def check_value(attribute: str, value: Any, where: str) -> None:
+        if attribute not in values:
+            raise ConfigError(f"config key '{where}': {attribute!r} is not a toy world attribute "
+                              f"({list(TOY_ATTRIBUTES)}) or 'caption'")
+        wanted = list(value) if isinstance(value, (list, ListConfig)) else [value]
+        if not wanted:
+            raise ConfigError(f"config key '{where}': an empty list of values")
+        for v in wanted:
+            if v not in values[attribute]:
+                raise ConfigError(f"config key '{where}': {v!r} is not a {attribute} ({values[attribute]})")
+
+    for i, rule in enumerate(captions.skew):
+        where = f"{key}.skew[{i}]"
+        if not rule.match:
+            raise ConfigError(f"config key '{where}.match': empty (name the attributes or the caption text it matches)")
+        if not 0.0 <= rule.keep <= 1.0:
+            raise ConfigError(f"config key '{where}.keep': must be in [0, 1], got {rule.keep!r}")
+        for attribute, value in rule.match.items():
+            if attribute == "caption":
+                try:
+                    re.compile(str(value))
+                except re.error as err:
+                    raise ConfigError(f"config key '{where}.match.caption': not a regular expression ({err})") from None
+                continue
+            check_value(attribute, value, f"{where}.match.{attribute}")
+    for i, pair in enumerate(captions.held_out):
+        where = f"{key}.held_out[{i}]"
+        if len(pair) != 2:
+            raise ConfigError(f"config key '{where}': a pair of two attributes, e.g. {{colour: red, shape: ring}}; "
+                              f"got {dict(pair)}")
+        for attribute, value in pair.items():
+            check_value(attribute, value, f"{where}.{attribute}")
 
 
 def check_eval_groups(e: DictConfig) -> None:

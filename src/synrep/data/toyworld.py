@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import ConfigError, InputError, save_resolved, to_dict
+from synrep.config import TOY_BACKGROUNDS, TOY_SIZES, ConfigError, InputError, save_resolved, to_dict
 from synrep.fileio import atomic_path, write_json, write_text
 
 COLOUR_RGB = {
@@ -46,8 +46,8 @@ COLOUR_RGB = {
     "white": (0.95, 0.95, 0.95),
     "grey": (0.55, 0.55, 0.55),
 }
-SIZES = ("small", "large")
-BACKGROUNDS = ("dark", "light")
+SIZES = TOY_SIZES
+BACKGROUNDS = TOY_BACKGROUNDS
 
 # Paraphrases: several words for each attribute value.
 SHAPE_WORDS = {
