@@ -39,6 +39,11 @@ def skewed_group(cfg) -> dict[str, str] | None:
     return None
 
 
+def held_out_shape_colour(cfg) -> list[dict[str, str]]:
+    """The held-out (shape, colour) pairs, each a group of the (shape, colour) probe grouping."""
+    return [dict(p) for p in cfg.captions.get("held_out", []) if set(p) == {"shape", "colour"}]
+
+
 def group_accuracy(details: dict, grouping: str, wanted: dict) -> float | None:
     for g in details.get("worst_group", {}).get(TARGET, {}).get(grouping, {}).get("groups", []):
         if g["group"] == wanted:
@@ -76,6 +81,8 @@ def rows(run_dir: Path, cfg) -> pl.DataFrame:
         if skew is not None:
             row["skewed_group"] = group_accuracy(details, "shape_background", skew)
             row["unskewed_group"] = group_accuracy(details, "shape_background", unskewed)
+        for pair in held_out_shape_colour(cfg):  # a pair no caption showed, as a probe group
+            row[f"held {pair['colour']} {pair['shape']}"] = group_accuracy(details, "shape_colour", pair)
         for p in PAIRS:
             for part in ("seen", "heldout"):
                 row[f"{p}_{part}"] = record.get(f"zeroshot_pair_{p}_{part}")
@@ -97,9 +104,9 @@ def cells(df: pl.DataFrame, keys: list[str], metrics: dict[str, str]) -> pl.Data
 
 
 def most_often(df: pl.DataFrame, keys: list[str], column: str) -> pl.DataFrame:
-    """The group that is worst in most seeds, and in how many."""
+    """The group that is worst in most seeds, and in how many (ties: the first by name)."""
     counts = (df.filter(pl.col(column).is_not_null()).group_by(*keys, column).len()
-              .sort("len", descending=True).group_by(keys, maintain_order=True).first())
+              .sort(["len", column], descending=[True, False]).group_by(keys, maintain_order=True).first())
     return counts.select(*keys, pl.format("{} ({}/{})", pl.col(column), pl.col("len"),
                                           pl.lit(df["seed"].n_unique())).alias(column))
 
@@ -114,6 +121,8 @@ def worst_table(df: pl.DataFrame, cfg) -> pl.DataFrame:
     if skew is not None:
         names["skewed_group"] = f"{skew['shape']} on {skew['background']}"
         names["unskewed_group"] = f"{skew['shape']} on {'dark' if skew['background'] == 'light' else 'light'}"
+    for pair in held_out_shape_colour(cfg):
+        names[f"held {pair['colour']} {pair['shape']}"] = f"{pair['colour']} {pair['shape']} (held out)"
     out = cells(df, keys, names)
     for g in GROUPINGS:
         worst = most_often(df, keys, f"worst_is_{g}").rename({f"worst_is_{g}": f"worst group {g.replace('_', ' x ')}"})
@@ -160,7 +169,7 @@ def plot(df: pl.DataFrame, cfg, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     skew = skewed_group(cfg)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1.7, 1]})
     ax = axes[0]
     runs = df.filter(pl.col("worst_shape_background").is_not_null())
     groups = runs.select("method", "source").unique(maintain_order=True).rows()
@@ -179,7 +188,7 @@ def plot(df: pl.DataFrame, cfg, path: Path) -> None:
         cis = [lookup.get(g, {}).get("ci95", 0) or 0 for g in groups]
         ax.bar(np.arange(len(groups)) + (k - (len(measures) - 1) / 2) * width, means, width, yerr=cis, capsize=2,
                label=label)
-    ax.set_xticks(range(len(groups)), [f"{m}\n{s}" for m, s in groups], fontsize=7)
+    ax.set_xticks(range(len(groups)), [f"{m.replace('_', ' ')}\n{s}" for m, s in groups], fontsize=7)
     ax.set_ylabel(f"{TARGET} probe accuracy (test)")
     ax.set_title("does the skewed caption set leave a group behind?", fontsize=9)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
@@ -197,7 +206,11 @@ def plot(df: pl.DataFrame, cfg, path: Path) -> None:
         ax.bar(np.arange(len(groups)) + (k - (len(measures) - 1) / 2) * width,
                [lookup.get(g, {}).get("mean", np.nan) for g in groups], width,
                yerr=[lookup.get(g, {}).get("ci95", 0) or 0 for g in groups], capsize=2, label=label)
-    ax.set_xticks(range(len(groups)), [f"{m}\n{s}" for m, s in groups], fontsize=7)
+    for k, (pair, colour) in enumerate(zip(PAIRS, ("tab:blue", "tab:green"))):
+        classes = {"shape_colour": len(cfg.toyworld.shapes) * len(cfg.toyworld.colours),
+                   "shape_size": len(cfg.toyworld.shapes) * 2}[pair]
+        ax.axhline(1 / classes, color=colour, ls=":", lw=1, label=f"chance, {pair.replace('_', ' x ')} (1/{classes})")
+    ax.set_xticks(range(len(groups)), [f"{m.replace('_', ' ')}\n{s}" for m, s in groups], fontsize=7)
     ax.set_ylabel("zero-shot pair accuracy (test)")
     ax.set_title("can the text tower name pairs it never saw together?", fontsize=9)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
