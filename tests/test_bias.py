@@ -168,3 +168,15 @@ def test_compositional_metric_equals_a_hand_count_of_the_predictions(make_cfg, m
     flat = flat_metrics({"linear_probe": {}, "few_shot": {}, "zero_shot": {}, "compositional_zero_shot": result})
     assert flat["zeroshot_pair_shape_colour_heldout"] == result["shape_colour"]["held_out"]
     assert flat["zeroshot_pair_shape_size_seen"] == result["shape_size"]["seen"]
+
+
+def test_captions_hash_leaves_the_selection_out_only_while_it_is_off(small_world):
+    from synrep.config import digest, section_hash, to_dict
+
+    plain = load_config(tmp_overrides(small_world))
+    section = {k: v for k, v in to_dict(plain.captions).items() if k not in ("skew", "skew_seed", "held_out")}
+    # the hash a captions section had before the selection existed: Snakemake reruns nothing
+    assert section_hash(plain, "captions") == digest({"captions": section})
+    skewed = load_config(tmp_overrides(small_world, SKEW))
+    seeded = load_config(tmp_overrides(small_world, SKEW, "captions.skew_seed=1"))
+    assert len({section_hash(c, "captions") for c in (plain, skewed, seeded)}) == 3
