@@ -1,11 +1,12 @@
-"""Write the key reference of docs/configuration.md from the config dataclasses.
+"""Write config/README.md, every config key, from the config sections' dataclasses.
 
-    python scripts/config_reference.py           # rewrite the generated part of the page
-    python scripts/config_reference.py --check   # exit 1 when the page is out of date
+    python scripts/config_reference.py           # rewrite config/README.md
+    python scripts/config_reference.py --check   # exit 1 when it is out of date
 
-The reference is every key of ``synrep.config.Config`` with its type, its dataclass default, its
-value in the default run (``config/config.yaml``), its allowed values and the comments the
-dataclass gives it. Only the text between the two markers is generated; the prose above stays.
+Each key of ``synrep.config.Config`` with its type, its default (the composed tree's, which is the
+default run's: ``config/config.yaml`` gives the same values), its bounds or allowed values and its
+one-line description, all from the field's metadata (``synrep.settings.setting``). A section's
+docstring heads its table.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import re
 import sys
 import typing
 from pathlib import Path
@@ -22,28 +22,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PAGE = REPO / "docs" / "configuration.md"
-BEGIN = "<!-- BEGIN GENERATED: python scripts/config_reference.py -->"
-END = "<!-- END GENERATED -->"
+README = REPO / "config" / "README.md"
 WIDTH = 80  # a longer default is cut, so that a table row stays readable
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """Each field's comments in the class body: the comment lines just above it and its own."""
-    comments: dict[str, str] = {}
-    above: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        stripped = line.strip()
-        match = re.match(r"    (\w+): [^=]+(=.*)?$", line)
-        if line.startswith("    #"):
-            above.append(stripped.lstrip("#").strip())
-        elif match and not line.startswith("     "):
-            own = line.split("  # ", 1)[1].strip() if "  # " in line else ""
-            comments[match.group(1)] = " ".join(above + ([own] if own else []))
-            above = []
-        elif not stripped or not line.startswith("     "):
-            above = []
-    return comments
 
 
 def type_name(tp: Any) -> str:
@@ -81,113 +61,87 @@ def default_of(f: dataclasses.Field) -> Any:
     return None
 
 
-def lookup(tree: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return dataclasses.MISSING
-        tree = tree[part]
-    return tree
-
-
 def escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def sections(cls: type, prefix: str, run: dict, out: list[str], title: str | None = None) -> None:
-    """A table of the plain keys of one dataclass, then a section for each nested one."""
-    from synrep.config import CHOICES
+def sections(cls: type, prefix: str, defaults: Any, out: list[str], title: str | None = None) -> None:
+    """A table of the plain keys of one dataclass, then a section for each nested one. ``defaults``:
+    this section's values in the composed default tree, or MISSING for an entry of a map or list of
+    sections (a new entry takes the dataclass defaults)."""
+    from synrep.settings import bound_text
 
     hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
-    nested: list[tuple[str, type, str]] = []
+    nested: list[tuple[str, type, Any, str]] = []
     rows: list[str] = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         key = f"{prefix}{f.name}"
         value_tp = typing.get_args(tp)[1] if typing.get_origin(tp) is dict else None
         item_tp = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+        composed = defaults.get(f.name, dataclasses.MISSING) if isinstance(defaults, dict) else dataclasses.MISSING
         if dataclasses.is_dataclass(tp):
-            nested.append((key + ".", tp, key))
+            nested.append((key + ".", tp, composed, key))
             continue
+        default = default_of(f) if composed is dataclasses.MISSING else composed
         if value_tp is not None and dataclasses.is_dataclass(value_tp):
-            nested.append((key + ".<name>.", value_tp, f"{key}.<name>"))
-        if item_tp is not None and dataclasses.is_dataclass(item_tp):
-            nested.append((key + "[].", item_tp, f"{key}[]"))
-        plain = not (value_tp is not None and dataclasses.is_dataclass(value_tp)) and not (
-            item_tp is not None and dataclasses.is_dataclass(item_tp))
-        in_run = lookup(run, key) if "<name>" not in key and "[]" not in key else dataclasses.MISSING
-        default = default_of(f)
-        if in_run is dataclasses.MISSING or in_run == default:
-            run_text = ""
-        elif plain:
-            run_text = show(in_run)
-        else:  # a map or list of sections: what the default run names, its sections follow
-            run_text = show(list(in_run)) if isinstance(in_run, dict) else f"{len(in_run)} blocks"
-        allowed = ", ".join(f"`{c}`" for c in CHOICES.get(key, ()))
-        rows.append(f"| `{key}` | {type_name(tp)} | {show(default) if plain else '(below)'} | {run_text} "
-                    f"| {allowed} | {escape(comments.get(f.name, ''))} |")
+            nested.append((key + ".<name>.", value_tp, dataclasses.MISSING, f"{key}.<name>"))
+            shown = show(list(default))
+        elif item_tp is not None and dataclasses.is_dataclass(item_tp):
+            nested.append((key + "[].", item_tp, dataclasses.MISSING, f"{key}[]"))
+            shown = f"{len(default)} blocks" if default else "`[]`"
+        else:
+            shown = show(default)
+        allowed = ", ".join(f"`{c}`" for c in f.metadata.get("choices", ())) or bound_text(f.metadata)
+        rows.append(f"| `{key}` | {type_name(tp)} | {shown} | {escape(allowed)} | {escape(f.metadata['description'])} |")
     heading = title or prefix.rstrip(".")
     doc = inspect.getdoc(cls) if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
     if rows:
-        out += [f"### `{heading}`", ""]
+        out += [f"## `{heading}`", ""]
         if doc:
             out += [" ".join(doc.split()), ""]
-        out += ["| key | type | default | default run | allowed | meaning |",
-                "| --- | --- | --- | --- | --- | --- |", *rows, ""]
-    for sub_prefix, sub_cls, sub_title in nested:
-        sections(sub_cls, sub_prefix, run, out, sub_title)
+        out += ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |", *rows, ""]
+    for sub_prefix, sub_cls, sub_defaults, sub_title in nested:
+        sections(sub_cls, sub_prefix, sub_defaults, out, sub_title)
 
 
 def render() -> str:
     sys.path.insert(0, str(REPO / "src"))
-    from synrep.config import Config, load_config, to_dict
+    from omegaconf import OmegaConf
 
-    import os
+    from synrep.config import Config
 
-    here = Path.cwd()
-    os.chdir(REPO)  # load_config reads config/ from the working directory
-    try:
-        run = to_dict(load_config())
-    finally:
-        os.chdir(here)
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config))
     out = [
-        BEGIN,
+        "# Every config key",
         "",
-        "Generated from `src/synrep/config.py` and `config/config.yaml` by `python scripts/config_reference.py`",
-        "(`tests/test_docs.py` fails when it is out of date). *default* is the dataclass default;",
-        "*default run* the value `config/config.yaml` sets, where it differs; *allowed* the values the",
-        "loader accepts. A default longer than a table cell is cut with …; `python -m synrep config` prints",
-        "it whole.",
+        "Generated from the config sections' dataclasses (each beside the code it configures;",
+        "`src/synrep/config.py` composes them) by `python scripts/config_reference.py`; do not edit",
+        "(`tests/test_docs.py` fails when it is out of date). *default* is the default run's value, which",
+        "`config/config.yaml` repeats with comments; an entry of a map or list of sections (`<name>`, `[]`)",
+        "starts from its section's defaults. *allowed* is what the loader accepts beyond the type; the",
+        "checks of each section's settings module come on top. A default longer than a table cell is",
+        "cut with …; `python -m synrep config` prints it whole.",
         "",
     ]
-    sections(Config, "", run, out, "top level")
-    out.append(END)
-    return "\n".join(out) + "\n"
-
-
-def updated(page: str, reference: str) -> str:
-    if BEGIN in page and END in page:
-        head, rest = page.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        return head + reference + (("\n" + tail) if tail else "")
-    return page.rstrip("\n") + "\n\n## Every key\n\n" + reference
+    sections(Config, "", defaults, out, "top level")
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the page is out of date")
+    parser.add_argument("--check", action="store_true", help="exit 1 if config/README.md is out of date")
     args = parser.parse_args(argv)
-    page = PAGE.read_text()
-    new = updated(page, render())
+    new = render()
     if args.check:
-        if new != page:
-            print(f"{PAGE.relative_to(REPO)} is out of date: run python scripts/config_reference.py", file=sys.stderr)
+        if not README.exists() or README.read_text() != new:
+            print(f"{README.relative_to(REPO)} is out of date: run python scripts/config_reference.py", file=sys.stderr)
             return 1
         return 0
-    if new != page:
+    if not README.exists() or README.read_text() != new:
         from synrep.fileio import write_text
 
-        write_text(PAGE, new)
+        write_text(README, new)
     return 0
 
 

@@ -171,7 +171,7 @@ def test_compositional_metric_equals_a_hand_count_of_the_predictions(make_cfg, m
 
 
 def test_captions_hash_leaves_the_selection_out_only_while_it_is_off(small_world):
-    from synrep.config import digest, section_hash, to_dict
+    from synrep.settings import digest, section_hash, to_dict
 
     plain = load_config(tmp_overrides(small_world))
     section = {k: v for k, v in to_dict(plain.captions).items() if k not in ("skew", "skew_seed", "held_out")}

@@ -13,8 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from synrep.data import caption_readers, captions
-from synrep.data.caption_readers import CaptionFormatError, load_captions
+from synrep.data import caption_lines, caption_readers, captions
+from synrep.data.caption_lines import CaptionFormatError
+from synrep.data.caption_readers import load_captions
 from synrep.data.dedup import deduplicate, first_occurrences, normalize_caption, normalize_series
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ def test_bad_rows_tsv(tmp_path):
 
 def test_bad_rows_across_blocks(tmp_path, monkeypatch):
     """Line numbers stay right when the file is read in many small blocks."""
-    monkeypatch.setattr(caption_readers, "BLOCK_BYTES", 7)
+    monkeypatch.setattr(caption_lines, "BLOCK_BYTES", 7)
     lines = [f"caption {i}\thttp://u/{i}".encode() for i in range(1, 41)]
     lines[9] = b"bad \xff\xfe byte\thttp://u/10"
     lines[24] = b"one field"
@@ -411,8 +412,8 @@ def test_malformed_file_raises(tmp_path, case):
 
 @pytest.mark.parametrize("name, fmt", [("c.tsv", "cc3m"), ("t.csv", "table"), ("t.jsonl", "table")])
 def test_file_without_newlines_is_malformed(tmp_path, monkeypatch, name, fmt):
-    monkeypatch.setattr(caption_readers, "MAX_LINE_BYTES", 1000)
-    monkeypatch.setattr(caption_readers, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(caption_lines, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(caption_lines, "BLOCK_BYTES", 256)
     path = write(tmp_path / name, bytes(b for b in range(256) if b != 10) * 8)
     with pytest.raises(CaptionFormatError, match="longer than") as info:
         load_captions(path, fmt)
@@ -687,7 +688,7 @@ def test_run_streams_blocks_to_the_same_output(tmp_path, monkeypatch, fmt):
                 for n, i in enumerate(keep)]
     assert len(keep) < len(texts) and reference.bad.height >= 3
 
-    monkeypatch.setattr(caption_readers, "BLOCK_BYTES", 300)
+    monkeypatch.setattr(caption_lines, "BLOCK_BYTES", 300)
     monkeypatch.setattr(caption_readers, "CHUNK_ROWS", 23)
     monkeypatch.setattr(captions, "StreamingDedup",
                         functools.partial(StreamingDedup, hash_fn=lambda s: s.str.len_bytes().cast(pl.UInt64)))

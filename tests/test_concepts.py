@@ -17,7 +17,7 @@ import pytest
 
 from synrep.config import ConfigError, load_config
 from synrep.data import captions, concepts, toyworld
-from synrep.data.caption_readers import CaptionFormatError
+from synrep.data.caption_lines import CaptionFormatError
 from tests.test_captions import TOY, ref_normalize
 
 

@@ -14,7 +14,7 @@ def test_defaults_load_and_resolve():
     cfg = load_config()
     assert cfg.name == "toy"
     assert cfg.captions.path == "data/toyworld/captions_raw.tsv"  # interpolation resolved
-    # config/config.yaml overrides the dataclass defaults, key by key
+    # config/config.yaml gives the dataclass defaults' values, key by key
     embedded = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert cfg.generation.steps == embedded["generation"]["steps"]
     assert {name: s.guidance.w for name, s in cfg.sources.items() if "guidance" in embedded["sources"][name]} == {
@@ -22,6 +22,36 @@ def test_defaults_load_and_resolve():
     assert [cfg.sources[name].captions for name in cfg.sample_quality.sources] == [32, 32, 32, 32]
     assert cfg.train.augment.crop_scale == embedded["train"]["augment"]["crop_scale"]
     assert cfg.train.augment.color_jitter == [0.4, 0.4, 0.4, 0.1]  # not in the file: the default
+
+
+def leaves(tree, prefix=""):
+    """Every leaf of a nested mapping as (dotted key, value); lists are leaves."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from leaves(value, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix, tree
+
+
+def test_dataclass_defaults_are_the_shipped_config():
+    """The sections' defaults and config/config.yaml say the same, so that a reader of either (or of
+    config/README.md, made from the defaults) sees what the default run does."""
+    from omegaconf import OmegaConf
+
+    from synrep.config import Config
+
+    defaults = dict(leaves(OmegaConf.to_container(OmegaConf.structured(Config))))
+    shipped = dict(leaves(OmegaConf.to_container(load_config())))
+    assert len(defaults) > 300
+    differ = {key: (defaults.get(key, "missing"), shipped.get(key, "missing"))
+              for key in defaults.keys() | shipped.keys()
+              if key not in defaults or key not in shipped or defaults[key] != shipped[key]
+              or type(defaults[key]) is not type(shipped[key])}
+    assert differ == {}, "dataclass default vs config/config.yaml"
+    # and the file sets each value it names to something a reader can check against the dataclass
+    embedded = dict(leaves(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
+    assert embedded["generation.sampler"] == defaults["generation.sampler"] == "dpmsolver"
+    assert embedded["threads"] == defaults["threads"] == 1
 
 
 @pytest.mark.parametrize(
@@ -60,6 +90,83 @@ def test_bad_key_or_value_names_the_dotted_path(override, key):
     with pytest.raises(ConfigError) as err:
         load_config(override.split())
     assert f"'{key}'" in str(err.value)
+
+
+def just_outside(meta, tp):
+    """A value the field's metadata rules out, or None when it declares no constraint."""
+    if "choices" in meta:
+        return "not_a_choice"
+    step = 1 if tp is int else 0.5
+    for name, value in (("gt", lambda b: b), ("ge", lambda b: b - step), ("lt", lambda b: b), ("le", lambda b: b + step)):
+        if name in meta:
+            return value(meta[name])
+    return None
+
+
+def declared_constraints():
+    """(dotted key, value just outside) for every field with bounds or choices, entries of a map or
+    list of sections reached through the default run's first entry."""
+    import dataclasses
+    import typing
+
+    from synrep.config import Config
+    from synrep.settings import inner_type
+
+    found = []
+
+    def visit(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = inner_type(hints[f.name])
+            args = typing.get_args(tp)
+            if dataclasses.is_dataclass(tp):
+                visit(tp, f"{prefix}{f.name}.")
+            elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(args[1]):
+                visit(args[1], f"{prefix}{f.name}.w2.")
+            elif typing.get_origin(tp) is list and dataclasses.is_dataclass(args[0]):
+                visit(args[0], f"{prefix}{f.name}[0].")
+            else:
+                listed = typing.get_origin(tp) is list
+                bad = just_outside(f.metadata, args[0] if listed else tp)
+                if bad is not None:
+                    found.append((f"{prefix}{f.name}", [bad] if listed else bad))
+
+    visit(Config, "")
+    return found
+
+
+def test_every_declared_bound_and_choice_is_enforced():
+    """One validator reads the metadata: a value just outside any field's bounds or choices fails
+    with that key, a value on the bound passes."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from synrep.config import Config
+    from synrep.settings import check_tree
+
+    cfg = load_config()
+    cases = declared_constraints()
+    assert len(cases) > 80
+    not_enforced = []
+    for key, bad in cases:
+        if "[" in key:  # inside a list of sections: from_dotlist cannot say it
+            trial = copy.deepcopy(cfg)
+            OmegaConf.update(trial, key, bad, merge=False)
+        else:
+            trial = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={bad}".replace("'", "")]))
+        try:
+            check_tree(trial, Config)
+        except ConfigError as err:
+            where = f"'{key}[0]'" if isinstance(bad, list) else f"'{key}'"
+            if where not in str(err):
+                not_enforced.append((key, str(err)))
+        else:
+            not_enforced.append((key, "loaded"))
+    assert not_enforced == []
+    # on the bound itself: allowed where the bound is inclusive
+    check_tree(OmegaConf.merge(cfg, OmegaConf.from_dotlist(["toyworld.near_duplicate_rate=1", "train.checkpoint_seconds=0",
+                                                            "sources.w2.filter.min_score=100"])), Config)
 
 
 def test_bad_key_in_experiment_file_names_file_and_key(tmp_path):
@@ -143,7 +250,7 @@ def test_no_config_folder_is_one_clear_line(tmp_path):
 def test_schedule_extends_and_method_settings(tmp_path, monkeypatch):
     """A named schedule sits above its experiment file and below the command line; ``extends``
     loads the parent experiment first; ``train.by_method`` reaches only its method's runs."""
-    from synrep.config import method_train
+    from synrep.learning.settings import method_train
 
     folder = tmp_path / "config"
     (folder / "experiment").mkdir(parents=True)

@@ -177,7 +177,7 @@ def test_a_v_prediction_dreambooth_run_with_prior_preservation_has_the_old_loss_
         tmp_path, make_cfg, tiny_sd_pipeline_dir, monkeypatch):
     from diffusers import DDIMScheduler
 
-    from synrep.data import toyworld
+    from synrep.data import toy_subject
     from synrep.generation import dreambooth as db
     from tests.test_dreambooth import TINY_RUN, fresh
 
@@ -185,7 +185,7 @@ def test_a_v_prediction_dreambooth_run_with_prior_preservation_has_the_old_loss_
                    "dreambooth.max_train_steps=2", "dreambooth.with_prior_preservation=true")
     pipe = fresh(tiny_sd_pipeline_dir)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
-    images, _ = toyworld.render_subject(cfg, 2, 0)
+    images, _ = toy_subject.render_subject(cfg, 2, 0)
     new_loss, compared = db.dreambooth_loss, []
 
     def both(pred, noise, x0, t, scheduler, prior, weight):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from synrep.data import toyworld
+from synrep.data import toy_subject, toyworld
 from synrep.generation import dreambooth as db
 from synrep.generation.pipelines import load_pipeline
 
@@ -42,9 +42,9 @@ def changed(before: dict, module) -> bool:
 
 def test_subject_renders_deterministically_and_differs_from_its_near_misses(make_cfg):
     cfg = make_cfg()
-    a, attrs = toyworld.render_subject(cfg, 6, 3)
-    b, _ = toyworld.render_subject(cfg, 6, 3)
-    other_seed, _ = toyworld.render_subject(cfg, 6, 4)
+    a, attrs = toy_subject.render_subject(cfg, 6, 3)
+    b, _ = toy_subject.render_subject(cfg, 6, 3)
+    other_seed, _ = toy_subject.render_subject(cfg, 6, 4)
     assert a.dtype == np.uint8 and a.shape == (6, 16, 16, 3)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, other_seed)
@@ -52,28 +52,28 @@ def test_subject_renders_deterministically_and_differs_from_its_near_misses(make
     assert all(x.shape == ring for x in attrs)
     # equal streams: the near misses differ from the subject only where the notch or a tone is
     for variant in ("no_notch", "one_tone"):
-        near, _ = toyworld.render_subject(cfg, 6, 3, variant=variant)
+        near, _ = toy_subject.render_subject(cfg, 6, 3, variant=variant)
         differs = (near != a).any(-1).sum(axis=(1, 2))
         assert (differs > 0).all() and (differs < 16 * 16 / 4).all(), (variant, differs)
-    plain, plain_attrs = toyworld.render_subject(cfg, 6, 3, variant="plain")
+    plain, plain_attrs = toy_subject.render_subject(cfg, 6, 3, variant="plain")
     assert not np.array_equal(plain, a) and all(x.shape == ring for x in plain_attrs)
 
 
 def test_subject_takes_the_worlds_backgrounds_and_sizes(make_cfg):
     cfg = make_cfg()
-    dark, dark_attrs = toyworld.render_subject(cfg, 8, 0, background="dark", size="large")
-    light, light_attrs = toyworld.render_subject(cfg, 8, 0, background=1, size=0)
+    dark, dark_attrs = toy_subject.render_subject(cfg, 8, 0, background="dark", size="large")
+    light, light_attrs = toy_subject.render_subject(cfg, 8, 0, background=1, size=0)
     assert {a.background for a in dark_attrs} == {0} and {a.size for a in dark_attrs} == {1}
     assert {a.background for a in light_attrs} == {1} and {a.size for a in light_attrs} == {0}
     # corners are background: dark ones stay below the light range
     corners = lambda x: x[:, [0, 0, -1, -1], [0, -1, 0, -1]].mean()  # noqa: E731
     assert corners(dark) < 110 < corners(light)
-    drawn, drawn_attrs = toyworld.render_subject(cfg, 32, 0)
+    drawn, drawn_attrs = toy_subject.render_subject(cfg, 32, 0)
     assert {a.background for a in drawn_attrs} == {0, 1} and {a.size for a in drawn_attrs} == {0, 1}
     with pytest.raises(ValueError, match="background 'grey'"):
-        toyworld.render_subject(cfg, 1, 0, background="grey")
-    images, attrs, names = toyworld.render_other_rings(cfg, 6, 0)
-    assert names == list(toyworld.NEAR_MISS_VARIANTS) * 2 and len(attrs) == 6 and images.shape[0] == 6
+        toy_subject.render_subject(cfg, 1, 0, background="grey")
+    images, attrs, names = toy_subject.render_other_rings(cfg, 6, 0)
+    assert names == list(toy_subject.NEAR_MISS_VARIANTS) * 2 and len(attrs) == 6 and images.shape[0] == 6
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_stable_diffusion_fine_tune_trains_the_unet_through_the_vae(tmp_path, ma
                    "dreambooth.max_train_steps=2", "dreambooth.train_text_encoder=true")
     pipe = fresh(tiny_sd_pipeline_dir)
     before = {name: state(getattr(pipe, name)) for name in ("unet", "text_encoder", "vae")}
-    images, _ = toyworld.render_subject(cfg, 2, 0)
+    images, _ = toy_subject.render_subject(cfg, 2, 0)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor  # SD's own size (16 px for the tiny one)
     summary = db.train_dreambooth(pipe, images[:, ::2, ::2], cfg.dreambooth, tmp_path / "class",
                                   db.sampling_settings(cfg.dreambooth, cfg.generation), progress=False)
@@ -286,7 +286,7 @@ def test_quality_step_writes_tables_with_intervals_over_seeds(make_cfg, small_wo
         # the fine-tunes as the train step saves them (its MLflow run left out, for time)
         train_cfg = make_cfg(*common, f"dreambooth.with_prior_preservation={prior}")
         pipe = fresh(tiny_toy_pipeline_dir)
-        images, _ = toyworld.render_subject(train_cfg, 2, 0)
+        images, _ = toy_subject.render_subject(train_cfg, 2, 0)
         summary = db.train_dreambooth(pipe, images, train_cfg.dreambooth, tmp_path / "class",
                                       db.sampling_settings(train_cfg.dreambooth, train_cfg.generation), progress=False)
         db.save_model(pipe, tmp_path / name, train_cfg, summary)
@@ -341,7 +341,7 @@ def test_subject_probe_compares_the_sweeps_runs_by_source(learning_world):
     assert "| w2 | 2 |" in out["table"].read_text()
     # the four classes are the subject and its near misses, in equal numbers, renders of their own
     assert (labels["test"] == np.repeat(np.arange(4), 24)).all()
-    np.testing.assert_array_equal(images["test"][:24], toyworld.render_subject(
+    np.testing.assert_array_equal(images["test"][:24], toy_subject.render_subject(
         cfg, 24, [cfg.dreambooth.probe.seed, 2, 0], variant="subject")[0])
 
 

@@ -1,7 +1,8 @@
 """The package's layers: imports go only downwards, data -> generation -> learning -> evaluation ->
-experiments, over a base of config, the method and source-mode tables, file IO, tables and MLflow
-helpers (the command line sits on top); no import cycle between modules or packages, imports inside
-functions included."""
+experiments, over a base of settings (what a config section is made of, the helpers on a loaded
+config), the method and source-mode tables, file IO, tables and MLflow helpers; the config's
+composition and loading sit above the packages whose sections they compose, and the command line on
+top; no import cycle between modules or packages, imports inside functions included."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 from tests.conftest import REPO
 
 PACKAGE = REPO / "src" / "synrep"
-LAYERS = {"config": 0, "training_methods": 0, "source_modes": 0, "fileio": 0, "tracking": 0, "tables": 0, "images": 0,
-          "data": 1, "generation": 2, "learning": 3, "evaluation": 4, "experiments": 5, "__main__": 6, "__init__": 6}
+LAYERS = {"settings": 0, "training_methods": 0, "source_modes": 0, "fileio": 0, "tracking": 0, "tables": 0, "images": 0,
+          "data": 1, "generation": 2, "learning": 3, "evaluation": 4, "experiments": 5, "config": 6, "__main__": 7,
+          "__init__": 7}
 # Imports inside functions hide cycles and the order of layers from a reader of a module's top; most
 # left are lazy imports of heavy steps (torch, diffusers) that keep the command line quick. The
 # ceiling only goes down.

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from synrep.experiments import report, sweep, sweep_run
+from synrep.experiments import ablation_tables, sweep, sweep_run
 from synrep.config import load_config, save_resolved
 from tests.conftest import REPO
 
@@ -34,9 +34,9 @@ def test_notebook_draws_the_report_from_mlflow(learning_world, tmp_path, monkeyp
     assert all(spec.run_id in html for spec in runs)
     # The notebook reads MLflow; the same tables built from the runs' metrics.json files, as the
     # Snakemake report does, must show the same cells.
-    files = report.load_runs([sweep.run_output_dir(cfg, spec) / "metrics.json" for spec in runs])
+    files = ablation_tables.load_runs([sweep.run_output_dir(cfg, spec) / "metrics.json" for spec in runs])
     primary = f"probe_{cfg.eval.targets[0]}"
-    title, table = report.table_w(files, primary, cfg)
+    title, table = ablation_tables.table_w(files, primary, cfg)
     assert title in text
     cells = [cell for row in table.iter_rows() for cell in row[1:]]
     assert len(cells) == len(runs) and all(html_escape(cell) in html for cell in cells), (cells, html)

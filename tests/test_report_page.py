@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from synrep.experiments import page, report, sweep, sweep_run
+from synrep.experiments import ablation_tables, page, report, report_plots, sweep, sweep_run
 from synrep.fileio import write_json
 from tests.test_sweep_report import GRIDS, fabricate
 
@@ -78,11 +78,11 @@ def test_plots_with_two_values_on_their_axis_are_drawn_and_ask_their_question(ma
     out = report.build(cfg, paths, [tmp_path / "baselines.json"], tmp_path / "ablations")
     plots = {p["name"]: p for p in json.loads(out["plots"].read_text())["plots"]}
     assert {n for n, p in plots.items() if p["file"]} == {"accuracy_vs_w", "lm_heatmap"}
-    df = report.load_runs(paths)
-    fig = report.figure_accuracy_vs_w(df, "probe_shape", cfg)
+    df = ablation_tables.load_runs(paths)
+    fig = report_plots.figure_accuracy_vs_w(df, "probe_shape", cfg)
     assert plot_points(fig) == len(ws) > 1
     assert "?" in fig.axes[0].get_title()
-    heat = report.figure_lm_heatmap(df, "probe_shape")
+    heat = report_plots.figure_lm_heatmap(df, "probe_shape")
     assert plot_points(heat) == len(lm) > 1 and "?" in heat.axes[0].get_title()
 
 

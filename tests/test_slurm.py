@@ -207,7 +207,7 @@ def test_concurrent_sweep_runs_log_to_one_mlflow_store(slurm_cluster, tmp_path, 
     import mlflow
 
     from synrep.config import save_resolved
-    from synrep.experiments import report, sweep, sweep_run
+    from synrep.experiments import ablation_tables, report, sweep, sweep_run
     from synrep.tracking import tracking_uri
 
     cfg = make_cfg("name=slurm_mlflow", "sweep.grids=[{method:[stablerep],data:[w2]}]",
@@ -255,7 +255,7 @@ def test_concurrent_sweep_runs_log_to_one_mlflow_store(slurm_cluster, tmp_path, 
     assert runs["fewshot_shape"].to_list() == pytest.approx([0.3 + s / 100 for s in seeds])
     assert runs["train_seconds"].to_list() == pytest.approx([10.0 + s for s in seeds])
     # ... agrees with the metrics files the jobs wrote, and each child run logged its own config.
-    files = report.load_runs(report.run_paths(cfg)).sort("seed")
+    files = ablation_tables.load_runs(report.run_paths(cfg)).sort("seed")
     assert files["probe_shape"].to_list() == runs["probe_shape"].to_list()
     children = client.search_runs([experiment.experiment_id], f"tags.`synrep.sweep_parent` = '{parent}'")
     assert len(children) == N_JOBS

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from synrep.config import TOY_ATTRIBUTES, ConfigError
+from synrep.config import ConfigError
+from synrep.evaluation.settings import TOY_ATTRIBUTES
 from synrep.evaluation import evaluate
 from synrep.evaluation.features import SPLITS, EvalData, load_eval_data
 from synrep.evaluation.linear_probe import ProbeHeads, linear_probe

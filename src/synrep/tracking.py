@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
-from synrep.config import to_dict
+from synrep.settings import to_dict
 
 # MLflow 3's UI reads the experiment's kind from this tag ("Machine learning" rather than "GenAI
 # apps & agents"); 3.17 decides by its own workflow switch instead, which ``runs_page`` sets.

@@ -37,47 +37,25 @@ cc3m / cc12m, a caption column that mostly holds URLs means the two formats were
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import csv
-import gzip
 import json
-import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
 import polars as pl
 
-from synrep.config import InputError
+from synrep.data.caption_lines import (BAD_KINDS, BAD_SCHEMA, MAJORITY, ROW_SCHEMA, SHOW_CHARS, SURROGATE, URL_LIKE,
+                                        BadRows, CaptionFormatError, Tally, check_majority, clean_url, decode_lines,
+                                        line_blocks, numbered_lines, open_binary, read_errors, rows_frame, shown,
+                                        text_or_bad)
 from synrep.data.dedup import normalize_series
 
-__all__ = ["BAD_KINDS", "FORMATS", "CaptionBlock", "CaptionFormatError", "CaptionStream", "LoadedCaptions",
-           "load_captions", "table_kind"]
+__all__ = ["FORMATS", "CaptionBlock", "CaptionStream", "LoadedCaptions", "load_captions", "table_kind"]
 
-BAD_KINDS = ("undecodable", "fields", "nul", "empty", "too_long")
 FORMATS = ("cc3m", "cc12m", "redcaps", "laion", "table")
-
-# Bytes read at a time from text files (line-aligned blocks are processed with polars).
-BLOCK_BYTES = 8 << 20
 # Rows handed on at a time by the readers that go row by row (CSV, JSONL, RedCaps, parquet)
 CHUNK_ROWS = 100_000
-# Longest line accepted in a text file
-MAX_LINE_BYTES = 64 << 20
-# A text file where more than this fraction of rows are bad in one structural way is malformed.
-MAJORITY = 0.5
-# Characters of the repr of a bad row kept in the report
-SHOW_CHARS = 200
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_URL_LIKE = r"^[A-Za-z][A-Za-z0-9+.\-]*://\S*$"
-
-
-class CaptionFormatError(InputError):
-    """A caption file cannot be read as the configured format (names the file and the problem)."""
-
-
 
 
 @dataclass
@@ -101,175 +79,7 @@ class LoadedCaptions:
         return counts
 
 
-_ROW_SCHEMA = {"source_line": pl.Int64, "caption": pl.String, "url": pl.String}
-_BAD_SCHEMA = {"source_line": pl.Int64, "kind": pl.String, "text": pl.String}
-
-
-def _show(value: str | bytes) -> str:
-    text = repr(value)
-    return text if len(text) <= SHOW_CHARS else text[: SHOW_CHARS - 3] + "..."
-
-
-class _BadRows:
-    """Bad rows counted by kind, with the first of each kind for messages. The rows themselves
-    are held only until :meth:`take`, so that a file's bad rows never pile up in memory."""
-
-    def __init__(self, unit: str = "line") -> None:
-        self.unit = unit
-        self.lines: list[int] = []
-        self.kinds: list[str] = []
-        self.texts: list[str] = []
-        self.counts: collections.Counter[str] = collections.Counter()
-        self._first: dict[str, tuple[int, str]] = {}
-
-    def add(self, line: int, kind: str, value: str | bytes) -> None:
-        text = _show(value)
-        self.lines.append(line)
-        self.kinds.append(kind)
-        self.texts.append(text)
-        self.counts[kind] += 1
-        self._first.setdefault(kind, (line, text))
-
-    def note(self, frame: pl.DataFrame) -> None:
-        """Count already-formatted bad rows (source_line, kind, text, in order) without keeping them."""
-        for src, kind, text in frame.iter_rows():
-            self.counts[kind] += 1
-            self._first.setdefault(kind, (src, text))
-
-    def count(self, kind: str) -> int:
-        return self.counts[kind]
-
-    def first(self, kind: str) -> str:
-        line, text = self._first[kind]
-        return f"{self.unit} {line}: {text}"
-
-    def take(self) -> pl.DataFrame:
-        """The rows added since the last call, as a frame."""
-        frame = pl.DataFrame(
-            {"source_line": self.lines, "kind": self.kinds, "text": self.texts}, schema=_BAD_SCHEMA
-        )
-        self.lines, self.kinds, self.texts = [], [], []
-        return frame
-
-
-@contextlib.contextmanager
-def _open_binary(path: Path) -> Iterator[IO[bytes]]:
-    """Open a file for reading bytes, through gzip if it is compressed."""
-    if not path.exists():
-        raise CaptionFormatError(f"{path}: no such file")
-    if not path.is_file():
-        raise CaptionFormatError(f"{path}: not a file")
-    with _read_errors(path), open(path, "rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-        raw.seek(0)
-        if gz or path.suffix.lower() == ".gz":
-            with gzip.GzipFile(fileobj=raw, mode="rb") as handle:
-                yield handle
-        else:
-            yield raw
-
-
-@contextlib.contextmanager
-def _read_errors(path: Path) -> Iterator[None]:
-    """Turn I/O and decompression errors into CaptionFormatError naming the file."""
-    try:
-        yield
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise CaptionFormatError(f"{path}: truncated or corrupt gzip data ({err})") from err
-    except OSError as err:
-        raise CaptionFormatError(f"{path}: cannot read ({err})") from err
-
-
-def _line_blocks(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(number of its first line, block)``: blocks of whole lines joined by ``\\n``,
-    without the final newline. A file's last line needs no newline; a UTF-8 BOM is dropped.
-    A line longer than MAX_LINE_BYTES raises (not a line-based text file)."""
-    line_no = 1
-    pending: list[bytes] = []  # the start of an unfinished line
-    pending_bytes = 0
-    first = True
-    while True:
-        chunk = handle.read(BLOCK_BYTES)  # read at call time: tests shrink it
-        if first:
-            first = False
-            if chunk.startswith(b"\xef\xbb\xbf"):
-                chunk = chunk[3:]
-        if not chunk:
-            if pending_bytes:
-                yield line_no, b"".join(pending)
-            return
-        cut = chunk.rfind(b"\n")
-        if cut < 0:
-            pending.append(chunk)
-            pending_bytes += len(chunk)
-            if pending_bytes > MAX_LINE_BYTES:
-                raise CaptionFormatError(
-                    f"{path}: line {line_no} is longer than {MAX_LINE_BYTES >> 20} MiB; "
-                    "not a line-based text file?"
-                )
-            continue
-        block = b"".join([*pending, chunk[:cut]]) if pending else chunk[:cut]
-        pending, pending_bytes = [chunk[cut + 1 :]], len(chunk) - cut - 1
-        yield line_no, block
-        line_no += block.count(b"\n") + 1
-
-
-def _lines(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
-    """``(line number, line)``, the line without its ``\\n``."""
-    for first_line, block in _line_blocks(handle, path):
-        for i, line in enumerate(block.split(b"\n")):
-            yield first_line + i, line
-
-
-def _decode_lines(block: bytes) -> tuple[list[str | None], dict[int, bytes]]:
-    """Split a block into lines decoded as UTF-8; undecodable lines are None (raw bytes kept)."""
-    try:
-        return block.decode("utf-8").split("\n"), {}
-    except UnicodeDecodeError:
-        pass
-    lines: list[str | None] = []
-    raw_bad: dict[int, bytes] = {}
-    for i, raw in enumerate(block.split(b"\n")):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            lines.append(None)
-            raw_bad[i] = raw
-    return lines, raw_bad
-
-
-def _too_many(path: Path, bad: _BadRows, rows_in: int, final: bool, what: str) -> None:
-    """Fail when most rows so far are bad in a structural way (checked early on big files)."""
-    if not final and rows_in < 1000:
-        return
-    n_fields = bad.count("fields")
-    if n_fields and n_fields > MAJORITY * rows_in:
-        raise CaptionFormatError(
-            f"{path}: {n_fields} of {rows_in} rows {what}, e.g. {bad.first('fields')}; "
-            "wrong delimiter or format?"
-        )
-    n_enc = bad.count("undecodable") + bad.count("nul")
-    if n_enc and n_enc > MAJORITY * rows_in:
-        example = bad.first("undecodable") if bad.count("undecodable") else bad.first("nul")
-        raise CaptionFormatError(
-            f"{path}: {n_enc} of {rows_in} rows are not valid UTF-8 text or hold NUL characters, "
-            f"e.g. {example}; not a UTF-8 text file (UTF-16? binary?)"
-        )
-
-
-class _Tally:
-    """What a reader has seen so far: data rows and bad rows."""
-
-    def __init__(self, unit: str = "line") -> None:
-        self.rows_in = 0
-        self.bad = _BadRows(unit)
-
-
-def _frame(lines: list[int], captions: list[str], urls: list[str | None]) -> pl.DataFrame:
-    return pl.DataFrame({"source_line": lines, "caption": captions, "url": urls}, schema=_ROW_SCHEMA)
-
-
-def _read_tsv(path: Path, fmt: str, column: str, tally: _Tally) -> Iterator[pl.DataFrame]:
+def _read_tsv(path: Path, fmt: str, column: str, tally: Tally) -> Iterator[pl.DataFrame]:
     """cc3m / cc12m / a table .tsv (header line): tab-separated, no quoting, one row per line."""
     if fmt == "cc3m":
         n_fields, cap_i, url_i = 2, 0, 1
@@ -282,14 +92,14 @@ def _read_tsv(path: Path, fmt: str, column: str, tally: _Tally) -> Iterator[pl.D
         layout = "tab-separated with a header line"
     bad = tally.bad
     n_rows = n_url = 0  # usable rows, and those whose caption is a URL (swapped columns?)
-    with _open_binary(path) as handle, _read_errors(path):
-        for first_line, block in _line_blocks(handle, path):
+    with open_binary(path) as handle, read_errors(path):
+        for first_line, block in line_blocks(handle, path):
             if n_fields is None:
                 head, sep, block = block.partition(b"\n")
                 try:
                     header = head.decode("utf-8").rstrip("\r").split("\t")
                 except UnicodeDecodeError:
-                    raise CaptionFormatError(f"{path}: header line is not UTF-8: {_show(head)}") from None
+                    raise CaptionFormatError(f"{path}: header line is not UTF-8: {shown(head)}") from None
                 if column not in header:
                     hint = "; wrong delimiter?" if len(header) == 1 else ""
                     raise CaptionFormatError(
@@ -301,7 +111,7 @@ def _read_tsv(path: Path, fmt: str, column: str, tally: _Tally) -> Iterator[pl.D
                 first_line += 1
                 if not sep:
                     continue
-            lines, raw_bad = _decode_lines(block)
+            lines, raw_bad = decode_lines(block)
             tally.rows_in += len(lines)
             frame = pl.DataFrame({"line": pl.Series(lines, dtype=pl.String)}).with_columns(
                 source_line=pl.int_range(first_line, first_line + len(lines), dtype=pl.Int64),
@@ -328,12 +138,12 @@ def _read_tsv(path: Path, fmt: str, column: str, tally: _Tally) -> Iterator[pl.D
             del frame
             n_rows += rows.height
             if fmt in ("cc3m", "cc12m") and rows.height:
-                n_url += rows.select(pl.col("caption").str.contains(_URL_LIKE).sum()).item()
-            _too_many(path, bad, tally.rows_in, False, f"do not have {n_fields} tab-separated fields ({layout})")
+                n_url += rows.select(pl.col("caption").str.contains(URL_LIKE).sum()).item()
+            check_majority(path, bad, tally.rows_in, False, f"do not have {n_fields} tab-separated fields ({layout})")
             yield rows
     if n_fields is None:
         raise CaptionFormatError(f"{path}: empty file (no header line)")
-    _too_many(path, bad, tally.rows_in, True, f"do not have {n_fields} tab-separated fields ({layout})")
+    check_majority(path, bad, tally.rows_in, True, f"do not have {n_fields} tab-separated fields ({layout})")
     if n_url > MAJORITY * n_rows:
         raise CaptionFormatError(
             f"{path}: the caption field of {n_url} of {n_rows} rows is a URL; the columns "
@@ -341,32 +151,15 @@ def _read_tsv(path: Path, fmt: str, column: str, tally: _Tally) -> Iterator[pl.D
         )
 
 
-def _text_or_bad(value: object) -> tuple[str | None, str | None]:
-    """A JSON value as a caption: (text, None) or (None, bad kind)."""
-    if value is None:
-        return None, "empty"
-    if not isinstance(value, str):
-        return None, "fields"
-    if _SURROGATE.search(value):
-        return None, "undecodable"
-    return value, None
-
-
-def _clean_url(value: object) -> str | None:
-    if isinstance(value, str) and not _SURROGATE.search(value):
-        return value
-    return None
-
-
-def _read_csv(path: Path, column: str, tally: _Tally) -> Iterator[pl.DataFrame]:
+def _read_csv(path: Path, column: str, tally: Tally) -> Iterator[pl.DataFrame]:
     """A table .csv with a header line, RFC 4180 quoting (records may span lines)."""
     bad = tally.bad
     lines: list[int] = []
     captions: list[str] = []
     urls: list[str | None] = []
-    with _open_binary(path) as handle, _read_errors(path):
+    with open_binary(path) as handle, read_errors(path):
         # Bytes that are not UTF-8 become lone surrogates, found per record below.
-        stream = (line.decode("utf-8", "surrogateescape") + "\n" for _, line in _lines(handle, path))
+        stream = (line.decode("utf-8", "surrogateescape") + "\n" for _, line in numbered_lines(handle, path))
         reader = csv.reader(stream)
         try:
             header = next(reader, None)
@@ -382,7 +175,7 @@ def _read_csv(path: Path, column: str, tally: _Tally) -> Iterator[pl.DataFrame]:
                 line, start = start, reader.line_num + 1
                 tally.rows_in += 1
                 joined = ",".join(row)
-                if _SURROGATE.search(joined):
+                if SURROGATE.search(joined):
                     bad.add(line, "undecodable", joined.encode("utf-8", "surrogateescape"))
                 elif not row or (len(row) == 1 and not row[0].strip()):
                     bad.add(line, "empty", joined)
@@ -393,27 +186,27 @@ def _read_csv(path: Path, column: str, tally: _Tally) -> Iterator[pl.DataFrame]:
                     captions.append(row[cap_i])
                     urls.append(row[url_i] if url_i is not None else None)
                 if tally.rows_in % CHUNK_ROWS == 0:
-                    _too_many(path, bad, tally.rows_in, False, f"do not have {n_fields} comma-separated fields")
-                    yield _frame(lines, captions, urls)
+                    check_majority(path, bad, tally.rows_in, False, f"do not have {n_fields} comma-separated fields")
+                    yield rows_frame(lines, captions, urls)
                     lines, captions, urls = [], [], []
         except csv.Error as err:
             raise CaptionFormatError(f"{path}: line {reader.line_num}: {err} (unbalanced quote?)") from err
-    yield _frame(lines, captions, urls)
-    _too_many(path, bad, tally.rows_in, True, f"do not have {n_fields} comma-separated fields")
+    yield rows_frame(lines, captions, urls)
+    check_majority(path, bad, tally.rows_in, True, f"do not have {n_fields} comma-separated fields")
 
 
-def _read_jsonl(path: Path, column: str, tally: _Tally) -> Iterator[pl.DataFrame]:
+def _read_jsonl(path: Path, column: str, tally: Tally) -> Iterator[pl.DataFrame]:
     """A table .jsonl: one JSON object per line."""
     bad = tally.bad
     lines: list[int] = []
     captions: list[str] = []
     urls: list[str | None] = []
     seen_column = False
-    with _open_binary(path) as handle, _read_errors(path):
-        for line_no, raw in _lines(handle, path):
+    with open_binary(path) as handle, read_errors(path):
+        for line_no, raw in numbered_lines(handle, path):
             if tally.rows_in and tally.rows_in % CHUNK_ROWS == 0:  # the rows so far, before this one
-                _too_many(path, bad, tally.rows_in, False, f"are not JSON objects with a {column!r} key")
-                yield _frame(lines, captions, urls)
+                check_majority(path, bad, tally.rows_in, False, f"are not JSON objects with a {column!r} key")
+                yield rows_frame(lines, captions, urls)
                 lines, captions, urls = [], [], []
             tally.rows_in += 1
             raw = raw.removesuffix(b"\r")
@@ -433,24 +226,24 @@ def _read_jsonl(path: Path, column: str, tally: _Tally) -> Iterator[pl.DataFrame
                 bad.add(line_no, "fields", text)
                 continue
             seen_column = True
-            caption, kind = _text_or_bad(obj[column])
+            caption, kind = text_or_bad(obj[column])
             if kind:
                 bad.add(line_no, kind, obj[column] if kind != "fields" else text)
                 continue
             lines.append(line_no)
             captions.append(caption)
-            urls.append(_clean_url(obj.get("url", obj.get("URL"))))
-    yield _frame(lines, captions, urls)
+            urls.append(clean_url(obj.get("url", obj.get("URL"))))
+    yield rows_frame(lines, captions, urls)
     if tally.rows_in and not seen_column and bad.count("fields"):
         raise CaptionFormatError(f"{path}: no line is a JSON object with the column {column!r}, "
                                  f"e.g. {bad.first('fields')}")
-    _too_many(path, bad, tally.rows_in, True, f"are not JSON objects with a {column!r} key")
+    check_majority(path, bad, tally.rows_in, True, f"are not JSON objects with a {column!r} key")
 
 
-def _read_redcaps(path: Path, tally: _Tally) -> Iterator[pl.DataFrame]:
+def _read_redcaps(path: Path, tally: Tally) -> Iterator[pl.DataFrame]:
     """RedCaps annotation JSON; ``source_line`` is the 0-based index in ``annotations``. The file
     is one JSON document, parsed whole (RedCaps ships one per subreddit and year)."""
-    with _open_binary(path) as handle, _read_errors(path):
+    with open_binary(path) as handle, read_errors(path):
         data = handle.read()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -471,24 +264,24 @@ def _read_redcaps(path: Path, tally: _Tally) -> Iterator[pl.DataFrame]:
     urls: list[str | None] = []
     for i, item in enumerate(annotations):
         if i and i % CHUNK_ROWS == 0:
-            yield _frame(lines, captions, urls)
+            yield rows_frame(lines, captions, urls)
             lines, captions, urls = [], [], []
         if not isinstance(item, dict) or "caption" not in item:
             bad.add(i, "fields", json.dumps(item)[:SHOW_CHARS])
             continue
-        caption, kind = _text_or_bad(item["caption"])
+        caption, kind = text_or_bad(item["caption"])
         if kind:
             bad.add(i, kind, item["caption"] if kind != "fields" else json.dumps(item)[:SHOW_CHARS])
             continue
         lines.append(i)
         captions.append(caption)
-        urls.append(_clean_url(item.get("url")))
-    yield _frame(lines, captions, urls)
+        urls.append(clean_url(item.get("url")))
+    yield rows_frame(lines, captions, urls)
     if annotations and bad.count("fields") == len(annotations):
         raise CaptionFormatError(f"{path}: no annotation has a 'caption', e.g. {bad.first('fields')}")
 
 
-def _read_parquet(path: Path, column: str, url_column: str | None, tally: _Tally) -> Iterator[pl.DataFrame]:
+def _read_parquet(path: Path, column: str, url_column: str | None, tally: Tally) -> Iterator[pl.DataFrame]:
     """A parquet file, read a batch at a time; ``source_line`` is the 0-based row index."""
     import pyarrow.parquet as pq
 
@@ -562,9 +355,9 @@ def _check_content(
         {
             "source_line": flagged["source_line"],
             "kind": flagged["_kind"],
-            "text": [_show(t) for t in flagged["caption"].to_list()],
+            "text": [shown(t) for t in flagged["caption"].to_list()],
         },
-        schema=_BAD_SCHEMA,
+        schema=BAD_SCHEMA,
     )
     return good, good_norm, bad
 
@@ -603,7 +396,7 @@ class CaptionStream:
         self.rows_in = 0  # data rows in the file (lines, less the header, for text files)
         self.rows_usable = 0
         self.head_bad: list[tuple[int, str, str]] = []  # the first 3 bad rows (source_line, kind, text)
-        self._bad = _BadRows(self.position)
+        self._bad = BadRows(self.position)
 
     @property
     def bad_total(self) -> int:
@@ -612,7 +405,7 @@ class CaptionStream:
     def bad_counts(self) -> dict[str, int]:
         return {kind: self._bad.count(kind) for kind in BAD_KINDS}
 
-    def _reader(self, tally: _Tally) -> Iterator[pl.DataFrame]:
+    def _reader(self, tally: Tally) -> Iterator[pl.DataFrame]:
         path, fmt, column = self.path, self.format, self.column
         if fmt in ("cc3m", "cc12m"):
             return _read_tsv(path, fmt, column, tally)
@@ -628,7 +421,7 @@ class CaptionStream:
             return _read_jsonl(path, column, tally)
         return _read_parquet(path, column, None, tally)
 
-    def _block(self, rows: pl.DataFrame, tally: _Tally) -> CaptionBlock:
+    def _block(self, rows: pl.DataFrame, tally: Tally) -> CaptionBlock:
         rows, norm, content_bad = _check_content(rows, self.max_length)
         bad = pl.concat([tally.bad.take(), content_bad]).sort("source_line", maintain_order=True)
         self._bad.note(bad)
@@ -639,16 +432,16 @@ class CaptionStream:
         return CaptionBlock(rows, norm, bad)
 
     def __iter__(self) -> Iterator[CaptionBlock]:
-        tally = _Tally(self.position)
+        tally = Tally(self.position)
         for rows in self._reader(tally):
             yield self._block(rows, tally)
         if tally.bad.lines:  # bad rows after the last block of usable rows
-            yield self._block(pl.DataFrame(schema=_ROW_SCHEMA), tally)
+            yield self._block(pl.DataFrame(schema=ROW_SCHEMA), tally)
         self.rows_in = tally.rows_in
         if self.rows_in == 0:
             raise CaptionFormatError(f"{self.path}: no caption rows (empty file)")
         # NUL captions found only by the content check count towards the "not a text file" rule.
-        _too_many(self.path, self._bad, self.rows_in, True, "have the wrong structure")
+        check_majority(self.path, self._bad, self.rows_in, True, "have the wrong structure")
 
 
 def load_captions(
@@ -658,8 +451,8 @@ def load_captions(
     its usable rows and its bad rows. Raises :class:`CaptionFormatError` for a malformed file."""
     stream = CaptionStream(path, fmt, column=column, max_length=max_length)
     blocks = list(stream)
-    rows = pl.concat([b.rows for b in blocks], rechunk=False) if blocks else pl.DataFrame(schema=_ROW_SCHEMA)
+    rows = pl.concat([b.rows for b in blocks], rechunk=False) if blocks else pl.DataFrame(schema=ROW_SCHEMA)
     norm = pl.concat([b.norm for b in blocks]) if blocks else pl.Series("caption", [], dtype=pl.String)
-    bad = pl.concat([b.bad for b in blocks]) if blocks else pl.DataFrame(schema=_BAD_SCHEMA)
+    bad = pl.concat([b.bad for b in blocks]) if blocks else pl.DataFrame(schema=BAD_SCHEMA)
     return LoadedCaptions(path=stream.path, format=fmt, rows_in=stream.rows_in, rows=rows, bad=bad,
                           position=stream.position, norm=norm)

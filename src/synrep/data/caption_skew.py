@@ -24,7 +24,8 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.config import ConfigError, InputError, to_dict, toy_attribute_values
+from synrep.data.settings import toy_attribute_values
+from synrep.settings import ConfigError, InputError, to_dict
 from synrep.data.toyworld import TRAIN_URL, world_dir
 
 __all__ = ["CaptionSelection", "selection", "uniform_draws"]

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.config import ConfigError, InputError, run_dir, save_resolved
+from synrep.settings import ConfigError, InputError, run_dir, save_resolved
 from synrep.data.caption_readers import CaptionStream
 from synrep.data.caption_skew import CaptionSelection, selection
 from synrep.data.concepts import ConceptStream
@@ -104,7 +104,6 @@ def _stream_dedup(stream: CaptionStream, scratch: dict[str, Path], limit: int | 
     (kept id, text) of the duplicates whose text differs from their kept caption). With ``select``
     (a skewed caption set, held-out pairs) only the distinct captions it keeps are written, until
     ``limit`` of them are."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     kept_text = StringStore(scratch["kept_text"])  # kept captions by id, to verify hash matches

@@ -38,7 +38,8 @@ import polars as pl
 from omegaconf import DictConfig
 
 from synrep.data import toyworld
-from synrep.data.caption_readers import CaptionFormatError, CaptionStream, _BadRows, _Tally
+from synrep.data.caption_lines import BadRows, CaptionFormatError, Tally
+from synrep.data.caption_readers import CaptionStream
 from synrep.data.dedup import normalize_series
 
 __all__ = ["ConceptList", "ConceptStream", "load_concept_file", "synthesise", "toy_concepts"]
@@ -195,11 +196,11 @@ class ConceptStream(CaptionStream):
         super().__init__(spec.file or "toyworld concepts", "cc3m", max_length=max_length)
         self.format = "concepts"
         self.position = "row"  # a caption's index in the drawn list
-        self._bad = _BadRows(self.position)
+        self._bad = BadRows(self.position)
         self.count, self.seed = count, spec.seed
         self.record: dict = {}
 
-    def _reader(self, tally: _Tally) -> Iterator[pl.DataFrame]:
+    def _reader(self, tally: Tally) -> Iterator[pl.DataFrame]:
         texts, self.record = synthesise(self.concept_list, self.count, self.seed)
         self.record = {"file": str(self.path), "seed": self.seed, "count": self.count, **self.record}
         tally.rows_in = len(texts)

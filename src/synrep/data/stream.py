@@ -43,7 +43,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from synrep.config import InputError, run_dir, save_resolved
+from synrep.settings import InputError, run_dir, save_resolved
 from synrep.data.shards import members_path, write_index, write_shard
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import TOY_BACKGROUNDS, TOY_SIZES, ConfigError, InputError, save_resolved, to_dict
+from synrep.data.settings import TOY_BACKGROUNDS, TOY_SIZES
+from synrep.settings import ConfigError, InputError, save_resolved, to_dict
 from synrep.fileio import atomic_path, write_json, write_text
 
 COLOUR_RGB = {
@@ -136,7 +137,7 @@ def _check_vocab(cfg: DictConfig) -> None:
 _SUPERSAMPLE = 4
 
 
-def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Inside-test in the object's own frame, coordinates in [-1, 1] (v points up)."""
     au, av = np.abs(u), np.abs(v)
     r2 = u * u + v * v
@@ -170,6 +171,54 @@ def _erode(mask: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class Canvas:
+    """A supersampled image's background and its object's frame, before the object is drawn."""
+
+    xs: np.ndarray  # pixel-centre grid in [0, size), supersampled
+    ys: np.ndarray
+    image: np.ndarray  # float [H * s, W * s, 3]: the background
+    u: np.ndarray  # the object's frame: coordinates in radii, rotated with the object
+    v: np.ndarray
+
+
+def draw_canvas(attrs: Attributes, cfg: DictConfig, rng: np.random.Generator) -> Canvas:
+    """The background (a two-tone gradient, dark or light) and the object's size, position and
+    rotation, drawn from ``rng`` in a fixed order that every renderer shares."""
+    tw = cfg.toyworld
+    size = tw.image_size
+    coords = (np.arange(size * _SUPERSAMPLE, dtype=np.float32) + 0.5) / _SUPERSAMPLE
+    xs, ys = np.meshgrid(coords, coords)
+    lo, hi = (0.0, 0.28) if attrs.background == 0 else (0.62, 0.92)
+    c0 = rng.uniform(lo, hi, 3)
+    c1 = rng.uniform(lo, hi, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    t = ((xs - size / 2) * np.cos(angle) + (ys - size / 2) * np.sin(angle)) / size + 0.5
+    t = np.clip(t, 0, 1)[..., None]
+    image = (1 - t) * c0 + t * c1
+    radius = (0.20 if attrs.size == 0 else 0.34) * size * rng.uniform(0.9, 1.1)
+    margin = radius * 0.95
+    cx = rng.uniform(margin, size - margin)
+    cy = rng.uniform(margin, size - margin)
+    theta = np.deg2rad(rng.uniform(-tw.max_rotation_deg, tw.max_rotation_deg))
+    dx, dy = (xs - cx) / radius, -(ys - cy) / radius
+    return Canvas(xs, ys, image, dx * np.cos(theta) + dy * np.sin(theta), -dx * np.sin(theta) + dy * np.cos(theta))
+
+
+def finish_image(img: np.ndarray, canvas: Canvas, cfg: DictConfig, rng: np.random.Generator, clutter: bool = True
+            ) -> np.ndarray:
+    """Clutter (small specks no caption mentions; none drawn, and no number taken, without
+    ``clutter``), then a box filter down to the target size (anti-aliasing) and sensor noise."""
+    size = cfg.toyworld.image_size
+    for _ in range(rng.integers(0, cfg.toyworld.clutter_max + 1) if clutter else 0):
+        sx, sy = rng.uniform(0, size, 2)
+        half = rng.uniform(0.5, 1.0)
+        speck = (np.abs(canvas.xs - sx) <= half) & (np.abs(canvas.ys - sy) <= half)
+        img = np.where(speck[..., None], rng.uniform(0, 1, 3), img)
+    img = img.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
+    return np.clip(img + rng.normal(0, 0.025, img.shape), 0, 1)
+
+
 def render(
     attrs: Attributes, cfg: DictConfig, rng: np.random.Generator, domain: str = "photo", with_mask: bool = False
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -183,31 +232,9 @@ def render(
     domains existed, so the world's splits did not change with them."""
     tw = cfg.toyworld
     size = tw.image_size
-    hi = size * _SUPERSAMPLE
-    # pixel-centre grid in [0, size)
-    coords = (np.arange(hi, dtype=np.float32) + 0.5) / _SUPERSAMPLE
-    xs, ys = np.meshgrid(coords, coords)
-
-    # background: two-tone gradient plus noise
-    dark = attrs.background == 0
-    lo, hi_v = (0.0, 0.28) if dark else (0.62, 0.92)
-    c0 = rng.uniform(lo, hi_v, 3)
-    c1 = rng.uniform(lo, hi_v, 3)
-    angle = rng.uniform(0, 2 * np.pi)
-    t = ((xs - size / 2) * np.cos(angle) + (ys - size / 2) * np.sin(angle)) / size + 0.5
-    t = np.clip(t, 0, 1)[..., None]
-    img = (1 - t) * c0 + t * c1
-
-    # object
-    radius = (0.20 if attrs.size == 0 else 0.34) * size * rng.uniform(0.9, 1.1)
-    margin = radius * 0.95
-    cx = rng.uniform(margin, size - margin)
-    cy = rng.uniform(margin, size - margin)
-    theta = np.deg2rad(rng.uniform(-tw.max_rotation_deg, tw.max_rotation_deg))
-    dx, dy = (xs - cx) / radius, -(ys - cy) / radius
-    u = dx * np.cos(theta) + dy * np.sin(theta)
-    v = -dx * np.sin(theta) + dy * np.cos(theta)
-    mask = _shape_mask(tw.shapes[attrs.shape], u, v)[..., None]
+    canvas = draw_canvas(attrs, cfg, rng)
+    img, u, v = canvas.image, canvas.u, canvas.v
+    mask = shape_mask(tw.shapes[attrs.shape], u, v)[..., None]
     colour = np.asarray(COLOUR_RGB[tw.colours[attrs.colour]]) + rng.normal(0, 0.05, 3)
     shade = rng.uniform(0.85, 1.0)
     if domain == "drawing":
@@ -216,16 +243,7 @@ def render(
     img = np.where(mask, np.clip(colour * shade, 0, 1), img)
     object_mask = mask[..., 0].reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).any(axis=(1, 3))
 
-    # clutter: small specks that no caption mentions
-    for _ in range(rng.integers(0, tw.clutter_max + 1) if domain != "drawing" else 0):
-        sx, sy = rng.uniform(0, size, 2)
-        half = rng.uniform(0.5, 1.0)
-        speck = (np.abs(xs - sx) <= half) & (np.abs(ys - sy) <= half)
-        img = np.where(speck[..., None], rng.uniform(0, 1, 3), img)
-
-    # box-filter down to the target size (anti-aliasing), then sensor noise
-    img = img.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
-    img = np.clip(img + rng.normal(0, 0.025, img.shape), 0, 1)
+    img = finish_image(img, canvas, cfg, rng, clutter=domain != "drawing")
     if domain == "negative":
         img = 1.0 - img
     elif domain == "pixelated":
@@ -247,144 +265,6 @@ def sample_attributes(cfg: DictConfig, n: int, rng: np.random.Generator) -> list
     sizes = rng.integers(0, len(SIZES), n)
     backgrounds = rng.integers(0, len(BACKGROUNDS), n)
     return [Attributes(int(a), int(b), int(c), int(d)) for a, b, c, d in zip(shapes, colours, sizes, backgrounds)]
-
-
-# --------------------------------------------------------------------------------------------
-# A personal subject (DreamBooth): one ring instance the world can render but never does
-# --------------------------------------------------------------------------------------------
-
-# The subject: a ring in two tones (left half SUBJECT_COLOURS[0], right half [1]) with a notch cut
-# out at its top. No caption names it and no split holds it, so the toy generator never saw it;
-# these functions draw from their own seeds and leave the world's streams alone.
-SUBJECT_COLOURS = ("orange", "blue")
-SUBJECT_NOTCH_DEG = 70.0  # the notch's angular width, centred on the ring's top (object frame)
-# The subject and its near misses, for a fine-grained probe: "no_notch" (two tones, whole ring),
-# "one_tone" (notch, all SUBJECT_COLOURS[0]) and "plain" (an ordinary ring of the world, render())
-RING_VARIANTS = ("subject", "no_notch", "one_tone", "plain")
-NEAR_MISS_VARIANTS = RING_VARIANTS[1:]
-
-
-def _ring_variant_image(variant: str, attrs: Attributes, cfg: DictConfig, rng: np.random.Generator) -> np.ndarray:
-    """One ring of ``variant`` ("subject", "no_notch", "one_tone"), float32 [H, W, 3] in [0, 1],
-    with the world's background, size, position, rotation, clutter and noise as ``render`` draws
-    them. Every variant draws the same numbers from ``rng`` in the same order, so that variants
-    rendered from equal generators differ only where the notch or the second tone is."""
-    tw = cfg.toyworld
-    size = tw.image_size
-    hi = size * _SUPERSAMPLE
-    coords = (np.arange(hi, dtype=np.float32) + 0.5) / _SUPERSAMPLE
-    xs, ys = np.meshgrid(coords, coords)
-
-    dark = attrs.background == 0
-    lo, hi_v = (0.0, 0.28) if dark else (0.62, 0.92)
-    c0 = rng.uniform(lo, hi_v, 3)
-    c1 = rng.uniform(lo, hi_v, 3)
-    angle = rng.uniform(0, 2 * np.pi)
-    t = ((xs - size / 2) * np.cos(angle) + (ys - size / 2) * np.sin(angle)) / size + 0.5
-    t = np.clip(t, 0, 1)[..., None]
-    img = (1 - t) * c0 + t * c1
-
-    radius = (0.20 if attrs.size == 0 else 0.34) * size * rng.uniform(0.9, 1.1)
-    margin = radius * 0.95
-    cx = rng.uniform(margin, size - margin)
-    cy = rng.uniform(margin, size - margin)
-    theta = np.deg2rad(rng.uniform(-tw.max_rotation_deg, tw.max_rotation_deg))
-    dx, dy = (xs - cx) / radius, -(ys - cy) / radius
-    u = dx * np.cos(theta) + dy * np.sin(theta)
-    v = -dx * np.sin(theta) + dy * np.cos(theta)
-    mask = _shape_mask("ring", u, v)
-    if variant in ("subject", "one_tone"):
-        # angle from the object's up axis; the wedge around it is cut away
-        mask &= np.abs(np.arctan2(u, v)) > np.deg2rad(SUBJECT_NOTCH_DEG / 2)
-    # both tones are always drawn, so that the variants' streams stay aligned
-    tone_a = np.asarray(COLOUR_RGB[SUBJECT_COLOURS[0]]) + rng.normal(0, 0.05, 3)
-    tone_b = np.asarray(COLOUR_RGB[SUBJECT_COLOURS[1]]) + rng.normal(0, 0.05, 3)
-    shade = rng.uniform(0.85, 1.0)
-    colour = np.where((u < 0)[..., None], tone_a, tone_b) if variant in ("subject", "no_notch") else tone_a
-    img = np.where(mask[..., None], np.clip(colour * shade, 0, 1), img)
-
-    for _ in range(rng.integers(0, tw.clutter_max + 1)):
-        sx, sy = rng.uniform(0, size, 2)
-        half = rng.uniform(0.5, 1.0)
-        speck = (np.abs(xs - sx) <= half) & (np.abs(ys - sy) <= half)
-        img = np.where(speck[..., None], rng.uniform(0, 1, 3), img)
-
-    img = img.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
-    img = np.clip(img + rng.normal(0, 0.025, img.shape), 0, 1)
-    return img.astype(np.float32)
-
-
-def _attribute_index(value, names: tuple[str, ...] | list[str], key: str) -> int | None:
-    """None (draw per image), an index, or a name of ``names`` -> an index or None."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value not in names:
-            raise InputError(f"{key} {value!r} is not one of {list(names)}")
-        return list(names).index(value)
-    if not 0 <= int(value) < len(names):
-        raise InputError(f"{key} {value!r} is not an index of {list(names)}")
-    return int(value)
-
-
-def render_subject(cfg: DictConfig, n: int, seed, background=None, size=None, variant: str = "subject"
-                   ) -> tuple[np.ndarray, list[Attributes]]:
-    """n images of the subject (or of one of its near misses, ``variant`` in ``RING_VARIANTS``):
-    uint8 [n, H, W, 3] and each image's Attributes (shape: ring; colour: SUBJECT_COLOURS[0]'s index
-    in ``toyworld.colours``, -1 when absent; for "plain", the ring's own world colour).
-
-    Deterministic from ``seed`` (an int, a sequence of ints or a numpy SeedSequence).
-    ``background`` ("dark" / "light" or 0 / 1) and ``size`` ("small" / "large" or 0 / 1): fixed,
-    or None to draw each image's at random, as the world does."""
-    tw = cfg.toyworld
-    if "ring" not in tw.shapes:
-        raise ConfigError(f"config key 'toyworld.shapes': the subject is a ring, but the world has none ({list(tw.shapes)})")
-    if variant not in RING_VARIANTS:
-        raise InputError(f"unknown ring variant {variant!r}; one of {list(RING_VARIANTS)}")
-    fixed_bg = _attribute_index(background, BACKGROUNDS, "background")
-    fixed_size = _attribute_index(size, SIZES, "size")
-    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    attr_seq, render_seq = root.spawn(2)
-    attr_rng = np.random.default_rng(attr_seq)
-    backgrounds = attr_rng.integers(0, len(BACKGROUNDS), n)
-    sizes = attr_rng.integers(0, len(SIZES), n)
-    colours = attr_rng.integers(0, len(tw.colours), n)  # "plain" rings only
-    ring = list(tw.shapes).index("ring")
-    tone = list(tw.colours).index(SUBJECT_COLOURS[0]) if SUBJECT_COLOURS[0] in tw.colours else -1
-    images = np.zeros((n, tw.image_size, tw.image_size, 3), np.uint8)
-    attrs = []
-    for i, r in enumerate(render_seq.spawn(n)):
-        bg = int(backgrounds[i]) if fixed_bg is None else fixed_bg
-        sz = int(sizes[i]) if fixed_size is None else fixed_size
-        rng = np.random.default_rng(r)
-        if variant == "plain":
-            a = Attributes(ring, int(colours[i]), sz, bg)
-            images[i] = to_uint8(render(a, cfg, rng))
-        else:
-            a = Attributes(ring, tone, sz, bg)
-            images[i] = to_uint8(_ring_variant_image(variant, a, cfg, rng))
-        attrs.append(a)
-    return images, attrs
-
-
-def render_other_rings(cfg: DictConfig, n: int, seed, background=None, size=None
-                       ) -> tuple[np.ndarray, list[Attributes], list[str]]:
-    """n near misses of the subject, the variants of ``NEAR_MISS_VARIANTS`` in turn (ordinary
-    rings, rings without the notch, rings in one tone): uint8 [n, H, W, 3], Attributes and each
-    image's variant name. Deterministic from ``seed``; each variant has its own stream."""
-    names = [NEAR_MISS_VARIANTS[i % len(NEAR_MISS_VARIANTS)] for i in range(n)]
-    images = np.zeros((n, cfg.toyworld.image_size, cfg.toyworld.image_size, 3), np.uint8)
-    attrs: list[Attributes | None] = [None] * n
-    seeds = np.random.SeedSequence(seed).spawn(len(NEAR_MISS_VARIANTS))
-    for k, variant in enumerate(NEAR_MISS_VARIANTS):
-        index = [i for i, name in enumerate(names) if name == variant]
-        if not index:
-            continue
-        made, made_attrs = render_subject(cfg, len(index), seeds[k], background, size, variant)
-        images[index] = made
-        for i, a in zip(index, made_attrs):
-            attrs[i] = a
-    return images, attrs, names
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import re
 import numpy as np
 from omegaconf import DictConfig
 
-from synrep.config import TOY_ATTRIBUTES, to_dict, toy_attribute_values
+from synrep.data.settings import TOY_ATTRIBUTES, toy_attribute_values
+from synrep.settings import to_dict
 from synrep.data import toyworld
 from synrep.evaluation.zeroshot import zero_shot_predictions
 

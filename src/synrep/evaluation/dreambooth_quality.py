@@ -34,8 +34,8 @@ import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import ConfigError, to_dict
-from synrep.data import toyworld
+from synrep.settings import ConfigError, to_dict
+from synrep.data import toy_subject, toyworld
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import predict
 from synrep.evaluation.sample_quality import diversity
@@ -72,15 +72,15 @@ def real_group(cfg: DictConfig, group: str, n: int, subject_seed: int, seed: int
     """Real renders standing in for a group's samples (the ceiling row)."""
     key = [int(subject_seed), 2, int(seed), GROUPS.index(group)]
     if group == "instance":
-        return toyworld.render_subject(cfg, n, key)[0]
+        return toy_subject.render_subject(cfg, n, key)[0]
     if group == "class":
-        return toyworld.render_subject(cfg, n, key, variant="plain")[0]
+        return toy_subject.render_subject(cfg, n, key, variant="plain")[0]
     _, wanted = prompt_set(group, "", "", n)
     parts = []
     for value in (0, 1):
         count = int((wanted == value).sum())
         kwargs = {"background": value} if group == "background" else {"size": value}
-        parts.append(toyworld.render_subject(cfg, count, [*key, value], **kwargs)[0])
+        parts.append(toy_subject.render_subject(cfg, count, [*key, value], **kwargs)[0])
     return np.concatenate(parts)
 
 
@@ -183,8 +183,8 @@ def measure(cfg: DictConfig, pipes: dict[str, tuple[object, dict]], classifier, 
 
     d, q = cfg.dreambooth, cfg.dreambooth.quality
     n = int(q.images)
-    refs = toyworld.render_subject(cfg, q.reference_images, reference_seed(d.subject_seed, q.seed))[0]
-    near, _, _ = toyworld.render_other_rings(cfg, q.reference_images, [*reference_seed(d.subject_seed, q.seed), 1])
+    refs = toy_subject.render_subject(cfg, q.reference_images, reference_seed(d.subject_seed, q.seed))[0]
+    near, _, _ = toy_subject.render_other_rings(cfg, q.reference_images, [*reference_seed(d.subject_seed, q.seed), 1])
     references = {"subject": embed(refs), "near_miss": embed(near)}
     ring = list(cfg.toyworld.shapes).index("ring")
     settings = {**sampling_settings(d, to_dict(cfg.generation)), "batch_size": to_dict(cfg.generation)["batch_size"]}

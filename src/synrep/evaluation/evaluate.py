@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import digest, run_dir, save_resolved, to_dict
+from synrep.settings import digest, run_dir, save_resolved, to_dict
 from synrep.evaluation.compositional import compositional_zero_shot
 from synrep.evaluation.features import (SPLITS, EvalData, cached_features, extract_features, load_eval_data,
                                         normalise_transform)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import ConfigError, InputError
+from synrep.settings import ConfigError, InputError
 from synrep.fileio import atomic_path, write_json
 from synrep.tracking import progress as progress_bar
 

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from synrep.config import InputError
+from synrep.settings import InputError
 
 
 def _logistic(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import polars as pl
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import ConfigError, run_dir, to_dict
+from synrep.settings import ConfigError, run_dir, to_dict
 from synrep.data import toyworld
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import predict

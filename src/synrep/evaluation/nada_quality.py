@@ -40,12 +40,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import ConfigError, to_dict
+from synrep.settings import ConfigError, to_dict
 from synrep.data import toyworld
 from synrep.evaluation import domain_classifier, study
 from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.evaluation.sample_quality import diversity
-from synrep.fileio import atomic_path
+from synrep.fileio import write_figure
 from synrep.generation.toy import nada, nada_loss
 from synrep.images import image_grid
 from synrep.tables import markdown_table
@@ -183,9 +183,7 @@ def plot(rows: pl.DataFrame, path: Path, target: str) -> None:
             title="Does adapting cost diversity per caption?")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    write_figure(path, fig)
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:

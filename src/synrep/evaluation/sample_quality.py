@@ -33,11 +33,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import GuidanceConfig, run_dir, to_dict
+from synrep.generation.settings import GuidanceConfig
+from synrep.settings import run_dir, to_dict
 from synrep.data import toyworld
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
-from synrep.fileio import atomic_path
+from synrep.fileio import atomic_path, write_figure
 from synrep.images import image_grid
 from synrep.tables import markdown_table
 
@@ -164,9 +165,7 @@ def plot(table: pl.DataFrame, path: Path) -> None:
                 title="Does a higher CLIP score mean samples that\nmatch their captions? (per guidance family)")
         ax3.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    write_figure(path, fig)
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from synrep import source_modes
-from synrep.config import run_dir
+from synrep.settings import run_dir
 from synrep.data import toyworld
 from synrep.data.shards import read_shard, shard_path
 from synrep.data.stream import read_kept

@@ -13,7 +13,7 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import save_resolved
+from synrep.settings import save_resolved
 from synrep.evaluation.attribute_classifier import judge
 from synrep.evaluation.small_classifier import SmallClassifier
 from synrep.fileio import atomic_path, write_json, write_text

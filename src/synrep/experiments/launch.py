@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import load_config, to_yaml
 from synrep.experiments import sweep, sweep_run
+from synrep.settings import to_yaml
 
 
 class SweepRunJob:
@@ -27,7 +27,9 @@ class SweepRunJob:
         self.cfg_yaml, self.run_id = cfg_yaml, run_id
 
     def __call__(self) -> str:
-        cfg = load_config(base=OmegaConf.to_container(OmegaConf.create(self.cfg_yaml)))
+        # The resolved config validated at submission: read back as it is, with no config/ folder
+        # needed on the node (experiments sit below synrep.config, which loads config files)
+        cfg = OmegaConf.create(self.cfg_yaml)
         outputs = sweep_run.run_one(cfg, self.run_id)
         return str(outputs.get("metrics", ""))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from synrep.config import run_dir, to_yaml
+from synrep.settings import run_dir, to_yaml
 from synrep.fileio import write_text
 
 # Folders in the page's order, with what a reader finds there; any other folder with a table or a

@@ -20,7 +20,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from synrep import source_modes
-from synrep.config import InputError, run_dir
+from synrep.settings import InputError, run_dir
 from synrep.tables import markdown_table
 
 

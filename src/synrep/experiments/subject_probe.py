@@ -1,6 +1,6 @@
 """Does an encoder tell DreamBooth's subject from other rings? A fine-grained linear probe on real images.
 
-Four classes of real toy renders (``toyworld.RING_VARIANTS``): the subject (a notched two-tone ring)
+Four classes of real toy renders (``toy_subject.RING_VARIANTS``): the subject (a notched two-tone ring)
 and its near misses (the same ring without the notch, in one tone, and a plain ring of the world),
 each in the world's random contexts (background, size, position, rotation, clutter). The linear
 probe (``linear_probe.linear_probe``: the learning rate chosen on ``val``) is trained on frozen
@@ -22,8 +22,8 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import ConfigError, run_dir, save_resolved
-from synrep.data import toyworld
+from synrep.settings import ConfigError, run_dir, save_resolved
+from synrep.data import toy_subject
 from synrep.fileio import write_json, write_text
 from synrep.tables import markdown_table, mean_ci
 from synrep.tracking import mlflow_run
@@ -35,8 +35,8 @@ def probe_images(cfg: DictConfig, n: int, seed: int) -> tuple[dict[str, np.ndarr
     """{split: uint8 [4n, H, W, 3]} and {split: labels (index in RING_VARIANTS)}, n renders per class."""
     images, labels = {}, {}
     for k, split in enumerate(SPLITS):
-        parts = [toyworld.render_subject(cfg, n, [int(seed), k, c], variant=variant)[0]
-                 for c, variant in enumerate(toyworld.RING_VARIANTS)]
+        parts = [toy_subject.render_subject(cfg, n, [int(seed), k, c], variant=variant)[0]
+                 for c, variant in enumerate(toy_subject.RING_VARIANTS)]
         images[split] = np.concatenate(parts)
         labels[split] = np.repeat(np.arange(len(parts)), n)
     return images, labels
@@ -76,7 +76,7 @@ def measure(cfg: DictConfig) -> pl.DataFrame:
             if not (folder / "model.pt").exists():
                 raise FileNotFoundError(f"{folder / 'model.pt'} missing: train the sweep's runs first")
             features = encoder_features(folder, images)
-            result = linear_probe(features, labels, n_classes=len(toyworld.RING_VARIANTS), lrs=list(e.probe_lrs),
+            result = linear_probe(features, labels, n_classes=len(toy_subject.RING_VARIANTS), lrs=list(e.probe_lrs),
                                   epochs=e.probe_epochs, batch_size=e.probe_batch_size, batchnorm=False, seed=p.seed)
             rows.append({"source": source, "run": folder.name, "accuracy": float(result["test"]),
                          "lr": float(result["lr"])})

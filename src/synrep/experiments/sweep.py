@@ -15,7 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.config import ConfigError, InputError, method_train, run_dir, to_dict
+from synrep.learning.settings import method_train
+from synrep.settings import ConfigError, InputError, run_dir, to_dict
 from synrep.generation.alignment_filter import fewest_kept, filter_spec
 from synrep.generation.sources import source_spec
 from synrep.learning import methods

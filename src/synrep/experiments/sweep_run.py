@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from synrep.config import run_dir, save_resolved, section_hash, to_dict
+from synrep.settings import run_dir, save_resolved, section_hash, to_dict
 from synrep.experiments.sweep import RunSpec, expand, find, run_config
 from synrep.fileio import write_json
 from synrep.generation.sources import source_spec, w_params

@@ -24,7 +24,7 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import InputError
+from synrep.settings import InputError
 from synrep.data.shards import read_shard
 from synrep.fileio import atomic_path
 from synrep.generation.clip_guidance import load_guide

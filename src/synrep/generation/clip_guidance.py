@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synrep.config import InputError
+from synrep.settings import InputError
 from synrep.generation import noised_clip
 from synrep.generation.clip_model import load_clip
 

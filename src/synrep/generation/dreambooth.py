@@ -17,7 +17,7 @@ class images are sampled ``sample_batch_size`` at a time and ``num_class_images`
 pooled caption embedding as the UNet's class embedding) and a Stable Diffusion pipeline (latents
 from the VAE, times its ``scaling_factor``).
 
-The toy subject is the world's notched two-tone ring (``toyworld.render_subject``); the instance
+The toy subject is the world's notched two-tone ring (``toy_subject.render_subject``); the instance
 images are ``num_instance_images`` renders of it from ``subject_seed``.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from synrep.fileio import atomic_dir, atomic_path, write_json
-from synrep.config import ConfigError, InputError, digest, save_resolved
+from synrep.settings import ConfigError, InputError, digest, save_resolved
 from synrep.generation.diffusion_training import denoising_loss, update_weights
 from synrep.tracking import mlflow_run
 
@@ -368,7 +368,7 @@ def run(cfg) -> dict[str, Path]:
     into ``dreambooth.output_dir``."""
     import mlflow
 
-    from synrep.data import toyworld
+    from synrep.data import toy_subject
     from synrep.generation.pipelines import fingerprint as model_fingerprint
     from synrep.generation.pipelines import load_pipeline, model_folder
 
@@ -382,7 +382,7 @@ def run(cfg) -> dict[str, Path]:
     if d.instance_data_dir:  # real photos of a subject, as train_dreambooth.py's --instance_data_dir
         images = load_instance_images(d.instance_data_dir, model_resolution(pipe))
     else:
-        images, _ = toyworld.render_subject(cfg, d.num_instance_images, instance_seed(d.subject_seed))
+        images, _ = toy_subject.render_subject(cfg, d.num_instance_images, instance_seed(d.subject_seed))
     settings = sampling_settings(d, g)
     weights = model_fingerprint(d.generator, Path(cfg.paths.results_dir) / ".fingerprints", "dreambooth.generator")
     out = Path(d.output_dir)

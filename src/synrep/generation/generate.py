@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep import source_modes
-from synrep.config import InputError, run_dir, save_resolved
+from synrep.settings import InputError, run_dir, save_resolved
 from synrep.data.shards import (ShardSpec, encode_image, first_record, read_raw, remove_stale_temporaries,
                                 sample_key, shard_path, shard_ranges, write_shard, write_tar)
 from synrep.fileio import atomic_path

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from synrep.config import InputError
+from synrep.settings import InputError
 from synrep.fileio import write_json
 from synrep.generation.clip_model import CLIP_CONFIG, load_clip
 

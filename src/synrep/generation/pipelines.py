@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from synrep.config import ConfigError, InputError, run_dir, save_resolved
+from synrep.settings import ConfigError, InputError, run_dir, save_resolved
 from synrep.fileio import sha256_file, write_json
 
 # torch is imported where it is used: the Snakefile imports this module (is_hub_id) on every parse

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 
 import synrep
-from synrep.config import InputError
+from synrep.settings import InputError
 from synrep.generation.pipelines import load_pipeline
 from synrep.generation.sampling import caption_images
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from synrep import source_modes
-from synrep.config import ConfigError
+from synrep.settings import ConfigError
 
 
 def inpainting_pipeline(pipe):

@@ -29,7 +29,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from synrep import source_modes
-from synrep.config import ConfigError, guidance_scales, hashed_section, to_dict
+from synrep.generation.settings import guidance_scales
+from synrep.settings import ConfigError, hashed_section, to_dict
 
 if TYPE_CHECKING:
     import polars as pl

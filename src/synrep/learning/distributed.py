@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from synrep.config import InputError
+from synrep.settings import InputError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from synrep.config import InputError
+from synrep.settings import InputError
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from synrep.config import to_dict
+from synrep.settings import to_dict
 from synrep.generation.sources import source_spec
 from synrep.tracking import flatten
 

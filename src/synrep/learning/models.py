@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from synrep.config import ConfigError
+from synrep.settings import ConfigError
 import synrep.learning.encoders  # noqa: F401  (registers the toy encoders with timm)
 
 

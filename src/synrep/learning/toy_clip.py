@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from synrep.config import save_resolved
+from synrep.settings import save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
 from synrep.generation.clip_model import CLIP_CONFIG, load_clip

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.config import ConfigError, InputError, method_train, save_resolved
+from synrep.learning.settings import method_train
+from synrep.settings import ConfigError, InputError, save_resolved
 from synrep.fileio import atomic_path, write_json
 from synrep.generation.alignment_filter import check_index
 from synrep.learning import distributed, methods

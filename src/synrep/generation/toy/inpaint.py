@@ -39,7 +39,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from omegaconf import DictConfig
 
-from synrep.config import InputError
+from synrep.settings import InputError
 from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise, pixel_output, step_kwargs
 
 # Extra input channels of an inpainting UNet: the mask and the masked image

@@ -77,17 +77,16 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from synrep.config import ConfigError, InputError, save_resolved
+from synrep.settings import ConfigError, InputError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.generation.toy.nada_loss import directional_loss, global_loss, text_direction, text_embedding, weighted_sum
 from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise
+from synrep.generation.toy.settings import LAYER_UNITS
 from synrep.tracking import mlflow_run
 
 # The world's photo captions' wording ("a photo of a red circle", TEMPLATES_PLAIN), with {x} the object
 PHOTO_TEMPLATES = ["a photo of {x}", "a picture of {x}", "an image showing {x}"]
-LAYER_UNITS = ("module", "block")
-LOSSES = ("directional", "global")
 SNAPSHOT = "step_{:05d}.safetensors"
 
 
@@ -96,7 +95,8 @@ def domain_names(cfg: DictConfig) -> list[str]:
 
 
 def check(cfg: DictConfig) -> None:
-    """Fail with one line naming the config key when a ``nada.*`` value cannot work."""
+    """Fail with one line naming the config key when a ``nada.*`` value cannot work (its bounds and
+    choices are checked at load time, generation/toy/settings.py)."""
     n = cfg.nada
     known = ["photo", *toyworld.DOMAIN_TEMPLATES]
     for key in ("source", "target"):
@@ -104,27 +104,9 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"config key 'nada.{key}': unknown domain {n[key]!r}; known: {', '.join(known)}")
     if n.source == n.target:
         raise ConfigError(f"config key 'nada.target': the same domain as nada.source ({n.target!r})")
-    if n.layer_unit not in LAYER_UNITS:
-        raise ConfigError(f"config key 'nada.layer_unit': {n.layer_unit!r} is not one of {list(LAYER_UNITS)}")
-    for key in ("steps", "batch_size", "ddim_steps", "k", "select_iters", "eval_every", "eval_captions",
-                "eval_images_per_caption"):
-        if n[key] <= 0:
-            raise ConfigError(f"config key 'nada.{key}': must be > 0, got {n[key]!r}")
-    if n.loss not in LOSSES:
-        raise ConfigError(f"config key 'nada.loss': {n.loss!r} is not one of {list(LOSSES)}")
-    if not 0 <= n.min_alpha_bar < 1:
-        raise ConfigError(f"config key 'nada.min_alpha_bar': must be in [0, 1), got {n.min_alpha_bar!r}")
-    for key in ("reselect_every", "l1_weight"):
-        if n[key] < 0:
-            raise ConfigError(f"config key 'nada.{key}': must be >= 0, got {n[key]!r}")
-    if n.guidance_scale < 1:
-        raise ConfigError(f"config key 'nada.guidance_scale': must be >= 1, got {n.guidance_scale!r}")
     if not n.clip_models or len(n.clip_models) != len(n.clip_model_weights):
         raise ConfigError(f"config key 'nada.clip_model_weights': one weight per CLIP of nada.clip_models "
                           f"({len(n.clip_models)} CLIPs, {len(n.clip_model_weights)} weights)")
-    for i, weight in enumerate(n.clip_model_weights):
-        if weight <= 0:
-            raise ConfigError(f"config key 'nada.clip_model_weights[{i}]': must be > 0, got {weight!r}")
     for key in ("source_templates", "target_templates"):
         for i, template in enumerate(n[key] or []):
             if "{x}" not in template:

@@ -19,7 +19,7 @@ from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import ConfigError, save_resolved
+from synrep.settings import ConfigError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
 from synrep.generation.diffusion_training import denoising_loss, update_weights

@@ -41,7 +41,7 @@ from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.config import ConfigError, save_resolved
+from synrep.settings import ConfigError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
 from synrep.generation.diffusion_training import denoising_loss, update_weights
@@ -49,23 +49,6 @@ from synrep.generation.toy.unclip import (ClipText, ToyUnCLIPPipeline, build_toy
                                           clip_text, image_embeddings)
 from synrep.generation.toy.text import tokenize
 from synrep.tracking import mlflow_run
-
-POSITIVE_KEYS = ("prior_layers", "prior_heads", "prior_head_dim", "prior_steps", "prior_batch_size", "prior_lr",
-                 "decoder_steps", "decoder_batch_size", "decoder_lr", "extra_context_tokens", "log_every")
-FRACTION_KEYS = ("prior_caption_dropout", "embedding_dropout", "caption_dropout", "decoder_ema_decay")
-
-
-def check_config(cfg: DictConfig) -> None:
-    u = cfg.toy_unclip
-    for key in POSITIVE_KEYS:
-        if u[key] <= 0:
-            raise ConfigError(f"config key 'toy_unclip.{key}': must be > 0, got {u[key]!r}")
-    for key in FRACTION_KEYS:
-        if not 0.0 <= u[key] <= 1.0:
-            raise ConfigError(f"config key 'toy_unclip.{key}': must be in [0, 1], got {u[key]!r}")
-    if u.warmup_steps < 0:
-        raise ConfigError(f"config key 'toy_unclip.warmup_steps': must be >= 0, got {u.warmup_steps!r}")
-
 
 def load_parts(cfg: DictConfig):
     """(the toy generator the decoder starts from, the toy CLIP), each named by its config key when missing."""
@@ -178,7 +161,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
 
     torch.set_num_threads(cfg.threads)
-    check_config(cfg)
     u = cfg.toy_unclip
     out = Path(u.output_dir)
     torch.manual_seed(u.seed)

@@ -70,7 +70,7 @@ from diffusers import (DiffusionPipeline, PriorTransformer, UnCLIPImageVariation
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from synrep.config import InputError
+from synrep.settings import InputError
 from synrep.generation.toy.pipeline import guided_noise, pixel_output, step_kwargs
 from synrep.generation.toy.text import tokenize
 
