@@ -39,8 +39,8 @@ def main() -> None:
     from synrep.config import load_config
     from synrep.data import toyworld
     from synrep.evaluation.sample_quality import evaluation_captions
-    from synrep.generation.clip_guidance import clip_guided, load_guide
-    from synrep.generation.pipelines import load_pipeline
+    from synrep.diffusion.clip_guidance import clip_guided, load_guide
+    from synrep.diffusion.pipelines import load_pipeline
     from synrep.generation.sources import image_seed
 
     start = time.time()

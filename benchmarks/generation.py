@@ -7,7 +7,7 @@ Baseline (what every shard paid before): a process per shard of 64 captions (the
 ``generation.captions_per_shard``), the pipeline loaded, then its plain ``__call__`` on each
 caption repeated l times (one text encoding per image), ``generation.batch_size`` images a call.
 Project: one process for all captions (the toy default's one shard a source), through
-``synrep.generation.sampling.sample_images`` (each caption encoded once for its l images). Same
+``synrep.diffusion.sampling.sample_images`` (each caption encoded once for its l images). Same
 model, seeds, sampler and steps; the images must be equal (asserted). Both save nothing: the
 shard's PNG writing is the same for both.
 """
@@ -40,8 +40,8 @@ def worker(args) -> None:
     import torch
 
     from synrep.config import load_config
-    from synrep.generation.pipelines import load_pipeline
-    from synrep.generation.sampling import sample_images
+    from synrep.diffusion.pipelines import load_pipeline
+    from synrep.diffusion.sampling import sample_images
 
     job = json.loads(args.worker)
     cfg = load_config(job["overrides"])
@@ -108,7 +108,7 @@ def main() -> None:
 
     from synrep.config import load_config
     from synrep.evaluation.sample_quality import evaluation_captions
-    from synrep.generation.random_sd import random_sd_pipeline
+    from synrep.diffusion.random_sd import random_sd_pipeline
 
     cfg = load_config(args.overrides)
     captions, _ = evaluation_captions(cfg, max(args.captions, args.sd_captions), seed=0)

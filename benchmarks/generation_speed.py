@@ -22,8 +22,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from synrep.config import load_config
-    from synrep.generation.pipelines import load_pipeline
-    from synrep.generation.sampling import sample_images
+    from synrep.diffusion.pipelines import load_pipeline
+    from synrep.diffusion.sampling import sample_images
     from synrep.generation.sources import source_spec
 
     cfg = load_config(args.overrides)

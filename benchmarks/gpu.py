@@ -68,8 +68,8 @@ def recipe(device: torch.device, overrides: list[str]):
 def generation(device: torch.device, captions: int) -> dict:
     from PIL import Image
 
-    from synrep.generation.random_sd import random_sd_pipeline
-    from synrep.generation.sampling import sample_images
+    from synrep.diffusion.random_sd import random_sd_pipeline
+    from synrep.diffusion.sampling import sample_images
     from synrep.generation.sources import source_spec
 
     cuda = device.type == "cuda"

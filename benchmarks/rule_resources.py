@@ -90,7 +90,7 @@ def write_real_shards(folder: Path, captions: Path, per_shard: int, seed: int) -
 
 
 def make_inputs(data: Path, n: int) -> None:
-    from synrep.generation.random_sd import random_sd_pipeline
+    from synrep.diffusion.random_sd import random_sd_pipeline
 
     base = data / "rehearsal"
     if not (base / "cc12m.tsv").exists():  # rewritten, it would make Snakemake redo everything

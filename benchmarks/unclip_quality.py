@@ -61,10 +61,10 @@ def main() -> None:
     from synrep.data import toyworld
     from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge as load_judge
     from synrep.evaluation.sample_quality import diversity, evaluation_captions
-    from synrep.generation.clip_guidance import load_guide
-    from synrep.generation.pipelines import load_pipeline
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.pipelines import load_pipeline
     from synrep.generation.sources import image_seed
-    from synrep.generation.toy import unclip as U
+    from synrep.diffusion.toy import unclip as U
 
     start = time.time()
     cfg = load_config(["threads=1", *args.overrides])

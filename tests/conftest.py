@@ -84,7 +84,7 @@ def small_world(tmp_path_factory):
 def tiny_toy_pipeline_dir(tmp_path_factory, small_world):
     """A randomly initialised tiny toy generator saved with save_pretrained."""
     from synrep.config import load_config
-    from synrep.generation.toy.train import build_pipeline
+    from synrep.recipes.toy_generator import build_pipeline
 
     out = tmp_path_factory.mktemp("tiny_toy") / "pipeline"
     cfg = load_config(tmp_overrides(small_world, *TINY_GENERATOR))
@@ -96,7 +96,7 @@ def tiny_toy_pipeline_dir(tmp_path_factory, small_world):
 def tiny_sd_pipeline_dir(tmp_path_factory):
     """A tiny randomly initialised Stable-Diffusion-architecture pipeline (UNet, VAE, CLIP text
     encoder, CLIP BPE tokenizer), saved with save_pretrained, as a stand-in for real SD weights."""
-    from synrep.generation.random_sd import random_sd_pipeline
+    from synrep.diffusion.random_sd import random_sd_pipeline
 
     pipe = random_sd_pipeline("tiny")
     out = tmp_path_factory.mktemp("tiny_sd") / "pipeline"
@@ -132,8 +132,8 @@ def tiny_noised_clip_dir(tmp_path_factory, tiny_clip_dir, tiny_toy_pipeline_dir)
 
     import torch
 
-    from synrep.generation import noised_clip
-    from synrep.generation.clip_guidance import load_clip
+    from synrep.diffusion import noised_clip
+    from synrep.diffusion.clip_guidance import load_clip
 
     clip, _ = load_clip(tiny_clip_dir)
     torch.manual_seed(0)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from synrep.generation.clip_guidance import clip_guided, load_guide
-from synrep.generation.pipelines import load_pipeline
+from synrep.diffusion.clip_guidance import clip_guided, load_guide
+from synrep.diffusion.pipelines import load_pipeline
 from tests.conftest import assert_regenerated
 
 PROMPTS = ["a red circle", "a large blue square on a dark background"]

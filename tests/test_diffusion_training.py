@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler, UnCLIPScheduler
 from diffusers.training_utils import compute_snr
 
 from synrep.config import InputError
-from synrep.generation.diffusion_training import denoising_loss
+from synrep.diffusion.training import denoising_loss
 from tests.conftest import TINY_GENERATOR
 
 
@@ -117,7 +117,7 @@ def test_the_unclip_priors_loss_is_unchanged_bit_for_bit():
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("with_prior_preservation", [False, True])
 def test_dreamboths_loss_is_unchanged_bit_for_bit(prediction, with_prior_preservation):
-    from synrep.generation.dreambooth import dreambooth_loss
+    from synrep.recipes.dreambooth import dreambooth_loss
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction)
     pred, noise, x0, t = batch((6, 4, 8, 8))
@@ -146,8 +146,8 @@ def test_an_unknown_prediction_type_is_an_input_error():
 def test_the_toy_generators_training_run_is_unchanged(make_cfg, small_world, tmp_path, monkeypatch):
     """The loss curve and the saved (EMA) weights of a toy generator run with min-SNR-γ are those of
     the same run with the loss and the update as the loop wrote them before."""
-    from synrep.generation.toy import train
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import toy_generator as train
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     def old_update(loss, params, optimizer, lr_schedule, max_grad_norm, ema):  # clipped at 1 whatever it is told
         optimizer.zero_grad(set_to_none=True)
@@ -178,7 +178,7 @@ def test_a_v_prediction_dreambooth_run_with_prior_preservation_has_the_old_loss_
     from diffusers import DDIMScheduler
 
     from synrep.data import toy_subject
-    from synrep.generation import dreambooth as db
+    from synrep.recipes import dreambooth as db
     from tests.test_dreambooth import TINY_RUN, fresh
 
     cfg = make_cfg(*TINY_RUN, "dreambooth.train_batch_size=1", "dreambooth.num_class_images=2",

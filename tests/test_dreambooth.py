@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from synrep.data import toy_subject, toyworld
-from synrep.generation import dreambooth as db
-from synrep.generation.pipelines import load_pipeline
+from synrep.recipes import dreambooth as db
+from synrep.diffusion.pipelines import load_pipeline
 
 # A run small enough for a test: two class images a call, two sampling steps, a few updates
 TINY_RUN = ["dreambooth.max_train_steps=3", "dreambooth.num_class_images=4", "dreambooth.sample_batch_size=2",
@@ -115,7 +115,7 @@ def test_prior_preservation_loss_is_instance_mse_plus_weighted_class_mse(tiny_to
 
 
 def test_class_images_are_cached_with_provenance_and_reused(tmp_path, make_cfg, tiny_toy_pipeline_dir, monkeypatch):
-    import synrep.generation.sampling as sampling
+    import synrep.diffusion.sampling as sampling
 
     cfg = make_cfg(*TINY_RUN)
     pipe = fresh(tiny_toy_pipeline_dir)

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from synrep.generation import generate, index
-from synrep.generation.pipelines import SAMPLERS, make_scheduler, weights_sha256
+from synrep.diffusion.pipelines import SAMPLERS, make_scheduler, weights_sha256
 from synrep.generation.provenance import regenerate
 from synrep.generation.sources import image_draws, image_seed, source_spec
 from synrep.config import run_dir
@@ -281,9 +281,9 @@ def serial_shard(cfg, source, index_):
     """A shard made the plain way, for reference: the whole shard's images in one sampling call,
     resized there, then encoded and written one after another."""
     from synrep.data.shards import sample_key, shard_ranges, write_shard
-    from synrep.generation.pipelines import load_pipeline
+    from synrep.diffusion.pipelines import load_pipeline
     from synrep.generation.provenance import make_record
-    from synrep.generation.sampling import caption_images
+    from synrep.diffusion.sampling import caption_images
 
     spec = source_spec(cfg, source)
     model = generate.model_info(cfg, spec)
@@ -303,7 +303,7 @@ def test_a_killed_shard_job_resumes_at_its_last_part_with_the_same_bytes(make_cf
                                                                          monkeypatch):
     """Parts of 2 captions (resume_images = 6 images of l = 3; batches of 3 images = 1 caption);
     images saved at 8 px of 16, resized in the encoding threads: the same shard as made serially."""
-    from synrep.generation import sampling
+    from synrep.diffusion import sampling
 
     cfg = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "generation.captions_per_shard=10",
                                   "generation.batch_size=3", "generation.resume_images=6", "generation.save_size=8",

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise
-from synrep.generation.toy.text import tokenize
+from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise
+from synrep.diffusion.toy.text import tokenize
 from tests.conftest import TINY_GENERATOR
 
 
@@ -85,7 +85,7 @@ def test_save_and_load_round_trip_gives_identical_samples(tiny_toy_pipeline_dir,
 def test_train_generator_entry_point(make_cfg, small_world, tmp_path):
     from mlflow import MlflowClient
 
-    from synrep.generation.toy import train
+    from synrep.recipes import toy_generator as train
     from synrep.tracking import tracking_uri
 
     cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "toy_generator.caption_dropout=0.5")
@@ -111,7 +111,7 @@ def test_train_generator_entry_point(make_cfg, small_world, tmp_path):
 
 
 def test_training_rejects_mismatched_image_size(make_cfg, small_world):
-    from synrep.generation.toy import train
+    from synrep.recipes import toy_generator as train
 
     cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "toy_generator.model.sample_size=32")
     with pytest.raises(ValueError, match="toy_generator.model.sample_size"):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from synrep.generation.pipelines import load_pipeline
-from synrep.generation.sampling import sample_images
-from synrep.generation.toy.inpaint import (ToyGlideInpaintPipeline, dilate, inpainting_unet, region_masks,
-                                           training_masks)
+from synrep.diffusion.pipelines import load_pipeline
+from synrep.diffusion.sampling import sample_images
+from synrep.diffusion.toy.inpaint import ToyGlideInpaintPipeline, dilate, region_masks
+from synrep.recipes.toy_inpaint import inpainting_unet, training_masks
 from tests.conftest import assert_regenerated
 
 SETTINGS = dict(steps=3, eta=0.0, guidance_rescale=0.0, batch_size=64, resolution=None, save_size=None,
@@ -111,7 +111,7 @@ def test_inpainting_model_sees_the_masked_image_and_not_the_hidden_pixels(tiny_t
 def test_stable_diffusion_inpainting_runs_through_the_same_code(channels, small_world):
     from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 
-    from synrep.generation.random_sd import random_sd_pipeline
+    from synrep.diffusion.random_sd import random_sd_pipeline
 
     sd = random_sd_pipeline("tiny")
     if channels == 9:
@@ -189,7 +189,7 @@ def test_the_models_own_image_before_the_replacement_is_its_last_clean_predictio
     """With one step, the image before the kept region is copied in is x̂0 = (x_T - sqrt(1 - ᾱ) ε) / sqrt(ᾱ)
     from the UNet's ε on the initial noise, computed here by hand; the recording pipeline samples
     exactly the images that sample_images gives a source."""
-    from synrep.generation.toy.inpaint import RecordingInpaintPipeline, as_image_tensor
+    from synrep.diffusion.toy.inpaint import RecordingInpaintPipeline, as_image_tensor
 
     images, objects = _world_inputs(small_world)
     masks = region_masks(objects, "object")

@@ -1,4 +1,4 @@
-"""StyleGAN-NADA for the toy generator (generation/toy/nada.py) and its measurement
+"""StyleGAN-NADA for the toy generator (recipes/nada.py) and its measurement
 (evaluation/nada_quality.py, evaluation/domain_classifier.py), on the tiny generator and CLIP."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def nada_overrides(root, pipeline, clip, *extra):
 
 
 def test_directional_loss_is_one_minus_cosine_by_hand():
-    from synrep.generation.toy.nada_loss import directional_loss
+    from synrep.recipes.nada_loss import directional_loss
 
     rng = np.random.default_rng(0)
     train, frozen = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
@@ -40,7 +40,7 @@ def test_directional_loss_is_one_minus_cosine_by_hand():
 
 
 def test_directional_loss_at_no_change_is_one_with_a_bounded_gradient_along_the_text_direction():
-    from synrep.generation.toy.nada_loss import DELTA_FLOOR, directional_loss
+    from synrep.recipes.nada_loss import DELTA_FLOOR, directional_loss
 
     direction = torch.tensor([0.6, 0.8, 0.0])
     frozen = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
@@ -53,7 +53,7 @@ def test_directional_loss_at_no_change_is_one_with_a_bounded_gradient_along_the_
 
 
 def test_text_direction_is_the_normalised_mean_template_difference():
-    from synrep.generation.toy.nada_loss import text_direction
+    from synrep.recipes.nada_loss import text_direction
 
     table = {"src a": [1.0, 0.0, 0.0], "src b": [0.0, 1.0, 0.0], "tgt a": [0.0, 0.0, 1.0], "tgt b": [0.6, 0.0, 0.8]}
 
@@ -69,7 +69,7 @@ def test_text_direction_is_the_normalised_mean_template_difference():
 def test_bad_domain_name_is_one_line_naming_the_key(small_world, capsys):
     from synrep.__main__ import main
     from synrep.config import load_config
-    from synrep.generation.toy import nada
+    from synrep.recipes import nada
 
     cfg = load_config(tmp_overrides(small_world, "nada.target=paintng"))
     with pytest.raises(ValueError, match=r"config key 'nada.target': unknown domain 'paintng'"):
@@ -84,9 +84,9 @@ def trained(small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
     """A few NADA steps on the tiny generator: (cfg, pipe, its UNet's weights before, trained UNet, summary)."""
     from synrep.config import load_config
     from synrep.data import toyworld
-    from synrep.generation.clip_guidance import load_guide
-    from synrep.generation.toy import nada
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.recipes import nada
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     torch.set_num_threads(1)
     cfg = load_config(nada_overrides(small_world, tiny_toy_pipeline_dir, tiny_clip_dir))
@@ -128,8 +128,8 @@ def test_the_frozen_copy_never_changes(trained):
 def test_the_chain_of_the_frozen_unet_is_the_pipelines_own_ddim_sampling(tiny_toy_pipeline_dir):
     from diffusers.utils.torch_utils import randn_tensor
 
-    from synrep.generation.toy import nada
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     torch.set_num_threads(1)
     pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
@@ -148,8 +148,8 @@ def test_train_nada_saves_a_pipeline_that_load_pipeline_samples_and_the_curve_is
         small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
     from synrep.config import load_config
     from synrep.evaluation import nada_quality
-    from synrep.generation.pipelines import load_pipeline
-    from synrep.generation.toy import nada
+    from synrep.diffusion.pipelines import load_pipeline
+    from synrep.recipes import nada
 
     cfg = load_config(nada_overrides(small_world, tiny_toy_pipeline_dir, tiny_clip_dir))
     outputs = nada.run(cfg)
@@ -214,7 +214,7 @@ def test_the_adapted_unet_takes_exactly_the_steps_where_alpha_bar_reaches_the_th
     whose ᾱ_t (here from the cosine schedule's formula, not the scheduler) is below nada.min_alpha_bar."""
     import math
 
-    from synrep.generation.toy import nada
+    from synrep.recipes import nada
 
     cfg, pipe, _, _, summary, _ = trained
     config = pipe.scheduler.config
@@ -234,9 +234,9 @@ def test_the_saved_adapted_pipeline_samples_as_training_did(trained, tmp_path):
     pipelines (all-frozen and all-adapted) glued at adapted_from, after a save and load."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    from synrep.generation.pipelines import load_pipeline
-    from synrep.generation.toy import nada
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.diffusion.pipelines import load_pipeline
+    from synrep.recipes import nada
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     cfg, pipe, _, unet, summary, _ = trained
     t0, w, prompts, seeds = summary["adapted_from"], 2.0, ["a red circle", "a blue ring"], (1, 2)
@@ -285,7 +285,7 @@ def test_the_saved_adapted_pipeline_samples_as_training_did(trained, tmp_path):
 
 def test_bad_loss_and_threshold_name_their_key(small_world):
     from synrep.config import load_config
-    from synrep.generation.toy import nada
+    from synrep.recipes import nada
 
     with pytest.raises(ValueError, match=r"config key 'nada.loss': 'clip'"):
         nada.check(load_config(tmp_overrides(small_world, "nada.loss=clip")))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from synrep.generation import noised_clip
-from synrep.generation.clip_guidance import clip_guided, load_clip, load_guide
-from synrep.generation.pipelines import load_pipeline
+from synrep.diffusion import noised_clip
+from synrep.diffusion.clip_guidance import clip_guided, load_clip, load_guide
+from synrep.diffusion.pipelines import load_pipeline
 
 PROMPTS = ["a red circle", "a large blue square on a dark background"]
 

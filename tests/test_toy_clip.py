@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from synrep.data import toyworld
-from synrep.generation.clip_guidance import load_clip
+from synrep.diffusion.clip_guidance import load_clip
 from synrep.learning import toy_clip
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from synrep.generation.toy import unclip as U
+from synrep.diffusion.toy import unclip as U
 
 from .conftest import SMALL_WORLD, TINY_GENERATOR, assert_regenerated
 
@@ -31,7 +31,7 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clip(tiny_clip_dir):
-    from synrep.generation.clip_guidance import load_guide
+    from synrep.diffusion.clip_guidance import load_guide
 
     return load_guide(str(tiny_clip_dir))
 
@@ -39,8 +39,8 @@ def clip(tiny_clip_dir):
 def _build(glide_dir, clip, conditioned: bool):
     """A tiny toy unCLIP from the tiny toy generator; ``conditioned``: the image embedding's zero-initialised
     projections given random weights, as training would, so that the decoder depends on the embedding."""
-    from synrep.generation.pipelines import make_scheduler
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.diffusion.pipelines import make_scheduler
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     glide = ToyGlidePipeline.from_pretrained(glide_dir)
     text = U.clip_text(clip, [""])
@@ -80,7 +80,7 @@ def test_clip_token_states_are_those_clip_pools(clip):
 
 
 def test_decoder_starts_as_the_toy_generator(tiny_toy_pipeline_dir, clip):
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     pipe = _build(tiny_toy_pipeline_dir, clip, conditioned=False)
     glide = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
@@ -192,7 +192,7 @@ def test_bad_calls_say_what_is_wrong(toy, clip):
 
 def test_training_writes_a_loadable_pipeline(small_world, tiny_toy_pipeline_dir, tiny_clip_dir, tmp_path, clip):
     from synrep.config import load_config
-    from synrep.generation.toy import train_unclip
+    from synrep.recipes import toy_unclip as train_unclip
 
     out = tmp_path / "toy_unclip"
     overrides = [f"paths.data_dir={small_world}/data", f"paths.results_dir={tmp_path}/results", "threads=1",
@@ -229,7 +229,7 @@ def test_training_writes_a_loadable_pipeline(small_world, tiny_toy_pipeline_dir,
 
 @pytest.fixture(scope="module")
 def diffusers_unclip():
-    from synrep.generation.random_unclip import random_unclip_pipeline, random_unclip_variation_pipeline
+    from synrep.diffusion.random_unclip import random_unclip_pipeline, random_unclip_variation_pipeline
 
     return random_unclip_pipeline(), random_unclip_variation_pipeline()
 
@@ -310,7 +310,7 @@ def test_a_saved_diffusers_unclip_folder_is_a_source_generator(make_cfg, small_w
     from synrep.data import captions
     from synrep.data.shards import read_shard
     from synrep.generation import generate
-    from synrep.generation.random_unclip import random_unclip_pipeline
+    from synrep.diffusion.random_unclip import random_unclip_pipeline
 
     random_unclip_pipeline().save_pretrained(tmp_path / "karlo")  # diffusers 0.42 cannot from_pretrain this alone
     cfg = make_cfg(f"paths.data_dir={small_world}/data", "generation.steps=2", "generation.images_per_caption=2",

@@ -1,7 +1,7 @@
 """The config's composition and loading: the top-level ``Config`` of every package's sections.
 
 Each section is a dataclass beside the code it configures (``data/settings.py``,
-``generation/settings.py``, ``generation/toy/settings.py``, ``generation/dreambooth_settings.py``,
+``generation/settings.py``, ``recipes/settings.py``, ``recipes/dreambooth_settings.py``,
 ``learning/settings.py``, ``evaluation/settings.py``, ``experiments/settings.py``), its fields made by
 ``synrep.settings.setting`` with a description and constraints; their defaults are the values of
 ``config/config.yaml``. Loading merges, in order: the dataclass defaults, ``config/config.yaml``, an
@@ -28,9 +28,9 @@ from omegaconf.errors import OmegaConfBaseException
 from synrep.data.settings import CaptionsConfig, ToyWorldConfig
 from synrep.evaluation.settings import EvalConfig, InpaintQualityConfig, SampleQualityConfig
 from synrep.experiments.settings import LaunchConfig, PlanConfig, SweepConfig
-from synrep.generation.dreambooth_settings import DreamBoothConfig
+from synrep.recipes.dreambooth_settings import DreamBoothConfig
 from synrep.generation.settings import DEFAULT_SOURCES, GenerationConfig, SourceConfig
-from synrep.generation.toy.settings import NadaConfig, ToyGeneratorConfig, ToyInpaintConfig, ToyUnclipConfig
+from synrep.recipes.settings import NadaConfig, ToyGeneratorConfig, ToyInpaintConfig, ToyUnclipConfig
 from synrep.learning.settings import ToyClipConfig, ToyNoisedClipConfig, TrainConfig
 from synrep.settings import (  # noqa: F401  (re-exported: the command line, workflow and tests import them here)
     ConfigError,

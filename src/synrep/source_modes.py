@@ -10,7 +10,7 @@ what the config checks of them), how it samples and what its provenance records 
 | ``union`` | other sources' shards | nothing: their shards read as one data set |
 
 Nothing but the standard library: the config checks each source against this table when it loads
-(as it checks methods against training_methods.py). generation/sampling.py samples by what a mode
+(as it checks methods against training_methods.py). diffusion/sampling.py samples by what a mode
 starts from: a mask takes the pipeline's inpainting form, an embedding goes through unCLIP's
 decoder (from the prior on the caption, or from the real image), else the text-to-image call.
 Adding a mode: one ``SourceMode`` in ``MODES`` (docs/sources-and-modes.md walks through it).

@@ -2,7 +2,7 @@
 # jobs, then one index job per source. A source's jobs rerun when its resolved spec changes.
 from synrep.config import digest
 from synrep.generation.alignment_filter import index_spec
-from synrep.generation.pipelines import is_hub_id
+from synrep.diffusion.pipelines import is_hub_id
 from synrep.generation.sources import made_sources, source_caption_count, source_spec
 
 SHARDS = RESULTS / "shards"

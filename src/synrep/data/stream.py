@@ -16,13 +16,12 @@ random access to every caption: the index's per-shard sample counts map a captio
 shard's member offsets come from its sidecar (``shard-*.members.parquet``, else its tar headers,
 never the image data) when one of its samples is read, and a sample is read by seeking to its
 members. Memory and open files are bounded per process (a few shards' tables and descriptors), not
-by the number of shards or captions. So the
-sampler shuffles the whole caption set every pass (RedCaps files are ordered by subreddit: a shard
-order shuffle and a buffer would leave batches correlated), and a DataLoader worker reads only the
-samples it is given. Group ids belong to batch rows, as in the official code: two rows with the same
-caption text are still different groups (captions are deduplicated first). The draws of a sample
-depend on (seed, epoch, sample index) only, so a resumed run sees what an uninterrupted run saw,
-whatever the number of workers.
+by the number of shards or captions. So the sampler shuffles the whole caption set every pass
+(RedCaps files are ordered by subreddit: a shard order shuffle and a buffer would leave batches
+correlated), and a DataLoader worker reads only the samples it is given. Group ids belong to batch
+rows, as in the official code: two rows with the same caption text are still different groups
+(captions are deduplicated first). The draws of a sample (and a refreshing source's round, rounds.py)
+depend on (seed, epoch, sample index) only: a resumed run sees what an uninterrupted run saw.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from synrep.settings import InputError, run_dir, save_resolved
+from synrep.data.rounds import Refresh, round_names
 from synrep.data.shards import members_path, write_index, write_shard
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -283,9 +283,9 @@ class GroupDataset(torch.utils.data.Dataset):
 
     def __init__(self, urls: list[str], spec, transform: Callable | None, seed: int, max_samples: int | None = None,
                  cache_decoded: bool = False, counts: list[int] | None = None, cached_shards: int = 64,
-                 open_files: int = 16, kept: list[str] | None = None):
+                 open_files: int = 16, kept: list[str] | None = None, refresh: Refresh | None = None):
         super().__init__()
-        self.urls, self.spec, self.transform, self.seed = list(urls), spec, transform, seed
+        self.urls, self.spec, self.transform, self.seed, self.refresh = list(urls), spec, transform, seed, refresh
         # a filtered source (the index's ``kept`` column): each shard's file of the images kept
         self.kept = None if kept is None else list(kept)
         # decoded images kept in memory (a toy source: a few MB), instead of decoding every draw
@@ -390,6 +390,8 @@ class GroupDataset(torch.utils.data.Dataset):
         if self.kept is not None:  # l counts the kept images, in stored order
             kept = self._kept_images(self.locate(index)[0]).get(sample["__key__"], frozenset())
             names = [name for name in names if int(name.split(".")[0]) in kept]
+        if self.refresh is not None:  # this pass's round of the caption's images (data/rounds.py)
+            names = round_names(names, epoch, self.refresh, f"sample {sample['__key__']} in {sample['__url__']}")
         if spec.use_first is not None:
             if len(names) < spec.use_first:
                 raise InputError(f"sample {sample['__key__']} in {sample['__url__']} has {len(names)} "
@@ -463,9 +465,7 @@ def collate_groups(batch: list[tuple]) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Real images in the shard format (the toy world's captioned "real" images)
-# --------------------------------------------------------------------------------------------
+# ---- Real images in the shard format (the toy world's captioned "real" images) ----
 
 
 def real_shards_run(cfg: DictConfig) -> dict[str, Path]:

@@ -1,6 +1,6 @@
 """A domain classifier for the toy world: is an image a photo, one of the world's other domains
 (``toyworld.domains``: line drawing, colour negative, pixelated), or none of these? It judges whether a generator
-adapted by StyleGAN-NADA (generation/toy/nada.py) makes images of the target domain.
+adapted by StyleGAN-NADA (recipes/nada.py) makes images of the target domain.
 
 The small classifier the attribute classifier is too (small_classifier.py: the ``toy_cnn_wide`` trunk,
 here with one ``domain`` head, and its recipe), trained on real images and the negatives below: as

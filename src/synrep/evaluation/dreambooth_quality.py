@@ -89,7 +89,7 @@ class Embedders:
     backbone when one is given."""
 
     def __init__(self, clip_model: str, encoder: str | None = None):
-        from synrep.generation.clip_guidance import load_guide
+        from synrep.diffusion.clip_guidance import load_guide
 
         self.clip = load_guide(str(clip_model))
         self.encoder = None
@@ -178,8 +178,8 @@ def measure(cfg: DictConfig, pipes: dict[str, tuple[object, dict]], classifier, 
     """One row per (model, seed) (and per seed of the ``real`` row): ``pipes`` maps a label to
     (pipeline, its settings: instance_prompt, class_prompt, with_prior_preservation). Returns the
     rows and, per label, the first seed's first 8 images of each group (a grid)."""
-    from synrep.generation.dreambooth import reference_seed, sampling_settings
-    from synrep.generation.sampling import sample_images
+    from synrep.recipes.dreambooth import reference_seed, sampling_settings
+    from synrep.diffusion.sampling import sample_images
 
     d, q = cfg.dreambooth, cfg.dreambooth.quality
     n = int(q.images)
@@ -238,7 +238,7 @@ def summary(rows: pl.DataFrame, examples: dict[str, np.ndarray], infos: list[dic
 
 def run(cfg: DictConfig) -> dict[str, Path]:
     """``python -m synrep dreambooth_quality``: the base generator and ``dreambooth.quality.models``."""
-    from synrep.generation.pipelines import load_pipeline
+    from synrep.diffusion.pipelines import load_pipeline
 
     d, q = cfg.dreambooth, cfg.dreambooth.quality
     infos = [model_info(m) for m in q.models]

@@ -73,8 +73,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """One row per (model, edit, w, seed); and a few results per (model, edit) for a grid."""
-    from synrep.generation.sampling import sample_images
-    from synrep.generation.toy.inpaint import region_masks
+    from synrep.diffusion.sampling import sample_images
+    from synrep.diffusion.toy.inpaint import region_masks
 
     q = cfg.inpaint_quality
     test = toyworld.load_split(cfg, "test")
@@ -136,8 +136,8 @@ def summary(rows: pl.DataFrame, examples: dict[str, np.ndarray]
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
-    from synrep.generation.pipelines import load_pipeline
-    from synrep.generation.toy.inpaint import RecordingInpaintPipeline
+    from synrep.diffusion.pipelines import load_pipeline
+    from synrep.diffusion.toy.inpaint import RecordingInpaintPipeline
 
     q = cfg.inpaint_quality
     out = run_dir(cfg, "inpaint_quality")

@@ -1,5 +1,5 @@
 """Does StyleGAN-NADA's adaptation reach the target domain, and what does it keep? The toy
-generator adapted by ``train_nada`` (generation/toy/nada.py), measured at every snapshot of its
+generator adapted by ``train_nada`` (recipes/nada.py), measured at every snapshot of its
 training on a fixed set of noises and captions.
 
 ``nada.eval_captions`` captions of the world's own kind (``toyworld.caption_for``: photo captions,
@@ -46,7 +46,7 @@ from synrep.evaluation import domain_classifier, study
 from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.evaluation.sample_quality import diversity
 from synrep.fileio import write_figure
-from synrep.generation.toy import nada, nada_loss
+from synrep.recipes import nada, nada_loss
 from synrep.images import image_grid
 from synrep.tables import markdown_table
 
@@ -98,7 +98,7 @@ def measure(cfg: DictConfig, frozen_pipe, snapshots: dict[int, Path], classifier
     """One row per snapshot step, the baseline and real target-domain images; and the sample rows
     (frozen, baseline, last step) for a grid. Each snapshot samples as the saved generator does:
     its UNet at t <= ``adapted_from``, the frozen one above."""
-    from synrep.generation.sampling import sample_images
+    from synrep.diffusion.sampling import sample_images
 
     n = cfg.nada
     k = n.eval_images_per_caption
@@ -187,9 +187,9 @@ def plot(rows: pl.DataFrame, path: Path, target: str) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
-    from synrep.generation.clip_guidance import load_guide
-    from synrep.generation.clip_model import check_clip_folder
-    from synrep.generation.pipelines import load_pipeline
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.clip_model import check_clip_folder
+    from synrep.diffusion.pipelines import load_pipeline
 
     nada.check(cfg)
     n = cfg.nada

@@ -169,9 +169,9 @@ def plot(table: pl.DataFrame, path: Path) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
-    from synrep.generation.clip_guidance import load_guide
-    from synrep.generation.clip_model import check_clip_folder, is_clip_folder
-    from synrep.generation.pipelines import load_pipeline
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.clip_model import check_clip_folder, is_clip_folder
+    from synrep.diffusion.pipelines import load_pipeline
 
     q = cfg.sample_quality
     out = run_dir(cfg, "sample_quality")
@@ -187,7 +187,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     if q.heldout_clip:
         guides["heldout"] = load_guide(q.heldout_clip)
     if q.noised_clip_scales:
-        from synrep.generation.noised_clip import is_noised_clip_folder
+        from synrep.diffusion.noised_clip import is_noised_clip_folder
 
         if not is_noised_clip_folder(q.noised_clip or ""):
             raise FileNotFoundError(f"config key 'sample_quality.noised_clip': {q.noised_clip!r} is not a noised CLIP "
@@ -203,7 +203,7 @@ def measure(cfg: DictConfig, classifier, ceiling: dict[str, float], pipe, guides
             ) -> tuple[list[dict], list[str], dict[str, np.ndarray]]:
     """The ``real`` row and one row per guidance setting; the evaluation captions; a grid of each
     setting's first images by its ``variant_name``."""
-    from synrep.generation.sampling import sample_images
+    from synrep.diffusion.sampling import sample_images
     from synrep.generation.sources import image_seed
 
     q = cfg.sample_quality

@@ -132,8 +132,8 @@ def measure(cfg: DictConfig, source: str, classifier, guides: dict) -> dict:
 
 def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
     """``python -m synrep source_quality [--source NAME]``: every source that training reads, or one."""
-    from synrep.generation.clip_guidance import load_guide
-    from synrep.generation.clip_model import is_clip_folder
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.clip_model import is_clip_folder
     from synrep.generation.sources import referenced_sources
 
     classifier, _, _ = study.load_judge(cfg)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from synrep.learning.settings import method_train
 from synrep.settings import ConfigError, InputError, run_dir, to_dict
 from synrep.generation.alignment_filter import fewest_kept, filter_spec
-from synrep.generation.sources import source_spec
+from synrep.generation.sources import refresh_reading, source_spec
 from synrep.learning import methods
 from synrep.learning.identity import training_identity
 
@@ -98,6 +98,10 @@ def check_sources(cfg: DictConfig, specs: list[RunSpec]) -> None:
         if spec.l > stored:
             raise ConfigError(f"run {spec.run_id} uses l = {spec.l} images per caption but source {spec.data!r} "
                               f"stores {stored} (config key 'sources.{spec.data}.l' or 'generation.images_per_caption')")
+        if (reading := refresh_reading(cfg, spec.data)) is not None and spec.l > reading[2]:
+            raise ConfigError(f"run {spec.run_id} uses l = {spec.l} images per caption but source {spec.data!r} "
+                              f"makes {reading[2]} a round (config key 'sources.{spec.data}.l'; a union of it "
+                              "reads every round as one set)")
         if (f := filter_spec(cfg, spec.data)) is not None and spec.l > (kept := fewest_kept(stored, f)):
             raise ConfigError(f"run {spec.run_id} uses l = {spec.l} images per caption but source {spec.data!r} "
                               f"keeps {kept} of its {stored} (config key 'sources.{spec.data}.filter')")

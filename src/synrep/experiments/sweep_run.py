@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from synrep.settings import run_dir, save_resolved, section_hash, to_dict
 from synrep.experiments.sweep import RunSpec, expand, find, run_config
 from synrep.fileio import write_json
-from synrep.generation.sources import source_spec, w_params
+from synrep.generation.sources import refresh_reading, source_spec, w_params
 from synrep.tracking import ensure_experiment, mlflow_run, runs_page, set_sweep_view, tracking_uri
 
 
@@ -61,6 +61,9 @@ def run_params(cfg: DictConfig, spec: RunSpec) -> dict:
     if spec.data != "real" and (f := cfg.sources[spec.data].filter) is not None:
         # the axis of the alignment filter: what it keeps of each caption's images, by which CLIP
         params.update(keep_fraction=f.keep_fraction, min_score=f.min_score, filter_clip=f.clip_model)
+    if (reading := refresh_reading(cfg, spec.data)) is not None:
+        # the axis of fresh images: a new round every so many passes, of so many rounds
+        params.update(refresh_every=reading[0], refresh_rounds=reading[1])
     if cfg.captions.skew or cfg.captions.held_out:
         # a skewed caption set, pairs held out of it: the same for every run of the sweep, but part of what it measured
         params["caption_skew"] = "; ".join(f"{', '.join(f'{k}={v}' for k, v in to_dict(r.match).items())} keep {r.keep:g}"

@@ -38,10 +38,10 @@ from synrep.data.shards import (ShardSpec, encode_image, first_record, read_raw,
                                 sample_key, shard_path, shard_ranges, write_shard, write_tar)
 from synrep.fileio import atomic_path
 from synrep.tracking import progress as progress_bar
-from synrep.generation.pipelines import fingerprint, load_pipeline
+from synrep.diffusion.pipelines import fingerprint, load_pipeline
 from synrep.data import toyworld
 from synrep.generation.provenance import input_record, make_record, record_mismatch
-from synrep.generation.sampling import caption_images
+from synrep.diffusion.sampling import caption_images
 from synrep.generation.sources import (image_draws, needs_real_images, referenced_sources, source_caption_count,
                                       source_captions, source_spec)
 

@@ -8,8 +8,8 @@ import numpy as np
 
 import synrep
 from synrep.settings import InputError
-from synrep.generation.pipelines import load_pipeline
-from synrep.generation.sampling import caption_images
+from synrep.diffusion.pipelines import load_pipeline
+from synrep.diffusion.sampling import caption_images
 
 
 def input_sha256(image: np.ndarray, object_mask: np.ndarray) -> str:
@@ -54,6 +54,8 @@ def make_record(spec: dict, model: dict, pipe, caption: str, caption_id: int, se
     }
     if inputs is not None:
         record["input"] = inputs
+    if "refresh" in spec:  # the round of each image (a refreshing source's rounds, one after another)
+        record["rounds"] = [i // spec["refresh"]["images_per_round"] for i in range(len(seeds))]
     return record
 
 

@@ -55,7 +55,7 @@ class GenerationConfig:
 @dataclass
 class GuidanceConfig:
     """How a source guides its sampler. ``cfg``: classifier-free guidance at scale ``w``.
-    ``clip``: the same, plus GLIDE's CLIP guidance at ``clip_scale`` (generation/clip_guidance.py)."""
+    ``clip``: the same, plus GLIDE's CLIP guidance at ``clip_scale`` (diffusion/clip_guidance.py)."""
 
     kind: str = setting("cfg", "cfg: classifier-free guidance; clip: plus GLIDE's CLIP guidance", choices=GUIDANCE_KINDS)
     w: Any = setting(2.0, "A number (e.g. 2), or a set such as [2, 3]: each image then draws its scale from the "
@@ -73,7 +73,7 @@ class GuidanceConfig:
 @dataclass
 class InpaintSourceConfig:
     """Mode ``inpaint``: each caption's real image with a region regenerated under the caption
-    (GLIDE's text-guided inpainting; generation/toy/inpaint.py)."""
+    (GLIDE's text-guided inpainting; diffusion/toy/inpaint.py)."""
 
     region: str = setting("background", "object | background: what is regenerated (the rest is kept)")
     dilate: int = setting(1, "Pixels the object's mask grows by")
@@ -99,6 +99,17 @@ class AlignmentFilterConfig:
         note="the multi-positive loss needs two images of a caption")
 
 
+@dataclass
+class RefreshConfig:
+    """Fresh images during training: a source generates ``rounds`` rounds of its l images per caption,
+    each round with its own noise seeds, and training reads round floor(pass / every) mod rounds of
+    each caption, so every ``every`` passes it sees new images of the same captions (data/rounds.py)."""
+
+    every: int = setting(1, "Passes over the captions per round", ge=1)
+    rounds: int = setting(2, "Rounds generated (after the last, training begins again at round 0); one round is "
+                          "no refresh (refresh: null)", ge=2)
+
+
 @section_check(AlignmentFilterConfig)
 def check_alignment_filter(f: DictConfig, key: str, cfg: DictConfig) -> None:
     """A source's ``filter``: one rule (a fraction kept or a minimum score), at least two images kept."""
@@ -113,7 +124,7 @@ def check_alignment_filter(f: DictConfig, key: str, cfg: DictConfig) -> None:
 class UnclipSourceConfig:
     """Modes ``unclip`` (caption -> prior -> CLIP image embedding -> decoder) and ``variation`` (a
     caption's real image -> its CLIP image embedding -> l decodings), DALL-E 2's
-    (generation/toy/unclip.py). The source's ``generator`` is an unCLIP pipeline (models/toy_unclip,
+    (diffusion/toy/unclip.py). The source's ``generator`` is an unCLIP pipeline (models/toy_unclip,
     or diffusers' UnCLIPPipeline / UnCLIPImageVariationPipeline folders)."""
 
     clip_model: Optional[str] = setting(
@@ -162,6 +173,10 @@ class SourceConfig:
     filter: Optional[AlignmentFilterConfig] = setting(
         None, "Keep only the images that match their caption best, by a CLIP's score (a change re-indexes the "
         "shards, it regenerates nothing); null: every image")
+    refresh: Optional[RefreshConfig] = setting(
+        None, "Fresh images during training: rounds of l images per caption, one round read every `every` passes "
+        "(l x rounds stored per caption; a union of this source reads them all as one set); null: one set of l "
+        "images, read every pass")
 
 
 # The default run's sources: a source per w, and each generation mode in its smallest form on the first
@@ -239,6 +254,23 @@ def check_source(source: DictConfig, key: str, cfg: DictConfig) -> None:
 
 
 @section_check(SourceConfig)
+def check_refresh(source: DictConfig, key: str, cfg: DictConfig) -> None:
+    """A source's ``refresh`` (its bounds are its fields'): on a source that generates its images (not a
+    union, not filtered, no real image standing first in every round)."""
+    if source.refresh is None:
+        return
+    if not SOURCE_MODES[source.mode].generates:
+        raise ConfigError(f"config key '{key}.refresh': a union reads its sources' images as one set; give the "
+                          "refresh to the source that generates them")
+    if source.filter is not None:
+        raise ConfigError(f"config key '{key}.refresh': a filtered source cannot refresh (the filter keeps images "
+                          "across rounds); use one of refresh and filter")
+    if source.mode == "inpaint" and source.inpaint.keep_real:
+        raise ConfigError(f"config key '{key}.refresh': with inpaint.keep_real every caption's image 0 is its real "
+                          "image, which no round can renew; set inpaint.keep_real: false")
+
+
+@section_check(SourceConfig)
 def check_union(source: DictConfig, key: str, cfg: DictConfig) -> None:
     """A union joins declared, generated sources (not real images, not other unions), each once,
     with as many images per caption each, so that a run's l means the same for every caption."""
@@ -255,7 +287,8 @@ def check_union(source: DictConfig, key: str, cfg: DictConfig) -> None:
                               f"(give the union the filter: sources.{name}.filter)")
         if member in list(source.union)[:i]:
             raise ConfigError(f"config key '{where}': {member!r} is listed twice")
-        ls.add(cfg.sources[member].l or cfg.generation.images_per_caption)
+        refresh = cfg.sources[member].refresh  # a refreshing source stores l images per round
+        ls.add((cfg.sources[member].l or cfg.generation.images_per_caption) * (refresh.rounds if refresh else 1))
     if len(ls) > 1:
         raise ConfigError(f"config key '{key}.union': its sources store different numbers of images per "
                           f"caption ({sorted(ls)}); give them one l")

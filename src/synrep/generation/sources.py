@@ -12,7 +12,7 @@ variants (the first the real image itself with ``inpaint.keep_real``); ``unclip`
 embedding -> l decodings (positives of one real image). Guidance (``guidance``): ``cfg``,
 classifier-free guidance at scale ``w``; ``w`` may be a set, from which each image draws its scale;
 ``clip``, the same plus GLIDE's CLIP guidance at ``clip_scale`` by an open_clip model (on x̂0), or by
-GLIDE's noised CLIP (on x_t) when ``clip_model`` is one (generation/noised_clip.py).
+GLIDE's noised CLIP (on x_t) when ``clip_model`` is one (diffusion/noised_clip.py).
 
 What a source generates: the caption set, or its own ``prompts`` (a text file, one prompt a line:
 e.g. a DreamBooth subject in new contexts), the first ``captions`` of them when set. Mode ``union``
@@ -60,6 +60,9 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         "l": source.l or g.images_per_caption,
         "seed": g.seed if source.seed is None else source.seed,
     }
+    if source.refresh is not None:  # rounds of l images, stored one after another: l x rounds per caption
+        spec["refresh"] = {"rounds": int(source.refresh.rounds), "images_per_round": spec["l"]}
+        spec["l"] *= spec["refresh"]["rounds"]
     # absent when unset, so that the specs of sources without them keep their hash
     if source.captions is not None:
         spec["captions"] = source.captions
@@ -83,7 +86,7 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
 def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator: str) -> dict:
     """The unCLIP settings of the mode, and for the toy unCLIP the CLIP it works in with its weights'
     hash (diffusers' unCLIP pipelines carry their own CLIP, hashed with their weights)."""
-    from synrep.generation.pipelines import model_folder
+    from synrep.diffusion.pipelines import model_folder
 
     out = to_dict(source.unclip)
     for key in source_modes.get(source.mode).record_omits:
@@ -92,8 +95,8 @@ def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator
         out.pop("prior_samples")
     folder = model_folder(generator, f"sources.{name}.generator")
     if '"ToyUnCLIPPipeline"' in (folder / "model_index.json").read_text():
-        from synrep.generation.clip_model import check_clip_folder
-        from synrep.generation.pipelines import weights_sha256
+        from synrep.diffusion.clip_model import check_clip_folder
+        from synrep.diffusion.pipelines import weights_sha256
 
         key = f"sources.{name}.unclip.clip_model" if source.unclip.clip_model else "generation.clip_model"
         out["clip_model"] = source.unclip.clip_model or generation.clip_model
@@ -101,6 +104,16 @@ def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator
     else:
         out.pop("clip_model")
     return out
+
+
+def refresh_reading(cfg: DictConfig, name: str) -> tuple[int, int, int] | None:
+    """How training reads a refreshing source: (passes per round, rounds, images per round); None
+    for real images, a union (it reads every round as one set) or a source without ``refresh``.
+    ``every`` is not part of the source's spec (it changes no image): the training identity has it."""
+    if name == "real" or cfg.sources[name].refresh is None:
+        return None
+    spec = source_spec(cfg, name)["refresh"]
+    return int(cfg.sources[name].refresh.every), spec["rounds"], spec["images_per_round"]
 
 
 def needs_real_images(spec: dict) -> bool:
@@ -113,9 +126,9 @@ def guidance_spec(guidance: DictConfig, scales: list[float], generation: DictCon
     hash (a retrained CLIP makes the source's shards stale)."""
     spec = {"kind": guidance.kind, "w": scales if isinstance(to_dict(guidance)["w"], list) else scales[0]}
     if guidance.kind == "clip":
-        from synrep.generation.clip_model import check_clip_folder
-        from synrep.generation.noised_clip import is_noised_clip_folder
-        from synrep.generation.pipelines import weights_sha256
+        from synrep.diffusion.clip_model import check_clip_folder
+        from synrep.diffusion.noised_clip import is_noised_clip_folder
+        from synrep.diffusion.pipelines import weights_sha256
 
         model = guidance.clip_model or generation.clip_model
         where = f"{key}.clip_model" if guidance.clip_model else "generation.clip_model"
@@ -221,7 +234,9 @@ def image_seed(base_seed: int, caption_id: int, image_index: int) -> int:
 
 
 def image_draws(spec: dict, caption_id: int) -> tuple[list[int], list[float]]:
-    """Noise seed and guidance scale of each of the caption's l images.
+    """Noise seed and guidance scale of each of the caption's l images (l x rounds for a refreshing
+    source: image i of round r is image r x l + i, so that the rounds together are the images of a
+    source with l x rounds, and each round has its own seeds).
 
     With a set of scales, image i draws its scale from the set (seeded by the source's seed, the
     caption and i), and its noise seed includes the drawn scale, so that images pooled from

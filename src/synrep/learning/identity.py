@@ -6,7 +6,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from synrep.settings import to_dict
-from synrep.generation.sources import source_spec
+from synrep.generation.sources import refresh_reading, source_spec
 from synrep.tracking import flatten
 
 
@@ -18,6 +18,9 @@ def training_identity(cfg: DictConfig) -> dict:
     t.pop("checkpoint_seconds", None)  # how often it is saved on the way, not what it becomes
     identity = {"train": t, "source": source_spec(cfg, t["data"]) if t["data"] != "real" else None,
                 "captions": to_dict(cfg.captions)}
+    reading = refresh_reading(cfg, t["data"])
+    if reading is not None:  # which round a pass reads: not in the source's spec, it changes no image
+        identity["refresh_every"] = reading[0]
     return identity
 
 

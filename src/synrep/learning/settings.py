@@ -53,7 +53,7 @@ class ToyClipConfig:
 class ToyNoisedClipConfig:
     """GLIDE's noised CLIP (``python -m synrep train_noised_clip``): the toy CLIP's image tower
     fine-tuned on noised photos x_t with their timestep t, its text tower frozen
-    (generation/noised_clip.py; training in learning/toy_clip.py)."""
+    (diffusion/noised_clip.py; training in learning/toy_clip.py)."""
 
     output_dir: str = setting("${paths.results_dir}/${name}/toy_noised_clip", "Where the noised CLIP is saved")
     base_clip: str = setting("models/toy_clip", "The CLIP it starts from (an open_clip local-dir folder)")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from synrep.settings import save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
-from synrep.generation.clip_model import CLIP_CONFIG, load_clip
+from synrep.diffusion.clip_model import CLIP_CONFIG, load_clip
 from synrep.learning.augment import MEAN, STD
 from synrep.learning.lr_schedule import warmup_cosine_lr
 from synrep.tracking import mlflow_run
@@ -273,7 +273,7 @@ def noisy_zero_shot(model, tokenizer, cfg: DictConfig, data: dict[str, np.ndarra
                     levels=NOISE_LEVELS, seed: int = 0) -> dict[str, float]:
     """Zero-shot shape accuracy on the test photos noised to each timestep (the same noise for every
     model); ``model`` is a NoisedClip or a plain CLIP (which ignores t)."""
-    from synrep.generation.noised_clip import NoisedClip
+    from synrep.diffusion.noised_clip import NoisedClip
 
     x0 = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
@@ -293,7 +293,7 @@ def train_noised(cfg: DictConfig, progress: bool = True):
     against the frozen text tower's caption embeddings (CLIP's loss)."""
     from open_clip.tokenizer import SimpleTokenizer
 
-    from synrep.generation.noised_clip import NoisedClip, alphas_cumprod
+    from synrep.diffusion.noised_clip import NoisedClip, alphas_cumprod
     from synrep.learning.losses import clip_loss
 
     c = cfg.toy_noised_clip
@@ -334,8 +334,8 @@ def run_noised(cfg: DictConfig) -> dict[str, Path]:
 
     import json
 
-    from synrep.generation import noised_clip
-    from synrep.generation.pipelines import weights_sha256
+    from synrep.diffusion import noised_clip
+    from synrep.diffusion.pipelines import weights_sha256
 
     torch.set_num_threads(cfg.threads)
     c = cfg.toy_noised_clip

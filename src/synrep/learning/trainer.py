@@ -36,7 +36,9 @@ from omegaconf import DictConfig
 from synrep.learning.settings import method_train
 from synrep.settings import ConfigError, InputError, save_resolved
 from synrep.fileio import atomic_path, write_json
+from synrep.data.rounds import Refresh
 from synrep.generation.alignment_filter import check_index
+from synrep.generation.sources import refresh_reading
 from synrep.learning import distributed, methods
 from synrep.learning.identity import identity_diff, training_identity
 from synrep.learning.lr_schedule import warmup_cosine_lr
@@ -176,9 +178,12 @@ def training_data(cfg: DictConfig, length: TrainingLength):
     index = data.shard_index(cfg, t.data)
     if t.data != "real":
         check_index(cfg, t.data, index, f"the shard index of source {t.data!r}")
+    # a refreshing source: each pass reads one round of each caption's images (data/rounds.py)
+    refresh = refresh_reading(cfg, t.data)
     return data.GroupDataset(index["path"].to_list(), spec, transform, seed=t.seed, max_samples=length.n_captions,
                              cache_decoded=t.cache_decoded, counts=index["samples"].to_list(),
-                             kept=index["kept"].to_list() if "kept" in index.columns else None)
+                             kept=index["kept"].to_list() if "kept" in index.columns else None,
+                             refresh=None if refresh is None else Refresh(*refresh))
 
 
 def data_loader(cfg: DictConfig, dataset, length: TrainingLength, info: distributed.DistInfo,

@@ -23,7 +23,7 @@ def _components(seed: int) -> dict:
     from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from synrep.generation.random_sd import tiny_clip_bpe
+    from synrep.diffusion.random_sd import tiny_clip_bpe
 
     vocab, merges = tiny_clip_bpe()
     max_length = 16

@@ -20,7 +20,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils.torch_utils import randn_tensor
 
-from synrep.generation.toy.text import tokenize
+from synrep.diffusion.toy.text import tokenize
 
 
 def guided_noise(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float,

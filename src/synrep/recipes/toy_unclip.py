@@ -44,18 +44,18 @@ from tqdm.auto import tqdm
 from synrep.settings import ConfigError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
-from synrep.generation.diffusion_training import denoising_loss, update_weights
-from synrep.generation.toy.unclip import (ClipText, ToyUnCLIPPipeline, build_toy_unclip, caption_features,
+from synrep.diffusion.training import denoising_loss, update_weights
+from synrep.diffusion.toy.unclip import (ClipText, ToyUnCLIPPipeline, build_toy_unclip, caption_features,
                                           clip_text, image_embeddings)
-from synrep.generation.toy.text import tokenize
+from synrep.diffusion.toy.text import tokenize
 from synrep.tracking import mlflow_run
 
 def load_parts(cfg: DictConfig):
     """(the toy generator the decoder starts from, the toy CLIP), each named by its config key when missing."""
-    from synrep.generation.clip_guidance import load_guide
-    from synrep.generation.clip_model import check_clip_folder
-    from synrep.generation.pipelines import check_weight_files, model_folder
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.clip_model import check_clip_folder
+    from synrep.diffusion.pipelines import check_weight_files, model_folder
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     u = cfg.toy_unclip
     folder = model_folder(u.generator, "toy_unclip.generator")

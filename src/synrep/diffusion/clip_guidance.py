@@ -13,7 +13,7 @@ similarity, the cosine, in place of its spherical distance). ``cutouts`` > 0 sco
 that many random square crops of D(x̂0) (the community pipeline's ``MakeCutouts``) instead of the
 whole image. Works with the samplers that step on ᾱ_t (ddim, ddpm, dpmsolver, pndm).
 
-With a noised CLIP (GLIDE's own form, generation/noised_clip.py; pixel-space models only) the
+With a noised CLIP (GLIDE's own form, diffusion/noised_clip.py; pixel-space models only) the
 gradient is taken on x_t directly, with no pass through the denoiser:
 
     ε̂  = ε − s · sqrt(1 − ᾱ_t) · ∇_{x_t} cos(CLIP_img(x_t, t), CLIP_txt(c))
@@ -41,14 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from synrep.settings import InputError
-from synrep.generation import noised_clip
-from synrep.generation.clip_model import load_clip
+from synrep.diffusion import noised_clip
+from synrep.diffusion.clip_model import load_clip
 
 ALPHA_SAMPLERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler")
 @functools.lru_cache(maxsize=4)
 def load_guide(path: str, device: str = "cpu") -> "ClipGuide":
     """The CLIP of an open_clip ``local-dir:`` folder (e.g. ``models/toy_clip``), frozen, loaded once
-    per process: a ``NoisedClipGuide`` for a noised CLIP (generation/noised_clip.py)."""
+    per process: a ``NoisedClipGuide`` for a noised CLIP (diffusion/noised_clip.py)."""
     if noised_clip.is_noised_clip_folder(path):
         model, tokenizer, info = noised_clip.load(path, device)
         model.requires_grad_(False)
@@ -167,7 +167,7 @@ class _StableDiffusion:
 
 
 def adapter(pipe):
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     if isinstance(pipe, ToyGlidePipeline):
         return _Toy(pipe)
@@ -187,7 +187,7 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     that gets, per step, t, ᾱ_t, whether it was guided and the change the guidance made to ε."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    from synrep.generation.toy.pipeline import guided_noise, step_kwargs
+    from synrep.diffusion.toy.pipeline import guided_noise, step_kwargs
 
     scheduler = pipe.scheduler
     if type(scheduler).__name__ not in ALPHA_SAMPLERS:

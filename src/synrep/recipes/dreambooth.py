@@ -34,7 +34,7 @@ import torch
 
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.settings import ConfigError, InputError, digest, save_resolved
-from synrep.generation.diffusion_training import denoising_loss, update_weights
+from synrep.diffusion.training import denoising_loss, update_weights
 from synrep.tracking import mlflow_run
 
 # diffusers.optimization.get_scheduler's names, as train_dreambooth.py's --lr_scheduler takes them
@@ -131,7 +131,7 @@ def model_input(pipe, images: np.ndarray, generator: torch.Generator | None = No
 
 def tokenize(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask, padded to the tokenizer's max length (as the pipelines do)."""
-    from synrep.generation.toy.text import tokenize as pad_tokenize
+    from synrep.diffusion.toy.text import tokenize as pad_tokenize
 
     ids, mask = pad_tokenize(pipe.tokenizer, prompts)
     return ids.to(pipe.device), mask.to(pipe.device)
@@ -141,7 +141,7 @@ def encode_text(pipe, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     """(encoder_hidden_states, class_labels) for the UNet: the toy generator conditions on the
     caption states and on the pooled embedding (its class embedding); SD on the states alone, with
     the attention mask only where its text encoder's config asks for one (as its pipeline)."""
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     encoder = pipe.text_encoder
     if isinstance(pipe, ToyGlidePipeline):
@@ -203,7 +203,7 @@ def class_images(pipe, opts: Mapping, class_data_dir: str | Path, settings: Mapp
     They live in ``class_data_dir/<hash of the provenance>/`` (images.npz, provenance.json: prompt,
     seed, model fingerprint, sampler, steps, w and each image's noise seed); a later call with the
     same provenance reuses them and generates only what is missing."""
-    from synrep.generation.sampling import sample_images
+    from synrep.diffusion.sampling import sample_images
 
     fingerprint = fingerprint or weights_fingerprint(pipe)
     provenance = class_provenance(pipe, opts, settings, fingerprint)
@@ -369,8 +369,8 @@ def run(cfg) -> dict[str, Path]:
     import mlflow
 
     from synrep.data import toy_subject
-    from synrep.generation.pipelines import fingerprint as model_fingerprint
-    from synrep.generation.pipelines import load_pipeline, model_folder
+    from synrep.diffusion.pipelines import fingerprint as model_fingerprint
+    from synrep.diffusion.pipelines import load_pipeline, model_folder
 
     torch.set_num_threads(cfg.threads)
     d = cfg.dreambooth

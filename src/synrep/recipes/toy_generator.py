@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from synrep.settings import ConfigError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, write_json
-from synrep.generation.diffusion_training import denoising_loss, update_weights
-from synrep.generation.toy.pipeline import ToyGlidePipeline
-from synrep.generation.toy.text import build_text_encoder, build_tokenizer, tokenize
+from synrep.diffusion.training import denoising_loss, update_weights
+from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+from synrep.diffusion.toy.text import build_text_encoder, build_tokenizer, tokenize
 from synrep.tracking import mlflow_run
 
 

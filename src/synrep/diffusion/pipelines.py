@@ -36,10 +36,10 @@ SAMPLERS = {
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 # The project's own pipeline classes (model_index.json's _class_name -> module); diffusers loads the rest
 TOY_PIPELINES = {
-    "ToyGlidePipeline": "synrep.generation.toy.pipeline",
-    "ToyGlideAdaptedPipeline": "synrep.generation.toy.nada",
-    "ToyGlideInpaintPipeline": "synrep.generation.toy.inpaint",
-    "ToyUnCLIPPipeline": "synrep.generation.toy.unclip",
+    "ToyGlidePipeline": "synrep.diffusion.toy.pipeline",
+    "ToyGlideAdaptedPipeline": "synrep.recipes.nada",
+    "ToyGlideInpaintPipeline": "synrep.diffusion.toy.inpaint",
+    "ToyUnCLIPPipeline": "synrep.diffusion.toy.unclip",
 }
 
 

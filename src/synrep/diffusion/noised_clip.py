@@ -26,7 +26,7 @@ import torch
 
 from synrep.settings import InputError
 from synrep.fileio import write_json
-from synrep.generation.clip_model import CLIP_CONFIG, load_clip
+from synrep.diffusion.clip_model import CLIP_CONFIG, load_clip
 
 NOISED_CONFIG = "noised_clip.json"
 TIMESTEP_WEIGHTS = "timestep_embedding.safetensors"

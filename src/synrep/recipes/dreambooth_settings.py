@@ -1,4 +1,4 @@
-"""Config section ``dreambooth``: the fine-tune (generation/dreambooth.py), and the two studies
+"""Config section ``dreambooth``: the fine-tune (recipes/dreambooth.py), and the two studies
 nested under it, its quality measurement (evaluation/dreambooth_quality.py) and the subject probe
 (experiments/subject_probe.py). They sit here, below the packages that run them, because a section
 and its sub-sections are one dataclass tree."""
@@ -60,7 +60,7 @@ def check_probe_sources(probe: DictConfig, key: str, cfg: DictConfig) -> None:
 
 @dataclass
 class DreamBoothConfig:
-    """DreamBooth (Ruiz et al. 2023; generation/dreambooth.py, ``python -m synrep train_dreambooth``):
+    """DreamBooth (Ruiz et al. 2023; recipes/dreambooth.py, ``python -m synrep train_dreambooth``):
     fine-tune a text-to-image pipeline (the toy generator or Stable Diffusion) on a few images of one
     subject, the toy world's notched two-tone ring, under "<instance_prompt>", optionally with the
     class-specific prior-preservation loss. The options named as in diffusers'

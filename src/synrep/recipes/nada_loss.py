@@ -1,5 +1,5 @@
 """NADA's CLIP losses (StyleGAN-NADA's ``criteria/clip_loss.py``) for the toy generator's adaptation
-(``generation/toy/nada.py``): the text direction ΔT, the directional and global losses, and the
+(``recipes/nada.py``): the text direction ΔT, the directional and global losses, and the
 weighted sum over several CLIPs (``nada.clip_models``)."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ LOSSES = ("directional", "global")
 @dataclass
 class ToyGeneratorModelConfig:
     """The toy generator's networks: a diffusers UNet2DConditionModel, a CLIP-style text encoder
-    over the toy world's vocabulary and a DDIM noise schedule (generation/toy/train.py)."""
+    over the toy world's vocabulary and a DDIM noise schedule (recipes/toy_generator.py)."""
 
     sample_size: int = setting(16, "Side of the images the UNet makes (the toy world's image_size)")
     block_out_channels: list[int] = setting([32, 64, 128], "The UNet's channels per resolution level")
@@ -58,7 +58,7 @@ class ToyGeneratorConfig:
 @dataclass
 class ToyInpaintConfig:
     """Fine-tune of the toy generator into GLIDE-style inpainting (``python -m synrep train_inpaint``):
-    extra input channels for the mask and the masked image (generation/toy/inpaint.py)."""
+    extra input channels for the mask and the masked image (diffusion/toy/inpaint.py)."""
 
     output_dir: str = setting("${paths.results_dir}/${name}/toy_inpaint", "Where the inpainting pipeline is saved")
     base: str = setting("models/toy_generator", "The text-to-image pipeline it starts from")
@@ -94,7 +94,7 @@ def check_mask_mix(section: DictConfig, key: str, cfg: DictConfig) -> None:
 class ToyUnclipConfig:
     """Training recipe of the toy DALL-E 2 / unCLIP (``python -m synrep train_unclip``): a diffusion
     prior from the toy CLIP's text outputs to its image embedding, and a decoder fine-tuned from the
-    toy generator to invert that embedding (generation/toy/unclip.py, generation/toy/train_unclip.py)."""
+    toy generator to invert that embedding (diffusion/toy/unclip.py, recipes/toy_unclip.py)."""
 
     output_dir: str = setting("${paths.results_dir}/${name}/toy_unclip", "Where the unCLIP pipeline is saved")
     generator: str = setting("models/toy_generator", "The toy generator (ToyGlidePipeline folder) the decoder "
@@ -129,7 +129,7 @@ class ToyUnclipConfig:
 @dataclass
 class NadaConfig:
     """StyleGAN-NADA's text-only domain adaptation of the toy generator (``python -m synrep train_nada``,
-    generation/toy/nada.py), in DiffusionCLIP's form: a trained copy of the UNet is fine-tuned through a
+    recipes/nada.py), in DiffusionCLIP's form: a trained copy of the UNet is fine-tuned through a
     short DDIM chain so that, from the same noise and caption, its images differ from the frozen copy's
     along the toy CLIP's text direction source -> target. Measured by ``python -m synrep nada_quality``
     (evaluation/nada_quality.py) with a domain classifier (``python -m synrep domain_classifier``)."""

@@ -53,7 +53,7 @@ diffusers pipelines, decoding a given embedding *with a caption* (the ``use_prio
 and captioned variations) runs diffusers' own decoder and super-resolution loops
 (``UnCLIPImageVariationPipeline.__call__``) in a subclass that only changes the caption it encodes.
 
-Train and ship the toy model (``synrep.generation.toy.train_unclip``)::
+Train and ship the toy model (``synrep.recipes.toy_unclip``)::
 
     python -m synrep train_unclip toy_unclip.output_dir=models/toy_unclip
 """
@@ -71,8 +71,8 @@ from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from synrep.settings import InputError
-from synrep.generation.toy.pipeline import guided_noise, pixel_output, step_kwargs
-from synrep.generation.toy.text import tokenize
+from synrep.diffusion.toy.pipeline import guided_noise, pixel_output, step_kwargs
+from synrep.diffusion.toy.text import tokenize
 
 # unCLIP's decoder: "projecting CLIP embeddings into four extra tokens of context"
 EXTRA_CONTEXT_TOKENS = 4
@@ -319,7 +319,7 @@ def load_toy_unclip(path, sampler: str | None = "dpmsolver", device: str = "cpu"
     None keeps the saved DDIM)."""
     from pathlib import Path
 
-    from synrep.generation.pipelines import make_scheduler
+    from synrep.diffusion.pipelines import make_scheduler
 
     folder = Path(path)
     if not (folder / "model_index.json").exists():

@@ -25,8 +25,8 @@ def inpainting_pipeline(pipe):
     inpainting UNet's extra channels when it has them, else inpaint by replacement."""
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
-    from synrep.generation.toy.inpaint import ToyGlideInpaintPipeline
-    from synrep.generation.toy.pipeline import ToyGlidePipeline
+    from synrep.diffusion.toy.inpaint import ToyGlideInpaintPipeline
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 
     if isinstance(pipe, (ToyGlideInpaintPipeline, StableDiffusionInpaintPipeline)):
         return pipe
@@ -43,7 +43,7 @@ def inpainting_pipeline(pipe):
 def inpaint_inputs(pipe, images: np.ndarray, masks: np.ndarray) -> dict:
     """``image`` and ``mask_image`` as the pipeline takes them: uint8 images and bool masks for the
     toy pipeline, [0, 1] tensors for diffusers' (its image processors resize and normalise them)."""
-    from synrep.generation.toy.inpaint import ToyGlideInpaintPipeline
+    from synrep.diffusion.toy.inpaint import ToyGlideInpaintPipeline
 
     if isinstance(pipe, ToyGlideInpaintPipeline):
         return {"image": images, "mask_image": masks}
@@ -53,9 +53,9 @@ def inpaint_inputs(pipe, images: np.ndarray, masks: np.ndarray) -> dict:
 
 def unclip_mode_images(pipe, settings: Mapping, prompts: list[str], generators: list, w: float, n: int,
                        images: np.ndarray | None) -> np.ndarray:
-    """Modes unclip and variation (generation/toy/unclip.py): n images per prompt (or real image)."""
-    from synrep.generation.clip_guidance import load_guide
-    from synrep.generation.toy.unclip import unclip_images, variation_images
+    """Modes unclip and variation (diffusion/toy/unclip.py): n images per prompt (or real image)."""
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.toy.unclip import unclip_images, variation_images
 
     u = settings["unclip"]
     clip = load_guide(u["clip_model"], str(pipe.device)) if u.get("clip_model") else None
@@ -83,7 +83,7 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings
     guidance = settings.get("guidance") or {}
     mode = source_modes.get(settings.get("mode", "text2img"))
     if mode.mask:
-        from synrep.generation.toy.inpaint import ToyGlideInpaintPipeline
+        from synrep.diffusion.toy.inpaint import ToyGlideInpaintPipeline
 
         pipe = inpainting_pipeline(pipe)
         if n > 1 and not isinstance(pipe, ToyGlideInpaintPipeline):
@@ -120,7 +120,7 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], w: float, settings
             images = unclip_mode_images(pipe, settings, prompts[chunk], generators, w, n,
                                         None if inputs is None else inputs["images"][chunk])
         elif guidance.get("kind") == "clip":
-            from synrep.generation.clip_guidance import clip_guided, load_guide
+            from synrep.diffusion.clip_guidance import clip_guided, load_guide
 
             images = clip_guided(pipe, load_guide(guidance["clip_model"], str(device)), prompts[chunk], generators,
                                  settings["steps"], float(w), guidance["clip_scale"], eta=settings["eta"],
@@ -186,7 +186,7 @@ def caption_images(pipe, spec: Mapping, captions: list[str], draws: list[tuple[l
     ``spec["batch_size"]`` images. ``draws``: each caption's noise seeds and scales
     (``sources.image_draws``); ``real``: each caption's real ``images`` and ``object_mask`` (the
     modes that start from one). With mode inpaint and ``keep_real``, image 0 is the real image."""
-    from synrep.generation.toy.inpaint import region_masks
+    from synrep.diffusion.toy.inpaint import region_masks
 
     l = spec["l"]
     mode = source_modes.get(spec["mode"])

@@ -80,9 +80,9 @@ from tqdm.auto import tqdm
 from synrep.settings import ConfigError, InputError, save_resolved
 from synrep.data import toyworld
 from synrep.fileio import atomic_dir, atomic_path, write_json
-from synrep.generation.toy.nada_loss import directional_loss, global_loss, text_direction, text_embedding, weighted_sum
-from synrep.generation.toy.pipeline import ToyGlidePipeline, guided_noise
-from synrep.generation.toy.settings import LAYER_UNITS
+from synrep.recipes.nada_loss import directional_loss, global_loss, text_direction, text_embedding, weighted_sum
+from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise
+from synrep.recipes.settings import LAYER_UNITS
 from synrep.tracking import mlflow_run
 
 # The world's photo captions' wording ("a photo of a red circle", TEMPLATES_PLAIN), with {x} the object
@@ -96,7 +96,7 @@ def domain_names(cfg: DictConfig) -> list[str]:
 
 def check(cfg: DictConfig) -> None:
     """Fail with one line naming the config key when a ``nada.*`` value cannot work (its bounds and
-    choices are checked at load time, generation/toy/settings.py)."""
+    choices are checked at load time, recipes/settings.py)."""
     n = cfg.nada
     known = ["photo", *toyworld.DOMAIN_TEMPLATES]
     for key in ("source", "target"):
@@ -408,9 +408,9 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     import mlflow
     from safetensors.torch import save_file
 
-    from synrep.generation.clip_guidance import load_guide
-    from synrep.generation.clip_model import check_clip_folder
-    from synrep.generation.pipelines import model_folder
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.clip_model import check_clip_folder
+    from synrep.diffusion.pipelines import model_folder
 
     check(cfg)
     torch.set_num_threads(cfg.threads)
