@@ -207,12 +207,27 @@ def to_dict(cfg: DictConfig | ListConfig) -> Any:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+# Keys added to a section after its hash was published: left out of the hash while all of them
+# are at their defaults, so that a config without them keeps its hashes (and Snakemake does not
+# rerun its steps)
+HASH_OMITS_AT_DEFAULT = {"captions": {"skew": [], "skew_seed": 0, "held_out": []}}
+
+
+def hashed_section(key: str, value: dict) -> dict:
+    """A section's plain dict as hashes see it (``HASH_OMITS_AT_DEFAULT``)."""
+    omit = HASH_OMITS_AT_DEFAULT.get(key, {})
+    if omit and all(value.get(k) == v for k, v in omit.items()):
+        return {k: v for k, v in value.items() if k not in omit}
+    return value
+
+
 def section_hash(cfg: DictConfig, *keys: str) -> str:
     """A short hash of some config sections: Snakemake params, so a rule reruns when they change."""
     payload = {}
     for key in keys:
         value = OmegaConf.select(cfg, key)
-        payload[key] = to_dict(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        plain = to_dict(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        payload[key] = hashed_section(key, plain) if isinstance(plain, dict) else plain
     return digest(payload)
 
 

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from synrep.settings import ConfigError, InputError, run_dir, save_resolved
 from synrep.data.caption_readers import CaptionStream
+from synrep.data.caption_skew import CaptionSelection, selection
 from synrep.data.concepts import ConceptStream
 from synrep.data.dedup import StreamingDedup, StringStore, normalize_series
 from synrep.fileio import atomic_path, remove_dead_temporaries, write_json
@@ -92,14 +93,17 @@ def _kept_captions(wanted: np.ndarray, read: list[tuple[np.ndarray, pl.Series]],
     return text.gather(pos)
 
 
-def _stream_dedup(stream: CaptionStream, scratch: dict[str, Path], limit: int | None) -> dict[str, int]:
+def _stream_dedup(stream: CaptionStream, scratch: dict[str, Path], limit: int | None,
+                  select: CaptionSelection | None = None) -> dict[str, int]:
     """Read ``stream`` to its end: kept rows (their first ``limit``) to ``scratch["captions"]``,
     bad rows to ``scratch["bad_rows"]``. Returns the dedup's counts.
 
     A row is kept when its normalised caption is new (ids in order kept). A removed row counts as
     identical text when its caption occurred before: it then equals either the kept caption it
     duplicates or an earlier duplicate's text of the same kept caption (a second, small dedup on
-    (kept id, text) of the duplicates whose text differs from their kept caption)."""
+    (kept id, text) of the duplicates whose text differs from their kept caption). With ``select``
+    (a skewed caption set, held-out pairs) only the distinct captions it keeps are written, until
+    ``limit`` of them are."""
     import pyarrow.parquet as pq
 
     kept_text = StringStore(scratch["kept_text"])  # kept captions by id, to verify hash matches
@@ -142,8 +146,12 @@ def _stream_dedup(stream: CaptionStream, scratch: dict[str, Path], limit: int | 
                         n_identical += int((~new_variant).sum())
                 room = block.rows.height if limit is None else max(0, limit - written)
                 if room:
-                    kept = block.rows.filter(first).head(room)
-                    table = kept.select(pl.Series("caption_id", ids[first][: kept.height]),
+                    kept, kept_ids = block.rows.filter(first), ids[first]
+                    if select is not None:
+                        chosen = select.keep(kept)
+                        kept, kept_ids = kept.filter(pl.Series(chosen)), kept_ids[chosen]
+                    kept = kept.head(room)
+                    table = kept.select(pl.Series("caption_id", kept_ids[: kept.height]),
                                         "caption", "url", "source_line")
                     writer.write_table(table.to_arrow().cast(schema))
                     written += kept.height
@@ -207,7 +215,8 @@ def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
         for what in ("captions", "bad_rows", "kept_text", "variants"):
             scratch[what] = _scratch_file(out.parent, f"captions-{what}")
         # A malformed or empty file fails here, before anything is published or an MLflow run is opened.
-        counts = _stream_dedup(stream, scratch, ccfg.limit)
+        select = selection(cfg, ccfg, key)
+        counts = _stream_dedup(stream, scratch, ccfg.limit, select)
         _check_not_empty(stream)
         rows, n_dedup, n_identical = stream.rows_usable, counts["rows_deduplicated"], counts["duplicates_identical_text"]
         bad_counts = stream.bad_counts()
@@ -228,6 +237,8 @@ def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
         }
         if ccfg.format == "concepts":  # the concept list, seed and draws, and each concept's captions
             stats["concepts"] = stream.record
+        if select is not None:  # the skew and held-out pairs: per rule, captions matched and kept
+            stats["selection"] = select.record()
         if source is not None:
             stats["for_source"] = source
         with mlflow_run(cfg, "captions", sections=("captions",) if source is None else ("sources",),

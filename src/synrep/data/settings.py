@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+import re
+from typing import Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from synrep.settings import ConfigError, section_check, setting
 
 CAPTION_FORMATS = ("cc3m", "cc12m", "redcaps", "laion", "table", "concepts")
+# The toy world's attributes, the labels of every real image, and the values of those that
+# toyworld.* does not list (data/toyworld.py draws them)
+TOY_ATTRIBUTES = ("shape", "colour", "size", "background")
+TOY_SIZES = ("small", "large")
+TOY_BACKGROUNDS = ("dark", "light")
+
+
+def toy_attribute_values(toyworld: DictConfig) -> dict[str, list[str]]:
+    """Each toy world attribute's value names, in index order."""
+    return {"shape": list(toyworld.shapes), "colour": list(toyworld.colours), "size": list(TOY_SIZES),
+            "background": list(TOY_BACKGROUNDS)}
 
 
 @dataclass
@@ -66,6 +78,17 @@ class ConceptsConfig:
 
 
 @dataclass
+class CaptionSkewRule:
+    """One rule of a skewed caption set (``captions.skew``): of the captions it matches, keep a fraction."""
+
+    match: dict[str, Any] = setting(
+        {}, "What a caption must be to match (every entry): a toy world attribute (shape, colour, size, "
+        "background) and a value or list of values, read from the caption's own image (its toy:// url); or "
+        "`caption`: a regular expression searched in the caption's text (any caption file)")
+    keep: float = setting(1.0, "The fraction of the matching captions kept, in [0, 1]")
+
+
+@dataclass
 class CaptionsConfig:
     """The caption set (data/captions.py): read, normalised and deduplicated; a source may name a
     caption set of its own (``sources.<name>.caption_set``)."""
@@ -77,6 +100,15 @@ class CaptionsConfig:
     max_length: int = setting(500, "Longest caption kept, in characters")
     limit: Optional[int] = setting(None, "Keep only the first N deduplicated captions (null keeps all)")
     concepts: ConceptsConfig = setting(ConceptsConfig, "format concepts: the concept list and templates")
+    skew: list[CaptionSkewRule] = setting(
+        [], "A deliberately skewed caption set: rules applied after the dedup and before the limit, e.g. "
+        "[{match: {shape: ring, background: light}, keep: 0.1}] (rings mostly on dark backgrounds). A caption "
+        "several rules match is kept with the product of their fractions; [] (off): all kept")
+    skew_seed: int = setting(0, "Which captions a skew rule's fraction keeps (one uniform draw per caption)")
+    held_out: list[dict[str, str]] = setting(
+        [], "Attribute pairs no training caption may show together (toy world), e.g. [{colour: red, shape: "
+        "ring}]: every caption whose image has both is removed, and runs with a text tower report zero-shot "
+        "accuracy on the test images of these pairs against the seen ones; [] (off)")
 
 
 @section_check(CaptionsConfig)
@@ -90,3 +122,47 @@ def check_caption_set(captions: DictConfig, key: str, cfg: DictConfig) -> None:
                           f"got {concepts.count}")
     if concepts.file is not None and not Path(concepts.file).is_file():
         raise ConfigError(f"config key '{key}.concepts.file': {concepts.file} is not a file")
+    check_caption_selection(captions, key, cfg.toyworld)
+    if key == "captions" and captions.held_out and cfg.eval.dataset != "toyworld":
+        raise ConfigError(f"config key 'captions.held_out': the seen / held-out zero-shot needs test images labelled "
+                          f"with both attributes (eval.dataset toyworld, not {cfg.eval.dataset!r}); on other "
+                          "captions remove pairs with captions.skew rules on the caption text, keep 0")
+
+
+def check_caption_selection(captions: DictConfig, key: str, toyworld: DictConfig) -> None:
+    """``skew`` rules and ``held_out`` pairs of a captions section: known attributes and values, a
+    fraction in [0, 1], a regular expression that compiles, two attributes a pair."""
+    values = toy_attribute_values(toyworld)
+
+    def check_value(attribute: str, value: Any, where: str) -> None:
+        if attribute not in values:
+            raise ConfigError(f"config key '{where}': {attribute!r} is not a toy world attribute "
+                              f"({list(TOY_ATTRIBUTES)}) or 'caption'")
+        wanted = list(value) if isinstance(value, (list, ListConfig)) else [value]
+        if not wanted:
+            raise ConfigError(f"config key '{where}': an empty list of values")
+        for v in wanted:
+            if v not in values[attribute]:
+                raise ConfigError(f"config key '{where}': {v!r} is not a {attribute} ({values[attribute]})")
+
+    for i, rule in enumerate(captions.skew):
+        where = f"{key}.skew[{i}]"
+        if not rule.match:
+            raise ConfigError(f"config key '{where}.match': empty (name the attributes or the caption text it matches)")
+        if not 0.0 <= rule.keep <= 1.0:  # here, not as the field's bounds: the default run has no rule to check them on
+            raise ConfigError(f"config key '{where}.keep': must be in [0, 1], got {rule.keep!r}")
+        for attribute, value in rule.match.items():
+            if attribute == "caption":
+                try:
+                    re.compile(str(value))
+                except re.error as err:
+                    raise ConfigError(f"config key '{where}.match.caption': not a regular expression ({err})") from None
+                continue
+            check_value(attribute, value, f"{where}.match.{attribute}")
+    for i, pair in enumerate(captions.held_out):
+        where = f"{key}.held_out[{i}]"
+        if len(pair) != 2:
+            raise ConfigError(f"config key '{where}': a pair of two attributes, e.g. {{colour: red, shape: ring}}; "
+                              f"got {dict(pair)}")
+        for attribute, value in pair.items():
+            check_value(attribute, value, f"{where}.{attribute}")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from synrep.data.settings import TOY_BACKGROUNDS, TOY_SIZES
 from synrep.settings import ConfigError, InputError, save_resolved, to_dict
 from synrep.fileio import atomic_path, write_json, write_text
 
@@ -46,8 +47,8 @@ COLOUR_RGB = {
     "white": (0.95, 0.95, 0.95),
     "grey": (0.55, 0.55, 0.55),
 }
-SIZES = ("small", "large")
-BACKGROUNDS = ("dark", "light")
+SIZES = TOY_SIZES
+BACKGROUNDS = TOY_BACKGROUNDS
 
 # Paraphrases: several words for each attribute value.
 SHAPE_WORDS = {

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from synrep.settings import digest, run_dir, save_resolved, to_dict
+from synrep.evaluation.compositional import compositional_zero_shot
 from synrep.evaluation.features import (SPLITS, EvalData, cached_features, extract_features, load_eval_data,
                                         normalise_transform)
 from synrep.evaluation.fewshot import few_shot
@@ -132,6 +133,9 @@ def evaluate_features(features: dict[str, np.ndarray] | None, data: EvalData, cf
     if model is not None and getattr(model, "has_text", False) and e.zero_shot:
         for target, prompts in data.prompts.items():
             metrics["zero_shot"][target] = zero_shot(model, cfg, features["test"], data.labels[target]["test"], prompts)
+        if cfg.captions.held_out and data.test_attributes:  # pairs no training caption showed together
+            metrics["compositional_zero_shot"] = compositional_zero_shot(model, cfg, features["test"],
+                                                                         data.test_attributes)
         clock.lap("zero_shot")
     metrics["seconds"] = clock.seconds
     return metrics
@@ -152,7 +156,8 @@ class Clock:
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """{"probe_shape": .., "fewshot_shape": .., "fewshot_shape_ci95": .., "zeroshot_shape": ..}, and
-    with eval.groups "probe_shape_worst_shape_background", "probe_shape_groupmean_shape_background" .."""
+    with eval.groups "probe_shape_worst_shape_background", "probe_shape_groupmean_shape_background" ..,
+    with captions.held_out "zeroshot_pair_shape_colour_heldout", "zeroshot_pair_shape_colour_seen" .."""
     flat = {}
     for target, r in metrics["linear_probe"].items():
         flat[f"probe_{target}"] = r["test"]
@@ -169,6 +174,10 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
         flat[f"fewshot_{target}_ci95"] = r["ci95"]
     for target, acc in metrics["zero_shot"].items():
         flat[f"zeroshot_{target}"] = acc
+    for name, r in metrics.get("compositional_zero_shot", {}).items():  # captions.held_out
+        for part in ("held_out", "seen"):
+            if r[part] is not None:
+                flat[f"zeroshot_pair_{name}_{part.replace('_', '')}"] = r[part]
     return flat
 
 

@@ -8,11 +8,9 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from synrep.data.settings import TOY_ATTRIBUTES
 from synrep.generation.settings import check_data_source
 from synrep.settings import ConfigError, section_check, setting
-
-# The toy world's attributes, the labels of every real image (data.toyworld names their values)
-TOY_ATTRIBUTES = ("shape", "colour", "size", "background")
 
 
 @dataclass

@@ -9,9 +9,8 @@ from torch import nn
 
 
 @torch.no_grad()
-def zero_shot(model, cfg: DictConfig, image_features: np.ndarray, labels: np.ndarray,
-              prompts: list[list[str]]) -> float:
-    """Accuracy of the class whose averaged prompt embedding is nearest the image embedding."""
+def zero_shot_predictions(model, cfg: DictConfig, image_features: np.ndarray, prompts: list[list[str]]) -> np.ndarray:
+    """The class (index into ``prompts``) whose averaged prompt embedding is nearest each image embedding."""
     from synrep.learning.step import tokenize
 
     model.eval()
@@ -24,4 +23,10 @@ def zero_shot(model, cfg: DictConfig, image_features: np.ndarray, labels: np.nda
         class_embeddings.append(nn.functional.normalize(emb, dim=0))
     text = torch.stack(class_embeddings)
     img = nn.functional.normalize(model.embed_image(torch.from_numpy(image_features).to(device)), dim=1)
-    return float(((img @ text.T).argmax(1).cpu().numpy() == labels).mean())
+    return (img @ text.T).argmax(1).cpu().numpy()
+
+
+def zero_shot(model, cfg: DictConfig, image_features: np.ndarray, labels: np.ndarray,
+              prompts: list[list[str]]) -> float:
+    """Accuracy of the class whose averaged prompt embedding is nearest the image embedding."""
+    return float((zero_shot_predictions(model, cfg, image_features, prompts) == labels).mean())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from synrep.settings import run_dir, save_resolved, section_hash
+from synrep.settings import run_dir, save_resolved, section_hash, to_dict
 from synrep.experiments.sweep import RunSpec, expand, find, run_config
 from synrep.fileio import write_json
 from synrep.generation.sources import refresh_reading, source_spec, w_params
@@ -64,6 +64,12 @@ def run_params(cfg: DictConfig, spec: RunSpec) -> dict:
     if (reading := refresh_reading(cfg, spec.data)) is not None:
         # the axis of fresh images: a new round every so many passes, of so many rounds
         params.update(refresh_every=reading[0], refresh_rounds=reading[1])
+    if cfg.captions.skew or cfg.captions.held_out:
+        # a skewed caption set, pairs held out of it: the same for every run of the sweep, but part of what it measured
+        params["caption_skew"] = "; ".join(f"{', '.join(f'{k}={v}' for k, v in to_dict(r.match).items())} keep {r.keep:g}"
+                                           for r in cfg.captions.skew) or None
+        params["held_out"] = "; ".join(", ".join(f"{k}={v}" for k, v in to_dict(p).items())
+                                       for p in cfg.captions.held_out) or None
     return {k: v for k, v in params.items() if v is not None}
 
 

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from synrep import source_modes
 from synrep.generation.settings import guidance_scales
-from synrep.settings import ConfigError, to_dict
+from synrep.settings import ConfigError, hashed_section, to_dict
 
 if TYPE_CHECKING:
     import polars as pl
@@ -69,7 +69,10 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
     if source.prompts is not None:
         spec["prompts"] = prompts_spec(source.prompts)
     if source.caption_set is not None:  # its own caption set (the captions step's source_captions/<name>)
-        spec["caption_set"] = to_dict(source.caption_set)
+        spec["caption_set"] = hashed_section("captions", to_dict(source.caption_set))
+    elif source.prompts is None and (cfg.captions.skew or cfg.captions.held_out):
+        # the run's caption set is skewed or holds pairs out: which captions exist changed with it
+        spec["caption_selection"] = {k: to_dict(cfg.captions)[k] for k in ("skew", "skew_seed", "held_out")}
     settings = to_dict(g)
     spec.update({key: settings[key] for key in IMAGE_SETTINGS})
     if source.image_format is not None:  # a source's own format (e.g. JPEG for a large one)
