@@ -12,7 +12,7 @@ from torch import nn
 def zero_shot(model, cfg: DictConfig, image_features: np.ndarray, labels: np.ndarray,
               prompts: list[list[str]]) -> float:
     """Accuracy of the class whose averaged prompt embedding is nearest the image embedding."""
-    from synrep.learning.step import tokenize
+    from synrep.learning.step import caption_tokens
 
     model.eval()
     # the job's device, where evaluation put the model
@@ -20,7 +20,7 @@ def zero_shot(model, cfg: DictConfig, image_features: np.ndarray, labels: np.nda
     device = weight.device if weight is not None else torch.device("cpu")
     class_embeddings = []
     for class_prompts in prompts:
-        emb = nn.functional.normalize(model.embed_text(tokenize(cfg, class_prompts).to(device)), dim=1).mean(0)
+        emb = nn.functional.normalize(model.embed_text(caption_tokens(cfg, class_prompts).to(device)), dim=1).mean(0)
         class_embeddings.append(nn.functional.normalize(emb, dim=0))
     text = torch.stack(class_embeddings)
     img = nn.functional.normalize(model.embed_image(torch.from_numpy(image_features).to(device)), dim=1)
