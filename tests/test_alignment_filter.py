@@ -123,7 +123,7 @@ def test_the_index_follows_the_filter_and_nothing_is_regenerated(make_cfg, small
     table = pl.read_parquet(index.run(half, source="w1")["w1/index"])
     scores = [alignment_filter.scores_path(p, alignment_filter.filter_spec(half, "w1")["clip_sha256"]) for p in paths]
     stamps = [s.stat().st_mtime_ns for s in scores]
-    model = generate.model_info(quarter, source_spec(quarter, "w1"))
+    model = generate.generator_fingerprint(quarter, source_spec(quarter, "w1"))
     assert not any(generate.stale_reason(p, source_spec(quarter, "w1"), model) for p in paths)
     made = [p.stat().st_mtime_ns for p in paths]
     generate.run(quarter, source="w1")

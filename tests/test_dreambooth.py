@@ -92,7 +92,7 @@ def test_prior_preservation_loss_is_instance_mse_plus_weighted_class_mse(tiny_to
     t = torch.tensor([10, 500, 900, 250])
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     xt = scheduler.add_noise(x0, noise, t)
-    ids, mask = db.tokenize(pipe, ["a sks ring"] * 2 + ["a ring"] * 2)
+    ids, mask = db.prompt_ids(pipe, ["a sks ring"] * 2 + ["a ring"] * 2)
     with torch.no_grad():
         states, pooled = db.encode_text(pipe, ids, mask)
         pred = pipe.unet(xt, t, encoder_hidden_states=states, class_labels=pooled).sample

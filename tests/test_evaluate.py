@@ -157,7 +157,7 @@ class BagOfTokens(torch.nn.Module):
 
 
 def test_zero_shot_picks_the_class_of_the_nearest_averaged_prompt(make_cfg):
-    from synrep.learning.step import tokenize
+    from synrep.learning.step import caption_tokens
 
     cfg = make_cfg()
     model = BagOfTokens()
@@ -165,7 +165,7 @@ def test_zero_shot_picks_the_class_of_the_nearest_averaged_prompt(make_cfg):
     prompts = [[f"a photo of a {n}.", f"a drawing of a {n}."] for n in names]
     # the reference class embedding, computed here: mean of the normalised prompt embeddings
     normalise = torch.nn.functional.normalize
-    classes = torch.stack([normalise(normalise(model.embed_text(tokenize(cfg, p)), dim=1).mean(0), dim=0)
+    classes = torch.stack([normalise(normalise(model.embed_text(caption_tokens(cfg, p)), dim=1).mean(0), dim=0)
                            for p in prompts])
     labels = np.repeat(np.arange(4), 10)
     rng = np.random.default_rng(0)
@@ -173,7 +173,7 @@ def test_zero_shot_picks_the_class_of_the_nearest_averaged_prompt(make_cfg):
     assert zero_shot(model, cfg, images, labels, prompts) == 1.0
     assert zero_shot(model, cfg, images, (labels + 1) % 4, prompts) == 0.0
     # one image per class at the embedding of a single prompt still lands on its class
-    single = normalise(model.embed_text(tokenize(cfg, [p[0] for p in prompts])), dim=1).numpy()
+    single = normalise(model.embed_text(caption_tokens(cfg, [p[0] for p in prompts])), dim=1).numpy()
     assert zero_shot(model, cfg, single, np.arange(4), prompts) == 1.0
 
 

@@ -148,7 +148,7 @@ def test_finished_shards_are_reused_only_with_matching_provenance(gen_cfg, make_
     assert path.stat().st_mtime_ns == stamp
     # another sampler under the same source name: the shard is made again, with the new provenance
     other = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "sources.w1.sampler=ddim"))
-    assert generate.stale_reason(path, source_spec(other, "w1"), generate.model_info(other, source_spec(other, "w1")))
+    assert generate.stale_reason(path, source_spec(other, "w1"), generate.generator_fingerprint(other, source_spec(other, "w1")))
     generate.run(other, source="w1", shard=0)
     assert path.stat().st_mtime_ns != stamp
     assert next(read_shard(path))["record"]["source"]["sampler"] == "ddim"
@@ -274,7 +274,7 @@ def test_first_captions_own_prompts_and_a_union_of_sources(make_cfg, small_world
     prompts.write_text("a sks ring\na small sks ring\na sks ring on a dark background\n")
     edited = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, f"sources.own.prompts={prompts}"))
     spec = source_spec(edited, "own")
-    assert "sources.own: prompts" in generate.stale_reason(paths[2], spec, generate.model_info(edited, spec))
+    assert "sources.own: prompts" in generate.stale_reason(paths[2], spec, generate.generator_fingerprint(edited, spec))
 
 
 def serial_shard(cfg, source, index_):
@@ -286,7 +286,7 @@ def serial_shard(cfg, source, index_):
     from synrep.diffusion.sampling import caption_images
 
     spec = source_spec(cfg, source)
-    model = generate.model_info(cfg, spec)
+    model = generate.generator_fingerprint(cfg, spec)
     captions = generate.load_captions(cfg)
     shard = shard_ranges(len(captions), cfg.generation.captions_per_shard, source)[index_]
     rows = captions.slice(shard.start, shard.stop - shard.start)

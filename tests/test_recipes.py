@@ -183,7 +183,7 @@ def test_recipe_trains_exactly_the_official_run(experiment, schedule):
     n = cfg.plan.captions
     official = official_run(OFFICIAL_TRAIN.format(epochs=epochs, warmup=warmup), n)
     assert plan.world_size(cfg) == official["world"] == 32
-    rcfg = sweep.run_config(cfg, sweep.normalise("stablerep", "w2", 10, 6, 0))
+    rcfg = sweep.run_config(cfg, sweep.canonical_run("stablerep", "w2", 10, 6, 0))
     length = trainer.training_length(rcfg, n, world_size=plan.world_size(cfg))
     assert length.crops_per_step == official["batch"] == 8256
     assert length.rows_per_rank == 43 and length.steps_per_pass == official["per_epoch"]

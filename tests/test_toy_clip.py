@@ -59,7 +59,7 @@ def test_trained_toy_clip_loads_in_plain_open_clip(small_world, tmp_path):
     theirs = torch.load(tmp_path / "out.pt")
 
     # open_clip's own preprocessing of a PIL image is the trainer's normalisation
-    ours_x = toy_clip.normalise(torch.from_numpy(images).permute(0, 3, 1, 2))
+    ours_x = toy_clip.preprocess_images(torch.from_numpy(images).permute(0, 3, 1, 2))
     torch.testing.assert_close(theirs["preprocessed"], ours_x, atol=1e-5, rtol=0)
     with torch.no_grad():
         image = model.encode_image(ours_x, normalize=True)

@@ -12,7 +12,7 @@ import torch
 
 from synrep.learning import methods
 from synrep.learning import trainer as train
-from synrep.learning.step import tokenize
+from synrep.learning.step import caption_tokens
 from synrep.config import load_config
 from tests.conftest import REPO
 
@@ -202,7 +202,7 @@ def test_cached_tokens_are_open_clips(make_cfg):
     captions = ["a big red ring", "", "a small green square on a dark background in the top left corner",
                 "a big red ring", "A  Big, red RING!"]
     for _ in range(2):  # the second time from the cache
-        tokens = tokenize(cfg, captions)
+        tokens = caption_tokens(cfg, captions)
         assert torch.equal(tokens, SimpleTokenizer(context_length=12)(captions))
 
 
@@ -221,7 +221,7 @@ def reference_step(cfg, batch, world):
     model = train.build_model(cfg)
     rows = len(batch["captions"])
     per_row = batch["images"].shape[0] // rows
-    tokens = tokenize(cfg, batch["captions"]) if model.has_text else None
+    tokens = caption_tokens(cfg, batch["captions"]) if model.has_text else None
     outputs = model(batch["images"], tokens, views=per_row)
     loss, _ = methods.get(cfg.train.method).loss(cfg, outputs, torch.arange(rows).repeat_interleave(per_row))
     loss.backward()

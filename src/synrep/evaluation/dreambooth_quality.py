@@ -161,7 +161,7 @@ def score(images: dict[str, np.ndarray], wanted: dict[str, np.ndarray], classifi
     return row
 
 
-def model_info(folder: str | Path) -> dict:
+def fine_tune_settings(folder: str | Path) -> dict:
     """A fine-tuned model's own DreamBooth settings (its saved config.yaml)."""
     path = Path(folder) / "config.yaml"
     if not path.exists():
@@ -241,7 +241,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     from synrep.diffusion.pipelines import load_pipeline
 
     d, q = cfg.dreambooth, cfg.dreambooth.quality
-    infos = [model_info(m) for m in q.models]
+    infos = [fine_tune_settings(m) for m in q.models]
     for info in infos:
         if info["subject_seed"] != d.subject_seed:
             raise ConfigError(f"config key 'dreambooth.subject_seed': {d.subject_seed}, but {info['folder']} learnt the "

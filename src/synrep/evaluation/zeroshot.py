@@ -11,7 +11,7 @@ from torch import nn
 @torch.no_grad()
 def zero_shot_predictions(model, cfg: DictConfig, image_features: np.ndarray, prompts: list[list[str]]) -> np.ndarray:
     """The class (index into ``prompts``) whose averaged prompt embedding is nearest each image embedding."""
-    from synrep.learning.step import tokenize
+    from synrep.learning.step import caption_tokens
 
     model.eval()
     # the job's device, where evaluation put the model
@@ -19,7 +19,7 @@ def zero_shot_predictions(model, cfg: DictConfig, image_features: np.ndarray, pr
     device = weight.device if weight is not None else torch.device("cpu")
     class_embeddings = []
     for class_prompts in prompts:
-        emb = nn.functional.normalize(model.embed_text(tokenize(cfg, class_prompts).to(device)), dim=1).mean(0)
+        emb = nn.functional.normalize(model.embed_text(caption_tokens(cfg, class_prompts).to(device)), dim=1).mean(0)
         class_embeddings.append(nn.functional.normalize(emb, dim=0))
     text = torch.stack(class_embeddings)
     img = nn.functional.normalize(model.embed_image(torch.from_numpy(image_features).to(device)), dim=1)

@@ -44,7 +44,7 @@ class RunSpec:
         return self.run_id.rsplit("-s", 1)[0]
 
 
-def normalise(method: str, data: str, l: int, m: int, seed: int, budget: int | None = None) -> RunSpec:
+def canonical_run(method: str, data: str, l: int, m: int, seed: int, budget: int | None = None) -> RunSpec:
     if data == "real":
         l = 1
     if not methods.get(method).multi_positive:
@@ -62,7 +62,7 @@ def expand(cfg: DictConfig) -> list[RunSpec]:
         axes = [grid.method or [t.method], grid.data or [t.data], grid.l or [t.l], grid.m or [t.m], cfg.sweep.seeds,
                 grid.get("budget") or [t.image_budget]]
         for method, data, l, m, seed, budget in itertools.product(*axes):
-            spec = normalise(method, data, l, m, seed, budget)
+            spec = canonical_run(method, data, l, m, seed, budget)
             runs.setdefault(spec.run_id, spec)
     specs = list(runs.values())
     check_sources(cfg, specs)

@@ -50,7 +50,7 @@ def shards_dir(cfg: DictConfig) -> Path:
     return run_dir(cfg, "shards")
 
 
-def model_info(cfg: DictConfig, spec: dict) -> dict:
+def generator_fingerprint(cfg: DictConfig, spec: dict) -> dict:
     own = cfg.sources[spec["name"]].generator is not None
     key = f"sources.{spec['name']}.generator" if own else "generation.model"
     return fingerprint(spec["generator"], shards_dir(cfg) / ".fingerprints", key)
@@ -241,7 +241,7 @@ def run(cfg: DictConfig, source: str | None = None, shard: int | None = None) ->
                 n = source_caption_count(spec, caption_count(cfg, spec) if "caption_set" in spec else n_captions)
                 raise InputError(f"shard {shard} does not exist: source {name!r} generates {n} captions, "
                                  f"{-(-n // cfg.generation.captions_per_shard)} shard(s)")
-        model = model_info(cfg, spec)
+        model = generator_fingerprint(cfg, spec)
         todo = []
         for s in shards:
             path = shard_path(shards_dir(cfg), name, s.index)

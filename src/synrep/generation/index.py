@@ -16,7 +16,7 @@ from synrep import source_modes
 from synrep.data.shards import read_shard, shard_path, shard_summary, write_index
 from synrep.fileio import atomic_path, write_json
 from synrep.generation.alignment_filter import filter_rows, index_spec
-from synrep.generation.generate import model_info, source_shards, shards_dir
+from synrep.generation.generate import generator_fingerprint, source_shards, shards_dir
 from synrep.generation.sources import referenced_sources, w_params
 from synrep.tracking import mlflow_run
 
@@ -45,7 +45,7 @@ def index_source(cfg: DictConfig, source: str) -> dict[str, Path]:
         per_source = max(1, cfg.generation.grid_captions // len(spec["union"]))
         firsts = {r["source"]: Path(r["path"]) for r in reversed(rows)}
         grid = np.concatenate([sample_grid(firsts[m["name"]], per_source) for m in spec["union"]])
-        model = {m["name"]: model_info(cfg, m) for m in spec["union"]}
+        model = {m["name"]: generator_fingerprint(cfg, m) for m in spec["union"]}
     else:
         shards = source_shards(cfg, source)
         paths = [shard_path(shards_dir(cfg), source, s.index) for s in shards]
@@ -55,7 +55,7 @@ def index_source(cfg: DictConfig, source: str) -> dict[str, Path]:
                                     "run `python -m synrep generate`")
         rows = [shard_summary(path, s) for path, s in zip(paths, shards)]
         grid = sample_grid(paths[0], cfg.generation.grid_captions)
-        model = model_info(cfg, spec)
+        model = generator_fingerprint(cfg, spec)
     if "filter" in spec:  # the kept images of each caption (the grid still shows them all)
         rows = filter_rows(rows, spec["filter"], folder)
     outputs = {"index": write_index(folder / "index.parquet", rows)}

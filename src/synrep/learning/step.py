@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from synrep.learning import methods
 
 
-def tokenize(cfg: DictConfig, captions: list[str]) -> torch.Tensor:
+def caption_tokens(cfg: DictConfig, captions: list[str]) -> torch.Tensor:
     """The captions' token ids, each caption tokenized once per process: a run draws the same
     captions pass after pass, and BPE with its text clean-up was a tenth of a toy CLIP step."""
     context_length = int(cfg.train.text.context_length)
@@ -28,7 +28,7 @@ def forward_loss(cfg: DictConfig, model: torch.nn.Module, images: torch.Tensor, 
                  captions: list[str], amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict]:
     """Forward pass and the method's loss (under autocast when ``amp_dtype`` is set)."""
     method = methods.get(cfg.train.method)
-    tokens = tokenize(cfg, captions).to(images.device) if method.text else None
+    tokens = caption_tokens(cfg, captions).to(images.device) if method.text else None
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         outputs = model(images, tokens, views=method.crops_per_row(cfg.train.m))
     return method.loss(cfg, {k: v.float() for k, v in outputs.items()}, group_ids)

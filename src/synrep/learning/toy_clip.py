@@ -68,7 +68,7 @@ def save(model: torch.nn.Module, cfg: DictConfig, out: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_NAME))
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
+def preprocess_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> the model's input (the preprocessing saved with it)."""
     mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
@@ -95,7 +95,7 @@ def corpus(cfg: DictConfig, split: str) -> dict[str, np.ndarray]:
 @torch.no_grad()
 def encode_images(model, images: np.ndarray, batch: int = 1024) -> torch.Tensor:
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
-    feats = [model.encode_image(normalise(x[i:i + batch]), normalize=True) for i in range(0, len(x), batch)]
+    feats = [model.encode_image(preprocess_images(x[i:i + batch]), normalize=True) for i in range(0, len(x), batch)]
     return torch.cat(feats)
 
 
@@ -145,7 +145,7 @@ def zero_shot(cfg: DictConfig, model, tokenizer, data: dict[str, np.ndarray]) ->
 # ------------------------------------------------------------------------------------------
 
 
-def fit(model: torch.nn.Module, n: int, c: DictConfig, loss_of, desc: str, progress: bool = True,
+def train_loop(model: torch.nn.Module, n: int, c: DictConfig, loss_of, desc: str, progress: bool = True,
         max_grad_norm: float | None = None) -> list[float]:
     """CLIP's training loop, shared by the toy CLIP and its noised version: ``c.epochs`` passes over
     ``n`` items in shuffled batches of ``c.batch_size`` (``loss_of(indices, generator)``), AdamW without
@@ -203,7 +203,7 @@ def train(cfg: DictConfig, progress: bool = True) -> tuple[torch.nn.Module, list
     def loss_of(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return clip_loss(model.encode_image(augment(images[idx])), model.encode_text(tokens[idx]), model.logit_scale)
 
-    curve = fit(model, len(images), c, loss_of, "train toy CLIP", progress)
+    curve = train_loop(model, len(images), c, loss_of, "train toy CLIP", progress)
     return model.eval(), curve
 
 
@@ -325,7 +325,7 @@ def train_noised(cfg: DictConfig, progress: bool = True):
         x = noised_input(x0, torch.randn(x0.shape, generator=gen), t, alphas)
         return clip_loss(model.encode_image(x, t), text[idx], model.logit_scale)
 
-    curve = fit(model, len(x0_all), c, loss_of, "train noised CLIP", progress, max_grad_norm=1.0)
+    curve = train_loop(model, len(x0_all), c, loss_of, "train noised CLIP", progress, max_grad_norm=1.0)
     return model.eval(), curve, base, tokenizer, schedule
 
 

@@ -129,7 +129,7 @@ def model_input(pipe, images: np.ndarray, generator: torch.Generator | None = No
     return latents.float() * vae.config.scaling_factor
 
 
-def tokenize(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_ids(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask, padded to the tokenizer's max length (as the pipelines do)."""
     from synrep.diffusion.toy.text import tokenize as pad_tokenize
 
@@ -303,7 +303,7 @@ def train_dreambooth(pipe, instance_images: np.ndarray, opts: Mapping, class_dat
 
     bsz = int(opts["train_batch_size"])
     prompts = [str(opts["instance_prompt"])] * bsz + ([str(opts["class_prompt"])] * bsz if prior else [])
-    ids, mask = tokenize(pipe, prompts)
+    ids, mask = prompt_ids(pipe, prompts)
     if not train_te:
         # a frozen encoder gives the same states every step: encode once
         with torch.no_grad():

@@ -83,11 +83,11 @@ def run(cfg: DictConfig) -> dict[str, Path]:
             f"config key 'toy_generator.model.sample_size' is {gcfg.model.sample_size} but the toy world's "
             f"images are {split['images'].shape[1]} px (toyworld.image_size)"
         )
-    torch.manual_seed(gcfg.seed)  # the initial weights; fit's noise continues this stream
-    return fit(cfg, "toy_generator", build_pipeline(cfg), split)
+    torch.manual_seed(gcfg.seed)  # the initial weights; train_pipeline's noise continues this stream
+    return train_pipeline(cfg, "toy_generator", build_pipeline(cfg), split)
 
 
-def fit(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split: dict[str, np.ndarray],
+def train_pipeline(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split: dict[str, np.ndarray],
         conditioning=None) -> dict[str, Path]:
     """Train ``pipe``'s UNet and text encoder on the split's images and captions with the recipe in
     config section ``section`` (steps, batch_size, lr, warmup_steps, weight_decay, ema_decay,

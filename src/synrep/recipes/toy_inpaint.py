@@ -56,7 +56,7 @@ def training_masks(object_masks: np.ndarray, rng: np.random.Generator, mix: dict
 def run(cfg: DictConfig) -> dict[str, Path]:
     """Fine-tune the toy generator (``toy_inpaint.base``) into an inpainting model."""
     from synrep.data import toyworld
-    from synrep.recipes.toy_generator import fit
+    from synrep.recipes.toy_generator import train_pipeline
 
     torch.set_num_threads(cfg.threads)
     icfg = cfg.toy_inpaint
@@ -77,4 +77,4 @@ def run(cfg: DictConfig) -> dict[str, Path]:
         mask = torch.from_numpy(np.ascontiguousarray(masks))[:, None].float()
         return torch.cat([mask, x0 * (mask < 0.5)], dim=1)
 
-    return fit(cfg, "toy_inpaint", pipe, split, conditioning)
+    return train_pipeline(cfg, "toy_inpaint", pipe, split, conditioning)
