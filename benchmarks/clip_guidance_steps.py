@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from synrep.config import load_config
-    from synrep.data import toyworld
+    from synrep.data import toy_vocabulary, toyworld
     from synrep.evaluation.sample_quality import evaluation_captions
     from synrep.diffusion.clip_guidance import clip_guided, load_guide
     from synrep.diffusion.pipelines import load_pipeline
@@ -55,7 +55,7 @@ def main() -> None:
     test = toyworld.load_split(cfg, "test")
     photos = torch.from_numpy(test["images"][: len(captions)]).permute(0, 3, 1, 2).float() / 127.5 - 1
     rng = np.random.default_rng(args.seed)
-    real_captions = [toyworld.caption_for(toyworld.Attributes(*(int(test[a][i]) for a in
+    real_captions = [toy_vocabulary.caption_for(toy_vocabulary.Attributes(*(int(test[a][i]) for a in
                                                                 ("shape", "colour", "size", "background"))), cfg, rng)
                      for i in range(len(captions))]
     alphas = pipe.scheduler.alphas_cumprod

@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from synrep.config import load_config
-    from synrep.data import toyworld
+    from synrep.data import toy_vocabulary, toyworld
     from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge as load_judge
     from synrep.evaluation.sample_quality import diversity, evaluation_captions
     from synrep.diffusion.clip_guidance import load_guide
@@ -118,8 +118,8 @@ def main() -> None:
     # the prior on held-out photos, with captions written from their attributes
     rng = np.random.default_rng(args.seed)
     held = rng.choice(len(test["images"]), 256, replace=False)
-    attrs = [toyworld.Attributes(*(int(test[a][i]) for a in ("shape", "colour", "size", "background"))) for i in held]
-    held_captions = [toyworld.caption_for(a, cfg, rng) for a in attrs]
+    attrs = [toy_vocabulary.Attributes(*(int(test[a][i]) for a in ("shape", "colour", "size", "background"))) for i in held]
+    held_captions = [toy_vocabulary.caption_for(a, cfg, rng) for a in attrs]
     truth_embeds = U.image_embeddings(clip, test["images"][held])
     text = U.clip_text(clip, held_captions)
     prior = pipe.sample_prior(text, U.clip_text(clip, [""]), [torch.Generator().manual_seed(i) for i in range(256)],

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from synrep.data import toyworld  # noqa: E402
+from synrep.data import toy_vocabulary, toyworld  # noqa: E402
 from synrep.tables import markdown_table, mean_ci  # noqa: E402
 
 TARGET = "shape"  # the probe whose groups eval.groups splits (the first target)
@@ -150,7 +150,7 @@ def caption_table(run_dir: Path, cfg) -> pl.DataFrame:
     world = Path(cfg.paths.data_dir) / "toyworld"
     train = toyworld.load_split(world, "train")
     index = np.array([toyworld.train_index(u) for u in captions["url"].to_list()])
-    named = [toyworld.parse_caption(c, cfg) for c in captions["caption"].to_list()]
+    named = [toy_vocabulary.parse_caption(c, cfg) for c in captions["caption"].to_list()]
     out = []
     for i, shape in enumerate(cfg.toyworld.shapes):
         mine = train["shape"][index] == i

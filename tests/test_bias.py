@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from synrep.config import ConfigError, load_config
-from synrep.data import captions, toyworld
+from synrep.data import captions, toy_vocabulary, toyworld
 from synrep.evaluation import compositional
 from synrep.evaluation.evaluate import flat_metrics
 from tests.conftest import tmp_overrides
@@ -79,11 +79,11 @@ def test_skew_keeps_the_rows_a_hand_computed_rule_keeps(selected):
 def test_held_out_pairs_are_in_no_training_caption_and_in_the_test_set(selected, small_world):
     cfg = load_config(tmp_overrides(small_world))
     skewed, _ = selected["skewed"]
-    named = [toyworld.parse_caption(c, cfg) for c in skewed["caption"].to_list()]
+    named = [toy_vocabulary.parse_caption(c, cfg) for c in skewed["caption"].to_list()]
     assert not any(n["colour"] == 0 and n["shape"] == 1 for n in named)   # red ring
     assert not any(n["size"] == 0 and n["shape"] == 2 for n in named)     # small square
     # the plain set has them, so the selection removed them
-    plain_named = [toyworld.parse_caption(c, cfg) for c in selected["plain"][0]["caption"].to_list()]
+    plain_named = [toy_vocabulary.parse_caption(c, cfg) for c in selected["plain"][0]["caption"].to_list()]
     assert any(n["colour"] == 0 and n["shape"] == 1 for n in plain_named)
     test = toyworld.load_split(small_world / "data" / "toyworld", "test")
     assert ((test["colour"] == 0) & (test["shape"] == 1)).sum() > 0
@@ -131,7 +131,7 @@ def test_pair_prompts_name_both_values_of_their_class(make_cfg):
     assert len(classes) == 6 * 8
     for (shape, colour), mine in zip(classes, prompts):
         for prompt in mine:
-            named = toyworld.parse_caption(prompt, cfg)
+            named = toy_vocabulary.parse_caption(prompt, cfg)
             assert (cfg.toyworld.shapes[named["shape"]], cfg.toyworld.colours[named["colour"]]) == (shape, colour)
 
 

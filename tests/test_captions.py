@@ -169,7 +169,7 @@ def test_deduplicate_other_column_and_errors():
 
 
 def test_toyworld_near_duplicates_normalise_back():
-    from synrep.data.toyworld import near_duplicate
+    from synrep.data.toy_vocabulary import near_duplicate
 
     rng = np.random.default_rng(0)
     base = ["a picture of a cyan disc", "a small red plus sign on a dark background"]

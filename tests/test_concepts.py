@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from synrep.config import ConfigError, load_config
-from synrep.data import captions, concepts, toyworld
+from synrep.data import captions, concepts, toy_vocabulary
 from synrep.data.caption_lines import CaptionFormatError
 from tests.test_captions import TOY, ref_normalize
 
@@ -43,8 +43,8 @@ def test_toy_concepts_count_distinct_and_every_concept(count):
     assert len(texts) == count
     assert len({ref_normalize(t) for t in texts}) == count  # distinct as the dedup reads them
     # the world's own caption parser reads back what each caption names
-    parsed = [toyworld.parse_caption(t, cfg) for t in texts]
-    names = toyworld.attribute_names(cfg)
+    parsed = [toy_vocabulary.parse_caption(t, cfg) for t in texts]
+    names = toy_vocabulary.attribute_names(cfg)
     missing = []
     for slot in ("shape", "colour", "size", "background"):
         seen = Counter(p[slot] for p in parsed if p[slot] is not None)
@@ -61,7 +61,7 @@ def test_toy_domains_appear_when_asked():
     cfg = _cfg(Path("/nonexistent"))
     texts, record = concepts.synthesise(concepts.toy_concepts(cfg, domains=True), 300, seed=0)
     for domain in cfg.toyworld.domains:
-        phrases = [t[: -len("{x}")].strip() for t in toyworld.DOMAIN_TEMPLATES[domain] if t.endswith("{x}")]
+        phrases = [t[: -len("{x}")].strip() for t in toy_vocabulary.DOMAIN_TEMPLATES[domain] if t.endswith("{x}")]
         assert any(t.startswith(p) for t in texts for p in phrases), domain
     assert not record["concepts_missing"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from synrep.data import toy_subject, toyworld
+from synrep.data import toy_subject, toy_vocabulary
 from synrep.recipes import dreambooth as db
 from synrep.diffusion.pipelines import load_pipeline
 
@@ -267,7 +267,7 @@ def test_quality_prompt_sets_ask_for_both_values():
     assert wanted.tolist() == [0, 0, 1, 1]
     prompts, wanted = prompt_set("size", "a sks ring", "a ring", 2)
     assert prompts == ["a sks ring, small", "a sks ring, big"] and wanted.tolist() == [0, 1]
-    assert toyworld.parse_caption(prompts[1], _world_cfg())["size"] == 1
+    assert toy_vocabulary.parse_caption(prompts[1], _world_cfg())["size"] == 1
 
 
 def _world_cfg():

@@ -163,14 +163,14 @@ def test_an_inpaint_source_keeps_the_real_image_first_and_regenerates_exactly(ma
 
 
 def test_edit_measure_reads_the_asked_attribute(small_world, make_cfg):
-    from synrep.data import toyworld
+    from synrep.data import toy_vocabulary, toyworld
     from synrep.evaluation.inpaint_quality import edit_captions, psnr
 
     cfg = make_cfg(base=small_world)
     test = {k: v[:40] for k, v in toyworld.load_split(cfg, "test").items()}
     for edit in ("background", "colour"):
         captions, wanted = edit_captions(cfg, test, edit, np.random.default_rng(0))
-        parsed = [toyworld.parse_caption(c, cfg) for c in captions]
+        parsed = [toy_vocabulary.parse_caption(c, cfg) for c in captions]
         assert [p[edit] for p in parsed] == wanted.tolist()  # the caption names what is asked
         assert (wanted != test[edit]).all()  # and it is a change
         assert [p["shape"] for p in parsed] == test["shape"].tolist()

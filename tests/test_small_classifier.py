@@ -85,10 +85,10 @@ def cfg(small_world):
 
 
 def test_the_judge_trains_as_its_own_loop_did(cfg):
-    from synrep.data import toyworld
+    from synrep.data import toy_vocabulary, toyworld
     from synrep.evaluation import attribute_classifier as ac
 
-    names = toyworld.attribute_names(cfg)
+    names = toy_vocabulary.attribute_names(cfg)
     train, test = toyworld.load_split(cfg, "train"), toyworld.load_split(cfg, "test")
     model, accuracy = ac.train_classifier(cfg, seed=3, epochs=2)
     weights, read = reference_training({k: len(names[k]) for k in ac.ATTRIBUTES}, train["images"],

@@ -15,7 +15,7 @@ from tests.test_sweep_report import GRIDS, fabricate
 
 def test_source_quality_is_the_judge_on_the_sources_own_images(make_cfg, small_world, tiny_toy_pipeline_dir,
                                                                tiny_clip_dir):
-    from synrep.data import captions, toyworld
+    from synrep.data import captions, toy_vocabulary
     from synrep.data.shards import read_shard
     from synrep.evaluation import attribute_classifier as ac
     from synrep.evaluation import source_quality
@@ -37,14 +37,14 @@ def test_source_quality_is_the_judge_on_the_sources_own_images(make_cfg, small_w
         assert row["captions"] == 6 and row["images_per_caption"] == 3 - skip  # inpaint: the real image is not scored
         per_caption = []
         for sample in samples:
-            wanted = toyworld.parse_caption(sample["record"]["caption"], cfg)["colour"]
+            wanted = toy_vocabulary.parse_caption(sample["record"]["caption"], cfg)["colour"]
             pred = ac.predict(judge, np.stack(sample["images"][skip:]))["colour"]
             per_caption.append(float((pred == wanted).mean()))
         assert math.isclose(row["match_colour"]["mean"], np.mean(per_caption), abs_tol=1e-9)
         assert row["match_colour"]["n"] == 6 and row["clip_guiding"]["n"] == 6
         # the reference variety: real photos with each caption's attributes, as many as the source's
         from synrep.evaluation.sample_quality import matched_real_diversity
-        named = [toyworld.parse_caption(s["record"]["caption"], cfg) for s in samples]
+        named = [toy_vocabulary.parse_caption(s["record"]["caption"], cfg) for s in samples]
         real = matched_real_diversity(cfg, named, 3 - skip, cfg.sample_quality.seed)
         assert math.isclose(row["diversity_real"]["mean"], np.mean([v for v in real if v is not None]), abs_tol=1e-9)
 

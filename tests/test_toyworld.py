@@ -4,7 +4,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary, toyworld
 
 
 def _digest(path):
@@ -29,7 +29,7 @@ def test_no_two_renders_identical_and_labels_balanced(small_world, make_cfg):
     flat = train["images"].reshape(len(train["images"]), -1)
     assert len(np.unique(flat, axis=0)) == len(flat)
     # the same attributes rendered twice still differ (jitter)
-    attrs = toyworld.Attributes(0, 0, 1, 0)
+    attrs = toy_vocabulary.Attributes(0, 0, 1, 0)
     rng = np.random.default_rng(0)
     assert not np.array_equal(toyworld.render(attrs, cfg, rng), toyworld.render(attrs, cfg, rng))
     counts = np.bincount(train["shape"], minlength=len(cfg.toyworld.shapes))
@@ -43,7 +43,7 @@ def test_captions_describe_their_images(small_world, make_cfg):
     train = toyworld.load_split(cfg, "train")
     named_any = {"size": 0, "background": 0}
     for i, caption in enumerate(train["captions"]):
-        parsed = toyworld.parse_caption(str(caption), cfg)
+        parsed = toy_vocabulary.parse_caption(str(caption), cfg)
         assert parsed["shape"] == train["shape"][i], caption
         assert parsed["colour"] == train["colour"][i], caption
         for attr in ("size", "background"):
@@ -106,18 +106,18 @@ def test_other_domains_leave_the_photos_unchanged_and_captions_name_them(make_cf
     names = list(cfg.toyworld.domains)
     assert np.bincount(data["domain"], minlength=len(names)).tolist() == [cfg.toyworld.n_domain_train] * len(names)
     for caption, domain, shape, colour in zip(data["captions"], data["domain"], data["shape"], data["colour"]):
-        phrases = [t.split("{x}") for t in toyworld.DOMAIN_TEMPLATES[names[domain]]]
+        phrases = [t.split("{x}") for t in toy_vocabulary.DOMAIN_TEMPLATES[names[domain]]]
         assert any(caption.startswith(a) and caption.endswith(b) for a, b in phrases), caption
-        named = toyworld.parse_caption(caption, cfg)
+        named = toy_vocabulary.parse_caption(caption, cfg)
         assert (named["shape"], named["colour"], named["background"]) == (shape, colour, None), caption
     # none of the domains' words is in the toy generator's vocabulary
     domain_words = {"drawing", "sketch", "pen", "negative", "inverted", "pixelated", "pixel"}
-    assert not domain_words & set(toyworld.vocabulary(cfg))
+    assert not domain_words & set(toy_vocabulary.vocabulary(cfg))
 
 
 def test_domains_render_what_they_name(make_cfg):
     cfg = make_cfg()
-    attrs = toyworld.Attributes(shape=0, colour=0, size=1, background=0)  # a large red circle, dark background
+    attrs = toy_vocabulary.Attributes(shape=0, colour=0, size=1, background=0)  # a large red circle, dark background
     seed = 7
     photo = toyworld.render(attrs, cfg, np.random.default_rng(seed))
     negative = toyworld.render(attrs, cfg, np.random.default_rng(seed), "negative")

@@ -129,11 +129,11 @@ def test_default_run_writes_no_worst_group_metric(small_world, make_cfg):
 
 
 def test_toy_world_test_attributes_are_every_attribute_of_the_test_split(small_world, make_cfg):
-    from synrep.data import toyworld
+    from synrep.data import toy_vocabulary, toyworld
 
     cfg = make_cfg(base=small_world)
     data = load_eval_data(cfg)
-    assert set(data.test_attributes) == set(TOY_ATTRIBUTES) == set(toyworld.attribute_names(cfg))
+    assert set(data.test_attributes) == set(TOY_ATTRIBUTES) == set(toy_vocabulary.attribute_names(cfg))
     test = toyworld.load_split(cfg.eval.root, "test")
     for name in TOY_ATTRIBUTES:
         assert np.array_equal(data.test_attributes[name], test[name])

@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary
 from synrep.data.caption_lines import BadRows, CaptionFormatError, Tally
 from synrep.data.caption_readers import CaptionStream
 from synrep.data.dedup import normalize_series
@@ -80,20 +80,20 @@ def toy_concepts(cfg: DictConfig, domains: bool = False) -> ConceptList:
     shape, {b} background); with ``domains`` its other domains too, as a phrase before the object."""
     tw = cfg.toyworld
     slots = {
-        "shape": [list(toyworld.SHAPE_WORDS[s]) for s in tw.shapes],
+        "shape": [list(toy_vocabulary.SHAPE_WORDS[s]) for s in tw.shapes],
         "colour": [[c] for c in tw.colours],
-        "size": [list(toyworld.SIZE_WORDS[s]) for s in toyworld.SIZES],
-        "background": [list(toyworld.BACKGROUND_WORDS[b]) for b in toyworld.BACKGROUNDS],
+        "size": [list(toy_vocabulary.SIZE_WORDS[s]) for s in toy_vocabulary.SIZES],
+        "background": [list(toy_vocabulary.BACKGROUND_WORDS[b]) for b in toy_vocabulary.BACKGROUNDS],
     }
     rename = {"{s}": "{size}", "{c}": "{colour}", "{o}": "{shape}", "{b}": "{background}"}
     templates = []
-    for template in toyworld.TEMPLATES_PLAIN + toyworld.TEMPLATES_SIZE + toyworld.TEMPLATES_BACKGROUND:
+    for template in toy_vocabulary.TEMPLATES_PLAIN + toy_vocabulary.TEMPLATES_SIZE + toy_vocabulary.TEMPLATES_BACKGROUND:
         for short, long in rename.items():
             template = template.replace(short, long)
         templates.append(template)
     if domains and tw.domains:
         # a domain's phrases that come before the object ("a sketch of {x}")
-        slots["domain"] = [[t[: -len("{x}")].strip() for t in toyworld.DOMAIN_TEMPLATES[d] if t.endswith("{x}")]
+        slots["domain"] = [[t[: -len("{x}")].strip() for t in toy_vocabulary.DOMAIN_TEMPLATES[d] if t.endswith("{x}")]
                            for d in tw.domains]
         templates += ["{domain} a {colour} {shape}", "{domain} a {size} {colour} {shape}"]
     return ConceptList(slots, templates, "the toy world's concept list")

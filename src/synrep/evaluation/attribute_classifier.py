@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary, toyworld
 from synrep.evaluation import small_classifier
 from synrep.evaluation.small_classifier import RECIPE, WEIGHTS, SmallClassifier, predict
 
@@ -28,7 +28,7 @@ ATTRIBUTES = ("shape", "colour", "size", "background")
 def train_classifier(cfg: DictConfig, seed: int, epochs: int) -> tuple[SmallClassifier, dict[str, float]]:
     """Train on the toy world's real train split (random horizontal flips); returns the model and
     its accuracy per attribute on the real test split (the ceiling for generated images)."""
-    names = toyworld.attribute_names(cfg)
+    names = toy_vocabulary.attribute_names(cfg)
     train = toyworld.load_split(cfg, "train")
     model = small_classifier.train({k: len(names[k]) for k in ATTRIBUTES}, train["images"],
                                    {k: train[k] for k in ATTRIBUTES}, seed, epochs, desc="attribute classifier",
@@ -49,7 +49,7 @@ def recipe(cfg: DictConfig) -> dict:
     q = cfg.sample_quality
     return {"train_sha256": small_classifier.data_sha256(*(train[k] for k in ("images", *ATTRIBUTES))),
             "epochs": int(q.classifier_epochs), "seed": int(q.seed), "trunk": small_classifier.TRUNK,
-            "classes": {k: len(v) for k, v in toyworld.attribute_names(cfg).items()}}
+            "classes": {k: len(v) for k, v in toy_vocabulary.attribute_names(cfg).items()}}
 
 
 def save(model: SmallClassifier, cfg: DictConfig, folder: Path, accuracy: dict[str, float]) -> None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from synrep.data.settings import TOY_ATTRIBUTES, toy_attribute_values
 from synrep.settings import to_dict
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary
 from synrep.evaluation.zeroshot import zero_shot_predictions
 
 # Each attribute's slot in the toy world's caption templates, and its words
@@ -27,8 +27,8 @@ _SLOTS = {"size": "s", "colour": "c", "shape": "o", "background": "b"}
 
 
 def _words(attribute: str, value: str) -> list[str]:
-    return {"shape": toyworld.SHAPE_WORDS, "size": toyworld.SIZE_WORDS,
-            "background": toyworld.BACKGROUND_WORDS}.get(attribute, {value: [value]})[value]
+    return {"shape": toy_vocabulary.SHAPE_WORDS, "size": toy_vocabulary.SIZE_WORDS,
+            "background": toy_vocabulary.BACKGROUND_WORDS}.get(attribute, {value: [value]})[value]
 
 
 def pair_name(attributes: tuple[str, str]) -> str:
@@ -49,7 +49,7 @@ def held_out_pairs(held_out) -> dict[tuple[str, str], list[tuple[str, str]]]:
 def pair_prompts(cfg: DictConfig, attributes: tuple[str, str]) -> tuple[list[tuple[str, str]], list[list[str]]]:
     """Every value combination of ``attributes`` and its prompts (module docstring)."""
     values = toy_attribute_values(cfg.toyworld)
-    templates = [t for t in toyworld.TEMPLATES_PLAIN + toyworld.TEMPLATES_SIZE + toyworld.TEMPLATES_BACKGROUND
+    templates = [t for t in toy_vocabulary.TEMPLATES_PLAIN + toy_vocabulary.TEMPLATES_SIZE + toy_vocabulary.TEMPLATES_BACKGROUND
                  if all("{" + _SLOTS[a] + "}" in t for a in attributes)]
     classes = list(itertools.product(values[attributes[0]], values[attributes[1]]))
     prompts = []
@@ -65,7 +65,7 @@ def pair_prompts(cfg: DictConfig, attributes: tuple[str, str]) -> tuple[list[tup
                 else:  # another attribute the template names: each value, in its first word
                     choices.append([_words(attribute, v)[0] for v in values[attribute]])
             for words in itertools.product(*choices):
-                mine.append(toyworld.with_articles(template.format(**dict(zip(slots, words)))))
+                mine.append(toy_vocabulary.with_articles(template.format(**dict(zip(slots, words)))))
         prompts.append(mine)
     return classes, prompts
 

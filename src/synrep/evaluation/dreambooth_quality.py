@@ -35,7 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from synrep.settings import ConfigError, to_dict
-from synrep.data import toy_subject, toyworld
+from synrep.data import toy_subject, toy_vocabulary
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import predict
 from synrep.evaluation.sample_quality import diversity
@@ -43,7 +43,7 @@ from synrep.images import image_grid
 from synrep.tables import markdown_table, mean_ci
 
 GROUPS = ("instance", "background", "size", "class")
-SIZE_PROMPT_WORDS = ("small", "big")  # toyworld.SIZE_WORDS of small and large
+SIZE_PROMPT_WORDS = ("small", "big")  # toy_vocabulary.SIZE_WORDS of small and large
 
 
 def prompt_set(group: str, instance_prompt: str, class_prompt: str, n: int) -> tuple[list[str], np.ndarray | None]:
@@ -55,8 +55,8 @@ def prompt_set(group: str, instance_prompt: str, class_prompt: str, n: int) -> t
         return [class_prompt] * n, None
     wanted = np.arange(n) * 2 // n  # first half 0, second half 1
     if group == "background":
-        words = [toyworld.BACKGROUND_WORDS[b][0] for b in toyworld.BACKGROUNDS]
-        return [toyworld.with_articles(f"{instance_prompt} on a {words[w]} background") for w in wanted], wanted
+        words = [toy_vocabulary.BACKGROUND_WORDS[b][0] for b in toy_vocabulary.BACKGROUNDS]
+        return [toy_vocabulary.with_articles(f"{instance_prompt} on a {words[w]} background") for w in wanted], wanted
     if group == "size":
         return [f"{instance_prompt}, {SIZE_PROMPT_WORDS[w]}" for w in wanted], wanted
     raise ValueError(f"unknown prompt group {group!r}")

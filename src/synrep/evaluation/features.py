@@ -160,10 +160,10 @@ def load_eval_data(cfg: DictConfig) -> EvalData:
     e = cfg.eval
     root = Path(e.root)
     if e.dataset == "toyworld":
-        from synrep.data import toyworld
+        from synrep.data import toy_vocabulary, toyworld
 
         splits = {s: toyworld.load_split(root, s) for s in SPLITS}
-        names = toyworld.attribute_names(cfg)
+        names = toy_vocabulary.attribute_names(cfg)
         for i, target in enumerate(e.targets):
             if target not in names:
                 raise ConfigError(f"config key 'eval.targets[{i}]': {target!r} is not a toy world attribute "
@@ -173,7 +173,7 @@ def load_eval_data(cfg: DictConfig) -> EvalData:
             datasets={s: ArrayImages(splits[s]["images"], eval_transform(cfg)) for s in SPLITS},
             labels={t: {s: splits[s][t] for s in SPLITS} for t in e.targets},
             class_names={t: names[t] for t in e.targets},
-            prompts={t: toyworld.zero_shot_prompts(cfg, t) for t in e.targets if toyworld.zero_shot_prompts(cfg, t)},
+            prompts={t: toy_vocabulary.zero_shot_prompts(cfg, t) for t in e.targets if toy_vocabulary.zero_shot_prompts(cfg, t)},
             test_attributes={a: splits["test"][a] for a in names},
             attribute_names=names,
         )

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep.settings import ConfigError, run_dir, to_dict
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary, toyworld
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import predict
 from synrep.images import image_grid
@@ -47,15 +47,15 @@ def edit_captions(cfg: DictConfig, test: dict[str, np.ndarray], edit: str, rng: 
         if edit == "background":
             attrs["background"] = 1 - attrs["background"]
             wanted[i] = attrs["background"]
-            template = toyworld.TEMPLATES_BACKGROUND[rng.integers(len(toyworld.TEMPLATES_BACKGROUND))]
-            words = dict(c=tw.colours[attrs["colour"]], o=toyworld.SHAPE_WORDS[tw.shapes[attrs["shape"]]][0],
-                         s=toyworld.SIZE_WORDS[toyworld.SIZES[attrs["size"]]][0],
-                         b=toyworld.BACKGROUND_WORDS[toyworld.BACKGROUNDS[attrs["background"]]][0])
-            captions.append(toyworld.with_articles(template.format(**words)))
+            template = toy_vocabulary.TEMPLATES_BACKGROUND[rng.integers(len(toy_vocabulary.TEMPLATES_BACKGROUND))]
+            words = dict(c=tw.colours[attrs["colour"]], o=toy_vocabulary.SHAPE_WORDS[tw.shapes[attrs["shape"]]][0],
+                         s=toy_vocabulary.SIZE_WORDS[toy_vocabulary.SIZES[attrs["size"]]][0],
+                         b=toy_vocabulary.BACKGROUND_WORDS[toy_vocabulary.BACKGROUNDS[attrs["background"]]][0])
+            captions.append(toy_vocabulary.with_articles(template.format(**words)))
         else:
             attrs["colour"] = int((attrs["colour"] + 1 + rng.integers(len(tw.colours) - 1)) % len(tw.colours))
             wanted[i] = attrs["colour"]
-            captions.append(toyworld.caption_for(toyworld.Attributes(**attrs), cfg, rng))
+            captions.append(toy_vocabulary.caption_for(toy_vocabulary.Attributes(**attrs), cfg, rng))
     return captions, wanted
 
 

@@ -2,7 +2,7 @@
 generator adapted by ``train_nada`` (recipes/nada.py), measured at every snapshot of its
 training on a fixed set of noises and captions.
 
-``nada.eval_captions`` captions of the world's own kind (``toyworld.caption_for``: photo captions,
+``nada.eval_captions`` captions of the world's own kind (``toy_vocabulary.caption_for``: photo captions,
 cycling through the shapes), ``nada.eval_images_per_caption`` noises each, sampled as a source
 would sample the adapted generator (``generation.sampler``, ``generation.steps``, classifier-free
 guidance at ``nada.guidance_scale``). Per row:
@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep.settings import ConfigError, to_dict
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary, toyworld
 from synrep.evaluation import domain_classifier, study
 from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.evaluation.sample_quality import diversity
@@ -53,18 +53,18 @@ from synrep.tables import markdown_table
 METRICS = ("target_fraction", "kept_shape", "kept_colour", "diversity", "clip_direction")
 
 
-def eval_set(cfg: DictConfig) -> tuple[list[str], list[str], list[toyworld.Attributes], list[int]]:
+def eval_set(cfg: DictConfig) -> tuple[list[str], list[str], list[toy_vocabulary.Attributes], list[int]]:
     """(photo captions, the baseline's target-domain prompts for the same objects, their attributes,
     one noise seed per image): fixed by ``nada.seed``."""
     n = cfg.nada
     rng = np.random.default_rng([n.seed, 1])
     shapes = len(cfg.toyworld.shapes)
-    attrs = [toyworld.Attributes(i % shapes, a.colour, a.size, a.background)
+    attrs = [toy_vocabulary.Attributes(i % shapes, a.colour, a.size, a.background)
              for i, a in enumerate(toyworld.sample_attributes(cfg, n.eval_captions, rng))]
-    captions = [toyworld.caption_for(a, cfg, rng) for a in attrs]
+    captions = [toy_vocabulary.caption_for(a, cfg, rng) for a in attrs]
     target = nada.templates(cfg, "target")
-    baseline = [toyworld.with_articles(target[i % len(target)].format(
-        x=f"a {cfg.toyworld.colours[a.colour]} {toyworld.SHAPE_WORDS[cfg.toyworld.shapes[a.shape]][0]}"))
+    baseline = [toy_vocabulary.with_articles(target[i % len(target)].format(
+        x=f"a {cfg.toyworld.colours[a.colour]} {toy_vocabulary.SHAPE_WORDS[cfg.toyworld.shapes[a.shape]][0]}"))
         for i, a in enumerate(attrs)]
     seeds = [int(s) for s in np.random.SeedSequence([n.seed, 2]).generate_state(n.eval_captions * n.eval_images_per_caption)]
     return captions, baseline, attrs, seeds

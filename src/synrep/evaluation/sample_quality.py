@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from synrep.generation.settings import GuidanceConfig
 from synrep.settings import run_dir, to_dict
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary, toyworld
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
 from synrep.fileio import atomic_path, write_figure
@@ -58,9 +58,9 @@ def evaluation_captions(cfg: DictConfig, n: int, seed: int) -> tuple[list[str], 
     rng = np.random.default_rng(seed)
     attrs = toyworld.sample_attributes(cfg, n, rng)
     n_shapes = len(cfg.toyworld.shapes)
-    attrs = [toyworld.Attributes(i % n_shapes, a.colour, a.size, a.background) for i, a in enumerate(attrs)]
-    captions = [toyworld.caption_for(a, cfg, rng) for a in attrs]
-    return captions, [toyworld.parse_caption(c, cfg) for c in captions]
+    attrs = [toy_vocabulary.Attributes(i % n_shapes, a.colour, a.size, a.background) for i, a in enumerate(attrs)]
+    captions = [toy_vocabulary.caption_for(a, cfg, rng) for a in attrs]
+    return captions, [toy_vocabulary.parse_caption(c, cfg) for c in captions]
 
 
 def real_diversity(cfg: DictConfig, group_size: int, seed: int) -> float:

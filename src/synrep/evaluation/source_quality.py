@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from synrep import source_modes
 from synrep.settings import run_dir
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary
 from synrep.data.shards import read_shard, shard_path
 from synrep.data.stream import read_kept
 from synrep.evaluation import study
@@ -106,7 +106,7 @@ def measure(cfg: DictConfig, source: str, classifier, guides: dict) -> dict:
     ends = np.cumsum(ks)
     images = np.concatenate(groups)
     pred = predict(classifier, images)
-    named = [toyworld.parse_caption(c, cfg) for c in captions]
+    named = [toy_vocabulary.parse_caption(c, cfg) for c in captions]
     row: dict = {"source": source, "mode": spec["mode"], "guidance": w_params(spec)["w_set"] or f"w={w_params(spec)['w']:g}",
                  "captions": len(captions), "images_per_caption": k or float(np.mean(ks))}
     for attr in ATTRIBUTES:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from synrep.settings import save_resolved
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary, toyworld
 from synrep.fileio import atomic_dir, write_json
 from synrep.diffusion.clip_model import CLIP_CONFIG, load_clip
 from synrep.learning.augment import MEAN, STD
@@ -112,15 +112,15 @@ def class_embeddings(model, tokenizer, prompts: list[list[str]]) -> torch.Tensor
 def prompts(cfg: DictConfig, target: str) -> list[list[str]]:
     """Class prompts of a zero-shot target: shape, colour, or domain (photo first)."""
     tw = cfg.toyworld
-    first_words = [toyworld.SHAPE_WORDS[s][0] for s in tw.shapes]
+    first_words = [toy_vocabulary.SHAPE_WORDS[s][0] for s in tw.shapes]
     if target == "shape":
-        return toyworld.zero_shot_prompts(cfg, "shape")
+        return toy_vocabulary.zero_shot_prompts(cfg, "shape")
     if target == "colour":
         return [[f"a {c} {o}" for o in first_words] for c in tw.colours]
     if target == "domain":
         objects = [f"a {c} {o}" for c in tw.colours[:4] for o in first_words]
-        photo = [t.format(c=c, o=o) for t in toyworld.TEMPLATES_PLAIN[:3] for c in tw.colours[:4] for o in first_words]
-        return [photo] + [[t.format(x=x) for t in toyworld.DOMAIN_TEMPLATES[d] for x in objects] for d in tw.domains]
+        photo = [t.format(c=c, o=o) for t in toy_vocabulary.TEMPLATES_PLAIN[:3] for c in tw.colours[:4] for o in first_words]
+        return [photo] + [[t.format(x=x) for t in toy_vocabulary.DOMAIN_TEMPLATES[d] for x in objects] for d in tw.domains]
     raise ValueError(f"unknown zero-shot target {target!r}")
 
 

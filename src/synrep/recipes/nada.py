@@ -34,7 +34,7 @@ What it follows:
 - the directional loss and the text direction: NADA's ``criteria/clip_loss.py``
   (``compute_text_direction``: template-wise differences of unit text embeddings, averaged, then
   normalised; ``clip_directional_loss``: per-sample unit image embeddings, the cosine with ΔT). The
-  templates are the world's own wording of each domain (``toyworld.DOMAIN_TEMPLATES``, the photo
+  templates are the world's own wording of each domain (``toy_vocabulary.DOMAIN_TEMPLATES``, the photo
   captions' "a photo of ..."), around every colour × shape, so that the toy CLIP knows the words;
 - fine-tuning the denoiser: DiffusionCLIP's ``clip_finetune``: the generative DDIM chain of the
   fine-tuned model from x_t0 with gradients through every step of it (no truncation and no
@@ -78,7 +78,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from synrep.settings import ConfigError, InputError, save_resolved
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary, toyworld
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.recipes.nada_loss import directional_loss, global_loss, text_direction, text_embedding, weighted_sum
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise
@@ -98,7 +98,7 @@ def check(cfg: DictConfig) -> None:
     """Fail with one line naming the config key when a ``nada.*`` value cannot work (its bounds and
     choices are checked at load time, recipes/settings.py)."""
     n = cfg.nada
-    known = ["photo", *toyworld.DOMAIN_TEMPLATES]
+    known = ["photo", *toy_vocabulary.DOMAIN_TEMPLATES]
     for key in ("source", "target"):
         if n[key] not in known:
             raise ConfigError(f"config key 'nada.{key}': unknown domain {n[key]!r}; known: {', '.join(known)}")
@@ -119,18 +119,18 @@ def templates(cfg: DictConfig, which: str) -> list[str]:
     if own:
         return list(own)
     domain = cfg.nada[which]
-    return list(PHOTO_TEMPLATES if domain == "photo" else toyworld.DOMAIN_TEMPLATES[domain])
+    return list(PHOTO_TEMPLATES if domain == "photo" else toy_vocabulary.DOMAIN_TEMPLATES[domain])
 
 
 def objects(cfg: DictConfig) -> list[str]:
     """Every colour × shape as a phrase ("a red circle"): the {x} of the templates."""
     tw = cfg.toyworld
-    return [toyworld.with_articles(f"a {c} {toyworld.SHAPE_WORDS[s][0]}") for c in tw.colours for s in tw.shapes]
+    return [toy_vocabulary.with_articles(f"a {c} {toy_vocabulary.SHAPE_WORDS[s][0]}") for c in tw.colours for s in tw.shapes]
 
 
 def prompts(template_list: list[str], things: list[str]) -> list[list[str]]:
     """One list per template: the template around every object."""
-    return [[toyworld.with_articles(t.format(x=x)) for x in things] for t in template_list]
+    return [[toy_vocabulary.with_articles(t.format(x=x)) for x in things] for t in template_list]
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep.settings import ConfigError, save_resolved
-from synrep.data import toyworld
+from synrep.data import toy_vocabulary, toyworld
 from synrep.fileio import atomic_dir, write_json
 from synrep.diffusion.training import denoising_loss, update_weights
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline
@@ -53,7 +53,7 @@ def build_unet(model_cfg: DictConfig, in_channels: int = 3) -> UNet2DConditionMo
 def build_pipeline(cfg: DictConfig) -> ToyGlidePipeline:
     """A randomly initialised toy pipeline for ``cfg.toy_generator.model``."""
     m = cfg.toy_generator.model
-    tokenizer = build_tokenizer(toyworld.vocabulary(cfg), m.max_caption_tokens)
+    tokenizer = build_tokenizer(toy_vocabulary.vocabulary(cfg), m.max_caption_tokens)
     text_encoder = build_text_encoder(tokenizer, m.text_hidden_size, m.text_layers, m.text_heads,
                                       m.max_caption_tokens)
     unet = build_unet(m)
