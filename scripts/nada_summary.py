@@ -30,8 +30,12 @@ def curve_rows(pairs: list[str]) -> pl.DataFrame:
     """Every measured step of every run: variant, run, step and the metrics."""
     rows = []
     for pair in pairs:
-        variant, folder = pair.split("=", 1)
-        data = json.loads((Path(folder) / "quality" / "nada_quality.json").read_text())
+        variant, sep, folder = pair.partition("=")
+        path = Path(folder) / "quality" / "nada_quality.json"
+        if not sep or not path.is_file():
+            raise SystemExit(f"nada_summary: {pair!r}: expected VARIANT=RUN_DIR, RUN_DIR a NADA folder (its "
+                             f"quality/nada_quality.json, written by `python -m synrep nada_quality`): {path} not found")
+        data = json.loads(path.read_text())
         rows += [{"variant": variant, "run": Path(folder).name, "step": r["step"], **{m: r.get(m) for m in METRICS}}
                  for r in data["rows"] if r["kind"] == "adapted"]
     return pl.DataFrame(rows)
