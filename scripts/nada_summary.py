@@ -36,7 +36,7 @@ def curve_rows(pairs: list[str]) -> pl.DataFrame:
             raise SystemExit(f"nada_summary: {pair!r}: expected VARIANT=RUN_DIR, RUN_DIR a NADA folder (its "
                              f"quality/nada_quality.json, written by `python -m synrep nada_quality`): {path} not found")
         data = json.loads(path.read_text())
-        rows += [{"variant": variant, "run": Path(folder).name, "step": r["step"], **{m: r.get(m) for m in METRICS}}
+        rows += [{"variant": variant, "run": str(Path(folder)), "step": r["step"], **{m: r.get(m) for m in METRICS}}
                  for r in data["rows"] if r["kind"] == "adapted"]
     return pl.DataFrame(rows)
 

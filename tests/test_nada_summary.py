@@ -42,3 +42,14 @@ def test_a_folder_without_a_measurement_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), f"v={tmp_path}/missing"], capture_output=True, text=True)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "nada_quality.json" in result.stderr and "missing" in result.stderr
+
+
+def test_runs_in_folders_of_the_same_name_stay_apart(tmp_path):
+    """Two seeds' NADA folders are both called ``nada`` (<results>/<name>/nada): each is its own run."""
+    write_run(tmp_path / "s0" / "nada", [0.0, 0.25])
+    write_run(tmp_path / "s1" / "nada", [0.0, 0.75])
+    out = subprocess.run([sys.executable, str(SCRIPT), "v=s0/nada", "v=s1/nada"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    variant_row = [line for line in out.splitlines() if line.startswith("| v | ")][-1]
+    assert variant_row.split("|")[2].strip() == "2"
+    assert variant_row.split("|")[3].strip().startswith("0.5 ± ")
