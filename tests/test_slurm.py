@@ -562,8 +562,9 @@ def test_snakemake_sweep_run_on_slurm_trains_with_the_recipes_world_size(slurm_c
     # DDP = one process on the ranks' batches put together
     rcfg = sweep.run_config(cfg, spec)
     losses = ranks_in_one_process(rcfg, world=2)
-    # (the same sums in another order: equal to rounding, step after step; a rank's own half-batch
-    # as the step, or another world's batches, is off by several percent)
+    # (the same sums in another order: equal to float32 rounding carried through the steps, up to
+    # 2e-5 relative after two steps when other tests ran first in this process; a rank's own
+    # half-batch as the step, or another world's batches, is off by several percent)
     got = [h["loss"] for h in summary["history"]]
-    assert got == pytest.approx(losses, rel=1e-5), (got, losses)
+    assert got == pytest.approx(losses, rel=1e-4), (got, losses)
     print(f"snakemake --profile slurm, sweep_run on 2 tasks: {seconds:.0f} s; losses {got} vs one process {losses}")
