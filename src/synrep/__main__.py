@@ -15,21 +15,16 @@ import sys
 import time
 
 from synrep.config import ConfigError, InputError, json_schema, load_config, to_yaml
+from synrep.training_recipes import RECIPES
 
-# step -> (module, function, help); modules are imported lazily so that --help stays fast
+# step -> (module, function, help); modules are imported lazily so that --help stays fast. The
+# training recipes' steps come from their declarations (synrep/training_recipes.py), after these.
 STEPS: dict[str, tuple[str, str, str]] = {
     "toyworld": ("synrep.data.toyworld", "run", "render the embedded toy world (captions and real splits)"),
     "captions": ("synrep.data.captions", "run", "ingest and deduplicate captions"),
-    "train_generator": ("synrep.recipes.toy_generator", "run", "train the toy text-to-image generator"),
-    "train_clip": ("synrep.learning.toy_clip", "run", "train the toy CLIP (open_clip) on the toy world's photos and other domains"),
-    "train_noised_clip": ("synrep.learning.toy_clip", "run_noised", "train GLIDE's noised CLIP (the toy CLIP's image tower on noised x_t with its timestep)"),
-    "train_unclip": ("synrep.recipes.toy_unclip", "run", "train the toy DALL-E 2 / unCLIP prior and decoder over the toy CLIP's embeddings"),
-    "train_inpaint": ("synrep.recipes.toy_inpaint", "run", "fine-tune the toy generator into a GLIDE-style inpainting model"),
     "nada_target_world": ("synrep.data.toyworld", "target_world_run", "render NADA's target domain as a toy world of real images (StableRep's domain-shift evaluation set)"),
-    "train_nada": ("synrep.recipes.nada", "run", "StyleGAN-NADA: adapt the toy generator to another domain from text alone (directional CLIP loss)"),
     "domain_classifier": ("synrep.evaluation.domain_classifier", "run", "train the photo / other-domain classifier into nada.domain_classifier"),
     "nada_quality": ("synrep.evaluation.nada_quality", "run", "target-domain fraction, content kept and diversity of the NADA-adapted generator per step"),
-    "train_dreambooth": ("synrep.recipes.dreambooth", "run", "DreamBooth: fine-tune the generator on the toy subject (the notched two-tone ring), with prior preservation or not"),
     "download_weights": ("synrep.diffusion.pipelines", "download_run", "fetch generation.model (a hub id) into the Hugging Face cache once, only the files its pipeline loads, and store its weights' hash"),
     "generate": ("synrep.generation.generate", "run", "generate l images per caption of each source into shards"),
     "index": ("synrep.generation.index", "run", "index each source's shards, draw its sample grid, log to MLflow"),
@@ -50,6 +45,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "plan": ("synrep.experiments.planner", "run", "print the jobs and GPU-hours a config will cost"),
     "launch": ("synrep.experiments.launch", "run", "submit the sweep's runs with submitit (SLURM job array or local)"),
 }
+STEPS.update({r.step: (*r.function(), r.help) for r in RECIPES.values()})
 
 
 def build_parser() -> argparse.ArgumentParser:

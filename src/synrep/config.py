@@ -15,6 +15,7 @@ on a loaded config from ``synrep.settings``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import typing
 from dataclasses import dataclass
@@ -28,10 +29,8 @@ from omegaconf.errors import OmegaConfBaseException
 from synrep.data.settings import CaptionsConfig, ToyWorldConfig
 from synrep.evaluation.settings import EvalConfig, InpaintQualityConfig, SampleQualityConfig
 from synrep.experiments.settings import LaunchConfig, PlanConfig, SweepConfig
-from synrep.recipes.dreambooth_settings import DreamBoothConfig
 from synrep.generation.settings import DEFAULT_SOURCES, GenerationConfig, SourceConfig
-from synrep.recipes.settings import NadaConfig, ToyGeneratorConfig, ToyInpaintConfig, ToyUnclipConfig
-from synrep.learning.settings import ToyClipConfig, ToyNoisedClipConfig, TrainConfig
+from synrep.learning.settings import TrainConfig
 from synrep.settings import (  # noqa: F401  (re-exported: the command line, workflow and tests import them here)
     ConfigError,
     InputError,
@@ -46,11 +45,23 @@ from synrep.settings import (  # noqa: F401  (re-exported: the command line, wor
     to_dict,
     to_yaml,
 )
+from synrep.training_recipes import RECIPES
+
+
+def _import_settings_modules() -> None:
+    """Import every package's settings modules (``settings.py``, ``*_settings.py``): a recipe declared
+    in a new one joins the config, the command line and the workflow without an import line here."""
+    root = Path(__file__).parent
+    for path in sorted(root.glob("*/settings.py")) + sorted(root.glob("*/*_settings.py")):
+        importlib.import_module(f"synrep.{path.parent.name}.{path.stem}")
+
+
+_import_settings_modules()
 
 
 @dataclass
-class Config:
-    """Every section of synrep's config; ``config/config.yaml`` gives the same values, with comments."""
+class Sections:
+    """The sections that are not a training recipe's (``training_recipes.RECIPES`` adds those)."""
 
     name: str = setting("toy", "The run's name: its results go to <paths.results_dir>/<name>/")
     threads: int = setting(1, "CPU threads for torch in each step (Snakemake rules pass theirs)", gt=0)
@@ -58,13 +69,6 @@ class Config:
     toyworld: ToyWorldConfig = setting(ToyWorldConfig, "The embedded toy world")
     captions: CaptionsConfig = setting(CaptionsConfig(limit=256),
                                        "The run's caption set (the first 256 of the toy world's 3661 captions)")
-    toy_generator: ToyGeneratorConfig = setting(ToyGeneratorConfig, "The toy generator's training recipe")
-    toy_clip: ToyClipConfig = setting(ToyClipConfig, "The toy CLIP's training recipe")
-    toy_noised_clip: ToyNoisedClipConfig = setting(ToyNoisedClipConfig, "The noised CLIP's training recipe")
-    toy_unclip: ToyUnclipConfig = setting(ToyUnclipConfig, "The toy unCLIP's training recipe")
-    toy_inpaint: ToyInpaintConfig = setting(ToyInpaintConfig, "The inpainting fine-tune's recipe")
-    nada: NadaConfig = setting(NadaConfig, "StyleGAN-NADA's adaptation and its measurement")
-    dreambooth: DreamBoothConfig = setting(DreamBoothConfig, "DreamBooth's fine-tune and its studies")
     generation: GenerationConfig = setting(GenerationConfig, "Defaults of every source and how generation runs")
     sources: dict[str, SourceConfig] = setting(
         DEFAULT_SOURCES, "Named synthetic data sources; `train.data` and the sweep's `data` axis name them")
@@ -78,6 +82,30 @@ class Config:
     schedule: Optional[str] = setting(
         None, "A named schedule from `schedules` (e.g. 1x, 2x, 3x), merged into train.* at load time")
     schedules: dict[str, Any] = setting({}, "Named schedules: each a mapping of train.* values")
+
+
+def _compose() -> type:
+    """``Config``: the sections above with each recipe's section after ``captions``, in the order the
+    settings modules declare them."""
+    hints = typing.get_type_hints(Sections)
+    fields = [(f.name, hints[f.name], f) for f in dataclasses.fields(Sections)]
+    at = [name for name, _, _ in fields].index("captions") + 1
+    taken = {name for name, _, _ in fields}
+    recipes = []
+    for r in RECIPES.values():
+        if r.section in taken:
+            raise ConfigError(f"recipe {r.step!r}: its config section {r.section!r} is taken")
+        taken.add(r.section)
+        recipes.append((r.section, r.settings, setting(r.settings, r.description)))
+    fresh = [(name, tp, dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+             for name, tp, f in fields]
+    config = dataclasses.make_dataclass("Config", fresh[:at] + recipes + fresh[at:])
+    config.__module__ = __name__
+    config.__doc__ = "Every section of synrep's config; ``config/config.yaml`` gives the same values, with comments."
+    return config
+
+
+Config = _compose()
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 from synrep.config import load_config, run_dir, section_hash, to_yaml
 from synrep.data.shards import shard_path, shard_ranges
 from synrep.fileio import write_text
+from synrep.training_recipes import RECIPES
 
 # Snakemake's config (config/config.yaml, --configfile, --config) validated by the structured
 # config: unknown keys and wrong types stop here with the key's dotted path.

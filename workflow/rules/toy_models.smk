@@ -1,85 +1,33 @@
-# The toy generator. Its trained weights ship in models/toy_generator, which the default run
-# uses; this rule retrains them (docs/models.md, "The toy generator").
+# The trained models of the toy world: the toy generator, its inpainting fine-tune, the toy unCLIP,
+# the toy CLIP and its noised version. Their weights ship in models/, which the default run uses; a
+# source or section that names one of the output folders below retrains it (docs/models.md). One rule
+# per training recipe, from its declaration (synrep/training_recipes.py): its output folder, the
+# toy world's outputs and the files its section names as inputs, a rerun when its section changes.
+# NADA's and DreamBooth's rules have other shapes (rules/adaptation.smk).
+for recipe in RECIPES.values():
+    if not recipe.rule:
+        continue
+    section = CFG[recipe.section]
 
-
-rule train_generator:
-    input:
-        train=rules.toyworld.output.train,
-    output:
-        directory(CFG.toy_generator.output_dir),
-    params:
-        config=section_hash(CFG, "toy_generator", "toyworld"),
-    priority: EARLY_PRIORITY
-    threads: CFG.threads
-    resources:
-        runtime=120,
-        mem_mb=4000,
-    log:
-        LOGS / "train_generator.log",
-    shell:
-        synrep("train_generator")
-
-
-# The toy CLIP (open_clip, local-dir format). Its weights ship in models/toy_clip; this rule
-# retrains them (docs/models.md, "The toy CLIP").
-rule train_clip:
-    input:
-        train=rules.toyworld.output.train,
-        domains=rules.toyworld.output.domains_train,
-    output:
-        directory(CFG.toy_clip.output_dir),
-    params:
-        config=section_hash(CFG, "toy_clip", "toyworld"),
-    priority: EARLY_PRIORITY
-    threads: CFG.threads
-    resources:
-        runtime=60,
-        mem_mb=4000,
-    log:
-        LOGS / "train_clip.log",
-    shell:
-        synrep("train_clip")
-
-
-# GLIDE's noised CLIP (the toy CLIP's image tower on noised x_t with t). Its weights ship in
-# models/toy_noised_clip; this rule retrains them (README: "GLIDE: CLIP guidance").
-rule train_noised_clip:
-    input:
-        train=rules.toyworld.output.train,
-        base=CFG.toy_noised_clip.base_clip,
-    output:
-        directory(CFG.toy_noised_clip.output_dir),
-    params:
-        config=section_hash(CFG, "toy_noised_clip", "toyworld"),
-    priority: EARLY_PRIORITY
-    threads: CFG.threads
-    resources:
-        runtime=60,
-        mem_mb=4000,
-    log:
-        LOGS / "train_noised_clip.log",
-    shell:
-        synrep("train_noised_clip")
-
-
-# The toy inpainting model (GLIDE's fine-tune with mask and masked-image channels). Its weights
-# ship in models/toy_inpaint; this rule retrains them (README: "GLIDE: inpainting").
-rule train_inpaint:
-    input:
-        train=rules.toyworld.output.train,
-    output:
-        directory(CFG.toy_inpaint.output_dir),
-    params:
-        config=section_hash(CFG, "toy_inpaint", "toyworld"),
-    priority: EARLY_PRIORITY
-    threads: CFG.threads
-    resources:
-        runtime=60,
-        mem_mb=4000,
-    log:
-        LOGS / "train_inpaint.log",
-    shell:
-        synrep("train_inpaint")
+    rule:
+        name:
+            recipe.step
+        input:
+            **{name: getattr(rules.toyworld.output, name) for name in recipe.world},
+            **{key: section[key] for key in recipe.reads},
+        output:
+            directory(section.output_dir),
+        params:
+            config=section_hash(CFG, recipe.section, *recipe.hash_with),
+        priority: EARLY_PRIORITY
+        threads: CFG.threads
+        resources:
+            runtime=recipe.runtime,
+            mem_mb=recipe.mem_mb,
+        log:
+            LOGS / f"{recipe.step}.log",
+        shell:
+            synrep(recipe.step)
 
 
 # The CLIPs that score the generator's samples: the guiding one when it exists (models/toy_clip),

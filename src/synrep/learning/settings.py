@@ -12,6 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from synrep.generation.settings import check_data_source
 from synrep.settings import ConfigError, section_check, setting
 from synrep.training_methods import METHODS
+from synrep.training_recipes import recipe
 
 
 @dataclass
@@ -31,6 +32,9 @@ class ToyClipModelConfig:
     text_layers: int = setting(2, "The text transformer's layers")
 
 
+@recipe("train_clip", section="toy_clip", run="synrep.learning.toy_clip:run",
+        help="train the toy CLIP (open_clip) on the toy world's photos and other domains",
+        description="The toy CLIP's training recipe", world=("train", "domains_train"))
 @dataclass
 class ToyClipConfig:
     """Training recipe of the toy CLIP (``python -m synrep train_clip``): the toy world's real photos
@@ -49,6 +53,9 @@ class ToyClipConfig:
     seed: int = setting(0, "Seed of initialisation and training")
 
 
+@recipe("train_noised_clip", section="toy_noised_clip", run="synrep.learning.toy_clip:run_noised",
+        help="train GLIDE's noised CLIP (the toy CLIP's image tower on noised x_t with its timestep)",
+        description="The noised CLIP's training recipe", reads=("base_clip",))
 @dataclass
 class ToyNoisedClipConfig:
     """GLIDE's noised CLIP (``python -m synrep train_noised_clip``): the toy CLIP's image tower

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from synrep.generation.settings import check_data_source
 from synrep.settings import section_check, setting
 from synrep.training_methods import METHODS
+from synrep.training_recipes import recipe
 
 
 @dataclass
@@ -58,6 +59,9 @@ def check_probe_sources(probe: DictConfig, key: str, cfg: DictConfig) -> None:
         check_data_source(cfg, name, f"{key}.sources[{i}]")
 
 
+@recipe("train_dreambooth", section="dreambooth", run="synrep.recipes.dreambooth:run",
+        help="DreamBooth: fine-tune the generator on the toy subject (the notched two-tone ring), with prior "
+        "preservation or not", description="DreamBooth's fine-tune and its studies", rule=False)
 @dataclass
 class DreamBoothConfig:
     """DreamBooth (Ruiz et al. 2023; recipes/dreambooth.py, ``python -m synrep train_dreambooth``):

@@ -9,6 +9,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from synrep.settings import ConfigError, section_check, setting
+from synrep.training_recipes import recipe
 
 # Regions the inpainting fine-tune regenerates in training (toy_inpaint.mask_mix)
 INPAINT_TRAINING_MASKS = ("object", "background", "box", "all")
@@ -35,6 +36,8 @@ class ToyGeneratorModelConfig:
     beta_schedule: str = setting("squaredcos_cap_v2", "The noise schedule (a diffusers beta_schedule)")
 
 
+@recipe("train_generator", section="toy_generator", run="synrep.recipes.toy_generator:run",
+        help="train the toy text-to-image generator", description="The toy generator's training recipe")
 @dataclass
 class ToyGeneratorConfig:
     """Training recipe of the toy GLIDE-style generator (``python -m synrep train_generator``)."""
@@ -55,6 +58,9 @@ class ToyGeneratorConfig:
     log_every: int = setting(100, "Steps between two logged losses")
 
 
+@recipe("train_inpaint", section="toy_inpaint", run="synrep.recipes.toy_inpaint:run",
+        help="fine-tune the toy generator into a GLIDE-style inpainting model",
+        description="The inpainting fine-tune's recipe")
 @dataclass
 class ToyInpaintConfig:
     """Fine-tune of the toy generator into GLIDE-style inpainting (``python -m synrep train_inpaint``):
@@ -90,6 +96,9 @@ def check_mask_mix(section: DictConfig, key: str, cfg: DictConfig) -> None:
                           f"1, got {dict(mix)}")
 
 
+@recipe("train_unclip", section="toy_unclip", run="synrep.recipes.toy_unclip:run",
+        help="train the toy DALL-E 2 / unCLIP prior and decoder over the toy CLIP's embeddings",
+        description="The toy unCLIP's training recipe", reads=("generator", "clip_model"))
 @dataclass
 class ToyUnclipConfig:
     """Training recipe of the toy DALL-E 2 / unCLIP (``python -m synrep train_unclip``): a diffusion
@@ -126,6 +135,9 @@ class ToyUnclipConfig:
     log_every: int = setting(50, "Steps between two logged losses", gt=0)
 
 
+@recipe("train_nada", section="nada", run="synrep.recipes.nada:run",
+        help="StyleGAN-NADA: adapt the toy generator to another domain from text alone (directional CLIP loss)",
+        description="StyleGAN-NADA's adaptation and its measurement", rule=False)
 @dataclass
 class NadaConfig:
     """StyleGAN-NADA's text-only domain adaptation of the toy generator (``python -m synrep train_nada``,
