@@ -42,6 +42,7 @@ def worker(args) -> None:
     from synrep.config import load_config
     from synrep.diffusion.pipelines import load_pipeline
     from synrep.diffusion.sampling import sample_images
+    from synrep.generation.source_images import sampling_of
 
     job = json.loads(args.worker)
     cfg = load_config(job["overrides"])
@@ -65,7 +66,7 @@ def worker(args) -> None:
             out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
         images = np.concatenate(out)
     else:
-        images = sample_images(pipe, texts, seeds, spec["w"], spec, images_per_prompt=l)
+        images = sample_images(pipe, texts, seeds, spec["w"], sampling_of(spec), images_per_prompt=l)
     np.save(job["out"], images)
 
 

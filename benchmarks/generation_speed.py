@@ -24,6 +24,7 @@ def main() -> None:
     from synrep.config import load_config
     from synrep.diffusion.pipelines import load_pipeline
     from synrep.diffusion.sampling import sample_images
+    from synrep.generation.source_images import sampling_of
     from synrep.generation.sources import source_spec
 
     cfg = load_config(args.overrides)
@@ -34,14 +35,15 @@ def main() -> None:
     pipe = load_pipeline(g.model, g.sampler, g.dtype, g.device)
     prompts = ["a red circle on a dark background", "a photo of a small blue cross"] * (args.images // 2 + 1)
     batch = min(g.batch_size, args.images)
-    sample_images(pipe, prompts[:batch], list(range(batch)), w, g)  # warm-up
+    sampling = sampling_of(g)
+    sample_images(pipe, prompts[:batch], list(range(batch)), w, sampling)  # warm-up
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
     done = 0
     while done < args.images:
         k = min(batch, args.images - done)
-        sample_images(pipe, prompts[done:done + k], list(range(done, done + k)), w, g)
+        sample_images(pipe, prompts[done:done + k], list(range(done, done + k)), w, sampling)
         done += k
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -70,6 +70,7 @@ def generation(device: torch.device, captions: int) -> dict:
 
     from synrep.diffusion.random_sd import random_sd_pipeline
     from synrep.diffusion.sampling import sample_images
+    from synrep.generation.source_images import sampling_of
     from synrep.generation.sources import source_spec
 
     cuda = device.type == "cuda"
@@ -79,7 +80,7 @@ def generation(device: torch.device, captions: int) -> dict:
     spec = source_spec(cfg, "w2")
     pipe = random_sd_pipeline("sd15" if cuda else "small").to(device, getattr(torch, cfg.generation.dtype))
     pipe.set_progress_bar_config(disable=True)
-    sampling = dict(spec, save_size=None)  # the shard job resizes in its encoding threads
+    sampling = sampling_of(dict(spec, save_size=None))  # the shard job resizes in its encoding threads
     l = spec["l"]
     prompts = [f"a photo of thing number {i}" for i in range(captions)]
     seeds = list(range(captions * l))

@@ -115,14 +115,12 @@ def test_prior_preservation_loss_is_instance_mse_plus_weighted_class_mse(tiny_to
 
 
 def test_class_images_are_cached_with_provenance_and_reused(tmp_path, make_cfg, tiny_toy_pipeline_dir, monkeypatch):
-    import synrep.diffusion.sampling as sampling
-
     cfg = make_cfg(*TINY_RUN)
     pipe = fresh(tiny_toy_pipeline_dir)
     settings = db.sampling_settings(cfg.dreambooth, cfg.generation)
     calls = []
-    real_sample = sampling.sample_images
-    monkeypatch.setattr(sampling, "sample_images", lambda *a, **k: calls.append(len(a[1])) or real_sample(*a, **k))
+    real_sample = db.sample_images
+    monkeypatch.setattr(db, "sample_images", lambda *a, **k: calls.append(len(a[1])) or real_sample(*a, **k))
 
     first, info = db.class_images(pipe, cfg.dreambooth, tmp_path / "class", settings)
     assert first.shape == (4, 16, 16, 3) and info["generated"] == 4 and calls == [4]

@@ -283,7 +283,7 @@ def serial_shard(cfg, source, index_):
     from synrep.data.shards import sample_key, shard_ranges, write_shard
     from synrep.diffusion.pipelines import load_pipeline
     from synrep.generation.provenance import make_record
-    from synrep.diffusion.sampling import caption_images
+    from synrep.generation.source_images import caption_images
 
     spec = source_spec(cfg, source)
     model = generate.generator_fingerprint(cfg, spec)
@@ -303,7 +303,7 @@ def test_a_killed_shard_job_resumes_at_its_last_part_with_the_same_bytes(make_cf
                                                                          monkeypatch):
     """Parts of 2 captions (resume_images = 6 images of l = 3; batches of 3 images = 1 caption);
     images saved at 8 px of 16, resized in the encoding threads: the same shard as made serially."""
-    from synrep.diffusion import sampling
+    from synrep.generation import source_images
 
     cfg = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, "generation.captions_per_shard=10",
                                   "generation.batch_size=3", "generation.resume_images=6", "generation.save_size=8",
@@ -319,7 +319,7 @@ def test_a_killed_shard_job_resumes_at_its_last_part_with_the_same_bytes(make_cf
                 raise KeyboardInterrupt  # the job is killed while sampling caption `limit`
             calls.append(captions)
             assert len(captions) == 1 and spec["save_size"] is None
-            return sampling.caption_images(pipe, spec, captions, *args, **kwargs)
+            return source_images.caption_images(pipe, spec, captions, *args, **kwargs)
         return caption_images
 
     monkeypatch.setattr(generate, "caption_images", sample_until(7))

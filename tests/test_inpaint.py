@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from synrep.diffusion.pipelines import load_pipeline
-from synrep.diffusion.sampling import sample_images
+import dataclasses
+
+from synrep.diffusion.sampling import Sampling, sample_images
 from synrep.diffusion.toy.inpaint import ToyGlideInpaintPipeline, dilate, region_masks
 from synrep.recipes.toy_inpaint import inpainting_unet, training_masks
 from tests.conftest import assert_regenerated
 
-SETTINGS = dict(steps=3, eta=0.0, guidance_rescale=0.0, batch_size=64, resolution=None, save_size=None,
-                mode="inpaint")
+SETTINGS = Sampling(steps=3, batch_size=64, mode="inpaint")
 PROMPTS = ["a red circle", "a large blue square on a dark background", "a green ring"]
 
 
@@ -196,7 +197,7 @@ def test_the_models_own_image_before_the_replacement_is_its_last_clean_predictio
     base = _inpainting_toy(tiny_toy_pipeline_dir) if inpainting_model else load_pipeline(
         str(tiny_toy_pipeline_dir), "ddim", device="cpu")
     recording = RecordingInpaintPipeline.sharing(base)
-    settings = {**SETTINGS, "steps": 1}
+    settings = dataclasses.replace(SETTINGS, steps=1)
     inputs = {"images": images, "masks": masks}
     out = sample_images(recording, PROMPTS, [1, 2, 3], 1.0, settings, inputs=inputs)
     np.testing.assert_array_equal(out, sample_images(base, PROMPTS, [1, 2, 3], 1.0, settings, inputs=inputs))

@@ -19,7 +19,7 @@ import pytest
 from synrep.config import run_dir
 from synrep.data.shards import read_shard
 from synrep.fileio import sha256_file
-from synrep.generation import generate
+from synrep.generation import download, generate
 from synrep.diffusion import pipelines
 from synrep.diffusion.pipelines import pipeline_files
 from tests.test_generate import gen_overrides, write_captions
@@ -217,7 +217,7 @@ def test_download_once_then_generation_offline_hashes_once(make_cfg, small_world
     hashing = count_hashing(monkeypatch)
     extra = ["generation.resolution=16", "generation.save_size=8", "train.data=w2", "sweep.grids=[]"]
     cfg = make_cfg(*gen_overrides(small_world, "org/tiny-sd", *extra))
-    out = pipelines.download_run(cfg)
+    out = download.run(cfg)
 
     # only the pipeline's files: no root checkpoint, no variant, no pickle
     listing = hub.listing()
@@ -287,7 +287,7 @@ def test_missing_or_partial_snapshot_is_one_clear_error(hub, monkeypatch, make_c
     # offline, download_weights cannot fetch it either, and says so the same way
     monkeypatch.setattr(pipelines, "hub_offline", lambda: True)
     with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache"):
-        pipelines.download_run(make_cfg("generation.model=org/tiny-sd"))
+        download.run(make_cfg("generation.model=org/tiny-sd"))
     monkeypatch.setattr(pipelines, "hub_offline", lambda: False)
     with monkeypatch.context() as m:  # no route to the hub, or a deleted repo: one line too
         m.setattr(pipelines, "hub_listing", unreachable)

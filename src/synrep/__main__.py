@@ -25,7 +25,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "nada_target_world": ("synrep.data.toyworld", "target_world_run", "render NADA's target domain as a toy world of real images (StableRep's domain-shift evaluation set)"),
     "domain_classifier": ("synrep.evaluation.domain_classifier", "run", "train the photo / other-domain classifier into nada.domain_classifier"),
     "nada_quality": ("synrep.evaluation.nada_quality", "run", "target-domain fraction, content kept and diversity of the NADA-adapted generator per step"),
-    "download_weights": ("synrep.diffusion.pipelines", "download_run", "fetch generation.model (a hub id) into the Hugging Face cache once, only the files its pipeline loads, and store its weights' hash"),
+    "download_weights": ("synrep.generation.download", "run", "fetch generation.model (a hub id) into the Hugging Face cache once, only the files its pipeline loads, and store its weights' hash"),
     "generate": ("synrep.generation.generate", "run", "generate l images per caption of each source into shards"),
     "index": ("synrep.generation.index", "run", "index each source's shards, draw its sample grid, log to MLflow"),
     "sample_quality": ("synrep.evaluation.sample_quality", "run", "caption-match accuracy and diversity of the generator by w"),

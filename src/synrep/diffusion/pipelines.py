@@ -4,7 +4,7 @@ Any diffusers text-to-image pipeline works: the shipped toy generator (``ToyGlid
 local Stable Diffusion folder, or a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``
 (``runwayml/stable-diffusion-v1-5`` was deleted from the hub in 2024; this is its copy).
 
-A hub id is fetched by one step, ``download_weights`` (``download_run``): only the files loading
+A hub id is fetched by one step, ``download_weights`` (``generation/download.py``, calling ``download_weights`` here): only the files loading
 reads (``pipeline_files``) go into the Hugging Face cache, and their hash is stored beside the
 snapshot. Every other step finds the snapshot in the cache and never calls the hub, so that a
 cluster's array jobs neither need the network nor hash gigabytes each.
@@ -20,8 +20,8 @@ import json
 import re
 from pathlib import Path
 
-from synrep.settings import ConfigError, InputError, run_dir, save_resolved
 from synrep.fileio import sha256_file, write_json
+from synrep.settings import ConfigError, InputError
 
 # torch is imported where it is used: the Snakefile imports this module (is_hub_id) on every parse
 DTYPES = ("float32", "float16", "bfloat16")
@@ -207,22 +207,6 @@ def download_weights(model: str, key: str = "generation.model", variant: str | N
         raise FileNotFoundError(f"config key '{key}': cannot fetch {model} from the hub "
                                 f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
     return cached_snapshot(model, key)
-
-
-def download_run(cfg) -> dict:
-    """The download_weights step: fetch ``generation.model`` (a hub id) once and hash its weights,
-    beside the snapshot, so that generation jobs read the hash and need neither network nor hashing."""
-    model = cfg.generation.model
-    folder = download_weights(model)
-    check_weight_files(folder)  # a truncated download fails here, in one job, not in every shard's
-    # generate's fingerprint cache (generate.shards_dir), where a local folder's hash is kept
-    info = fingerprint(model, run_dir(cfg, "shards", ".fingerprints"))
-    out = run_dir(cfg, "weights")
-    name = model.replace("/", "--") if not Path(model).exists() else Path(model).name
-    save_resolved(cfg, out, f"{name}.config.yaml")
-    record = {**info, "folder": str(folder.resolve()),
-              "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())}
-    return {"weights": write_json(out / f"{name}.json", record)}
 
 
 def check_weight_files(folder: Path) -> None:

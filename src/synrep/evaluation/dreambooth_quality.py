@@ -41,6 +41,8 @@ from synrep.evaluation.attribute_classifier import predict
 from synrep.evaluation.sample_quality import diversity
 from synrep.images import image_grid
 from synrep.tables import markdown_table, mean_ci
+from synrep.diffusion.sampling import sample_images
+from synrep.generation.source_images import sampling_of
 
 GROUPS = ("instance", "background", "size", "class")
 SIZE_PROMPT_WORDS = ("small", "big")  # toy_vocabulary.SIZE_WORDS of small and large
@@ -179,7 +181,6 @@ def measure(cfg: DictConfig, pipes: dict[str, tuple[object, dict]], classifier, 
     (pipeline, its settings: instance_prompt, class_prompt, with_prior_preservation). Returns the
     rows and, per label, the first seed's first 8 images of each group (a grid)."""
     from synrep.recipes.dreambooth import reference_seed, sampling_settings
-    from synrep.diffusion.sampling import sample_images
 
     d, q = cfg.dreambooth, cfg.dreambooth.quality
     n = int(q.images)
@@ -201,7 +202,7 @@ def measure(cfg: DictConfig, pipes: dict[str, tuple[object, dict]], classifier, 
             for group in GROUPS:
                 prompts, wanted[group] = prompt_set(group, info["instance_prompt"], info["class_prompt"], n)
                 images[group] = sample_images(pipe, prompts, noise_seeds(q.seed, seed, group, n), settings["w"],
-                                              settings)
+                                              sampling_of(settings))
         rows.append({"model": label, "prior": info["with_prior_preservation"], "seed": seed,
                      **score(images, wanted, classifier, embed, references, ring)})
         if label not in examples:

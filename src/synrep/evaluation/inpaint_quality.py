@@ -32,6 +32,8 @@ from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import predict
 from synrep.images import image_grid
 from synrep.tables import markdown_table, mean_ci
+from synrep.diffusion.sampling import sample_images
+from synrep.generation.source_images import sampling_of
 
 EDITS = {"background": "background", "colour": "object"}  # edit -> region regenerated
 
@@ -73,7 +75,6 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """One row per (model, edit, w, seed); and a few results per (model, edit) for a grid."""
-    from synrep.diffusion.sampling import sample_images
     from synrep.diffusion.toy.inpaint import region_masks
 
     q = cfg.inpaint_quality
@@ -92,7 +93,8 @@ def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.D
         seeds = [int(s) for s in np.random.SeedSequence([q.seed, seed]).generate_state(len(captions))]
         pipe = pipes[model]
         pipe.unreplaced.clear()
-        images = sample_images(pipe, captions, seeds, w, settings, inputs={"images": test["images"], "masks": masks})
+        images = sample_images(pipe, captions, seeds, w, sampling_of(settings),
+                               inputs={"images": test["images"], "masks": masks})
         unreplaced = to_uint8(np.concatenate(pipe.unreplaced))
         pred = predict(classifier, images)
         untouched = "colour" if edit == "background" else "background"

@@ -49,6 +49,8 @@ from synrep.fileio import write_figure
 from synrep.recipes import nada, nada_loss
 from synrep.images import image_grid
 from synrep.tables import markdown_table
+from synrep.diffusion.sampling import sample_images
+from synrep.generation.source_images import sampling_of
 
 METRICS = ("target_fraction", "kept_shape", "kept_colour", "diversity", "clip_direction")
 
@@ -98,21 +100,20 @@ def measure(cfg: DictConfig, frozen_pipe, snapshots: dict[int, Path], classifier
     """One row per snapshot step, the baseline and real target-domain images; and the sample rows
     (frozen, baseline, last step) for a grid. Each snapshot samples as the saved generator does:
     its UNet at t <= ``adapted_from``, the frozen one above."""
-    from synrep.diffusion.sampling import sample_images
 
     n = cfg.nada
     k = n.eval_images_per_caption
     names = domain_classifier.domain_names(cfg)
     target_index = names.index(n.target)
     captions, baseline_prompts, attrs, seeds = eval_set(cfg)
-    settings = to_dict(cfg.generation)
+    sampling = sampling_of(to_dict(cfg.generation))
     w = float(n.guidance_scale)
     objects = nada.objects(cfg)
     direction = nada_loss.text_direction(guide, nada.prompts(nada.templates(cfg, "source"), objects),
                                     nada.prompts(nada.templates(cfg, "target"), objects))
 
     def sample(pipe, prompts):
-        return sample_images(pipe, prompts, seeds, w, settings, images_per_prompt=k)
+        return sample_images(pipe, prompts, seeds, w, sampling, images_per_prompt=k)
 
     frozen_images = sample(frozen_pipe, captions)
     with torch.no_grad():

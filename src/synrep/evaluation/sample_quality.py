@@ -41,6 +41,8 @@ from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
 from synrep.fileio import atomic_path, write_figure
 from synrep.images import image_grid
 from synrep.tables import markdown_table
+from synrep.diffusion.sampling import sample_images
+from synrep.generation.source_images import sampling_of
 
 
 def diversity(groups: list[np.ndarray]) -> float:
@@ -203,7 +205,6 @@ def measure(cfg: DictConfig, classifier, ceiling: dict[str, float], pipe, guides
             ) -> tuple[list[dict], list[str], dict[str, np.ndarray]]:
     """The ``real`` row and one row per guidance setting; the evaluation captions; a grid of each
     setting's first images by its ``variant_name``."""
-    from synrep.diffusion.sampling import sample_images
     from synrep.generation.sources import image_seed
 
     q = cfg.sample_quality
@@ -227,7 +228,7 @@ def measure(cfg: DictConfig, classifier, ceiling: dict[str, float], pipe, guides
                                     "cutouts": q.cutouts, "min_alpha_bar": floor}
         elif kind == "clip_noised":
             settings["guidance"] = {"kind": "clip", "clip_model": q.noised_clip, "clip_scale": s, "cutouts": 0}
-        images = sample_images(pipe, prompts, seeds, w, settings)
+        images = sample_images(pipe, prompts, seeds, w, sampling_of(settings))
         pred = predict(classifier, images)
         row: dict = {"source": "generated", "kind": kind, "w": w, "clip_scale": s, "min_alpha_bar": floor}
         for attr in ATTRIBUTES:

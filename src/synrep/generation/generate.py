@@ -41,7 +41,7 @@ from synrep.tracking import progress as progress_bar
 from synrep.diffusion.pipelines import fingerprint, load_pipeline
 from synrep.data import toyworld
 from synrep.generation.provenance import input_record, make_record, record_mismatch
-from synrep.diffusion.sampling import caption_images
+from synrep.generation.source_images import caption_images
 from synrep.generation.sources import (image_draws, needs_real_images, referenced_sources, source_caption_count,
                                       source_captions, source_spec)
 

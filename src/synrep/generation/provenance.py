@@ -9,7 +9,7 @@ import numpy as np
 import synrep
 from synrep.settings import InputError
 from synrep.diffusion.pipelines import load_pipeline
-from synrep.diffusion.sampling import caption_images
+from synrep.generation.source_images import caption_images
 
 
 def input_sha256(image: np.ndarray, object_mask: np.ndarray) -> str:

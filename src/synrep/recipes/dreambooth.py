@@ -36,6 +36,8 @@ from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.settings import ConfigError, InputError, digest, save_resolved
 from synrep.diffusion.training import denoising_loss, update_weights
 from synrep.tracking import mlflow_run
+from synrep.diffusion.sampling import sample_images
+from synrep.generation.source_images import sampling_of
 
 # diffusers.optimization.get_scheduler's names, as train_dreambooth.py's --lr_scheduler takes them
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -203,7 +205,6 @@ def class_images(pipe, opts: Mapping, class_data_dir: str | Path, settings: Mapp
     They live in ``class_data_dir/<hash of the provenance>/`` (images.npz, provenance.json: prompt,
     seed, model fingerprint, sampler, steps, w and each image's noise seed); a later call with the
     same provenance reuses them and generates only what is missing."""
-    from synrep.diffusion.sampling import sample_images
 
     fingerprint = fingerprint or weights_fingerprint(pipe)
     provenance = class_provenance(pipe, opts, settings, fingerprint)
@@ -221,7 +222,7 @@ def class_images(pipe, opts: Mapping, class_data_dir: str | Path, settings: Mapp
         seeds = [class_image_seed(opts["seed"], i) for i in range(start, wanted)]
         was_training = pipe.unet.training
         pipe.unet.eval()
-        made = sample_images(pipe, [str(opts["class_prompt"])] * missing, seeds, settings["w"], settings)
+        made = sample_images(pipe, [str(opts["class_prompt"])] * missing, seeds, settings["w"], sampling_of(settings))
         pipe.unet.train(was_training)
         have = made if start == 0 else np.concatenate([have, made])
         folder.mkdir(parents=True, exist_ok=True)
