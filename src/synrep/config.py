@@ -258,14 +258,26 @@ def _merge_layers(files: list[tuple[str, DictConfig]], overlays: list[tuple[str,
 
 def json_schema() -> dict:
     """A JSON schema of the config tree, derived from the dataclasses (for Snakemake's validate): each
-    key's type and, from its field's metadata, its one-line description."""
+    key's type and, from its field's metadata, its one-line description, bounds and allowed values."""
+
+    keywords = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+    def constrained(schema: dict, meta: typing.Mapping[str, Any]) -> dict:
+        """A field's schema with its description, bounds and allowed values (of each item of a list)."""
+        rules = {keywords[b]: meta[b] for b in keywords if b in meta}
+        if "choices" in meta:
+            rules["enum"] = list(meta["choices"])
+        target = schema["items"] if schema.get("type") in ("array", ["array", "null"]) else schema
+        if "enum" in rules and "null" in (target.get("type") or []):
+            rules["enum"].append(None)
+        target.update(rules)
+        return {**schema, "description": meta["description"]}
 
     def schema_of(tp: Any) -> dict:
         origin = typing.get_origin(tp)
         if dataclasses.is_dataclass(tp):
             hints = typing.get_type_hints(tp)
-            props = {f.name: {**schema_of(hints[f.name]), "description": f.metadata["description"]}
-                     for f in dataclasses.fields(tp)}
+            props = {f.name: constrained(schema_of(hints[f.name]), f.metadata) for f in dataclasses.fields(tp)}
             return {"type": "object", "properties": props, "additionalProperties": False}
         if origin is typing.Union:
             args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -273,6 +285,8 @@ def json_schema() -> dict:
             types = inner.get("type")
             if isinstance(types, str):
                 inner = dict(inner, type=[types, "null"])
+            elif isinstance(types, list):
+                inner = dict(inner, type=[*types, "null"])
             return inner
         if origin is list:
             (item,) = typing.get_args(tp)
