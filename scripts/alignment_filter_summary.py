@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from synrep.fileio import write_figure  # noqa: E402
 from synrep.tables import markdown_table, mean_ci  # noqa: E402
 
 PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background")
@@ -103,8 +104,7 @@ def plot(df: pl.DataFrame, run_dir: Path, path: Path) -> None:
         ax.set_title(title, fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig)
 
 
 def main() -> None:

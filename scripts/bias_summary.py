@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from synrep.data import toy_vocabulary, toyworld  # noqa: E402
+from synrep.fileio import write_figure  # noqa: E402
 from synrep.tables import markdown_table, mean_ci  # noqa: E402
 
 TARGET = "shape"  # the probe whose groups eval.groups splits (the first target)
@@ -217,8 +218,7 @@ def plot(df: pl.DataFrame, cfg, path: Path) -> None:
     ax.legend(fontsize=6, ncol=2, loc="upper right")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import polars as pl
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from synrep.fileio import write_figure  # noqa: E402
 from synrep.tables import markdown_table, mean_ci  # noqa: E402
 
 PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background")
@@ -112,8 +113,7 @@ def plot(df: pl.DataFrame, path: Path) -> None:
     axes[0][0].set_ylabel("linear-probe accuracy (test, mean ± 95% CI)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig)
 
 
 def main() -> None:

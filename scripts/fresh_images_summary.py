@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from synrep.data.rounds import Refresh, round_of_pass  # noqa: E402
+from synrep.fileio import write_figure  # noqa: E402
 from synrep.tables import markdown_table, mean_ci  # noqa: E402
 
 PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background", "fewshot_shape")
@@ -150,8 +151,7 @@ def plot(df: pl.DataFrame, path: Path) -> None:
     fig.suptitle("fresh images every k passes against fixed sets (mean ± 95 % CI over seeds; grey: each seed;"
                  " dotted: a new round)", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import polars as pl
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from synrep.fileio import write_figure  # noqa: E402
 from synrep.tables import markdown_table, mean_ci  # noqa: E402
 
 METRICS = ("target_fraction", "kept_shape", "kept_colour", "diversity", "clip_direction", "domain_none")
@@ -96,7 +97,7 @@ def plot_curves(curves: pl.DataFrame, path: Path) -> None:
         ax.set_ylim(0, 1.02)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(path, fig)
 
 
 def main(argv: list[str]) -> None:
