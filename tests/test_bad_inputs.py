@@ -155,9 +155,9 @@ def test_bad_config_value(world, tmp_path, capsys, step, overrides, fragments):
 @pytest.mark.parametrize("override, key", [("captions.limit=-1", "'captions.limit'"),
                                            ("captions.max_length=0", "'captions.max_length'")])
 def test_bad_caption_setting(world, tmp_path, capsys, override, key):
-    """Checked by the captions step itself (exit 1), before it reads the file."""
+    """Checked when the config loads (exit 2), before the step reads the file."""
     code, err = cli(capsys, "captions", *world, override)
-    check_failure(code, err, tmp_path, (key,), exit_code=1, prefix="synrep captions: error:",
+    check_failure(code, err, tmp_path, (key,), exit_code=2, prefix="synrep: error:",
                   finals=(results(tmp_path, "captions", "captions.parquet"),))
 
 

@@ -555,10 +555,10 @@ def test_run_limit_must_keep_a_caption(tmp_path, capsys):
     raw.parent.mkdir(parents=True)
     raw.write_text("".join(f"{c}\t{u}\n" for c, u in TOY))
     for limit in (0, -3):
-        with pytest.raises(ValueError, match=f"config key 'captions.limit': must be >= 1 or null .*got {limit}"):
-            captions.run(_cfg(tmp_path, f"captions.limit={limit}"))
+        with pytest.raises(ValueError, match=f"config key 'captions.limit': must be >= 1 .*or null.*got {limit}"):
+            _cfg(tmp_path, f"captions.limit={limit}")
     overrides = [f"paths.results_dir={tmp_path / 'results'}", f"paths.data_dir={tmp_path / 'data'}"]
-    assert main(["captions", *overrides, "captions.limit=0"]) == 1
+    assert main(["captions", *overrides, "captions.limit=0"]) == 2
     assert "captions.limit" in capsys.readouterr().err
     assert not (tmp_path / "results" / "toy" / "captions").exists()
     # the smallest limit keeps the first caption

@@ -66,15 +66,19 @@ def test_text_direction_is_the_normalised_mean_template_difference():
     assert np.allclose(got.numpy(), expected / np.linalg.norm(expected))
 
 
-def test_bad_domain_name_is_one_line_naming_the_key(small_world, capsys):
+def test_bad_nada_values_fail_at_load_in_one_line_naming_the_key(small_world, capsys):
     from synrep.__main__ import main
-    from synrep.config import load_config
-    from synrep.recipes import nada
+    from synrep.config import ConfigError, load_config
 
-    cfg = load_config(tmp_overrides(small_world, "nada.target=paintng"))
-    with pytest.raises(ValueError, match=r"config key 'nada.target': unknown domain 'paintng'"):
-        nada.check(cfg)
-    assert main(["train_nada", "nada.target=paintng", *tmp_overrides(small_world)]) == 1
+    for override, message in [("nada.target=paintng", r"config key 'nada.target': unknown domain 'paintng'"),
+                              ("nada.target=photo", r"config key 'nada.target': the same domain as nada.source"),
+                              ("nada.clip_model_weights=[1,1]", r"config key 'nada.clip_model_weights': one weight "
+                                                                r"per CLIP of nada.clip_models \(1 CLIPs, 2 weights\)"),
+                              ("nada.target_templates=[a sketch]", r"config key 'nada.target_templates\[0\]': "
+                                                                   r"'a sketch' has no \{x\}")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(tmp_overrides(small_world, override))
+    assert main(["train_nada", "nada.target=paintng", *tmp_overrides(small_world)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "config key 'nada.target'" in err and "drawing" in err
 
@@ -285,9 +289,8 @@ def test_the_saved_adapted_pipeline_samples_as_training_did(trained, tmp_path):
 
 def test_bad_loss_and_threshold_name_their_key(small_world):
     from synrep.config import load_config
-    from synrep.recipes import nada
 
     with pytest.raises(ValueError, match=r"config key 'nada.loss': 'clip'"):
-        nada.check(load_config(tmp_overrides(small_world, "nada.loss=clip")))
+        load_config(tmp_overrides(small_world, "nada.loss=clip"))
     with pytest.raises(ValueError, match=r"config key 'nada.min_alpha_bar'"):
-        nada.check(load_config(tmp_overrides(small_world, "nada.min_alpha_bar=1.5")))
+        load_config(tmp_overrides(small_world, "nada.min_alpha_bar=1.5"))

@@ -188,18 +188,13 @@ def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
     (``sources.<source>.caption_set``) into ``source_captions/<source>``.
 
     Raises ValueError (nothing written) for a malformed file (CaptionFormatError), a file with
-    no usable caption, or a limit or max_length below 1."""
+    no usable caption (a limit or max_length below 1 fails at load)."""
     import mlflow
 
     key = "captions" if source is None else f"sources.{source}.caption_set"
     ccfg = cfg.captions if source is None else cfg.sources[source].caption_set
     if ccfg is None:
         raise ConfigError(f"config key '{key}': source {source!r} has no caption set of its own")
-    # limit=0 would write an empty caption set, which later steps cannot use
-    if ccfg.limit is not None and ccfg.limit < 1:
-        raise ConfigError(f"config key '{key}.limit': must be >= 1 or null (keep all), got {ccfg.limit}")
-    if ccfg.max_length <= 0:
-        raise ConfigError(f"config key '{key}.max_length': must be > 0, got {ccfg.max_length}")
     out = run_dir(cfg, "captions") if source is None else source_captions_dir(cfg, source)
     paths = {
         "captions": out / "captions.parquet",

@@ -97,8 +97,9 @@ class CaptionsConfig:
                           "format); concepts: synthesised from a concept list", choices=CAPTION_FORMATS)
     path: str = setting("${paths.data_dir}/toyworld/captions_raw.tsv", "The caption file")
     column: str = setting("caption", "Column holding the caption, for format=table (csv/tsv/parquet/jsonl)")
-    max_length: int = setting(500, "Longest caption kept, in characters")
-    limit: Optional[int] = setting(None, "Keep only the first N deduplicated captions (null keeps all)")
+    max_length: int = setting(500, "Longest caption kept, in characters", gt=0)
+    limit: Optional[int] = setting(None, "Keep only the first N deduplicated captions (null keeps all)", ge=1,
+                                   note="or null: keep all; 0 would leave later steps no caption")
     concepts: ConceptsConfig = setting(ConceptsConfig, "format concepts: the concept list and templates")
     skew: list[CaptionSkewRule] = setting(
         [], "A deliberately skewed caption set: rules applied after the dedup and before the limit, e.g. "

@@ -192,7 +192,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     from synrep.diffusion.clip_model import check_clip_folder
     from synrep.diffusion.pipelines import load_pipeline
 
-    nada.check(cfg)
     n = cfg.nada
     if n.target not in cfg.toyworld.domains:
         raise ConfigError(f"config key 'nada.target': the domain classifier knows toyworld.domains "

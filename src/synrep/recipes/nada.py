@@ -94,25 +94,6 @@ def domain_names(cfg: DictConfig) -> list[str]:
     return ["photo", *cfg.toyworld.domains]
 
 
-def check(cfg: DictConfig) -> None:
-    """Fail with one line naming the config key when a ``nada.*`` value cannot work (its bounds and
-    choices are checked at load time, recipes/settings.py)."""
-    n = cfg.nada
-    known = ["photo", *toy_vocabulary.DOMAIN_TEMPLATES]
-    for key in ("source", "target"):
-        if n[key] not in known:
-            raise ConfigError(f"config key 'nada.{key}': unknown domain {n[key]!r}; known: {', '.join(known)}")
-    if n.source == n.target:
-        raise ConfigError(f"config key 'nada.target': the same domain as nada.source ({n.target!r})")
-    if not n.clip_models or len(n.clip_models) != len(n.clip_model_weights):
-        raise ConfigError(f"config key 'nada.clip_model_weights': one weight per CLIP of nada.clip_models "
-                          f"({len(n.clip_models)} CLIPs, {len(n.clip_model_weights)} weights)")
-    for key in ("source_templates", "target_templates"):
-        for i, template in enumerate(n[key] or []):
-            if "{x}" not in template:
-                raise ConfigError(f"config key 'nada.{key}[{i}]': {template!r} has no {{x}} for the object")
-
-
 def templates(cfg: DictConfig, which: str) -> list[str]:
     """The prompt templates of ``nada.source`` or ``nada.target`` (``which``), {x} the object."""
     own = cfg.nada[f"{which}_templates"]
@@ -290,7 +271,6 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
     given, receives the trained units' weights at step 0 and every ``nada.eval_every`` steps and at
     the end (``state``: as ``trained_state``)."""
     n = cfg.nada
-    check(cfg)
     rng = np.random.default_rng(n.seed)
     gen = torch.Generator().manual_seed(n.seed)
     frozen = pipe.unet.eval()
@@ -412,7 +392,6 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     from synrep.diffusion.clip_model import check_clip_folder
     from synrep.diffusion.pipelines import model_folder
 
-    check(cfg)
     torch.set_num_threads(cfg.threads)
     n = cfg.nada
     torch.manual_seed(n.seed)

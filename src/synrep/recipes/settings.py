@@ -8,6 +8,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from synrep.data.toy_vocabulary import DOMAIN_TEMPLATES
 from synrep.settings import ConfigError, section_check, setting
 from synrep.training_recipes import recipe
 
@@ -198,3 +199,22 @@ class NadaConfig:
     seed: int = setting(0, "Seed of the adaptation")
     enabled: bool = setting(True, "Part of `snakemake`'s default target: adaptation, measurement (experiment "
                             "toy_adaptation turns it on)")
+
+
+@section_check(NadaConfig)
+def check_domains_and_clips(n: DictConfig, key: str, cfg: DictConfig) -> None:
+    """The domains are the world's (photo or a wording the toy CLIP learnt), one weight per CLIP,
+    and each prompt template has a place for the object."""
+    known = ["photo", *DOMAIN_TEMPLATES]
+    for name in ("source", "target"):
+        if n[name] not in known:
+            raise ConfigError(f"config key '{key}.{name}': unknown domain {n[name]!r}; known: {', '.join(known)}")
+    if n.source == n.target:
+        raise ConfigError(f"config key '{key}.target': the same domain as {key}.source ({n.target!r})")
+    if not n.clip_models or len(n.clip_models) != len(n.clip_model_weights):
+        raise ConfigError(f"config key '{key}.clip_model_weights': one weight per CLIP of {key}.clip_models "
+                          f"({len(n.clip_models)} CLIPs, {len(n.clip_model_weights)} weights)")
+    for name in ("source_templates", "target_templates"):
+        for i, template in enumerate(n[name] or []):
+            if "{x}" not in template:
+                raise ConfigError(f"config key '{key}.{name}[{i}]': {template!r} has no {{x}} for the object")
