@@ -38,9 +38,9 @@ def main() -> None:
 
     from synrep.config import load_config
     from synrep.data import toy_vocabulary, toyworld
-    from synrep.evaluation.sample_quality import evaluation_captions
     from synrep.diffusion.clip_guidance import clip_guided, load_guide
     from synrep.diffusion.pipelines import load_pipeline
+    from synrep.evaluation.sample_quality import evaluation_captions
     from synrep.generation.sources import image_seed
 
     start = time.time()

@@ -108,8 +108,8 @@ def main() -> None:
     import torch
 
     from synrep.config import load_config
-    from synrep.evaluation.sample_quality import evaluation_captions
     from synrep.diffusion.random_sd import random_sd_pipeline
+    from synrep.evaluation.sample_quality import evaluation_captions
 
     cfg = load_config(args.overrides)
     captions, _ = evaluation_captions(cfg, max(args.captions, args.sd_captions), seed=0)

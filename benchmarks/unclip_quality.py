@@ -59,12 +59,13 @@ def main() -> None:
 
     from synrep.config import load_config
     from synrep.data import toy_vocabulary, toyworld
-    from synrep.evaluation.attribute_classifier import ATTRIBUTES, judge as load_judge
-    from synrep.evaluation.sample_quality import diversity, evaluation_captions
     from synrep.diffusion.clip_guidance import load_guide
     from synrep.diffusion.pipelines import load_pipeline
-    from synrep.generation.sources import image_seed
     from synrep.diffusion.toy import unclip as U
+    from synrep.evaluation.attribute_classifier import ATTRIBUTES
+    from synrep.evaluation.attribute_classifier import judge as load_judge
+    from synrep.evaluation.sample_quality import diversity, evaluation_captions
+    from synrep.generation.sources import image_seed
 
     start = time.time()
     cfg = load_config(["threads=1", *args.overrides])

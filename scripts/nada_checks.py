@@ -35,9 +35,11 @@ sys.path.insert(0, str(REPO / "src"))
 from synrep.config import load_config  # noqa: E402
 from synrep.data import toyworld  # noqa: E402
 from synrep.diffusion.clip_guidance import load_guide  # noqa: E402
-from synrep.recipes import nada
-from synrep.recipes import nada_loss  # noqa: E402
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise  # noqa: E402
+from synrep.recipes import (
+    nada,
+    nada_loss,  # noqa: E402
+)
 
 
 def table(header: list[str], rows: list[list]) -> str:

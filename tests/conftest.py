@@ -74,8 +74,8 @@ def make_cfg(tmp_path):
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A rendered small toy world; returns the tmp root its config writes under."""
-    from synrep.data import toyworld
     from synrep.config import load_config
+    from synrep.data import toyworld
 
     root = tmp_path_factory.mktemp("world")
     toyworld.run(load_config(tmp_overrides(root)))
@@ -176,9 +176,9 @@ TINY_TRAINING = [
 def learning_world(tmp_path_factory, small_world, tiny_toy_pipeline_dir):
     """Captions, synthetic shards (tiny random generator, w in {2, 4}, l = 4) and real shards;
     returns a function giving config overrides that read them."""
+    from synrep.config import load_config
     from synrep.data import captions
     from synrep.data import stream as data
-    from synrep.config import load_config
     from synrep.generation import generate, index
 
     results = tmp_path_factory.mktemp("learning") / "results"

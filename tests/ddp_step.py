@@ -15,8 +15,8 @@ import torch
 
 
 def main(batch_path: str, out_path: str, overrides: list[str]) -> None:
-    from synrep.learning import distributed
     from synrep.config import load_config
+    from synrep.learning import distributed
     from synrep.learning.step import forward_loss
     from synrep.learning.trainer import build_model
 

@@ -46,8 +46,8 @@ def filter_cfg(make_cfg, small_world, pipeline, clip_dir, *extra):
 
 
 def test_the_score_is_clipscore(small_world, tiny_clip_dir):
-    from synrep.data import toyworld
     from synrep.config import load_config
+    from synrep.data import toyworld
     from tests.conftest import tmp_overrides
 
     train = toyworld.load_split(load_config(tmp_overrides(small_world)), "train")

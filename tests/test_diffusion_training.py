@@ -17,7 +17,6 @@ from synrep.config import InputError
 from synrep.diffusion.training import denoising_loss
 from tests.conftest import TINY_GENERATOR
 
-
 # --------------------------------------------------------------------------------------------
 # The losses as each loop computed them
 # --------------------------------------------------------------------------------------------
@@ -146,8 +145,8 @@ def test_an_unknown_prediction_type_is_an_input_error():
 def test_the_toy_generators_training_run_is_unchanged(make_cfg, small_world, tmp_path, monkeypatch):
     """The loss curve and the saved (EMA) weights of a toy generator run with min-SNR-γ are those of
     the same run with the loss and the update as the loop wrote them before."""
-    from synrep.recipes import toy_generator as train
     from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import toy_generator as train
 
     def old_update(loss, params, optimizer, lr_schedule, max_grad_norm, ema):  # clipped at 1 whatever it is told
         optimizer.zero_grad(set_to_none=True)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from synrep.data import toy_subject, toy_vocabulary
-from synrep.recipes import dreambooth as db
 from synrep.diffusion.pipelines import load_pipeline
+from synrep.recipes import dreambooth as db
 
 # A run small enough for a test: two class images a call, two sampling steps, a few updates
 TINY_RUN = ["dreambooth.max_train_steps=3", "dreambooth.num_class_images=4", "dreambooth.sample_batch_size=2",
@@ -313,9 +313,8 @@ def test_subject_probe_compares_the_sweeps_runs_by_source(learning_world):
     """DreamBooth as a source is judged by a 4-way probe (subject and its near misses) on real renders,
     per training source and seed: each run's row is the probe on that run's encoder."""
     from synrep.config import load_config, run_dir
-    from synrep.experiments import subject_probe
     from synrep.evaluation.linear_probe import linear_probe
-    from synrep.experiments import sweep, sweep_run
+    from synrep.experiments import subject_probe, sweep, sweep_run
 
     cfg = load_config(learning_world("sweep.grids=[{method:[stablerep],data:[w2,w4]}]", "sweep.seeds=[0,1]",
                                      "train.epochs=1", "dreambooth.probe.sources=[w2,w4]",

@@ -267,10 +267,9 @@ def test_evaluation_crop_is_the_official_resize_and_centre_crop(make_cfg):
 
 def test_zero_shot_prompts_use_imagenet_names_and_clip_templates(make_cfg, tmp_path):
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+    from timm.data import ImageNetInfo
 
     from synrep.evaluation.features import class_prompts
-
-    from timm.data import ImageNetInfo
 
     wnids = sorted(ImageNetInfo("imagenet-1k").label_names())  # ImageNet's train/ folders, sorted
     prompts = class_prompts(make_cfg(), wnids)

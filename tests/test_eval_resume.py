@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from synrep.evaluation import evaluate
-from synrep.evaluation.features import (SPLITS, ArrayImages, extract_features, load_eval_data, load_features,
-                                        rank_rows)
+from synrep.evaluation.features import SPLITS, ArrayImages, extract_features, load_eval_data, load_features, rank_rows
 from synrep.evaluation.linear_probe import ProbeCheckpoint, linear_probe, linear_probe_augmented
 from tests.conftest import REPO, tmp_overrides
 

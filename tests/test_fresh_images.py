@@ -70,8 +70,8 @@ def test_rounds_carry_their_own_seeds_and_together_are_one_larger_set(fresh_cfg)
 
 
 def training_loader(cfg, rank: int = 0, world: int = 1):
-    from synrep.learning.settings import method_train
     from synrep.learning.distributed import DistInfo
+    from synrep.learning.settings import method_train
 
     cfg = method_train(cfg)
     length = trainer.training_length(cfg, stream.count_captions(cfg, cfg.train.data), world)

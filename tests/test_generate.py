@@ -11,14 +11,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from synrep.generation import generate, index
+from synrep.config import run_dir
+from synrep.data.shards import read_shard, shard_path
 from synrep.diffusion.pipelines import SAMPLERS, make_scheduler, weights_sha256
+from synrep.fileio import write_parquet
+from synrep.generation import generate, index
 from synrep.generation.provenance import regenerate
 from synrep.generation.sources import image_draws, image_seed, source_spec
-from synrep.config import run_dir
-from synrep.fileio import write_parquet
-from synrep.data.shards import read_shard, shard_path
-from tests.conftest import assert_regenerated, REPO, tmp_overrides
+from tests.conftest import REPO, assert_regenerated, tmp_overrides
 
 CAPTIONS = [
     "a red circle", "a big blue cross", "a photo of a small green ring", "yellow triangle, tiny",
@@ -84,12 +84,10 @@ def test_shards_cover_every_caption_with_provenance(gen_cfg, tiny_toy_pipeline_d
 
 def test_index_grids_and_mlflow(gen_cfg):
     from mlflow import MlflowClient
-
-    from synrep.tracking import tracking_uri
-
     from PIL import Image
 
     from synrep.images import image_grid
+    from synrep.tracking import tracking_uri
 
     generate.run(gen_cfg)
     out = index.run(gen_cfg)

@@ -4,13 +4,13 @@ fine-tune's starting point, the ``inpaint`` source mode with its provenance, and
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from synrep.diffusion.pipelines import load_pipeline
-import dataclasses
-
 from synrep.diffusion.sampling import Sampling, sample_images
 from synrep.diffusion.toy.inpaint import ToyGlideInpaintPipeline, dilate, region_masks
 from synrep.recipes.toy_inpaint import inpainting_unet, training_masks

@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from synrep.experiments import launch
-from synrep.experiments import sweep, sweep_run
 from synrep.config import load_config
+from synrep.experiments import launch, sweep, sweep_run
 
 
 def _metrics(path):
@@ -48,7 +47,6 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(learning_world,
     # preemption: submitit's signal to the task (the local controller itself forwards only
     # SIGTERM and its own timeout signal); checkpoint() requeues the run
     import psutil
-
     from submitit.local.local import LocalJobEnvironment
 
     (task,) = [p for p in psutil.Process(job._process.pid).children(recursive=True) if "python" in p.name()]

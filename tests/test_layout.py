@@ -8,6 +8,9 @@ line on top. No import cycle between modules or packages, imports inside functio
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -157,3 +160,12 @@ def test_imports_inside_functions_do_not_grow():
     _, in_functions = import_graph()
     print(f"synrep imports inside functions: {in_functions} (ceiling {MAX_FUNCTION_IMPORTS})")
     assert in_functions <= MAX_FUNCTION_IMPORTS
+
+
+def test_imports_are_sorted_and_used():
+    """isort's order (first party: synrep, tests) and no unused import, as ruff reads them."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is a test dependency: pip install -e '.[test]'"
+    done = subprocess.run([ruff, "check", "--select", "I,F401", "--output-format", "concise",
+                           "src", "tests", "scripts", "benchmarks"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + "\nfix: ruff check --select I,F401 --fix src tests scripts benchmarks"

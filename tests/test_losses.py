@@ -11,8 +11,12 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from synrep.learning.losses import (clip_loss, image_text_multi_positive_loss, multi_positive_contrastive_loss,
-                           simclr_loss)
+from synrep.learning.losses import (
+    clip_loss,
+    image_text_multi_positive_loss,
+    multi_positive_contrastive_loss,
+    simclr_loss,
+)
 
 
 def reference_multi_positive(features, group_ids, temperature):

@@ -89,8 +89,8 @@ def trained(small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
     from synrep.config import load_config
     from synrep.data import toyworld
     from synrep.diffusion.clip_guidance import load_guide
-    from synrep.recipes import nada
     from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada
 
     torch.set_num_threads(1)
     cfg = load_config(nada_overrides(small_world, tiny_toy_pipeline_dir, tiny_clip_dir))
@@ -132,8 +132,8 @@ def test_the_frozen_copy_never_changes(trained):
 def test_the_chain_of_the_frozen_unet_is_the_pipelines_own_ddim_sampling(tiny_toy_pipeline_dir):
     from diffusers.utils.torch_utils import randn_tensor
 
-    from synrep.recipes import nada
     from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada
 
     torch.set_num_threads(1)
     pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
@@ -151,8 +151,8 @@ def test_the_chain_of_the_frozen_unet_is_the_pipelines_own_ddim_sampling(tiny_to
 def test_train_nada_saves_a_pipeline_that_load_pipeline_samples_and_the_curve_is_measured(
         small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
     from synrep.config import load_config
-    from synrep.evaluation import nada_quality
     from synrep.diffusion.pipelines import load_pipeline
+    from synrep.evaluation import nada_quality
     from synrep.recipes import nada
 
     cfg = load_config(nada_overrides(small_world, tiny_toy_pipeline_dir, tiny_clip_dir))
@@ -239,8 +239,8 @@ def test_the_saved_adapted_pipeline_samples_as_training_did(trained, tmp_path):
     from diffusers.utils.torch_utils import randn_tensor
 
     from synrep.diffusion.pipelines import load_pipeline
-    from synrep.recipes import nada
     from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada
 
     cfg, pipe, _, unet, summary, _ = trained
     t0, w, prompts, seeds = summary["adapted_from"], 2.0, ["a red circle", "a blue ring"], (1, 2)

@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from synrep.experiments import ablation_tables, sweep, sweep_run
 from synrep.config import load_config, save_resolved
+from synrep.experiments import ablation_tables, sweep, sweep_run
 from tests.conftest import REPO
 
 

@@ -12,12 +12,11 @@ import sys
 import polars as pl
 import pytest
 
-from synrep.generation.sources import referenced_sources, source_spec
-
+from synrep.config import load_config
 from synrep.data import captions
 from synrep.experiments import planner as plan
 from synrep.experiments import sweep
-from synrep.config import load_config
+from synrep.generation.sources import referenced_sources, source_spec
 from tests.conftest import REPO
 
 FIXTURE_CAPTIONS = ["A dog on a beach", "a  dog on a beach", "Two cats asleep", "a red car",

@@ -342,9 +342,8 @@ def test_submitit_on_slurm_requeues_and_matches_uninterrupted(slurm_cluster, lea
     import submitit
     from submitit.slurm.slurm import SlurmJobEnvironment
 
-    from synrep.experiments import launch
-    from synrep.experiments import sweep, sweep_run
     from synrep.config import load_config
+    from synrep.experiments import launch, sweep, sweep_run
     from tests.test_launch import _metrics
 
     # seed 5: a run folder of its own (the local test trains seed 3 in the same learning_world).
@@ -422,9 +421,8 @@ def test_submitit_on_slurm_requeues_and_matches_uninterrupted(slurm_cluster, lea
 def test_launch_reports_a_killed_job_instead_of_waiting_forever(slurm_cluster, learning_world, tmp_path):
     """Without accounting submitit never learns that a job died without its result; launch.wait_for
     notices the job has left the queue and reports the run as failed, naming its log."""
-    from synrep.experiments import launch
-    from synrep.experiments import sweep, sweep_run
     from synrep.config import load_config
+    from synrep.experiments import launch, sweep
 
     # 20,000 epochs (minutes): a run that cannot finish before the kill lands, however fast the machine
     overrides = learning_world("sweep.grids=[{method:[simclr],data:[w4]}]", "sweep.seeds=[6]", "train.epochs=20000",

@@ -12,9 +12,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from synrep.experiments import ablation_tables, report, report_plots
-from synrep.experiments import sweep, sweep_run
 from synrep.config import ConfigError, load_config
+from synrep.experiments import ablation_tables, report, report_plots, sweep, sweep_run
 from synrep.fileio import write_json
 from tests.conftest import REPO
 

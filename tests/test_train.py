@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
+from synrep.config import load_config
 from synrep.learning import methods
 from synrep.learning import trainer as train
 from synrep.learning.step import caption_tokens
-from synrep.config import load_config
 from tests.conftest import REPO
 
 
@@ -268,8 +268,7 @@ def test_batched_augmentation_cuts_as_torchvision_does():
     box distribution, and a whole-image box gives back the image itself (or its mirror), normalised."""
     import numpy as np
     import torch
-    from torchvision.transforms import RandomResizedCrop
-    from torchvision.transforms import v2
+    from torchvision.transforms import RandomResizedCrop, v2
 
     from synrep.config import load_config
     from synrep.learning import augment

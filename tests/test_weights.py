@@ -18,10 +18,10 @@ import pytest
 
 from synrep.config import run_dir
 from synrep.data.shards import read_shard
-from synrep.fileio import sha256_file
-from synrep.generation import download, generate
 from synrep.diffusion import pipelines
 from synrep.diffusion.pipelines import pipeline_files
+from synrep.fileio import sha256_file
+from synrep.generation import download, generate
 from tests.test_generate import gen_overrides, write_captions
 
 # stable-diffusion-v1-5/stable-diffusion-v1-5's files (the copy of the deleted runwayml repo)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from synrep.config import ConfigError
-from synrep.evaluation.settings import TOY_ATTRIBUTES
 from synrep.evaluation import evaluate
 from synrep.evaluation.features import SPLITS, EvalData, load_eval_data
 from synrep.evaluation.linear_probe import ProbeHeads, linear_probe
+from synrep.evaluation.settings import TOY_ATTRIBUTES
 from synrep.evaluation.worst_group import group_accuracies
 
 NAMES = {"shape": ["circle", "square", "ring", "star"], "background": ["dark", "light"],

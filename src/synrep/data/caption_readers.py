@@ -45,10 +45,28 @@ from typing import Iterator
 
 import polars as pl
 
-from synrep.data.caption_lines import (BAD_KINDS, BAD_SCHEMA, MAJORITY, ROW_SCHEMA, SHOW_CHARS, SURROGATE, URL_LIKE,
-                                        BadRows, CaptionFormatError, Tally, check_majority, clean_url, decode_lines,
-                                        line_blocks, numbered_lines, open_binary, read_errors, rows_frame, shown,
-                                        text_or_bad)
+from synrep.data.caption_lines import (
+    BAD_KINDS,
+    BAD_SCHEMA,
+    MAJORITY,
+    ROW_SCHEMA,
+    SHOW_CHARS,
+    SURROGATE,
+    URL_LIKE,
+    BadRows,
+    CaptionFormatError,
+    Tally,
+    check_majority,
+    clean_url,
+    decode_lines,
+    line_blocks,
+    numbered_lines,
+    open_binary,
+    read_errors,
+    rows_frame,
+    shown,
+    text_or_bad,
+)
 from synrep.data.dedup import normalize_series
 
 __all__ = ["FORMATS", "CaptionBlock", "CaptionStream", "LoadedCaptions", "load_captions", "table_kind"]

@@ -25,8 +25,8 @@ import polars as pl
 from omegaconf import DictConfig
 
 from synrep.data.settings import toy_attribute_values
-from synrep.settings import ConfigError, InputError, to_dict
 from synrep.data.toyworld import TRAIN_URL, world_dir
+from synrep.settings import ConfigError, InputError, to_dict
 
 __all__ = ["CaptionSelection", "selection", "uniform_draws"]
 

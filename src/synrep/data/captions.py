@@ -28,12 +28,12 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.settings import ConfigError, InputError, run_dir, save_resolved
 from synrep.data.caption_readers import CaptionStream
 from synrep.data.caption_skew import CaptionSelection, selection
 from synrep.data.concepts import ConceptStream
 from synrep.data.dedup import StreamingDedup, StringStore, normalize_series
 from synrep.fileio import atomic_path, remove_dead_temporaries, write_json
+from synrep.settings import ConfigError, InputError, run_dir, save_resolved
 from synrep.tracking import mlflow_run
 
 __all__ = ["run", "source_captions_dir"]

@@ -42,9 +42,9 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from synrep.settings import InputError, run_dir, save_resolved
 from synrep.data.rounds import Refresh, round_names
 from synrep.data.shards import members_path, write_index, write_shard
+from synrep.settings import InputError, run_dir, save_resolved
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import DictConfig
 
-from synrep.settings import ConfigError, InputError
 from synrep.data.toy_vocabulary import BACKGROUNDS, COLOUR_RGB, SIZES, Attributes
 from synrep.data.toyworld import draw_canvas, finish_image, render, shape_mask, to_uint8
-
+from synrep.settings import ConfigError, InputError
 
 # The subject: a ring in two tones (left half SUBJECT_COLOURS[0], right half [1]) with a notch cut
 # out at its top. No caption names it and no split holds it, so the toy generator never saw it;

@@ -29,10 +29,20 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.settings import ConfigError, InputError, save_resolved, to_dict
-from synrep.data.toy_vocabulary import (BACKGROUNDS, COLOUR_RGB, DOMAIN_TEMPLATES, SIZES, attribute_names,
-                                       Attributes, caption_for, check_vocabulary, domain_caption_for, near_duplicate)
+from synrep.data.toy_vocabulary import (
+    BACKGROUNDS,
+    COLOUR_RGB,
+    DOMAIN_TEMPLATES,
+    SIZES,
+    Attributes,
+    attribute_names,
+    caption_for,
+    check_vocabulary,
+    domain_caption_for,
+    near_duplicate,
+)
 from synrep.fileio import atomic_path, write_json, write_text
+from synrep.settings import ConfigError, InputError, save_resolved, to_dict
 
 # --------------------------------------------------------------------------------------------
 # Rendering

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synrep.settings import InputError
 from synrep.diffusion import noised_clip
 from synrep.diffusion.clip_model import load_clip
+from synrep.settings import InputError
 
 ALPHA_SAMPLERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler")
 @functools.lru_cache(maxsize=4)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from synrep.settings import InputError
-from synrep.fileio import write_json
 from synrep.diffusion.clip_model import CLIP_CONFIG, load_clip
+from synrep.fileio import write_json
+from synrep.settings import InputError
 
 NOISED_CONFIG = "noised_clip.json"
 TIMESTEP_WEIGHTS = "timestep_embedding.safetensors"

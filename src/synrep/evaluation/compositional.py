@@ -17,10 +17,10 @@ import re
 import numpy as np
 from omegaconf import DictConfig
 
-from synrep.data.settings import TOY_ATTRIBUTES, toy_attribute_values
-from synrep.settings import to_dict
 from synrep.data import toy_vocabulary
+from synrep.data.settings import TOY_ATTRIBUTES, toy_attribute_values
 from synrep.evaluation.zeroshot import zero_shot_predictions
+from synrep.settings import to_dict
 
 # Each attribute's slot in the toy world's caption templates, and its words
 _SLOTS = {"size": "s", "colour": "c", "shape": "o", "background": "b"}

@@ -34,15 +34,15 @@ import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.settings import ConfigError, to_dict
 from synrep.data import toy_subject, toy_vocabulary
+from synrep.diffusion.sampling import sample_images
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import predict
 from synrep.evaluation.sample_quality import diversity
-from synrep.images import image_grid
-from synrep.tables import markdown_table, mean_ci
-from synrep.diffusion.sampling import sample_images
 from synrep.generation.source_images import sampling_of
+from synrep.images import image_grid
+from synrep.settings import ConfigError, to_dict
+from synrep.tables import markdown_table, mean_ci
 
 GROUPS = ("instance", "background", "size", "class")
 SIZE_PROMPT_WORDS = ("small", "big")  # toy_vocabulary.SIZE_WORDS of small and large

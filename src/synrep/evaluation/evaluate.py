@@ -25,15 +25,21 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.settings import digest, run_dir, save_resolved, to_dict
 from synrep.evaluation.compositional import compositional_zero_shot
-from synrep.evaluation.features import (SPLITS, EvalData, cached_features, extract_features, load_eval_data,
-                                        normalise_transform)
+from synrep.evaluation.features import (
+    SPLITS,
+    EvalData,
+    cached_features,
+    extract_features,
+    load_eval_data,
+    normalise_transform,
+)
 from synrep.evaluation.fewshot import few_shot
 from synrep.evaluation.linear_probe import ProbeCheckpoint, linear_probe, linear_probe_augmented
 from synrep.evaluation.worst_group import probe_worst_groups
 from synrep.evaluation.zeroshot import zero_shot
 from synrep.fileio import write_json, write_text
+from synrep.settings import digest, run_dir, save_resolved, to_dict
 from synrep.tracking import mlflow_run
 
 

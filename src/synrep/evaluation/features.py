@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.settings import ConfigError, InputError
 from synrep.fileio import atomic_path, write_json
+from synrep.settings import ConfigError, InputError
 from synrep.tracking import progress as progress_bar
 
 SPLITS = ("train", "val", "test")

@@ -26,14 +26,14 @@ import polars as pl
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.settings import ConfigError, run_dir, to_dict
 from synrep.data import toy_vocabulary, toyworld
+from synrep.diffusion.sampling import sample_images
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import predict
-from synrep.images import image_grid
-from synrep.tables import markdown_table, mean_ci
-from synrep.diffusion.sampling import sample_images
 from synrep.generation.source_images import sampling_of
+from synrep.images import image_grid
+from synrep.settings import ConfigError, run_dir, to_dict
+from synrep.tables import markdown_table, mean_ci
 
 EDITS = {"background": "background", "colour": "object"}  # edit -> region regenerated
 

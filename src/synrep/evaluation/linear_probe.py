@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from synrep.settings import InputError
 from synrep.evaluation.features import SPLITS
 from synrep.fileio import atomic_path
+from synrep.settings import InputError
 from synrep.tracking import progress as progress_bar
 
 

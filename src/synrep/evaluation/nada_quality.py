@@ -40,17 +40,17 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.settings import ConfigError, to_dict
 from synrep.data import toy_vocabulary, toyworld
+from synrep.diffusion.sampling import sample_images
 from synrep.evaluation import domain_classifier, study
 from synrep.evaluation.attribute_classifier import judge, predict
 from synrep.evaluation.sample_quality import diversity
 from synrep.fileio import write_figure
-from synrep.recipes import nada, nada_loss
-from synrep.images import image_grid
-from synrep.tables import markdown_table
-from synrep.diffusion.sampling import sample_images
 from synrep.generation.source_images import sampling_of
+from synrep.images import image_grid
+from synrep.recipes import nada, nada_loss
+from synrep.settings import ConfigError, to_dict
+from synrep.tables import markdown_table
 
 METRICS = ("target_fraction", "kept_shape", "kept_colour", "diversity", "clip_direction")
 

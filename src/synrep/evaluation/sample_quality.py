@@ -33,16 +33,16 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.generation.settings import GuidanceConfig
-from synrep.settings import run_dir, to_dict
 from synrep.data import toy_vocabulary, toyworld
+from synrep.diffusion.sampling import sample_images
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
 from synrep.fileio import atomic_path, write_figure
-from synrep.images import image_grid
-from synrep.tables import markdown_table
-from synrep.diffusion.sampling import sample_images
+from synrep.generation.settings import GuidanceConfig
 from synrep.generation.source_images import sampling_of
+from synrep.images import image_grid
+from synrep.settings import run_dir, to_dict
+from synrep.tables import markdown_table
 
 
 def diversity(groups: list[np.ndarray]) -> float:

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synrep.fileio import atomic_dir, write_json
 import synrep.learning.encoders  # noqa: F401  (registers toy_cnn with timm)
+from synrep.fileio import atomic_dir, write_json
 
 TRUNK = "toy_cnn_wide"
 WEIGHTS = "model.pt"

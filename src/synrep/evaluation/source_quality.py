@@ -27,15 +27,15 @@ import torch
 from omegaconf import DictConfig
 
 from synrep import source_modes
-from synrep.settings import run_dir
 from synrep.data import toy_vocabulary
 from synrep.data.shards import read_shard, shard_path
 from synrep.data.stream import read_kept
 from synrep.evaluation import study
 from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
 from synrep.evaluation.sample_quality import diversity, matched_real_diversity
-from synrep.generation.alignment_filter import check_index
 from synrep.fileio import write_json
+from synrep.generation.alignment_filter import check_index
+from synrep.settings import run_dir
 from synrep.tables import mean_ci
 
 

@@ -13,10 +13,10 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from synrep.settings import save_resolved
 from synrep.evaluation.attribute_classifier import judge
 from synrep.evaluation.small_classifier import SmallClassifier
 from synrep.fileio import atomic_path, write_json, write_text
+from synrep.settings import save_resolved
 from synrep.tracking import mlflow_run
 
 # a file's content, by kind: a table (csv), text (markdown), a dict (json), a uint8 image (png), or a

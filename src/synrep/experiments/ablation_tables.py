@@ -13,8 +13,8 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.settings import InputError
 from synrep.learning.methods import METHODS
+from synrep.settings import InputError
 from synrep.tables import mean_ci
 
 METHOD_ORDER = list(METHODS)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from synrep.settings import run_dir, to_yaml
 from synrep.fileio import write_text
+from synrep.settings import run_dir, to_yaml
 
 # Folders in the page's order, with what a reader finds there; any other folder with a table or a
 # plot follows these under its own path, so that a new step's output is never left off the page.

@@ -41,12 +41,23 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.settings import InputError, run_dir, save_resolved
-from synrep.experiments.ablation_tables import (family_rows, load_baselines, load_runs, table_budget, table_family,
-                                                table_lm, table_m, table_method_data, table_source, table_w,
-                                                table_zeroshot_w, with_w_labels)
+from synrep.experiments.ablation_tables import (
+    family_rows,
+    load_baselines,
+    load_runs,
+    table_budget,
+    table_family,
+    table_lm,
+    table_m,
+    table_method_data,
+    table_source,
+    table_w,
+    table_zeroshot_w,
+    with_w_labels,
+)
 from synrep.experiments.report_plots import draw_plots
 from synrep.fileio import write_json, write_text
+from synrep.settings import InputError, run_dir, save_resolved
 from synrep.tables import markdown_table
 from synrep.tracking import tracking_uri
 

@@ -9,10 +9,17 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig
 
-from synrep.experiments.ablation_tables import (METHOD_NAMES, METHOD_ORDER, default_runs, lm_pairs, lm_source,
-                                                without_budget)
+from synrep.experiments.ablation_tables import (
+    METHOD_NAMES,
+    METHOD_ORDER,
+    default_runs,
+    lm_pairs,
+    lm_source,
+    without_budget,
+)
 from synrep.fileio import write_figure, write_json
 from synrep.tables import mean_ci
+
 
 def figure_family(rows: list[dict], metric: str):
     """StableRep's accuracy against the source's caption match (mean over attributes) and diversity."""

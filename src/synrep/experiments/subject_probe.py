@@ -22,9 +22,9 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from synrep.settings import ConfigError, run_dir, save_resolved
 from synrep.data import toy_subject
 from synrep.fileio import write_json, write_text
+from synrep.settings import ConfigError, run_dir, save_resolved
 from synrep.tables import markdown_table, mean_ci
 from synrep.tracking import mlflow_run
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from synrep.learning.settings import method_train
-from synrep.settings import ConfigError, InputError, run_dir, to_dict
 from synrep.generation.alignment_filter import fewest_kept, filter_spec
 from synrep.generation.sources import refresh_reading, source_spec
 from synrep.learning import methods
 from synrep.learning.identity import training_identity
+from synrep.learning.settings import method_train
+from synrep.settings import ConfigError, InputError, run_dir, to_dict
 
 
 @dataclass(frozen=True)

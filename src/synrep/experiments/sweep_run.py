@@ -13,10 +13,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from synrep.settings import run_dir, save_resolved, section_hash, to_dict
 from synrep.experiments.sweep import RunSpec, expand, find, run_config
 from synrep.fileio import write_json
 from synrep.generation.sources import refresh_reading, source_spec, w_params
+from synrep.settings import run_dir, save_resolved, section_hash, to_dict
 from synrep.tracking import ensure_experiment, mlflow_run, runs_page, set_sweep_view, tracking_uri
 
 

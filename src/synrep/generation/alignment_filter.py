@@ -24,13 +24,13 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from synrep.settings import InputError
 from synrep.data.shards import read_shard
-from synrep.fileio import atomic_path
 from synrep.diffusion.clip_guidance import load_guide
 from synrep.diffusion.clip_model import check_clip_folder
 from synrep.diffusion.pipelines import weights_sha256
+from synrep.fileio import atomic_path
 from synrep.generation.sources import source_spec
+from synrep.settings import InputError
 
 SCORES_STAMP = "synrep.shard_sha256"  # parquet metadata: the shard the cached scores belong to
 KEPT_DIR = "kept"

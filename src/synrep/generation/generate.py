@@ -26,24 +26,39 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
-
 import polars as pl
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from synrep import source_modes
-from synrep.settings import InputError, run_dir, save_resolved
-from synrep.data.shards import (ShardSpec, encode_image, first_record, read_raw, remove_stale_temporaries,
-                                sample_key, shard_path, shard_ranges, write_shard, write_tar)
-from synrep.fileio import atomic_path
-from synrep.tracking import progress as progress_bar
-from synrep.diffusion.pipelines import fingerprint, load_pipeline
 from synrep.data import toyworld
+from synrep.data.shards import (
+    ShardSpec,
+    encode_image,
+    first_record,
+    read_raw,
+    remove_stale_temporaries,
+    sample_key,
+    shard_path,
+    shard_ranges,
+    write_shard,
+    write_tar,
+)
+from synrep.diffusion.pipelines import fingerprint, load_pipeline
+from synrep.fileio import atomic_path
 from synrep.generation.provenance import input_record, make_record, record_mismatch
 from synrep.generation.source_images import caption_images
-from synrep.generation.sources import (image_draws, needs_real_images, referenced_sources, source_caption_count,
-                                      source_captions, source_spec)
+from synrep.generation.sources import (
+    image_draws,
+    needs_real_images,
+    referenced_sources,
+    source_caption_count,
+    source_captions,
+    source_spec,
+)
+from synrep.settings import InputError, run_dir, save_resolved
+from synrep.tracking import progress as progress_bar
 
 
 def shards_dir(cfg: DictConfig) -> Path:

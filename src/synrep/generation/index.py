@@ -16,7 +16,7 @@ from synrep import source_modes
 from synrep.data.shards import read_shard, shard_path, shard_summary, write_index
 from synrep.fileio import atomic_path, write_json
 from synrep.generation.alignment_filter import filter_rows, index_spec
-from synrep.generation.generate import generator_fingerprint, source_shards, shards_dir
+from synrep.generation.generate import generator_fingerprint, shards_dir, source_shards
 from synrep.generation.sources import referenced_sources, w_params
 from synrep.tracking import mlflow_run
 

@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 
 import synrep
-from synrep.settings import InputError
 from synrep.diffusion.pipelines import load_pipeline
 from synrep.generation.source_images import caption_images
+from synrep.settings import InputError
 
 
 def input_sha256(image: np.ndarray, object_mask: np.ndarray) -> str:

@@ -18,8 +18,8 @@ import random
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torchvision.transforms import v2
 from PIL import Image
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 # ImageNet statistics, as the official training and linear-probe transforms

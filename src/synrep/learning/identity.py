@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from synrep.settings import to_dict
 from synrep.generation.sources import refresh_reading, source_spec
+from synrep.settings import to_dict
 from synrep.tracking import flatten
 
 

@@ -21,8 +21,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from synrep.settings import ConfigError
 import synrep.learning.encoders  # noqa: F401  (registers the toy encoders with timm)
+from synrep.settings import ConfigError
 
 
 def create_backbone(cfg: DictConfig) -> nn.Module:

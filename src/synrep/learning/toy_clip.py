@@ -27,12 +27,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from synrep.settings import save_resolved
 from synrep.data import toy_vocabulary, toyworld
-from synrep.fileio import atomic_dir, write_json
 from synrep.diffusion.clip_model import CLIP_CONFIG, load_clip
+from synrep.fileio import atomic_dir, write_json
 from synrep.learning.augment import MEAN, STD
 from synrep.learning.lr_schedule import warmup_cosine_lr
+from synrep.settings import save_resolved
 from synrep.tracking import mlflow_run
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -330,9 +330,9 @@ def train_noised(cfg: DictConfig, progress: bool = True):
 
 
 def run_noised(cfg: DictConfig) -> dict[str, Path]:
-    import mlflow
-
     import json
+
+    import mlflow
 
     from synrep.diffusion import noised_clip
     from synrep.diffusion.pipelines import weights_sha256

@@ -33,16 +33,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from synrep.learning.settings import method_train
-from synrep.settings import ConfigError, InputError, save_resolved
-from synrep.fileio import atomic_path, write_json
 from synrep.data.rounds import Refresh
+from synrep.fileio import atomic_path, write_json
 from synrep.generation.alignment_filter import check_index
 from synrep.generation.sources import refresh_reading
 from synrep.learning import distributed, methods
 from synrep.learning.identity import identity_diff, training_identity
 from synrep.learning.lr_schedule import warmup_cosine_lr
+from synrep.learning.settings import method_train
 from synrep.learning.step import forward_loss, optimizer_step
+from synrep.settings import ConfigError, InputError, save_resolved
 from synrep.tracking import mlflow_run
 from synrep.tracking import progress as progress_bar
 
@@ -167,8 +167,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def training_data(cfg: DictConfig, length: TrainingLength):
     """The run's captions as a map-style dataset: the index's sample counts place every caption,
     a shard's member offsets are read when one of its captions is."""
-    from synrep.learning import augment
     from synrep.data import stream as data
+    from synrep.learning import augment
 
     t = cfg.train
     spec = methods.get(t.method).sample_spec(t.l, t.m)

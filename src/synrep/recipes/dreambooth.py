@@ -32,12 +32,12 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from synrep.fileio import atomic_dir, atomic_path, write_json
-from synrep.settings import ConfigError, InputError, digest, save_resolved
-from synrep.diffusion.training import denoising_loss, update_weights
-from synrep.tracking import mlflow_run
 from synrep.diffusion.sampling import sample_images
+from synrep.diffusion.training import denoising_loss, update_weights
+from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.generation.source_images import sampling_of
+from synrep.settings import ConfigError, InputError, digest, save_resolved
+from synrep.tracking import mlflow_run
 
 # diffusers.optimization.get_scheduler's names, as train_dreambooth.py's --lr_scheduler takes them
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")

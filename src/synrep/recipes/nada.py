@@ -77,12 +77,12 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from synrep.settings import ConfigError, InputError, save_resolved
 from synrep.data import toy_vocabulary, toyworld
+from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.recipes.nada_loss import directional_loss, global_loss, text_direction, text_embedding, weighted_sum
-from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise
 from synrep.recipes.settings import LAYER_UNITS
+from synrep.settings import ConfigError, InputError, save_resolved
 from synrep.tracking import mlflow_run
 
 # The world's photo captions' wording ("a photo of a red circle", TEMPLATES_PLAIN), with {x} the object

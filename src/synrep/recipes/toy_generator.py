@@ -19,12 +19,12 @@ from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.settings import ConfigError, save_resolved
 from synrep.data import toy_vocabulary, toyworld
-from synrep.fileio import atomic_dir, write_json
-from synrep.diffusion.training import denoising_loss, update_weights
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 from synrep.diffusion.toy.text import build_text_encoder, build_tokenizer, tokenize
+from synrep.diffusion.training import denoising_loss, update_weights
+from synrep.fileio import atomic_dir, write_json
+from synrep.settings import ConfigError, save_resolved
 from synrep.tracking import mlflow_run
 
 

@@ -14,9 +14,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from omegaconf import DictConfig
 
-from synrep.settings import InputError
 from synrep.diffusion.toy.inpaint import EXTRA_CHANNELS, ToyGlideInpaintPipeline, region_masks
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+from synrep.settings import InputError
 
 
 def inpainting_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:

@@ -41,14 +41,21 @@ from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from synrep.settings import ConfigError, save_resolved
 from synrep.data import toyworld
-from synrep.fileio import atomic_dir, write_json
-from synrep.diffusion.training import denoising_loss, update_weights
-from synrep.diffusion.toy.unclip import (ClipText, ToyUnCLIPPipeline, build_toy_unclip, caption_features,
-                                          clip_text, image_embeddings)
 from synrep.diffusion.toy.text import tokenize
+from synrep.diffusion.toy.unclip import (
+    ClipText,
+    ToyUnCLIPPipeline,
+    build_toy_unclip,
+    caption_features,
+    clip_text,
+    image_embeddings,
+)
+from synrep.diffusion.training import denoising_loss, update_weights
+from synrep.fileio import atomic_dir, write_json
+from synrep.settings import ConfigError, save_resolved
 from synrep.tracking import mlflow_run
+
 
 def load_parts(cfg: DictConfig):
     """(the toy generator the decoder starts from, the toy CLIP), each named by its config key when missing."""

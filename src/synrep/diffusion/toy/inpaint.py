@@ -37,8 +37,8 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from synrep.settings import InputError
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise, pixel_output, step_kwargs
+from synrep.settings import InputError
 
 # Extra input channels of an inpainting UNet: the mask and the masked image
 EXTRA_CHANNELS = 4

@@ -65,14 +65,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (DiffusionPipeline, PriorTransformer, UnCLIPImageVariationPipeline,
-                       UnCLIPPipeline, UnCLIPScheduler)
+from diffusers import DiffusionPipeline, PriorTransformer, UnCLIPImageVariationPipeline, UnCLIPPipeline, UnCLIPScheduler
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from synrep.settings import InputError
 from synrep.diffusion.toy.pipeline import guided_noise, pixel_output, step_kwargs
 from synrep.diffusion.toy.text import tokenize
+from synrep.settings import InputError
 
 # unCLIP's decoder: "projecting CLIP embeddings into four extra tokens of context"
 EXTRA_CONTEXT_TOKENS = 4
