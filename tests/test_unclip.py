@@ -229,7 +229,7 @@ def test_training_writes_a_loadable_pipeline(small_world, tiny_toy_pipeline_dir,
 
 @pytest.fixture(scope="module")
 def diffusers_unclip():
-    from synrep.diffusion.random_unclip import random_unclip_pipeline, random_unclip_variation_pipeline
+    from tests.random_unclip import random_unclip_pipeline, random_unclip_variation_pipeline
 
     return random_unclip_pipeline(), random_unclip_variation_pipeline()
 
@@ -309,8 +309,8 @@ def test_unclip_and_variation_sources_make_shards_that_regenerate_exactly(make_c
 def test_a_saved_diffusers_unclip_folder_is_a_source_generator(make_cfg, small_world, tmp_path):
     from synrep.data import captions
     from synrep.data.shards import read_shard
-    from synrep.diffusion.random_unclip import random_unclip_pipeline
     from synrep.generation import generate
+    from tests.random_unclip import random_unclip_pipeline
 
     random_unclip_pipeline().save_pretrained(tmp_path / "karlo")  # diffusers 0.42 cannot from_pretrain this alone
     cfg = make_cfg(f"paths.data_dir={small_world}/data", "generation.steps=2", "generation.images_per_caption=2",
