@@ -84,13 +84,18 @@ def small_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_toy_pipeline_dir(tmp_path_factory, small_world):
-    """A randomly initialised tiny toy generator saved with save_pretrained."""
+    """A randomly initialised tiny toy generator saved with save_pretrained: seeded, so that a test
+    sees the same weights whichever tests ran before it."""
+    import torch
+
     from synrep.config import load_config
     from synrep.recipes.toy_generator import build_pipeline
 
     out = tmp_path_factory.mktemp("tiny_toy") / "pipeline"
     cfg = load_config(tmp_overrides(small_world, *TINY_GENERATOR))
-    build_pipeline(cfg).save_pretrained(out)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        build_pipeline(cfg).save_pretrained(out)
     return out
 
 
