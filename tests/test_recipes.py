@@ -129,6 +129,31 @@ def test_planner_prices_evaluation_by_the_probe_protocol():
     assert unknown.filter(pl.col("stage").str.starts_with("evaluate "))["gpu_hours"].null_count() == augmented.height
 
 
+def test_planner_counts_a_source_s_own_caption_set(tmp_path):
+    """A source with a caption set of its own generates from that set: its concept count before the
+    captions step made it, the rows of its parquet after; a union adds its sources' counts."""
+    from synrep.data.captions import source_captions_dir
+
+    cfg = load_config(["experiment=toy_concept_captions", "plan.captions=256", f"paths.results_dir={tmp_path}"])
+    table = plan.plan_table(cfg)
+
+    def detail(stage):
+        return table.filter(pl.col("stage") == stage)["detail"].item()
+
+    assert detail("generate w2").startswith("256 captions x l=4")
+    assert detail("generate concepts_2x").startswith("512 captions x l=4")
+    assert detail("generate concepts_4x").startswith("1,024 captions x l=4")
+    assert detail("generate concepts_1x").startswith("256 captions")  # count null: as many as the run's
+    written = source_captions_dir(cfg, "concepts_2x") / "captions.parquet"
+    written.parent.mkdir(parents=True)
+    pl.DataFrame({"caption_id": list(range(500)), "caption": ["a red circle"] * 500}).write_parquet(written)
+    assert plan.plan_table(cfg).filter(pl.col("stage") == "generate concepts_2x")["detail"].item().startswith(
+        "500 captions")
+    runs = plan.plan_table(cfg).filter(pl.col("stage").str.contains("concepts_2x") & pl.col("stage").str.starts_with(
+        "train "))
+    assert runs.height and all("500 captions" in d for d in runs["detail"])
+
+
 # ------------------------------------------------------------------------------------------------
 # The official runs, from their public command lines (google-research/syn-rep-learn, StableRep/README.md)
 # ------------------------------------------------------------------------------------------------

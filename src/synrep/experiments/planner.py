@@ -36,6 +36,33 @@ def caption_count(cfg: DictConfig) -> int:
     return min(n, cfg.captions.limit) if cfg.captions.limit else n
 
 
+def source_captions_planned(cfg: DictConfig, name: str, n: int) -> int:
+    """Captions source ``name`` generates (a union: its sources' together), from the run's caption
+    set of ``n`` or from its own ``caption_set``: counted once the captions step made that set,
+    before it its concept count (null: ``n``) or its limit."""
+    from synrep.data.captions import source_captions_dir
+    from synrep.generation.sources import source_caption_count, source_spec
+
+    source = cfg.sources[name]
+    if not source_modes.get(source.mode).generates:
+        return sum(source_captions_planned(cfg, member, n) for member in source.union)
+    own = source.caption_set
+    if own is not None:
+        parquet = source_captions_dir(cfg, name) / "captions.parquet"
+        if parquet.exists():
+            n = pl.scan_parquet(parquet).select(pl.len()).collect().item()
+        elif own.format == "concepts":
+            n = own.concepts.count if own.concepts.count is not None else n
+            n = min(n, own.limit) if own.limit else n
+        elif own.limit:
+            n = own.limit
+        else:
+            raise FileNotFoundError(f"no caption count for source {name!r}: set config key "
+                                    f"'sources.{name}.caption_set.limit' or run `python -m synrep captions --source "
+                                    f"{name}` first ({parquet} is missing)")
+    return source_caption_count(source_spec(cfg, name), n)
+
+
 def world_size(cfg: DictConfig) -> int:
     """Ranks of a training job: one per task (= per GPU when the launch asks for GPUs)."""
     return cfg.launch.nodes * max(1, cfg.launch.tasks_per_node)
@@ -59,7 +86,7 @@ def evaluation_row(cfg: DictConfig, rcfg: DictConfig, run_id: str, gpus: int) ->
 
 def plan_table(cfg: DictConfig) -> pl.DataFrame:
     from synrep.experiments import sweep
-    from synrep.generation.sources import referenced_sources, source_caption_count, source_spec, w_params
+    from synrep.generation.sources import referenced_sources, source_spec, w_params
     from synrep.learning.trainer import training_length
 
     n = caption_count(cfg)
@@ -68,7 +95,7 @@ def plan_table(cfg: DictConfig) -> pl.DataFrame:
         spec = source_spec(cfg, name)
         if not source_modes.get(spec["mode"]).generates:  # a union joins shards that its sources' rows already count
             continue
-        n_source = source_caption_count(spec, n)
+        n_source = source_captions_planned(cfg, name, n)
         images = n_source * spec["l"]
         w = w_params(spec)
         rows.append({"stage": f"generate {name}", "jobs": -(-n_source // cfg.generation.captions_per_shard),
@@ -82,7 +109,7 @@ def plan_table(cfg: DictConfig) -> pl.DataFrame:
     for spec in sweep.expand(cfg):
         rcfg = sweep.run_config(cfg, spec)
         # real-image runs see the same captions, one image each; a small source only its own
-        n_run = n if spec.data == "real" else source_caption_count(source_spec(cfg, spec.data), n)
+        n_run = n if spec.data == "real" else source_captions_planned(cfg, spec.data, n)
         try:
             length = training_length(rcfg, n_run, world_size=world)
         except InputError as err:  # e.g. a caption set smaller than one batch
