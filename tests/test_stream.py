@@ -97,6 +97,23 @@ def test_a_worker_reads_only_its_own_samples(tmp_path, monkeypatch):
     assert sorted(set(opened)) == sorted({urls[0], urls[2]})
 
 
+def test_a_sample_reads_only_the_images_it_draws(tmp_path, monkeypatch):
+    """Of l = 6 stored images, a sample of 2 reads the bytes of those 2 and of its record: at paper
+    scale (l = 10, or rounds of a refreshing source) the rest is never read from the file system."""
+    urls, stored = build_shards(tmp_path, l=6)
+    ds = dataset(urls, images=2)
+    read = []
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, size, offset: read.append(size) or real_pread(fd, size, offset))
+    images, caption = ds[5]
+    image_bytes = stream.read_members(urls[0]).members(5)["0.png"][1]
+    assert len(images) == 2 and caption == "label0 caption 5"
+    assert len(read) == 3  # two images and the json record
+    assert sum(read) < 3 * image_bytes + 4096
+    drawn = {img.permute(1, 2, 0).numpy().tobytes() for img in images}
+    assert drawn <= {img.tobytes() for img in stored[5]}
+
+
 def test_draws_do_not_depend_on_workers_and_max_samples_keeps_the_first(tmp_path):
     urls, _ = build_shards(tmp_path, l=4)
     ds = dataset(urls, images=2, l=4, max_samples=20)

@@ -385,10 +385,14 @@ class GroupDataset(torch.utils.data.Dataset):
     def __getitem__(self, item) -> tuple[torch.Tensor, str]:
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         spec = self.spec
-        sample = self.read_sample(index)
-        names = _image_names(sample)
+        shard, j = self.locate(index)
+        table = self._table(shard)
+        members = table.members(j)
+        # the members' bytes are read once chosen: of l (x rounds) stored images, only those drawn
+        sample = {"__key__": table.keys[j], "__url__": self.urls[shard]}
+        names = _image_names(members)
         if self.kept is not None:  # l counts the kept images, in stored order
-            kept = self._kept_images(self.locate(index)[0]).get(sample["__key__"], frozenset())
+            kept = self._kept_images(shard).get(sample["__key__"], frozenset())
             names = [name for name in names if int(name.split(".")[0]) in kept]
         if self.refresh is not None:  # this pass's round of the caption's images (data/rounds.py)
             names = round_names(names, epoch, self.refresh, f"sample {sample['__key__']} in {sample['__url__']}")
@@ -402,6 +406,8 @@ class GroupDataset(torch.utils.data.Dataset):
             chosen = draw.sample(names, spec.images)
         else:
             chosen = names + [draw.choice(names) for _ in range(spec.images - len(names))]
+        for suffix in (*dict.fromkeys(chosen), *(m for m in ("json", "txt") if m in members)):
+            sample[suffix] = self._read(shard, *members[suffix])
         # an augmentation that takes the sample's draws (augment.ImageAugment): its crops depend on
         # (seed, epoch, index) alone, whatever the worker; it reads PIL images
         takes_draw = getattr(self.transform, "takes_draw", False)
