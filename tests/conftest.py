@@ -182,8 +182,7 @@ def learning_world(tmp_path_factory, small_world, tiny_toy_pipeline_dir):
     """Captions, synthetic shards (tiny random generator, w in {2, 4}, l = 4) and real shards;
     returns a function giving config overrides that read them."""
     from synrep.config import load_config
-    from synrep.data import captions
-    from synrep.data import stream as data
+    from synrep.data import captions, real_shards
     from synrep.generation import generate, index
 
     results = tmp_path_factory.mktemp("learning") / "results"
@@ -197,7 +196,7 @@ def learning_world(tmp_path_factory, small_world, tiny_toy_pipeline_dir):
     for source in ("w2", "w4"):
         generate.run(cfg, source=source)
         index.run(cfg, source=source)
-    data.real_shards_run(cfg)
+    real_shards.run(cfg)
     return overrides
 
 

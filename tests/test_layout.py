@@ -169,3 +169,10 @@ def test_imports_are_sorted_and_used():
     done = subprocess.run([ruff, "check", "--select", "I,F401", "--output-format", "concise",
                            "src", "tests", "scripts", "benchmarks"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + "\nfix: ruff check --select I,F401 --fix src tests scripts benchmarks"
+
+
+def test_no_module_is_over_500_lines():
+    """A module a reader can hold: past 500 lines one holds two concepts (config.py included)."""
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, long

@@ -34,7 +34,7 @@ STEPS: dict[str, tuple[str, str, str]] = {
     "subject_probe": ("synrep.experiments.subject_probe", "run", "DreamBooth as a source: a linear probe of the subject against near-miss rings, per training source"),
     "inpaint_quality": ("synrep.evaluation.inpaint_quality", "run", "edit accuracy and preservation of text-guided inpainting"),
     "attribute_classifier": ("synrep.evaluation.attribute_classifier", "run", "train the toy world's attribute classifier (the judge) into sample_quality.classifier"),
-    "real_shards": ("synrep.data.stream", "real_shards_run", "write the captions' real images as shards (real-image baselines)"),
+    "real_shards": ("synrep.data.real_shards", "run", "write the captions' real images as shards (real-image baselines)"),
     "train": ("synrep.learning.trainer", "run", "train one encoder as train.* describes"),
     "evaluate": ("synrep.evaluation.evaluate", "run", "linear probe, few-shot and zero-shot of the encoder in train.output_dir"),
     "baselines": ("synrep.evaluation.evaluate", "baselines_run", "evaluate a random-init encoder and raw pixels"),

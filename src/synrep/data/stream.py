@@ -43,8 +43,8 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from synrep.data.rounds import Refresh, round_names
-from synrep.data.shards import members_path, write_index, write_shard
-from synrep.settings import InputError, run_dir, save_resolved
+from synrep.data.shards import members_path
+from synrep.settings import InputError, run_dir
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
@@ -469,37 +469,3 @@ def collate_groups(batch: list[tuple]) -> dict:
     if len(batch[0]) > 2:
         out["draws"] = torch.cat([b[2] for b in batch])
     return out
-
-
-# ---- Real images in the shard format (the toy world's captioned "real" images) ----
-
-
-def real_shards_run(cfg: DictConfig) -> dict[str, Path]:
-    """Write the real image of every kept caption into shards (one image per caption), so that
-    real-image baselines read the same format as synthetic ones."""
-    from synrep.data import toyworld
-    from synrep.data.shards import shard_ranges, shard_summary
-
-    captions_path = run_dir(cfg, "captions", "captions.parquet")
-    if not captions_path.exists():
-        raise FileNotFoundError(f"deduplicated captions not found at {captions_path}; "
-                                "run `python -m synrep captions` first")
-    captions = pl.read_parquet(captions_path)
-    train = toyworld.load_split(cfg, "train")
-    out = Path(cfg.train.real_shards)
-    per_shard = cfg.generation.captions_per_shard
-    rows = []
-    for spec in shard_ranges(len(captions), per_shard, "real"):
-        part = captions.slice(spec.start, spec.stop - spec.start)
-        samples = []
-        for row in part.iter_rows(named=True):
-            url = row.get("url") or ""
-            index = toyworld.train_index(url, "real_shards (for real data point the run at img2dataset shards)")
-            samples.append({"key": f"c{row['caption_id']:09d}", "images": [train["images"][index]],
-                            "record": {"caption": row["caption"], "caption_id": int(row["caption_id"]),
-                                       "source": url}})
-        path = out / f"shard-{spec.index:06d}.tar"
-        write_shard(path, samples)
-        rows.append(shard_summary(path, spec))
-    save_resolved(cfg, out)
-    return {"index": write_index(out / "index.parquet", rows)}
