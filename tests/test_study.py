@@ -46,3 +46,24 @@ def test_report_writes_each_kind_and_logs_one_run(make_cfg, tmp_path):
     top = {a.path for a in client.list_artifacts(run)}
     assert top == {"rows.csv", "rows.md", "rows.json", "plot.txt", "grids"}
     assert [a.path for a in client.list_artifacts(run, "grids")] == ["grids/samples_x.png"]
+
+
+def test_a_study_summary_is_mean_and_t_interval_per_group_with_null_keys_kept():
+    """The summary table of dreambooth_quality and inpaint_quality: per (model, prior), a null prior
+    a group of its own, each metric's mean ± Student-t 95 % half-width over the seeds (scipy's t)."""
+    from scipy import stats
+
+    from synrep.tables import mean_ci_table
+
+    rows = pl.DataFrame({"model": ["base", "base", "base", "prior", "prior", "prior"],
+                         "prior": [None, None, None, True, True, True], "seed": [0, 1, 2, 0, 1, 2],
+                         "fidelity": [0.30, 0.40, 0.50, 0.61, 0.62, None]})
+    table = mean_ci_table(rows, ["model", "prior"])
+    assert table.columns == ["model", "prior", "fidelity"]
+    values = np.array([0.30, 0.40, 0.50])
+    half = stats.t.ppf(0.975, 2) * values.std(ddof=1) / np.sqrt(3)
+    # cells as tables.mean_ci writes them: rounded to 3 decimals, trailing zeros dropped
+    assert table.row(0) == ("base", None, f"{round(values.mean(), 3)} ± {round(half, 3)}")
+    pair = np.array([0.61, 0.62])
+    half = stats.t.ppf(0.975, 1) * pair.std(ddof=1) / np.sqrt(2)
+    assert table.row(1) == ("prior", True, f"{round(pair.mean(), 3)} ± {round(half, 3)}")

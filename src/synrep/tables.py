@@ -39,3 +39,14 @@ def mean_ci(df: pl.DataFrame, by: list[str], metric: str) -> pl.DataFrame:
         pl.when(pl.col("n") < 2).then(pl.format("{} (n = {})", mean, pl.col("n")))
         .otherwise(pl.format("{} ± {}", mean, pl.col("ci95").round(3).cast(pl.String))).alias("cell")
     )
+
+
+def mean_ci_table(rows: pl.DataFrame, keys: list[str], skip: tuple[str, ...] = ("seed",)) -> pl.DataFrame:
+    """One row per group of ``keys`` (in first-seen order) and a "mean ± ci" cell per other column
+    (``skip`` left out): a study's summary over seeds. A null key is a group of its own."""
+    metrics = [c for c in rows.columns if c not in (*keys, *skip)]
+    table = rows.select(keys).unique(maintain_order=True)
+    for metric in metrics:
+        cells = mean_ci(rows, keys, metric).select(*keys, pl.col("cell").alias(metric))
+        table = table.join(cells, on=keys, how="left", nulls_equal=True)
+    return table

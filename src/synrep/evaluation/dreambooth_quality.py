@@ -42,7 +42,7 @@ from synrep.evaluation.sample_quality import diversity
 from synrep.generation.source_images import sampling_of
 from synrep.images import image_grid
 from synrep.settings import ConfigError, to_dict
-from synrep.tables import markdown_table, mean_ci
+from synrep.tables import markdown_table, mean_ci_table
 
 GROUPS = ("instance", "background", "size", "class")
 SIZE_PROMPT_WORDS = ("small", "big")  # toy_vocabulary.SIZE_WORDS of small and large
@@ -210,22 +210,11 @@ def measure(cfg: DictConfig, pipes: dict[str, tuple[object, dict]], classifier, 
     return pl.DataFrame(rows), examples
 
 
-def summary_table(rows: pl.DataFrame) -> pl.DataFrame:
-    """Mean ± 95% CI over seeds of each measure, per model."""
-    keys = ["model", "prior"]
-    metrics = [c for c in rows.columns if c not in (*keys, "seed")]
-    table = rows.select(keys).unique(maintain_order=True)
-    for metric in metrics:
-        cells = mean_ci(rows, keys, metric).select(*keys, pl.col("cell").alias(metric))
-        table = table.join(cells, on=keys, how="left", nulls_equal=True)
-    return table
-
-
 def summary(rows: pl.DataFrame, examples: dict[str, np.ndarray], infos: list[dict], origin: str
             ) -> tuple[dict[str, tuple[str, study.Content]], list[tuple[dict[str, float], None]]]:
     """The files (per-run csv, the summary table as markdown and json, a grid per model: rows
     instance, background, size, class) and each model's MLflow metrics, the mean over seeds."""
-    table = summary_table(rows)
+    table = mean_ci_table(rows, ["model", "prior"])
     files = {"runs": ("dreambooth_runs.csv", rows), "table": ("dreambooth_quality.md", markdown_table(table)),
              "json": ("dreambooth_quality.json", {"rows": rows.to_dicts(), "summary": table.to_dicts(),
                                                   "models": infos, "classifier": origin}),

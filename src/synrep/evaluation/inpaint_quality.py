@@ -33,7 +33,7 @@ from synrep.evaluation.attribute_classifier import predict
 from synrep.generation.source_images import sampling_of
 from synrep.images import image_grid
 from synrep.settings import ConfigError, run_dir, to_dict
-from synrep.tables import markdown_table, mean_ci
+from synrep.tables import markdown_table, mean_ci_table
 
 EDITS = {"background": "background", "colour": "object"}  # edit -> region regenerated
 
@@ -111,22 +111,11 @@ def measure(cfg: DictConfig, classifier, pipes: dict[str, object]) -> tuple[pl.D
     return pl.DataFrame(rows), examples
 
 
-def summary_table(rows: pl.DataFrame) -> pl.DataFrame:
-    """Mean ± 95% CI over seeds of each metric, per model, edit and w."""
-    metrics = [c for c in rows.columns if c not in ("model", "edit", "w", "seed")]
-    keys = ["model", "edit", "w"]
-    table = rows.select(keys).unique(maintain_order=True)
-    for metric in metrics:
-        cells = mean_ci(rows, keys, metric).select(*keys, pl.col("cell").alias(metric))
-        table = table.join(cells, on=keys, how="left")
-    return table
-
-
 def summary(rows: pl.DataFrame, examples: dict[str, np.ndarray]
             ) -> tuple[dict[str, tuple[str, study.Content]], list[tuple[dict[str, float], None]]]:
     """The files (per-run csv, the summary table as markdown and json, a grid per model and edit:
     originals on top, edited below) and the MLflow metrics: means over seeds per model, edit and w."""
-    table = summary_table(rows)
+    table = mean_ci_table(rows, ["model", "edit", "w"])
     files = {"runs": ("inpaint_runs.csv", rows), "table": ("inpaint_edits.md", markdown_table(table)),
              "json": ("inpaint_edits.json", {"rows": rows.to_dicts(), "summary": table.to_dicts()}),
              **{f"grid_{name}": (f"edits_{name}.png", image_grid(images, rows=2, scale=4))
