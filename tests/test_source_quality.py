@@ -91,3 +91,25 @@ def test_per_caption_summaries_are_tables_mean_ci_of_the_numbers():
     assert got["n"] == 4 and math.isclose(got["mean"], np.mean(kept)) and math.isclose(got["ci95"], half)
     assert over_captions([None, 0.5]) == {"mean": 0.5, "ci95": None, "n": 1}
     assert over_captions([]) == over_captions([None, float("nan")]) == {"mean": None, "ci95": None, "n": 0}
+
+
+def test_every_source_quality_job_waits_for_the_held_out_clip_a_rule_trains(tmp_path):
+    """experiment=toy_generators trains its held-out CLIP in results/: each source's judge reads it,
+    so each source_quality job has it as input (else the column comes and goes with job order)."""
+    import re
+    import subprocess
+    import sys
+
+    from synrep.config import load_config
+    from tests.conftest import REPO
+
+    paths = f"paths={{data_dir: {tmp_path}/data, results_dir: {tmp_path}/results}}"
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config",
+                           "experiment=toy_generators", paths], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    heldout = load_config(["experiment=toy_generators", f"paths.results_dir={tmp_path}/results"]
+                          ).sample_quality.heldout_clip
+    jobs = re.findall(r"^rule source_quality:\n    input: ([^\n]*)", done.stdout, re.M)
+    assert len(jobs) >= 4
+    assert all(heldout in inputs.split(", ") for inputs in jobs), jobs
+    assert re.search(r"^rule train_heldout_clip:", done.stdout, re.M)

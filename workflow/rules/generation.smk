@@ -130,7 +130,9 @@ rule source_quality:
     input:
         SHARDS / "{source}" / "index.parquet",
         [q for q in [CFG.sample_quality.classifier] if q and Path(q).exists()],
-        [c for c in (CFG.generation.clip_model, CFG.sample_quality.heldout_clip) if c and Path(c).exists()],
+        # the CLIPs that score, those a rule trains included (rules/toy_models.smk): a held-out CLIP
+        # in results/ is waited for, not raced
+        SCORING_CLIPS,
     output:
         RESULTS / "source_quality" / "{source}.json",
     params:

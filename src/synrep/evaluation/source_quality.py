@@ -133,15 +133,16 @@ def measure(cfg: DictConfig, source: str, classifier, guides: dict) -> dict:
 def run(cfg: DictConfig, source: str | None = None) -> dict[str, Path]:
     """``python -m synrep source_quality [--source NAME]``: every source that training reads, or one."""
     from synrep.diffusion.clip_guidance import load_guide
-    from synrep.diffusion.clip_model import is_clip_folder
+    from synrep.diffusion.clip_model import check_clip_folder, is_clip_folder
     from synrep.generation.sources import referenced_sources
 
     classifier, _, _ = study.load_judge(cfg)
     guides = {}
     if is_clip_folder(cfg.generation.clip_model):
         guides["guiding"] = load_guide(cfg.generation.clip_model)
-    if cfg.sample_quality.heldout_clip and is_clip_folder(cfg.sample_quality.heldout_clip):
-        guides["heldout"] = load_guide(cfg.sample_quality.heldout_clip)
+    if cfg.sample_quality.heldout_clip:  # as sample_quality: a held-out CLIP named must be there
+        heldout = check_clip_folder(cfg.sample_quality.heldout_clip, "sample_quality.heldout_clip")
+        guides["heldout"] = load_guide(str(heldout))
     outputs = {}
     for name in [source] if source else referenced_sources(cfg):
         outputs[name] = write_json(quality_path(cfg, name), measure(cfg, name, classifier, guides))
