@@ -4,6 +4,7 @@ pipelines through the same two calls, ``unclip_images`` and ``variation_images``
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -321,3 +322,32 @@ def test_a_saved_diffusers_unclip_folder_is_a_source_generator(make_cfg, small_w
     samples = list(read_shard(path))
     assert len(samples) == 2 and samples[0]["images"][0].shape == (16, 16, 3)
     assert samples[0]["record"]["pipeline"] == "UnCLIPPipeline" and "clip_model" not in samples[0]["record"]["source"]["unclip"]
+
+
+@pytest.mark.slow
+def test_a_source_on_the_toy_unclip_not_yet_trained_plans_its_training(tmp_path):
+    """A source naming the folder that rule ``train_unclip`` makes is planned before the folder
+    exists: Snakemake schedules the training, then the source's shards on it."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    config = [f"paths={{data_dir: {tmp_path}/data, results_dir: {tmp_path}/results}}",
+              "toyworld={" + ", ".join(o.removeprefix("toyworld.").replace("=", ": ") for o in SMALL_WORLD) + "}",
+              'sources={uc: {generator: "${toy_unclip.output_dir}", mode: unclip}}',
+              "sweep={grids: [{method: [stablerep], data: [uc]}]}"]
+
+    def snakemake(target, *flags):
+        return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *flags, "--config", *config, "--", target],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    made = snakemake(f"{tmp_path}/results/toy/captions/captions.parquet")  # the shards' count needs the captions
+    assert made.returncode == 0, made.stderr[-3000:]
+    planned = snakemake(f"{tmp_path}/results/toy/shards/uc/index.parquet", "-n")
+    assert planned.returncode == 0, planned.stdout[-3000:] + planned.stderr[-3000:]
+    assert not (tmp_path / "results" / "toy" / "toy_unclip").exists()
+    jobs = dict(re.findall(r"^(\w+) +(\d+)$", planned.stdout, re.M))
+    assert jobs["train_unclip"] == "1" and int(jobs["generate_shard"]) >= 1
+    shard_rules = planned.stdout.split("rule generate_shard:")[1:]
+    assert all(f"input: {tmp_path}/results/toy/toy_unclip," in rule for rule in shard_rules)

@@ -79,22 +79,20 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         spec["image_format"] = source.image_format
     # the mode's own settings: the unCLIP ones resolved with the CLIP they work in
     for section in mode.settings:
-        spec[section] = unclip_spec(source, g, name, spec["generator"]) if section == "unclip" else to_dict(source[section])
+        spec[section] = unclip_spec(cfg, name, spec["generator"]) if section == "unclip" else to_dict(source[section])
     return spec
 
 
-def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator: str) -> dict:
+def unclip_spec(cfg: DictConfig, name: str, generator: str) -> dict:
     """The unCLIP settings of the mode, and for the toy unCLIP the CLIP it works in with its weights'
     hash (diffusers' unCLIP pipelines carry their own CLIP, hashed with their weights)."""
-    from synrep.diffusion.pipelines import model_folder
-
+    source, generation = cfg.sources[name], cfg.generation
     out = to_dict(source.unclip)
     for key in source_modes.get(source.mode).record_omits:
         out.pop(key)
     if out.get("prior_samples") == 1:  # absent at its default, so that earlier unclip sources keep their hash
         out.pop("prior_samples")
-    folder = model_folder(generator, f"sources.{name}.generator")
-    if '"ToyUnCLIPPipeline"' in (folder / "model_index.json").read_text():
+    if is_toy_unclip(cfg, name, generator):
         from synrep.diffusion.clip_model import check_clip_folder
         from synrep.diffusion.pipelines import weights_sha256
 
@@ -104,6 +102,18 @@ def unclip_spec(source: DictConfig, generation: DictConfig, name: str, generator
     else:
         out.pop("clip_model")
     return out
+
+
+def is_toy_unclip(cfg: DictConfig, name: str, generator: str) -> bool:
+    """Whether the source's generator is a toy unCLIP: the folder the ``train_unclip`` rule makes
+    (known before it exists, so that Snakemake plans the rule and the source together), or a saved
+    ``ToyUnCLIPPipeline`` folder."""
+    from synrep.diffusion.pipelines import model_folder
+
+    if Path(generator).resolve() == Path(cfg.toy_unclip.output_dir).resolve():
+        return True
+    folder = model_folder(generator, f"sources.{name}.generator")
+    return '"ToyUnCLIPPipeline"' in (folder / "model_index.json").read_text()
 
 
 def refresh_reading(cfg: DictConfig, name: str) -> tuple[int, int, int] | None:
