@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from synrep.fileio import write_figure  # noqa: E402
-from synrep.tables import markdown_table, mean_ci  # noqa: E402
+from synrep.tables import markdown_table, mean_ci, mean_ci_cell  # noqa: E402
 
 PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background")
 # the judge's measures on a source's kept images (source_quality/<source>.json)
@@ -66,11 +66,8 @@ def table(df: pl.DataFrame, run_dir: Path) -> pl.DataFrame:
     for probe in [p for p in PROBES if df[p].is_not_null().any()]:
         cells = mean_ci(df, keys, probe).select(*keys, pl.col("cell").alias(probe.replace("probe_", "probe ")))
         out = out.join(cells, on=keys, how="left", maintain_order="left")
-    def cell(mean, ci) -> str | None:
-        return None if mean is None else f"{round(mean, 3)} ± {round(ci, 3)}" if ci is not None else f"{round(mean, 3)}"
-
     judge = [judged(run_dir, s) for s in out["source"]]
-    cells = pl.DataFrame([{"source": row["source"], **{name: cell(row[f"{k}_mean"], row[f"{k}_ci95"])
+    cells = pl.DataFrame([{"source": row["source"], **{name: mean_ci_cell(row[f"{k}_mean"], row[f"{k}_ci95"])
                                                        for k, name in JUDGED.items()}} for row in judge],
                          schema={"source": pl.String, **{name: pl.String for name in JUDGED.values()}})
     seeds = df.group_by(keys).agg(pl.col("seed").n_unique().alias("seeds"))

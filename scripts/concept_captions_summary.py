@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from synrep.fileio import write_figure  # noqa: E402
-from synrep.tables import markdown_table, mean_ci  # noqa: E402
+from synrep.tables import markdown_table, mean_ci, mean_ci_cell  # noqa: E402
 
 PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background")
 
@@ -61,7 +61,7 @@ def judged(run_dir: Path, source: str) -> dict:
         if isinstance(value, dict):
             if value.get("mean") is None:
                 return None
-            return f"{value['mean']:.3f} ± {value['ci95']:.3f}" if value.get("ci95") is not None else f"{value['mean']:.3f}"
+            return mean_ci_cell(value["mean"], value.get("ci95"))
         return None if value is None else f"{value:.3f}"
 
     return {"match shape": cell(row.get("match_shape")), "match colour": cell(row.get("match_colour")),

@@ -217,8 +217,8 @@ def test_summary_script_table_and_plot(tmp_path):
     for source, accs in probes.items():
         row = table.filter(pl.col("source") == source).row(0, named=True)
         half = sps.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
-        assert row["probe shape"] == f"{round(np.mean(accs), 3)} ± {round(half, 3)}"
+        assert row["probe shape"] == f"{np.mean(accs):.3f} ± {half:.3f}"
         assert row["keep"] == {"w2": 1.0, "half": 0.5}[source] and row["seeds"] == 3
-        assert row["CLIP cos(image, caption)"] == ("0.7 ± 0.01" if source == "w2" else "0.8 ± 0.01")
+        assert row["CLIP cos(image, caption)"] == ("0.700 ± 0.010" if source == "w2" else "0.800 ± 0.010")
     summary.plot(df, run, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0

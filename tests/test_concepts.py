@@ -236,7 +236,7 @@ def test_summary_script_table_and_plot(tmp_path):
     for (source, budget), accs in values.items():
         row = table.filter((pl.col("source") == source) & (pl.col("budget").eq_missing(budget))).row(0, named=True)
         half = sps.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
-        assert row["probe shape"] == f"{round(np.mean(accs), 3)} ± {round(half, 3)}"
+        assert row["probe shape"] == f"{np.mean(accs):.3f} ± {half:.3f}"
         assert row["count"] == {"w2": 8, "c": 32 if budget is None else 8}[source]
         assert row["captions"] == ("real" if source == "w2" else "concepts") and row["seeds"] == 3
     summary.plot(df, tmp_path / "plot.png")

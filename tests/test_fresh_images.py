@@ -219,11 +219,11 @@ def test_summary_script_table_and_plot(tmp_path):
     for (source, l), accs in probes.items():
         row = table.filter((pl.col("source") == source) & (pl.col("l") == l)).row(0, named=True)
         half = sps.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
-        assert row["probe shape"] == f"{round(np.mean(accs), 3)} ± {round(half, 3)}" and row["seeds"] == 3
+        assert row["probe shape"] == f"{np.mean(accs):.3f} ± {half:.3f}" and row["seeds"] == 3
     differences = summary.paired(df).filter(pl.col("minus") == "fixed, l = 4").row(0, named=True)
     diffs = np.subtract(probes[("fresh", 4)], probes[("fixed", 4)])
     half = sps.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / np.sqrt(3)
-    assert differences["probe shape difference"] == f"{round(np.mean(diffs), 3)} ± {round(half, 3)}"
+    assert differences["probe shape difference"] == f"{np.mean(diffs):.3f} ± {half:.3f}"
     summary.plot(df, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
 

@@ -52,4 +52,4 @@ def test_runs_in_folders_of_the_same_name_stay_apart(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     variant_row = [line for line in out.splitlines() if line.startswith("| v | ")][-1]
     assert variant_row.split("|")[2].strip() == "2"
-    assert variant_row.split("|")[3].strip().startswith("0.5 ± ")
+    assert variant_row.split("|")[3].strip().startswith("0.500 ± ")

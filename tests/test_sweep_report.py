@@ -110,7 +110,7 @@ def test_report_tables_plots_and_metrics(make_cfg, tmp_path):
     def cell(values):
         mean = np.mean(values)
         half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
-        return f"{round(mean, 3)} ± {round(half, 3)}"
+        return f"{mean:.3f} ± {half:.3f}"
 
     lm = pl.read_csv(tmp_path / "ablations" / "probe_shape__stablerep_l_x_m.csv")
     assert lm.columns == ["l", "m=2", "m=4"] and lm["l"].to_list() == [1, 2, 4]
@@ -147,7 +147,7 @@ def test_one_seed_says_n_1_not_plus_minus_zero():
     df = pl.DataFrame({"group": ["a", "b", "b"], "acc": [0.5, 0.4, 0.6]})
     cells = dict(mean_ci(df, ["group"], "acc").select("group", "cell").iter_rows())
     half = 12.706204736174705 * np.std([0.4, 0.6], ddof=1) / math.sqrt(2)  # t(0.975, df=1)
-    assert cells == {"a": "0.5 (n = 1)", "b": f"0.5 ± {round(half, 3)}"}
+    assert cells == {"a": "0.500 (n = 1)", "b": f"0.500 ± {half:.3f}"}
 
 
 def test_report_of_a_single_seed_builds_its_tables_and_plots(make_cfg, tmp_path):
@@ -155,7 +155,7 @@ def test_report_of_a_single_seed_builds_its_tables_and_plots(make_cfg, tmp_path)
     paths, truth = fabricate(cfg, tmp_path)
     out = report.build(cfg, paths, [tmp_path / "baselines.json"], tmp_path / "ablations")
     text = out["tables"].read_text()
-    assert f"{round(truth['simclr-real-l1'][0], 3)} (n = 1)" in text and "± 0.0 " not in text
+    assert f"{truth['simclr-real-l1'][0]:.3f} (n = 1)" in text and "± 0.000 " not in text
     with Image.open(out["accuracy_vs_w"]) as image:
         assert image.format == "PNG"
 
@@ -277,7 +277,7 @@ def test_best_source_follows_the_selection_metric_not_the_reported_one():
     cfg = OmegaConf.create({"train": cfg_train, "eval": {"targets": ["c"]}})
     title, table, note = ablation_tables.table_method_data(df, "probe_c", cfg, None, "c", with_note=True)
     assert ablation_tables.table_method_data(df, "probe_c", cfg, None, "c")[1].equals(table)  # (title, table) as before
-    assert table.rows() == [("SimCLR", "synthetic (best: w=8.0, chosen on the held-out split)", "0.21 ± 0.025")]
+    assert table.rows() == [("SimCLR", "synthetic (best: w=8.0, chosen on the held-out split)", "0.210 ± 0.025")]
     assert "probe_c_val" in note and "never the reported probe_c" in note
 
 
@@ -286,13 +286,13 @@ def test_single_seed_paper_design_cells_say_n_1(make_cfg, tmp_path):
     out = report.build(cfg, paper_records(cfg, tmp_path), None, tmp_path / "ablations")
     folder = tmp_path / "ablations"
     budget = pl.read_csv(folder / "probe_shape__stablerep_l_at_a_fixed_generation_budget_t.csv")
-    assert budget["T=64"].to_list() == ["0.61 (n = 1)", "0.64 (n = 1)"]
+    assert budget["T=64"].to_list() == ["0.610 (n = 1)", "0.640 (n = 1)"]
     m = pl.read_csv(folder / "probe_shape__stablerep_m_at_a_fixed_batch.csv")
-    assert m["probe_shape"].to_list() == ["0.51 (n = 1)", "0.52 (n = 1)", "0.53 (n = 1)", "0.54 (n = 1)"]
+    assert m["probe_shape"].to_list() == ["0.510 (n = 1)", "0.520 (n = 1)", "0.530 (n = 1)", "0.540 (n = 1)"]
     zeroshot = pl.read_csv(folder / "zeroshot_shape__zero-shot_accuracy_against_w.csv")
-    assert zeroshot["CLIP"].to_list() == ["0.3 (n = 1)", "0.25 (n = 1)", "0.4 (n = 1)"]
+    assert zeroshot["CLIP"].to_list() == ["0.300 (n = 1)", "0.250 (n = 1)", "0.400 (n = 1)"]
     md = pl.read_csv(folder / "probe_shape__method_x_data.csv")
-    assert md.filter(pl.col("method") == "SimCLR")["probe_shape"].to_list() == ["0.6 (n = 1)"]
+    assert md.filter(pl.col("method") == "SimCLR")["probe_shape"].to_list() == ["0.600 (n = 1)"]
     text = out["tables"].read_text()
     assert not [line for line in text.splitlines() if line.startswith("|") and "±" in line] and "nan" not in text
 
@@ -322,7 +322,7 @@ def test_sources_at_the_same_w_get_a_column_each(make_cfg, tmp_path):
     for spec in sweep.expand(cfg):
         values = np.array(truth[spec.group])
         half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-        assert table[spec.data][0] == f"{round(values.mean(), 3)} ± {round(half, 3)}"
+        assert table[spec.data][0] == f"{values.mean():.3f} ± {half:.3f}"
     assert not (tmp_path / "ablations" / "probe_shape__guidance_scale_w_per_method.csv").exists()
     fig = report_plots.figure_accuracy_vs_w(ablation_tables.load_runs(paths), "probe_shape", cfg)
     line = fig.axes[0].lines[0]

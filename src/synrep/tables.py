@@ -16,6 +16,16 @@ def markdown_table(df: pl.DataFrame, floatfmt: str = ".3f") -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_ci_cell(mean: float | None, ci95: float | None, n: int | None = None) -> str | None:
+    """A table cell: "mean ± half-width", or "mean (n = 1)" (just "mean" when n is unknown) without an
+    interval; three decimals always (0.500, not 0.5), so that a column's numbers line up."""
+    if mean is None:
+        return None
+    if ci95 is None or math.isnan(ci95):
+        return f"{mean:.3f}" if n is None else f"{mean:.3f} (n = {n})"
+    return f"{mean:.3f} ± {ci95:.3f}"
+
+
 def t_halfwidth(std: float | None, n: int, confidence: float = 0.95) -> float:
     """Half-width of the Student-t confidence interval of a mean of n values (NaN for n < 2: one
     value has no interval, and printing "± 0.0" would claim one)."""
@@ -34,11 +44,9 @@ def mean_ci(df: pl.DataFrame, by: list[str], metric: str) -> pl.DataFrame:
                .agg(pl.col(metric).mean().alias("mean"), pl.col(metric).std().alias("std"), pl.len().alias("n")))
     ci = [t_halfwidth(s, n) for s, n in zip(grouped["std"].to_list(), grouped["n"].to_list())]
     grouped = grouped.with_columns(pl.Series("ci95", ci, dtype=pl.Float64))
-    mean = pl.col("mean").round(3).cast(pl.String)
-    return grouped.with_columns(
-        pl.when(pl.col("n") < 2).then(pl.format("{} (n = {})", mean, pl.col("n")))
-        .otherwise(pl.format("{} ± {}", mean, pl.col("ci95").round(3).cast(pl.String))).alias("cell")
-    )
+    cells = [mean_ci_cell(m, None if n < 2 else c, n)
+             for m, c, n in zip(grouped["mean"].to_list(), grouped["ci95"].to_list(), grouped["n"].to_list())]
+    return grouped.with_columns(pl.Series("cell", cells, dtype=pl.String))
 
 
 def mean_ci_table(rows: pl.DataFrame, keys: list[str], skip: tuple[str, ...] = ("seed",)) -> pl.DataFrame:

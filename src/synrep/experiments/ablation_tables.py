@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from synrep.learning.methods import METHODS
 from synrep.settings import InputError
-from synrep.tables import mean_ci
+from synrep.tables import mean_ci, mean_ci_cell
 
 METHOD_ORDER = list(METHODS)
 METHOD_NAMES = {**{m.name: m.label for m in METHODS.values()}, "random_init": "random init", "raw_pixels": "raw pixels"}
@@ -274,11 +274,7 @@ def table_method_data(df: pl.DataFrame, metric: str, cfg: DictConfig, base: pl.D
 
 
 def _cell(value: dict | None) -> str | None:
-    if not value or value.get("mean") is None:
-        return None
-    if value.get("ci95") is None:
-        return f"{value['mean']:.3f} (n = {value['n']})"
-    return f"{value['mean']:.3f} ± {value['ci95']:.3f}"
+    return mean_ci_cell(value.get("mean"), value.get("ci95"), value.get("n")) if value else None
 
 
 def family_rows(df: pl.DataFrame, metric: str, cfg: DictConfig, quality: list[dict]) -> list[dict]:
