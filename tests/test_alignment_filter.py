@@ -100,6 +100,22 @@ def test_kept_counts_min_images_and_min_score():
     assert alignment_filter.kept_images(scores[:1], {**rule, "keep_fraction": 0.5}) == [0]  # no more than there are
 
 
+def test_a_real_first_image_is_kept_and_the_filter_judges_the_generated_ones():
+    """Mode inpaint with keep_real stores the caption's real image first: it is never filtered out,
+    even when it scores lowest, and the share kept is a share of the generated images."""
+    scores = np.array([0.0, 40.0, 30.0, 10.0, 20.0])  # image 0: the real one, scoring lowest
+    rule = {"min_images": 2, "real_first": True}
+    assert alignment_filter.kept_images(scores, {**rule, "keep_fraction": 0.5}) == [0, 1, 2]
+    assert alignment_filter.kept_images(scores, {**rule, "keep_fraction": 0.25}) == [0, 1]
+    assert alignment_filter.kept_images(scores, {**rule, "min_score": 25}) == [0, 1, 2]
+    assert alignment_filter.kept_images(scores, {**rule, "min_score": 99}) == [0, 1]  # min_images counts the real one
+    assert alignment_filter.kept_images(scores, {**rule, "min_images": 3, "min_score": 99}) == [0, 1, 2]
+    for f in ({**rule, "keep_fraction": 0.5}, {**rule, "keep_fraction": 0.25}, {**rule, "min_score": 99}):
+        assert alignment_filter.fewest_kept(len(scores), f) == len(alignment_filter.kept_images(scores, f))
+    # without real_first, the same scores lose image 0
+    assert 0 not in alignment_filter.kept_images(scores, {"min_images": 2, "keep_fraction": 0.5})
+
+
 def test_the_index_follows_the_filter_and_nothing_is_regenerated(make_cfg, small_world, tiny_toy_pipeline_dir,
                                                                  tiny_clip_dir):
     from synrep.learning import trainer
@@ -222,3 +238,18 @@ def test_summary_script_table_and_plot(tmp_path):
         assert row["CLIP cos(image, caption)"] == ("0.700 ± 0.010" if source == "w2" else "0.800 ± 0.010")
     summary.plot(df, run, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_the_filter_of_a_source_with_its_real_image_first_says_so(make_cfg, tiny_clip_dir):
+    """An inpainting source that keeps the real image records ``real_first`` in its filter (so that an
+    index made before, which scored the real image like the others, is refused), and the sweep's
+    check counts the real image among the kept."""
+    from synrep.experiments.sweep import expand
+
+    f = f"{{clip_model: {tiny_clip_dir}, keep_fraction: 0.5}}"
+    cfg = make_cfg(f"sources.inpaint.filter={f}", "sweep.grids=[{data: [inpaint], l: [3]}]")
+    assert alignment_filter.filter_spec(cfg, "inpaint")["real_first"] is True
+    assert {s.l for s in expand(cfg)} == {3}  # the real image and the best 2 of 3 generated
+    assert "real_first" not in alignment_filter.filter_spec(make_cfg(f"sources.w2.filter={f}"), "w2")
+    assert "real_first" not in alignment_filter.filter_spec(
+        make_cfg(f"sources.inpaint.filter={f}", "sources.inpaint.inpaint.keep_real=false"), "inpaint")

@@ -11,6 +11,8 @@ record carries) leaves the filter out; the index spec (``index_spec``) adds it.
 The index step writes each shard's kept images (``kept/shard-<i>.parquet`` beside the source's
 index: key, image) and the index rows name that file and the filter's settings; the stream reads
 only the kept images, and training refuses an index made under another filter (``check_index``).
+Where image 0 of each caption is its real image (mode inpaint with ``keep_real``), the filter keeps
+it and judges only the generated images: it filters what a generator made, not the data set's photos.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
+from synrep import source_modes
 from synrep.data.shards import read_shard
 from synrep.diffusion.clip_guidance import load_guide
 from synrep.diffusion.clip_model import check_clip_folder
@@ -48,6 +51,9 @@ def filter_spec(cfg: DictConfig, name: str) -> dict | None:
         spec["keep_fraction"] = float(f.keep_fraction)
     else:
         spec["min_score"] = float(f.min_score)
+    source = source_spec(cfg, name)
+    if source_modes.get(source["mode"]).first_is_real(source):  # absent otherwise: other filters keep their hash
+        spec["real_first"] = True
     return spec
 
 
@@ -105,18 +111,24 @@ def _image_numbers(keys: list[str]) -> list[int]:
 def kept_images(scores: np.ndarray, f: dict) -> list[int]:
     """The images of one caption the filter keeps, in stored order: the best ``keep_fraction`` of
     them (rounded up), or those scoring at least ``min_score``; never fewer than ``min_images``
-    (the best ones), nor more than there are. Ties go to the earlier image."""
-    n = len(scores)
-    k = fewest_kept(n, f) if "keep_fraction" in f else min(n, max(int((scores >= f["min_score"]).sum()),
-                                                                   f["min_images"]))
-    best = np.argsort(-scores, kind="stable")[:k]
-    return sorted(int(i) for i in best)
+    (the best ones), nor more than there are. Ties go to the earlier image. With ``real_first``
+    image 0 is the caption's real image: always kept, and the filter judges only the generated
+    ones (``keep_fraction`` of them; ``min_images`` counts the real one too)."""
+    first = int(f.get("real_first", False))
+    generated = scores[first:]
+    n = len(generated)
+    k = fewest_kept(len(scores), f) - first if "keep_fraction" in f else min(
+        n, max(int((generated >= f["min_score"]).sum()), f["min_images"] - first))
+    best = np.argsort(-generated, kind="stable")[:k]
+    return list(range(first)) + sorted(first + int(i) for i in best)
 
 
 def fewest_kept(n: int, f: dict) -> int:
     """The fewest images the filter keeps of a caption's ``n``: with ``keep_fraction`` the count
-    every caption keeps; with ``min_score`` the floor, ``min_images``."""
-    k = math.ceil(round(f["keep_fraction"] * n, 9)) if "keep_fraction" in f else 0
+    every caption keeps; with ``min_score`` the floor, ``min_images`` (with ``real_first``, the real
+    image and the share of the generated ones)."""
+    first = int(f.get("real_first", False))
+    k = first + math.ceil(round(f["keep_fraction"] * (n - first), 9)) if "keep_fraction" in f else 0
     return min(n, max(k, f["min_images"]))
 
 
