@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from synrep.data.rounds import Refresh, round_of_pass  # noqa: E402
 from synrep.fileio import write_figure  # noqa: E402
+from synrep.generation.sources import refresh_reading  # noqa: E402
 from synrep.tables import markdown_table, mean_ci  # noqa: E402
 
 PROBES = ("probe_shape", "probe_colour", "probe_size", "probe_background", "fewshot_shape")
@@ -53,10 +54,10 @@ def generation_seconds(run_dir: Path, source: str) -> float | None:
 def arm(cfg, name: str, l: int, passes: int) -> dict:
     """What a run on source ``name`` at ``l`` reads: rounds, images per caption over the run, and
     how the arm is named."""
-    refresh = cfg.sources[name].get("refresh")
+    refresh = refresh_reading(cfg, name)  # a refreshing source, or a union reading its rounds on its own schedule
     if refresh is None:
         return {"arm": f"fixed, l = {l}", "every": None, "rounds read": 1, "images per caption": l}
-    reading = Refresh(int(refresh.every), int(refresh.rounds), l)
+    reading = Refresh(refresh[0], refresh[1], l)
     read = len({round_of_pass(p, reading) for p in range(passes)})
     return {"arm": f"fresh every {reading.every} passes, {reading.rounds} rounds of l = {l}", "every": reading.every,
             "rounds read": read, "images per caption": l * read}

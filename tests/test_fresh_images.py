@@ -133,6 +133,22 @@ def test_a_union_of_a_refreshing_source_reads_every_round_as_one_set(fresh_cfg):
         assert images == set().union(*truth[caption])
 
 
+def test_a_union_with_a_refresh_reads_the_rounds_on_its_own_schedule(fresh_cfg):
+    """Another schedule of the same images: a union of fr with ``refresh: {every: 1}`` reads round
+    p mod 3 at pass p from fr's shards (fr itself: round floor(p / 2) mod 3); nothing is generated."""
+    truth = caption_rounds(fresh_cfg, "fr")
+    cfg = OmegaConf.merge(fresh_cfg, {"sources": {"fast": {"mode": "union", "union": ["fr"], "refresh": {"every": 1}}},
+                                      "train": {"data": "fast"}})
+    index.run(cfg, source="fast")
+    assert source_spec(cfg, "fast")["union"][0] == source_spec(fresh_cfg, "fr")
+    loader = training_loader(cfg)
+    for pass_index in range(4):
+        trainer.set_pass(loader, pass_index)
+        for caption, images in batch_rows(next(iter(loader))):
+            assert images == truth[caption][pass_index % 3], (pass_index, caption)
+    assert training_identity(cfg)["refresh_every"] == 1
+
+
 def test_every_is_part_of_a_runs_identity_not_of_its_images(make_cfg):
     base = make_cfg(REFRESH, "train.data=fr")
     other = make_cfg(REFRESH, "sources.fr.refresh.every=3", "train.data=fr")
@@ -156,6 +172,10 @@ def test_bad_refresh_values_fail_at_load_in_one_line(make_cfg, value, key):
 def test_refresh_where_it_cannot_work_is_refused(make_cfg):
     with pytest.raises(ConfigError, match=r"'sources.both.refresh'"):
         make_cfg("sources.both={mode: union, union: [w2], refresh: {rounds: 2}}")
+    with pytest.raises(ConfigError, match=r"'sources.both.refresh': .*only a union of one refreshing source"):
+        make_cfg(REFRESH, "sources.both={mode: union, union: [fr, w2], refresh: {every: 1}}")
+    with pytest.raises(ConfigError, match=r"'sources.fast.refresh.rounds': a union reads the rounds of 'fr' \(3\)"):
+        make_cfg(REFRESH, "sources.fast={mode: union, union: [fr], refresh: {every: 1, rounds: 3}}")
     with pytest.raises(ConfigError, match=r"'sources.w2.refresh'"):
         make_cfg("sources.w2.refresh={rounds: 2}", "sources.w2.filter={keep_fraction: 0.5}")
     with pytest.raises(ConfigError, match=r"'sources.inpaint.refresh'"):
@@ -173,10 +193,11 @@ def test_a_run_asking_for_more_images_than_a_round_holds_is_refused(make_cfg):
     assert {s.l for s in expand(make_cfg(REFRESH, union, "sweep.grids=[{data: [all], l: [6]}]"))} == {6}
 
 
-def test_summary_script_table_and_plot(tmp_path):
+def test_summary_script_table_and_plot(tmp_path, make_cfg):
     """scripts/fresh_images_summary.py: each arm's images generated (captions x the rounds its passes
     read x l), its generation seconds (the source's shard jobs' seconds per image, from their logs,
-    times those images), and the probe cells the mean and Student-t half-width over seeds."""
+    times those images), and the probe cells the mean and Student-t half-width over seeds. A union
+    reading the same rounds on its own schedule is an arm of its own, charged the same source."""
     import importlib.util
     import json
 
@@ -189,16 +210,18 @@ def test_summary_script_table_and_plot(tmp_path):
     spec.loader.exec_module(summary)
     run = tmp_path / "run"
     run.mkdir()
-    OmegaConf.save(OmegaConf.create({"sources": {
-        "fresh": {"l": 4, "refresh": {"every": 3, "rounds": 4}, "union": []},
-        "fixed": {"union": ["fresh"], "refresh": None}}}), run / "config.yaml")
+    OmegaConf.save(make_cfg("sources.fresh={guidance: {w: 2}, l: 4, refresh: {every: 3, rounds: 4}}",
+                            "sources.fixed={mode: union, union: [fresh]}",
+                            "sources.fresh1={mode: union, union: [fresh], refresh: {every: 1}}"),
+                   run / "config.yaml", resolve=True)
     (run / "shards" / "fresh").mkdir(parents=True)
     (run / "shards" / "fresh" / "stats.json").write_text(json.dumps({"images": 10 * 16}))
     (run / "logs" / "generate").mkdir(parents=True)
     for i, seconds in enumerate((30.0, 50.0)):  # 80 s for 160 images: 0.5 s an image
         (run / "logs" / "generate" / f"fresh-00000{i}.log").write_text(
             f"generate fresh\nshard fresh #{i} (5 captions) in {seconds:.1f}s\n")
-    probes = {("fresh", 4): [0.5, 0.55, 0.6], ("fixed", 4): [0.4, 0.42, 0.47], ("fixed", 16): [0.5, 0.5, 0.58]}
+    probes = {("fresh", 4): [0.5, 0.55, 0.6], ("fixed", 4): [0.4, 0.42, 0.47], ("fixed", 16): [0.5, 0.5, 0.58],
+              ("fresh1", 4): [0.52, 0.5, 0.61]}
     for (source, l), accs in probes.items():
         for seed, acc in enumerate(accs):
             folder = run / "runs" / f"{source}-l{l}-s{seed}"
@@ -211,11 +234,13 @@ def test_summary_script_table_and_plot(tmp_path):
                                                            "history": [{"loss": 3.0 - 0.1 * p} for p in range(7)]}))
     df = summary.runs(run)
     table = summary.table(df)
-    # fewest images first: the fresh run's 7 passes read 3 of its 4 rounds
-    assert table["arm"].to_list() == ["fixed, l = 4", "fresh every 3 passes, 4 rounds of l = 4", "fixed, l = 16"]
-    assert table["images generated"].to_list() == [40, 120, 160]
-    assert table["generation s"].to_list() == [20.0, 60.0, 80.0]
-    assert table["rounds read"].to_list() == [1, 3, 1]
+    # fewest images first: the fresh run's 7 passes read 3 of its 4 rounds; every pass a new round, all 4
+    assert table["arm"].to_list() == ["fixed, l = 4", "fresh every 3 passes, 4 rounds of l = 4", "fixed, l = 16",
+                                      "fresh every 1 passes, 4 rounds of l = 4"]
+    assert table["source"].to_list() == ["fixed", "fresh", "fixed", "fresh1"]
+    assert table["images generated"].to_list() == [40, 120, 160, 160]
+    assert table["generation s"].to_list() == [20.0, 60.0, 80.0, 80.0]
+    assert table["rounds read"].to_list() == [1, 3, 1, 4]
     for (source, l), accs in probes.items():
         row = table.filter((pl.col("source") == source) & (pl.col("l") == l)).row(0, named=True)
         half = sps.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)

@@ -99,6 +99,14 @@ class AlignmentFilterConfig:
         note="the multi-positive loss needs two images of a caption")
 
 
+DEFAULT_ROUNDS = 2  # a refreshing source's rounds when it names none
+
+
+def refresh_rounds(refresh: DictConfig) -> int:
+    """The rounds a generating source's ``refresh`` makes."""
+    return DEFAULT_ROUNDS if refresh.rounds is None else int(refresh.rounds)
+
+
 @dataclass
 class RefreshConfig:
     """Fresh images during training: a source generates ``rounds`` rounds of its l images per caption,
@@ -106,8 +114,10 @@ class RefreshConfig:
     each caption, so every ``every`` passes it sees new images of the same captions (data/rounds.py)."""
 
     every: int = setting(1, "Passes over the captions per round", ge=1)
-    rounds: int = setting(2, "Rounds generated (after the last, training begins again at round 0); one round is "
-                          "no refresh (refresh: null)", ge=2)
+    rounds: Optional[int] = setting(
+        None, "Rounds generated (after the last, training begins again at round 0); one round is no refresh "
+        f"(refresh: null); null: {DEFAULT_ROUNDS}. A union of one refreshing source leaves it null: it reads that "
+        "source's rounds on its own `every`", ge=2)
 
 
 @section_check(AlignmentFilterConfig)
@@ -175,8 +185,9 @@ class SourceConfig:
         "shards, it regenerates nothing); null: every image")
     refresh: Optional[RefreshConfig] = setting(
         None, "Fresh images during training: rounds of l images per caption, one round read every `every` passes "
-        "(l x rounds stored per caption; a union of this source reads them all as one set); null: one set of l "
-        "images, read every pass")
+        "(l x rounds stored per caption; a union of this source reads them all as one set, or with a refresh of its "
+        "own, `{every: k}`, the same rounds every k passes: another schedule of the same images); null: one set of "
+        "l images, read every pass")
 
 
 # The default run's sources: a source per w, and each generation mode in its smallest form on the first
@@ -255,13 +266,19 @@ def check_source(source: DictConfig, key: str, cfg: DictConfig) -> None:
 
 @section_check(SourceConfig)
 def check_refresh(source: DictConfig, key: str, cfg: DictConfig) -> None:
-    """A source's ``refresh`` (its bounds are its fields'): on a source that generates its images (not a
-    union, not filtered, no real image standing first in every round)."""
+    """A source's ``refresh`` (its bounds are its fields'): on a source that generates its images (not
+    filtered, no real image standing first in every round), or on a union of one refreshing source,
+    which reads that source's rounds on its own schedule."""
     if source.refresh is None:
         return
     if not SOURCE_MODES[source.mode].generates:
-        raise ConfigError(f"config key '{key}.refresh': a union reads its sources' images as one set; give the "
-                          "refresh to the source that generates them")
+        members = list(source.union)
+        if len(members) != 1 or members[0] not in cfg.sources or cfg.sources[members[0]].refresh is None:
+            raise ConfigError(f"config key '{key}.refresh': a union reads its sources' images as one set; only a "
+                              "union of one refreshing source reads its rounds on a schedule of its own")
+        if source.refresh.rounds is not None:
+            raise ConfigError(f"config key '{key}.refresh.rounds': a union reads the rounds of {members[0]!r} "
+                              f"({refresh_rounds(cfg.sources[members[0]].refresh)}); leave rounds out")
     if source.filter is not None:
         raise ConfigError(f"config key '{key}.refresh': a filtered source cannot refresh (the filter keeps images "
                           "across rounds); use one of refresh and filter")
@@ -288,7 +305,7 @@ def check_union(source: DictConfig, key: str, cfg: DictConfig) -> None:
         if member in list(source.union)[:i]:
             raise ConfigError(f"config key '{where}': {member!r} is listed twice")
         refresh = cfg.sources[member].refresh  # a refreshing source stores l images per round
-        ls.add((cfg.sources[member].l or cfg.generation.images_per_caption) * (refresh.rounds if refresh else 1))
+        ls.add((cfg.sources[member].l or cfg.generation.images_per_caption) * (refresh_rounds(refresh) if refresh else 1))
     if len(ls) > 1:
         raise ConfigError(f"config key '{key}.union': its sources store different numbers of images per "
                           f"caption ({sorted(ls)}); give them one l")

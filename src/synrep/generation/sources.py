@@ -29,7 +29,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from synrep import source_modes
-from synrep.generation.settings import guidance_scales
+from synrep.generation.settings import guidance_scales, refresh_rounds
 from synrep.settings import ConfigError, hashed_section, to_dict
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def source_spec(cfg: DictConfig, name: str) -> dict:
         "seed": g.seed if source.seed is None else source.seed,
     }
     if source.refresh is not None:  # rounds of l images, stored one after another: l x rounds per caption
-        spec["refresh"] = {"rounds": int(source.refresh.rounds), "images_per_round": spec["l"]}
+        spec["refresh"] = {"rounds": refresh_rounds(source.refresh), "images_per_round": spec["l"]}
         spec["l"] *= spec["refresh"]["rounds"]
     # absent when unset, so that the specs of sources without them keep their hash
     if source.captions is not None:
@@ -118,12 +118,14 @@ def is_toy_unclip(cfg: DictConfig, name: str, generator: str) -> bool:
 
 def refresh_reading(cfg: DictConfig, name: str) -> tuple[int, int, int] | None:
     """How training reads a refreshing source: (passes per round, rounds, images per round); None
-    for real images, a union (it reads every round as one set) or a source without ``refresh``.
+    for real images, a source without ``refresh`` or a union without one (it reads every round as
+    one set). A union with a refresh reads its one source's rounds every ``every`` passes of its own.
     ``every`` is not part of the source's spec (it changes no image): the training identity has it."""
     if name == "real" or cfg.sources[name].refresh is None:
         return None
-    spec = source_spec(cfg, name)["refresh"]
-    return int(cfg.sources[name].refresh.every), spec["rounds"], spec["images_per_round"]
+    spec = source_spec(cfg, name)
+    rounds = (spec["union"][0] if "union" in spec else spec)["refresh"]
+    return int(cfg.sources[name].refresh.every), rounds["rounds"], rounds["images_per_round"]
 
 
 def needs_real_images(spec: dict) -> bool:
