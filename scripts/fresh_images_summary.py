@@ -115,6 +115,13 @@ def paired(df: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def short_name(arm_name: str) -> str:
+    """An arm as a tick label: "fixed\nl = 4", "fresh\nevery 5"."""
+    if arm_name.startswith("fresh every "):
+        return "fresh\nevery " + arm_name.removeprefix("fresh every ").split(" ")[0]
+    return arm_name.replace(", ", "\n")
+
+
 def plot(df: pl.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -133,24 +140,24 @@ def plot(df: pl.DataFrame, path: Path) -> None:
                     yerr=[0 if v is None or v != v else v for v in stats["ci95"].to_list()], fmt="o", capsize=4)
         for arm_name, value in df.select("arm", metric).iter_rows():  # each seed, faint
             ax.plot(arms.index(arm_name) + 0.12, value, ".", color="grey", alpha=0.6)
-        ax.set_xticks(range(len(arms)), [a.replace(", ", ",\n").replace(" passes", "\npasses") for a in arms],
-                      fontsize=7)
+        ax.set_xticks(range(len(arms)), [short_name(a) for a in arms], fontsize=7)
         ax.set_xlim(-0.5, len(arms) - 0.5)
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
     ax = axes[0][-1]
-    for arm_name in arms:  # the training loss of each pass, mean over seeds
-        losses = np.mean(df.filter(pl.col("arm") == arm_name)["losses"].to_list(), axis=0)
-        ax.plot(range(1, len(losses) + 1), losses, "-", label=arm_name.replace(" passes", ""), lw=1.2)
-    for row in df.filter(pl.col("every").is_not_null()).select("every", "passes").unique().iter_rows():
-        for start in range(row[0], row[1], row[0]):  # where the fresh run's rounds begin
-            ax.axvline(start + 0.5, color="grey", ls=":", lw=0.8)
+    for arm_name in arms:  # the training loss of each pass, mean over seeds; a dot where a new round begins
+        runs_of_arm = df.filter(pl.col("arm") == arm_name)
+        losses = np.mean(runs_of_arm["losses"].to_list(), axis=0)
+        every = runs_of_arm["every"][0]
+        starts = [] if every is None else [p for p in range(every, len(losses), every)]
+        ax.plot(range(1, len(losses) + 1), losses, "-", label=short_name(arm_name).replace("\n", " "), lw=1.2,
+                marker="o" if starts else None, ms=3, markevery=starts or None)
     ax.set_xlabel("pass over the captions")
     ax.set_ylabel("training loss (mean of the pass)", fontsize=8)
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
     fig.suptitle("fresh images every k passes against fixed sets (mean ± 95 % CI over seeds; grey: each seed;"
-                 " dotted: a new round)", fontsize=8)
+                 " dots on the loss: a new round)", fontsize=8)
     fig.tight_layout()
     write_figure(path, fig)
 
