@@ -51,8 +51,9 @@ def filter_spec(cfg: DictConfig, name: str) -> dict | None:
         spec["keep_fraction"] = float(f.keep_fraction)
     else:
         spec["min_score"] = float(f.min_score)
-    source = source_spec(cfg, name)
-    if source_modes.get(source["mode"]).first_is_real(source):  # absent otherwise: other filters keep their hash
+    # read off the config, not the resolved spec: index_spec and the sweep's check resolve that already
+    source = cfg.sources[name]
+    if source_modes.get(source.mode).first_is_real(source):  # absent otherwise: other filters keep their hash
         spec["real_first"] = True
     return spec
 
