@@ -19,7 +19,7 @@ from synrep.generation.alignment_filter import fewest_kept, filter_spec
 from synrep.generation.sources import refresh_reading, source_spec
 from synrep.learning import methods
 from synrep.learning.identity import training_identity
-from synrep.learning.settings import method_train
+from synrep.learning.settings import merge_method_settings
 from synrep.settings import ConfigError, InputError, run_dir, to_dict
 
 
@@ -125,7 +125,7 @@ def run_config(cfg: DictConfig, spec: RunSpec) -> DictConfig:
     cfg.train.method, cfg.train.data, cfg.train.l, cfg.train.m, cfg.train.seed, cfg.train.image_budget = (
         spec.method, spec.data, spec.l, spec.m, spec.seed, spec.budget)
     cfg.train.output_dir = str(run_output_dir(cfg, spec))
-    return method_train(cfg)
+    return merge_method_settings(cfg)
 
 
 def run_identity(cfg: DictConfig) -> dict:

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 from omegaconf import DictConfig
 
 from synrep import source_modes
 from synrep.data.shards import read_shard
-from synrep.diffusion.clip_guidance import load_guide
 from synrep.diffusion.clip_model import check_clip_folder
 from synrep.diffusion.pipelines import weights_sha256
 from synrep.fileio import atomic_path
@@ -68,6 +66,12 @@ def index_spec(cfg: DictConfig, name: str) -> dict:
 
 def clip_scores(clip_model: str, images: np.ndarray, captions: list[str]) -> np.ndarray:
     """CLIPScore of each image (uint8 [N, H, W, 3]) and its caption: 100 * max(cos, 0)."""
+    # here, not at the top: the Snakefile imports this module's spec functions at every parse
+    # (every cluster job's too), and torch takes seconds to import
+    import torch
+
+    from synrep.diffusion.clip_guidance import load_guide
+
     guide = load_guide(clip_model)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():

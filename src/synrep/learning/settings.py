@@ -187,7 +187,12 @@ def check_train(train: DictConfig, key: str, cfg: DictConfig) -> None:
 
 def method_train(cfg: DictConfig) -> DictConfig:
     """``cfg`` (a copy) with ``train.by_method[train.method]`` merged into ``train.*``."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return merge_method_settings(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+
+
+def merge_method_settings(cfg: DictConfig) -> DictConfig:
+    """``method_train`` on a copy the caller owns: changes and returns it (a whole config's copy is
+    the costly part, and the Snakefile makes one per sweep run at every parse)."""
     own = cfg.train.by_method.get(cfg.train.method)
     if own:
         for key, value in own.items():
