@@ -61,6 +61,14 @@ def _torch_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _slurm_controller_up():
+    """The local SLURM's controller up for the session where SLURM is installed (tests/slurm.py)."""
+    from tests.slurm import keep_controller_up
+
+    yield from keep_controller_up()
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     from synrep.config import load_config

@@ -57,6 +57,26 @@ def _script(command: str, timeout: float) -> subprocess.CompletedProcess:
     )
 
 
+def installed() -> bool:
+    """The daemons and clients are installed, and this process may start them (root)."""
+    return all(_which(exe) for exe in DAEMONS + CLIENTS) and os.geteuid() == 0
+
+
+def keep_controller_up():
+    """Where the local SLURM is installed, start it for the whole test session and stop it afterwards
+    (if it was not running before); elsewhere, do nothing. Snakemake's SLURM plugin runs `scontrol
+    show config` whenever snakemake starts, and where SLURM is installed but its controller is down
+    that call waits 9 s for it: every snakemake a test runs would pay that. A generator: the
+    conftest's session fixture yields from it."""
+    if not installed() or _script("status", timeout=60).returncode == 0:
+        yield
+        return
+    started = _script("start", timeout=300).returncode == 0  # a failure is the slurm tests' to report
+    yield
+    if started:
+        _script("stop", timeout=120)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A running one-node SLURM cluster on this machine (skips when SLURM is not installed)."""
