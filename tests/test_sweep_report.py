@@ -42,6 +42,20 @@ def test_expand_normalises_and_deduplicates(make_cfg):
     assert cfg_one.train.output_dir.endswith("runs/stablerep-w2-l2-m4-s1")
 
 
+def test_run_identities_from_one_copy_equal_each_runs_own_config():
+    """The Snakefile's hashes (one config copy, its train section reset per run) against each run's
+    own config, on a recipe whose methods set train keys of their own (train.by_method)."""
+    cfg = load_config(["experiment=paper_cc3m_ablations"])
+    specs = sweep.expand(cfg)
+    identities = sweep.run_identities(cfg, specs)
+    assert list(identities) == [spec.run_id for spec in specs]
+    for spec in specs:
+        assert identities[spec.run_id] == sweep.run_identity(sweep.run_config(cfg, spec)), spec.run_id
+    # the method's own settings reach its runs only (CLIP counts passes, the others SimCLR's epochs)
+    units = {spec.method: identities[spec.run_id]["train"]["epoch_unit"] for spec in specs}
+    assert units == {"stablerep": "simclr", "simclr": "simclr", "clip": "pass"}
+
+
 def test_sweep_errors_name_the_key(make_cfg):
     with pytest.raises(ConfigError, match=r"sweep.grids\[0\].data\[0\]': 'w3' is not a data source"):
         make_cfg("sweep.grids=[{data:[w3]}]")

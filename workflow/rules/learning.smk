@@ -1,6 +1,7 @@
 # Learning: the sweep's runs (train + evaluate), the no-training baselines, and the report.
 # The runs come from synrep.experiments.sweep.expand, the same function that `python -m synrep launch` uses.
-from synrep.experiments.sweep import expand as expand_sweep, job_batches, run_config, run_identity
+from synrep.config import digest
+from synrep.experiments.sweep import expand as expand_sweep, job_batches, run_identities
 
 RUNS = {spec.run_id: spec for spec in expand_sweep(CFG)}
 # The toy world's captions have their real images in the world; real caption sets point
@@ -38,11 +39,8 @@ def run_data(spec):
     return [RESULTS / "shards" / spec.data / "index.parquet"]
 
 
-def run_hash(spec):
-    """A run reruns when what its result depends on changes, not when the sweep around it does."""
-    from synrep.config import digest
-
-    return digest(run_identity(run_config(CFG, spec)))
+# A run reruns when what its result depends on changes, not when the sweep around it does.
+RUN_HASHES = {run_id: digest(identity) for run_id, identity in run_identities(CFG, list(RUNS.values())).items()}
 
 
 # One job per batch of runs (sweep.runs_per_job, per seed; synrep.experiments.sweep.job_batches):
@@ -95,7 +93,7 @@ for order, (batch, specs) in enumerate(BATCHES.items()):
         output:
             metrics=[RESULTS / "runs" / spec.run_id / "metrics.json" for spec in specs],
         params:
-            runs=[run_hash(spec) for spec in specs],
+            runs=[RUN_HASHES[spec.run_id] for spec in specs],
             # the ids as a param: `shell:` is evaluated when the job runs, after this loop has ended
             ids=" ".join(spec.run_id for spec in specs),
         # in the sweep's order, first seed first: other stages read its runs (DreamBooth's encoder)
