@@ -72,6 +72,8 @@ def test_bad_nada_values_fail_at_load_in_one_line_naming_the_key(small_world, ca
 
     for override, message in [("nada.target=paintng", r"config key 'nada.target': unknown domain 'paintng'"),
                               ("nada.target=photo", r"config key 'nada.target': the same domain as nada.source"),
+                              ("toyworld.domains=[negative]", r"config key 'nada.target': 'drawing' is not one of "
+                                                              r"toyworld.domains \['negative'\]"),
                               ("nada.clip_model_weights=[1,1]", r"config key 'nada.clip_model_weights': one weight "
                                                                 r"per CLIP of nada.clip_models \(1 CLIPs, 2 weights\)"),
                               ("nada.target_templates=[a sketch]", r"config key 'nada.target_templates\[0\]': "
