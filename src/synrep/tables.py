@@ -44,7 +44,7 @@ def mean_ci(df: pl.DataFrame, by: list[str], metric: str) -> pl.DataFrame:
                .agg(pl.col(metric).mean().alias("mean"), pl.col(metric).std().alias("std"), pl.len().alias("n")))
     ci = [t_halfwidth(s, n) for s, n in zip(grouped["std"].to_list(), grouped["n"].to_list())]
     grouped = grouped.with_columns(pl.Series("ci95", ci, dtype=pl.Float64))
-    cells = [mean_ci_cell(m, None if n < 2 else c, n)
+    cells = [mean_ci_cell(m, c, n)
              for m, c, n in zip(grouped["mean"].to_list(), grouped["ci95"].to_list(), grouped["n"].to_list())]
     return grouped.with_columns(pl.Series("cell", cells, dtype=pl.String))
 

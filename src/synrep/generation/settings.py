@@ -282,7 +282,7 @@ def check_refresh(source: DictConfig, key: str, cfg: DictConfig) -> None:
     if source.filter is not None:
         raise ConfigError(f"config key '{key}.refresh': a filtered source cannot refresh (the filter keeps images "
                           "across rounds); use one of refresh and filter")
-    if source.mode == "inpaint" and source.inpaint.keep_real:
+    if SOURCE_MODES[source.mode].first_is_real(source):
         raise ConfigError(f"config key '{key}.refresh': with inpaint.keep_real every caption's image 0 is its real "
                           "image, which no round can renew; set inpaint.keep_real: false")
 
