@@ -233,9 +233,10 @@ def reduced_run(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def reduced_mlflow_server(reduced_run):
-    """`mlflow server` on the reduced run's store: yields its address and the experiment's id."""
+    """`mlflow server` on the reduced run's store, started once for the tests that only read it:
+    yields its address and the experiment's id."""
     import json
     import signal
     import socket

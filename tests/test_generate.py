@@ -196,21 +196,28 @@ def test_killed_generation_leaves_no_partial_shard_and_resumes(tmp_path, small_w
     write_captions(run_cfg, captions)
     shards = run_dir(run_cfg, "shards") / "w2"
 
-    proc = subprocess.Popen(_cli(run_over), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(shards.glob("shard-000001.tar")):
-        time.sleep(0.05)
-    # now shard 2 is being generated: kill the job in the middle of it
-    time.sleep(0.3)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = sorted(p.name for p in shards.glob("shard-*.tar"))
-    assert 2 <= len(done) < 10, done
-    for path in shards.glob("shard-*.tar"):
-        assert len(list(read_shard(path))) == 4  # complete, never partial
+    # the uninterrupted reference on the other core (one torch thread each)
+    ref_log = tmp_path / "reference.log"
+    with ref_log.open("w") as log:
+        reference = subprocess.Popen(_cli(ref_over), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        proc = subprocess.Popen(_cli(run_over), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(shards.glob("shard-000001.tar")):
+            time.sleep(0.05)
+        # now shard 2 is being generated: kill the job in the middle of it
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done = sorted(p.name for p in shards.glob("shard-*.tar"))
+        assert 2 <= len(done) < 10, done
+        for path in shards.glob("shard-*.tar"):
+            assert len(list(read_shard(path))) == 4  # complete, never partial
 
-    assert subprocess.run(_cli(run_over), cwd=REPO, capture_output=True).returncode == 0
-    assert subprocess.run(_cli(ref_over), cwd=REPO, capture_output=True).returncode == 0
+        assert subprocess.run(_cli(run_over), cwd=REPO, capture_output=True).returncode == 0
+        assert reference.wait(timeout=300) == 0, ref_log.read_text()[-3000:]
+    finally:
+        reference.kill()
     assert not list(shards.glob(".*.tmp"))
     ref = run_dir(ref_cfg, "shards") / "w2"
     names = sorted(p.name for p in ref.glob("shard-*.tar"))
