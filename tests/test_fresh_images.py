@@ -7,27 +7,28 @@ import polars as pl
 import pytest
 from omegaconf import OmegaConf
 
-from synrep.config import ConfigError
+from synrep.config import ConfigError, load_config
 from synrep.data import rounds, stream
 from synrep.data.shards import read_shard
 from synrep.generation import generate, index
 from synrep.generation.sources import image_seed, source_spec
 from synrep.learning import trainer
 from synrep.learning.identity import training_identity
+from tests.conftest import tmp_overrides
 from tests.test_generate import gen_overrides, write_captions
 
 # 3 rounds of 2 images, a new round every 2 passes
 REFRESH = "sources.fr={guidance: {w: 2}, l: 2, refresh: {every: 2, rounds: 3}}"
 
 
-@pytest.fixture
-def fresh_cfg(make_cfg, small_world, tiny_toy_pipeline_dir):
+@pytest.fixture(scope="module")
+def fresh_cfg(tmp_path_factory, small_world, tiny_toy_pipeline_dir):
     """Source fr (3 rounds of 2 images), w6 (one set of 6) and w2 (one set of 2), the same seed,
-    generated and indexed."""
-    cfg = make_cfg(*gen_overrides(small_world, tiny_toy_pipeline_dir, REFRESH, "sources.w6={guidance: {w: 2}, l: 6}",
-                                  "sources.w2={guidance: {w: 2}, l: 2}",
-                                  "sources.all={mode: union, union: [fr]}", "train.data=fr", "train.l=2",
-                                  "train.m=2", "train.batch_images=8", "sweep.grids=[]"))
+    generated and indexed once for the tests that read them (one adds a source of its own)."""
+    overrides = gen_overrides(small_world, tiny_toy_pipeline_dir, REFRESH, "sources.w6={guidance: {w: 2}, l: 6}",
+                              "sources.w2={guidance: {w: 2}, l: 2}", "sources.all={mode: union, union: [fr]}",
+                              "train.data=fr", "train.l=2", "train.m=2", "train.batch_images=8", "sweep.grids=[]")
+    cfg = load_config(tmp_overrides(tmp_path_factory.mktemp("fresh"), *overrides))
     write_captions(cfg)
     for name in ("fr", "w6", "w2"):
         generate.run(cfg, source=name)
@@ -269,8 +270,6 @@ def test_a_run_killed_and_resumed_reads_the_rounds_of_an_uninterrupted_run(learn
     second checkpoint and resumed, ends with the uninterrupted run's losses and weights; a run on
     round 0 alone (the same images at pass 0) parts from it at pass 1, where round 1 begins."""
     import torch
-
-    from synrep.config import load_config
 
     overrides = learning_world("sources.fr={guidance: {w: 2}, l: 2, refresh: {every: 1, rounds: 2}}",
                                "sources.fr0={mode: union, union: [fr]}", "train.data=fr", "train.l=2",
