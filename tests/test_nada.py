@@ -150,6 +150,56 @@ def test_the_chain_of_the_frozen_unet_is_the_pipelines_own_ddim_sampling(tiny_to
     assert torch.allclose(chain, made, atol=1e-5)
 
 
+def test_ddim_inversion_of_a_photo_is_a_start_from_which_the_shipped_generator_redraws_it(small_world):
+    from synrep.config import load_config
+    from synrep.data import toyworld
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada
+
+    torch.set_num_threads(1)
+    cfg = load_config(tmp_overrides(small_world))
+    split = toyworld.load_split(cfg, "train")
+    pipe = ToyGlidePipeline.from_pretrained("models/toy_generator")
+    scheduler = nada.ddim_scheduler(pipe, 4)
+    above, below = nada.split_timesteps(scheduler, nada.adapted_from(scheduler, cfg.nada.min_alpha_bar))
+    photos = torch.from_numpy(split["images"][:8]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    cond, uncond = pipe.encode_batch([str(c) for c in split["captions"][:8]], 1, True)
+    with torch.no_grad():
+        x_t0 = nada.ddim_invert(pipe.unet, scheduler, photos, cond, uncond, 2.0, int(below[0]), 10)
+        redrawn = nada.to_unit(nada.ddim_steps(pipe.unet, scheduler, x_t0, cond, uncond, 2.0, below))
+        from_noise = nada.ddim_chain(pipe.unet, scheduler, torch.randn(photos.shape, generator=torch.Generator().manual_seed(0)),
+                                     cond, uncond, 2.0)
+    target = (photos + 1) / 2
+    own = (redrawn - target).abs().mean(dim=(1, 2, 3))
+    # each photo comes back from its own inversion, far closer than a sample of its caption or another photo's redraw
+    assert float(own.max()) < 0.5 * float((from_noise - target).abs().mean())
+    assert float(own.mean()) < 0.5 * float((redrawn.roll(1, 0) - target).abs().mean())
+    assert 0.8 < float(x_t0.std()) < 1.1  # a noised image at ᾱ = 0.14, not the photo itself
+
+
+def test_the_inversion_start_trains_from_inverted_photos_and_asks_for_them(small_world, tiny_toy_pipeline_dir,
+                                                                         tiny_clip_dir):
+    from synrep.config import load_config
+    from synrep.data import toyworld
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada
+
+    torch.set_num_threads(1)
+    cfg = load_config(nada_overrides(small_world, tiny_toy_pipeline_dir, tiny_clip_dir, "nada.start=inversion",
+                                     "nada.inversion_images=4", "nada.inversion_steps=2"))
+    split = toyworld.load_split(cfg, "train")
+    captions = [str(c) for c in split["captions"]]
+    guides = [load_guide(str(tiny_clip_dir))]
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    unet, summary = nada.train(cfg, pipe, guides, captions, progress=False, photos=split["images"])
+    assert summary["start"] == "inversion"
+    assert any(not torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+    with pytest.raises(ValueError, match="needs the captions' real photos"):
+        nada.train(cfg, pipe, guides, captions, progress=False)
+
+
 def test_train_nada_saves_a_pipeline_that_load_pipeline_samples_and_the_curve_is_measured(
         small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
     from synrep.config import load_config

@@ -21,8 +21,9 @@ gradient through that step is chaotic (a relative 1e-3 change of one unit's weig
 chain's output 5 to 50 times more than with that step frozen) and says nothing about the image. DiffusionCLIP never
 differentiates there: its trained chain starts at t0 = 500 of a linear schedule, ᾱ = 0.078; the
 same ᾱ here is t = 817, so the default trains the steps at 749, 499 and 249 and the frozen UNet
-takes t = 999. Not DDIM-inverted real photos as DiffusionCLIP: NADA is text-only, and a sampler of
-the adapted generator starts from noise. Not a zero-terminal-SNR v-prediction scheduler: that is a
+takes t = 999. By default x_t0 is not a DDIM-inverted real photo as in DiffusionCLIP: NADA is
+text-only, and a sampler of the adapted generator starts from noise (``nada.start: inversion``
+trains from inverted photos instead, DiffusionCLIP's way, with ``ddim_invert``). Not a zero-terminal-SNR v-prediction scheduler: that is a
 new base generator, and the default run's images must stay those of the shipped one.
 
 The saved generator samples the same way: ``ToyGlideAdaptedPipeline`` carries both UNets and
@@ -42,9 +43,12 @@ What it follows:
   weights, an optional L1 content term (its ``l1_loss_w``, 1 against its CLIP weight 3; its
   face-identity loss has no toy counterpart). Its lr 8e-6 is 0.08 of its ADM base models'
   training lr (1e-4) and 0.4 of DDPM's (2e-5); the toy generator trained at 2e-3, so 1.6e-4 to
-  8e-4: ``nada.lr`` 2e-4. Unlike DiffusionCLIP, nothing is inverted: text-only, x_t0 comes from
-  Gaussian noise through the frozen UNet, as NADA samples z, and the frozen copy's image from the
-  same x_t0 is the source image;
+  8e-4: ``nada.lr`` 2e-4. By default, unlike DiffusionCLIP, nothing is inverted: text-only, x_t0
+  comes from Gaussian noise through the frozen UNet, as NADA samples z. With ``nada.start:
+  inversion``, x_t0 is one of ``inversion_images`` real photos inverted once before training
+  (DiffusionCLIP's precomputed latents, ``n_inv_step`` = ``inversion_steps``), with its caption and
+  the chain's guidance. Either way the frozen copy's image from the same x_t0 is the source image
+  (DiffusionCLIP compares with the photo itself, which the frozen chain redraws closely);
 - adaptive layer choice: NADA's ``ZSSGAN.determine_opt_layers``, adapted to a UNet. NADA moves
   per-layer W+ codes a few SGD steps under the *global* loss 1 − cos(E_I(G), E_T(target)) and trains
   the k layers whose codes moved most. A UNet has no per-layer codes, so a throw-away copy of
@@ -170,6 +174,30 @@ def ddim_steps(unet: nn.Module, scheduler, x: torch.Tensor, cond, uncond, w: flo
     return x
 
 
+def ddim_invert(unet: nn.Module, scheduler, x0: torch.Tensor, cond, uncond, w: float, t_end: int,
+                steps: int) -> torch.Tensor:
+    """x at ``t_end`` from images ``x0`` in [-1, 1]: deterministic DDIM inversion (the DDIM update
+    run forward in t, DiffusionCLIP's ``n_inv_step`` steps from 0 to t0), each step's noise predicted
+    at its start and guided at ``w`` as the chain that reconstructs it; no gradient."""
+    alphas = scheduler.alphas_cumprod
+    if uncond is not None:
+        states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
+    else:
+        states, pooled = cond
+    x = x0
+    times = np.linspace(0, t_end, steps + 1).round().astype(int)
+    with torch.no_grad():
+        for t, t_next in zip(times[:-1], times[1:]):
+            model_in = torch.cat([x, x]) if uncond is not None else x
+            eps = unet(model_in, int(t), encoder_hidden_states=states, class_labels=pooled).sample
+            if uncond is not None:
+                eps = guided_noise(*eps.chunk(2), w)
+            a, a_next = alphas[t], alphas[t_next]
+            x0_hat = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            x = a_next.sqrt() * x0_hat + (1 - a_next).sqrt() * eps
+    return x
+
+
 def ddim_chain(unet: nn.Module, scheduler, noise: torch.Tensor, cond, uncond, w: float,
                source: nn.Module | None = None, adapted_from_t: int | None = None) -> torch.Tensor:
     """Images [N, 3, H, W] in [0, 1] from ``noise`` through the DDIM chain of ``scheduler``:
@@ -264,12 +292,13 @@ def trained_state(unet: nn.Module, units: dict[str, nn.Module], names: list[str]
 
 
 def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[str], snapshot=None,
-          progress: bool = True) -> tuple[nn.Module, dict]:
+          progress: bool = True, photos: np.ndarray | None = None) -> tuple[nn.Module, dict]:
     """Adapt a copy of ``pipe.unet`` (which stays frozen) with the directional loss of the CLIPs
     ``guides`` (one per ``nada.clip_models``, weighted by ``nada.clip_model_weights``); returns the
     trained UNet and a summary (chosen units, scores, loss curve; its CLIP columns are the first CLIP's). ``snapshot(step, state)``, when
     given, receives the trained units' weights at step 0 and every ``nada.eval_every`` steps and at
-    the end (``state``: as ``trained_state``)."""
+    the end (``state``: as ``trained_state``). ``photos``: uint8 [N, H, W, 3], the real images of
+    ``captions`` row for row, which ``nada.start: inversion`` starts from."""
     n = cfg.nada
     rng = np.random.default_rng(n.seed)
     gen = torch.Generator().manual_seed(n.seed)
@@ -296,9 +325,24 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
     use_cfg = n.guidance_scale != 1.0
     shape = (n.batch_size, frozen.config.in_channels, frozen.config.sample_size, frozen.config.sample_size)
 
+    if n.start == "inversion":
+        if photos is None or len(photos) != len(captions):
+            raise ValueError("nada.start: inversion needs the captions' real photos, row for row")
+        # DiffusionCLIP's precomputed latents: a fixed set of photos, each inverted once
+        pool = np.sort(rng.choice(len(captions), min(n.inversion_images, len(captions)), replace=False))
+        pool_captions = [captions[i] for i in pool]
+        x0 = torch.from_numpy(np.asarray(photos)[pool]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        cond, uncond = pipe.encode_batch(pool_captions, 1, use_cfg)
+        pool_x = ddim_invert(frozen, scheduler, x0, cond, uncond, n.guidance_scale, int(below[0]), n.inversion_steps)
+
     def draw():
-        """A step's captions and x at the first adapted timestep: the frozen UNet's DDIM steps above
-        it from fresh noise, without gradient (x̂0 is undefined at t = 999: see the module doc)."""
+        """A step's captions and x at the first adapted timestep, without gradient: ``noise``, the
+        frozen UNet's DDIM steps above it from fresh noise (x̂0 is undefined at t = 999: see the
+        module doc); ``inversion``, inverted photos of the pool."""
+        if n.start == "inversion":
+            pick = rng.integers(0, len(pool), n.batch_size)
+            cond, uncond = pipe.encode_batch([pool_captions[i] for i in pick], 1, use_cfg)
+            return pool_x[pick], cond, uncond
         batch = [captions[i] for i in rng.integers(0, len(captions), n.batch_size)]
         cond, uncond = pipe.encode_batch(batch, 1, use_cfg)
         with torch.no_grad():
@@ -357,7 +401,7 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
     unet.requires_grad_(False)
     summary = {"units": names, "layer_unit": n.layer_unit, "chosen": chosen, "scores": scores,
                "adapted_from": t0, "frozen_timesteps": [int(t) for t in above],
-               "trained_timesteps": [int(t) for t in below], "loss": n.loss,
+               "trained_timesteps": [int(t) for t in below], "loss": n.loss, "start": n.start,
                "trained_units": sorted(ever), "selections": selections,
                "source_templates": templates(cfg, "source"), "target_templates": templates(cfg, "target"),
                "curve": curve}
@@ -403,7 +447,8 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     pipe = ToyGlidePipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     guides = [load_guide(str(check_clip_folder(path, f"nada.clip_models[{i}]"))) for i, path in enumerate(n.clip_models)]
-    captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    split = toyworld.load_split(cfg, "train")
+    captions = [str(c) for c in split["captions"]]
     start = time.time()
     with mlflow_run(cfg, "train_nada", sections=("nada",)) as run_info:
         with atomic_dir(out / "snapshots") as snaps:
@@ -411,7 +456,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
                 with atomic_path(snaps / SNAPSHOT.format(step)) as tmp:
                     save_file(state, str(tmp))
 
-            unet, summary = train(cfg, pipe, guides, captions, snapshot)
+            unet, summary = train(cfg, pipe, guides, captions, snapshot, photos=split["images"])
         seconds = time.time() - start
         summary.update({"steps": n.steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / n.steps, 3),
                         "source": n.source, "target": n.target, "generator": str(n.generator),

@@ -17,6 +17,7 @@ INPAINT_TRAINING_MASKS = ("object", "background", "box", "all")
 # NADA's units of the UNet the layer choice ranks, and its losses
 LAYER_UNITS = ("module", "block")
 LOSSES = ("directional", "global")
+NADA_STARTS = ("noise", "inversion")
 
 
 @dataclass
@@ -171,6 +172,14 @@ class NadaConfig:
         0.078, "The adapted UNet takes the steps where alpha_bar_t >= this, the frozen one the steps above without "
         "gradient (training, and every sampler of the saved pipeline). At t = 999 alpha_bar is 2.4e-9 and x0-hat "
         "undefined; 0.078 is DiffusionCLIP's t0 = 500 on its linear schedule (toy t 818)", ge=0, lt=1)
+    start: str = setting(
+        "noise", "Where the trained chain starts: noise (NADA: fresh Gaussian noise through the frozen UNet's steps "
+        "above min_alpha_bar) | inversion (DiffusionCLIP: real photos of the world's train split, DDIM-inverted to "
+        "the first adapted step with their captions)", choices=NADA_STARTS)
+    inversion_images: int = setting(50, "start: inversion: the real photos inverted once, before training "
+                                    "(DiffusionCLIP's n_precomp_img)", gt=0)
+    inversion_steps: int = setting(40, "start: inversion: DDIM inversion steps from t = 0 to the first adapted "
+                                   "step (DiffusionCLIP's n_inv_step)", gt=0)
     loss: str = setting("directional", "directional (NADA) | global: 1 - cos(E_I(G), E_T(target)), its ablation",
                         choices=LOSSES)
     l1_weight: float = setting(0.0, "DiffusionCLIP's content term: L1 of trained vs frozen images (0: off)", ge=0)
