@@ -15,13 +15,19 @@ Prints markdown tables (with date and machine):
    rendered in both): the mean cos(ΔI, ΔT) under NADA's text direction and the mean |ΔI| (unit
    embeddings), so that the target's row can be read against the other domains';
 4. with ``--classifier``: the domain classifier in ``nada.domain_classifier`` on held-out images:
-   the share of each negative kind put in the reject class, and of each real domain's test images.
+   the share of each negative kind put in the reject class, and of each real domain's test images;
+5. with ``--inverted-photos``: the adapted generator in ``nada.output_dir`` used as DiffusionCLIP
+   uses its model: real train photos that ``nada.start: inversion`` did not train from, each
+   DDIM-inverted by the frozen UNet to the first adapted step and finished by the frozen and by the
+   adapted UNet; per finish, the domain classifier's shares and the judge's colour and shape kept
+   against the frozen finish (as ``nada_quality`` reads samples from noise).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import sys
 from pathlib import Path
@@ -152,16 +158,60 @@ def classifier_table(cfg, n: int) -> str:
             f"'{dc.REJECT}', held-out negatives of seed 99\n\n" + table(["images", "n", "rejected"], rows))
 
 
+def inverted_photos_table(cfg, n: int) -> str:
+    from synrep.evaluation import domain_classifier as dc
+    from synrep.evaluation.attribute_classifier import judge, predict
+
+    folder = Path(cfg.nada.output_dir) / "generator"
+    pipe = nada.ToyGlideAdaptedPipeline.from_pretrained(folder)
+    split = toyworld.load_split(cfg, "train")
+    trained_from = nada.inversion_pool(np.random.default_rng(cfg.nada.seed), len(split["captions"]),
+                                       cfg.nada.inversion_images)
+    rows_left = np.setdiff1d(np.arange(len(split["captions"])), trained_from)
+    picked = np.sort(np.random.default_rng(99).choice(rows_left, n, replace=False))
+    photos = torch.from_numpy(split["images"][picked]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    cond, uncond = pipe.encode_batch([str(c) for c in split["captions"][picked]], 1, True)
+    scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
+    _, below = nada.split_timesteps(scheduler, pipe.config.adapted_from)
+    w = cfg.nada.guidance_scale
+    with torch.no_grad():
+        x_t0 = nada.ddim_invert(pipe.source_unet, scheduler, photos, cond, uncond, w, int(below[0]),
+                                cfg.nada.inversion_steps)
+        finishes = {name: nada.to_unit(nada.ddim_steps(unet, scheduler, x_t0, cond, uncond, w, below))
+                    for name, unet in (("frozen UNet", pipe.source_unet), ("adapted UNet", pipe.unet))}
+    domains, _, origin = dc.load_or_train(cfg)
+    attributes, _, _ = judge(cfg)
+    names = dc.domain_names(cfg)
+    as_uint8 = {k: (v.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for k, v in finishes.items()}
+    reads = {k: predict(attributes, v) for k, v in as_uint8.items()}
+    rows = []
+    for name, images in as_uint8.items():
+        predicted = dc.predict(domains, images)
+        l1 = float((finishes[name] - (photos + 1) / 2).abs().mean())
+        kept = {a: float((reads[name][a] == reads["frozen UNet"][a]).mean()) for a in ("colour", "shape")}
+        rows.append([name, n, f"{l1:.3f}", *[f"{float((predicted == i).mean()):.3f}" for i in range(len(names))],
+                     f"{kept['colour']:.3f}", f"{kept['shape']:.3f}"])
+    return (f"Held-out train photos inverted to t = {int(below[0])} and finished ({folder}, trained with start "
+            f"{json.loads((folder / 'training.json').read_text()).get('start', 'noise')}; domain classifier: "
+            f"{origin}; kept: the judge's reading equals the frozen finish's)\n\n"
+            + table(["finish", "n", "L1 to the photo", *names, "colour kept", "shape kept"], rows))
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classifier", action="store_true", help="also the domain classifier (trains it if absent)")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--clip-only", action="store_true", help="only the toy CLIP's directions (3.)")
+    parser.add_argument("--inverted-photos", action="store_true",
+                        help="only the adapted generator in nada.output_dir on inverted held-out photos (5.)")
     args, overrides = parser.parse_known_args(argv)
     cfg = load_config(overrides)
     torch.set_num_threads(cfg.threads)
     print(f"# scripts/nada_checks.py, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} thread(s)\n")
+    if args.inverted_photos:
+        print(inverted_photos_table(cfg, args.n))
+        return
     if not args.clip_only:
         pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)
         pipe.unet.eval()

@@ -198,6 +198,12 @@ def ddim_invert(unet: nn.Module, scheduler, x0: torch.Tensor, cond, uncond, w: f
     return x
 
 
+def inversion_pool(rng: np.random.Generator, rows: int, count: int) -> np.ndarray:
+    """The sorted rows of the photos ``nada.start: inversion`` trains from (the first draw of the
+    training's generator, seeded by ``nada.seed``)."""
+    return np.sort(rng.choice(rows, min(count, rows), replace=False))
+
+
 def ddim_chain(unet: nn.Module, scheduler, noise: torch.Tensor, cond, uncond, w: float,
                source: nn.Module | None = None, adapted_from_t: int | None = None) -> torch.Tensor:
     """Images [N, 3, H, W] in [0, 1] from ``noise`` through the DDIM chain of ``scheduler``:
@@ -329,7 +335,7 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
         if photos is None or len(photos) != len(captions):
             raise ValueError("nada.start: inversion needs the captions' real photos, row for row")
         # DiffusionCLIP's precomputed latents: a fixed set of photos, each inverted once
-        pool = np.sort(rng.choice(len(captions), min(n.inversion_images, len(captions)), replace=False))
+        pool = inversion_pool(rng, len(captions), n.inversion_images)
         pool_captions = [captions[i] for i in pool]
         x0 = torch.from_numpy(np.asarray(photos)[pool]).permute(0, 3, 1, 2).float() / 127.5 - 1
         cond, uncond = pipe.encode_batch(pool_captions, 1, use_cfg)
