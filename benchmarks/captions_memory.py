@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = platform.processor() or platform.machine()
     print(f"\n{date.today()}, {platform.node()} ({os.cpu_count()} CPUs, {cpu}), polars {pl.__version__} "
           f"({pl.thread_pool_size()} threads); {args.rows:,} rows, {tsv.name}")
-    print(f"\n| source tree | peak RSS (MB) | seconds | rows/s | captions kept | same output |")
+    print("\n| source tree | peak RSS (MB) | seconds | rows/s | captions kept | same output |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for label, rss, seconds, same, kept in rows:
         print(f"| {label} | {rss:,.0f} | {seconds:,.0f} | {args.rows / seconds:,.0f} | {kept:,} | {same} |")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.slurm import slurm_cluster  # noqa: F401 (the real local SLURM, a fixture for every module)
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

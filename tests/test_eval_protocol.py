@@ -240,7 +240,7 @@ def test_augmented_probe_needs_no_train_features(small_world, make_cfg):
     feats = extract_features(encode, data, cfg, splits=evaluate.feature_splits(cfg))
     assert set(feats) == {"val", "test"}
     calls.clear()
-    metrics = evaluate.evaluate_features(feats, data, cfg, encode=encode)
+    evaluate.evaluate_features(feats, data, cfg, encode=encode)
     assert sum(calls) == len(data.labels["shape"]["train"])  # one epoch of training crops
 
 

@@ -162,13 +162,14 @@ def test_imports_inside_functions_do_not_grow():
     assert in_functions <= MAX_FUNCTION_IMPORTS
 
 
-def test_imports_are_sorted_and_used():
-    """isort's order (first party: synrep, tests) and no unused import, as ruff reads them."""
+def test_imports_are_sorted_and_pyflakes_is_clean():
+    """isort's order (first party: synrep, tests) and Pyflakes' checks (unused imports and names, redefinitions),
+    as ruff reads them."""
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert ruff, "ruff is a test dependency: pip install -e '.[test]'"
-    done = subprocess.run([ruff, "check", "--select", "I,F401", "--output-format", "concise",
+    done = subprocess.run([ruff, "check", "--select", "I,F", "--output-format", "concise",
                            "src", "tests", "scripts", "benchmarks"], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + "\nfix: ruff check --select I,F401 --fix src tests scripts benchmarks"
+    assert done.returncode == 0, done.stdout[-3000:] + "\nfix: ruff check --select I,F --fix src tests scripts benchmarks"
 
 
 def test_no_module_is_over_500_lines():

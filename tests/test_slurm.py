@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.slurm import FINAL_STATES, all_jobs, sbatch, slurm_cluster, wait_for_jobs  # noqa: F401 (fixture)
+from tests.slurm import FINAL_STATES, all_jobs, sbatch, wait_for_jobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
