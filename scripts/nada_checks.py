@@ -19,8 +19,8 @@ Prints markdown tables (with date and machine):
 5. with ``--inverted-photos``: the adapted generator in ``nada.output_dir`` used as DiffusionCLIP
    uses its model: real train photos that ``nada.start: inversion`` did not train from, each
    DDIM-inverted by the frozen UNet to the first adapted step and finished by the frozen and by the
-   adapted UNet; per finish, the domain classifier's shares and the judge's colour and shape kept
-   against the frozen finish (as ``nada_quality`` reads samples from noise).
+   adapted UNet; per finish, ``nada_quality``'s measurement against the frozen finish (the domain
+   classifier's shares, the judge's colour and shape kept, cos(ΔI, ΔT)).
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ def classifier_table(cfg, n: int) -> str:
 
 def inverted_photos_table(cfg, n: int) -> str:
     from synrep.evaluation import domain_classifier as dc
-    from synrep.evaluation.attribute_classifier import judge, predict
+    from synrep.evaluation import nada_quality
+    from synrep.evaluation.attribute_classifier import judge
 
     folder = Path(cfg.nada.output_dir) / "generator"
     pipe = nada.ToyGlideAdaptedPipeline.from_pretrained(folder)
@@ -180,21 +181,23 @@ def inverted_photos_table(cfg, n: int) -> str:
         finishes = {name: nada.to_unit(nada.ddim_steps(unet, scheduler, x_t0, cond, uncond, w, below))
                     for name, unet in (("frozen UNet", pipe.source_unet), ("adapted UNet", pipe.unet))}
     domains, _, origin = dc.load_or_train(cfg)
-    attributes, _, _ = judge(cfg)
-    names = dc.domain_names(cfg)
+    classifiers = (domains, judge(cfg)[0])
+    guide = load_guide(str(cfg.nada.clip_models[0]))
     as_uint8 = {k: (v.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for k, v in finishes.items()}
-    reads = {k: predict(attributes, v) for k, v in as_uint8.items()}
+    frozen = nada_quality.reference(as_uint8["frozen UNet"], classifiers, guide)
+    direction = nada_quality.text_direction(cfg, guide)
+    names = dc.domain_names(cfg)
     rows = []
     for name, images in as_uint8.items():
-        predicted = dc.predict(domains, images)
+        # the measurement nada_quality makes of samples from noise, against the frozen finish
+        got = nada_quality.scores(cfg, images, frozen, classifiers, guide, direction, names.index(cfg.nada.target))
         l1 = float((finishes[name] - (photos + 1) / 2).abs().mean())
-        kept = {a: float((reads[name][a] == reads["frozen UNet"][a]).mean()) for a in ("colour", "shape")}
-        rows.append([name, n, f"{l1:.3f}", *[f"{float((predicted == i).mean()):.3f}" for i in range(len(names))],
-                     f"{kept['colour']:.3f}", f"{kept['shape']:.3f}"])
+        rows.append([name, n, f"{l1:.3f}", *[f"{got[f'domain_{d}']:.3f}" for d in names],
+                     f"{got['kept_colour']:.3f}", f"{got['kept_shape']:.3f}", f"{got['clip_direction']:.3f}"])
     return (f"Held-out train photos inverted to t = {int(below[0])} and finished ({folder}, trained with start "
             f"{json.loads((folder / 'training.json').read_text()).get('start', 'noise')}; domain classifier: "
             f"{origin}; kept: the judge's reading equals the frozen finish's)\n\n"
-            + table(["finish", "n", "L1 to the photo", *names, "colour kept", "shape kept"], rows))
+            + table(["finish", "n", "L1 to the photo", *names, "colour kept", "shape kept", "cos(dI, dT)"], rows))
 
 
 def main(argv: list[str]) -> None:

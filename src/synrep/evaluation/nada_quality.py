@@ -72,6 +72,21 @@ def eval_set(cfg: DictConfig) -> tuple[list[str], list[str], list[toy_vocabulary
     return captions, baseline, attrs, seeds
 
 
+def text_direction(cfg: DictConfig, guide) -> torch.Tensor:
+    """NADA's text direction source -> target under the measuring CLIP ``guide``, as training forms it."""
+    objects = nada.objects(cfg)
+    return nada_loss.text_direction(guide, nada.prompts(nada.templates(cfg, "source"), objects),
+                                    nada.prompts(nada.templates(cfg, "target"), objects))
+
+
+def reference(images: np.ndarray, classifiers, guide) -> dict:
+    """What ``scores`` compares other images with: the judge's reading of uint8 ``images`` and their
+    CLIP embeddings (the frozen generator's images, image for image)."""
+    with torch.no_grad():
+        emb = guide.image_embeddings(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+    return {"read": predict(classifiers[1], images), "embeddings": emb}
+
+
 def scores(cfg: DictConfig, images: np.ndarray, frozen: dict, classifiers, guide, direction: torch.Tensor,
            target_index: int) -> dict[str, float]:
     """The row's metrics for uint8 images [N, H, W, 3] (k per caption, in caption order) against the
@@ -108,17 +123,13 @@ def measure(cfg: DictConfig, frozen_pipe, snapshots: dict[int, Path], classifier
     captions, baseline_prompts, attrs, seeds = eval_set(cfg)
     sampling = sampling_of(to_dict(cfg.generation))
     w = float(n.guidance_scale)
-    objects = nada.objects(cfg)
-    direction = nada_loss.text_direction(guide, nada.prompts(nada.templates(cfg, "source"), objects),
-                                    nada.prompts(nada.templates(cfg, "target"), objects))
+    direction = text_direction(cfg, guide)
 
     def sample(pipe, prompts):
         return sample_images(pipe, prompts, seeds, w, sampling, images_per_prompt=k)
 
     frozen_images = sample(frozen_pipe, captions)
-    with torch.no_grad():
-        frozen_emb = guide.image_embeddings(torch.from_numpy(frozen_images).permute(0, 3, 1, 2).float() / 255.0)
-    frozen = {"read": predict(classifiers[1], frozen_images), "embeddings": frozen_emb}
+    frozen = reference(frozen_images, classifiers, guide)
     rows = [{"kind": "adapted", "step": 0, **scores(cfg, frozen_images, frozen, classifiers, guide, direction,
                                                     target_index)}]
     baseline_images = sample(frozen_pipe, baseline_prompts)

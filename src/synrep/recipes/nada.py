@@ -158,19 +158,28 @@ def adapted_from(scheduler, min_alpha_bar: float) -> int:
     return int(torch.nonzero(alphas >= min_alpha_bar).max()) if min_alpha_bar > 0 else len(alphas) - 1
 
 
-def ddim_steps(unet: nn.Module, scheduler, x: torch.Tensor, cond, uncond, w: float, timesteps) -> torch.Tensor:
-    """``x`` after the deterministic DDIM steps (eta 0) at ``timesteps`` of ``unet``, classifier-free
-    guided at ``w`` (``uncond`` None: w = 1); differentiable in ``unet``."""
+def noise_predictor(unet: nn.Module, cond, uncond, w: float):
+    """``eps(x, t)``: ``unet``'s noise prediction for ``x`` at ``t``, classifier-free guided at ``w``
+    (``uncond`` None: w = 1). ``cond`` / ``uncond``: (states, pooled) per image."""
     if uncond is not None:
         states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
     else:
         states, pooled = cond
-    for t in timesteps:
+
+    def eps(x: torch.Tensor, t) -> torch.Tensor:
         model_in = torch.cat([x, x]) if uncond is not None else x
-        eps = unet(model_in, t, encoder_hidden_states=states, class_labels=pooled).sample
-        if uncond is not None:
-            eps = guided_noise(*eps.chunk(2), w)
-        x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
+        out = unet(model_in, t, encoder_hidden_states=states, class_labels=pooled).sample
+        return guided_noise(*out.chunk(2), w) if uncond is not None else out
+
+    return eps
+
+
+def ddim_steps(unet: nn.Module, scheduler, x: torch.Tensor, cond, uncond, w: float, timesteps) -> torch.Tensor:
+    """``x`` after the deterministic DDIM steps (eta 0) at ``timesteps`` of ``unet``, classifier-free
+    guided at ``w`` (``uncond`` None: w = 1); differentiable in ``unet``."""
+    eps = noise_predictor(unet, cond, uncond, w)
+    for t in timesteps:
+        x = scheduler.step(eps(x, t), t, x, eta=0.0, return_dict=False)[0]
     return x
 
 
@@ -180,18 +189,12 @@ def ddim_invert(unet: nn.Module, scheduler, x0: torch.Tensor, cond, uncond, w: f
     run forward in t, DiffusionCLIP's ``n_inv_step`` steps from 0 to t0), each step's noise predicted
     at its start and guided at ``w`` as the chain that reconstructs it; no gradient."""
     alphas = scheduler.alphas_cumprod
-    if uncond is not None:
-        states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
-    else:
-        states, pooled = cond
+    predict = noise_predictor(unet, cond, uncond, w)
     x = x0
     times = np.linspace(0, t_end, steps + 1).round().astype(int)
     with torch.no_grad():
         for t, t_next in zip(times[:-1], times[1:]):
-            model_in = torch.cat([x, x]) if uncond is not None else x
-            eps = unet(model_in, int(t), encoder_hidden_states=states, class_labels=pooled).sample
-            if uncond is not None:
-                eps = guided_noise(*eps.chunk(2), w)
+            eps = predict(x, int(t))
             a, a_next = alphas[t], alphas[t_next]
             x0_hat = (x - (1 - a).sqrt() * eps) / a.sqrt()
             x = a_next.sqrt() * x0_hat + (1 - a_next).sqrt() * eps
