@@ -63,12 +63,52 @@ def _torch_threads():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _slurm_controller_up():
-    """The local SLURM's controller up for the session where SLURM is installed (tests/slurm.py)."""
-    from tests.slurm import keep_controller_up
+SLURM_STARTED_HERE = pytest.StashKey[bool]()
 
-    yield from keep_controller_up()
+
+def _in_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The local SLURM's controller up for the whole session where SLURM is installed (tests/slurm.py),
+    started once by the process that runs the session, not by each xdist worker."""
+    if not _in_xdist_worker(session.config):
+        from tests.slurm import start_controller
+
+        session.config.stash[SLURM_STARTED_HERE] = start_controller()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if session.config.stash.get(SLURM_STARTED_HERE, False):
+        from tests.slurm import stop_controller
+
+        stop_controller()
+
+
+# The longest groups go first, so that the other worker fills in beside them rather than waiting at the end.
+FIRST_GROUPS = ("reduced_run", "slurm")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """xdist's groups (`--dist loadgroup`, two workers by default): the tests that read the one reduced
+    Snakemake run share a worker, and so its session fixture runs once; the SLURM tests share another
+    (one cluster, whose node's CPUs they size jobs by); every other module runs whole in one worker,
+    so its module fixtures are built once."""
+    groups = {}
+    for item in items:
+        if "reduced_run" in getattr(item, "fixturenames", ()):
+            group = "reduced_run"
+        elif item.get_closest_marker("slurm"):
+            group = "slurm"
+        else:
+            group = item.nodeid.split("::")[0]
+        groups[item.nodeid] = group
+        item.add_marker(pytest.mark.xdist_group(group))
+    if _in_xdist_worker(config):
+        rank = {group: i for i, group in enumerate(FIRST_GROUPS)}
+        items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))
 
 
 @pytest.fixture

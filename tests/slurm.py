@@ -62,19 +62,19 @@ def installed() -> bool:
     return all(_which(exe) for exe in DAEMONS + CLIENTS) and os.geteuid() == 0
 
 
-def keep_controller_up():
-    """Where the local SLURM is installed, start it for the whole test session and stop it afterwards
-    (if it was not running before); elsewhere, do nothing. Snakemake's SLURM plugin runs `scontrol
-    show config` whenever snakemake starts, and where SLURM is installed but its controller is down
-    that call waits 9 s for it: every snakemake a test runs would pay that. A generator: the
-    conftest's session fixture yields from it."""
+def start_controller() -> bool:
+    """Where the local SLURM is installed and down, start it; returns whether it was started here.
+    Snakemake's SLURM plugin runs `scontrol show config` whenever snakemake starts, and where SLURM is
+    installed but its controller is down that call waits 9 s for it: every snakemake a test runs
+    would pay that. The conftest starts it once per test session (in xdist's controller process,
+    not in each worker) and stops it at the end if it started it."""
     if not installed() or _script("status", timeout=60).returncode == 0:
-        yield
-        return
-    started = _script("start", timeout=300).returncode == 0  # a failure is the slurm tests' to report
-    yield
-    if started:
-        _script("stop", timeout=120)
+        return False
+    return _script("start", timeout=300).returncode == 0  # a failure is the slurm tests' to report
+
+
+def stop_controller() -> None:
+    _script("stop", timeout=120)
 
 
 @pytest.fixture(scope="session")
