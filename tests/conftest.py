@@ -111,6 +111,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist 3.8 groups tests (`--dist loadgroup`) by a suffix it writes to Node._nodeid, which
+    pytest 9.2 no longer reads: there every group's session fixture would run in both workers,
+    silently. Fail at the start instead."""
+    from packaging.version import Version
+
+    if (not _in_xdist_worker(config) and config.getvalue("dist") == "loadgroup"
+            and Version(pytest.__version__) >= Version("9.2")):
+        raise pytest.UsageError(f"pytest {pytest.__version__} breaks pytest-xdist's test groups: install "
+                                "'pytest<9.2' (pyproject.toml's test extra), or run in one process with -n 0")
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     from synrep.config import load_config
