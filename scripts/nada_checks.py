@@ -42,6 +42,7 @@ from synrep.config import load_config  # noqa: E402
 from synrep.data import toyworld  # noqa: E402
 from synrep.diffusion.clip_guidance import load_guide  # noqa: E402
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise  # noqa: E402
+from synrep.pixels import signed_range, unit_range  # noqa: E402
 from synrep.recipes import (
     nada,
     nada_loss,  # noqa: E402
@@ -121,7 +122,7 @@ def clip_pairs_table(cfg, guide, n: int) -> str:
         images = np.stack([toyworld.to_uint8(toyworld.render(a, cfg, np.random.default_rng(int(s)), domain))
                            for a, s in zip(attrs, seeds)])
         with torch.no_grad():
-            return guide.image_embeddings(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+            return guide.image_embeddings(unit_range(images))
 
     source = embed(cfg.nada.source)
     rows = []
@@ -170,7 +171,7 @@ def inverted_photos_table(cfg, n: int) -> str:
                                        cfg.nada.inversion_images)
     rows_left = np.setdiff1d(np.arange(len(split["captions"])), trained_from)
     picked = np.sort(np.random.default_rng(99).choice(rows_left, n, replace=False))
-    photos = torch.from_numpy(split["images"][picked]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    photos = signed_range(split["images"][picked])
     cond, uncond = pipe.encode_batch([str(c) for c in split["captions"][picked]], 1, True)
     scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
     _, below = nada.split_timesteps(scheduler, pipe.config.adapted_from)

@@ -17,7 +17,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "src" / "synrep"
 LAYERS = {"settings": 0, "training_methods": 0, "training_recipes": 0, "source_modes": 0, "fileio": 0, "tracking": 0,
-          "tables": 0, "images": 0,
+          "tables": 0, "images": 0, "pixels": 0,
           "data": 1, "diffusion": 2, "generation": 3, "recipes": 3, "learning": 4, "evaluation": 5, "experiments": 6,
           "config": 7, "__main__": 8, "__init__": 8}
 # Imports inside functions hide cycles and the order of layers from a reader of a module's top; most

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from synrep import source_modes
+from synrep.pixels import unit_range
 from synrep.settings import ConfigError
 
 
@@ -88,7 +89,7 @@ def inpaint_inputs(pipe, images: np.ndarray, masks: np.ndarray) -> dict:
 
     if isinstance(pipe, ToyGlideInpaintPipeline):
         return {"image": images, "mask_image": masks}
-    return {"image": torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0,
+    return {"image": unit_range(images),
             "mask_image": torch.from_numpy(masks)[:, None].float()}
 
 

@@ -41,6 +41,7 @@ from synrep.evaluation.attribute_classifier import predict
 from synrep.evaluation.sample_quality import diversity
 from synrep.generation.source_images import sampling_of
 from synrep.images import image_grid
+from synrep.pixels import unit_range
 from synrep.settings import ConfigError, to_dict
 from synrep.tables import markdown_table, mean_ci_table
 
@@ -103,7 +104,7 @@ class Embedders:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> dict[str, torch.Tensor]:
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        x = unit_range(images)
         out = {"clip": self.clip.image_embeddings(x)}
         if self.encoder is not None:
             out["encoder"] = self.encoder.embed(x)
@@ -130,7 +131,7 @@ class RunEncoder:
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         """uint8 images [B, H, W, 3] -> unit-norm features."""
-        return self.embed(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+        return self.embed(unit_range(images))
 
 
 def mean_pairwise_distance(e: torch.Tensor) -> float:

@@ -48,6 +48,7 @@ from synrep.evaluation.sample_quality import diversity
 from synrep.fileio import write_figure
 from synrep.generation.source_images import sampling_of
 from synrep.images import image_grid
+from synrep.pixels import unit_range
 from synrep.recipes import nada, nada_loss
 from synrep.settings import to_dict
 from synrep.tables import markdown_table
@@ -83,7 +84,7 @@ def reference(images: np.ndarray, classifiers, guide) -> dict:
     """What ``scores`` compares other images with: the judge's reading of uint8 ``images`` and their
     CLIP embeddings (the frozen generator's images, image for image)."""
     with torch.no_grad():
-        emb = guide.image_embeddings(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+        emb = guide.image_embeddings(unit_range(images))
     return {"read": predict(classifiers[1], images), "embeddings": emb}
 
 
@@ -96,7 +97,7 @@ def scores(cfg: DictConfig, images: np.ndarray, frozen: dict, classifiers, guide
     predicted = domain_classifier.predict(domains, images)
     read = predict(attributes, images)
     with torch.no_grad():
-        emb = guide.image_embeddings(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+        emb = guide.image_embeddings(unit_range(images))
     delta = emb - frozen["embeddings"]
     norm = delta.norm(dim=-1)
     cos = torch.where(norm > 1e-6, (delta @ direction) / norm.clamp_min(1e-6), torch.zeros_like(norm))

@@ -41,6 +41,7 @@ from synrep.fileio import atomic_path, write_figure
 from synrep.generation.settings import GuidanceConfig
 from synrep.generation.source_images import sampling_of
 from synrep.images import image_grid
+from synrep.pixels import unit_range
 from synrep.settings import run_dir, to_dict
 from synrep.tables import markdown_table
 
@@ -105,7 +106,7 @@ def matched_real_diversity(cfg: DictConfig, named: list[dict], k: int, seed: int
 def clip_scores(guides: dict, images: np.ndarray, captions: list[str], k: int) -> dict[str, float]:
     """Mean cosine similarity of each image and its caption under each CLIP (``clip_<name>``)."""
     out = {}
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = unit_range(images)
     for name, guide in guides.items():
         text = guide.text_embeddings(captions).repeat_interleave(k, 0)
         with torch.no_grad():

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 import synrep.learning.encoders  # noqa: F401  (registers toy_cnn with timm)
 from synrep.fileio import atomic_dir, write_json
+from synrep.pixels import unit_range
 
 TRUNK = "toy_cnn_wide"
 WEIGHTS = "model.pt"
@@ -42,11 +43,6 @@ class SmallClassifier(nn.Module):
         return {k: head(z) for k, head in self.heads.items()}
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [0, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
-
-
 def train(n_classes: dict[str, int], images: np.ndarray, labels: dict[str, np.ndarray], seed: int, epochs: int,
           desc: str, fused: bool = False) -> SmallClassifier:
     """A classifier (eval mode) trained on uint8 images [N, H, W, 3] and their class labels per head,
@@ -54,7 +50,7 @@ def train(n_classes: dict[str, int], images: np.ndarray, labels: dict[str, np.nd
     was trained with (its updates differ from the plain one's in the last bits)."""
     torch.manual_seed(seed)
     model = SmallClassifier(n_classes).to(memory_format=torch.channels_last)
-    x = to_tensor(images).contiguous(memory_format=torch.channels_last)
+    x = unit_range(images).contiguous(memory_format=torch.channels_last)
     y = {k: torch.from_numpy(v) for k, v in labels.items()}
     steps = max(1, epochs * (len(x) // BATCH))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4, fused=fused)
@@ -79,7 +75,7 @@ def predict(model: SmallClassifier, images: np.ndarray, batch: int = 512) -> dic
     """The predicted class index per head of uint8 [N, H, W, 3] images."""
     out: dict[str, list[np.ndarray]] = {k: [] for k in model.heads}
     for start in range(0, len(images), batch):
-        logits = model(to_tensor(images[start:start + batch]))
+        logits = model(unit_range(images[start:start + batch]))
         for k in out:
             out[k].append(logits[k].argmax(1).numpy())
     return {k: np.concatenate(v) for k, v in out.items()}

@@ -35,6 +35,7 @@ from synrep.evaluation.attribute_classifier import ATTRIBUTES, predict
 from synrep.evaluation.sample_quality import diversity, matched_real_diversity
 from synrep.fileio import write_json
 from synrep.generation.alignment_filter import check_index
+from synrep.pixels import unit_range
 from synrep.settings import run_dir
 from synrep.tables import mean_ci
 
@@ -118,7 +119,7 @@ def measure(cfg: DictConfig, source: str, classifier, guides: dict) -> dict:
     row["diversity"] = over_captions([diversity([g]) for g in groups if len(g) > 1])
     if k is not None and k > 1:  # real photos as many as each caption's images
         row["diversity_real"] = over_captions(matched_real_diversity(cfg, named, k, cfg.sample_quality.seed))
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = unit_range(images)
     for name, guide in guides.items():
         text = guide.text_embeddings(captions).repeat_interleave(torch.tensor(ks), 0)
         with torch.no_grad():

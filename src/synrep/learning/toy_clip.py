@@ -32,6 +32,7 @@ from synrep.diffusion.clip_model import CLIP_CONFIG, load_clip
 from synrep.fileio import atomic_dir, write_json
 from synrep.learning.augment import MEAN, STD
 from synrep.learning.lr_schedule import warmup_cosine_lr
+from synrep.pixels import signed_range
 from synrep.settings import save_resolved
 from synrep.tracking import mlflow_run
 
@@ -275,7 +276,7 @@ def noisy_zero_shot(model, tokenizer, cfg: DictConfig, data: dict[str, np.ndarra
     model); ``model`` is a NoisedClip or a plain CLIP (which ignores t)."""
     from synrep.diffusion.noised_clip import NoisedClip
 
-    x0 = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x0 = signed_range(data["images"])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     classes = class_embeddings(model, tokenizer, prompts(cfg, "shape"))
     out = {}
@@ -309,7 +310,7 @@ def train_noised(cfg: DictConfig, progress: bool = True):
         part.requires_grad_(True)
 
     photos = toyworld.load_split(cfg, "train")
-    x0_all = torch.from_numpy(photos["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x0_all = signed_range(photos["images"])
     context = model.clip.context_length
     with torch.no_grad():
         tokens = SimpleTokenizer(context_length=context)(list(photos["captions"]))

@@ -36,6 +36,7 @@ from synrep.diffusion.sampling import sample_images
 from synrep.diffusion.training import denoising_loss, update_weights
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.generation.source_images import sampling_of
+from synrep.pixels import signed_range
 from synrep.settings import ConfigError, InputError, digest, save_resolved
 from synrep.tracking import mlflow_run
 
@@ -122,7 +123,7 @@ def load_instance_images(folder: str | Path, side: int) -> np.ndarray:
 def model_input(pipe, images: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> what the UNet denoises: pixels in [-1, 1] (toy), or the VAE latent's
     sample times ``scaling_factor`` (Stable Diffusion, as train_dreambooth.py)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(pipe.device)
+    x = signed_range(images).to(pipe.device)
     if not has_vae(pipe):
         return x
     vae = pipe.vae

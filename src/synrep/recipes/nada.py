@@ -84,6 +84,7 @@ from tqdm.auto import tqdm
 from synrep.data import toy_vocabulary, toyworld
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise
 from synrep.fileio import atomic_dir, atomic_path, write_json
+from synrep.pixels import signed_range
 from synrep.recipes.nada_loss import directional_loss, global_loss, text_direction, text_embedding, weighted_sum
 from synrep.recipes.settings import LAYER_UNITS
 from synrep.settings import ConfigError, InputError, save_resolved
@@ -340,7 +341,7 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
         # DiffusionCLIP's precomputed latents: a fixed set of photos, each inverted once
         pool = inversion_pool(rng, len(captions), n.inversion_images)
         pool_captions = [captions[i] for i in pool]
-        x0 = torch.from_numpy(np.asarray(photos)[pool]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x0 = signed_range(np.asarray(photos)[pool])
         cond, uncond = pipe.encode_batch(pool_captions, 1, use_cfg)
         pool_x = ddim_invert(frozen, scheduler, x0, cond, uncond, n.guidance_scale, int(below[0]), n.inversion_steps)
 

@@ -24,6 +24,7 @@ from synrep.diffusion.toy.pipeline import ToyGlidePipeline
 from synrep.diffusion.toy.text import build_text_encoder, build_tokenizer, tokenize
 from synrep.diffusion.training import denoising_loss, update_weights
 from synrep.fileio import atomic_dir, write_json
+from synrep.pixels import signed_range
 from synrep.settings import ConfigError, save_resolved
 from synrep.tracking import mlflow_run
 
@@ -102,7 +103,7 @@ def train_pipeline(cfg: DictConfig, section: str, pipe: ToyGlidePipeline, split:
     gcfg = cfg[section]
     out = Path(gcfg.output_dir)
     rng = np.random.default_rng(gcfg.seed)
-    images = torch.from_numpy(split["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    images = signed_range(split["images"])
     captions = [str(c) for c in split["captions"]]
 
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer

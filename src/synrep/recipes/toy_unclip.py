@@ -53,6 +53,7 @@ from synrep.diffusion.toy.unclip import (
 )
 from synrep.diffusion.training import denoising_loss, update_weights
 from synrep.fileio import atomic_dir, write_json
+from synrep.pixels import signed_range
 from synrep.settings import ConfigError, save_resolved
 from synrep.tracking import mlflow_run
 
@@ -79,7 +80,7 @@ def world_embeddings(cfg: DictConfig, clip) -> dict:
     photos = split["images"]
     captions = [str(c) for c in split["captions"]]
     return {
-        "images": torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 127.5 - 1.0,
+        "images": signed_range(photos),
         "captions": captions,
         # [2, N, D]: each photo's embedding, then its mirror image's
         "image_embeds": torch.stack([image_embeddings(clip, photos), image_embeddings(clip, photos[:, :, ::-1])]),

@@ -38,6 +38,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise, pixel_output, step_kwargs
+from synrep.pixels import signed_range
 from synrep.settings import InputError
 
 # Extra input channels of an inpainting UNet: the mask and the masked image
@@ -49,7 +50,7 @@ def as_image_tensor(images, device, dtype) -> torch.Tensor:
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if images.dtype == torch.uint8:
-        images = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        images = signed_range(images)
     return images.to(device=device, dtype=dtype)
 
 

@@ -71,6 +71,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from synrep.diffusion.toy.pipeline import guided_noise, pixel_output, step_kwargs
 from synrep.diffusion.toy.text import tokenize
+from synrep.pixels import unit_range
 from synrep.settings import InputError
 
 # unCLIP's decoder: "projecting CLIP embeddings into four extra tokens of context"
@@ -119,7 +120,7 @@ def clip_text(clip, prompts: list[str]) -> ClipText:
 def image_embeddings(clip, images: np.ndarray, batch: int = 512) -> torch.Tensor:
     """L2-normalised CLIP image embeddings [N, D] of uint8 images [N, H, W, 3]."""
     device = next(clip.model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    x = unit_range(torch.from_numpy(np.ascontiguousarray(images)).to(device))
     with torch.no_grad():
         return torch.cat([clip.image_embeddings(x[i:i + batch]) for i in range(0, len(x), batch)])
 
