@@ -19,20 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup import iter_captions  # noqa: E402  (the sibling benchmark)
+from machine import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Repeats are drawn from the last POOL captions, so the generator itself stays small.
@@ -139,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not args.keep:
             tsv.unlink(missing_ok=True)
 
-    cpu = platform.processor() or platform.machine()
-    print(f"\n{date.today()}, {platform.node()} ({os.cpu_count()} CPUs, {cpu}), polars {pl.__version__} "
+    print(f"\n{machine()}, polars {pl.__version__} "
           f"({pl.thread_pool_size()} threads); {args.rows:,} rows, {tsv.name}")
     print("\n| source tree | peak RSS (MB) | seconds | rows/s | captions kept | same output |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")

@@ -16,13 +16,11 @@ clamped, is a random kick rather than guidance.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
-from datetime import date
 
 import numpy as np
 import torch
+from machine import machine  # benchmarks/machine.py
 
 
 def main() -> None:
@@ -71,8 +69,7 @@ def main() -> None:
         x0_hat = (x_t - (1 - a).sqrt() * eps_hat) / a.sqrt()
         clamped[int(t)] = (float((x0_hat.abs() > 1).float().mean()), float(x0_hat.abs().median()))
 
-    print(f"# benchmarks/clip_guidance_steps.py, {date.today()}, {platform.node()} ({os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}), torch {torch.__version__}")
+    print(f"# benchmarks/clip_guidance_steps.py, {machine()}, torch {torch.__version__}")
     print(f"# {args.generator} ({type(pipe.scheduler).__name__} {g.steps} steps, "
           f"{pipe.scheduler.config.beta_schedule}, {pipe.scheduler.config.timestep_spacing}), guide {args.clip}, "
           f"w = 1, {len(captions)} captions x 1 image, every step guided\n")

@@ -15,15 +15,14 @@ SLURM is installed but its controller is down, Snakemake's SLURM plugin adds a w
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_FORMATS = {"paper_cc3m_ablations": "cc3m", "paper_cc12m": "cc12m", "paper_redcaps": "redcaps",
@@ -85,8 +84,7 @@ def main() -> None:
             if done.returncode:
                 sys.exit(f"snakemake -n failed for {name}:\n{done.stderr[-2000:]}")
             rows.append((name, runs, before, now, wall))
-    cpu = platform.processor() or platform.machine()
-    print(f"\n{date.today()}, {platform.node()} ({os.cpu_count()} CPUs, {cpu}); SLURM controller "
+    print(f"\n{machine()}; SLURM controller "
           f"{'answers (or SLURM is not installed)' if controller_answers() else 'installed but down'}\n")
     print("| config | sweep runs | run hashes, a copy per run (s) | run hashes, one copy (s) | `snakemake -n` wall (s) |")
     print("| --- | ---: | ---: | ---: | ---: |")

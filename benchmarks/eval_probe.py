@@ -19,16 +19,15 @@ conservative A100 figure for ViT-B/16 fp16 inference) stands for it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine  # benchmarks/machine.py
 
 TRAIN, HELD_OUT, VAL, EPOCHS = 1_281_167, 10_000, 50_000, 90  # ImageNet-1k; eval.holdout; official probe
 LRS, DIM, CLASSES, BATCH = 10, 768, 1000, 1024
@@ -142,8 +141,7 @@ def main() -> None:
     rate = min(loader_rate, args.gpu_rate)
     baseline_hours = (crops + centre) / rate / 3600
     features_gb = (TRAIN * DIM * 4) / 1e9
-    print(f"# benchmarks/eval_probe.py on {platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), "
-          f"{datetime.date.today().isoformat()}, torch {torch.__version__}")
+    print(f"# benchmarks/eval_probe.py, {machine()}, torch {torch.__version__}")
     print()
     print("| measurement | value | unit | note |")
     print("|---|---:|---|---|")

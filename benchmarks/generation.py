@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine  # benchmarks/machine.py
 
 BASELINE_SHARD = 64
 
@@ -130,7 +130,7 @@ def main() -> None:
                                args.overrides, tmp))
 
     print(f"\nGeneration: a process per {BASELINE_SHARD}-caption shard with the plain pipeline call, against the "
-          f"project's step in one process ({os.cpu_count()} CPUs, torch {torch.__version__}, {cfg.threads} threads)\n")
+          f"project's step in one process ({machine()}, torch {torch.__version__}, {cfg.threads} threads)\n")
     print("| pipeline | images | baseline s | project s | baseline img/s | project img/s | speed-up | identical |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |")
     for r in results:

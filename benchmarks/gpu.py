@@ -25,7 +25,6 @@ up), the step alone (one batch reused) and the fed step; the fed rate is what a 
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import os
 import sys
@@ -37,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import synthetic_shards  # noqa: E402  (the loader benchmark's PNG shards)
+from machine import machine  # noqa: E402
 
 # dense bf16/fp16 tensor-core peaks (TFLOP/s), by a substring of the device name
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
@@ -204,7 +204,7 @@ def main() -> None:
     gen = generation(device, args.captions or (8 if cuda else 2))
     train = training(device, args.rows or (43 if cuda else 2), args.steps or (10 if cuda else 2), workers, peak)
 
-    print(f"\nThe paper recipe on {name}, torch {torch.__version__}, {os.cpu_count()} CPUs, {datetime.date.today()}\n")
+    print(f"\nThe paper recipe on {name}, torch {torch.__version__}; {machine()}\n")
     print("| benchmark | setting | result |")
     print("| --- | --- | ---: |")
     print(f"| generation | {gen['what']} | {gen['seconds_per_image']:.3f} s / image |")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine  # benchmarks/machine.py
 
 
 def loader_rate(cfg, dataset, rows: int, workers: int, batches: int, batch_augment=None) -> float:
@@ -218,7 +219,7 @@ def main() -> None:
                      loader_rate(vit, dataset, 4, args.vit_workers, max(4, args.steps // 4)),
                      step_rate(vit, 24, max(2, args.steps // 10))))
 
-    print(f"\nTraining data path against the encoder ({os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"\nTraining data path against the encoder ({machine()}, torch {torch.__version__}, "
           f"{cfg.threads} torch threads)\n")
     print("| setting | loader images/s | encoder images/s | loader / encoder |")
     print("| --- | ---: | ---: | ---: |")
@@ -228,13 +229,9 @@ def main() -> None:
 
 
 def aug_table() -> None:
-    import datetime
-    import platform
-
     rows = augmentation_rows()
     official = rows[1][1]
-    print(f"\n224 px augmentation per image, one core ({platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, {datetime.date.today()}, torch {torch.__version__})\n")
+    print(f"\n224 px augmentation per image, one core ({machine()}, torch {torch.__version__})\n")
     print("| path | ms / image | official / this |")
     print("| --- | ---: | ---: |")
     for name, ms in rows:

@@ -15,10 +15,8 @@ rule sized O(one shard) or O(one batch) keeps its peak when the captions quadrup
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
-import platform
 import random
 import re
 import subprocess
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from machine import machine  # benchmarks/machine.py
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,10 +163,7 @@ def main() -> None:
         print(f"{n} captions: the rehearsal took {wall / 60:.1f} min ({args.executor})", file=sys.stderr)
 
     small, large = min(measured), max(measured)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"# Rule resources, experiment=paper_rehearsal, {args.executor} executor, {datetime.date.today()}, "
-          f"{cpu}, {len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} cores\n")
+    print(f"# Rule resources, experiment=paper_rehearsal, {args.executor} executor, {machine()}\n")
     print(f"| step | jobs ({small} / {large} captions) | peak RSS MB ({small} / {large}) | growth | "
           f"s a job ({large}) | work a job ({large}) | at paper scale (this CPU) | SLURM mem_mb / runtime min (slurm ; slurm-gpu) |")
     print("| --- | --- | --- | ---: | ---: | --- | --- | --- |")

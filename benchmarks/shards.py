@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import polars as pl
+from machine import machine  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,8 +75,7 @@ def main() -> None:
                 rows.append({"src": str(src), "shards": n, "captions_per_shard": args.captions_per_shard, "seconds": round(seconds, 1), "peak_rss_mb": round(rss),
                              "ms_per_shard": round(1000 * seconds / n, 2)})
                 print(rows[-1], flush=True)
-    cpu = platform.processor() or platform.machine()
-    print(f"\n{date.today()}, {platform.node()} ({os.cpu_count()} CPUs, {cpu}); python -m synrep index, one process "
+    print(f"\n{machine()}; python -m synrep index, one process "
           "(seconds include Python, torch and MLflow start-up)")
     with pl.Config(tbl_rows=-1, tbl_width_chars=200, fmt_str_lengths=80):
         print(pl.DataFrame(rows))

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,7 @@ def main() -> None:
 
     modes = list(rows)
     print(f"Seconds per sweep run ({len(run_ids)} runs of seed {seed}: {', '.join(run_ids)}; "
-          f"{cfg.threads} threads, {os.cpu_count()} CPUs)\n")
+          f"{cfg.threads} threads; {machine()})\n")
     print(f"| part | {' | '.join(modes)} | share ({modes[-1]}) |")
     print(f"| --- | {' | '.join('---:' for _ in modes)} | ---: |")
     for part in rows[modes[0]]:
