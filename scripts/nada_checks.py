@@ -20,7 +20,13 @@ Prints markdown tables (with date and machine):
    uses its model: real train photos that ``nada.start: inversion`` did not train from, each
    DDIM-inverted by the frozen UNet to the first adapted step and finished by the frozen and by the
    adapted UNet; per finish, ``nada_quality``'s measurement against the frozen finish (the domain
-   classifier's shares, the judge's colour and shape kept, cos(ΔI, ΔT)).
+   classifier's shares, the judge's colour and shape kept, cos(ΔI, ΔT));
+6. with ``--pixels``: what the adapted generator in ``nada.output_dir`` changes in the pixels, against
+   real test images of each domain: the background's brightness and the share of light ones (the
+   2-pixel border, mostly background: an object reaches it only at its edge), the share of
+   near-white pixels (paper) and of strongly coloured ones (the object's paint: filled in a photo, one pixel wide in a drawing), on
+   ``nada_quality``'s captions and noises, frozen and adapted, the adapted ones also split by their
+   frozen sample's background (dark or light); beside each, the domain classifier's reading.
 """
 
 from __future__ import annotations
@@ -201,6 +207,69 @@ def inverted_photos_table(cfg, n: int) -> str:
             + table(["finish", "n", "L1 to the photo", *names, "colour kept", "shape kept", "cos(dI, dT)"], rows))
 
 
+PIXEL_STATS = ("border brightness", "light border", "near-white", "coloured")
+
+
+def border_brightness(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> [N]: the mean of each image's 2-pixel frame, mostly background (an
+    object reaches it only at its edge)."""
+    x = images.astype(np.float64) / 255.0
+    frame = np.concatenate([x[:, :2].reshape(len(x), -1, 3), x[:, -2:].reshape(len(x), -1, 3),
+                            x[:, 2:-2, :2].reshape(len(x), -1, 3), x[:, 2:-2, -2:].reshape(len(x), -1, 3)], axis=1)
+    return frame.mean(axis=(1, 2))
+
+
+def pixel_stats(images: np.ndarray) -> dict[str, float]:
+    """uint8 [N, H, W, 3] -> the mean over images of (``PIXEL_STATS``): the border's brightness, whether
+    it is light (> 0.6: the world draws backgrounds dark, under 0.28, or light, over 0.62; paper is
+    0.85-0.97), the share of near-white pixels (every channel > 0.8) and of strongly coloured ones
+    (max - min channel > 0.35)."""
+    x = images.astype(np.float64) / 255.0
+    border = border_brightness(images)
+    values = (border.mean(), (border > 0.6).mean(), (x.min(axis=3) > 0.8).mean(),
+              (x.max(axis=3) - x.min(axis=3) > 0.35).mean())
+    return dict(zip(PIXEL_STATS, map(float, values)))
+
+
+def pixels_table(cfg) -> str:
+    from synrep.diffusion.pipelines import load_pipeline
+    from synrep.diffusion.sampling import sample_images
+    from synrep.evaluation import domain_classifier as dc
+    from synrep.evaluation import nada_quality
+    from synrep.generation.source_images import sampling_of
+    from synrep.settings import to_dict
+
+    folder = Path(cfg.nada.output_dir) / "generator"
+    g = cfg.generation
+    captions, _, _, seeds = nada_quality.eval_set(cfg)
+    sets = {}
+    # sampled as nada_quality samples: its captions and noises, the generation sampler
+    for name, source in (("frozen generator", cfg.nada.generator), ("adapted generator", folder)):
+        pipe = load_pipeline(str(source), g.sampler, g.dtype, "cpu")
+        pipe.set_progress_bar_config(disable=True)
+        sets[name] = sample_images(pipe, captions, seeds, float(cfg.nada.guidance_scale), sampling_of(to_dict(g)),
+                                   images_per_prompt=cfg.nada.eval_images_per_caption)
+    light = border_brightness(sets["frozen generator"]) > 0.6
+    sets["adapted, from a dark background"] = sets["adapted generator"][~light]
+    sets["adapted, from a light background"] = sets["adapted generator"][light]
+    sets["real photos (test)"] = toyworld.load_split(cfg, "test")["images"]
+    domains = toyworld.load_split(cfg, "domains_test")
+    for i, name in enumerate(cfg.toyworld.domains):
+        sets[f"real {name} (test)"] = domains["images"][domains["domain"] == i]
+    model, _, origin = dc.load_or_train(cfg)
+    names = dc.domain_names(cfg)
+    rows = []
+    for name, images in sets.items():
+        read = dc.predict(model, images)
+        rows.append([name, len(images), *(f"{v:.3f}" for v in pixel_stats(images).values()),
+                     *(f"{float((read == i).mean()):.3f}" for i in range(len(names)))])
+    return (f"Pixels of the adapted generator ({folder}) against real images (border = the 2-pixel frame, light "
+            "border = its mean > 0.6, near-white = every channel > 0.8, coloured = max - min channel > 0.35; "
+            "'from a dark/light background': the adapted samples whose frozen sample of the same noise has a "
+            f"dark/light border), and the share of each the domain classifier ({origin}) reads as each domain\n\n"
+            + table(["images", "n", *PIXEL_STATS, *(f"read: {d}" for d in names)], rows))
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classifier", action="store_true", help="also the domain classifier (trains it if absent)")
@@ -208,6 +277,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--clip-only", action="store_true", help="only the toy CLIP's directions (3.)")
     parser.add_argument("--inverted-photos", action="store_true",
                         help="only the adapted generator in nada.output_dir on inverted held-out photos (5.)")
+    parser.add_argument("--pixels", action="store_true",
+                        help="only the adapted generator in nada.output_dir against real images, in pixels (6.)")
     args, overrides = parser.parse_known_args(argv)
     cfg = load_config(overrides)
     torch.set_num_threads(cfg.threads)
@@ -215,6 +286,9 @@ def main(argv: list[str]) -> None:
           f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} thread(s)\n")
     if args.inverted_photos:
         print(inverted_photos_table(cfg, args.n))
+        return
+    if args.pixels:
+        print(pixels_table(cfg))
         return
     if not args.clip_only:
         pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)
