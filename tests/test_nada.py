@@ -346,3 +346,114 @@ def test_bad_loss_and_threshold_name_their_key(small_world):
         load_config(tmp_overrides(small_world, "nada.loss=clip"))
     with pytest.raises(ValueError, match=r"config key 'nada.min_alpha_bar'"):
         load_config(tmp_overrides(small_world, "nada.min_alpha_bar=1.5"))
+
+
+def test_code_scores_are_nadas_sgd_step_on_each_units_own_conditioning_and_change_no_weight(tiny_toy_pipeline_dir,
+                                                                                           tiny_clip_dir):
+    """The score of a unit is lr x the mean |gradient| of the global loss in its own copy of its
+    conditioning input; checked against central finite differences of that loss along the
+    gradient's sign, with the copy added by a hook of the test's own."""
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada, nada_layers
+    from synrep.recipes.nada_loss import global_loss, text_embedding
+
+    torch.set_num_threads(1)
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    unet = pipe.unet.eval().requires_grad_(False)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    guide = load_guide(str(tiny_clip_dir))
+    target = text_embedding(guide, [["a drawing of a red circle"]])
+    scheduler = nada.ddim_scheduler(pipe, 4)
+    x = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    cond, uncond = pipe.encode_batch(["a red circle", "a blue ring"], 1, True)
+    steps = list(scheduler.timesteps)[1:]  # the adapted part of the chain: no t = 999
+
+    def sample(u):
+        return nada.to_unit(nada.ddim_steps(u, scheduler, x, cond, uncond, 2.0, steps))
+
+    def loss_of(u):
+        return float(global_loss(guide.image_embeddings(sample(u)), target))
+
+    units = nada_layers.layer_units(unet)
+    lr = 0.5
+    scores = nada_layers.code_scores(unet, units, sample, [(guide, 1.0, target)], 1, lr)
+    assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in unet.modules())
+    kinds = {name: nada_layers.conditioned(m) for name, m in units.items()}
+    assert {"resnet", "attention", None} <= set(kinds.values())
+    assert all((scores[name] == 0) == (kind is None) for name, kind in kinds.items())
+
+    for name in ["down_blocks.0.resnets.0", next(n for n, k in kinds.items() if k == "attention")]:
+        module = units[name]
+        codes = {}
+
+        def shift(m, args, kwargs, sign):
+            key = "encoder_hidden_states" if kinds[name] == "attention" else None
+            value = kwargs[key] if key else args[1]
+            codes.setdefault("shape", value.shape)
+            moved = value + sign * codes["direction"] if "direction" in codes else value
+            return (args, {**kwargs, key: moved}) if key else ((args[0], moved, *args[2:]), kwargs)
+
+        with torch.no_grad():
+            hook = module.register_forward_pre_hook(lambda m, a, k: shift(m, a, k, 0.0), with_kwargs=True)
+            sample(unet)
+            hook.remove()
+        # the gradient's sign, from a copy made by the test's hook: the change along it is sum |g|
+        code = torch.zeros(codes["shape"], requires_grad=True)
+        hook = module.register_forward_pre_hook(
+            lambda m, a, k: shift(m, a, k, 1.0), with_kwargs=True)
+        codes["direction"] = code
+        grad, = torch.autograd.grad(global_loss(guide.image_embeddings(sample(unet)), target), [code])
+        eps = 1e-3
+        codes["direction"] = eps * grad.sign()
+        with torch.no_grad():
+            plus = loss_of(unet)
+            codes["direction"] = -eps * grad.sign()
+            minus = loss_of(unet)
+        hook.remove()
+        mean_abs_gradient = (plus - minus) / (2 * eps) / grad.numel()
+        assert scores[name] == pytest.approx(lr * mean_abs_gradient, rel=0.05), name
+
+
+def test_training_with_code_scores_never_chooses_a_resampler(small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
+    from synrep.config import load_config
+    from synrep.data import toyworld
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada, nada_layers
+
+    torch.set_num_threads(1)
+    cfg = load_config(nada_overrides(small_world, tiny_toy_pipeline_dir, tiny_clip_dir, "nada.layer_score=codes",
+                                     "nada.reselect_every=1", "nada.steps=2"))
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    unet, summary = nada.train(cfg, pipe, [load_guide(str(tiny_clip_dir))], captions, progress=False)
+    units = nada_layers.layer_units(unet)
+    assert summary["layer_score"] == "codes" and len(summary["selections"]) == 2
+    for selection in summary["selections"]:
+        assert selection["chosen"] == sorted(selection["scores"], key=lambda u: -selection["scores"][u])[:cfg.nada.k]
+        assert all(nada_layers.conditioned(units[name]) for name in selection["chosen"])
+
+
+def test_code_scores_ask_for_module_units_and_enough_of_them(small_world, tiny_toy_pipeline_dir, tiny_clip_dir):
+    from synrep.config import load_config
+    from synrep.data import toyworld
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada, nada_layers
+    from synrep.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config key 'nada.layer_score': codes .* nada.layer_unit must be module, "
+                                          r"not 'block'"):
+        load_config(tmp_overrides(small_world, "nada.layer_score=codes", "nada.layer_unit=block"))
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    units = nada_layers.layer_units(pipe.unet)
+    coded = sum(1 for m in units.values() if nada_layers.conditioned(m))
+    assert coded < len(units)
+    cfg = load_config(nada_overrides(small_world, tiny_toy_pipeline_dir, tiny_clip_dir, "nada.layer_score=codes",
+                                     f"nada.k={coded + 1}"))
+    captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    with pytest.raises(ConfigError, match=rf"config key 'nada.k': {coded + 1} units asked, layer_score codes scores "
+                                          rf"the {coded} that read a conditioning input"):
+        nada.train(cfg, pipe, [load_guide(str(tiny_clip_dir))], captions, progress=False)

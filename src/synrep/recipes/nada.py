@@ -51,11 +51,16 @@ What it follows:
   (DiffusionCLIP compares with the photo itself, which the frozen chain redraws closely);
 - adaptive layer choice: NADA's ``ZSSGAN.determine_opt_layers``, adapted to a UNet. NADA moves
   per-layer W+ codes a few SGD steps under the *global* loss 1 − cos(E_I(G), E_T(target)) and trains
-  the k layers whose codes moved most. A UNet has no per-layer codes, so a throw-away copy of
+  the k layers whose codes moved most. By default (``layer_score: weights``) a throw-away copy of
   G_train takes ``select_iters`` SGD steps of the global loss on all its units' weights, and each
   unit (``layer_unit``: every resnet, attention and resampler, or every down / mid / up block) is
   scored by its relative movement ‖Δθ‖ / ‖θ‖ (weights differ in scale between units, NADA's codes do
-  not; SGD, not Adam, so that the movement follows the loss's gradient). The top ``k`` units are
+  not; SGD, not Adam, so that the movement follows the loss's gradient). ``layer_score: codes``
+  scores as NADA does, by codes: a UNet's counterpart of a layer's w is the input every unit is
+  conditioned by (a resnet's timestep-and-caption embedding, projected to a per-channel shift as
+  StyleGAN's affine maps w to a style; an attention's caption states); each unit gets its own copy,
+  the copies take the SGD steps, and a unit scores the mean |Δ| of its copy (``nada_layers.code_scores``;
+  resamplers read none and are never chosen). The top ``k`` units are
   trained; every other weight (also conv_in / conv_out, time and caption embeddings, which NADA's
   mapping network and toRGB layers correspond to) stays frozen. NADA chooses again every step;
   ``reselect_every`` does so every N steps (0: once, the CPU default).
@@ -85,8 +90,8 @@ from synrep.data import toy_vocabulary, toyworld
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.pixels import signed_range
+from synrep.recipes.nada_layers import conditioned, layer_units, select_layers, set_trainable, trained_state
 from synrep.recipes.nada_loss import directional_loss, global_loss, text_direction, text_embedding, weighted_sum
-from synrep.recipes.settings import LAYER_UNITS
 from synrep.settings import ConfigError, InputError, save_resolved
 from synrep.tracking import mlflow_run
 
@@ -120,27 +125,8 @@ def prompts(template_list: list[str], things: list[str]) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------------------
-# The UNet's units and the chain
+# The chain
 # ------------------------------------------------------------------------------------------
-
-
-def layer_units(unet: nn.Module, unit: str = "module") -> dict[str, nn.Module]:
-    """The UNet's trainable units by name (the ``unet.named_modules`` name): ``block``: each of
-    down_blocks, mid_block, up_blocks; ``module``: each resnet, attention, down- and upsampler in
-    them. Everything else (conv_in, conv_out, norms, time and caption embeddings) is never trained."""
-    blocks = {f"down_blocks.{i}": b for i, b in enumerate(unet.down_blocks)}
-    blocks["mid_block"] = unet.mid_block
-    blocks.update({f"up_blocks.{i}": b for i, b in enumerate(unet.up_blocks)})
-    if unit == "block":
-        return blocks
-    if unit != "module":
-        raise ConfigError(f"config key 'nada.layer_unit': {unit!r} is not one of {list(LAYER_UNITS)}")
-    out = {}
-    for name, block in blocks.items():
-        for part in ("resnets", "attentions", "downsamplers", "upsamplers"):
-            for i, module in enumerate(getattr(block, part, None) or []):
-                out[f"{name}.{part}.{i}"] = module
-    return out
 
 
 def ddim_scheduler(pipe: ToyGlidePipeline, steps: int):
@@ -251,51 +237,6 @@ class ToyGlideAdaptedPipeline(ToyGlidePipeline):
         return unet(x, t, encoder_hidden_states=states, class_labels=pooled).sample
 
 
-def select_layers(unet: nn.Module, units: list[str], k: int, sample, guides: list[tuple], iters: int,
-                  lr: float, unit: str = "module") -> tuple[list[str], dict[str, float]]:
-    """(the k chosen unit names, best first; every unit's score): NADA's ``determine_opt_layers`` on
-    a UNet. A copy of ``unet`` takes ``iters`` SGD steps of the global loss toward the target text
-    (summed over ``guides``: (CLIP, weight, its unit target text embedding)) on all its units'
-    weights; a unit's score is its relative movement ‖Δθ‖ / ‖θ‖. ``sample(unet)``: images in [0, 1]
-    from that step's noises and captions."""
-    trial = copy.deepcopy(unet)
-    trial_units = layer_units(trial, unit)
-    set_trainable(trial, trial_units, units)
-    params = [p for name in units for p in trial_units[name].parameters()]
-    before = {name: [p.detach().clone() for p in trial_units[name].parameters()] for name in units}
-    optimizer = torch.optim.SGD(params, lr=lr)
-    for _ in range(iters):
-        images = sample(trial)
-        loss = weighted_sum([(weight, global_loss(guide.image_embeddings(images), target))
-                             for guide, weight, target in guides])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    scores = {}
-    for name in units:
-        moved = sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(trial_units[name].parameters(), before[name]))
-        size = sum(float(b.pow(2).sum()) for b in before[name])
-        scores[name] = (moved / max(size, 1e-12)) ** 0.5
-    chosen = sorted(units, key=lambda name: -scores[name])[:k]
-    return chosen, scores
-
-
-def set_trainable(unet: nn.Module, units: dict[str, nn.Module], chosen: list[str]) -> None:
-    """Freeze every weight of ``unet`` but those of the ``chosen`` units."""
-    unet.requires_grad_(False)
-    for name in chosen:
-        units[name].requires_grad_(True)
-
-
-def trained_state(unet: nn.Module, units: dict[str, nn.Module], names: list[str]) -> dict[str, torch.Tensor]:
-    """The weights of the named units, keyed as in ``unet.state_dict()``."""
-    out = {}
-    for name in names:
-        for key, value in units[name].state_dict().items():
-            out[f"{name}.{key}"] = value.detach().clone().contiguous()
-    return out
-
-
 # ------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------
@@ -320,6 +261,11 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
     if n.k > len(names):
         raise ConfigError(f"config key 'nada.k': {n.k} units asked, the UNet has {len(names)} "
                           f"({n.layer_unit} units: {', '.join(names)})")
+    if n.layer_score == "codes":
+        coded = [name for name in names if conditioned(units[name])]
+        if n.k > len(coded):
+            raise ConfigError(f"config key 'nada.k': {n.k} units asked, layer_score codes scores the {len(coded)} "
+                              f"that read a conditioning input ({', '.join(coded)})")
     scheduler = ddim_scheduler(pipe, n.ddim_steps)
     t0 = adapted_from(scheduler, n.min_alpha_bar)
     above, below = split_timesteps(scheduler, t0)
@@ -365,7 +311,8 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
     def choose(step: int) -> tuple[list[str], dict[str, float]]:
         x, cond, uncond = draw()
         return select_layers(unet, names, n.k, lambda u: finish(u, x, cond, uncond),
-                             [(g, w, tgt) for g, w, _, tgt in losses], n.select_iters, n.select_lr, n.layer_unit)
+                             [(g, w, tgt) for g, w, _, tgt in losses], n.select_iters, n.select_lr, n.layer_unit,
+                             n.layer_score)
 
     chosen, scores = choose(0)
     selections = [{"step": 0, "chosen": chosen, "scores": scores}]
@@ -409,7 +356,7 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
         if snapshot is not None and (step % n.eval_every == 0 or step == n.steps):
             snapshot(step, trained_state(unet, units, sorted(ever)))
     unet.requires_grad_(False)
-    summary = {"units": names, "layer_unit": n.layer_unit, "chosen": chosen, "scores": scores,
+    summary = {"units": names, "layer_unit": n.layer_unit, "layer_score": n.layer_score, "chosen": chosen, "scores": scores,
                "adapted_from": t0, "frozen_timesteps": [int(t) for t in above],
                "trained_timesteps": [int(t) for t in below], "loss": n.loss, "start": n.start,
                "trained_units": sorted(ever), "selections": selections,

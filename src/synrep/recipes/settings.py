@@ -16,6 +16,8 @@ from synrep.training_recipes import recipe
 INPAINT_TRAINING_MASKS = ("object", "background", "box", "all")
 # NADA's units of the UNet the layer choice ranks, and its losses
 LAYER_UNITS = ("module", "block")
+# how the layer choice scores a unit: its weights' movement, or its own conditioning code's (NADA's W+)
+LAYER_SCORES = ("weights", "codes")
 LOSSES = ("directional", "global")
 NADA_STARTS = ("noise", "inversion")
 
@@ -189,6 +191,12 @@ class NadaConfig:
     k: int = setting(
         6, "Units trained, all else frozen: the top k by how far they move under select_iters SGD steps of the "
         "global CLIP loss toward the target text", gt=0)
+    layer_score: str = setting(
+        "weights", "What the layer choice's SGD steps move and score per unit: weights (its relative movement "
+        "|dtheta| / |theta|) | codes (NADA's own score: each resnet's own copy of the timestep-and-caption embedding "
+        "it projects to a per-channel shift, as a StyleGAN layer's W+ code, each attention's copy of the caption "
+        "states; the mean |delta| of the copy; resamplers read no code and are never chosen; layer_unit module only)",
+        choices=LAYER_SCORES)
     select_iters: int = setting(1, "NADA's auto_layer_iters", gt=0)
     select_lr: float = setting(0.01, "SGD step of the layer choice, as NADA's latent-code step")
     reselect_every: int = setting(0, "Choose the layers again every N steps (NADA: every step, 1); 0: once", ge=0)
@@ -227,6 +235,9 @@ def check_domains_and_clips(n: DictConfig, key: str, cfg: DictConfig) -> None:
     if not n.clip_models or len(n.clip_models) != len(n.clip_model_weights):
         raise ConfigError(f"config key '{key}.clip_model_weights': one weight per CLIP of {key}.clip_models "
                           f"({len(n.clip_models)} CLIPs, {len(n.clip_model_weights)} weights)")
+    if n.layer_score == "codes" and n.layer_unit != "module":
+        raise ConfigError(f"config key '{key}.layer_score': codes scores each resnet and attention by its own "
+                          f"conditioning code; {key}.layer_unit must be module, not {n.layer_unit!r}")
     for name in ("source_templates", "target_templates"):
         for i, template in enumerate(n[name] or []):
             if "{x}" not in template:
