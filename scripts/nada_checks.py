@@ -26,7 +26,11 @@ Prints markdown tables (with date and machine):
    2-pixel border, mostly background: an object reaches it only at its edge), the share of
    near-white pixels (paper) and of strongly coloured ones (the object's paint: filled in a photo, one pixel wide in a drawing), on
    ``nada_quality``'s captions and noises, frozen and adapted, the adapted ones also split by their
-   frozen sample's background (dark or light); beside each, the domain classifier's reading.
+   frozen sample's background (dark or light); beside each, the domain classifier's reading;
+7. with ``--background``: where the frozen chain of ``nada.ddim_steps`` steps settles the
+   background: per timestep, how well the border of the frozen UNet's x̂0 predicts the final sample's;
+8. with ``--pixel-summary VARIANT=FILE ...``: saved ``--pixels`` tables of several runs (seeds), per
+   variant the mean and 95 % interval of every column over its runs.
 """
 
 from __future__ import annotations
@@ -49,10 +53,7 @@ from synrep.data import toyworld  # noqa: E402
 from synrep.diffusion.clip_guidance import load_guide  # noqa: E402
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise  # noqa: E402
 from synrep.pixels import signed_range, unit_range  # noqa: E402
-from synrep.recipes import (
-    nada,
-    nada_loss,  # noqa: E402
-)
+from synrep.recipes import nada, nada_layers, nada_loss  # noqa: E402
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -82,12 +83,48 @@ def chain_table(cfg, pipe, captions, n: int) -> str:
             + table(["t", "ᾱ_t", "1/√ᾱ_t", "median abs(x̂0) before clamping", "share clamped", "UNet"], rows))
 
 
+def background_table(cfg, pipe, captions, n: int) -> str:
+    """Where the frozen chain settles the background: at each timestep of the training's DDIM
+    chain, the border brightness of the frozen UNet's x̂0 (clamped, as the scheduler does) against
+    the final sample's, and how often both fall on the same side of 0.45 (between the world's dark
+    backgrounds, under 0.28, and its light ones, over 0.62). The adapted UNet can change the
+    background only from its first step on; what x_t already fixes, it must undo."""
+    scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
+    t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn((n, 3, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=gen)
+    cond, uncond = pipe.encode_batch(captions[:n], 1, True)
+    states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
+    borders, times = [], []
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = guided_noise(*pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=states,
+                                          class_labels=pooled).sample.chunk(2), cfg.nada.guidance_scale)
+            a = scheduler.alphas_cumprod[int(t)]
+            x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+            borders.append(border_brightness(np.asarray(nada.to_unit(x0).permute(0, 2, 3, 1) * 255)))
+            times.append(int(t))
+            x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
+    final = border_brightness(np.asarray(nada.to_unit(x).permute(0, 2, 3, 1) * 255))
+    rows = []
+    for t, border in zip(times, borders):
+        a = float(scheduler.alphas_cumprod[t])
+        rows.append([t, f"{a:.3g}", "frozen" if t > t0 else "adapted", f"{np.corrcoef(border, final)[0, 1]:.3f}",
+                     f"{float(np.abs(border - final).mean()):.3f}", f"{float(((border > 0.45) == (final > 0.45)).mean()):.3f}"])
+    return (f"Where the frozen DDIM chain ({cfg.nada.ddim_steps} steps, w = {cfg.nada.guidance_scale:g}, {n} train "
+            f"captions) settles the background: the border brightness of x̂0 at each step against the final "
+            f"sample's (share light at the end: {float((final > 0.45).mean()):.3f}); nada.min_alpha_bar = "
+            f"{cfg.nada.min_alpha_bar:g}: the adapted UNet at t <= {t0}\n\n"
+            + table(["t", "ᾱ_t", "UNet", "correlation with the final border", "mean abs difference",
+                     "same side of 0.45"], rows))
+
+
 def sensitivity_table(cfg, pipe, captions, n: int, seeds: int = 3) -> str:
     import copy
 
     scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
     t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
-    units = nada.layer_units(pipe.unet, cfg.nada.layer_unit)
+    units = nada_layers.layer_units(pipe.unet, cfg.nada.layer_unit)
     gen = torch.Generator().manual_seed(1)
     noise = torch.randn((n, 3, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=gen)
     cond, uncond = pipe.encode_batch(captions[:n], 1, True)
@@ -101,7 +138,7 @@ def sensitivity_table(cfg, pipe, captions, n: int, seeds: int = 3) -> str:
             for s in range(seeds):
                 moved = copy.deepcopy(pipe.unet)
                 g = torch.Generator().manual_seed(100 + s)
-                for p in nada.layer_units(moved, cfg.nada.layer_unit)[name].parameters():
+                for p in nada_layers.layer_units(moved, cfg.nada.layer_unit)[name].parameters():
                     p.mul_(1 + 1e-3 * (torch.randint(0, 2, p.shape, generator=g) * 2 - 1))
                 out_all = nada.ddim_chain(moved, scheduler, noise, cond, uncond, w)
                 out_split = nada.ddim_chain(moved, scheduler, noise, cond, uncond, w, source=pipe.unet, adapted_from_t=t0)
@@ -131,15 +168,22 @@ def clip_pairs_table(cfg, guide, n: int) -> str:
             return guide.image_embeddings(unit_range(images))
 
     source = embed(cfg.nada.source)
+    dark = torch.tensor([a.background == 0 for a in attrs])
     rows = []
     for domain in ["photo", *cfg.toyworld.domains]:
         if domain == cfg.nada.source:
             continue
         delta = embed(domain) - source
         cos = (delta @ direction) / delta.norm(dim=-1)
-        rows.append([f"{cfg.nada.source} -> {domain}" + (" (the target)" if domain == cfg.nada.target else ""),
-                     f"{float(cos.mean()):.3f}", f"{float(cos.std()):.3f}", f"{float(delta.norm(dim=-1).mean()):.3f}",
-                     f"{float(delta.norm(dim=-1).std()):.3f}"])
+        label = f"{cfg.nada.source} -> {domain}" + (" (the target)" if domain == cfg.nada.target else "")
+        # the target also split by the source image's background: is the text direction followed
+        # by real pairs from a dark background as much as from a light one?
+        subsets = [("", slice(None))] + ([(", dark background", dark), (", light background", ~dark)]
+                                          if domain == cfg.nada.target else [])
+        for suffix, which in subsets:
+            norm = delta[which].norm(dim=-1)
+            rows.append([label + suffix, f"{float(cos[which].mean()):.3f}", f"{float(cos[which].std()):.3f}",
+                         f"{float(norm.mean()):.3f}", f"{float(norm.std()):.3f}"])
     return (f"The toy CLIP on {n} real renders in each domain (same attributes and jitter), against NADA's text "
             f"direction {cfg.nada.source} -> {cfg.nada.target}\n\n"
             + table(["image pairs", "mean cos(ΔI, ΔT)", "sd", "mean abs(ΔI) (unit embeddings)", "sd"], rows))
@@ -252,6 +296,14 @@ def pixels_table(cfg) -> str:
     light = border_brightness(sets["frozen generator"]) > 0.6
     sets["adapted, from a dark background"] = sets["adapted generator"][~light]
     sets["adapted, from a light background"] = sets["adapted generator"][light]
+    # how far each adapted sample went along the CLIP's text direction from its frozen sample
+    guide = load_guide(str(cfg.nada.clip_models[0]))
+    with torch.no_grad():
+        delta = (guide.image_embeddings(unit_range(sets["adapted generator"]))
+                 - guide.image_embeddings(unit_range(sets["frozen generator"])))
+    cos = ((delta @ nada_quality.text_direction(cfg, guide)) / delta.norm(dim=-1).clamp_min(1e-6)).numpy()
+    along = {"adapted generator": cos, "adapted, from a dark background": cos[~light],
+             "adapted, from a light background": cos[light]}
     sets["real photos (test)"] = toyworld.load_split(cfg, "test")["images"]
     domains = toyworld.load_split(cfg, "domains_test")
     for i, name in enumerate(cfg.toyworld.domains):
@@ -262,12 +314,49 @@ def pixels_table(cfg) -> str:
     for name, images in sets.items():
         read = dc.predict(model, images)
         rows.append([name, len(images), *(f"{v:.3f}" for v in pixel_stats(images).values()),
+                     f"{float(along[name].mean()):.3f}" if name in along else "",
                      *(f"{float((read == i).mean()):.3f}" for i in range(len(names)))])
     return (f"Pixels of the adapted generator ({folder}) against real images (border = the 2-pixel frame, light "
             "border = its mean > 0.6, near-white = every channel > 0.8, coloured = max - min channel > 0.35; "
             "'from a dark/light background': the adapted samples whose frozen sample of the same noise has a "
-            f"dark/light border), and the share of each the domain classifier ({origin}) reads as each domain\n\n"
-            + table(["images", "n", *PIXEL_STATS, *(f"read: {d}" for d in names)], rows))
+            f"dark/light border; cos(dI, dT): of the adapted sample's CLIP embedding minus the frozen one's with NADA's "
+            f"text direction), and the share of each the domain classifier ({origin}) reads as each domain\n\n"
+            + table(["images", "n", *PIXEL_STATS, "cos(dI, dT)", *(f"read: {d}" for d in names)], rows))
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """The rows of the first markdown table in ``path`` (a saved output of this script), as dicts."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
+    if len(lines) < 2:
+        raise SystemExit(f"nada_checks: {path}: no markdown table (save the output of --pixels there)")
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split(" | ")))) for line in lines[2:]]
+
+
+def pixel_summary(pairs: list[str]) -> str:
+    """``--pixels`` tables of several runs (``VARIANT=FILE``, one file a seed) side by side: per
+    variant and row, n summed over files and each other column's mean ± 95 % t-interval over them."""
+    import polars as pl
+
+    from synrep.tables import markdown_table, mean_ci
+
+    rows = []
+    for pair in pairs:
+        variant, sep, file = pair.partition("=")
+        if not sep or not Path(file).is_file():
+            raise SystemExit(f"nada_checks: {pair!r}: expected VARIANT=FILE, FILE the saved output of --pixels")
+        rows += [{"variant": variant, "file": file, **row} for row in read_table(Path(file))]
+    df = pl.DataFrame(rows)
+    columns = [c for c in df.columns if c not in ("variant", "file", "images", "n")]
+    df = df.with_columns(pl.col("n").cast(pl.Int64),
+                         *(pl.col(c).replace("", None).cast(pl.Float64) for c in columns))
+    keys = ["variant", "images"]
+    out = df.group_by(keys, maintain_order=True).agg(pl.len().alias("runs"), pl.col("n").sum())
+    for column in columns:
+        out = out.join(mean_ci(df, keys, column).select(*keys, pl.col("cell").alias(column)), on=keys, how="left",
+                       maintain_order="left")
+    return ("Pixels over runs (mean ± 95 % t-interval over the files of each variant; n: images summed)\n\n"
+            + markdown_table(out))
 
 
 def main(argv: list[str]) -> None:
@@ -279,7 +368,14 @@ def main(argv: list[str]) -> None:
                         help="only the adapted generator in nada.output_dir on inverted held-out photos (5.)")
     parser.add_argument("--pixels", action="store_true",
                         help="only the adapted generator in nada.output_dir against real images, in pixels (6.)")
+    parser.add_argument("--background", action="store_true",
+                        help="only where the frozen chain settles the background (7.)")
+    parser.add_argument("--pixel-summary", nargs="+", metavar="VARIANT=FILE",
+                        help="only the saved --pixels tables of several runs, per variant over its runs")
     args, overrides = parser.parse_known_args(argv)
+    if args.pixel_summary:
+        print(pixel_summary(args.pixel_summary))
+        return
     cfg = load_config(overrides)
     torch.set_num_threads(cfg.threads)
     print(f"# scripts/nada_checks.py, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
@@ -289,6 +385,12 @@ def main(argv: list[str]) -> None:
         return
     if args.pixels:
         print(pixels_table(cfg))
+        return
+    if args.background:
+        pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)
+        pipe.unet.eval()
+        captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+        print(background_table(cfg, pipe, captions, args.n))
         return
     if not args.clip_only:
         pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)

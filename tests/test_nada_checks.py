@@ -41,3 +41,33 @@ def test_pixel_stats_read_the_backgrounds_and_paint_the_world_draws(make_cfg):
         assert drawing["near-white"] > 0.6 > photo["near-white"]
         # an outline carries less paint than the filled object
         assert drawing["coloured"] < photo["coloured"]
+
+
+def test_the_background_table_ends_where_the_last_steps_x0_is_the_sample(make_cfg, small_world, tiny_toy_pipeline_dir):
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+
+    checks = load_script()
+    cfg = make_cfg(f"nada.generator={tiny_toy_pipeline_dir}", "nada.ddim_steps=4", base=small_world)
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    rows = [line.split(" | ") for line in checks.background_table(cfg, pipe, captions, 16).splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r[0].strip("| ")) for r in rows] == [int(t) for t in checks.nada.ddim_scheduler(pipe, 4).timesteps]
+    # DDIM's last step (ᾱ_prev = 1) returns its clamped x̂0: that row reads the final sample itself
+    last = rows[-1]
+    assert last[3] == "1.000" and last[4] == "0.000" and last[5].strip(" |") == "1.000"
+    assert [r[2] for r in rows] == ["frozen", "adapted", "adapted", "adapted"]
+
+
+def test_the_pixel_summary_averages_saved_tables_over_runs_with_a_t_interval(tmp_path):
+    checks = load_script()
+    header = "| images | n | border brightness | cos(dI, dT) |\n| --- | --- | --- | --- |\n"
+    for seed, (n, border, cos) in enumerate([(30, 0.2, 0.4), (34, 0.4, 0.6)]):
+        (tmp_path / f"s{seed}.txt").write_text(f"# machine line\n\n{header}| frozen | 64 | 0.5 |  |\n"
+                                               f"| adapted, dark | {n} | {border} | {cos} |\n")
+    out = checks.pixel_summary([f"study={tmp_path / 's0.txt'}", f"study={tmp_path / 's1.txt'}"])
+    row = next(line for line in out.splitlines() if "adapted, dark" in line).split(" | ")
+    # two runs: half-width t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.1414 / 1.414 = 1.271
+    assert row[2:] == ["2", "64", "0.300 ± 1.271", "0.500 ± 1.271 |"]
+    frozen = next(line for line in out.splitlines() if "| frozen |" in line).split(" | ")
+    assert frozen[4] == "0.500 ± 0.000" and frozen[5].strip(" |") == ""
