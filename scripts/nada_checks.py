@@ -61,6 +61,14 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def x0_estimate(scheduler, output: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
+    """x̂0 before the scheduler's clamp, from the UNet's (guided) output at x_t: epsilon or v."""
+    a = scheduler.alphas_cumprod[int(t)]
+    if scheduler.config.prediction_type == "v_prediction":
+        return a.sqrt() * x - (1 - a).sqrt() * output
+    return (x - (1 - a).sqrt() * output) / a.sqrt()
+
+
 def chain_table(cfg, pipe, captions, n: int) -> str:
     scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
     t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
@@ -74,7 +82,7 @@ def chain_table(cfg, pipe, captions, n: int) -> str:
             eps = guided_noise(*pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=states,
                                           class_labels=pooled).sample.chunk(2), cfg.nada.guidance_scale)
             a = scheduler.alphas_cumprod[int(t)]
-            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            x0 = x0_estimate(scheduler, eps, x, t)
             rows.append([int(t), f"{float(a):.3g}", f"{float(a.rsqrt()):.3g}", f"{float(x0.abs().median()):.3g}",
                          f"{float((x0.abs() > 1).float().mean()):.3f}", "frozen" if int(t) > t0 else "adapted"])
             x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
@@ -100,8 +108,7 @@ def background_table(cfg, pipe, captions, n: int) -> str:
         for t in scheduler.timesteps:
             eps = guided_noise(*pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=states,
                                           class_labels=pooled).sample.chunk(2), cfg.nada.guidance_scale)
-            a = scheduler.alphas_cumprod[int(t)]
-            x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+            x0 = x0_estimate(scheduler, eps, x, t).clamp(-1, 1)
             borders.append(border_brightness(np.asarray(nada.to_unit(x0).permute(0, 2, 3, 1) * 255)))
             times.append(int(t))
             x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]

@@ -116,3 +116,37 @@ def test_training_rejects_mismatched_image_size(make_cfg, small_world):
     cfg = make_cfg(f"paths.data_dir={small_world}/data", *TINY_GENERATOR, "toy_generator.model.sample_size=32")
     with pytest.raises(ValueError, match="toy_generator.model.sample_size"):
         train.run(cfg)
+
+
+ZERO_SNR = ["toy_generator.model.prediction_type=v_prediction", "toy_generator.model.rescale_betas_zero_snr=true",
+            "toy_generator.snr_gamma=null"]
+
+
+def test_a_zero_terminal_snr_generator_has_an_x0_estimate_at_its_first_step(make_cfg):
+    """With zero terminal SNR and v-prediction, t = 999 is pure noise (ᾱ = 0) and DDIM's x̂0 there is
+    -v, bounded, where the epsilon generator's x̂0 multiplies the noise by 1/√ᾱ ≈ 2e4."""
+    from synrep.recipes import toy_generator as train
+
+    eps_pipe = train.build_pipeline(make_cfg(*TINY_GENERATOR))
+    v_pipe = train.build_pipeline(make_cfg(*TINY_GENERATOR, *ZERO_SNR))
+    assert float(v_pipe.scheduler.alphas_cumprod[-1]) == 0.0 < float(eps_pipe.scheduler.alphas_cumprod[-1]) < 1e-8
+    x, out = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(0)).unbind(0)
+    x, out = x[None], 0.1 * out[None]
+    for pipe in (eps_pipe, v_pipe):
+        pipe.scheduler.set_timesteps(4)
+        assert int(pipe.scheduler.timesteps[0]) == 999
+    v_step = v_pipe.scheduler.step(out, 999, x, eta=0.0)
+    assert torch.allclose(v_step.pred_original_sample, -out)
+    eps_x0 = (x - (1 - eps_pipe.scheduler.alphas_cumprod[-1]).sqrt() * out) / eps_pipe.scheduler.alphas_cumprod[-1].sqrt()
+    assert eps_x0.abs().median() > 1e3
+
+
+def test_zero_terminal_snr_asks_for_v_prediction_and_an_unweighted_loss(make_cfg):
+    from synrep.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config key 'toy_generator.model.rescale_betas_zero_snr': zero terminal "
+                                          r"SNR needs toy_generator.model.prediction_type v_prediction"):
+        make_cfg("toy_generator.model.rescale_betas_zero_snr=true")
+    with pytest.raises(ConfigError, match=r"config key 'toy_generator.snr_gamma': min-SNR weighting gives the "
+                                          r"zero-SNR step weight 0"):
+        make_cfg("toy_generator.model.rescale_betas_zero_snr=true", "toy_generator.model.prediction_type=v_prediction")

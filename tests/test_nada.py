@@ -457,3 +457,35 @@ def test_code_scores_ask_for_module_units_and_enough_of_them(small_world, tiny_t
     with pytest.raises(ConfigError, match=rf"config key 'nada.k': {coded + 1} units asked, layer_score codes scores "
                                           rf"the {coded} that read a conditioning input"):
         nada.train(cfg, pipe, [load_guide(str(tiny_clip_dir))], captions, progress=False)
+
+
+def test_nada_trains_every_step_of_a_zero_terminal_snr_generator_and_inverts_only_epsilon_ones(
+        small_world, tiny_clip_dir, tmp_path):
+    """min_alpha_bar 0 gives the adapted UNet every step, t = 999 included, which a zero-terminal-SNR
+    v-prediction generator defines (x̂0 = -v there); DDIM inversion is written for epsilon."""
+    from synrep.config import load_config
+    from synrep.data import toyworld
+    from synrep.diffusion.clip_guidance import load_guide
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.recipes import nada
+    from synrep.recipes.toy_generator import build_pipeline
+    from synrep.settings import ConfigError
+    from tests.conftest import TINY_GENERATOR
+    from tests.test_generator import ZERO_SNR
+
+    torch.set_num_threads(1)
+    folder = tmp_path / "zero_snr"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        build_pipeline(load_config(tmp_overrides(small_world, *TINY_GENERATOR, *ZERO_SNR))).save_pretrained(folder)
+    cfg = load_config(nada_overrides(small_world, folder, tiny_clip_dir, "nada.min_alpha_bar=0", "nada.steps=2"))
+    pipe = ToyGlidePipeline.from_pretrained(folder)
+    captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    _, summary = nada.train(cfg, pipe, [load_guide(str(tiny_clip_dir))], captions, progress=False)
+    assert summary["frozen_timesteps"] == [] and summary["trained_timesteps"][0] == 999
+    assert all(np.isfinite(row["loss"]) for row in summary["curve"])
+    photos = toyworld.load_split(cfg, "train")["images"]
+    with pytest.raises(ConfigError, match=r"config key 'nada.start': inversion inverts an epsilon-prediction "
+                                          r"generator; .* predicts v_prediction"):
+        nada.train(load_config(nada_overrides(small_world, folder, tiny_clip_dir, "nada.start=inversion")), pipe,
+                   [load_guide(str(tiny_clip_dir))], captions, progress=False, photos=photos)

@@ -188,6 +188,11 @@ def ddim_invert(unet: nn.Module, scheduler, x0: torch.Tensor, cond, uncond, w: f
     return x
 
 
+def frozen_prediction(pipe: ToyGlidePipeline) -> str:
+    """What the generator's UNet predicts (its scheduler's prediction_type)."""
+    return pipe.scheduler.config.get("prediction_type", "epsilon")
+
+
 def inversion_pool(rng: np.random.Generator, rows: int, count: int) -> np.ndarray:
     """The sorted rows of the photos ``nada.start: inversion`` trains from (the first draw of the
     training's generator, seeded by ``nada.seed``)."""
@@ -282,6 +287,9 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
     shape = (n.batch_size, frozen.config.in_channels, frozen.config.sample_size, frozen.config.sample_size)
 
     if n.start == "inversion":
+        if frozen_prediction(pipe) != "epsilon":
+            raise ConfigError(f"config key 'nada.start': inversion inverts an epsilon-prediction generator; "
+                              f"{n.generator} predicts {frozen_prediction(pipe)}")
         if photos is None or len(photos) != len(captions):
             raise ValueError("nada.start: inversion needs the captions' real photos, row for row")
         # DiffusionCLIP's precomputed latents: a fixed set of photos, each inverted once

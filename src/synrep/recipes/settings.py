@@ -20,6 +20,7 @@ LAYER_UNITS = ("module", "block")
 LAYER_SCORES = ("weights", "codes")
 LOSSES = ("directional", "global")
 NADA_STARTS = ("noise", "inversion")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass
@@ -38,6 +39,11 @@ class ToyGeneratorModelConfig:
     max_caption_tokens: int = setting(16, "Longest caption in tokens (the text encoder's positions)")
     num_train_timesteps: int = setting(1000, "Diffusion timesteps of the noise schedule")
     beta_schedule: str = setting("squaredcos_cap_v2", "The noise schedule (a diffusers beta_schedule)")
+    prediction_type: str = setting("epsilon", "What the UNet predicts: epsilon (GLIDE) | v_prediction",
+                                   choices=PREDICTION_TYPES)
+    rescale_betas_zero_snr: bool = setting(
+        False, "Zero terminal SNR (Lin et al. 2024, diffusers' rescale_betas_zero_snr): the last timestep is pure "
+        "noise, so x0-hat is defined there (with v_prediction; snr_gamma null)")
 
 
 @recipe("train_generator", section="toy_generator", run="synrep.recipes.toy_generator:run",
@@ -89,6 +95,19 @@ class ToyInpaintConfig:
     dilate: int = setting(1, "Pixels the object's mask grows by (its anti-aliased edge goes with it)")
     seed: int = setting(0, "Seed of initialisation and training")
     log_every: int = setting(100, "Steps between two logged losses")
+
+
+@section_check(ToyGeneratorConfig)
+def check_zero_terminal_snr(section: DictConfig, key: str, cfg: DictConfig) -> None:
+    """At zero terminal SNR the last step's noise is the image's whole input: epsilon is then
+    undefined as a target, and min-SNR-gamma weights that step 0 (min(SNR, gamma) / (SNR + 1))."""
+    m = section.model
+    if m.rescale_betas_zero_snr and m.prediction_type != "v_prediction":
+        raise ConfigError(f"config key '{key}.model.rescale_betas_zero_snr': zero terminal SNR needs "
+                          f"{key}.model.prediction_type v_prediction, not {m.prediction_type!r}")
+    if m.rescale_betas_zero_snr and section.snr_gamma is not None:
+        raise ConfigError(f"config key '{key}.snr_gamma': min-SNR weighting gives the zero-SNR step weight 0; "
+                          f"set it to null with {key}.model.rescale_betas_zero_snr")
 
 
 @section_check(ToyInpaintConfig)

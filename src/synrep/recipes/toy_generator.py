@@ -61,7 +61,8 @@ def build_pipeline(cfg: DictConfig) -> ToyGlidePipeline:
     scheduler = DDIMScheduler(
         num_train_timesteps=m.num_train_timesteps,
         beta_schedule=m.beta_schedule,
-        prediction_type="epsilon",
+        prediction_type=m.prediction_type,
+        rescale_betas_zero_snr=m.rescale_betas_zero_snr,
         clip_sample=True,
         timestep_spacing="trailing",
         set_alpha_to_one=True,
