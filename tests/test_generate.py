@@ -247,6 +247,28 @@ def test_dpmsolver_clamps_x0_like_the_ddim_config_it_comes_from(tiny_toy_pipelin
     assert not make_scheduler("dpmsolver", sd).config.thresholding
 
 
+def test_a_zero_terminal_snr_model_keeps_its_schedule_under_each_sampler_or_is_refused(tiny_toy_pipeline_dir):
+    import json
+
+    import torch
+
+    from synrep.settings import InputError
+
+    config = {**json.loads((tiny_toy_pipeline_dir / "scheduler" / "scheduler_config.json").read_text()),
+              "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
+    trained = make_scheduler("ddim", config).alphas_cumprod
+    assert float(trained[-1]) == 0.0
+    for sampler in ("ddpm", "dpmsolver", "euler"):
+        scheduler = make_scheduler(sampler, config)
+        assert scheduler.config.prediction_type == "v_prediction"
+        # DPM-Solver and Euler keep the zero-SNR schedule, with the last ᾱ nudged off 0 (2^-24) as diffusers does
+        assert torch.allclose(scheduler.alphas_cumprod[:-1], trained[:-1]), sampler
+        assert float(scheduler.alphas_cumprod[-1]) <= 2.0 ** -24, sampler
+    with pytest.raises(InputError, match=r"sampler 'pndm': PNDMScheduler has no zero-terminal-SNR schedule.*use one "
+                                         r"of ddim, ddpm, dpmsolver, euler"):
+        make_scheduler("pndm", config)
+
+
 def test_first_captions_own_prompts_and_a_union_of_sources(make_cfg, small_world, tiny_toy_pipeline_dir, tmp_path):
     """sources.<name>.captions takes the first N captions, .prompts a file of its own, and mode union
     joins sources' shards into one data set (its index lists theirs; training reads them as one)."""

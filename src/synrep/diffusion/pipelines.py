@@ -237,6 +237,11 @@ def make_scheduler(sampler: str, config: dict):
 
     scheduler_cls = getattr(diffusers, SAMPLERS[sampler])
     params = inspect.signature(scheduler_cls.__init__).parameters
+    if config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in params:
+        able = [name for name, cls in SAMPLERS.items()
+                if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, cls).__init__).parameters]
+        raise InputError(f"sampler {sampler!r}: {SAMPLERS[sampler]} has no zero-terminal-SNR schedule, which this "
+                         f"model was trained with (rescale_betas_zero_snr); use one of {', '.join(able)}")
     extra = {}
     if config.get("clip_sample") and "clip_sample" not in params and "thresholding" in params:
         extra = {"thresholding": True, "dynamic_thresholding_ratio": 1.0,

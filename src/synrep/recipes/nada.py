@@ -23,8 +23,11 @@ differentiates there: its trained chain starts at t0 = 500 of a linear schedule,
 same ᾱ here is t = 817, so the default trains the steps at 749, 499 and 249 and the frozen UNet
 takes t = 999. By default x_t0 is not a DDIM-inverted real photo as in DiffusionCLIP: NADA is
 text-only, and a sampler of the adapted generator starts from noise (``nada.start: inversion``
-trains from inverted photos instead, DiffusionCLIP's way, with ``ddim_invert``). Not a zero-terminal-SNR v-prediction scheduler: that is a
-new base generator, and the default run's images must stay those of the shipped one.
+trains from inverted photos instead, DiffusionCLIP's way, with ``ddim_invert``). The shipped
+generator is not a zero-terminal-SNR v-prediction one (the default run's images must stay its
+images); a generator trained with ``toy_generator.model.rescale_betas_zero_snr`` and
+``prediction_type: v_prediction`` defines x̂0 = −v at t = 999, and with ``nada.min_alpha_bar`` 0
+the adapted UNet takes every step of its chain (docs/nada.md compares both).
 
 The saved generator samples the same way: ``ToyGlideAdaptedPipeline`` carries both UNets and
 ``adapted_from`` (the largest t with ᾱ_t ≥ ``nada.min_alpha_bar``) and uses the frozen UNet above
