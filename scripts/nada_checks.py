@@ -69,23 +69,32 @@ def x0_estimate(scheduler, output: torch.Tensor, x: torch.Tensor, t) -> torch.Te
     return (x - (1 - a).sqrt() * output) / a.sqrt()
 
 
-def chain_table(cfg, pipe, captions, n: int) -> str:
+def frozen_chain(cfg, pipe, captions, n: int, seed: int) -> tuple[list[tuple[int, torch.Tensor]], torch.Tensor]:
+    """The frozen generator's DDIM chain of ``nada.ddim_steps`` steps at ``nada.guidance_scale`` from
+    seeded noise, on the first ``n`` captions: ([(t, x̂0 before clamping)] per step, the final sample)."""
     scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
-    t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn((n, 3, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=gen)
     cond, uncond = pipe.encode_batch(captions[:n], 1, True)
     states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
-    rows = []
+    steps = []
     with torch.no_grad():
         for t in scheduler.timesteps:
-            eps = guided_noise(*pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=states,
+            out = guided_noise(*pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=states,
                                           class_labels=pooled).sample.chunk(2), cfg.nada.guidance_scale)
-            a = scheduler.alphas_cumprod[int(t)]
-            x0 = x0_estimate(scheduler, eps, x, t)
-            rows.append([int(t), f"{float(a):.3g}", f"{float(a.rsqrt()):.3g}", f"{float(x0.abs().median()):.3g}",
-                         f"{float((x0.abs() > 1).float().mean()):.3f}", "frozen" if int(t) > t0 else "adapted"])
-            x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
+            steps.append((int(t), x0_estimate(scheduler, out, x, t)))
+            x = scheduler.step(out, t, x, eta=0.0, return_dict=False)[0]
+    return steps, x
+
+
+def chain_table(cfg, pipe, captions, n: int) -> str:
+    scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
+    t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
+    rows = []
+    for t, x0 in frozen_chain(cfg, pipe, captions, n, seed=0)[0]:
+        a = scheduler.alphas_cumprod[t]
+        rows.append([t, f"{float(a):.3g}", f"{float(a.rsqrt()):.3g}", f"{float(x0.abs().median()):.3g}",
+                     f"{float((x0.abs() > 1).float().mean()):.3f}", "frozen" if t > t0 else "adapted"])
     return (f"DDIM chain, {cfg.nada.ddim_steps} steps, w = {cfg.nada.guidance_scale:g}, {n} train captions; "
             f"nada.min_alpha_bar = {cfg.nada.min_alpha_bar:g}: the adapted UNet at t <= {t0}\n\n"
             + table(["t", "ᾱ_t", "1/√ᾱ_t", "median abs(x̂0) before clamping", "share clamped", "UNet"], rows))
@@ -99,20 +108,13 @@ def background_table(cfg, pipe, captions, n: int) -> str:
     background only from its first step on; what x_t already fixes, it must undo."""
     scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
     t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn((n, 3, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=gen)
-    cond, uncond = pipe.encode_batch(captions[:n], 1, True)
-    states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
-    borders, times = [], []
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            eps = guided_noise(*pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=states,
-                                          class_labels=pooled).sample.chunk(2), cfg.nada.guidance_scale)
-            x0 = x0_estimate(scheduler, eps, x, t).clamp(-1, 1)
-            borders.append(border_brightness(np.asarray(nada.to_unit(x0).permute(0, 2, 3, 1) * 255)))
-            times.append(int(t))
-            x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
-    final = border_brightness(np.asarray(nada.to_unit(x).permute(0, 2, 3, 1) * 255))
+    steps, x = frozen_chain(cfg, pipe, captions, n, seed=2)
+
+    def border(images: torch.Tensor) -> np.ndarray:
+        return border_brightness(np.asarray(nada.to_unit(images).permute(0, 2, 3, 1) * 255))
+
+    final = border(x)
+    times, borders = [t for t, _ in steps], [border(x0.clamp(-1, 1)) for _, x0 in steps]
     rows = []
     for t, border in zip(times, borders):
         a = float(scheduler.alphas_cumprod[t])
