@@ -225,6 +225,9 @@ def inverted_photos_table(cfg, n: int) -> str:
 
     folder = Path(cfg.nada.output_dir) / "generator"
     pipe = nada.ToyGlideAdaptedPipeline.from_pretrained(folder)
+    if nada.frozen_prediction(pipe) != "epsilon":
+        raise SystemExit(f"nada_checks --inverted-photos: {folder} predicts {nada.frozen_prediction(pipe)}; "
+                         "the DDIM inversion here is written for epsilon")
     split = toyworld.load_split(cfg, "train")
     trained_from = nada.inversion_pool(np.random.default_rng(cfg.nada.seed), len(split["captions"]),
                                        cfg.nada.inversion_images)
