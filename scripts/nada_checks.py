@@ -116,10 +116,10 @@ def background_table(cfg, pipe, captions, n: int) -> str:
     final = border(x)
     times, borders = [t for t, _ in steps], [border(x0.clamp(-1, 1)) for _, x0 in steps]
     rows = []
-    for t, border in zip(times, borders):
+    for t, at_t in zip(times, borders):
         a = float(scheduler.alphas_cumprod[t])
-        rows.append([t, f"{a:.3g}", "frozen" if t > t0 else "adapted", f"{np.corrcoef(border, final)[0, 1]:.3f}",
-                     f"{float(np.abs(border - final).mean()):.3f}", f"{float(((border > 0.45) == (final > 0.45)).mean()):.3f}"])
+        rows.append([t, f"{a:.3g}", "frozen" if t > t0 else "adapted", f"{np.corrcoef(at_t, final)[0, 1]:.3f}",
+                     f"{float(np.abs(at_t - final).mean()):.3f}", f"{float(((at_t > 0.45) == (final > 0.45)).mean()):.3f}"])
     return (f"Where the frozen DDIM chain ({cfg.nada.ddim_steps} steps, w = {cfg.nada.guidance_scale:g}, {n} train "
             f"captions) settles the background: the border brightness of x̂0 at each step against the final "
             f"sample's (share light at the end: {float((final > 0.45).mean()):.3f}); nada.min_alpha_bar = "

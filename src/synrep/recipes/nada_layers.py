@@ -38,12 +38,26 @@ def select_layers(unet: nn.Module, units: list[str], k: int, sample, guides: lis
                   lr: float, unit: str = "module", score: str = "weights") -> tuple[list[str], dict[str, float]]:
     """(the k chosen unit names, best first; every unit's score): NADA's ``determine_opt_layers`` on
     a UNet, SGD steps of the global loss toward the target text (summed over ``guides``: (CLIP,
-    weight, its unit target text embedding)). ``score`` weights: a copy of ``unet`` takes ``iters``
-    steps on all its units' weights, a unit's score is its relative movement ‖Δθ‖ / ‖θ‖; codes:
-    ``code_scores``. ``sample(unet)``: images in [0, 1] from that step's noises and captions."""
+    weight, its unit target text embedding)), scored by ``weight_scores`` or ``code_scores``.
+    ``sample(unet)``: images in [0, 1] from that step's noises and captions."""
     if score == "codes":
-        scores = code_scores(unet, {name: layer_units(unet, unit)[name] for name in units}, sample, guides, iters, lr)
-        return sorted(units, key=lambda name: -scores[name])[:k], scores
+        all_units = layer_units(unet, unit)
+        scores = code_scores(unet, {name: all_units[name] for name in units}, sample, guides, iters, lr)
+    else:
+        scores = weight_scores(unet, units, unit, sample, guides, iters, lr)
+    return sorted(units, key=lambda name: -scores[name])[:k], scores
+
+
+def guided_global_loss(images: torch.Tensor, guides: list[tuple]) -> torch.Tensor:
+    """The layer choice's loss: the global CLIP loss toward the target text, summed over ``guides``."""
+    return weighted_sum([(weight, global_loss(guide.image_embeddings(images), target))
+                         for guide, weight, target in guides])
+
+
+def weight_scores(unet: nn.Module, units: list[str], unit: str, sample, guides: list[tuple], iters: int,
+                  lr: float) -> dict[str, float]:
+    """A throw-away copy of ``unet`` takes ``iters`` SGD steps on all the named ``units``' weights
+    (``layer_units(unet, unit)`` names); a unit's score is its relative movement ‖Δθ‖ / ‖θ‖."""
     trial = copy.deepcopy(unet)
     trial_units = layer_units(trial, unit)
     set_trainable(trial, trial_units, units)
@@ -51,9 +65,7 @@ def select_layers(unet: nn.Module, units: list[str], k: int, sample, guides: lis
     before = {name: [p.detach().clone() for p in trial_units[name].parameters()] for name in units}
     optimizer = torch.optim.SGD(params, lr=lr)
     for _ in range(iters):
-        images = sample(trial)
-        loss = weighted_sum([(weight, global_loss(guide.image_embeddings(images), target))
-                             for guide, weight, target in guides])
+        loss = guided_global_loss(sample(trial), guides)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -62,8 +74,7 @@ def select_layers(unet: nn.Module, units: list[str], k: int, sample, guides: lis
         moved = sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(trial_units[name].parameters(), before[name]))
         size = sum(float(b.pow(2).sum()) for b in before[name])
         scores[name] = (moved / max(size, 1e-12)) ** 0.5
-    chosen = sorted(units, key=lambda name: -scores[name])[:k]
-    return chosen, scores
+    return scores
 
 
 def conditioned(module: nn.Module) -> str | None:
@@ -99,18 +110,12 @@ def code_scores(unet: nn.Module, units: dict[str, nn.Module], sample, guides: li
         return lambda module, args, kwargs: (args, {**kwargs, "encoder_hidden_states":
                                                     own(name, kwargs["encoder_hidden_states"])})
 
-    hooks = []
-    for name, module in units.items():
-        if conditioned(module) == "resnet":
-            hooks.append(module.register_forward_pre_hook(resnet_hook(name), with_kwargs=True))
-        elif conditioned(module) == "attention":
-            hooks.append(module.register_forward_pre_hook(attention_hook(name), with_kwargs=True))
+    hook_of = {"resnet": resnet_hook, "attention": attention_hook}
+    hooks = [module.register_forward_pre_hook(hook_of[kind](name), with_kwargs=True)
+             for name, module in units.items() if (kind := conditioned(module))]
     try:
         for _ in range(iters):
-            images = sample(unet)
-            loss = weighted_sum([(weight, global_loss(guide.image_embeddings(images), target))
-                                 for guide, weight, target in guides])
-            grads = torch.autograd.grad(loss, list(codes.values()))
+            grads = torch.autograd.grad(guided_global_loss(sample(unet), guides), list(codes.values()))
             with torch.no_grad():
                 for code, grad in zip(codes.values(), grads):
                     code -= lr * grad
