@@ -118,3 +118,17 @@ def test_min_alpha_bar_is_part_of_a_plain_clip_sources_identity(make_cfg, tiny_c
     assert default["min_alpha_bar"] == 1e-3 and every["min_alpha_bar"] == 0.0
     with pytest.raises(ConfigError, match=r"sources.c.guidance.min_alpha_bar"):
         make_cfg(*base, "sources.c.guidance.min_alpha_bar=1.5")
+
+
+def test_a_v_prediction_model_is_refused_in_one_line(tiny_toy_pipeline_dir, tiny_clip_dir):
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+    from synrep.settings import InputError
+
+    loaded = load_pipeline(str(tiny_toy_pipeline_dir), "ddim", device="cpu")
+    # a new pipeline around the same parts: the loaded one is cached and shared with other tests
+    scheduler = type(loaded.scheduler).from_config({**loaded.scheduler.config, "prediction_type": "v_prediction"})
+    pipe = ToyGlidePipeline(unet=loaded.unet, scheduler=scheduler, text_encoder=loaded.text_encoder,
+                            tokenizer=loaded.tokenizer)
+    with pytest.raises(InputError, match=r"^CLIP guidance reads the model's output as the noise \(epsilon\); this "
+                                         r"model predicts v_prediction$"):
+        clip_guided(pipe, load_guide(str(tiny_clip_dir)), PROMPTS, _generators(2), 3, 2.0, clip_scale=1.0)

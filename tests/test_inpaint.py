@@ -220,3 +220,16 @@ def test_the_models_own_image_before_the_replacement_is_its_last_clean_predictio
     assert np.abs(out[~masks].astype(int) - images[~masks]).max() <= 1
     kept = np.abs((np.clip(unreplaced, 0, 1) * 255).round()[~masks] - images[~masks])
     assert kept.mean() > 1
+
+
+def test_a_v_prediction_model_is_refused_where_inpainting_reads_its_output_as_noise(tiny_toy_pipeline_dir,
+                                                                                     small_world):
+    from synrep.settings import InputError
+
+    images, objects = _world_inputs(small_world)
+    pipe = _inpainting_toy(tiny_toy_pipeline_dir)
+    # a new scheduler: the loaded pipeline's own is shared with other tests (_inpainting_toy's pipeline is new)
+    pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, "prediction_type": "v_prediction"})
+    with pytest.raises(InputError, match=r"^inpainting with an inpainting UNet or return_unreplaced reads the "
+                                         r"model's output as the noise \(epsilon\); this model predicts v_prediction$"):
+        pipe(PROMPTS, image=images, mask_image=region_masks(objects, "background"), num_inference_steps=2)

@@ -187,12 +187,13 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     that gets, per step, t, ᾱ_t, whether it was guided and the change the guidance made to ε."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    from synrep.diffusion.toy.pipeline import guided_noise, step_kwargs
+    from synrep.diffusion.toy.pipeline import guided_noise, require_epsilon, step_kwargs
 
     scheduler = pipe.scheduler
     if type(scheduler).__name__ not in ALPHA_SAMPLERS:
         raise InputError(f"CLIP guidance needs a sampler that steps on alpha_t (ddim, ddpm, dpmsolver, pndm), "
                          f"not {type(scheduler).__name__}")
+    require_epsilon(scheduler, "CLIP guidance")
     model = adapter(pipe)
     noised = getattr(guide, "noised", False)
     if noised:

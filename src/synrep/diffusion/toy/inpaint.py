@@ -37,7 +37,7 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise, pixel_output, step_kwargs
+from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise, pixel_output, require_epsilon, step_kwargs
 from synrep.pixels import signed_range
 from synrep.settings import InputError
 
@@ -124,6 +124,8 @@ class ToyGlideInpaintPipeline(ToyGlidePipeline):
         if in_channels != 3 and sigma_based:
             raise InputError("inpainting with an inpainting UNet needs a sampler that steps on alpha_t "
                              "(ddim, ddpm, dpmsolver, pndm)")
+        if in_channels != 3 or return_unreplaced:  # both read the model's x̂0 from its noise prediction
+            require_epsilon(self.scheduler, "inpainting with an inpainting UNet or return_unreplaced")
         alphas = None if sigma_based else self.scheduler.alphas_cumprod.to(device=device, dtype=dtype)
         extra = step_kwargs(self.scheduler, eta, generator)
 
