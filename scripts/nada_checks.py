@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO / "src"))
 from synrep.config import load_config  # noqa: E402
 from synrep.data import toyworld  # noqa: E402
 from synrep.diffusion.clip_guidance import load_guide  # noqa: E402
+from synrep.diffusion.prediction import predicted_original, prediction_type  # noqa: E402
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise  # noqa: E402
 from synrep.pixels import signed_range, unit_range  # noqa: E402
 from synrep.recipes import nada, nada_layers, nada_loss  # noqa: E402
@@ -62,11 +63,8 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def x0_estimate(scheduler, output: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
-    """x̂0 before the scheduler's clamp, from the UNet's (guided) output at x_t: epsilon or v."""
-    a = scheduler.alphas_cumprod[int(t)]
-    if scheduler.config.prediction_type == "v_prediction":
-        return a.sqrt() * x - (1 - a).sqrt() * output
-    return (x - (1 - a).sqrt() * output) / a.sqrt()
+    """x̂0 before the scheduler's clamp, from the UNet's (guided) output at x_t."""
+    return predicted_original(prediction_type(scheduler), output, x, scheduler.alphas_cumprod[int(t)])
 
 
 def frozen_chain(cfg, pipe, captions, n: int, seed: int) -> tuple[list[tuple[int, torch.Tensor]], torch.Tensor]:
@@ -225,9 +223,6 @@ def inverted_photos_table(cfg, n: int) -> str:
 
     folder = Path(cfg.nada.output_dir) / "generator"
     pipe = nada.ToyGlideAdaptedPipeline.from_pretrained(folder)
-    if nada.frozen_prediction(pipe) != "epsilon":
-        raise SystemExit(f"nada_checks --inverted-photos: {folder} predicts {nada.frozen_prediction(pipe)}; "
-                         "the DDIM inversion here is written for epsilon")
     split = toyworld.load_split(cfg, "train")
     trained_from = nada.inversion_pool(np.random.default_rng(cfg.nada.seed), len(split["captions"]),
                                        cfg.nada.inversion_images)

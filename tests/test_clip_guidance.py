@@ -129,6 +129,6 @@ def test_a_v_prediction_model_is_refused_in_one_line(tiny_toy_pipeline_dir, tiny
     scheduler = type(loaded.scheduler).from_config({**loaded.scheduler.config, "prediction_type": "v_prediction"})
     pipe = ToyGlidePipeline(unet=loaded.unet, scheduler=scheduler, text_encoder=loaded.text_encoder,
                             tokenizer=loaded.tokenizer)
-    with pytest.raises(InputError, match=r"^CLIP guidance reads the model's output as the noise \(epsilon\); this "
+    with pytest.raises(InputError, match=r"^CLIP guidance shifts the model's noise prediction \(epsilon\); this "
                                          r"model predicts v_prediction$"):
         clip_guided(pipe, load_guide(str(tiny_clip_dir)), PROMPTS, _generators(2), 3, 2.0, clip_scale=1.0)

@@ -184,18 +184,25 @@ def test_edit_measure_reads_the_asked_attribute(small_world, make_cfg):
     assert psnr(a, b, keep)[0] == pytest.approx(100.0)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("inpainting_model", [False, True])
-def test_the_models_own_image_before_the_replacement_is_its_last_clean_prediction(inpainting_model,
+def test_the_models_own_image_before_the_replacement_is_its_last_clean_prediction(inpainting_model, prediction,
                                                                                   tiny_toy_pipeline_dir, small_world):
-    """With one step, the image before the kept region is copied in is x̂0 = (x_T - sqrt(1 - ᾱ) ε) / sqrt(ᾱ)
-    from the UNet's ε on the initial noise, computed here by hand; the recording pipeline samples
-    exactly the images that sample_images gives a source."""
+    """With one step, the image before the kept region is copied in is the UNet's x̂0 on the initial
+    noise, computed here by hand: (x_T - sqrt(1 - ᾱ) ε) / sqrt(ᾱ), or sqrt(ᾱ) x_T - sqrt(1 - ᾱ) v with
+    the same UNet read as a v-prediction model; the recording pipeline samples exactly the images
+    that sample_images gives a source, and GLIDE's replacement of x̂0 keeps the kept region either way."""
     from synrep.diffusion.toy.inpaint import RecordingInpaintPipeline, as_image_tensor
 
     images, objects = _world_inputs(small_world)
     masks = region_masks(objects, "object")
     base = _inpainting_toy(tiny_toy_pipeline_dir) if inpainting_model else load_pipeline(
         str(tiny_toy_pipeline_dir), "ddim", device="cpu")
+    # a new pipeline around the same parts, its own scheduler: the loaded pipeline is cached and shared
+    base = ToyGlideInpaintPipeline(unet=base.unet, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                   scheduler=type(base.scheduler).from_config(
+                                       {**base.scheduler.config, "prediction_type": prediction}))
+    base.set_progress_bar_config(disable=True)
     recording = RecordingInpaintPipeline.sharing(base)
     settings = dataclasses.replace(SETTINGS, steps=1)
     inputs = {"images": images, "masks": masks}
@@ -212,24 +219,15 @@ def test_the_models_own_image_before_the_replacement_is_its_last_clean_predictio
         model_in = torch.cat([x, mask, as_image_tensor(images, "cpu", torch.float32) * (1 - mask)], 1)
     states, pooled = recording.encode_batch(PROMPTS, 1, False)[0]
     with torch.no_grad():
-        eps = recording.unet(model_in, t, encoder_hidden_states=states, class_labels=pooled).sample
+        output = recording.unet(model_in, t, encoder_hidden_states=states, class_labels=pooled).sample
     alpha = scheduler.alphas_cumprod[t]
-    x0 = ((x - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1, 1)
+    if prediction == "epsilon":
+        x0 = (x - (1 - alpha).sqrt() * output) / alpha.sqrt()
+    else:
+        x0 = alpha.sqrt() * x - (1 - alpha).sqrt() * output
+    x0 = x0.clamp(-1, 1)
     np.testing.assert_allclose(unreplaced, ((x0 + 1) / 2).permute(0, 2, 3, 1).numpy(), atol=1e-5)
     # the output's kept region is the original; the model's own is not
     assert np.abs(out[~masks].astype(int) - images[~masks]).max() <= 1
     kept = np.abs((np.clip(unreplaced, 0, 1) * 255).round()[~masks] - images[~masks])
     assert kept.mean() > 1
-
-
-def test_a_v_prediction_model_is_refused_where_inpainting_reads_its_output_as_noise(tiny_toy_pipeline_dir,
-                                                                                     small_world):
-    from synrep.settings import InputError
-
-    images, objects = _world_inputs(small_world)
-    pipe = _inpainting_toy(tiny_toy_pipeline_dir)
-    # a new scheduler: the loaded pipeline's own is shared with other tests (_inpainting_toy's pipeline is new)
-    pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, "prediction_type": "v_prediction"})
-    with pytest.raises(InputError, match=r"^inpainting with an inpainting UNet or return_unreplaced reads the "
-                                         r"model's output as the noise \(epsilon\); this model predicts v_prediction$"):
-        pipe(PROMPTS, image=images, mask_image=region_masks(objects, "background"), num_inference_steps=2)

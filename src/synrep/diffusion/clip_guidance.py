@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from synrep.diffusion import noised_clip
 from synrep.diffusion.clip_model import load_clip
+from synrep.diffusion.prediction import predicted_original, prediction_type
 from synrep.settings import InputError
 
 ALPHA_SAMPLERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler")
@@ -187,13 +188,17 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     that gets, per step, t, ᾱ_t, whether it was guided and the change the guidance made to ε."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    from synrep.diffusion.toy.pipeline import guided_noise, require_epsilon, step_kwargs
+    from synrep.diffusion.toy.pipeline import guided_noise, step_kwargs
 
     scheduler = pipe.scheduler
     if type(scheduler).__name__ not in ALPHA_SAMPLERS:
         raise InputError(f"CLIP guidance needs a sampler that steps on alpha_t (ddim, ddpm, dpmsolver, pndm), "
                          f"not {type(scheduler).__name__}")
-    require_epsilon(scheduler, "CLIP guidance")
+    if prediction_type(scheduler) != "epsilon":
+        # GLIDE's guidance shifts ε by the CLIP gradient; a v model's output moves by that shift / √ᾱ,
+        # which has no value at a zero-SNR model's first step
+        raise InputError(f"CLIP guidance shifts the model's noise prediction (epsilon); this model predicts "
+                         f"{prediction_type(scheduler)}")
     model = adapter(pipe)
     noised = getattr(guide, "noised", False)
     if noised:
@@ -231,7 +236,7 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
                     score = guide.noised_similarity(x_in, t, text).sum()
                 else:
                     eps_cond = model.eps(scheduler.scale_model_input(x_in, t), t, cond)
-                    x0 = (x_in - (1 - alpha).sqrt() * eps_cond) / alpha.sqrt()
+                    x0 = predicted_original("epsilon", eps_cond, x_in, alpha)
                     image = (model.decode(x0).clamp(-1, 1) + 1) / 2
                     score = guide.similarity(image, text, cutouts, cut_rng).sum()
                 grad = torch.autograd.grad(score, x_in)[0]

@@ -90,6 +90,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from synrep.data import toy_vocabulary, toyworld
+from synrep.diffusion.prediction import predicted_noise, predicted_original, prediction_type
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise
 from synrep.fileio import atomic_dir, atomic_path, write_json
 from synrep.pixels import signed_range
@@ -149,8 +150,9 @@ def adapted_from(scheduler, min_alpha_bar: float) -> int:
 
 
 def noise_predictor(unet: nn.Module, cond, uncond, w: float):
-    """``eps(x, t)``: ``unet``'s noise prediction for ``x`` at ``t``, classifier-free guided at ``w``
-    (``uncond`` None: w = 1). ``cond`` / ``uncond``: (states, pooled) per image."""
+    """``eps(x, t)``: ``unet``'s output (ε, or v for a v-prediction model) for ``x`` at ``t``,
+    classifier-free guided at ``w`` (``uncond`` None: w = 1). ``cond`` / ``uncond``: (states, pooled)
+    per image."""
     if uncond is not None:
         states, pooled = torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
     else:
@@ -177,23 +179,21 @@ def ddim_invert(unet: nn.Module, scheduler, x0: torch.Tensor, cond, uncond, w: f
                 steps: int) -> torch.Tensor:
     """x at ``t_end`` from images ``x0`` in [-1, 1]: deterministic DDIM inversion (the DDIM update
     run forward in t, DiffusionCLIP's ``n_inv_step`` steps from 0 to t0), each step's noise predicted
-    at its start and guided at ``w`` as the chain that reconstructs it; no gradient."""
+    at its start and guided at ``w`` as the chain that reconstructs it, read as ε or v by the
+    scheduler's prediction type; no gradient."""
     alphas = scheduler.alphas_cumprod
+    prediction = prediction_type(scheduler)
     predict = noise_predictor(unet, cond, uncond, w)
     x = x0
     times = np.linspace(0, t_end, steps + 1).round().astype(int)
     with torch.no_grad():
         for t, t_next in zip(times[:-1], times[1:]):
-            eps = predict(x, int(t))
+            output = predict(x, int(t))
             a, a_next = alphas[t], alphas[t_next]
-            x0_hat = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            x0_hat = predicted_original(prediction, output, x, a)
+            eps = predicted_noise(prediction, output, x, a)
             x = a_next.sqrt() * x0_hat + (1 - a_next).sqrt() * eps
     return x
-
-
-def frozen_prediction(pipe: ToyGlidePipeline) -> str:
-    """What the generator's UNet predicts (its scheduler's prediction_type)."""
-    return pipe.scheduler.config.get("prediction_type", "epsilon")
 
 
 def inversion_pool(rng: np.random.Generator, rows: int, count: int) -> np.ndarray:
@@ -290,9 +290,6 @@ def train(cfg: DictConfig, pipe: ToyGlidePipeline, guides: list, captions: list[
     shape = (n.batch_size, frozen.config.in_channels, frozen.config.sample_size, frozen.config.sample_size)
 
     if n.start == "inversion":
-        if frozen_prediction(pipe) != "epsilon":
-            raise ConfigError(f"config key 'nada.start': inversion inverts an epsilon-prediction generator; "
-                              f"{n.generator} predicts {frozen_prediction(pipe)}")
         if photos is None or len(photos) != len(captions):
             raise ValueError("nada.start: inversion needs the captions' real photos, row for row")
         # DiffusionCLIP's precomputed latents: a fixed set of photos, each inverted once

@@ -13,15 +13,15 @@ guidance still works.
 ``mask_image`` (1 = regenerate), and two paths chosen by the UNet's input channels. With the
 extra channels the model sees the masked image, and, as GLIDE's inpainting sampler does (its
 ``denoised_fn``), the predicted clean image x̂0 is set to the original in the kept region at every
-step (the noise prediction is the one that implies that x̂0), so the kept pixels come out as they
-went in. With a plain 3-channel text-to-image UNet (the toy generator itself) it inpaints by
+step (the model's output, ε or v, is the one that implies that x̂0), so the kept pixels come out as
+they went in. With a plain 3-channel text-to-image UNet (the toy generator itself) it inpaints by
 replacement, as diffusers' pipeline does for a 4-channel SD UNet: after every step the kept
 region is reset to the original, noised to the next timestep.
 The pixel-space loop is written here because diffusers' inpainting pipelines are latent ones.
 
 Both paths copy the original into the kept region, so the output's kept pixels say nothing about
 the model. ``return_unreplaced=True`` also returns the model's own image before that copy: the
-clean image x̂0 it predicts at the last step from its (guided) noise prediction, before GLIDE's
+clean image x̂0 it predicts at the last step from its (guided) output, before GLIDE's
 substitution (inpainting UNet) or the reset to the original (replacement). Its kept region against
 the original is what the model would have kept (evaluation/inpaint_quality.py: ``psnr_kept_model``).
 
@@ -37,7 +37,8 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise, pixel_output, require_epsilon, step_kwargs
+from synrep.diffusion.prediction import output_for_original, predicted_original, prediction_type
+from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise, pixel_output, step_kwargs
 from synrep.pixels import signed_range
 from synrep.settings import InputError
 
@@ -63,13 +64,13 @@ def as_mask_tensor(masks, device, dtype) -> torch.Tensor:
     return (masks.float() >= 0.5).to(device=device, dtype=dtype)
 
 
-def known_x0_noise(eps: torch.Tensor, x: torch.Tensor, original: torch.Tensor, mask: torch.Tensor,
-                   alpha: torch.Tensor) -> torch.Tensor:
-    """The noise prediction whose implied clean image x̂0 = (x - sqrt(1 - a) eps) / sqrt(a) is the
-    original where ``mask`` is 0 and the model's own x̂0 where it is 1 (GLIDE's ``denoised_fn``)."""
-    x0 = (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+def known_x0_output(prediction: str, output: torch.Tensor, x: torch.Tensor, original: torch.Tensor,
+                    mask: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The UNet output (of its ``prediction`` type) whose implied clean image x̂0 is the original where
+    ``mask`` is 0 and the model's own x̂0 where it is 1 (GLIDE's ``denoised_fn``)."""
+    x0 = predicted_original(prediction, output, x, alpha)
     x0 = mask * x0 + (1 - mask) * original
-    return (x - alpha.sqrt() * x0) / (1 - alpha).sqrt()
+    return output_for_original(prediction, x0, x, alpha)
 
 
 class ToyGlideInpaintPipeline(ToyGlidePipeline):
@@ -124,8 +125,7 @@ class ToyGlideInpaintPipeline(ToyGlidePipeline):
         if in_channels != 3 and sigma_based:
             raise InputError("inpainting with an inpainting UNet needs a sampler that steps on alpha_t "
                              "(ddim, ddpm, dpmsolver, pndm)")
-        if in_channels != 3 or return_unreplaced:  # both read the model's x̂0 from its noise prediction
-            require_epsilon(self.scheduler, "inpainting with an inpainting UNet or return_unreplaced")
+        prediction = prediction_type(self.scheduler)
         alphas = None if sigma_based else self.scheduler.alphas_cumprod.to(device=device, dtype=dtype)
         extra = step_kwargs(self.scheduler, eta, generator)
 
@@ -133,14 +133,14 @@ class ToyGlideInpaintPipeline(ToyGlidePipeline):
             model_in = self.scheduler.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
             if in_channels != 3:
                 model_in = torch.cat([model_in, extra_in], dim=1)
-            eps = self.predict_noise(model_in, t, states, pooled)
+            output = self.predict_noise(model_in, t, states, pooled)  # ε, or v for a v-prediction model
             if use_cfg:
-                eps = guided_noise(*eps.chunk(2), guidance_scale, guidance_rescale)
+                output = guided_noise(*output.chunk(2), guidance_scale, guidance_rescale)
             if return_unreplaced and i == len(timesteps) - 1:
-                unreplaced = self._predicted_x0(eps, x, t)
+                unreplaced = self._predicted_x0(prediction, output, x, t)
             if in_channels != 3:
-                eps = known_x0_noise(eps, x, original, mask, alphas[t])
-            x = self.scheduler.step(eps, t, x, **extra, return_dict=False)[0]
+                output = known_x0_output(prediction, output, x, original, mask, alphas[t])
+            x = self.scheduler.step(output, t, x, **extra, return_dict=False)[0]
             if in_channels == 3:
                 known = original
                 if i < len(timesteps) - 1:
@@ -155,12 +155,12 @@ class ToyGlideInpaintPipeline(ToyGlidePipeline):
             return InpaintPipelineOutput(images=output.images, unreplaced=unreplaced)
         return (*output, unreplaced)
 
-    def _predicted_x0(self, eps: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
-        """x̂0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t) at step t (the sampler's ᾱ_t)."""
+    def _predicted_x0(self, prediction: str, output: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
+        """The model's x̂0 at step t from its output (the sampler's ᾱ_t)."""
         if not hasattr(self.scheduler, "alphas_cumprod") or self.scheduler.init_noise_sigma != 1:
             raise ValueError("return_unreplaced needs a sampler that steps on alpha_t (ddim, ddpm, dpmsolver, pndm)")
         alpha = self.scheduler.alphas_cumprod.to(device=x.device, dtype=x.dtype)[t]
-        return (x - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+        return predicted_original(prediction, output, x, alpha)
 
 
 class RecordingInpaintPipeline(ToyGlideInpaintPipeline):

@@ -21,7 +21,6 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from diffusers.utils.torch_utils import randn_tensor
 
 from synrep.diffusion.toy.text import tokenize
-from synrep.settings import InputError
 
 
 def guided_noise(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float,
@@ -32,14 +31,6 @@ def guided_noise(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scal
     if guidance_rescale > 0:
         eps = rescale_noise_cfg(eps, eps_cond, guidance_rescale=guidance_rescale)
     return eps
-
-
-def require_epsilon(scheduler, what: str) -> None:
-    """Refuse a model that does not predict the noise where ``what`` reads its output as ε (as in
-    x̂0 = (x − √(1−ᾱ) ε) / √ᾱ): a v-prediction model's output would be read wrong, silently."""
-    prediction = scheduler.config.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        raise InputError(f"{what} reads the model's output as the noise (epsilon); this model predicts {prediction}")
 
 
 def step_kwargs(scheduler, eta: float, generator) -> dict:
