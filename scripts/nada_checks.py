@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -47,6 +46,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from machine import machine  # noqa: E402  (benchmarks/machine.py: the benchmark tables' machine line)
 
 from synrep.config import load_config  # noqa: E402
 from synrep.data import toyworld  # noqa: E402
@@ -385,8 +387,8 @@ def main(argv: list[str]) -> None:
         return
     cfg = load_config(overrides)
     torch.set_num_threads(cfg.threads)
-    print(f"# scripts/nada_checks.py, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} thread(s)\n")
+    print(f"# scripts/nada_checks.py, {datetime.datetime.now(datetime.timezone.utc):%H:%M} UTC, {machine()}, "
+          f"{torch.get_num_threads()} thread(s)\n")
     if args.inverted_photos:
         print(inverted_photos_table(cfg, args.n))
         return
