@@ -206,7 +206,7 @@ def test_an_8300_shard_index_opens_and_holds_a_bounded_number_of_files(tmp_path)
     step = 3 * 8300 // 600
     peak_fds = 0
 
-    def read_600_shards(start: int) -> None:  # 600 captions, each from another shard
+    def read_600_shards(ds, start: int) -> None:  # 600 captions, each from another shard
         nonlocal peak_fds
         for i in range(start, len(ds), step):
             image, caption = ds[i]
@@ -215,9 +215,9 @@ def test_an_8300_shard_index_opens_and_holds_a_bounded_number_of_files(tmp_path)
 
     # the first pass also fills what pyarrow and PIL load and cache once (pyarrow's dataset module, pandas,
     # PIL's PNG plugin), whatever their versions hold; the second reads 600 other shards
-    read_600_shards(0)
+    read_600_shards(ds, 0)
     tracemalloc.start()
-    read_600_shards(step // 2)
+    read_600_shards(ds, step // 2)
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert peak_fds <= 4 and len(ds._tables) <= 8
