@@ -10,20 +10,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from synrep.settings import InputError
+from synrep.diffusion.prediction import prediction_type
 
 
 def denoising_target(noise_scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """What the model learns to predict, by ``noise_scheduler.config.prediction_type``: the noise
     (epsilon), the velocity sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 (v_prediction) or the clean sample (sample)."""
-    prediction = noise_scheduler.config.prediction_type
+    prediction = prediction_type(noise_scheduler)  # one of the three, or a one-line error
     if prediction == "epsilon":
         return noise
     if prediction == "v_prediction":
         return noise_scheduler.get_velocity(x0, noise, t)
-    if prediction == "sample":
-        return x0
-    raise InputError(f"unsupported prediction_type {prediction!r} (epsilon, v_prediction or sample)")
+    return x0
 
 
 def denoising_loss(pred: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, noise_scheduler,
