@@ -30,7 +30,10 @@ Prints markdown tables (with date and machine):
 7. with ``--background``: where the frozen chain of ``nada.ddim_steps`` steps settles the
    background: per timestep, how well the border of the frozen UNet's x̂0 predicts the final sample's;
 8. with ``--pixel-summary VARIANT=FILE ...``: saved ``--pixels`` tables of several runs (seeds), per
-   variant the mean and 95 % interval of every column over its runs.
+   variant the mean and 95 % interval of every column over its runs;
+9. with ``--between``: the two changes that make a drawing of a photo (paper for the background, the
+   object's outline for its fill), each alone and both, on real renders of the same draws, measured as
+   ``nada_quality`` measures an adapted sample with the photo as its frozen sample, split by background.
 """
 
 from __future__ import annotations
@@ -196,6 +199,55 @@ def clip_pairs_table(cfg, guide, n: int) -> str:
     return (f"The toy CLIP on {n} real renders in each domain (same attributes and jitter), against NADA's text "
             f"direction {cfg.nada.source} -> {cfg.nada.target}\n\n"
             + table(["image pairs", "mean cos(ΔI, ΔT)", "sd", "mean abs(ΔI) (unit embeddings)", "sd"], rows))
+
+
+def between_table(cfg, n: int) -> str:
+    """The two changes that make a drawing of a photo, one at a time (``toyworld.render``'s ``paper``
+    and ``outline``), measured as ``nada_quality`` measures an adapted sample against its frozen
+    one, with the photo of the same draws in the frozen sample's place: what the toy CLIP's direction,
+    the domain classifier and the judge make of the images between the two domains."""
+    from synrep.evaluation import domain_classifier as dc
+    from synrep.evaluation import nada_quality
+    from synrep.evaluation.attribute_classifier import judge
+
+    if (cfg.nada.source, cfg.nada.target) != ("photo", "drawing"):
+        raise SystemExit(f"nada_checks --between: the steps from a photo to a drawing, not from "
+                         f"nada.source={cfg.nada.source!r} to nada.target={cfg.nada.target!r}")
+    rng = np.random.default_rng([cfg.nada.seed, 8])
+    attrs = toyworld.sample_attributes(cfg, n, rng)
+    seeds = rng.integers(0, 2**63, n)
+    dark = np.array([a.background == 0 for a in attrs])
+
+    def rendered(**kw) -> np.ndarray:
+        return np.stack([toyworld.to_uint8(toyworld.render(a, cfg, np.random.default_rng(int(s)), **kw))
+                         for a, s in zip(attrs, seeds)])
+
+    sets = {"photo (the reference)": rendered(), "the photo's fill on paper": rendered(paper=True),
+            "its outline on the photo's background": rendered(outline=True),
+            "drawing (both changes)": rendered(domain="drawing"), "negative": rendered(domain="negative")}
+    domains, _, origin = dc.load_or_train(cfg)
+    classifiers = (domains, judge(cfg)[0])
+    guide = load_guide(str(cfg.nada.clip_models[0]))
+    direction = nada_quality.text_direction(cfg, guide)
+    names = dc.domain_names(cfg)
+    photos = nada_quality.reference(sets["photo (the reference)"], classifiers, guide)
+    rows = []
+    for name, images in sets.items():
+        for part, which in (("all", np.ones(n, bool)), ("dark", dark), ("light", ~dark)):
+            reference = {"read": {k: v[which] for k, v in photos["read"].items()},
+                         "embeddings": photos["embeddings"][torch.from_numpy(which)]}
+            got = nada_quality.scores(cfg, images[which], reference, classifiers, guide, direction,
+                                      names.index(cfg.nada.target))
+            stats = pixel_stats(images[which])
+            rows.append([name, part, int(which.sum()), f"{got['clip_direction']:.3f}",
+                         *(f"{got[f'domain_{d}']:.3f}" for d in names), f"{got['kept_colour']:.3f}",
+                         f"{got['kept_shape']:.3f}", f"{stats['near-white']:.3f}", f"{stats['coloured']:.3f}"])
+    return (f"Between a photo and a drawing: {n} real renders of the same attributes and draws, each measured as "
+            f"nada_quality measures an adapted sample, against the photo (cos(dI, dT) of its CLIP embedding minus "
+            f"the photo's with NADA's text direction; the domain classifier ({origin}); colour and shape kept: the "
+            f"judge reads what it reads on the photo; near-white and coloured pixels as --pixels)\n\n"
+            + table(["images", "background", "n", "cos(dI, dT)", *(f"read: {d}" for d in names), "colour kept",
+                     "shape kept", "near-white", "coloured"], rows))
 
 
 def classifier_table(cfg, n: int) -> str:
@@ -379,6 +431,8 @@ def main(argv: list[str]) -> None:
                         help="only the adapted generator in nada.output_dir against real images, in pixels (6.)")
     parser.add_argument("--background", action="store_true",
                         help="only where the frozen chain settles the background (7.)")
+    parser.add_argument("--between", action="store_true",
+                        help="only the images between a photo and a drawing, one change at a time (9.)")
     parser.add_argument("--pixel-summary", nargs="+", metavar="VARIANT=FILE",
                         help="only the saved --pixels tables of several runs, per variant over its runs")
     args, overrides = parser.parse_known_args(argv)
@@ -394,6 +448,9 @@ def main(argv: list[str]) -> None:
         return
     if args.pixels:
         print(pixels_table(cfg))
+        return
+    if args.between:
+        print(between_table(cfg, args.n))
         return
     if args.background:
         pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)

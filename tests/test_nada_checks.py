@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
+import pytest
 
 from synrep.data import toyworld
 from synrep.data.toy_vocabulary import Attributes
@@ -71,3 +72,9 @@ def test_the_pixel_summary_averages_saved_tables_over_runs_with_a_t_interval(tmp
     assert row[2:] == ["2", "64", "0.300 ± 1.271", "0.500 ± 1.271 |"]
     frozen = next(line for line in out.splitlines() if "| frozen |" in line).split(" | ")
     assert frozen[4] == "0.500 ± 0.000" and frozen[5].strip(" |") == ""
+
+
+def test_the_between_table_refuses_a_pair_of_domains_other_than_photo_to_drawing(make_cfg):
+    checks = load_script()
+    with pytest.raises(SystemExit, match=r"photo to a drawing, not from nada.source='photo' to nada.target='negative'"):
+        checks.between_table(make_cfg("nada.target=negative"), 8)

@@ -135,3 +135,27 @@ def test_domains_render_what_they_name(make_cfg):
     assert 0.05 < red.mean() < 0.4 and np.median(drawing) > 0.8
     with pytest.raises(ValueError, match="toyworld.domains\\[0\\]"):
         toyworld.run(make_cfg("toyworld.domains=[night]"))
+
+
+def test_the_two_changes_from_a_photo_to_a_drawing_render_one_at_a_time(make_cfg):
+    cfg = make_cfg()
+    attrs = toy_vocabulary.Attributes(shape=0, colour=0, size=1, background=0)  # a large red circle, dark background
+
+    def render(**kw):
+        return toyworld.render(attrs, cfg, np.random.default_rng(7), with_mask=True, **kw)
+
+    photo, covered = render()
+    drawing, _ = render(domain="drawing")
+    np.testing.assert_array_equal(render(paper=True, outline=True)[0], drawing)
+    # the outline alone: the photo's draws, so the same pixels wherever the object is not, and the
+    # dark background (not red paint) inside the outline
+    outlined, ring = render(outline=True)
+    inside = covered & ~ring
+    assert inside.sum() >= 10
+    np.testing.assert_array_equal(outlined[~covered], photo[~covered])
+    assert photo[inside][:, 0].mean() > 0.6 and outlined[inside].max(axis=-1).mean() < 0.35
+    # paper alone: the photo's fill on a drawing's paper
+    filled, _ = render(paper=True)
+    border = np.concatenate([filled[0], filled[-1], filled[:, 0], filled[:, -1]])
+    assert border.min() > 0.75 and photo[:, 0].max() < 0.4
+    np.testing.assert_allclose(filled[inside].mean(axis=0), photo[inside].mean(axis=0), atol=0.05)

@@ -134,7 +134,8 @@ def finish_image(img: np.ndarray, canvas: Canvas, cfg: DictConfig, rng: np.rando
 
 
 def render(
-    attrs: Attributes, cfg: DictConfig, rng: np.random.Generator, domain: str = "photo", with_mask: bool = False
+    attrs: Attributes, cfg: DictConfig, rng: np.random.Generator, domain: str = "photo", with_mask: bool = False,
+    *, paper: bool | None = None, outline: bool | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Render one image, float32 [H, W, 3] in [0, 1]. Jitter comes from ``rng``. ``with_mask``:
     also the object's mask, bool [H, W], the pixels the object covers at least in part (what an
@@ -143,21 +144,30 @@ def render(
     ``domain``: "photo" (the world's own images), or one of ``DOMAIN_TEMPLATES``: "drawing" (the
     object's outline, one pixel wide, in its colour on paper, no clutter), "negative" (the photo
     inverted) or "pixelated" (the photo in 2x2 blocks). A photo draws from ``rng`` exactly as before
-    domains existed, so the world's splits did not change with them."""
+    domains existed, so the world's splits did not change with them.
+
+    ``paper`` (the background replaced by paper, without clutter) and ``outline`` (the object drawn
+    as its outline) are the two changes that make a drawing of a photo; ``None`` takes the domain's
+    own (both for a drawing, neither otherwise). One of them alone renders an image halfway between
+    the two domains; with ``outline`` alone the draws from ``rng`` are the photo's, so only the
+    object's inside differs from the photo of the same ``rng``."""
     tw = cfg.toyworld
     size = tw.image_size
+    paper = domain == "drawing" if paper is None else paper
+    outline = domain == "drawing" if outline is None else outline
     canvas = draw_canvas(attrs, cfg, rng)
     img, u, v = canvas.image, canvas.u, canvas.v
     mask = shape_mask(tw.shapes[attrs.shape], u, v)[..., None]
     colour = np.asarray(COLOUR_RGB[tw.colours[attrs.colour]]) + rng.normal(0, 0.05, 3)
     shade = rng.uniform(0.85, 1.0)
-    if domain == "drawing":
+    if paper:
         img = np.full_like(img, rng.uniform(0.85, 0.97))
+    if outline:
         mask = mask & ~_erode(mask[..., 0], _SUPERSAMPLE)[..., None]
     img = np.where(mask, np.clip(colour * shade, 0, 1), img)
     object_mask = mask[..., 0].reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).any(axis=(1, 3))
 
-    img = finish_image(img, canvas, cfg, rng, clutter=domain != "drawing")
+    img = finish_image(img, canvas, cfg, rng, clutter=not paper)
     if domain == "negative":
         img = 1.0 - img
     elif domain == "pixelated":
