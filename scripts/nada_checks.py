@@ -201,7 +201,7 @@ def clip_pairs_table(cfg, guide, n: int) -> str:
             + table(["image pairs", "mean cos(ΔI, ΔT)", "sd", "mean abs(ΔI) (unit embeddings)", "sd"], rows))
 
 
-def between_table(cfg, n: int) -> str:
+def between_table(cfg, n: int, plot: str | None = None) -> str:
     """The two changes that make a drawing of a photo, one at a time (``toyworld.render``'s ``paper``
     and ``outline``), measured as ``nada_quality`` measures an adapted sample against its frozen
     one, with the photo of the same draws in the frozen sample's place: what the toy CLIP's direction,
@@ -242,12 +242,70 @@ def between_table(cfg, n: int) -> str:
             rows.append([name, part, int(which.sum()), f"{got['clip_direction']:.3f}",
                          *(f"{got[f'domain_{d}']:.3f}" for d in names), f"{got['kept_colour']:.3f}",
                          f"{got['kept_shape']:.3f}", f"{stats['near-white']:.3f}", f"{stats['coloured']:.3f}"])
+    # the background alone, from black to white: is there a brightness between the photo's and paper
+    # that the CLIP's direction does not reward, or that the classifier reads as another domain?
+    levels = np.round(np.linspace(0, 1, 21), 2)
+    sweep = []
+    for level in levels:
+        images = rendered(paper=float(level))
+        row = [f"{level:.2f}"]
+        for which in (dark, ~dark):
+            reference = {"read": {k: v[which] for k, v in photos["read"].items()},
+                         "embeddings": photos["embeddings"][torch.from_numpy(which)]}
+            got = nada_quality.scores(cfg, images[which], reference, classifiers, guide, direction,
+                                      names.index(cfg.nada.target))
+            row.append(got)
+        sweep.append(row)
+    shown = ("clip_direction", f"domain_{cfg.nada.target}", "domain_negative", f"domain_{dc.REJECT}")
+    sweep_rows = [[level, *(f"{got[key]:.3f}" for key in shown for got in (d, li))] for level, d, li in sweep]
+    if plot:
+        plot_between(sweep, levels, shown, plot)
     return (f"Between a photo and a drawing: {n} real renders of the same attributes and draws, each measured as "
             f"nada_quality measures an adapted sample, against the photo (cos(dI, dT) of its CLIP embedding minus "
             f"the photo's with NADA's text direction; the domain classifier ({origin}); colour and shape kept: the "
             f"judge reads what it reads on the photo; near-white and coloured pixels as --pixels)\n\n"
             + table(["images", "background", "n", "cos(dI, dT)", *(f"read: {d}" for d in names), "colour kept",
-                     "shape kept", "near-white", "coloured"], rows))
+                     "shape kept", "near-white", "coloured"], rows)
+            + "\n\nThe photo's fill on a uniform background of each brightness (paper: 0.85-0.97), from dark and from "
+            "light photos\n\n"
+            + table(["background brightness",
+                     *(f"{label}, from {bg}" for label in ("cos(dI, dT)", f"read: {cfg.nada.target}", "read: negative",
+                                                           f"read: {dc.REJECT}") for bg in ("dark", "light"))],
+                    sweep_rows))
+
+
+def plot_between(sweep, levels, shown, path: str) -> None:
+    """The background sweep of ``between_table``: cos(ΔI, ΔT) and the domain classifier's reading by
+    the brightness of the background under the photo's fill, from dark and from light photos, with
+    the world's bands of brightness shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharex=True)
+    for ax in axes:
+        # the world's backgrounds: dark photos, light photos, a drawing's paper (overlapping the light ones)
+        for (lo, hi), label, grey, x in (((0.0, 0.28), "dark photos", "0.9", 0.14),
+                                          ((0.62, 0.92), "light photos", "0.9", 0.7),
+                                          ((0.85, 0.97), "paper", "0.8", 0.93)):
+            ax.axvspan(lo, hi, color=grey, zorder=0)
+            ax.text(x, 1.02, label, ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
+    for side, style in ((1, "-"), (2, "--")):
+        origin = "from dark photos" if side == 1 else "from light photos"
+        axes[0].plot(levels, [row[side][shown[0]] for row in sweep], style, marker="o", color="k", label=origin)
+        for key, colour in zip(shown[1:], ("tab:blue", "tab:red", "tab:gray")):
+            axes[1].plot(levels, [row[side][key] for row in sweep], style, marker="o", color=colour,
+                         label=f"{key.removeprefix('domain_')}, {origin}")
+    axes[0].set(xlabel="background brightness under the photo's fill", ylabel="cos(ΔI, ΔT) from the photo")
+    axes[0].axhline(0, color="0.5", lw=0.8)
+    axes[1].set(xlabel="background brightness under the photo's fill", ylabel="share read by the domain classifier",
+                ylim=(-0.02, 1.02))
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def classifier_table(cfg, n: int) -> str:
@@ -433,6 +491,7 @@ def main(argv: list[str]) -> None:
                         help="only where the frozen chain settles the background (7.)")
     parser.add_argument("--between", action="store_true",
                         help="only the images between a photo and a drawing, one change at a time (9.)")
+    parser.add_argument("--plot", metavar="PNG", help="with --between: its background sweep as a figure")
     parser.add_argument("--pixel-summary", nargs="+", metavar="VARIANT=FILE",
                         help="only the saved --pixels tables of several runs, per variant over its runs")
     args, overrides = parser.parse_known_args(argv)
@@ -450,7 +509,7 @@ def main(argv: list[str]) -> None:
         print(pixels_table(cfg))
         return
     if args.between:
-        print(between_table(cfg, args.n))
+        print(between_table(cfg, args.n, args.plot))
         return
     if args.background:
         pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)

@@ -159,3 +159,7 @@ def test_the_two_changes_from_a_photo_to_a_drawing_render_one_at_a_time(make_cfg
     border = np.concatenate([filled[0], filled[-1], filled[:, 0], filled[:, -1]])
     assert border.min() > 0.75 and photo[:, 0].max() < 0.4
     np.testing.assert_allclose(filled[inside].mean(axis=0), photo[inside].mean(axis=0), atol=0.05)
+    # a number: a uniform background of that brightness instead of paper
+    grey, _ = render(paper=0.5)
+    np.testing.assert_allclose(grey[~covered].mean(), 0.5, atol=0.02)
+    np.testing.assert_allclose(grey[inside].mean(axis=0), photo[inside].mean(axis=0), atol=0.05)

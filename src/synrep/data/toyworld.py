@@ -135,7 +135,7 @@ def finish_image(img: np.ndarray, canvas: Canvas, cfg: DictConfig, rng: np.rando
 
 def render(
     attrs: Attributes, cfg: DictConfig, rng: np.random.Generator, domain: str = "photo", with_mask: bool = False,
-    *, paper: bool | None = None, outline: bool | None = None,
+    *, paper: bool | float | None = None, outline: bool | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Render one image, float32 [H, W, 3] in [0, 1]. Jitter comes from ``rng``. ``with_mask``:
     also the object's mask, bool [H, W], the pixels the object covers at least in part (what an
@@ -148,9 +148,10 @@ def render(
 
     ``paper`` (the background replaced by paper, without clutter) and ``outline`` (the object drawn
     as its outline) are the two changes that make a drawing of a photo; ``None`` takes the domain's
-    own (both for a drawing, neither otherwise). One of them alone renders an image halfway between
-    the two domains; with ``outline`` alone the draws from ``rng`` are the photo's, so only the
-    object's inside differs from the photo of the same ``rng``."""
+    own (both for a drawing, neither otherwise), and a number for ``paper`` is the brightness of a
+    uniform background in place of a drawing's paper (0.85-0.97). One change alone renders an image
+    halfway between the two domains; with ``outline`` alone the draws from ``rng`` are the photo's, so
+    only the object's inside differs from the photo of the same ``rng``."""
     tw = cfg.toyworld
     size = tw.image_size
     paper = domain == "drawing" if paper is None else paper
@@ -160,14 +161,14 @@ def render(
     mask = shape_mask(tw.shapes[attrs.shape], u, v)[..., None]
     colour = np.asarray(COLOUR_RGB[tw.colours[attrs.colour]]) + rng.normal(0, 0.05, 3)
     shade = rng.uniform(0.85, 1.0)
-    if paper:
-        img = np.full_like(img, rng.uniform(0.85, 0.97))
+    if paper is not False:
+        img = np.full_like(img, rng.uniform(0.85, 0.97) if paper is True else paper)
     if outline:
         mask = mask & ~_erode(mask[..., 0], _SUPERSAMPLE)[..., None]
     img = np.where(mask, np.clip(colour * shade, 0, 1), img)
     object_mask = mask[..., 0].reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).any(axis=(1, 3))
 
-    img = finish_image(img, canvas, cfg, rng, clutter=not paper)
+    img = finish_image(img, canvas, cfg, rng, clutter=paper is False)
     if domain == "negative":
         img = 1.0 - img
     elif domain == "pixelated":
