@@ -120,15 +120,55 @@ def test_min_alpha_bar_is_part_of_a_plain_clip_sources_identity(make_cfg, tiny_c
         make_cfg(*base, "sources.c.guidance.min_alpha_bar=1.5")
 
 
-def test_a_v_prediction_model_is_refused_in_one_line(tiny_toy_pipeline_dir, tiny_clip_dir):
+def _reread(loaded, cls=None, **scheduler_config):
+    """A new pipeline around the loaded one's parts (that one is cached and shared with other tests),
+    its scheduler's config changed."""
     from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+
+    scheduler = type(loaded.scheduler).from_config({**loaded.scheduler.config, **scheduler_config})
+    return (cls or ToyGlidePipeline)(unet=loaded.unet, scheduler=scheduler, text_encoder=loaded.text_encoder,
+                                     tokenizer=loaded.tokenizer)
+
+
+def test_a_v_prediction_model_is_guided_as_the_epsilon_model_its_v_implies(tiny_toy_pipeline_dir, tiny_clip_dir):
+    """The same UNet read as v is guided as an epsilon model whose output is the ε that v implies
+    (ε = sqrt(ᾱ) v + sqrt(1 - ᾱ) x_t, written here by hand): the same x̂0 for the CLIP, the same shift of
+    ε̂, the same steps."""
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+
+    loaded = load_pipeline(str(tiny_toy_pipeline_dir), "ddim", device="cpu")
+    alphas = loaded.scheduler.alphas_cumprod
+
+    class NoiseOfV(ToyGlidePipeline):
+        def predict_noise(self, x, t, states, pooled):
+            a = alphas[int(t)]
+            return a.sqrt() * super().predict_noise(x, t, states, pooled) + (1 - a).sqrt() * x
+
+    guide = load_guide(str(tiny_clip_dir))
+    # steps at t = 666, 333, 0: at t = 999 (ᾱ = 2.4e-9) the hand-made ε loses v's x̂0 to float32 rounding
+    # (x_t − sqrt(1 − ᾱ) ε cancels to a part in 1e7, then gains 2e4)
+    v, eps = {"prediction_type": "v_prediction", "timestep_spacing": "leading"}, {"timestep_spacing": "leading"}
+    as_v, by_hand, as_eps = (
+        clip_guided(pipe, guide, PROMPTS, _generators(4), 3, 2.0, clip_scale=200.0, num_images_per_prompt=2)
+        for pipe in (_reread(loaded, **v), _reread(loaded, NoiseOfV, **eps), _reread(loaded, **eps)))
+    np.testing.assert_allclose(as_v, by_hand, atol=1e-4)
+    unguided = clip_guided(_reread(loaded, **v), guide, PROMPTS, _generators(4), 3, 2.0, clip_scale=0.0,
+                           num_images_per_prompt=2)
+    assert np.abs(as_v - unguided).max() > 1e-3  # the guidance acts on the v model
+    assert np.abs(as_v - as_eps).max() > 1e-2  # reading v as ε would sample other images
+
+
+def test_a_zero_snr_first_step_cannot_be_guided_and_is_refused_in_one_line(tiny_toy_pipeline_dir, tiny_clip_dir):
     from synrep.settings import InputError
 
     loaded = load_pipeline(str(tiny_toy_pipeline_dir), "ddim", device="cpu")
-    # a new pipeline around the same parts: the loaded one is cached and shared with other tests
-    scheduler = type(loaded.scheduler).from_config({**loaded.scheduler.config, "prediction_type": "v_prediction"})
-    pipe = ToyGlidePipeline(unet=loaded.unet, scheduler=scheduler, text_encoder=loaded.text_encoder,
-                            tokenizer=loaded.tokenizer)
-    with pytest.raises(InputError, match=r"^CLIP guidance shifts the model's noise prediction \(epsilon\); this "
-                                         r"model predicts v_prediction$"):
-        clip_guided(pipe, load_guide(str(tiny_clip_dir)), PROMPTS, _generators(2), 3, 2.0, clip_scale=1.0)
+    pipe = _reread(loaded, prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    guide = load_guide(str(tiny_clip_dir))
+    with pytest.raises(InputError, match=r"^CLIP guidance shifts the noise prediction, which a v_prediction model's "
+                                         r"output at alpha_t = 0 \(its first step\) cannot carry: set the guidance's "
+                                         r"min_alpha_bar above 0$"):
+        clip_guided(pipe, guide, PROMPTS, _generators(2), 3, 2.0, clip_scale=1.0, min_alpha_bar=0.0)
+    trace: list = []
+    clip_guided(pipe, guide, PROMPTS, _generators(2), 3, 2.0, clip_scale=1.0, min_alpha_bar=1e-3, trace=trace)
+    assert [s["alpha_bar"] == 0 for s in trace] == [True, False, False]
+    assert [s["guided"] for s in trace] == [False, True, True]

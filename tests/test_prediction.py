@@ -7,7 +7,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from synrep.diffusion.prediction import output_for_original, predicted_noise, predicted_original, prediction_type
+from synrep.diffusion.prediction import (
+    output_for_noise,
+    output_for_original,
+    predicted_noise,
+    predicted_original,
+    prediction_type,
+)
 from synrep.diffusion.training import denoising_target
 from synrep.settings import InputError
 
@@ -52,6 +58,7 @@ def test_the_output_for_the_true_x0_is_the_training_target(prediction):
                                    rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(predicted_original(prediction, output, x, alpha), x0, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(predicted_noise(prediction, output, x, alpha), noise, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(output_for_noise(prediction, noise, x, alpha), output, rtol=1e-4, atol=1e-4)
 
 
 def test_a_zero_snr_v_model_has_an_x0_at_its_first_step():

@@ -27,6 +27,10 @@ pixel of x̂0 is clamped and its gradient is a random kick rather than guidance
 (benchmarks/clip_guidance_steps.py measures the kick per step). A noised CLIP reads x_t itself,
 with no such gain, and guides every step.
 
+The model may predict ε, v or x0 (``diffusion/prediction.py``): x̂0 is read for its type, and the
+shift of ε̂ above becomes the output whose ε̂ is the shifted one. Where ᾱ_t = 0 (a zero-terminal-SNR
+model's first step) no output carries a shifted ε̂, so such a step must be left unguided.
+
 No library ships CLIP guidance for a diffusers pipeline in a form that takes any CLIP and any
 UNet, so the sampling loop is written here; ``clip_scale = 0`` gives exactly the pipeline's own
 images (tested), so only the guidance term is new.
@@ -42,7 +46,7 @@ import torch.nn.functional as F
 
 from synrep.diffusion import noised_clip
 from synrep.diffusion.clip_model import load_clip
-from synrep.diffusion.prediction import predicted_original, prediction_type
+from synrep.diffusion.prediction import output_for_noise, predicted_noise, predicted_original, prediction_type
 from synrep.settings import InputError
 
 ALPHA_SAMPLERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler")
@@ -127,7 +131,7 @@ class _Toy:
     def encode(self, prompts: list[str], n: int, use_cfg: bool):
         return self.pipe.encode_batch(prompts, n, use_cfg)
 
-    def eps(self, x, t, context):
+    def output(self, x, t, context):
         return self.pipe.predict_noise(x, t, *context)
 
     def cat(self, a, b):
@@ -151,7 +155,7 @@ class _StableDiffusion:
         cond, uncond = self.pipe.encode_prompt(prompts, self.pipe.device, n, use_cfg)
         return cond, uncond
 
-    def eps(self, x, t, context):
+    def output(self, x, t, context):
         return self.pipe.unet(x, t, encoder_hidden_states=context).sample
 
     def cat(self, a, b):
@@ -194,11 +198,7 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     if type(scheduler).__name__ not in ALPHA_SAMPLERS:
         raise InputError(f"CLIP guidance needs a sampler that steps on alpha_t (ddim, ddpm, dpmsolver, pndm), "
                          f"not {type(scheduler).__name__}")
-    if prediction_type(scheduler) != "epsilon":
-        # GLIDE's guidance shifts ε by the CLIP gradient; a v model's output moves by that shift / √ᾱ,
-        # which has no value at a zero-SNR model's first step
-        raise InputError(f"CLIP guidance shifts the model's noise prediction (epsilon); this model predicts "
-                         f"{prediction_type(scheduler)}")
+    prediction = prediction_type(scheduler)
     model = adapter(pipe)
     noised = getattr(guide, "noised", False)
     if noised:
@@ -220,13 +220,19 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     extra = step_kwargs(scheduler, eta, generators)
     cut_rng = torch.Generator().manual_seed(int(generators[0].initial_seed()))
     alphas = scheduler.alphas_cumprod.to(device)
+    if prediction != "epsilon" and clip_scale > 0 and any(
+            float(alphas[t]) == 0 and (noised or min_alpha_bar <= 0) for t in scheduler.timesteps):
+        # GLIDE's guidance shifts ε̂; another output moves by that shift / √ᾱ, which has no value where
+        # ᾱ_t = 0 (a zero-terminal-SNR model's first step)
+        raise InputError(f"CLIP guidance shifts the noise prediction, which a {prediction} model's output at alpha_t "
+                         f"= 0 (its first step) cannot carry: set the guidance's min_alpha_bar above 0")
 
     for t in scheduler.timesteps:
         with torch.no_grad():
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
-            eps = model.eps(model_in, t, context)
+            output = model.output(model_in, t, context)
             if use_cfg:
-                eps = guided_noise(*eps.chunk(2), guidance_scale, guidance_rescale)
+                output = guided_noise(*output.chunk(2), guidance_scale, guidance_rescale)
         alpha = alphas[t]
         guided = clip_scale > 0 and (noised or float(alpha) >= min_alpha_bar)
         if guided:
@@ -235,17 +241,20 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
                 if noised:  # GLIDE: the gradient of the noised CLIP's score on x_t itself
                     score = guide.noised_similarity(x_in, t, text).sum()
                 else:
-                    eps_cond = model.eps(scheduler.scale_model_input(x_in, t), t, cond)
-                    x0 = predicted_original("epsilon", eps_cond, x_in, alpha)
+                    out_cond = model.output(scheduler.scale_model_input(x_in, t), t, cond)
+                    x0 = predicted_original(prediction, out_cond, x_in, alpha)
                     image = (model.decode(x0).clamp(-1, 1) + 1) / 2
                     score = guide.similarity(image, text, cutouts, cut_rng).sum()
                 grad = torch.autograd.grad(score, x_in)[0]
             kick = clip_scale * (1 - alpha).sqrt() * grad
-            eps = eps - kick
+            if prediction == "epsilon":
+                output = output - kick
+            else:  # the output whose ε̂ is the shifted one
+                output = output_for_noise(prediction, predicted_noise(prediction, output, x, alpha) - kick, x, alpha)
         if trace is not None:
             trace.append({"t": int(t), "alpha_bar": float(alpha), "guided": guided,
                           "kick": kick.detach().cpu() if guided else torch.zeros(x.shape)})
-        x = scheduler.step(eps, t, x, **extra, return_dict=False)[0]
+        x = scheduler.step(output, t, x, **extra, return_dict=False)[0]
 
     with torch.no_grad():
         images = (model.decode(x).float().clamp(-1, 1) + 1) / 2

@@ -55,3 +55,14 @@ def output_for_original(prediction: str, x0: torch.Tensor, x: torch.Tensor,
     if prediction == "v_prediction":
         return (alpha_bar.sqrt() * x - x0) / (1 - alpha_bar).sqrt()
     return x0
+
+
+def output_for_noise(prediction: str, noise: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The output that a UNet of this prediction type gives at x_t when its ε̂ is ``noise``: the inverse
+    of ``predicted_noise`` in the output (CLIP guidance shifts ε̂ and steps with this). Undefined for
+    v_prediction and sample at ᾱ = 0, where x_t holds no trace of x0 for ε̂ to move."""
+    if prediction == "epsilon":
+        return noise
+    if prediction == "v_prediction":
+        return (noise - (1 - alpha_bar).sqrt() * x) / alpha_bar.sqrt()
+    return (x - (1 - alpha_bar).sqrt() * noise) / alpha_bar.sqrt()
