@@ -26,7 +26,8 @@ Prints markdown tables (with date and machine):
    2-pixel border, mostly background: an object reaches it only at its edge), the share of
    near-white pixels (paper) and of strongly coloured ones (the object's paint: filled in a photo, one pixel wide in a drawing), on
    ``nada_quality``'s captions and noises, frozen and adapted, the adapted ones also split by their
-   frozen sample's background (dark or light); beside each, the domain classifier's reading;
+   frozen sample's background (dark or light); beside each, the domain classifier's reading; then the
+   frozen and adapted samples counted by border brightness (the bins of ``BORDER_BINS``);
 7. with ``--background``: where the frozen chain of ``nada.ddim_steps`` steps settles the
    background: per timestep, how well the border of the frozen UNet's x̂0 predicts the final sample's;
 8. with ``--pixel-summary VARIANT=FILE ...``: saved ``--pixels`` tables of several runs (seeds), per
@@ -371,6 +372,7 @@ def inverted_photos_table(cfg, n: int) -> str:
 
 
 PIXEL_STATS = ("border brightness", "light border", "near-white", "coloured")
+BORDER_BINS = np.array([0.0, 0.28, 0.45, 0.65, 0.85, 1.0])
 
 
 def border_brightness(images: np.ndarray) -> np.ndarray:
@@ -435,21 +437,37 @@ def pixels_table(cfg) -> str:
         rows.append([name, len(images), *(f"{v:.3f}" for v in pixel_stats(images).values()),
                      f"{float(along[name].mean()):.3f}" if name in along else "",
                      *(f"{float((read == i).mean()):.3f}" for i in range(len(names)))])
+    # per sample: is the adapted samples' border brightness bimodal around the greys whose fill the
+    # CLIP's direction scores below zero (--between's sweep: 0.45-0.65 from dark photos)?
+    edges = BORDER_BINS
+    counts = [[name, len(sets[name]), *np.histogram(border_brightness(sets[name]), bins=edges)[0].tolist()]
+              for name in ("frozen generator", "adapted, from a dark background", "adapted, from a light background")]
+    bins = [f"border {lo:.2f}-{hi:.2f}" for lo, hi in zip(edges[:-1], edges[1:])]
     return (f"Pixels of the adapted generator ({folder}) against real images (border = the 2-pixel frame, light "
             "border = its mean > 0.6, near-white = every channel > 0.8, coloured = max - min channel > 0.35; "
             "'from a dark/light background': the adapted samples whose frozen sample of the same noise has a "
             f"dark/light border; cos(dI, dT): of the adapted sample's CLIP embedding minus the frozen one's with NADA's "
             f"text direction), and the share of each the domain classifier ({origin}) reads as each domain\n\n"
-            + table(["images", "n", *PIXEL_STATS, "cos(dI, dT)", *(f"read: {d}" for d in names)], rows))
+            + table(["images", "n", *PIXEL_STATS, "cos(dI, dT)", *(f"read: {d}" for d in names)], rows)
+            + "\n\nSamples by border brightness (a dark photo's background is under 0.28, a light one's 0.62-0.92, "
+            "paper 0.85-0.97)\n\n" + table(["samples", "n", *bins], counts))
 
 
-def read_table(path: Path) -> list[dict[str, str]]:
-    """The rows of the first markdown table in ``path`` (a saved output of this script), as dicts."""
-    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
-    if len(lines) < 2:
+def read_tables(path: Path) -> list[list[dict[str, str]]]:
+    """The markdown tables in ``path`` (a saved output of this script), each as its rows as dicts."""
+    tables, lines = [], path.read_text().splitlines() + [""]
+    start = None
+    for i, line in enumerate(lines):
+        if line.startswith("| ") and start is None:
+            start = i
+        elif not line.startswith("| ") and start is not None:
+            header = [c.strip() for c in lines[start].strip("|").split(" | ")]
+            tables.append([dict(zip(header, (c.strip() for c in row.strip("|").split(" | "))))
+                           for row in lines[start + 2:i]])
+            start = None
+    if not tables:
         raise SystemExit(f"nada_checks: {path}: no markdown table (save the output of --pixels there)")
-    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split(" | ")))) for line in lines[2:]]
+    return tables
 
 
 def pixel_summary(pairs: list[str]) -> str:
@@ -459,12 +477,15 @@ def pixel_summary(pairs: list[str]) -> str:
 
     from synrep.tables import markdown_table, mean_ci
 
-    rows = []
+    rows, counts = [], []
     for pair in pairs:
         variant, sep, file = pair.partition("=")
         if not sep or not Path(file).is_file():
             raise SystemExit(f"nada_checks: {pair!r}: expected VARIANT=FILE, FILE the saved output of --pixels")
-        rows += [{"variant": variant, "file": file, **row} for row in read_table(Path(file))]
+        tables = read_tables(Path(file))
+        rows += [{"variant": variant, "file": file, **row} for row in tables[0]]
+        # the samples by border brightness (saved tables from before it have none)
+        counts += [{"variant": variant, **row} for row in tables[1]] if len(tables) > 1 else []
     df = pl.DataFrame(rows)
     columns = [c for c in df.columns if c not in ("variant", "file", "images", "n")]
     df = df.with_columns(pl.col("n").cast(pl.Int64),
@@ -474,8 +495,17 @@ def pixel_summary(pairs: list[str]) -> str:
     for column in columns:
         out = out.join(mean_ci(df, keys, column).select(*keys, pl.col("cell").alias(column)), on=keys, how="left",
                        maintain_order="left")
-    return ("Pixels over runs (mean ± 95 % t-interval over the files of each variant; n: images summed)\n\n"
-            + markdown_table(out))
+    summary = ("Pixels over runs (mean ± 95 % t-interval over the files of each variant; n: images summed)\n\n"
+               + markdown_table(out))
+    if not counts:
+        return summary
+    by_border = pl.DataFrame(counts)
+    bins = [c for c in by_border.columns if c.startswith("border ")]
+    by_border = (by_border.with_columns(*(pl.col(c).cast(pl.Int64) for c in ("n", *bins)))
+                 .group_by(["variant", "samples"], maintain_order=True)
+                 .agg(pl.len().alias("runs"), *(pl.col(c).sum() for c in ("n", *bins))))
+    return (summary + "\n\nSamples by border brightness, summed over the files of each variant (of those that "
+            "have the count)\n\n" + markdown_table(by_border))
 
 
 def main(argv: list[str]) -> None:

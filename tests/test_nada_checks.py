@@ -74,6 +74,21 @@ def test_the_pixel_summary_averages_saved_tables_over_runs_with_a_t_interval(tmp
     assert frozen[4] == "0.500 ± 0.000" and frozen[5].strip(" |") == ""
 
 
+def test_the_pixel_summary_sums_the_border_counts_of_the_runs_that_have_them(tmp_path):
+    checks = load_script()
+    pixels = "| images | n | border brightness |\n| --- | --- | --- |\n| adapted, dark | 30 | 0.3 |\n"
+    counts = "| samples | n | border 0.00-0.28 | border 0.28-0.45 |\n| --- | --- | --- | --- |\n"
+    files = {"s0": pixels + "\nby border\n\n" + counts + "| adapted, dark | 30 | 4 | 26 |\n",
+             "s1": pixels + "\nby border\n\n" + counts + "| adapted, dark | 34 | 10 | 24 |\n",
+             "old": pixels}  # saved before the counts existed
+    for name, text in files.items():
+        (tmp_path / f"{name}.txt").write_text(f"# machine line\n\n{text}")
+    out = checks.pixel_summary([f"study={tmp_path / f'{name}.txt'}" for name in files])
+    pixel_row, count_row = [line.split(" | ") for line in out.splitlines() if "| adapted, dark |" in line]
+    assert pixel_row[2:4] == ["3", "90"]  # three runs' pixels, their n summed
+    assert count_row[2:] == ["2", "64", "14", "50 |"]  # two runs have counts: summed
+
+
 def test_the_between_table_refuses_a_pair_of_domains_other_than_photo_to_drawing(make_cfg):
     checks = load_script()
     with pytest.raises(SystemExit, match=r"photo to a drawing, not from nada.source='photo' to nada.target='negative'"):
