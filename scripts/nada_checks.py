@@ -232,13 +232,18 @@ def between_table(cfg, n: int, plot: str | None = None) -> str:
     direction = nada_quality.text_direction(cfg, guide)
     names = dc.domain_names(cfg)
     photos = nada_quality.reference(sets["photo (the reference)"], classifiers, guide)
+
+    def against_photos(images: np.ndarray, which: np.ndarray) -> dict[str, float]:
+        """nada_quality's scores of ``images[which]``, the photos of the same draws as the frozen samples."""
+        reference = {"read": {k: v[which] for k, v in photos["read"].items()},
+                     "embeddings": photos["embeddings"][torch.from_numpy(which)]}
+        return nada_quality.scores(cfg, images[which], reference, classifiers, guide, direction,
+                                   names.index(cfg.nada.target))
+
     rows = []
     for name, images in sets.items():
         for part, which in (("all", np.ones(n, bool)), ("dark", dark), ("light", ~dark)):
-            reference = {"read": {k: v[which] for k, v in photos["read"].items()},
-                         "embeddings": photos["embeddings"][torch.from_numpy(which)]}
-            got = nada_quality.scores(cfg, images[which], reference, classifiers, guide, direction,
-                                      names.index(cfg.nada.target))
+            got = against_photos(images, which)
             stats = pixel_stats(images[which])
             rows.append([name, part, int(which.sum()), f"{got['clip_direction']:.3f}",
                          *(f"{got[f'domain_{d}']:.3f}" for d in names), f"{got['kept_colour']:.3f}",
@@ -249,14 +254,7 @@ def between_table(cfg, n: int, plot: str | None = None) -> str:
     sweep = []
     for level in levels:
         images = rendered(paper=float(level))
-        row = [f"{level:.2f}"]
-        for which in (dark, ~dark):
-            reference = {"read": {k: v[which] for k, v in photos["read"].items()},
-                         "embeddings": photos["embeddings"][torch.from_numpy(which)]}
-            got = nada_quality.scores(cfg, images[which], reference, classifiers, guide, direction,
-                                      names.index(cfg.nada.target))
-            row.append(got)
-        sweep.append(row)
+        sweep.append([f"{level:.2f}", against_photos(images, dark), against_photos(images, ~dark)])
     shown = ("clip_direction", f"domain_{cfg.nada.target}", "domain_negative", f"domain_{dc.REJECT}")
     sweep_rows = [[level, *(f"{got[key]:.3f}" for key in shown for got in (d, li))] for level, d, li in sweep]
     if plot:
