@@ -158,10 +158,12 @@ def test_a_v_prediction_model_is_guided_as_the_epsilon_model_its_v_implies(tiny_
     assert np.abs(as_v - as_eps).max() > 1e-2  # reading v as ε would sample other images
 
 
-def test_a_zero_snr_first_step_cannot_be_guided_and_is_refused_in_one_line(tiny_toy_pipeline_dir, tiny_clip_dir):
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver"])  # ᾱ_999 = 0, and 2^-24 to keep DPM-Solver's σ finite
+def test_a_zero_snr_first_step_cannot_be_guided_and_is_refused_in_one_line(sampler, tiny_toy_pipeline_dir,
+                                                                          tiny_clip_dir):
     from synrep.settings import InputError
 
-    loaded = load_pipeline(str(tiny_toy_pipeline_dir), "ddim", device="cpu")
+    loaded = load_pipeline(str(tiny_toy_pipeline_dir), sampler, device="cpu")
     pipe = _reread(loaded, prediction_type="v_prediction", rescale_betas_zero_snr=True)
     guide = load_guide(str(tiny_clip_dir))
     with pytest.raises(InputError, match=r"^CLIP guidance shifts the noise prediction, which a v_prediction model's "
@@ -170,5 +172,5 @@ def test_a_zero_snr_first_step_cannot_be_guided_and_is_refused_in_one_line(tiny_
         clip_guided(pipe, guide, PROMPTS, _generators(2), 3, 2.0, clip_scale=1.0, min_alpha_bar=0.0)
     trace: list = []
     clip_guided(pipe, guide, PROMPTS, _generators(2), 3, 2.0, clip_scale=1.0, min_alpha_bar=1e-3, trace=trace)
-    assert [s["alpha_bar"] == 0 for s in trace] == [True, False, False]
+    assert [s["t"] for s in trace][0] == 999 and trace[0]["alpha_bar"] < 1e-7
     assert [s["guided"] for s in trace] == [False, True, True]

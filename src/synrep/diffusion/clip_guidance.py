@@ -181,6 +181,13 @@ def adapter(pipe):
     raise TypeError(f"CLIP guidance supports ToyGlidePipeline and Stable Diffusion pipelines, not {type(pipe).__name__}")
 
 
+def zero_snr_step(scheduler, t) -> bool:
+    """Whether step ``t`` is a zero-terminal-SNR schedule's last timestep, where ᾱ = 0: diffusers' DDIM
+    and DDPM keep it 0 there, DPM-Solver and Euler raise it to 2^-24 so that their σ stays finite."""
+    last = int(t) == scheduler.config.num_train_timesteps - 1
+    return float(scheduler.alphas_cumprod[t]) == 0 or (last and bool(scheduler.config.get("rescale_betas_zero_snr")))
+
+
 def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[torch.Generator],
                 num_inference_steps: int, guidance_scale: float, clip_scale: float, eta: float = 0.0,
                 num_images_per_prompt: int = 1, cutouts: int = 0, height: int | None = None,
@@ -221,7 +228,8 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     cut_rng = torch.Generator().manual_seed(int(generators[0].initial_seed()))
     alphas = scheduler.alphas_cumprod.to(device)
     if prediction != "epsilon" and clip_scale > 0 and any(
-            float(alphas[t]) == 0 and (noised or min_alpha_bar <= 0) for t in scheduler.timesteps):
+            zero_snr_step(scheduler, t) and (noised or float(alphas[t]) >= min_alpha_bar)
+            for t in scheduler.timesteps):
         # GLIDE's guidance shifts ε̂; another output moves by that shift / √ᾱ, which has no value where
         # ᾱ_t = 0 (a zero-terminal-SNR model's first step)
         raise InputError(f"CLIP guidance shifts the noise prediction, which a {prediction} model's output at alpha_t "
