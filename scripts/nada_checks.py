@@ -2,7 +2,9 @@
 
     python scripts/nada_checks.py [config overrides...]   (e.g. experiment=toy_adaptation paths.data_dir=...)
 
-Prints markdown tables (with date and machine):
+Prints markdown tables (with date and machine). It writes nothing into a run's folders: where
+``nada.domain_classifier`` holds no classifier of this config's recipe, it trains one for its own
+tables and keeps it unsaved.
 
 1. the frozen generator's DDIM chain of ``nada.ddim_steps`` steps at ``nada.guidance_scale``, per
    timestep: ᾱ_t, the gain 1/√ᾱ_t of x̂0 = (x − √(1−ᾱ) ε)/√ᾱ, the median |x̂0| before the
@@ -226,7 +228,7 @@ def between_table(cfg, n: int, plot: str | None = None) -> str:
     sets = {"photo (the reference)": rendered(), "the photo's fill on paper": rendered(paper=True),
             "its outline on the photo's background": rendered(outline=True),
             "drawing (both changes)": rendered(domain="drawing"), "negative": rendered(domain="negative")}
-    domains, _, origin = dc.load_or_train(cfg)
+    domains, _, origin = dc.load_or_train(cfg, keep=False)
     classifiers = (domains, judge(cfg)[0])
     guide = load_guide(str(cfg.nada.clip_models[0]))
     direction = nada_quality.text_direction(cfg, guide)
@@ -310,7 +312,7 @@ def plot_between(sweep, levels, shown, path: str) -> None:
 def classifier_table(cfg, n: int) -> str:
     from synrep.evaluation import domain_classifier as dc
 
-    model, held_out, origin = dc.load_or_train(cfg)
+    model, held_out, origin = dc.load_or_train(cfg, keep=False)
     names = dc.domain_names(cfg)
     reject = names.index(dc.REJECT)
     images, labels = dc.domain_data(cfg, "test")
@@ -349,7 +351,7 @@ def inverted_photos_table(cfg, n: int) -> str:
                                 cfg.nada.inversion_steps)
         finishes = {name: nada.to_unit(nada.ddim_steps(unet, scheduler, x_t0, cond, uncond, w, below))
                     for name, unet in (("frozen UNet", pipe.source_unet), ("adapted UNet", pipe.unet))}
-    domains, _, origin = dc.load_or_train(cfg)
+    domains, _, origin = dc.load_or_train(cfg, keep=False)
     classifiers = (domains, judge(cfg)[0])
     guide = load_guide(str(cfg.nada.clip_models[0]))
     as_uint8 = {k: (v.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for k, v in finishes.items()}
@@ -427,7 +429,7 @@ def pixels_table(cfg) -> str:
     domains = toyworld.load_split(cfg, "domains_test")
     for i, name in enumerate(cfg.toyworld.domains):
         sets[f"real {name} (test)"] = domains["images"][domains["domain"] == i]
-    model, _, origin = dc.load_or_train(cfg)
+    model, _, origin = dc.load_or_train(cfg, keep=False)
     names = dc.domain_names(cfg)
     rows = []
     for name, images in sets.items():
@@ -508,7 +510,9 @@ def pixel_summary(pairs: list[str]) -> str:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--classifier", action="store_true", help="also the domain classifier (trains it if absent)")
+    parser.add_argument("--classifier", action="store_true",
+                        help="also the domain classifier (one trained now, not saved, where nada.domain_classifier "
+                             "holds none of this config's recipe)")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--clip-only", action="store_true", help="only the toy CLIP's directions (3.)")
     parser.add_argument("--inverted-photos", action="store_true",

@@ -61,6 +61,7 @@ def test_a_stored_classifier_of_another_recipe_is_retrained(small_world, tmp_pat
 
     from synrep.config import load_config
     from synrep.evaluation import domain_classifier as dc
+    from synrep.evaluation import small_classifier
 
     cfg = load_config(tmp_overrides(small_world, f"nada.domain_classifier={tmp_path}/dc", "nada.classifier_epochs=1"))
     recipe = dc.recipe(cfg)
@@ -68,6 +69,11 @@ def test_a_stored_classifier_of_another_recipe_is_retrained(small_world, tmp_pat
     (tmp_path / "dc").mkdir()
     (tmp_path / "dc" / dc.RECIPE).write_text(json.dumps({**recipe, "classes": recipe["classes"][:-1],
                                                           "test_accuracy": {}}))
+    stored = (tmp_path / "dc" / dc.RECIPE).read_text()
+    # a diagnostic (keep=False) trains its own and leaves the folder as it was
+    _, _, origin = dc.load_or_train(cfg, keep=False)
+    assert origin == "trained here" and (tmp_path / "dc" / dc.RECIPE).read_text() == stored
+    assert not (tmp_path / "dc" / small_classifier.WEIGHTS).exists()
     _, _, origin = dc.load_or_train(cfg)
     assert origin == "trained here"
     _, _, origin = dc.load_or_train(cfg)

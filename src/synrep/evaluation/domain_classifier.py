@@ -129,13 +129,14 @@ def recipe(cfg: DictConfig) -> dict:
             "classes": domain_names(cfg), "negatives": list(NEGATIVE_KINDS)}
 
 
-def load_or_train(cfg: DictConfig) -> tuple[SmallClassifier, dict[str, float], str]:
+def load_or_train(cfg: DictConfig, keep: bool = True) -> tuple[SmallClassifier, dict[str, float], str]:
     """(classifier, its held-out accuracy, where it came from): the one in ``nada.domain_classifier``
-    when its recipe is this config's, else one trained now and saved there."""
+    when its recipe is this config's, else one trained now and saved there when ``keep`` (a
+    diagnostic passes False: it must not replace the classifier a run was measured with)."""
     wanted = recipe(cfg)
     return small_classifier.load_or_train(
         Path(cfg.nada.domain_classifier), wanted, {HEAD: len(wanted["classes"])},
-        lambda: train_classifier(cfg, cfg.nada.seed, cfg.nada.classifier_epochs), "domain classifier", keep=True)
+        lambda: train_classifier(cfg, cfg.nada.seed, cfg.nada.classifier_epochs), "domain classifier", keep=keep)
 
 
 def run(cfg: DictConfig) -> dict[str, Path]:
