@@ -227,9 +227,11 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
     extra = step_kwargs(scheduler, eta, generators)
     cut_rng = torch.Generator().manual_seed(int(generators[0].initial_seed()))
     alphas = scheduler.alphas_cumprod.to(device)
-    if prediction != "epsilon" and clip_scale > 0 and any(
-            zero_snr_step(scheduler, t) and (noised or float(alphas[t]) >= min_alpha_bar)
-            for t in scheduler.timesteps):
+
+    def guided_at(t) -> bool:
+        return clip_scale > 0 and (noised or float(alphas[t]) >= min_alpha_bar)
+
+    if prediction != "epsilon" and any(guided_at(t) and zero_snr_step(scheduler, t) for t in scheduler.timesteps):
         # GLIDE's guidance shifts ε̂; another output moves by that shift / √ᾱ, which has no value where
         # ᾱ_t = 0 (a zero-terminal-SNR model's first step)
         raise InputError(f"CLIP guidance shifts the noise prediction, which a {prediction} model's output at alpha_t "
@@ -242,7 +244,7 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
             if use_cfg:
                 output = guided_noise(*output.chunk(2), guidance_scale, guidance_rescale)
         alpha = alphas[t]
-        guided = clip_scale > 0 and (noised or float(alpha) >= min_alpha_bar)
+        guided = guided_at(t)
         if guided:
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
@@ -255,10 +257,8 @@ def clip_guided(pipe, guide: ClipGuide, prompts: list[str], generators: list[tor
                     score = guide.similarity(image, text, cutouts, cut_rng).sum()
                 grad = torch.autograd.grad(score, x_in)[0]
             kick = clip_scale * (1 - alpha).sqrt() * grad
-            if prediction == "epsilon":
-                output = output - kick
-            else:  # the output whose ε̂ is the shifted one
-                output = output_for_noise(prediction, predicted_noise(prediction, output, x, alpha) - kick, x, alpha)
+            # the output whose ε̂ is the shifted one (for an epsilon model: output − kick, exactly)
+            output = output_for_noise(prediction, predicted_noise(prediction, output, x, alpha) - kick, x, alpha)
         if trace is not None:
             trace.append({"t": int(t), "alpha_bar": float(alpha), "guided": guided,
                           "kick": kick.detach().cpu() if guided else torch.zeros(x.shape)})
