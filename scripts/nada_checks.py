@@ -61,6 +61,7 @@ from synrep.data import toyworld  # noqa: E402
 from synrep.diffusion.clip_guidance import load_guide  # noqa: E402
 from synrep.diffusion.prediction import predicted_original, prediction_type  # noqa: E402
 from synrep.diffusion.toy.pipeline import ToyGlidePipeline, guided_noise  # noqa: E402
+from synrep.fileio import write_figure  # noqa: E402
 from synrep.pixels import signed_range, unit_range  # noqa: E402
 from synrep.recipes import nada, nada_layers, nada_loss  # noqa: E402
 
@@ -305,8 +306,7 @@ def plot_between(sweep, levels, shown, path: str) -> None:
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    write_figure(path, fig)
 
 
 def classifier_table(cfg, n: int) -> str:
