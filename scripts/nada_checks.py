@@ -261,7 +261,7 @@ def between_table(cfg, n: int, plot: str | None = None) -> str:
     shown = ("clip_direction", f"domain_{cfg.nada.target}", "domain_negative", f"domain_{dc.REJECT}")
     sweep_rows = [[level, *(f"{got[key]:.3f}" for key in shown for got in (d, li))] for level, d, li in sweep]
     if plot:
-        plot_between(sweep, levels, shown, plot)
+        plot_between(sweep, levels, shown, plot, cfg.toyworld)
     return (f"Between a photo and a drawing: {n} real renders of the same attributes and draws, each measured as "
             f"nada_quality measures an adapted sample, against the photo (cos(dI, dT) of its CLIP embedding minus "
             f"the photo's with NADA's text direction; the domain classifier ({origin}); colour and shape kept: the "
@@ -276,7 +276,7 @@ def between_table(cfg, n: int, plot: str | None = None) -> str:
                     sweep_rows))
 
 
-def plot_between(sweep, levels, shown, path: str) -> None:
+def plot_between(sweep, levels, shown, path: str, world) -> None:
     """The background sweep of ``between_table``: cos(ΔI, ΔT) and the domain classifier's reading by
     the brightness of the background under the photo's fill, from dark and from light photos, with
     the world's bands of brightness shaded."""
@@ -288,10 +288,11 @@ def plot_between(sweep, levels, shown, path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharex=True)
     for ax in axes:
         # the world's backgrounds: dark photos, light photos, a drawing's paper (overlapping the light ones)
-        for (lo, hi), label, grey, x in (((0.0, 0.28), "dark photos", "0.9", 0.14),
-                                          ((0.62, 0.92), "light photos", "0.9", 0.7),
-                                          ((0.85, 0.97), "paper", "0.8", 0.93)):
+        for (lo, hi), label, grey in ((world.dark_background, "dark photos", "0.9"),
+                                      (world.light_background, "light photos", "0.9"),
+                                      ((0.85, 0.97), "paper", "0.8")):
             ax.axvspan(lo, hi, color=grey, zorder=0)
+            x = 0.93 if label == "paper" else min((lo + hi) / 2, 0.7)  # the light label clear of paper's
             ax.text(x, 1.02, label, ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
     for side, style in ((1, "-"), (2, "--")):
         origin = "from dark photos" if side == 1 else "from light photos"
@@ -406,6 +407,7 @@ def pixels_table(cfg) -> str:
 
     folder = Path(cfg.nada.output_dir) / "generator"
     g = cfg.generation
+    dark, light_range = cfg.toyworld.dark_background, cfg.toyworld.light_background
     captions, _, _, seeds = nada_quality.eval_set(cfg)
     sets = {}
     # sampled as nada_quality samples: its captions and noises, the generation sampler
@@ -449,8 +451,8 @@ def pixels_table(cfg) -> str:
             f"dark/light border; cos(dI, dT): of the adapted sample's CLIP embedding minus the frozen one's with NADA's "
             f"text direction), and the share of each the domain classifier ({origin}) reads as each domain\n\n"
             + table(["images", "n", *PIXEL_STATS, "cos(dI, dT)", *(f"read: {d}" for d in names)], rows)
-            + "\n\nSamples by border brightness (a dark photo's background is under 0.28, a light one's 0.62-0.92, "
-            "paper 0.85-0.97)\n\n" + table(["samples", "n", *bins], counts))
+            + f"\n\nSamples by border brightness (a dark photo's background is {dark[0]:g}-{dark[1]:g}, a light one's "
+            f"{light_range[0]:g}-{light_range[1]:g}, paper 0.85-0.97)\n\n" + table(["samples", "n", *bins], counts))
 
 
 def read_tables(path: Path) -> list[list[dict[str, str]]]:

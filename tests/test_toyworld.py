@@ -163,3 +163,23 @@ def test_the_two_changes_from_a_photo_to_a_drawing_render_one_at_a_time(make_cfg
     grey, _ = render(paper=0.5)
     np.testing.assert_allclose(grey[~covered].mean(), 0.5, atol=0.02)
     np.testing.assert_allclose(grey[inside].mean(axis=0), photo[inside].mean(axis=0), atol=0.05)
+
+
+def test_background_ranges_are_config_keys_checked_at_load(make_cfg):
+    from synrep.settings import ConfigError
+
+    def borders(cfg, background):
+        attrs = toy_vocabulary.Attributes(shape=0, colour=0, size=0, background=background)
+        images = [toyworld.render(attrs, cfg, np.random.default_rng(i)) for i in range(40)]
+        return np.array([np.concatenate([im[0], im[-1], im[:, 0], im[:, -1]]).mean() for im in images])
+
+    shipped = make_cfg()
+    assert borders(shipped, 0).max() < 0.3 and borders(shipped, 1).min() > 0.6
+    # a world whose backgrounds close the gap between dark and light: the same draws, other greys
+    gapless = make_cfg("toyworld.dark_background=[0.0,0.45]", "toyworld.light_background=[0.45,0.92]")
+    assert borders(gapless, 0).max() > 0.3 and borders(gapless, 1).min() < 0.6
+    for bad, key in (("toyworld.dark_background=[0.5,0.2]", "toyworld.dark_background"),
+                     ("toyworld.light_background=[0.6,1.2]", "toyworld.light_background"),
+                     ("toyworld.light_background=[0.6]", "toyworld.light_background")):
+        with pytest.raises(ConfigError, match=key):
+            make_cfg(bad)

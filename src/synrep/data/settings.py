@@ -41,6 +41,12 @@ class ToyWorldConfig:
                                  "The object colours (each a class of the colour label)")
     clutter_max: int = setting(2, "Distractor specks per image: clutter that no caption mentions")
     max_rotation_deg: float = setting(30.0, "Largest rotation of an object, in degrees either way")
+    dark_background: list[float] = setting(
+        [0.0, 0.28], "Range [low, high] of each channel of a dark background's two tones (a photo's background "
+        "is a gradient between two colours drawn from it)", ge=0, le=1)
+    light_background: list[float] = setting(
+        [0.62, 0.92], "The same range for a light background; the gap between the two ranges is brightness no "
+        "photo's background has", ge=0, le=1)
     exact_duplicate_rate: float = setting(
         0.08, "Fraction of extra rows in the raw caption file that repeat an earlier caption exactly", ge=0, le=1)
     near_duplicate_rate: float = setting(
@@ -58,6 +64,10 @@ class ToyWorldConfig:
 def check_toyworld(world: DictConfig, key: str, cfg: DictConfig) -> None:
     if world.image_size % 4:
         raise ConfigError(f"config key '{key}.image_size': must be a multiple of 4")
+    for name in ("dark_background", "light_background"):
+        low_high = list(world[name])
+        if len(low_high) != 2 or not low_high[0] <= low_high[1]:
+            raise ConfigError(f"config key '{key}.{name}': must be [low, high] with low <= high, got {low_high}")
 
 
 @dataclass

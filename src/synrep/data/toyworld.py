@@ -103,7 +103,7 @@ def draw_canvas(attrs: Attributes, cfg: DictConfig, rng: np.random.Generator) ->
     size = tw.image_size
     coords = (np.arange(size * _SUPERSAMPLE, dtype=np.float32) + 0.5) / _SUPERSAMPLE
     xs, ys = np.meshgrid(coords, coords)
-    lo, hi = (0.0, 0.28) if attrs.background == 0 else (0.62, 0.92)
+    lo, hi = tw.dark_background if attrs.background == 0 else tw.light_background
     c0 = rng.uniform(lo, hi, 3)
     c1 = rng.uniform(lo, hi, 3)
     angle = rng.uniform(0, 2 * np.pi)
