@@ -36,7 +36,11 @@ tables and keeps it unsaved.
    variant the mean and 95 % interval of every column over its runs;
 9. with ``--between``: the two changes that make a drawing of a photo (paper for the background, the
    object's outline for its fill), each alone and both, on real renders of the same draws, measured as
-   ``nada_quality`` measures an adapted sample with the photo as its frozen sample, split by background.
+   ``nada_quality`` measures an adapted sample with the photo as its frozen sample, split by background;
+10. with ``--sweep-summary LABEL=FILE ...``: the background sweeps of saved ``--between`` outputs
+   (one a CLIP, say) side by side: per sweep, from dark and from light photos, its first peak (the
+   first level whose score is above the next level's), the lowest score after it, and the first
+   level after that low whose score passes the peak again; with ``--plot``, the sweeps as a figure.
 """
 
 from __future__ import annotations
@@ -510,6 +514,59 @@ def pixel_summary(pairs: list[str]) -> str:
             "have the count)\n\n" + markdown_table(by_border))
 
 
+def sweep_valley(levels: list[float], scores: list[float]) -> tuple[float, float, float, float, float | None]:
+    """(peak level, peak score, lowest level after it, its score, first level after the low back above
+    the peak, or None): the first local maximum along brightness and the valley behind it."""
+    peak = next((i for i in range(len(scores) - 1) if scores[i] > scores[i + 1]), len(scores) - 1)
+    low = min(range(peak, len(scores)), key=scores.__getitem__)
+    back = next((levels[i] for i in range(low, len(scores)) if scores[i] > scores[peak]), None)
+    return levels[peak], scores[peak], levels[low], scores[low], back
+
+
+def sweep_summary(pairs: list[str], plot: str | None) -> str:
+    """The background sweeps of saved ``--between`` outputs (``LABEL=FILE``): the valley of each
+    from dark and from light photos, and with ``plot`` their cos(ΔI, ΔT) by brightness in one figure."""
+    curves = {}
+    for pair in pairs:
+        label, sep, file = pair.partition("=")
+        if not sep or not Path(file).is_file():
+            raise SystemExit(f"nada_checks: {pair!r}: expected LABEL=FILE, FILE the saved output of --between")
+        sweep = next((t for t in read_tables(Path(file)) if t and "background brightness" in t[0]), None)
+        if sweep is None:
+            raise SystemExit(f"nada_checks: {file}: no background sweep (save the output of --between there)")
+        levels = [float(row["background brightness"]) for row in sweep]
+        curves[label] = {side: (levels, [float(row[f"cos(dI, dT), from {side}"]) for row in sweep])
+                         for side in ("dark", "light")}
+    rows = []
+    for label, sides in curves.items():
+        for side, (levels, scores) in sides.items():
+            peak_at, peak, low_at, low, back = sweep_valley(levels, scores)
+            rows.append([label, side, f"{peak:.3f} at {peak_at:.2f}", f"{low:.3f} at {low_at:.2f}",
+                         f"{peak - low:.3f}", "never" if back is None else f"{back:.2f}"])
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+        for ax, side in zip(axes, ("dark", "light")):
+            ax.axvspan(0.85, 0.97, color="0.85", zorder=0, label="a drawing's paper")
+            ax.axhline(0, color="0.6", lw=0.8)
+            for label, sides in curves.items():
+                ax.plot(*sides[side], marker="o", ms=3, label=label)
+            ax.set_title(f"the photo's fill on a uniform background, from {side} photos", fontsize=9)
+            ax.set_xlabel("background brightness")
+        axes[0].set_ylabel("cos(ΔI, ΔT) against the photo")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        write_figure(plot, fig)
+    return ("The background sweeps of --between by CLIP: the first peak along brightness, the lowest score after it "
+            "(the valley) and where the score first passes the peak again\n\n"
+            + table(["sweep", "from photos", "first peak", "lowest after it", "depth", "back above the peak at"],
+                    rows))
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classifier", action="store_true",
@@ -525,10 +582,16 @@ def main(argv: list[str]) -> None:
                         help="only where the frozen chain settles the background (7.)")
     parser.add_argument("--between", action="store_true",
                         help="only the images between a photo and a drawing, one change at a time (9.)")
-    parser.add_argument("--plot", metavar="PNG", help="with --between: its background sweep as a figure")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="with --between or --sweep-summary: the background sweep(s) as a figure")
     parser.add_argument("--pixel-summary", nargs="+", metavar="VARIANT=FILE",
                         help="only the saved --pixels tables of several runs, per variant over its runs")
+    parser.add_argument("--sweep-summary", nargs="+", metavar="LABEL=FILE",
+                        help="only the background sweeps of saved --between outputs, side by side (10.)")
     args, overrides = parser.parse_known_args(argv)
+    if args.sweep_summary:
+        print(sweep_summary(args.sweep_summary, args.plot))
+        return
     if args.pixel_summary:
         print(pixel_summary(args.pixel_summary))
         return

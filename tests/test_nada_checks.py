@@ -93,3 +93,28 @@ def test_the_between_table_refuses_a_pair_of_domains_other_than_photo_to_drawing
     checks = load_script()
     with pytest.raises(SystemExit, match=r"photo to a drawing, not from nada.source='photo' to nada.target='negative'"):
         checks.between_table(make_cfg("nada.target=negative"), 8)
+
+
+def test_the_sweep_summary_finds_each_sweeps_first_peak_and_the_valley_behind_it(tmp_path):
+    checks = load_script()
+    header = ("| background brightness | cos(dI, dT), from dark | cos(dI, dT), from light |\n"
+              "| --- | --- | --- |\n")
+    scores = {"valley": [(0.1, -0.2), (0.3, 0.1), (0.2, 0.3), (-0.1, 0.2), (0.25, 0.5)],
+              "climb": [(0.0, 0.0), (0.1, 0.1), (0.2, 0.2), (0.3, 0.3), (0.4, 0.4)]}
+    for name, rows in scores.items():
+        body = "".join(f"| {level:.2f} | {d} | {li} |\n" for level, (d, li) in zip([0, 0.25, 0.5, 0.75, 1], rows))
+        (tmp_path / f"{name}.txt").write_text(f"# machine line\n\n| images | n |\n| --- | --- |\n| photo | 1 |\n\n"
+                                              f"sweep\n\n{header}{body}")
+    out = checks.sweep_summary([f"{name}={tmp_path / name}.txt" for name in scores], str(tmp_path / "s.png"))
+    rows = {tuple(cells[:2]): cells[2:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                                      for line in out.splitlines() if line.startswith(("| valley", "| climb")))}
+    # from dark: up to 0.3 at 0.25, down to -0.1 at 0.75, never back above 0.3
+    assert rows[("valley", "dark")] == ["0.300 at 0.25", "-0.100 at 0.75", "0.400", "never"]
+    # from light: up to 0.3 at 0.5, down to 0.2, back above at 1.00
+    assert rows[("valley", "light")] == ["0.300 at 0.50", "0.200 at 0.75", "0.100", "1.00"]
+    # a sweep that only climbs peaks at its end: no valley
+    assert rows[("climb", "dark")] == ["0.400 at 1.00", "0.400 at 1.00", "0.000", "never"]
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="no background sweep"):
+        (tmp_path / "other.txt").write_text("| images | n |\n| --- | --- |\n| photo | 1 |\n")
+        checks.sweep_summary([f"x={tmp_path / 'other.txt'}"], None)
