@@ -40,7 +40,10 @@ tables and keeps it unsaved.
 10. with ``--sweep-summary LABEL=FILE ...``: the background sweeps of saved ``--between`` outputs
    (one a CLIP, say) side by side: per sweep, from dark and from light photos, its first peak (the
    first level whose score is above the next level's), the lowest score after it, and the first
-   level after that low whose score passes the peak again; with ``--plot``, the sweeps as a figure.
+   level after that low whose score passes the peak again; with ``--plot``, the sweeps as a figure;
+11. with ``--world-borders``: the world's real train photos (under ``paths.data_dir``, as
+   ``toyworld.dark_background`` and ``light_background`` drew them) counted by border brightness in
+   steps of 0.05: which greys the CLIP trained on them has seen.
 """
 
 from __future__ import annotations
@@ -567,6 +570,17 @@ def sweep_summary(pairs: list[str], plot: str | None) -> str:
                     rows))
 
 
+def world_borders_table(cfg) -> str:
+    images = toyworld.load_split(cfg, "train")["images"]
+    edges = np.round(np.linspace(0, 1, 21), 2)
+    counts, _ = np.histogram(border_brightness(images), bins=edges)
+    world = cfg.toyworld
+    return (f"The world's train photos ({toyworld.world_dir(cfg)}, dark backgrounds {list(world.dark_background)}, "
+            f"light {list(world.light_background)}) by border brightness\n\n"
+            + table(["border brightness", "photos"],
+                    [[f"{lo:.2f}-{hi:.2f}", int(c)] for lo, hi, c in zip(edges[:-1], edges[1:], counts)]))
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classifier", action="store_true",
@@ -588,6 +602,8 @@ def main(argv: list[str]) -> None:
                         help="only the saved --pixels tables of several runs, per variant over its runs")
     parser.add_argument("--sweep-summary", nargs="+", metavar="LABEL=FILE",
                         help="only the background sweeps of saved --between outputs, side by side (10.)")
+    parser.add_argument("--world-borders", action="store_true",
+                        help="only the world's train photos counted by border brightness (11.)")
     args, overrides = parser.parse_known_args(argv)
     if args.sweep_summary:
         print(sweep_summary(args.sweep_summary, args.plot))
@@ -604,6 +620,9 @@ def main(argv: list[str]) -> None:
         return
     if args.pixels:
         print(pixels_table(cfg))
+        return
+    if args.world_borders:
+        print(world_borders_table(cfg))
         return
     if args.between:
         print(between_table(cfg, args.n, args.plot))

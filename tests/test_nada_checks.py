@@ -118,3 +118,14 @@ def test_the_sweep_summary_finds_each_sweeps_first_peak_and_the_valley_behind_it
     with pytest.raises(SystemExit, match="no background sweep"):
         (tmp_path / "other.txt").write_text("| images | n |\n| --- | --- |\n| photo | 1 |\n")
         checks.sweep_summary([f"x={tmp_path / 'other.txt'}"], None)
+
+
+def test_the_world_borders_count_every_train_photo_and_none_in_the_worlds_gap(make_cfg, small_world):
+    checks = load_script()
+    cfg = make_cfg(base=small_world)
+    rows = [line.strip("|").split("|") for line in checks.world_borders_table(cfg).splitlines()
+            if line.startswith("| 0.") or line.startswith("| 1.")]
+    counts = {cells[0].strip(): int(cells[1]) for cells in rows}
+    assert len(counts) == 20 and sum(counts.values()) == cfg.toyworld.n_train
+    # dark backgrounds end at 0.28 and light ones start at 0.62: no border in between, bar clutter
+    assert sum(counts[f"{lo:.2f}-{lo + 0.05:.2f}"] for lo in (0.35, 0.40, 0.45, 0.50, 0.55)) == 0
