@@ -43,12 +43,22 @@ tables and keeps it unsaved.
    level after that low whose score passes the peak again; with ``--plot``, the sweeps as a figure;
 11. with ``--world-borders``: the world's real train photos (under ``paths.data_dir``, as
    ``toyworld.dark_background`` and ``light_background`` drew them) counted by border brightness in
-   steps of 0.05: which greys the CLIP trained on them has seen.
+   steps of 0.05: which greys the CLIP trained on them has seen;
+12. with ``--leverage``: each unit's first-order leverage on the background, on the training's
+   chain (frozen above ``nada.min_alpha_bar``, the UNet being trained below) from seeded noise and
+   train captions: the norm of grad(border brightness) * weights over the unit (how far the mean
+   border of the dark-background samples, and of the light ones, can move per relative change of the
+   unit's weights), beside how often the run in ``nada.output_dir``, when there is one, chose it;
+13. with ``--brighten``: the adapted samples of the run in ``nada.output_dir`` with their own
+   unpainted pixels brightened step by step: does the CLIP's direction reward brightening the
+   background of the samples the training left, and would the domain classifier then read them as
+   the target; ``--brighten-summary VARIANT=FILE ...`` sums saved outputs of several runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import sys
@@ -143,8 +153,6 @@ def background_table(cfg, pipe, captions, n: int) -> str:
 
 
 def sensitivity_table(cfg, pipe, captions, n: int, seeds: int = 3) -> str:
-    import copy
-
     scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
     t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
     units = nada_layers.layer_units(pipe.unet, cfg.nada.layer_unit)
@@ -404,25 +412,124 @@ def pixel_stats(images: np.ndarray) -> dict[str, float]:
     return dict(zip(PIXEL_STATS, map(float, values)))
 
 
-def pixels_table(cfg) -> str:
+def frozen_and_adapted(cfg) -> dict[str, np.ndarray]:
+    """uint8 samples of the frozen generator and of the adapted one in ``nada.output_dir``, as
+    ``nada_quality`` samples them: its captions and noises, the generation sampler."""
     from synrep.diffusion.pipelines import load_pipeline
     from synrep.diffusion.sampling import sample_images
-    from synrep.evaluation import domain_classifier as dc
     from synrep.evaluation import nada_quality
     from synrep.generation.source_images import sampling_of
     from synrep.settings import to_dict
 
-    folder = Path(cfg.nada.output_dir) / "generator"
     g = cfg.generation
-    dark, light_range = cfg.toyworld.dark_background, cfg.toyworld.light_background
     captions, _, _, seeds = nada_quality.eval_set(cfg)
     sets = {}
-    # sampled as nada_quality samples: its captions and noises, the generation sampler
-    for name, source in (("frozen generator", cfg.nada.generator), ("adapted generator", folder)):
+    for name, source in (("frozen generator", cfg.nada.generator),
+                         ("adapted generator", Path(cfg.nada.output_dir) / "generator")):
         pipe = load_pipeline(str(source), g.sampler, g.dtype, "cpu")
         pipe.set_progress_bar_config(disable=True)
         sets[name] = sample_images(pipe, captions, seeds, float(cfg.nada.guidance_scale), sampling_of(to_dict(g)),
                                    images_per_prompt=cfg.nada.eval_images_per_caption)
+    return sets
+
+
+def brightened(images: np.ndarray, delta: float) -> np.ndarray:
+    """uint8 [N, H, W, 3]: each image's unpainted pixels (max - min channel < 0.2: background, not
+    the object's paint) raised by ``delta`` (clipped at 1), the painted ones unchanged."""
+    x = images.astype(np.float32) / 255.0
+    unpainted = (x.max(axis=3) - x.min(axis=3) < 0.2)[..., None]
+    return toyworld.to_uint8(x + delta * unpainted)
+
+
+def brighten_summary(pairs: list[str]) -> str:
+    """Saved ``--brighten`` outputs of several runs (``VARIANT=FILE``): per variant and half (from a
+    dark, from a light background), the sample-weighted means at no brightening, at the delta of the
+    lowest cos(ΔI, ΔT) and at the largest delta."""
+    sums: dict[tuple[str, str], dict] = {}
+    for pair in pairs:
+        variant, sep, file = pair.partition("=")
+        if not sep or not Path(file).is_file():
+            raise SystemExit(f"nada_checks: {pair!r}: expected VARIANT=FILE, FILE the saved output of --brighten")
+        tables = read_tables(Path(file))
+        if len(tables) < 2 or "delta" not in tables[0][0]:
+            raise SystemExit(f"nada_checks: {file}: not an output of --brighten")
+        read_key = next(k for k in tables[0][0] if k.startswith("read: ")).rsplit(",", 1)[0]
+        for half in ("dark", "light"):
+            n = int(next(row["n"] for row in tables[1] if row["samples"] == half))
+            entry = sums.setdefault((variant, half), {"n": 0, "runs": 0, "by_delta": {}})
+            entry["n"] += n
+            entry["runs"] += 1
+            for row in tables[0]:
+                got = entry["by_delta"].setdefault(row["delta"], np.zeros(3))
+                got += n * np.array([float(row[f"{k}, {half}"]) for k in ("border", "cos(dI, dT)", read_key)])
+    rows = []
+    for (variant, half), entry in sums.items():
+        means = {d: v / entry["n"] for d, v in entry["by_delta"].items()}
+        first, last = min(means, key=float), max(means, key=float)
+        low = min(means, key=lambda d: means[d][1])
+
+        def at(d):
+            return f"{means[d][1]:.3f} (border {means[d][0]:.2f}; {means[d][2]:.3f})"
+        rows.append([variant, half, entry["runs"], entry["n"], at(first), f"{low}: " + at(low), f"{last}: " + at(last)])
+    return ("Saved --brighten outputs by variant: cos(dI, dT) (mean border brightness; share read as the target) with "
+            "no brightening, at the delta of the lowest cos, and at the largest delta; means over the samples of "
+            "the variant's runs\n\n"
+            + table(["variant", "from a background", "runs", "n", "as sampled", "lowest", "brightest"], rows))
+
+
+def brighten_table(cfg) -> str:
+    """The adapted samples' own backgrounds brightened: for each sample, its pixels without paint
+    (max - min channel < 0.2) raised by delta; cos(ΔI, ΔT) against its frozen sample and the domain
+    classifier's reading at each delta, split by the frozen sample's background as --pixels splits."""
+    from synrep.evaluation import domain_classifier as dc
+    from synrep.evaluation import nada_quality
+
+    sets = frozen_and_adapted(cfg)
+    light = border_brightness(sets["frozen generator"]) > 0.6
+    adapted = sets["adapted generator"]
+    guide = load_guide(str(cfg.nada.clip_models[0]))
+    direction = nada_quality.text_direction(cfg, guide)
+    model, _, origin = dc.load_or_train(cfg, keep=False)
+    target = dc.domain_names(cfg).index(cfg.nada.target)
+    with torch.no_grad():
+        frozen = guide.image_embeddings(unit_range(sets["frozen generator"]))
+    deltas = np.round(np.arange(0, 0.65, 0.05), 2)
+    cos, read, border = [], [], []
+    for delta in deltas:
+        images = brightened(adapted, delta)
+        with torch.no_grad():
+            moved = guide.image_embeddings(unit_range(images)) - frozen
+        cos.append(((moved @ direction) / moved.norm(dim=-1).clamp_min(1e-6)).numpy())
+        read.append(dc.predict(model, images) == target)
+        border.append(border_brightness(images))
+    cos, read, border = np.stack(cos), np.stack(read), np.stack(border)  # [delta, sample]
+    rows = [[f"{delta:.2f}", *(f"{v:.3f}" for half in (~light, light)
+                               for v in (border[i, half].mean(), cos[i, half].mean(), read[i, half].mean()))]
+            for i, delta in enumerate(deltas)]
+    summary = []
+    for label, half in (("dark", ~light), ("light", light)):
+        best = cos[:, half].argmax(axis=0)
+        summary.append([label, int(half.sum()), f"{float((cos[1, half] > cos[0, half]).mean()):.3f}",
+                        f"{float((best > 0).mean()):.3f}", f"{float(np.median(deltas[best])):.2f}",
+                        f"{float(read[best, np.flatnonzero(half)].mean()):.3f}"])
+    return (f"The adapted samples ({cfg.nada.output_dir}) with their unpainted pixels (max - min channel < 0.2) "
+            f"brightened by delta: mean border brightness, cos(dI, dT) against the frozen sample and the share the "
+            f"domain classifier ({origin}) reads as {cfg.nada.target}, from a dark and from a light frozen "
+            f"background\n\n"
+            + table(["delta", *(f"{stat}, {half}" for half in ("dark", "light")
+                                for stat in ("border", "cos(dI, dT)", f"read: {cfg.nada.target}"))], rows)
+            + "\n\nPer sample: does a little brightening (0.05) raise cos(dI, dT), and which delta scores best\n\n"
+            + table(["samples", "n", "0.05 raises cos", "best delta > 0", "median best delta",
+                     f"read: {cfg.nada.target} at the best delta"], summary))
+
+
+def pixels_table(cfg) -> str:
+    from synrep.evaluation import domain_classifier as dc
+    from synrep.evaluation import nada_quality
+
+    folder = Path(cfg.nada.output_dir) / "generator"
+    dark, light_range = cfg.toyworld.dark_background, cfg.toyworld.light_background
+    sets = frozen_and_adapted(cfg)
     light = border_brightness(sets["frozen generator"]) > 0.6
     sets["adapted, from a dark background"] = sets["adapted generator"][~light]
     sets["adapted, from a light background"] = sets["adapted generator"][light]
@@ -570,6 +677,61 @@ def sweep_summary(pairs: list[str], plot: str | None) -> str:
                     rows))
 
 
+def border_leverage(cfg, pipe, captions, n: int) -> tuple[dict[str, dict[str, float]], torch.Tensor, int]:
+    """({"dark"|"light": {unit: leverage}}, which samples have a dark border, the first adapted t):
+    per unit, the L2 norm of grad(mean border brightness of the dark (light) samples) * weights, on
+    the training's chain from seeded noise. A relative change d of the unit's weights (|d| = 1) moves
+    that mean border by at most this much per unit of d, to first order."""
+    scheduler = nada.ddim_scheduler(pipe, cfg.nada.ddim_steps)
+    t0 = nada.adapted_from(scheduler, cfg.nada.min_alpha_bar)
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn((n, 3, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=gen)
+    cond, uncond = pipe.encode_batch(captions[:n], 1, True)
+    unet = copy.deepcopy(pipe.unet).requires_grad_(True)
+    images = nada.ddim_chain(unet, scheduler, noise, cond, uncond, cfg.nada.guidance_scale, source=pipe.unet,
+                             adapted_from_t=t0)
+    border = images[:, :, border_frame(images.shape[-1])].mean(dim=(1, 2))  # border_brightness, differentiable
+    dark = border.detach() < 0.45
+    units = nada_layers.layer_units(unet, cfg.nada.layer_unit)
+    leverage = {}
+    for side, mask in (("dark", dark), ("light", ~dark)):
+        unet.zero_grad(set_to_none=True)
+        border[mask].mean().backward(retain_graph=True)
+        with torch.no_grad():
+            leverage[side] = {name: float(sum((p.grad * p).pow(2).sum() for p in unit.parameters() if p.grad is not None)
+                                          ** 0.5) for name, unit in units.items()}
+    return leverage, dark, t0
+
+
+def border_frame(size: int) -> torch.Tensor:
+    """bool [size, size]: the 2-pixel frame that ``border_brightness`` averages."""
+    frame = torch.ones((size, size), dtype=torch.bool)
+    frame[2:-2, 2:-2] = False
+    return frame
+
+
+def leverage_table(cfg, pipe, captions, n: int) -> str:
+    leverage, dark, t0 = border_leverage(cfg, pipe, captions, n)
+    chosen, origin = {}, "no run"
+    run_file = Path(cfg.nada.output_dir) / "generator" / "training.json"
+    if run_file.is_file():
+        selections = json.loads(run_file.read_text()).get("selections", [])
+        for selection in selections:
+            for name in selection["chosen"]:
+                chosen[name] = chosen.get(name, 0) + 1
+        origin = f"{run_file.parent}, {len(selections)} selections"
+    top = {side: sorted(values, key=values.get, reverse=True)[:6] for side, values in leverage.items()}
+    rows = [[name, f"{leverage['dark'][name]:.2e}", f"{leverage['light'][name]:.2e}",
+             ", ".join(side for side in ("dark", "light") if name in top[side]), chosen.get(name, 0)]
+            for name in leverage["dark"]]
+    return (f"Each unit's leverage on the final samples' border brightness: the L2 norm over the unit of "
+            f"grad * weights (the border's first-order change per relative change of the unit's weights), on the "
+            f"chain with t > {t0} frozen, {len(dark)} noises and train captions ({int(dark.sum())} with a dark "
+            f"border, under 0.45); 'top 6': among the six units of most leverage; 'chosen': selections of the unit "
+            f"in the run ({origin})\n\n"
+            + table(["unit", "leverage, dark samples", "leverage, light samples", "top 6", "chosen"], rows))
+
+
 def world_borders_table(cfg) -> str:
     images = toyworld.load_split(cfg, "train")["images"]
     edges = np.round(np.linspace(0, 1, 21), 2)
@@ -602,9 +764,18 @@ def main(argv: list[str]) -> None:
                         help="only the saved --pixels tables of several runs, per variant over its runs")
     parser.add_argument("--sweep-summary", nargs="+", metavar="LABEL=FILE",
                         help="only the background sweeps of saved --between outputs, side by side (10.)")
+    parser.add_argument("--leverage", action="store_true",
+                        help="only each unit's leverage on the background, beside the run's layer choice (12.)")
+    parser.add_argument("--brighten", action="store_true",
+                        help="only the adapted samples in nada.output_dir with their backgrounds brightened (13.)")
+    parser.add_argument("--brighten-summary", nargs="+", metavar="VARIANT=FILE",
+                        help="only saved --brighten outputs of several runs, per variant (13.)")
     parser.add_argument("--world-borders", action="store_true",
                         help="only the world's train photos counted by border brightness (11.)")
     args, overrides = parser.parse_known_args(argv)
+    if args.brighten_summary:
+        print(brighten_summary(args.brighten_summary))
+        return
     if args.sweep_summary:
         print(sweep_summary(args.sweep_summary, args.plot))
         return
@@ -621,11 +792,20 @@ def main(argv: list[str]) -> None:
     if args.pixels:
         print(pixels_table(cfg))
         return
+    if args.brighten:
+        print(brighten_table(cfg))
+        return
     if args.world_borders:
         print(world_borders_table(cfg))
         return
     if args.between:
         print(between_table(cfg, args.n, args.plot))
+        return
+    if args.leverage:
+        pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)
+        pipe.unet.eval()
+        captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+        print(leverage_table(cfg, pipe, captions, args.n))
         return
     if args.background:
         pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)

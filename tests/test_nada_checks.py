@@ -129,3 +129,73 @@ def test_the_world_borders_count_every_train_photo_and_none_in_the_worlds_gap(ma
     assert len(counts) == 20 and sum(counts.values()) == cfg.toyworld.n_train
     # dark backgrounds end at 0.28 and light ones start at 0.62: no border in between, bar clutter
     assert sum(counts[f"{lo:.2f}-{lo + 0.05:.2f}"] for lo in (0.35, 0.40, 0.45, 0.50, 0.55)) == 0
+
+
+def test_a_units_leverage_is_the_border_change_along_its_best_relative_weight_change(make_cfg, small_world,
+                                                                                     tiny_toy_pipeline_dir):
+    import copy
+
+    import torch
+
+    from synrep.diffusion.toy.pipeline import ToyGlidePipeline
+
+    checks = load_script()
+    cfg = make_cfg(f"nada.generator={tiny_toy_pipeline_dir}", "nada.ddim_steps=4", base=small_world)
+    pipe = ToyGlidePipeline.from_pretrained(tiny_toy_pipeline_dir)
+    captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    n = 16
+    leverage, dark, t0 = checks.border_leverage(cfg, pipe, captions, n)
+    side, mask = ("dark", dark) if dark.any() else ("light", ~dark)
+    unit = max(leverage[side], key=leverage[side].get)
+    assert leverage[side][unit] > 0
+
+    scheduler = checks.nada.ddim_scheduler(pipe, 4)
+    noise = torch.randn((n, 3, 16, 16), generator=torch.Generator().manual_seed(3))
+    cond, uncond = pipe.encode_batch(captions[:n], 1, True)
+    frame = checks.border_frame(16)
+
+    def mean_border(unet) -> float:
+        with torch.no_grad():
+            images = checks.nada.ddim_chain(unet, scheduler, noise, cond, uncond, cfg.nada.guidance_scale,
+                                            source=pipe.unet, adapted_from_t=t0)
+        return float(images[:, :, frame].mean(dim=(1, 2))[mask].mean())
+
+    # the direction of steepest ascent among relative changes: d = grad * w / |grad * w|
+    probe = copy.deepcopy(pipe.unet).requires_grad_(True)
+    images = checks.nada.ddim_chain(probe, scheduler, noise, cond, uncond, cfg.nada.guidance_scale,
+                                    source=pipe.unet, adapted_from_t=t0)
+    images[:, :, frame].mean(dim=(1, 2))[mask].mean().backward()
+    params = list(checks.nada_layers.layer_units(probe, cfg.nada.layer_unit)[unit].parameters())
+    steps = [(p.grad * p).detach() if p.grad is not None else torch.zeros_like(p) for p in params]
+    norm = sum(step.pow(2).sum() for step in steps) ** 0.5
+    eps = 1e-3
+    moved = copy.deepcopy(pipe.unet)
+    with torch.no_grad():
+        for p, step in zip(checks.nada_layers.layer_units(moved, cfg.nada.layer_unit)[unit].parameters(), steps):
+            p.mul_(1 + eps * step / norm)
+    finite = (mean_border(moved) - mean_border(pipe.unet)) / eps
+    np.testing.assert_allclose(finite, leverage[side][unit], rtol=0.05)
+
+
+def test_brightening_raises_the_background_and_leaves_the_paint(tmp_path):
+    checks = load_script()
+    image = np.full((1, 8, 8, 3), 60, np.uint8)  # a dark grey background
+    image[0, 2:5, 2:5] = (220, 30, 30)  # red paint
+    image[0, 0, 0] = 250  # near white: clipped at 1
+    out = checks.brightened(image, 0.3)
+    assert out[0, 6, 6].tolist() == [137, 137, 137]  # 60 + 0.3 * 255 = 136.5, rounded
+    assert out[0, 3, 3].tolist() == [220, 30, 30] and out[0, 0, 0].tolist() == [255, 255, 255]
+
+    # the summary: means over the samples of a variant's runs, weighted by each run's n
+    def saved(n_dark, cos_dark):
+        rows = "".join(f"| {d:.2f} | 0.3 | {c} | 0.0 | 0.9 | 0.6 | 0.5 |\n" for d, c in zip((0.0, 0.3, 0.6), cos_dark))
+        return ("| delta | border, dark | cos(dI, dT), dark | read: drawing, dark | border, light | cos(dI, dT), light "
+                "| read: drawing, light |\n| --- | --- | --- | --- | --- | --- | --- |\n" + rows
+                + "\nper sample\n\n| samples | n |\n| --- | --- |\n" + f"| dark | {n_dark} |\n| light | 10 |\n")
+    (tmp_path / "a.txt").write_text(saved(10, (0.5, 0.1, 0.4)))
+    (tmp_path / "b.txt").write_text(saved(30, (0.3, 0.2, 0.5)))
+    out = checks.brighten_summary([f"v={tmp_path / 'a.txt'}", f"v={tmp_path / 'b.txt'}"])
+    dark = next(line for line in out.splitlines() if line.startswith("| v | dark")).split(" | ")
+    # (10 * 0.5 + 30 * 0.3) / 40 = 0.35; lowest at 0.30: (1 + 6) / 40 = 0.175; at 0.60: (4 + 15) / 40 = 0.475
+    assert dark[2:4] == ["2", "40"] and dark[4].startswith("0.350") and dark[5].startswith("0.30: 0.175")
+    assert dark[6].startswith("0.60: 0.475")
