@@ -446,11 +446,8 @@ def brighten_summary(pairs: list[str]) -> str:
     dark, from a light background), the sample-weighted means at no brightening, at the delta of the
     lowest cos(ΔI, ΔT) and at the largest delta."""
     sums: dict[tuple[str, str], dict] = {}
-    for pair in pairs:
-        variant, sep, file = pair.partition("=")
-        if not sep or not Path(file).is_file():
-            raise SystemExit(f"nada_checks: {pair!r}: expected VARIANT=FILE, FILE the saved output of --brighten")
-        tables = read_tables(Path(file))
+    for variant, file in saved_outputs(pairs, "--brighten"):
+        tables = read_tables(file)
         if len(tables) < 2 or "delta" not in tables[0][0]:
             raise SystemExit(f"nada_checks: {file}: not an output of --brighten")
         read_key = next(k for k in tables[0][0] if k.startswith("read: ")).rsplit(",", 1)[0]
@@ -569,6 +566,17 @@ def pixels_table(cfg) -> str:
             f"{light_range[0]:g}-{light_range[1]:g}, paper 0.85-0.97)\n\n" + table(["samples", "n", *bins], counts))
 
 
+def saved_outputs(pairs: list[str], flag: str) -> list[tuple[str, Path]]:
+    """``LABEL=FILE`` arguments as (label, path), each FILE a saved output of ``flag``."""
+    parsed = []
+    for pair in pairs:
+        label, sep, file = pair.partition("=")
+        if not sep or not Path(file).is_file():
+            raise SystemExit(f"nada_checks: {pair!r}: expected LABEL=FILE, FILE the saved output of {flag}")
+        parsed.append((label, Path(file)))
+    return parsed
+
+
 def read_tables(path: Path) -> list[list[dict[str, str]]]:
     """The markdown tables in ``path`` (a saved output of this script), each as its rows as dicts."""
     tables, lines = [], path.read_text().splitlines() + [""]
@@ -594,12 +602,9 @@ def pixel_summary(pairs: list[str]) -> str:
     from synrep.tables import markdown_table, mean_ci
 
     rows, counts = [], []
-    for pair in pairs:
-        variant, sep, file = pair.partition("=")
-        if not sep or not Path(file).is_file():
-            raise SystemExit(f"nada_checks: {pair!r}: expected VARIANT=FILE, FILE the saved output of --pixels")
-        tables = read_tables(Path(file))
-        rows += [{"variant": variant, "file": file, **row} for row in tables[0]]
+    for variant, file in saved_outputs(pairs, "--pixels"):
+        tables = read_tables(file)
+        rows += [{"variant": variant, "file": str(file), **row} for row in tables[0]]
         # the samples by border brightness (saved tables from before it have none)
         counts += [{"variant": variant, **row} for row in tables[1]] if len(tables) > 1 else []
     df = pl.DataFrame(rows)
@@ -637,11 +642,8 @@ def sweep_summary(pairs: list[str], plot: str | None) -> str:
     """The background sweeps of saved ``--between`` outputs (``LABEL=FILE``): the valley of each
     from dark and from light photos, and with ``plot`` their cos(ΔI, ΔT) by brightness in one figure."""
     curves = {}
-    for pair in pairs:
-        label, sep, file = pair.partition("=")
-        if not sep or not Path(file).is_file():
-            raise SystemExit(f"nada_checks: {pair!r}: expected LABEL=FILE, FILE the saved output of --between")
-        sweep = next((t for t in read_tables(Path(file)) if t and "background brightness" in t[0]), None)
+    for label, file in saved_outputs(pairs, "--between"):
+        sweep = next((t for t in read_tables(file) if t and "background brightness" in t[0]), None)
         if sweep is None:
             raise SystemExit(f"nada_checks: {file}: no background sweep (save the output of --between there)")
         levels = [float(row["background brightness"]) for row in sweep]
@@ -801,22 +803,17 @@ def main(argv: list[str]) -> None:
     if args.between:
         print(between_table(cfg, args.n, args.plot))
         return
-    if args.leverage:
+    if args.leverage or args.background or not args.clip_only:
         pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)
         pipe.unet.eval()
         captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
+    if args.leverage:
         print(leverage_table(cfg, pipe, captions, args.n))
         return
     if args.background:
-        pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)
-        pipe.unet.eval()
-        captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
         print(background_table(cfg, pipe, captions, args.n))
         return
     if not args.clip_only:
-        pipe = ToyGlidePipeline.from_pretrained(cfg.nada.generator)
-        pipe.unet.eval()
-        captions = [str(c) for c in toyworld.load_split(cfg, "train")["captions"]]
         print(chain_table(cfg, pipe, captions, args.n), end="\n\n")
         print(sensitivity_table(cfg, pipe, captions, min(args.n, 16)), end="\n\n")
     print(clip_pairs_table(cfg, load_guide(str(cfg.nada.clip_models[0])), 256), end="\n\n")
