@@ -389,15 +389,21 @@ def inverted_photos_table(cfg, n: int) -> str:
 
 PIXEL_STATS = ("border brightness", "light border", "near-white", "coloured")
 BORDER_BINS = np.array([0.0, 0.28, 0.45, 0.65, 0.85, 1.0])
+LIGHT_BORDER = 0.6  # a border above it is light: between the world's dark (< 0.28) and light (> 0.62) backgrounds
+
+
+def border_frame(size: int) -> torch.Tensor:
+    """bool [size, size]: an image's 2-pixel frame, where ``border_brightness`` reads the background."""
+    frame = torch.ones((size, size), dtype=torch.bool)
+    frame[2:-2, 2:-2] = False
+    return frame
 
 
 def border_brightness(images: np.ndarray) -> np.ndarray:
     """uint8 [N, H, W, 3] -> [N]: the mean of each image's 2-pixel frame, mostly background (an
     object reaches it only at its edge)."""
     x = images.astype(np.float64) / 255.0
-    frame = np.concatenate([x[:, :2].reshape(len(x), -1, 3), x[:, -2:].reshape(len(x), -1, 3),
-                            x[:, 2:-2, :2].reshape(len(x), -1, 3), x[:, 2:-2, -2:].reshape(len(x), -1, 3)], axis=1)
-    return frame.mean(axis=(1, 2))
+    return x[:, border_frame(x.shape[1]).numpy()].mean(axis=(1, 2))
 
 
 def pixel_stats(images: np.ndarray) -> dict[str, float]:
@@ -407,7 +413,7 @@ def pixel_stats(images: np.ndarray) -> dict[str, float]:
     (max - min channel > 0.35)."""
     x = images.astype(np.float64) / 255.0
     border = border_brightness(images)
-    values = (border.mean(), (border > 0.6).mean(), (x.min(axis=3) > 0.8).mean(),
+    values = (border.mean(), (border > LIGHT_BORDER).mean(), (x.min(axis=3) > 0.8).mean(),
               (x.max(axis=3) - x.min(axis=3) > 0.35).mean())
     return dict(zip(PIXEL_STATS, map(float, values)))
 
@@ -464,10 +470,9 @@ def brighten_summary(pairs: list[str]) -> str:
         means = {d: v / entry["n"] for d, v in entry["by_delta"].items()}
         first, last = min(means, key=float), max(means, key=float)
         low = min(means, key=lambda d: means[d][1])
-
-        def at(d):
-            return f"{means[d][1]:.3f} (border {means[d][0]:.2f}; {means[d][2]:.3f})"
-        rows.append([variant, half, entry["runs"], entry["n"], at(first), f"{low}: " + at(low), f"{last}: " + at(last)])
+        border, cos, read = zip(*(means[d] for d in (first, low, last)))
+        at = [f"{c:.3f} (border {b:.2f}; {r:.3f})" for b, c, r in zip(border, cos, read)]
+        rows.append([variant, half, entry["runs"], entry["n"], at[0], f"{low}: {at[1]}", f"{last}: {at[2]}"])
     return ("Saved --brighten outputs by variant: cos(dI, dT) (mean border brightness; share read as the target) with "
             "no brightening, at the delta of the lowest cos, and at the largest delta; means over the samples of "
             "the variant's runs\n\n"
@@ -482,7 +487,7 @@ def brighten_table(cfg) -> str:
     from synrep.evaluation import nada_quality
 
     sets = frozen_and_adapted(cfg)
-    light = border_brightness(sets["frozen generator"]) > 0.6
+    light = border_brightness(sets["frozen generator"]) > LIGHT_BORDER
     adapted = sets["adapted generator"]
     guide = load_guide(str(cfg.nada.clip_models[0]))
     direction = nada_quality.text_direction(cfg, guide)
@@ -495,8 +500,7 @@ def brighten_table(cfg) -> str:
     for delta in deltas:
         images = brightened(adapted, delta)
         with torch.no_grad():
-            moved = guide.image_embeddings(unit_range(images)) - frozen
-        cos.append(((moved @ direction) / moved.norm(dim=-1).clamp_min(1e-6)).numpy())
+            cos.append(nada_quality.direction_cos(guide.image_embeddings(unit_range(images)), frozen, direction).numpy())
         read.append(dc.predict(model, images) == target)
         border.append(border_brightness(images))
     cos, read, border = np.stack(cos), np.stack(read), np.stack(border)  # [delta, sample]
@@ -527,15 +531,15 @@ def pixels_table(cfg) -> str:
     folder = Path(cfg.nada.output_dir) / "generator"
     dark, light_range = cfg.toyworld.dark_background, cfg.toyworld.light_background
     sets = frozen_and_adapted(cfg)
-    light = border_brightness(sets["frozen generator"]) > 0.6
+    light = border_brightness(sets["frozen generator"]) > LIGHT_BORDER
     sets["adapted, from a dark background"] = sets["adapted generator"][~light]
     sets["adapted, from a light background"] = sets["adapted generator"][light]
     # how far each adapted sample went along the CLIP's text direction from its frozen sample
     guide = load_guide(str(cfg.nada.clip_models[0]))
     with torch.no_grad():
-        delta = (guide.image_embeddings(unit_range(sets["adapted generator"]))
-                 - guide.image_embeddings(unit_range(sets["frozen generator"])))
-    cos = ((delta @ nada_quality.text_direction(cfg, guide)) / delta.norm(dim=-1).clamp_min(1e-6)).numpy()
+        cos = nada_quality.direction_cos(guide.image_embeddings(unit_range(sets["adapted generator"])),
+                                         guide.image_embeddings(unit_range(sets["frozen generator"])),
+                                         nada_quality.text_direction(cfg, guide)).numpy()
     along = {"adapted generator": cos, "adapted, from a dark background": cos[~light],
              "adapted, from a light background": cos[light]}
     sets["real photos (test)"] = toyworld.load_split(cfg, "test")["images"]
@@ -703,13 +707,6 @@ def border_leverage(cfg, pipe, captions, n: int) -> tuple[dict[str, dict[str, fl
             leverage[side] = {name: float(sum((p.grad * p).pow(2).sum() for p in unit.parameters() if p.grad is not None)
                                           ** 0.5) for name, unit in units.items()}
     return leverage, dark, t0
-
-
-def border_frame(size: int) -> torch.Tensor:
-    """bool [size, size]: the 2-pixel frame that ``border_brightness`` averages."""
-    frame = torch.ones((size, size), dtype=torch.bool)
-    frame[2:-2, 2:-2] = False
-    return frame
 
 
 def leverage_table(cfg, pipe, captions, n: int) -> str:

@@ -88,6 +88,14 @@ def reference(images: np.ndarray, classifiers, guide) -> dict:
     return {"read": predict(classifiers[1], images), "embeddings": emb}
 
 
+def direction_cos(embeddings: torch.Tensor, frozen_embeddings: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """[N]: cos(ΔI, ΔT) of each image, ΔI its CLIP embedding minus its frozen image's (0 where it has
+    not moved)."""
+    delta = embeddings - frozen_embeddings
+    norm = delta.norm(dim=-1)
+    return torch.where(norm > 1e-6, (delta @ direction) / norm.clamp_min(1e-6), torch.zeros_like(norm))
+
+
 def scores(cfg: DictConfig, images: np.ndarray, frozen: dict, classifiers, guide, direction: torch.Tensor,
            target_index: int) -> dict[str, float]:
     """The row's metrics for uint8 images [N, H, W, 3] (k per caption, in caption order) against the
@@ -98,9 +106,7 @@ def scores(cfg: DictConfig, images: np.ndarray, frozen: dict, classifiers, guide
     read = predict(attributes, images)
     with torch.no_grad():
         emb = guide.image_embeddings(unit_range(images))
-    delta = emb - frozen["embeddings"]
-    norm = delta.norm(dim=-1)
-    cos = torch.where(norm > 1e-6, (delta @ direction) / norm.clamp_min(1e-6), torch.zeros_like(norm))
+    cos = direction_cos(emb, frozen["embeddings"], direction)
     out = {"target_fraction": float((predicted == target_index).mean()),
            "kept_shape": float((read["shape"] == frozen["read"]["shape"]).mean()),
            "kept_colour": float((read["colour"] == frozen["read"]["colour"]).mean()),
